@@ -1,0 +1,4 @@
+"""The host agent: content store, safe unpack, runtimes, rollouts, journal, reconcile loop.
+
+May import: manifests, signing, publisher.
+"""

@@ -1,0 +1,107 @@
+"""The ``kiln`` command: argparse verbs dispatched through a table.
+
+Each verb module exposes ``register(subparsers)`` which adds its parsers and sets
+``handler=<function(args, out) -> int>``. ``main(argv)`` is testable without a subprocess.
+
+Exit codes: 0 ok, 1 failure, 2 usage, 3 verification or policy refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from collections.abc import Sequence
+
+from kiln import __version__
+from kiln.output import Output
+from manifests.errors import KilnError
+
+__all__ = ["main", "VERB_MODULES"]
+
+# Verb groups, one module each (keeps modules small and lets packages grow independently).
+VERB_MODULES: tuple[str, ...] = (
+    "kiln.cmd_build",
+    "kiln.cmd_sign",
+)
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        print(f"kiln: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="kiln", description="Bake immutable infrastructure.")
+    parser.add_argument("--version", action="version", version=f"kiln {__version__}")
+    _add_common(parser)
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
+    for name in VERB_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # a verb group not written yet
+                continue
+            raise
+        module.register(sub)
+    for child in _all_subparsers(sub):
+        _add_common(child, default=argparse.SUPPRESS)
+    return parser
+
+
+def _add_common(parser: argparse.ArgumentParser, *, default: object = False) -> None:
+    """The global flags, accepted before or after the verb (``kiln build x --json``)."""
+    parser.add_argument("--json", action="store_true", default=default,
+                        help="machine-readable result on stdout")
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="show tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="no progress on stderr")
+
+
+def _all_subparsers(action: argparse._SubParsersAction) -> list[argparse.ArgumentParser]:  # type: ignore[type-arg]
+    found: list[argparse.ArgumentParser] = []
+    for child in dict.fromkeys(action.choices.values()):
+        found.append(child)
+        for act in child._actions:
+            if isinstance(act, argparse._SubParsersAction):
+                found.extend(_all_subparsers(act))
+    return found
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    out = Output(json_mode=args.json, quiet=args.quiet)
+    try:
+        return int(handler(args, out))
+    except KilnError as exc:
+        if args.debug:
+            traceback.print_exc()
+        for line in str(exc.message).splitlines() or [""]:
+            print(f"kiln: error: {line}", file=sys.stderr)
+        if exc.hint:
+            print(f"kiln: hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("kiln: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: say so in one line, traceback only with --debug
+        if args.debug:
+            traceback.print_exc()
+        print(f"kiln: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print("kiln: hint: rerun with --debug for a traceback, and report it", file=sys.stderr)
+        return EXIT_FAIL
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,180 @@
+"""The image manifest: what a person writes to describe one container image.
+
+This module holds the document model (frozen dataclasses). Parsing and validation with
+``FILE:LINE:COL: dotted.path: message (hint)`` errors live in :mod:`manifests.image_parse`;
+:func:`manifests.image_parse.load_image_manifest` is the entry point.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from pathlib import Path
+
+from manifests.mediatypes import Compression
+from manifests.oci import Platform
+
+__all__ = [
+    "FileSpec",
+    "FilesSource",
+    "ClosureSource",
+    "TreeSource",
+    "SymlinkSource",
+    "DirSource",
+    "ContentItem",
+    "Accounts",
+    "Port",
+    "HttpCheck",
+    "TcpCheck",
+    "ExecCheck",
+    "HealthCheck",
+    "LayerStrategy",
+    "LayerPolicy",
+    "ImageManifest",
+    "API_VERSION",
+]
+
+API_VERSION = "kiln.dev/v1"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileSpec:
+    """One ``files`` entry: a host file or directory copied to ``dst``.
+
+    ``src`` is relative to the manifest's directory; a trailing ``/`` on ``src`` copies a
+    directory's contents recursively into ``dst`` (which then also ends in ``/``).
+    ``mode``/``dirmode`` include setuid/setgid/sticky bits only when written explicitly
+    (e.g. ``"04755"``); ``None`` means the default (0644 files, 0755 executables and dirs).
+    """
+
+    src: str
+    dst: str
+    mode: int | None = None
+    dirmode: int | None = None
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FilesSource:
+    files: tuple[FileSpec, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClosureSource:
+    """ELF executables plus every shared library they need, resolved inside ``sysroot``."""
+
+    paths: tuple[str, ...]
+    sysroot: str = "/"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TreeSource:
+    """A host directory copied recursively, filtered by globs (``**`` matches across ``/``)."""
+
+    src: str
+    dst: str
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    mode: int | None = None
+    dirmode: int | None = None
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SymlinkSource:
+    path: str
+    target: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DirSource:
+    path: str
+    mode: int = 0o755
+    uid: int = 0
+    gid: int = 0
+
+
+ContentItem = FilesSource | ClosureSource | TreeSource | SymlinkSource | DirSource
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Accounts:
+    """The image's run-time user; kiln writes a minimal /etc/passwd and /etc/group."""
+
+    user: str
+    uid: int
+    gid: int
+    group: str | None = None  # defaults to the user name
+    home: str = "/nonexistent"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Port:
+    number: int
+    protocol: str = "tcp"  # tcp | udp
+
+    def __str__(self) -> str:
+        return f"{self.number}/{self.protocol}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpCheck:
+    port: int
+    path: str = "/"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TcpCheck:
+    port: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecCheck:
+    command: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthCheck:
+    check: HttpCheck | TcpCheck | ExecCheck
+    interval: float = 2.0  # seconds
+    timeout: float = 1.0
+    retries: int = 3
+
+
+class LayerStrategy(enum.StrEnum):
+    AUTO = "auto"  # interpreters/shared libraries apart from application files
+    SINGLE = "single"  # everything in one layer
+    PER_SOURCE = "per-source"  # one layer per contents item (merged down to ``max``)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LayerPolicy:
+    strategy: LayerStrategy = LayerStrategy.AUTO
+    max: int = 8
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageManifest:
+    """A validated image manifest. ``base_dir`` is the manifest file's directory."""
+
+    name: str
+    version: str
+    platform: Platform
+    contents: tuple[ContentItem, ...]
+    accounts: Accounts | None = None
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    workdir: str | None = None
+    ports: tuple[Port, ...] = ()
+    writable: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    health: HealthCheck | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    layers: LayerPolicy = LayerPolicy()
+    compression: Compression = Compression.GZIP
+    compression_level: int | None = None  # None: the compression's default level
+    source: str = "<memory>"  # the manifest file's path, for messages
+    base_dir: Path = Path()
