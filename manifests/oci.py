@@ -115,10 +115,10 @@ class Descriptor:
     media_type: str
     digest: Digest
     size: int
-    annotations: Mapping[str, str] = field(default=_EMPTY)
+    annotations: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     platform: Platform | None = None
     artifact_type: str | None = None
-    extra: Mapping[str, Any] = field(default=_EMPTY)
+    extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = dict(self.extra)
@@ -165,10 +165,10 @@ class OCIManifest:
     config: Descriptor
     layers: tuple[Descriptor, ...]
     media_type: str = "application/vnd.oci.image.manifest.v1+json"
-    annotations: Mapping[str, str] = field(default=_EMPTY)
+    annotations: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     subject: Descriptor | None = None
     artifact_type: str | None = None
-    extra: Mapping[str, Any] = field(default=_EMPTY)
+    extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     raw: bytes | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -236,10 +236,10 @@ class OCIIndex:
 
     manifests: tuple[Descriptor, ...]
     media_type: str | None = "application/vnd.oci.image.index.v1+json"
-    annotations: Mapping[str, str] = field(default=_EMPTY)
+    annotations: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
     subject: Descriptor | None = None
     artifact_type: str | None = None
-    extra: Mapping[str, Any] = field(default=_EMPTY)
+    extra: Mapping[str, Any] = field(default_factory=lambda: _EMPTY)
     raw: bytes | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
