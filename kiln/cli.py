@@ -56,12 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_common(parser: argparse.ArgumentParser, *, default: object = False) -> None:
     """The global flags, accepted before or after the verb (``kiln build x --json``)."""
-    parser.add_argument("--json", action="store_true", default=default,
-                        help="machine-readable result on stdout")
-    parser.add_argument("--debug", action="store_true", default=default,
-                        help="show tracebacks on errors")
-    parser.add_argument("-q", "--quiet", action="store_true", default=default,
-                        help="no progress on stderr")
+    parser.add_argument(
+        "--json", action="store_true", default=default, help="machine-readable result on stdout"
+    )
+    parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks on errors")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default, help="no progress on stderr")
 
 
 def _all_subparsers(action: argparse._SubParsersAction) -> list[argparse.ArgumentParser]:  # type: ignore[type-arg]
@@ -95,7 +94,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kiln: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # a bug: say so in one line, traceback only with --debug
+    except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, traceback only with --debug
         if args.debug:
             traceback.print_exc()
         print(f"kiln: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -83,9 +83,7 @@ class HashingReader:
         data = self._raw.read(n)
         self.size += len(data)
         if self._limit is not None and self.size > self._limit:
-            raise VerificationError(
-                f"stream exceeds its size cap of {self._limit} bytes", reason="size"
-            )
+            raise VerificationError(f"stream exceeds its size cap of {self._limit} bytes", reason="size")
         self._h.update(data)
         return data
 

@@ -68,6 +68,13 @@ def _str(d: Mapping[str, Any], key: str, what: str, *, required: bool = True) ->
     return v
 
 
+def _req(d: Mapping[str, Any], key: str, what: str) -> str:
+    v = _str(d, key, what)
+    if v is None:  # pragma: no cover - _str raises for a missing required key
+        raise DocumentError(f"{what}: missing {key!r}")
+    return v
+
+
 def _annotations(d: Mapping[str, Any], what: str) -> Mapping[str, str]:
     ann = d.get("annotations")
     if ann is None:
@@ -104,10 +111,11 @@ class Platform:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Platform:
-        os_ = _str(d, "os", "platform")
-        arch = _str(d, "architecture", "platform")
-        assert os_ is not None and arch is not None  # noqa: S101 - required=True guarantees it
-        return cls(os=os_, architecture=arch, variant=_str(d, "variant", "platform", required=False))
+        return cls(
+            os=_req(d, "os", "platform"),
+            architecture=_req(d, "architecture", "platform"),
+            variant=_str(d, "variant", "platform", required=False),
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,8 +145,8 @@ class Descriptor:
     def from_dict(cls, d: Mapping[str, Any], *, what: str = "descriptor") -> Descriptor:
         if not isinstance(d, Mapping):
             raise DocumentError(f"{what}: expected an object")
-        mt = _str(d, "mediaType", what)
-        dg = _str(d, "digest", what)
+        mt = _req(d, "mediaType", what)
+        dg = _req(d, "digest", what)
         size = d.get("size")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise DocumentError(f"{what}: 'size' must be a non-negative integer")
@@ -146,7 +154,6 @@ class Descriptor:
         if plat is not None and not isinstance(plat, Mapping):
             raise DocumentError(f"{what}: 'platform' must be an object")
         known = {"mediaType", "digest", "size", "annotations", "platform", "artifactType"}
-        assert mt is not None and dg is not None  # noqa: S101 - required=True guarantees it
         return cls(
             media_type=mt,
             digest=Digest.parse(dg),
@@ -204,8 +211,10 @@ class OCIManifest:
         if d.get("schemaVersion") != 2:
             raise DocumentError(f"{what}: schemaVersion must be 2")
         mt = d.get("mediaType", "application/vnd.oci.image.manifest.v1+json")
-        if mt not in ("application/vnd.oci.image.manifest.v1+json",
-                      "application/vnd.docker.distribution.manifest.v2+json"):
+        if mt not in (
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        ):
             raise DocumentError(f"{what}: unexpected mediaType {mt!r}")
         cfg = d.get("config")
         layers = d.get("layers")
@@ -214,13 +223,10 @@ class OCIManifest:
         if not isinstance(layers, list):
             raise DocumentError(f"{what}: 'layers' must be a list")
         subject = d.get("subject")
-        known = {"schemaVersion", "mediaType", "config", "layers", "annotations", "subject",
-                 "artifactType"}
+        known = {"schemaVersion", "mediaType", "config", "layers", "annotations", "subject", "artifactType"}
         return cls(
             config=Descriptor.from_dict(cfg, what=f"{what} config"),
-            layers=tuple(
-                Descriptor.from_dict(x, what=f"{what} layers[{i}]") for i, x in enumerate(layers)
-            ),
+            layers=tuple(Descriptor.from_dict(x, what=f"{what} layers[{i}]") for i, x in enumerate(layers)),
             media_type=mt,
             annotations=_annotations(d, what),
             subject=Descriptor.from_dict(subject, what=f"{what} subject") if subject else None,
@@ -276,8 +282,7 @@ class OCIIndex:
         if mt is not None and not isinstance(mt, str):
             raise DocumentError(f"{what}: 'mediaType' must be a string")
         subject = d.get("subject")
-        known = {"schemaVersion", "mediaType", "manifests", "annotations", "subject",
-                 "artifactType"}
+        known = {"schemaVersion", "mediaType", "manifests", "annotations", "subject", "artifactType"}
         return cls(
             manifests=tuple(
                 Descriptor.from_dict(x, what=f"{what} manifests[{i}]") for i, x in enumerate(mans)
