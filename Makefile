@@ -1,0 +1,56 @@
+# kiln — developer entry points. `make demo` and `make test` install what they need by themselves.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kiln-installed
+
+# Debian packages: real components the tests start (registry, runtimes, image tools) and the
+# host inputs the examples are built from (python3.11, busybox-static).
+DEBS_DEMO := python3.11 python3-venv busybox-static docker.io runc curl ca-certificates
+DEBS_TEST := $(DEBS_DEMO) gcc libc6-dev skopeo umoci oci-image-tool buildah docker-registry openssl \
+             cpio erofs-utils cryptsetup-bin util-linux iproute2
+
+.PHONY: help debs-demo debs-test venv lint typecheck unit test demo bench clean
+
+help:
+	@echo "make demo   build the examples, load python-web into a private Docker engine and curl it"
+	@echo "make test   lint, type-check and run the whole test suite (unit + integration)"
+	@echo "make bench  run the benchmarks against the peer tools"
+
+debs-demo:
+	@.ci/ensure-debs $(DEBS_DEMO)
+
+debs-test:
+	@.ci/ensure-debs $(DEBS_TEST)
+
+$(STAMP): pyproject.toml
+	@if [ ! -x $(BIN)/python ]; then $(PYTHON) -m venv $(VENV); fi
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test,dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: venv
+	$(BIN)/mypy
+
+unit: venv
+	$(BIN)/pytest -q -m "not integration"
+
+test: debs-test venv lint typecheck
+	$(BIN)/pytest -q
+
+demo: debs-demo venv
+	$(BIN)/python examples/demo.py
+
+bench: debs-test venv
+	$(BIN)/python bench/build.py
+
+clean:
+	rm -rf out demo-out .pytest_cache .mypy_cache .ruff_cache

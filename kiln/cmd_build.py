@@ -1,0 +1,166 @@
+"""Verbs that read image manifests and build: ``validate``, ``build``, ``inspect``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+from kiln.output import Output
+from manifests.errors import KilnError
+
+__all__ = ["register", "source_date_epoch", "default_cache_dir"]
+
+FORMATS = ("oci", "oci-archive", "docker-archive")
+# 2^33 seconds is past the year 2242 and still fits a ustar mtime field.
+_MAX_EPOCH = 2**33 - 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("validate", help="check an image manifest without building")
+    p.add_argument("manifest", type=Path, help="image manifest (.yaml, .yml or .toml)")
+    p.set_defaults(handler=cmd_validate)
+
+    p = sub.add_parser("build", help="build an image manifest into an OCI layout or archive")
+    p.add_argument("manifest", type=Path, help="image manifest (.yaml, .yml or .toml)")
+    p.add_argument("-o", "--output", type=Path, help="output path (default: out/NAME[.tar])")
+    p.add_argument("--format", choices=FORMATS, default="oci", help="output format (default: oci)")
+    p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument("--cache-dir", type=Path, help="build cache (default: $KILN_CACHE_DIR or ~/.cache/kiln)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the build cache")
+    p.add_argument(
+        "--source-date-epoch",
+        type=str,
+        default=None,
+        help="timestamp for every file and the image (default: $SOURCE_DATE_EPOCH or 0)",
+    )
+    p.set_defaults(handler=cmd_build)
+
+    p = sub.add_parser("inspect", help="show an image's config, layers and files")
+    p.add_argument("image", type=Path, help="OCI layout directory, oci-archive or docker-archive")
+    p.add_argument("--no-files", action="store_true", help="omit the file listing")
+    p.set_defaults(handler=cmd_inspect)
+
+
+def source_date_epoch(value: str | None) -> int:
+    """The build timestamp: the flag, else ``$SOURCE_DATE_EPOCH``, else 0; validated."""
+    origin = "--source-date-epoch"
+    if value is None:
+        value = os.environ.get("SOURCE_DATE_EPOCH")
+        origin = "SOURCE_DATE_EPOCH"
+    if value is None or value == "":
+        return 0
+    if not value.isascii() or not value.isdigit():
+        raise KilnError(
+            f"{origin}={value!r} is not a non-negative integer",
+            hint="use seconds since 1970-01-01T00:00:00Z, e.g. $(git log -1 --format=%ct)",
+        )
+    epoch = int(value)
+    if epoch > _MAX_EPOCH:
+        raise KilnError(f"{origin}={value} is too large (max {_MAX_EPOCH})")
+    return epoch
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("KILN_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "kiln"
+
+
+def _human_size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{n} B"  # pragma: no cover
+
+
+def cmd_validate(args: argparse.Namespace, out: Output) -> int:
+    from manifests.image_parse import load_image_manifest
+
+    m = load_image_manifest(args.manifest)
+    out.result(
+        f"{args.manifest}: valid ({m.name} {m.version}, {len(m.contents)} contents items)",
+        {"manifest": str(args.manifest), "valid": True, "name": m.name, "image_version": m.version},
+    )
+    return 0
+
+
+def cmd_build(args: argparse.Namespace, out: Output) -> int:
+    from builder.build import build_image
+    from builder.cache import BuildCache
+    from manifests.image_parse import load_image_manifest
+
+    epoch = source_date_epoch(args.source_date_epoch)
+    manifest = load_image_manifest(args.manifest)
+    output = args.output
+    if output is None:
+        suffix = "" if args.format == "oci" else ".tar"
+        output = Path("out") / f"{manifest.name.replace('/', '_')}{suffix}"
+    cache = None if args.no_cache else BuildCache(args.cache_dir or default_cache_dir())
+    result = build_image(
+        manifest,
+        output=output,
+        fmt=args.format,
+        cache=cache,
+        source_date_epoch=epoch,
+        force=args.force,
+        progress=out.progress,
+    )
+    layers: list[dict[str, Any]] = [
+        {
+            "digest": str(layer.digest),
+            "diff_id": str(layer.diff_id),
+            "size": layer.size,
+            "media_type": str(layer.media_type),
+            "files": layer.files,
+            "category": layer.category,
+        }
+        for layer in result.layers
+    ]
+    human = "\n".join(
+        [
+            f"built {result.name} {result.image_version}",
+            f"  digest  {result.digest}",
+            f"  size    {_human_size(result.size)} ({len(result.layers)} layers)",
+            f"  output  {result.output}",
+        ]
+    )
+    out.result(
+        human,
+        {
+            "name": result.name,
+            "image_version": result.image_version,
+            "digest": str(result.digest),
+            "size": result.size,
+            "layers": layers,
+            "output": str(result.output),
+            "format": args.format,
+        },
+    )
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace, out: Output) -> int:
+    from builder.inspect import format_tree, inspect_image
+
+    info = inspect_image(args.image)
+    if args.no_files:
+        info.pop("files", None)
+    lines = [f"{args.image}", f"  digest  {info['digest']}"]
+    cfg = info.get("config", {})
+    for key in ("user", "entrypoint", "cmd", "workdir", "env", "ports"):
+        if cfg.get(key):
+            lines.append(f"  {key:<8}{cfg[key]}")
+    lines.append(f"  layers  {len(info['layers'])}")
+    for layer in info["layers"]:
+        lines.append(f"    {layer['digest']}  {_human_size(layer['size'])}  {layer.get('files', '?')} files")
+    if "files" in info:
+        lines.append(format_tree(info["files"]))
+    out.result("\n".join(lines), info)
+    return 0
