@@ -1,0 +1,125 @@
+"""Start real components privately for tests, benchmarks and the demo, and stop them after.
+
+Nothing here is used by kiln's commands; it exists so the test suite, ``bench/`` and
+``make demo`` start the same private Docker engine the same way (loopback/Unix socket only,
+temporary state, no iptables, no bridge).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["PrivateDockerd", "private_dockerd", "free_port", "http_get", "wait_http"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def http_get(url: str, *, timeout: float = 1.0) -> tuple[int, bytes]:
+    """One GET; returns (status, body). Raises OSError when nothing answers."""
+    if not url.startswith(("http://127.", "http://localhost", "http://[::1]")):
+        raise ValueError(f"refusing a non-loopback URL: {url}")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only, checked
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+def wait_http(url: str, *, attempts: int = 100, delay: float = 0.1) -> tuple[int, bytes]:
+    """Poll ``url`` a bounded number of times until it answers; raise the last error otherwise."""
+    last: Exception | None = None
+    for _ in range(attempts):
+        try:
+            return http_get(url)
+        except OSError as exc:
+            last = exc
+            time.sleep(delay)
+    raise TimeoutError(f"{url} never answered after {attempts} attempts: {last}")
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateDockerd:
+    """A running private engine: ``host`` is ``unix:///...`` for the CLI and the SDK."""
+
+    host: str
+    root: Path
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["docker", "-H", self.host, *args],
+            check=check,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+
+@contextlib.contextmanager
+def private_dockerd(*, start_timeout: float = 30.0) -> Iterator[PrivateDockerd]:
+    """Run ``dockerd`` with its own data/exec roots and socket; remove everything on exit."""
+    root = Path(tempfile.mkdtemp(prefix="kiln-dockerd-", dir="/tmp"))
+    sock = root / "d.sock"
+    log_path = root / "dockerd.log"
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [
+                "dockerd",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--bridge=none",
+                "--data-root",
+                str(root / "data"),
+                "--exec-root",
+                str(root / "exec"),
+                "--pidfile",
+                str(root / "dockerd.pid"),
+                "-H",
+                f"unix://{sock}",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    engine = PrivateDockerd(host=f"unix://{sock}", root=root)
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"dockerd exited early:\n{log_path.read_text()[-2000:]}")
+            if sock.exists() and engine.cli("version", check=False, timeout=10).returncode == 0:
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"dockerd did not answer within {start_timeout} s")
+            time.sleep(0.1)
+        yield engine
+    finally:
+        with contextlib.suppress(Exception):
+            ids = engine.cli("ps", "-aq", check=False, timeout=30).stdout.split()
+            if ids:
+                engine.cli("rm", "-f", *ids, check=False, timeout=60)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        subprocess.run(["umount", "-R", str(root / "data")], check=False, capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
