@@ -1,0 +1,180 @@
+"""Build the same python-web-sized tree (~60 MB, ~1,400 files: the host's /usr/lib/python3.11 and
+the python3.11 binary) with kiln, with `buildah build` + `buildah push oci:`, and with `docker build` +
+`docker save` on a private engine, in the same run; cold (empty caches) and warm (unchanged rebuild).
+Prints wall times and the ratios. Nothing here asserts a time: read the numbers.
+
+    .venv/bin/python bench/build.py [--runs N] [--skip-docker] [--skip-buildah]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from kiln.testing import private_dockerd  # noqa: E402
+
+MANIFEST = """\
+apiVersion: kiln.dev/v1
+kind: Image
+name: bench-python
+version: 1.0.0
+contents:
+  - tree: {src: rootfs, dst: /}
+entrypoint: [/usr/bin/python3.11]
+layers: {strategy: single, max: 1}
+compression: gzip
+"""
+
+
+def prepare(work: Path) -> Path:
+    ctx = work / "ctx"
+    rootfs = ctx / "rootfs"
+    shutil.copytree("/usr/lib/python3.11", rootfs / "usr/lib/python3.11", symlinks=True)
+    (rootfs / "usr/bin").mkdir(parents=True)
+    shutil.copy2("/usr/bin/python3.11", rootfs / "usr/bin/python3.11")
+    # Debian's sitecustomize.py is a symlink out of the tree: drop it, as every tool would copy it.
+    for link in rootfs.rglob("*"):
+        if link.is_symlink() and not link.resolve().is_relative_to(rootfs.resolve()):
+            link.unlink()
+    (ctx / "Containerfile").write_text("FROM scratch\nCOPY rootfs/ /\n")
+    (ctx / "image.yaml").write_text(MANIFEST)
+    files = [p for p in rootfs.rglob("*") if p.is_file() and not p.is_symlink()]
+    size = sum(p.stat().st_size for p in files)
+    print(f"content: {len(files)} files, {size / 1e6:.1f} MB")
+    return ctx
+
+
+def timed(fn: Callable[[], None]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def run(*cmd: str, env: dict[str, str] | None = None) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+
+
+def bench_kiln(ctx: Path, work: Path, runs: int) -> tuple[list[float], list[float]]:
+    cold, warm = [], []
+    for i in range(runs):
+        cache = work / f"kiln-cache-{i}"
+        out = work / f"kiln-out-{i}"
+
+        def build(cache: Path = cache, out: Path = out) -> None:
+            run(
+                sys.executable,
+                "-m",
+                "kiln",
+                "-q",
+                "build",
+                str(ctx / "image.yaml"),
+                "-o",
+                str(out),
+                "--force",
+                "--cache-dir",
+                str(cache),
+            )
+
+        cold.append(timed(build))
+        warm.append(timed(build))
+    return cold, warm
+
+
+def bench_buildah(ctx: Path, work: Path, runs: int) -> tuple[list[float], list[float]]:
+    cold, warm = [], []
+    for i in range(runs):
+        store = work / f"buildah-{i}"
+        base = [
+            "buildah",
+            "--root",
+            str(store / "root"),
+            "--runroot",
+            str(store / "run"),
+            "--storage-driver",
+            "overlay",
+        ]
+
+        def build(base: list[str] = base, i: int = i) -> None:
+            run(
+                *base,
+                "build",
+                "--layers",
+                "-q",
+                "-f",
+                str(ctx / "Containerfile"),
+                "-t",
+                "localhost/bench:1",
+                str(ctx),
+            )
+            out = work / f"buildah-out-{i}"
+            shutil.rmtree(out, ignore_errors=True)
+            run(*base, "push", "-q", "localhost/bench:1", f"oci:{out}:1.0.0")
+
+        cold.append(timed(build))
+        warm.append(timed(build))
+        subprocess.run([*base, "rmi", "-a", "-f"], capture_output=True, check=False)
+        subprocess.run(["umount", "-R", str(store)], capture_output=True, check=False)
+        shutil.rmtree(store, ignore_errors=True)
+    return cold, warm
+
+
+def bench_docker(ctx: Path, work: Path, runs: int) -> tuple[list[float], list[float]]:
+    cold, warm = [], []
+    with private_dockerd() as engine:
+        env = {**os.environ, "DOCKER_HOST": engine.host, "DOCKER_BUILDKIT": "0"}
+        for i in range(runs):
+            tag = f"bench-{i}:1"
+
+            def build(tag: str = tag, i: int = i) -> None:
+                run("docker", "build", "-q", "-f", str(ctx / "Containerfile"), "-t", tag, str(ctx), env=env)
+                run("docker", "save", "-o", str(work / f"docker-{i}.tar"), tag, env=env)
+
+            cold.append(timed(build))
+            warm.append(timed(build))
+            run("docker", "rmi", "-f", tag, env=env)
+            run("docker", "builder", "prune", "-af", env=env)
+    return cold, warm
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--skip-docker", action="store_true")
+    ap.add_argument("--skip-buildah", action="store_true")
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="kiln-bench-build-", dir="/var/tmp"))
+    try:
+        ctx = prepare(work)
+        results: dict[str, tuple[list[float], list[float]]] = {"kiln": bench_kiln(ctx, work, args.runs)}
+        if not args.skip_buildah:
+            results["buildah build+push"] = bench_buildah(ctx, work, args.runs)
+        if not args.skip_docker:
+            results["docker build+save"] = bench_docker(ctx, work, args.runs)
+    finally:
+        subprocess.run(["umount", "-R", str(work)], capture_output=True, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+    k_cold = statistics.median(results["kiln"][0])
+    k_warm = statistics.median(results["kiln"][1])
+    print(f"\n{'tool':<22}{'cold (median)':>15}{'warm (median)':>15}{'cold ratio':>12}{'warm ratio':>12}")
+    for tool, (cold, warm) in results.items():
+        c, w = statistics.median(cold), statistics.median(warm)
+        print(f"{tool:<22}{c:>14.3f}s{w:>14.3f}s{c / k_cold:>11.1f}x{w / k_warm:>11.1f}x")
+    print("\nratio = the tool's time / kiln's time (higher means kiln is faster)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
