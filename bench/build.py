@@ -19,10 +19,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from kiln.testing import private_dockerd
 
-from kiln.testing import private_dockerd  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 MANIFEST = """\
 apiVersion: kiln.dev/v1

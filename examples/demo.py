@@ -12,11 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from kiln.testing import free_port, private_dockerd, wait_http
+
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "demo-out"
-sys.path.insert(0, str(REPO))
-
-from kiln.testing import free_port, private_dockerd, wait_http  # noqa: E402
 
 
 def step(text: str) -> None:
