@@ -1,0 +1,535 @@
+"""Apply an image manifest's ``contents`` (then accounts, writable paths, volumes) into a file tree.
+
+Items are applied in order; each entry records its origin (``contents[2].tree``) so a conflict or a
+missing input names the manifest item. Host paths in ``files`` and ``tree`` are relative to the
+manifest's directory. Directory walks do not follow symlinks (they are copied as symlinks); device
+nodes, fifos and sockets are refused. Files of one ``files``/``tree`` source that share an inode on
+the host become hard links in the image, linked to the one that sorts first.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from builder.errors import SourceError
+from builder.tree import Category, Entry, EntryKind, FileTree, default_mode, normalize_path, sort_key
+from manifests.image import (
+    ClosureSource,
+    DirSource,
+    FileSpec,
+    FilesSource,
+    ImageManifest,
+    SymlinkSource,
+    TreeSource,
+)
+
+__all__ = ["InputRecord", "Assembly", "assemble", "category_for", "compile_glob", "TMP_DIRS"]
+
+TMP_DIRS = frozenset({"/tmp", "/var/tmp"})  # noqa: S108 - image paths, not host temp files
+_RUNTIME_PREFIXES = ("/usr/lib", "/usr/share", "/usr/libexec", "/usr/local/lib", "/lib")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InputRecord:
+    """A host input the build used: ``path`` is relative to the manifest dir for ``files``,
+    absolute for ``tree`` and ``closure``."""
+
+    origin: str
+    kind: str  # "files" | "tree" | "closure"
+    path: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Assembly:
+    tree: FileTree
+    inputs: tuple[InputRecord, ...]
+
+
+def category_for(path: str, *, default: Category) -> Category:
+    """RUNTIME for library locations (``/usr/lib*``, ``/lib*``, ``/usr/share``...), else ``default``."""
+    for prefix in _RUNTIME_PREFIXES:
+        if path == prefix or path.startswith(prefix + "/"):
+            return Category.RUNTIME
+        # /lib64, /lib32, /usr/lib64, /usr/libx32 ...
+        if prefix in ("/lib", "/usr/lib") and path.startswith(prefix):
+            rest = path[len(prefix) :].split("/", 1)[0]
+            if rest and rest.replace("x", "").isdigit():
+                return Category.RUNTIME
+    return default
+
+
+@lru_cache(maxsize=256)
+def compile_glob(pattern: str) -> re.Pattern[str]:
+    """A glob over relative POSIX paths: ``**`` crosses ``/``, ``*`` and ``?`` do not, ``[..]`` classes."""
+    out: list[str] = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif c == "*":
+            out.append("[^/]*")
+            i += 1
+        elif c == "?":
+            out.append("[^/]")
+            i += 1
+        elif c == "[":
+            j = pattern.find("]", i + 2 if pattern.startswith(("[!", "[^"), i) else i + 1)
+            if j < 0:
+                out.append(re.escape(c))
+                i += 1
+                continue
+            body = pattern[i + 1 : j]
+            if body[:1] in ("!", "^"):
+                body = "^" + body[1:]
+            out.append("[" + body.replace("\\", "\\\\") + "]")
+            i = j + 1
+        else:
+            out.append(re.escape(c))
+            i += 1
+    return re.compile("(?s:" + "".join(out) + r")\Z")
+
+
+def _matches(rel: str, patterns: Sequence[str]) -> bool:
+    return any(compile_glob(p.strip("/")).match(rel) for p in patterns)
+
+
+class _Assembler:
+    def __init__(self, manifest: ImageManifest) -> None:
+        self.m = manifest
+        self.base = Path(manifest.base_dir)
+        self.tree = FileTree()
+        self.inputs: list[InputRecord] = []
+
+    def host(self, src: str) -> Path:
+        p = Path(src)
+        return p if p.is_absolute() else self.base / p
+
+    def run(self) -> Assembly:
+        for i, item in enumerate(self.m.contents):
+            where = f"contents[{i}]"
+            if isinstance(item, FilesSource):
+                for j, spec in enumerate(item.files):
+                    self.files(spec, i, f"{where}.files[{j}]")
+            elif isinstance(item, TreeSource):
+                self.tree_source(item, i, f"{where}.tree")
+            elif isinstance(item, ClosureSource):
+                self.closure(item, i, f"{where}.closure")
+            elif isinstance(item, SymlinkSource):
+                path = normalize_path(item.path, what=f"{where}.symlink.path")
+                self.tree.add(
+                    Entry(
+                        path=path,
+                        kind=EntryKind.SYMLINK,
+                        mode=0o777,
+                        target=item.target,
+                        category=category_for(path, default=Category.APP),
+                        origin=f"{where}.symlink",
+                        source_index=i,
+                    )
+                )
+            elif isinstance(item, DirSource):
+                self.tree.add(
+                    Entry(
+                        path=normalize_path(item.path, what=f"{where}.dir.path"),
+                        kind=EntryKind.DIR,
+                        mode=item.mode,
+                        uid=item.uid,
+                        gid=item.gid,
+                        category=Category.SYSTEM,
+                        origin=f"{where}.dir",
+                        source_index=i,
+                    )
+                )
+            else:  # pragma: no cover - the model is a closed union
+                raise SourceError(f"{where}: unsupported contents item {type(item).__name__}")
+        self.accounts()
+        self.runtime_dirs()
+        return Assembly(tree=self.tree, inputs=tuple(self.inputs))
+
+    # -- files ----------------------------------------------------------------------------
+
+    def files(self, spec: FileSpec, index: int, origin: str) -> None:
+        src = self.host(spec.src)
+        try:
+            st = os.stat(src)
+        except OSError as exc:
+            raise SourceError(
+                f"{origin}.src: {src}: {exc.strerror.lower() if exc.strerror else exc}",
+                hint=f"paths in 'files' are relative to the manifest directory {self.base}",
+            ) from exc
+        self.inputs.append(InputRecord(origin=origin, kind="files", path=spec.src))
+        if stat.S_ISDIR(st.st_mode):
+            dst = normalize_path(spec.dst, what=f"{origin}.dst")
+            self.walk(
+                src,
+                dst,
+                index=index,
+                origin=origin,
+                category=Category.APP,
+                mode=spec.mode,
+                dirmode=spec.dirmode,
+                uid=spec.uid,
+                gid=spec.gid,
+                include=(),
+                exclude=(),
+            )
+            return
+        if not stat.S_ISREG(st.st_mode):
+            raise SourceError(f"{origin}.src: {src}: not a regular file or directory")
+        dst_text = spec.dst
+        if dst_text.endswith("/"):
+            dst_text += src.name
+        dst = normalize_path(dst_text, what=f"{origin}.dst")
+        self.tree.add(
+            Entry(
+                path=dst,
+                kind=EntryKind.FILE,
+                mode=default_mode(st.st_mode, explicit=spec.mode),
+                uid=spec.uid,
+                gid=spec.gid,
+                size=st.st_size,
+                host_path=src,
+                category=Category.APP,
+                origin=origin,
+                source_index=index,
+            )
+        )
+
+    # -- tree -----------------------------------------------------------------------------
+
+    def tree_source(self, item: TreeSource, index: int, origin: str) -> None:
+        src = self.host(item.src)
+        if not src.is_dir():
+            what = "not a directory" if src.exists() else "no such directory"
+            raise SourceError(
+                f"{origin}.src: {src}: {what}",
+                hint=f"tree sources are directories, relative to the manifest directory {self.base}",
+            )
+        self.inputs.append(InputRecord(origin=origin, kind="tree", path=str(src.resolve())))
+        dst = normalize_path(item.dst, what=f"{origin}.dst")
+        self.walk(
+            src,
+            dst,
+            index=index,
+            origin=origin,
+            category=category_for(dst, default=Category.APP),
+            mode=item.mode,
+            dirmode=item.dirmode,
+            uid=item.uid,
+            gid=item.gid,
+            include=item.include,
+            exclude=item.exclude,
+        )
+
+    def walk(
+        self,
+        src: Path,
+        dst: str,
+        *,
+        index: int,
+        origin: str,
+        category: Category,
+        mode: int | None,
+        dirmode: int | None,
+        uid: int,
+        gid: int,
+        include: Sequence[str],
+        exclude: Sequence[str],
+    ) -> None:
+        """Copy the contents of host directory ``src`` to image directory ``dst``."""
+        found: list[tuple[str, str, os.stat_result, Path]] = []  # (rel, kind, stat, host)
+        self._scan(src, "", found, origin, exclude)
+        selected: list[tuple[str, str, os.stat_result, Path]] = []
+        for rel, kind, st, host in found:
+            if kind == "dir":
+                if not include:
+                    selected.append((rel, kind, st, host))
+            elif not include or _matches(rel, include):
+                selected.append((rel, kind, st, host))
+        dmode = 0o755 if dirmode is None else dirmode
+        wanted_dirs = {rel for rel, kind, _, _ in selected if kind == "dir"}
+        for rel, _, _, _ in selected:
+            parent = posixpath.dirname(rel)
+            while parent:
+                wanted_dirs.add(parent)
+                parent = posixpath.dirname(parent)
+
+        def image(rel: str) -> str:
+            return dst if not rel else (dst.rstrip("/") + "/" + rel)
+
+        # The destination itself and every directory on the way carry the item's dirmode/owner.
+        if dst != "/":
+            self.tree.add(
+                self._dir(path=dst, mode=dmode, uid=uid, gid=gid, cat=category, origin=origin, index=index)
+            )
+        for rel in sorted(wanted_dirs, key=lambda r: sort_key("/" + r)):
+            self.tree.add(
+                self._dir(
+                    path=image(rel), mode=dmode, uid=uid, gid=gid, cat=category, origin=origin, index=index
+                )
+            )
+
+        groups: dict[tuple[int, int], list[tuple[str, os.stat_result, Path]]] = {}
+        for rel, kind, st, host in selected:
+            if kind == "dir":
+                continue
+            path = image(rel)
+            if kind == "symlink":
+                self.tree.add(
+                    Entry(
+                        path=path,
+                        kind=EntryKind.SYMLINK,
+                        mode=0o777,
+                        uid=uid,
+                        gid=gid,
+                        target=os.readlink(host),
+                        category=category,
+                        origin=origin,
+                        source_index=index,
+                    )
+                )
+            elif st.st_nlink > 1:
+                groups.setdefault((st.st_dev, st.st_ino), []).append((path, st, host))
+            else:
+                self.tree.add(
+                    self._file(
+                        path=path,
+                        st=st,
+                        host=host,
+                        fmode=mode,
+                        uid=uid,
+                        gid=gid,
+                        cat=category,
+                        origin=origin,
+                        index=index,
+                    )
+                )
+        for members in groups.values():
+            members.sort(key=lambda m: sort_key(m[0]))
+            leader, st, host = members[0]
+            self.tree.add(
+                self._file(
+                    path=leader,
+                    st=st,
+                    host=host,
+                    fmode=mode,
+                    uid=uid,
+                    gid=gid,
+                    cat=category,
+                    origin=origin,
+                    index=index,
+                )
+            )
+            fmode = default_mode(st.st_mode, explicit=mode)
+            for path, _, _ in members[1:]:
+                self.tree.add(
+                    Entry(
+                        path=path,
+                        kind=EntryKind.HARDLINK,
+                        mode=fmode,
+                        uid=uid,
+                        gid=gid,
+                        target=leader,
+                        category=category,
+                        origin=origin,
+                        source_index=index,
+                    )
+                )
+
+    def _scan(
+        self,
+        directory: Path,
+        rel: str,
+        found: list[tuple[str, str, os.stat_result, Path]],
+        origin: str,
+        exclude: Sequence[str],
+    ) -> None:
+        try:
+            with os.scandir(directory) as it:
+                names = sorted(e.name for e in it)
+        except OSError as exc:
+            raise SourceError(f"{origin}: cannot list {directory}: {exc.strerror}") from exc
+        for name in names:
+            child_rel = f"{rel}/{name}" if rel else name
+            host = directory / name
+            if exclude and _matches(child_rel, exclude):
+                continue
+            st = os.lstat(host)
+            if stat.S_ISDIR(st.st_mode):
+                found.append((child_rel, "dir", st, host))
+                self._scan(host, child_rel, found, origin, exclude)
+            elif stat.S_ISREG(st.st_mode):
+                found.append((child_rel, "file", st, host))
+            elif stat.S_ISLNK(st.st_mode):
+                found.append((child_rel, "symlink", st, host))
+            else:
+                raise SourceError(
+                    f"{origin}: {host}: is a {_special_kind(st.st_mode)}; images hold only files, "
+                    "directories and links",
+                    hint="exclude it with an 'exclude' glob",
+                )
+
+    @staticmethod
+    def _dir(*, path: str, mode: int, uid: int, gid: int, cat: Category, origin: str, index: int) -> Entry:
+        return Entry(
+            path=path,
+            kind=EntryKind.DIR,
+            mode=mode,
+            uid=uid,
+            gid=gid,
+            category=cat,
+            origin=origin,
+            source_index=index,
+        )
+
+    @staticmethod
+    def _file(
+        *,
+        path: str,
+        st: os.stat_result,
+        host: Path,
+        fmode: int | None,
+        uid: int,
+        gid: int,
+        cat: Category,
+        origin: str,
+        index: int,
+    ) -> Entry:
+        return Entry(
+            path=path,
+            kind=EntryKind.FILE,
+            mode=default_mode(st.st_mode, explicit=fmode),
+            uid=uid,
+            gid=gid,
+            size=st.st_size,
+            host_path=host,
+            category=cat,
+            origin=origin,
+            source_index=index,
+        )
+
+    # -- closure --------------------------------------------------------------------------
+
+    def closure(self, item: ClosureSource, index: int, origin: str) -> None:
+        from builder.elf import resolve_closure
+
+        sysroot = self.host(item.sysroot)
+        closure = resolve_closure(item.paths, sysroot)
+        for f in closure.files:
+            try:
+                st = os.stat(f.host_path)
+            except OSError as exc:
+                raise SourceError(f"{origin}: {f.host_path}: {exc.strerror}") from exc
+            self.inputs.append(InputRecord(origin=origin, kind="closure", path=str(f.host_path)))
+            self.tree.add(
+                Entry(
+                    path=f.image_path,
+                    kind=EntryKind.FILE,
+                    mode=default_mode(st.st_mode, explicit=None),
+                    size=st.st_size,
+                    host_path=f.host_path,
+                    category=Category.RUNTIME,
+                    origin=origin,
+                    source_index=index,
+                )
+            )
+        for s in closure.symlinks:
+            self.tree.add(
+                Entry(
+                    path=s.image_path,
+                    kind=EntryKind.SYMLINK,
+                    mode=0o777,
+                    target=s.target,
+                    category=Category.RUNTIME,
+                    origin=origin,
+                    source_index=index,
+                )
+            )
+
+    # -- generated ------------------------------------------------------------------------
+
+    def accounts(self) -> None:
+        acct = self.m.accounts
+        if acct is None:
+            return
+        group = acct.group or acct.user
+        passwd = ["root:x:0:0:root:/root:/sbin/nologin"]
+        groups = ["root:x:0:"]
+        if acct.uid != 0:
+            passwd.append(f"{acct.user}:x:{acct.uid}:{acct.gid}::{acct.home}:/sbin/nologin")
+        if acct.gid != 0:
+            groups.append(f"{group}:x:{acct.gid}:")
+        for path, lines in (("/etc/passwd", passwd), ("/etc/group", groups)):
+            data = ("\n".join(lines) + "\n").encode()
+            self.tree.add(
+                Entry(
+                    path=path,
+                    kind=EntryKind.FILE,
+                    mode=0o644,
+                    size=len(data),
+                    data=data,
+                    category=Category.SYSTEM,
+                    origin="accounts",
+                )
+            )
+
+    def runtime_dirs(self) -> None:
+        acct = self.m.accounts
+        uid, gid = (acct.uid, acct.gid) if acct is not None else (0, 0)
+        for field_name, paths in (("writable", self.m.writable), ("volumes", self.m.volumes)):
+            for k, raw in enumerate(paths):
+                origin = f"{field_name}[{k}]"
+                path = normalize_path(raw, what=origin)
+                existing = self.tree.get(path)
+                if existing is not None and not existing.implicit:
+                    if existing.kind is not EntryKind.DIR:
+                        raise SourceError(
+                            f"{origin}: {path} is a {existing.kind} from {existing.describe()}",
+                            hint="writable paths and volumes are directories",
+                        )
+                    continue
+                tmp = field_name == "writable" and path in TMP_DIRS
+                self.tree.add(
+                    Entry(
+                        path=path,
+                        kind=EntryKind.DIR,
+                        mode=0o1777 if tmp else 0o755,
+                        uid=0 if tmp else uid,
+                        gid=0 if tmp else gid,
+                        category=Category.SYSTEM,
+                        origin=origin,
+                    )
+                )
+
+
+def _special_kind(mode: int) -> str:
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    if stat.S_ISFIFO(mode):
+        return "fifo"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "special file"
+
+
+def assemble(manifest: ImageManifest) -> Assembly:
+    """Build the normalized tree for ``manifest`` (reads host metadata; file bytes are read later)."""
+    return _Assembler(manifest).run()
+
+
+def iter_regular(entries: Iterable[Entry]) -> Iterable[Entry]:
+    return (e for e in entries if e.kind is EntryKind.FILE)

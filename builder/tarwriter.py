@@ -1,0 +1,177 @@
+"""Deterministic, streaming tar writer for image layers and archives.
+
+The bytes depend only on the entries and ``mtime``: entries in the order given (callers pass the
+tree's parents-first order), numeric uid/gid with empty user and group names, every mtime equal to
+``mtime`` (the SOURCE_DATE_EPOCH), no atime/ctime, no device numbers. A PAX extended header appears
+only when a field does not fit ustar (long or non-ASCII path or link target, huge size). The end of
+the archive is two zero blocks, without padding to a 10 KiB record.
+
+File contents are streamed in 1 MiB chunks, so memory stays flat; the uncompressed stream is hashed
+as it is written (the layer's ``diff_id``) and so is each regular file (for the SBOM).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from builder.errors import BuildError, SourceError
+from builder.tree import Entry, EntryKind
+from manifests.digest import Digest
+
+__all__ = [
+    "Sink",
+    "FileRecord",
+    "TarStats",
+    "write_tar",
+    "tar_size",
+    "header_bytes",
+    "check_epoch",
+    "BLOCK",
+]
+
+BLOCK = 512
+_CHUNK = 1 << 20
+_END = b"\0" * (2 * BLOCK)
+_MAX_EPOCH = 8**11 - 1  # largest mtime a ustar field holds without a PAX header
+
+
+class Sink(Protocol):
+    def write(self, data: bytes, /) -> object: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileRecord:
+    """A regular file (or hard link to one) in the image: absolute path, content digest, size."""
+
+    path: str
+    sha256: Digest
+    size: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TarStats:
+    diff_id: Digest
+    size: int
+    entries: int
+    files: tuple[FileRecord, ...]
+
+
+def check_epoch(mtime: int) -> int:
+    if isinstance(mtime, bool) or not isinstance(mtime, int) or mtime < 0:
+        raise BuildError(f"source date epoch {mtime!r} must be a non-negative integer")
+    if mtime > _MAX_EPOCH:
+        raise BuildError(f"source date epoch {mtime} is too large (max {_MAX_EPOCH})")
+    return mtime
+
+
+def _tar_name(entry: Entry) -> str:
+    name = entry.path.lstrip("/")
+    return name + "/" if entry.kind is EntryKind.DIR else name
+
+
+def header_bytes(entry: Entry, *, mtime: int) -> bytes:
+    """The header block(s) for ``entry`` (a PAX header first only if a field needs one)."""
+    info = tarfile.TarInfo(_tar_name(entry))
+    info.mode = entry.mode & 0o7777
+    info.uid = entry.uid
+    info.gid = entry.gid
+    info.uname = ""
+    info.gname = ""
+    info.mtime = mtime
+    if entry.kind is EntryKind.FILE:
+        info.type = tarfile.REGTYPE
+        info.size = entry.size
+    elif entry.kind is EntryKind.DIR:
+        info.type = tarfile.DIRTYPE
+    elif entry.kind is EntryKind.SYMLINK:
+        info.type = tarfile.SYMTYPE
+        info.linkname = entry.target or ""
+    else:
+        info.type = tarfile.LNKTYPE
+        info.linkname = (entry.target or "").lstrip("/")
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def _padding(size: int) -> int:
+    return -size % BLOCK
+
+
+def tar_size(entries: Iterable[Entry], *, mtime: int) -> int:
+    """The exact byte size :func:`write_tar` will produce, without reading any file."""
+    total = len(_END)
+    for e in entries:
+        total += len(header_bytes(e, mtime=mtime))
+        if e.kind is EntryKind.FILE:
+            total += e.size + _padding(e.size)
+    return total
+
+
+class _Hashing:
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+        self.h = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.h.update(data)
+        self.size += len(data)
+        self.sink.write(data)
+
+
+def write_tar(entries: Iterable[Entry], sink: Sink, *, mtime: int) -> TarStats:
+    """Write a tar of ``entries`` (in the given order) to ``sink``; returns its digest and stats."""
+    check_epoch(mtime)
+    out = _Hashing(sink)
+    records: list[FileRecord] = []
+    by_path: dict[str, FileRecord] = {}
+    count = 0
+    for entry in entries:
+        out.write(header_bytes(entry, mtime=mtime))
+        count += 1
+        if entry.kind is EntryKind.FILE:
+            rec = FileRecord(path=entry.path, sha256=_write_content(entry, out), size=entry.size)
+            records.append(rec)
+            by_path[entry.path] = rec
+        elif entry.kind is EntryKind.HARDLINK:
+            leader = by_path.get(entry.target or "")
+            if leader is None:
+                raise BuildError(
+                    f"{entry.path}: hard link to {entry.target}, which is not earlier in the same layer"
+                )
+            records.append(FileRecord(path=entry.path, sha256=leader.sha256, size=leader.size))
+    out.write(_END)
+    return TarStats(diff_id=Digest(out.h.hexdigest()), size=out.size, entries=count, files=tuple(records))
+
+
+def _write_content(entry: Entry, out: _Hashing) -> Digest:
+    if entry.data is not None:
+        if len(entry.data) != entry.size:
+            raise BuildError(f"{entry.path}: inline data is {len(entry.data)} bytes, not {entry.size}")
+        out.write(entry.data)
+        digest = Digest.of(entry.data)
+    else:
+        h = hashlib.sha256()
+        done = 0
+        try:
+            with open(str(entry.host_path), "rb") as fh:
+                while done < entry.size and (block := fh.read(min(_CHUNK, entry.size - done))):
+                    h.update(block)
+                    out.write(block)
+                    done += len(block)
+                grew = bool(fh.read(1))
+        except OSError as exc:
+            raise SourceError(f"{entry.origin}: cannot read {entry.host_path}: {exc.strerror}") from exc
+        if done != entry.size or grew:
+            raise SourceError(
+                f"{entry.origin}: {entry.host_path} changed size while the image was being built",
+                hint="do not modify inputs during a build",
+            )
+        digest = Digest(h.hexdigest())
+    pad = _padding(entry.size)
+    if pad:
+        out.write(b"\0" * pad)
+    return digest
