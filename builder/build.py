@@ -1,0 +1,270 @@
+"""Build orchestration: image manifest -> file tree -> layers -> OCI layout (or archive) on disk.
+
+The output is written to a temporary directory beside ``output`` and renamed into place only when
+everything succeeded: a failed build leaves nothing behind, and an existing output is replaced only
+with ``force``. Layers are written and compressed in a thread pool (the compressors and sha256
+release the GIL). With a cache, each layer's tar is first streamed through sha256 only; a cache hit
+on its diff_id skips compression entirely.
+
+Nothing in the output depends on the umask, TZ, host mtimes or ownership, the checkout path, or the
+clock: modes and owners come from the manifest rules, every time from ``source_date_epoch``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.archive import docker_manifest, write_layout_tar
+from builder.cache import BuildCache, CacheKey
+from builder.compress import ANNOTATION, Compressor
+from builder.errors import BuildError, SourceError
+from builder.imageconfig import image_config, manifest_annotations
+from builder.layers import LayerPlan, plan_layers
+from builder.sources import InputRecord, assemble
+from builder.tarwriter import FileRecord, TarStats, check_epoch, tar_size, write_tar
+from manifests.canonical import canonical_json
+from manifests.digest import Digest
+from manifests.image import ImageManifest
+from manifests.layout import OCILayout
+from manifests.mediatypes import Compression, MediaType
+from manifests.oci import Descriptor, OCIManifest
+
+__all__ = ["OutputFormat", "LayerInfo", "BuildResult", "build_image", "docker_repo_tag"]
+
+Progress = Callable[[str], None]
+
+
+class OutputFormat(enum.StrEnum):
+    OCI = "oci"
+    OCI_ARCHIVE = "oci-archive"
+    DOCKER_ARCHIVE = "docker-archive"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LayerInfo:
+    digest: Digest
+    diff_id: Digest
+    size: int
+    media_type: str
+    files: int
+    category: str
+    cached: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BuildResult:
+    name: str
+    image_version: str
+    digest: Digest
+    config_digest: Digest
+    size: int
+    layers: tuple[LayerInfo, ...]
+    output: Path
+    format: OutputFormat
+    compression: str
+    files: tuple[FileRecord, ...]
+    inputs: tuple[InputRecord, ...]
+
+
+class _NullSink:
+    def write(self, data: bytes, /) -> None:
+        return None
+
+
+def docker_repo_tag(name: str, version: str) -> str:
+    """``name:version`` made acceptable to Docker (lowercase name, tag of ``[A-Za-z0-9_.-]``)."""
+    tag = re.sub(r"[^A-Za-z0-9_.-]", "-", version)[:128] or "latest"
+    return f"{name.lower()}:{tag}"
+
+
+def build_image(
+    manifest: ImageManifest,
+    *,
+    output: Path,
+    fmt: OutputFormat | str = OutputFormat.OCI,
+    cache: BuildCache | None = None,
+    source_date_epoch: int = 0,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> BuildResult:
+    """Build ``manifest`` into ``output``; see the module docstring for the guarantees."""
+    fmt = OutputFormat(fmt)
+    mtime = check_epoch(source_date_epoch)
+    say = progress or (lambda _msg: None)
+    output = Path(output)
+    if (output.exists() or output.is_symlink()) and not force:
+        raise BuildError(f"{output} already exists", hint="pass --force to replace it")
+    if fmt is OutputFormat.DOCKER_ARCHIVE:
+        comp = Compressor.create(Compression.NONE)
+    else:
+        comp = Compressor.create(manifest.compression, manifest.compression_level)
+    if comp.compression is Compression.NONE:
+        cache = None  # nothing to save: the tar is re-streamed faster than it is copied
+
+    assembly = assemble(manifest)
+    plans = plan_layers(assembly.tree.entries(), manifest.layers)
+    say(f"{manifest.name} {manifest.version}: {len(assembly.tree)} paths in {len(plans)} layers")
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.kiln-"))
+    try:
+        layout = OCILayout.create(stage / "layout")
+        results = _write_layers(plans, layout=layout, comp=comp, cache=cache, mtime=mtime, say=say)
+        layers = tuple(r[0] for r in results)
+
+        config = image_config(
+            manifest,
+            diff_ids=[layer.diff_id for layer in layers],
+            layer_labels=[layer.category for layer in layers],
+            source_date_epoch=mtime,
+        )
+        config_bytes = canonical_json(config)
+        config_digest = layout.write_blob(config_bytes)
+        oci_manifest = OCIManifest(
+            config=Descriptor(media_type=MediaType.OCI_CONFIG, digest=config_digest, size=len(config_bytes)),
+            layers=tuple(
+                Descriptor(
+                    media_type=layer.media_type,
+                    digest=layer.digest,
+                    size=layer.size,
+                    annotations={ANNOTATION: comp.tag},
+                )
+                for layer in layers
+            ),
+            annotations=manifest_annotations(manifest, source_date_epoch=mtime, compression=comp.tag),
+        )
+        manifest_bytes = oci_manifest.to_bytes()
+        digest = layout.write_blob(manifest_bytes)
+        layout.tag(
+            Descriptor(
+                media_type=MediaType.OCI_MANIFEST,
+                digest=digest,
+                size=len(manifest_bytes),
+                platform=manifest.platform,
+            ),
+            manifest.version,
+        )
+        if fmt is OutputFormat.DOCKER_ARCHIVE:
+            (layout.root / "manifest.json").write_bytes(
+                docker_manifest(
+                    config=config_digest,
+                    layers=[layer.digest for layer in layers],
+                    repo_tag=docker_repo_tag(manifest.name, manifest.version),
+                )
+            )
+        _install(layout.root, output, fmt=fmt, mtime=mtime, stage=stage)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+    files = tuple(sorted((f for r in results for f in r[1].files), key=lambda f: f.path))
+    size = len(manifest_bytes) + len(config_bytes) + sum(layer.size for layer in layers)
+    say(f"{manifest.name} {manifest.version}: {digest} -> {output}")
+    return BuildResult(
+        name=manifest.name,
+        image_version=manifest.version,
+        digest=digest,
+        config_digest=config_digest,
+        size=size,
+        layers=layers,
+        output=output,
+        format=fmt,
+        compression=comp.tag,
+        files=files,
+        inputs=assembly.inputs,
+    )
+
+
+def _write_layers(
+    plans: tuple[LayerPlan, ...],
+    *,
+    layout: OCILayout,
+    comp: Compressor,
+    cache: BuildCache | None,
+    mtime: int,
+    say: Progress,
+) -> list[tuple[LayerInfo, TarStats]]:
+    def one(plan: LayerPlan) -> tuple[LayerInfo, TarStats]:
+        return _write_layer(plan, layout, comp, cache, mtime)
+
+    workers = max(1, min(len(plans), os.cpu_count() or 1, 4))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kiln-layer") as pool:
+        results = list(pool.map(one, plans))
+    for i, (info, _stats) in enumerate(results, start=1):
+        how = "cached" if info.cached else comp.tag
+        say(f"layer {i}/{len(results)} {info.category}: {info.files} files, {info.size} bytes ({how})")
+    return results
+
+
+def _write_layer(
+    plan: LayerPlan, layout: OCILayout, comp: Compressor, cache: BuildCache | None, mtime: int
+) -> tuple[LayerInfo, TarStats]:
+    first: TarStats | None = None
+    key: CacheKey | None = None
+    if cache is not None:
+        first = write_tar(plan.entries, _NullSink(), mtime=mtime)
+        key = CacheKey(
+            diff_id=first.diff_id, compression=str(comp.compression), library=comp.library, level=comp.level
+        )
+        hit = cache.fetch(key, layout)
+        if hit is not None:
+            return _info(plan, comp, hit.digest, hit.size, first, cached=True), first
+    with layout.blob_writer() as blob:
+        sink = comp.sink(blob, size=tar_size(plan.entries, mtime=mtime))
+        stats = write_tar(plan.entries, sink, mtime=mtime)
+        sink.finish()
+    if first is not None and first.diff_id != stats.diff_id:
+        raise SourceError(
+            f"the {plan.category} layer's inputs changed while the image was being built",
+            hint="do not modify inputs during a build",
+        )
+    if cache is not None and key is not None:
+        with contextlib.suppress(OSError):  # a cache that cannot be written only costs speed
+            cache.store(key, layout.blob_path(blob.digest), digest=blob.digest, size=blob.size)
+    return _info(plan, comp, blob.digest, blob.size, stats, cached=False), stats
+
+
+def _info(
+    plan: LayerPlan, comp: Compressor, digest: Digest, size: int, stats: TarStats, *, cached: bool
+) -> LayerInfo:
+    return LayerInfo(
+        digest=digest,
+        diff_id=stats.diff_id,
+        size=size,
+        media_type=str(comp.media_type),
+        files=plan.file_count,
+        category=plan.category,
+        cached=cached,
+    )
+
+
+def _install(layout_dir: Path, output: Path, *, fmt: OutputFormat, mtime: int, stage: Path) -> None:
+    """Move the finished result to ``output`` (replacing what is there; ``force`` was checked)."""
+    if fmt is OutputFormat.OCI:
+        os.chmod(layout_dir, 0o755)  # noqa: S103 - a layout is meant to be readable, like mkdir's
+        new = layout_dir
+    else:
+        new = stage / "archive.tar"
+        with open(new, "wb") as fh:
+            write_layout_tar(layout_dir, fh, mtime=mtime)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(new, 0o644)
+    old: Path | None = None
+    if output.exists() or output.is_symlink():
+        old = stage / "previous"
+        os.replace(output, old)
+    try:
+        os.replace(new, output)
+    except OSError as exc:
+        if old is not None:
+            os.replace(old, output)
+        raise BuildError(f"cannot write {output}: {exc.strerror}") from exc

@@ -1,0 +1,142 @@
+"""The content-addressed build cache: compressed layers keyed by what they compress.
+
+A key is (diff_id, compression, library+version, level): the same uncompressed layer compressed by
+the same library version at the same level always gives the same bytes, so the result can be reused.
+Layout under the cache root::
+
+    blobs/sha256/<hex>          compressed layer blobs, named by their digest
+    layers/<key-hash>.json      {"key": {...}, "digest": "sha256:...", "size": N}
+
+Entries and blobs are written atomically. A hit is only used after the blob is re-hashed while it
+is copied out; a blob that does not match (corrupt, truncated, edited) is evicted, and the caller
+rebuilds the layer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from manifests.atomic import atomic_write
+from manifests.canonical import canonical_json
+from manifests.digest import Digest
+from manifests.errors import DocumentError, KilnError, VerificationError
+from manifests.layout import OCILayout
+from manifests.oci import parse_json_object
+
+__all__ = ["CacheKey", "CacheEntry", "BuildCache"]
+
+_MAX_ENTRY_BYTES = 4096
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheKey:
+    diff_id: Digest
+    compression: str
+    library: str
+    level: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "diff_id": str(self.diff_id),
+            "compression": self.compression,
+            "library": self.library,
+            "level": self.level,
+        }
+
+    @property
+    def id(self) -> str:
+        return hashlib.sha256(canonical_json(self.to_dict())).hexdigest()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CacheEntry:
+    key: CacheKey
+    digest: Digest
+    size: int
+
+
+class BuildCache:
+    """A cache directory (created on first store). Safe to share between sequential builds."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def _entry_path(self, key: CacheKey) -> Path:
+        return self.root / "layers" / f"{key.id}.json"
+
+    def blob_path(self, digest: Digest) -> Path:
+        return self.root / "blobs" / "sha256" / digest.hex
+
+    def lookup(self, key: CacheKey) -> CacheEntry | None:
+        """The recorded entry for ``key`` if it is well-formed and its blob has the right size."""
+        path = self._entry_path(key)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(_MAX_ENTRY_BYTES + 1)
+            doc = parse_json_object(data, what=str(path), limit=_MAX_ENTRY_BYTES)
+            if doc.get("key") != key.to_dict():
+                raise DocumentError(f"{path}: key mismatch")
+            size = doc.get("size")
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise DocumentError(f"{path}: bad size")
+            digest = Digest.parse(str(doc.get("digest")))
+            if self.blob_path(digest).stat().st_size != size:
+                raise DocumentError(f"{path}: blob size differs")
+        except FileNotFoundError:
+            return None
+        except (OSError, KilnError):
+            self.evict(key)
+            return None
+        return CacheEntry(key=key, digest=digest, size=size)
+
+    def fetch(self, key: CacheKey, layout: OCILayout) -> CacheEntry | None:
+        """Copy a hit into ``layout`` (re-hashed on the way); ``None`` on a miss or a corrupt entry."""
+        entry = self.lookup(key)
+        if entry is None:
+            return None
+        try:
+            with (
+                layout.blob_writer(expected=entry.digest) as sink,
+                open(self.blob_path(entry.digest), "rb") as fh,
+            ):
+                while block := fh.read(_CHUNK):
+                    sink.write(block)
+        except (OSError, VerificationError):
+            self.evict(key)
+            return None
+        return entry
+
+    def store(self, key: CacheKey, blob: Path, *, digest: Digest, size: int) -> CacheEntry:
+        """Record ``blob`` (already verified as ``digest``) under ``key``: linked, or copied."""
+        dest = self.blob_path(digest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        (self.root / "layers").mkdir(parents=True, exist_ok=True)
+        if not dest.exists() or dest.stat().st_size != size:
+            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".store-", suffix=".tmp")
+            os.close(fd)
+            try:
+                try:
+                    os.unlink(tmp)
+                    os.link(blob, tmp)
+                except OSError:
+                    shutil.copyfile(blob, tmp)
+                os.replace(tmp, dest)
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+                raise
+        entry = CacheEntry(key=key, digest=digest, size=size)
+        doc = {"key": key.to_dict(), "digest": str(digest), "size": size}
+        atomic_write(self._entry_path(key), canonical_json(doc), durable=False)
+        return entry
+
+    def evict(self, key: CacheKey) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._entry_path(key).unlink()
