@@ -158,10 +158,9 @@ class _Sysroot:
         """The real path of ``path`` and the symlinks crossed; ``None`` if it does not exist."""
         if not path.startswith("/"):
             raise ValueError(f"not an absolute image path: {path!r}")
-        key = posixpath.normpath(path)
-        if key not in self._cache:
-            self._cache[key] = self._walk(key)
-        return self._cache[key]
+        if path not in self._cache:
+            self._cache[path] = self._walk(path)
+        return self._cache[path]
 
     def _walk(self, path: str) -> _Resolved | None:
         real: list[str] = []
@@ -172,7 +171,11 @@ class _Sysroot:
         mode = stat.S_IFDIR | 0o755  # "/" itself
         while pending:
             comp, via = pending.popleft()
-            if comp in {"", "."}:
+            if comp == "":
+                continue
+            if not stat.S_ISDIR(mode):
+                return None  # ENOTDIR: a non-directory followed by more components
+            if comp == ".":
                 continue
             if comp == "..":
                 if not real:
@@ -184,10 +187,7 @@ class _Sysroot:
                         hint="symlinks in a sysroot must stay inside it; fix the link or copy the file",
                     )
                 real.pop()
-                mode = stat.S_IFDIR | 0o755
                 continue
-            if not stat.S_ISDIR(mode):
-                return None  # ENOTDIR
             here = "/" + "/".join([*real, comp])
             try:
                 st = os.lstat(self.host(here))
@@ -462,7 +462,7 @@ class _Resolver:
                 for entry in re.split(r"[\s,:]+", line):
                     directory = entry.split("=", 1)[0]  # legacy "dir=libtype"
                     if directory.startswith("/"):
-                        dirs.append(posixpath.normpath(directory))
+                        dirs.append(directory.rstrip("/") or "/")
 
     # -- collecting --------------------------------------------------------------------------
 
@@ -574,7 +574,7 @@ class _Resolver:
                     f"{given}: {obj.real} has {tag} entry {entry!r}, relative to the working directory",
                     hint="use $ORIGIN/... so the path is relative to the object",
                 )
-            dirs.append(posixpath.normpath(expanded))
+            dirs.append(expanded.rstrip("/") or "/")
         return dirs
 
     def search_dirs(self, given: str, obj: _Loaded) -> list[str]:
@@ -656,7 +656,7 @@ def _expand_paths(root: _Sysroot, paths: Sequence[str]) -> list[str]:
                 raise ClosureError(f"closure pattern {path} matches nothing in sysroot {root.root}")
             expanded += matches
         else:
-            expanded.append(posixpath.normpath(path))
+            expanded.append(path)
     return list(dict.fromkeys(expanded))
 
 
