@@ -1,0 +1,490 @@
+"""Inspect a built image: an OCI layout directory, an oci-archive or a docker-archive tarball.
+
+Everything read is treated as untrusted: documents are size-capped and hash-checked; layers are
+streamed (never extracted) through a small tar header parser with caps on entry count, name length,
+PAX/GNU long-name records and total uncompressed bytes, and both the compressed digest and the
+uncompressed ``diff_id`` are verified on the way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import stat
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Protocol, cast
+
+import zstandard
+from isal import igzip
+
+from builder.archive import ArchiveReader
+from manifests.digest import Digest
+from manifests.errors import DocumentError, VerificationError
+from manifests.layout import REF_NAME, OCILayout
+from manifests.mediatypes import MediaType
+from manifests.oci import MAX_DOCUMENT_BYTES, OCIManifest, parse_json_object
+
+__all__ = ["TarMember", "Caps", "iter_tar", "inspect_image", "format_tree"]
+
+_BLOCK = 512
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Caps:
+    max_entries: int = 1_000_000
+    max_name: int = 4096
+    max_extended: int = 1 << 20  # one PAX or GNU long-name record
+    max_bytes: int = 64 << 30  # uncompressed bytes per layer
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TarMember:
+    path: str  # absolute, normalized
+    type: str  # file | dir | symlink | hardlink | other
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    target: str | None = None
+
+
+class _Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class _Counting:
+    """Reads from ``raw``, hashing and counting; refuses beyond ``limit`` bytes."""
+
+    def __init__(self, raw: _Readable, *, limit: int) -> None:
+        self.raw = raw
+        self.h = hashlib.sha256()
+        self.n = 0
+        self.limit = limit
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.n += len(data)
+        if self.n > self.limit:
+            raise VerificationError(f"layer exceeds {self.limit} bytes", reason="size")
+        self.h.update(data)
+        return data
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readexact(self, n: int) -> bytes:
+        parts: list[bytes] = []
+        left = n
+        while left:
+            chunk = self.read(min(left, _CHUNK))
+            if not chunk:
+                raise DocumentError("layer tar is truncated")
+            parts.append(chunk)
+            left -= len(chunk)
+        return b"".join(parts)
+
+    def drain(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+
+def _octal(field: bytes, what: str) -> int:
+    if field and field[0] & 0x80:  # GNU base-256
+        value = int.from_bytes(field[1:], "big")
+        if field[0] & 0x40:
+            raise DocumentError(f"layer tar: negative {what}")
+        return value
+    text = field.split(b"\0", 1)[0].strip(b" \0")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise DocumentError(f"layer tar: bad {what} field {field!r}") from None
+
+
+def _text(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _parse_pax(data: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(data):
+        sp = data.find(b" ", pos)
+        if sp < 0:
+            raise DocumentError("layer tar: malformed PAX record")
+        try:
+            length = int(data[pos:sp])
+        except ValueError:
+            raise DocumentError("layer tar: malformed PAX record length") from None
+        if length <= sp - pos or pos + length > len(data):
+            raise DocumentError("layer tar: PAX record length out of range")
+        record = data[sp + 1 : pos + length - 1]
+        key, eq, value = record.partition(b"=")
+        if not eq:
+            raise DocumentError("layer tar: PAX record without '='")
+        out[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return out
+
+
+_TYPES = {b"0": "file", b"\0": "file", b"7": "file", b"5": "dir", b"2": "symlink", b"1": "hardlink"}
+
+
+def _norm(name: str, caps: Caps) -> str:
+    if len(name) > caps.max_name or "\x00" in name:
+        raise DocumentError(f"layer tar: entry name too long or invalid ({len(name)} chars)")
+    while name.startswith("./"):
+        name = name[2:]
+    return posixpath.normpath("/" + name.lstrip("/")) if name not in ("", ".") else "/"
+
+
+def iter_tar(stream: _Counting, caps: Caps) -> Iterator[TarMember]:
+    """Headers of an uncompressed tar stream; contents are skipped (and hashed by ``stream``)."""
+    pax: dict[str, str] = {}
+    gnu_name: str | None = None
+    gnu_link: str | None = None
+    count = 0
+    while True:
+        block = stream.read(_BLOCK)
+        if len(block) < _BLOCK:
+            if not block:
+                return  # tolerated: no end-of-archive blocks
+            raise DocumentError("layer tar: truncated header")
+        if block == b"\0" * _BLOCK:
+            stream.drain()
+            return
+        stored = _octal(block[148:156], "checksum")
+        if stored != sum(block[:148]) + 256 + sum(block[156:]):
+            raise DocumentError("layer tar: header checksum mismatch")
+        typ = block[156:157]
+        size = _octal(block[124:136], "size")
+        padded = size + (-size % _BLOCK)
+        if typ in (b"x", b"g", b"L", b"K"):
+            if size > caps.max_extended:
+                raise DocumentError(f"layer tar: extended header of {size} bytes exceeds the cap")
+            data = stream.readexact(padded)[:size]
+            if typ == b"x":
+                pax = _parse_pax(data)
+            elif typ == b"L":
+                gnu_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            elif typ == b"K":
+                gnu_link = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            continue
+        count += 1
+        if count > caps.max_entries:
+            raise DocumentError(f"layer tar: more than {caps.max_entries} entries")
+        name = _text(block[0:100])
+        if block[257:262] == b"ustar" and block[345:500].strip(b"\0"):
+            name = _text(block[345:500]) + "/" + name
+        name = pax.get("path", gnu_name or name)
+        link = pax.get("linkpath", gnu_link or _text(block[157:257]))
+        if "size" in pax:
+            try:
+                size = int(pax["size"])
+            except ValueError:
+                raise DocumentError("layer tar: bad PAX size") from None
+            padded = size + (-size % _BLOCK)
+        kind = _TYPES.get(typ, "other")
+        yield TarMember(
+            path=_norm(name, caps),
+            type=kind,
+            mode=_octal(block[100:108], "mode") & 0o7777,
+            uid=int(pax.get("uid", _octal(block[108:116], "uid"))),
+            gid=int(pax.get("gid", _octal(block[116:124], "gid"))),
+            size=size if kind == "file" else 0,
+            target=_norm(link, caps) if kind == "hardlink" else link if kind == "symlink" else None,
+        )
+        pax, gnu_name, gnu_link = {}, None, None
+        left = padded
+        while left:
+            chunk = stream.read(min(left, _CHUNK))
+            if not chunk:
+                raise DocumentError("layer tar: truncated file content")
+            left -= len(chunk)
+
+
+class _Source:
+    """Blobs by digest from a layout directory or a tarball."""
+
+    def __init__(self, path: Path, stack: ExitStack) -> None:
+        self.path = path
+        self.layout: OCILayout | None = None
+        self.archive: ArchiveReader | None = None
+        self.names: dict[str, str] = {}  # digest hex -> member name, for docker-only archives
+        if path.is_dir():
+            self.layout = OCILayout.open(path)
+        else:
+            self.archive = stack.enter_context(ArchiveReader(path))
+
+    def has(self, name: str) -> bool:
+        if self.layout is not None:
+            return (self.layout.root / name).is_file()
+        return self.archive is not None and self.archive.has(name)
+
+    def read(self, name: str, limit: int = MAX_DOCUMENT_BYTES) -> bytes:
+        if self.archive is not None:
+            return self.archive.read(name, limit=limit)
+        p = Path(self.path) / name
+        if not _inside(name) or not p.is_file():
+            raise DocumentError(f"{self.path}: {name} is missing")
+        with open(p, "rb") as fh:
+            data = fh.read(limit + 1)
+        if len(data) > limit:
+            raise DocumentError(f"{self.path}: {name} exceeds {limit} bytes")
+        return data
+
+    def blob(self, digest: Digest) -> bytes:
+        data = self.read(f"blobs/sha256/{digest.hex}")
+        digest.check(data, what=f"{self.path}: blob {digest}")
+        return data
+
+    def open_blob(self, digest: Digest) -> IO[bytes]:
+        name = self.names.get(digest.hex, f"blobs/sha256/{digest.hex}")
+        return self.open(name)
+
+    def open(self, name: str) -> IO[bytes]:
+        if self.archive is not None:
+            return self.archive.open(name)
+        if not _inside(name):
+            raise DocumentError(f"{self.path}: member name {name!r} escapes the image")
+        return open(Path(self.path) / name, "rb")
+
+
+def _decompress(media_type: str, raw: _Counting) -> _Readable:
+    if media_type in (MediaType.OCI_LAYER_GZIP, MediaType.DOCKER_LAYER_GZIP):
+        return cast(_Readable, igzip.IGzipFile(fileobj=raw, mode="rb"))  # type: ignore[no-untyped-call]
+    if media_type == MediaType.OCI_LAYER_ZSTD:
+        reader = zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, raw), read_across_frames=True)
+        return cast(_Readable, reader)
+    if media_type == MediaType.OCI_LAYER_TAR:
+        return raw
+    raise DocumentError(f"unsupported layer media type {media_type!r}")
+
+
+def _scan_layer(
+    src: _Source, *, digest: Digest, size: int, media_type: str, diff_id: Digest | None, caps: Caps
+) -> list[TarMember]:
+    with src.open_blob(digest) as fh:
+        raw = _Counting(fh, limit=size)
+        plain = _Counting(_decompress(media_type, raw), limit=caps.max_bytes)
+        try:
+            members = list(iter_tar(plain, caps))
+            plain.drain()
+        except (OSError, EOFError, zstandard.ZstdError) as exc:
+            raise DocumentError(f"layer {digest}: cannot decompress: {exc}") from exc
+        raw.drain()
+    if raw.h.hexdigest() != digest.hex or raw.n != size:
+        raise VerificationError(f"layer {digest}: digest or size mismatch", reason="digest")
+    if diff_id is not None and plain.h.hexdigest() != diff_id.hex:
+        raise VerificationError(
+            f"layer {digest}: uncompressed content does not match diff_id {diff_id}", reason="digest"
+        )
+    return members
+
+
+def _apply(fs: dict[str, TarMember], members: list[TarMember]) -> None:
+    """Apply one layer's entries on top of ``fs``, honouring OCI whiteouts."""
+    for m in members:
+        parent, base = posixpath.split(m.path)
+        if base == ".wh..wh..opq":
+            prefix = parent.rstrip("/") + "/"
+            for p in [p for p in fs if p.startswith(prefix)]:
+                del fs[p]
+            continue
+        if base.startswith(".wh."):
+            gone = posixpath.join(parent, base[4:])
+            for p in [p for p in fs if p == gone or p.startswith(gone + "/")]:
+                del fs[p]
+            continue
+        if m.path == "/":
+            continue
+        fs[m.path] = m
+
+
+def inspect_image(
+    path: Path, *, ref: str | None = None, files: bool = True, caps: Caps | None = None
+) -> dict[str, Any]:
+    """Describe the image at ``path`` as a JSON-ready dict (digest, config, layers, files)."""
+    caps = caps or Caps()
+    path = Path(path)
+    with ExitStack() as stack:
+        src = _Source(path, stack)
+        if src.has("index.json"):
+            layout = OCILayout.open(path) if src.layout is not None else None
+            if layout is not None:
+                desc = layout.resolve(ref)
+            else:
+                from manifests.oci import OCIIndex
+
+                index = OCIIndex.from_bytes(src.read("index.json"))
+                mans = index.manifests
+                if ref is not None:
+                    mans = tuple(
+                        d for d in mans if d.annotations.get(REF_NAME) == ref or str(d.digest) == ref
+                    )
+                if len(mans) != 1:
+                    raise DocumentError(f"{path}: {len(mans)} matching manifests; name one by tag")
+                desc = mans[0]
+            if MediaType(desc.media_type).is_index if desc.media_type in set(MediaType) else False:
+                raise DocumentError(f"{path}: nested image indexes are not supported by inspect")
+            raw_manifest = src.blob(desc.digest)
+            man = OCIManifest.from_bytes(raw_manifest)
+            digest: str | None = str(desc.digest)
+            tag = desc.annotations.get(REF_NAME)
+            config_raw = src.blob(man.config.digest)
+            layer_specs = [(d.digest, d.size, d.media_type, dict(d.annotations)) for d in man.layers]
+            annotations = dict(man.annotations)
+            config_digest = man.config.digest
+        elif src.has("manifest.json"):
+            doc = _docker_manifest(src.read("manifest.json"))
+            cfg_name = doc["Config"]
+            config_raw = src.read(cfg_name)
+            config_digest = Digest.of(config_raw)
+            digest, tag, annotations = None, (doc.get("RepoTags") or [None])[0], {}
+            layer_specs = []
+            for name in doc["Layers"]:
+                h = hashlib.sha256()
+                n = 0
+                with src.open(name) as fh:
+                    while block := fh.read(_CHUNK):
+                        h.update(block)
+                        n += len(block)
+                src.names[h.hexdigest()] = name
+                layer_specs.append((Digest(h.hexdigest()), n, str(MediaType.OCI_LAYER_TAR), {}))
+        else:
+            raise DocumentError(f"{path}: neither an OCI layout nor a docker archive")
+        config = parse_json_object(config_raw, what="image config")
+        diff_ids = _diff_ids(config)
+        if len(diff_ids) != len(layer_specs):
+            raise DocumentError(
+                f"{path}: config lists {len(diff_ids)} diff_ids for {len(layer_specs)} layers"
+            )
+        fs: dict[str, TarMember] = {}
+        layers_out: list[dict[str, Any]] = []
+        for (ldigest, lsize, mtype, ann), diff_id in zip(layer_specs, diff_ids, strict=True):
+            members = _scan_layer(
+                src, digest=ldigest, size=lsize, media_type=mtype, diff_id=diff_id, caps=caps
+            )
+            _apply(fs, members)
+            layers_out.append(
+                {
+                    "digest": str(ldigest),
+                    "diff_id": str(diff_id),
+                    "size": lsize,
+                    "media_type": mtype,
+                    "files": sum(1 for m in members if m.type in ("file", "hardlink")),
+                    "entries": len(members),
+                    "annotations": ann,
+                }
+            )
+    cfg_value = config.get("config")
+    cfg: dict[str, Any] = cfg_value if isinstance(cfg_value, dict) else {}
+    info: dict[str, Any] = {
+        "path": str(path),
+        "digest": digest,
+        "tag": tag,
+        "config_digest": str(config_digest),
+        "annotations": annotations,
+        "platform": f"{config.get('os')}/{config.get('architecture')}",
+        "created": config.get("created"),
+        "config": {
+            "user": cfg.get("User"),
+            "env": cfg.get("Env") or [],
+            "entrypoint": cfg.get("Entrypoint") or [],
+            "cmd": cfg.get("Cmd") or [],
+            "workdir": cfg.get("WorkingDir"),
+            "ports": sorted(cfg.get("ExposedPorts") or {}),
+            "volumes": sorted(cfg.get("Volumes") or {}),
+            "labels": cfg.get("Labels") or {},
+        },
+        "layers": layers_out,
+    }
+    if files:
+        info["files"] = [_file_dict(fs[p]) for p in sorted(fs, key=lambda p: p.split("/"))]
+    return info
+
+
+def _inside(name: str) -> bool:
+    norm = posixpath.normpath(name)
+    return not (name.startswith("/") or norm == ".." or norm.startswith("../"))
+
+
+def _docker_manifest(data: bytes) -> dict[str, Any]:
+    import json
+
+    if len(data) > MAX_DOCUMENT_BYTES:
+        raise DocumentError("manifest.json exceeds its size cap")
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise DocumentError(f"manifest.json: not valid JSON: {exc}") from exc
+    if not isinstance(doc, list) or len(doc) != 1 or not isinstance(doc[0], dict):
+        raise DocumentError("manifest.json: expected a list with exactly one image")
+    entry = doc[0]
+    if not isinstance(entry.get("Config"), str) or not isinstance(entry.get("Layers"), list):
+        raise DocumentError("manifest.json: missing Config or Layers")
+    if not all(isinstance(x, str) for x in entry["Layers"]):
+        raise DocumentError("manifest.json: Layers must be strings")
+    return entry
+
+
+def _diff_ids(config: dict[str, Any]) -> list[Digest]:
+    rootfs = config.get("rootfs")
+    ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
+        raise DocumentError("image config: rootfs.diff_ids must be a list of digests")
+    return [Digest.parse(x) for x in ids]
+
+
+def _file_dict(m: TarMember) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "path": m.path,
+        "type": m.type,
+        "mode": f"{m.mode:04o}",
+        "owner": f"{m.uid}:{m.gid}",
+        "size": m.size,
+    }
+    if m.target is not None:
+        d["target"] = m.target
+    return d
+
+
+def _mode_string(kind: str, mode: int) -> str:
+    letter = {"file": "-", "dir": "d", "symlink": "l", "hardlink": "h"}.get(kind, "?")
+    ftype = {"-": stat.S_IFREG, "d": stat.S_IFDIR, "l": stat.S_IFLNK}.get(letter, stat.S_IFREG)
+    return letter + stat.filemode(ftype | mode)[1:]
+
+
+def format_tree(files: list[dict[str, Any]]) -> str:
+    """A human tree listing of :func:`inspect_image`'s ``files``: mode, owner, size, name."""
+    lines: list[str] = []
+    children: dict[str, list[dict[str, Any]]] = {}
+    for f in files:
+        children.setdefault(posixpath.dirname(f["path"]), []).append(f)
+
+    def walk(directory: str, prefix: str) -> None:
+        kids = children.get(directory, [])
+        for i, f in enumerate(kids):
+            last = i == len(kids) - 1
+            name = posixpath.basename(f["path"])
+            if f.get("target") is not None:
+                name += (" -> " if f["type"] == "symlink" else " => ") + f["target"]
+            size = str(f["size"]) if f["type"] == "file" else ""
+            mode = _mode_string(f["type"], int(f["mode"], 8))
+            lines.append(f"{mode} {f['owner']:>11} {size:>10}  {prefix}{'└── ' if last else '├── '}{name}")
+            if f["type"] == "dir":
+                walk(f["path"], prefix + ("    " if last else "│   "))
+
+    walk("/", "")
+    return "\n".join(lines)
