@@ -217,7 +217,7 @@ def _write_layer(
         hit = cache.fetch(key, layout)
         if hit is not None:
             return _info(plan, comp, hit.digest, hit.size, first, cached=True), first
-    with layout.blob_writer() as blob:
+    with layout.blob_writer(durable=False) as blob:
         sink = comp.sink(blob, size=tar_size(plan.entries, mtime=mtime))
         stats = write_tar(plan.entries, sink, mtime=mtime)
         sink.finish()

@@ -32,7 +32,6 @@ from manifests.oci import parse_json_object
 __all__ = ["CacheKey", "CacheEntry", "BuildCache"]
 
 _MAX_ENTRY_BYTES = 4096
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,17 +96,12 @@ class BuildCache:
         return CacheEntry(key=key, digest=digest, size=size)
 
     def fetch(self, key: CacheKey, layout: OCILayout) -> CacheEntry | None:
-        """Copy a hit into ``layout`` (re-hashed on the way); ``None`` on a miss or a corrupt entry."""
+        """Link (or copy) a hit into ``layout`` and re-hash it there; ``None`` on a miss or corruption."""
         entry = self.lookup(key)
         if entry is None:
             return None
         try:
-            with (
-                layout.blob_writer(expected=entry.digest) as sink,
-                open(self.blob_path(entry.digest), "rb") as fh,
-            ):
-                while block := fh.read(_CHUNK):
-                    sink.write(block)
+            layout.link_blob(self.blob_path(entry.digest), entry.digest, size=entry.size)
         except (OSError, VerificationError):
             self.evict(key)
             return None

@@ -154,10 +154,13 @@ class OCILayout:
         return sink.digest
 
     @contextlib.contextmanager
-    def blob_writer(self, *, expected: Digest | None = None, limit: int | None = None) -> Iterator[BlobSink]:
+    def blob_writer(
+        self, *, expected: Digest | None = None, limit: int | None = None, durable: bool = True
+    ) -> Iterator[BlobSink]:
         """Yield a :class:`BlobSink`; on clean exit it becomes the blob named by its hash.
 
         With ``expected``, a different hash raises :class:`VerificationError` and nothing is kept.
+        ``durable=False`` skips the fsyncs (for a staging directory renamed into place later).
         """
         blobdir = self.root / "blobs" / "sha256"
         blobdir.mkdir(parents=True, exist_ok=True)
@@ -168,7 +171,8 @@ class OCILayout:
                 sink = BlobSink(fh, tmp, limit=limit)
                 yield sink
                 fh.flush()
-                os.fsync(fh.fileno())
+                if durable:
+                    os.fsync(fh.fileno())
             digest = Digest(sink._h.hexdigest())
             _check_expected(digest, expected)
             os.chmod(tmp, 0o644)
@@ -178,7 +182,35 @@ class OCILayout:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
-        fsync_dir(blobdir)
+        if durable:
+            fsync_dir(blobdir)
+
+    def link_blob(self, source: Path, digest: Digest, *, size: int | None = None) -> None:
+        """Add ``source`` (claimed to be ``digest``) by hard link or copy, then verify it in place.
+
+        On a mismatch the blob is removed again and :class:`VerificationError` is raised.
+        """
+        dest = self.blob_path(digest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists():
+            self.verify_blob(digest, size=size)
+            return
+        tmp = dest.with_name(f".link-{digest.hex[:16]}-{os.getpid()}-{id(self):x}.tmp")
+        try:
+            try:
+                os.link(source, tmp)
+            except OSError:
+                with open(source, "rb") as src, open(tmp, "wb") as out:
+                    while block := src.read(_CHUNK):
+                        out.write(block)
+            os.replace(tmp, dest)
+            self.verify_blob(digest, size=size)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                dest.unlink()
+            raise
 
     def ingest_file(self, path: Path, *, move: bool = False) -> tuple[Digest, int]:
         """Add a host file as a blob: hashed while copied (or, with ``move``, hashed then renamed)."""
