@@ -1,0 +1,360 @@
+"""One registry's HTTP session: base URL, authentication, bounded retries, capped reads.
+
+Every request of :class:`~publisher.client.RegistryClient` goes through :meth:`Session.send`, which
+
+- attaches credentials for the scopes the request needs (Basic, or a cached Bearer token, fetched
+  ahead of time once the registry's realm is known, so a streamed upload is not answered 401);
+- on a ``401`` parses ``WWW-Authenticate``, obtains a token (or Basic) and tries once more;
+- retries network failures, ``408``, ``429`` and ``5xx`` with bounded, jittered exponential backoff,
+  honouring ``Retry-After`` (unless the caller does its own recovery, as resumable uploads do);
+- translates httpx's exceptions into :class:`RegistryUnavailable` at this boundary.
+
+Responses come back streamed; callers read them with :func:`read_capped` or iterate them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+import httpx
+
+from publisher.auth import (
+    Challenge,
+    Credentials,
+    TokenCache,
+    parse_challenges,
+    parse_token_response,
+)
+from publisher.errors import (
+    MAX_ERROR_BODY,
+    AuthError,
+    PublishError,
+    RegistryUnavailable,
+    registry_error,
+)
+from publisher.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
+
+__all__ = [
+    "Session",
+    "Timeouts",
+    "Body",
+    "read_capped",
+    "is_loopback_host",
+    "TransientFailure",
+]
+
+log = logging.getLogger("kiln.publisher")
+
+Body = bytes | Callable[[], Iterator[bytes]] | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Timeouts:
+    """Seconds. ``read`` bounds a stall: no byte from the registry for that long fails the attempt."""
+
+    connect: float = 10.0
+    read: float = 60.0
+    write: float = 60.0
+    pool: float = 60.0
+
+    def to_httpx(self) -> httpx.Timeout:
+        return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
+
+
+class TransientFailure(RegistryUnavailable):
+    """One attempt failed in a way worth retrying; raised only when the caller retries itself."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, status: int | None = None) -> None:
+        super().__init__(message, hint="the registry or the network failed; try again")
+        self.retry_after = retry_after
+        self.status = status
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1 (with or without a port, IPv6 in brackets)."""
+    name = host
+    if name.startswith("["):
+        name = name[1:].split("]", 1)[0]
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def read_capped(response: httpx.Response, cap: int, *, what: str) -> bytes:
+    """Read a streamed response body, refusing more than ``cap`` bytes. Closes the response."""
+    try:
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            raise PublishError(
+                f"{what}: the registry announces {declared} bytes, more than the {cap}-byte cap"
+            )
+        chunks: list[bytes] = []
+        total = 0
+        for chunk in response.iter_bytes():
+            total += len(chunk)
+            if total > cap:
+                raise PublishError(f"{what}: the registry sent more than the {cap}-byte cap")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except httpx.HTTPError as exc:
+        raise TransientFailure(f"{what}: reading the response failed: {_describe(exc)}") from exc
+    finally:
+        response.close()
+
+
+def _query(params: Mapping[str, str] | list[tuple[str, str]] | None) -> httpx.QueryParams | None:
+    if not params:
+        return None
+    return httpx.QueryParams(tuple(params) if isinstance(params, list) else params)
+
+
+def _describe(exc: httpx.HTTPError) -> str:
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}" if text != type(exc).__name__ else text
+
+
+@dataclass(slots=True)
+class _AuthState:
+    basic: bool = False
+    bearer: tuple[str, str] | None = None  # (realm, service) once a Bearer challenge was seen
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class Session:
+    """HTTP to one registry. Thread-safe as far as httpx.Client is; the auth state has a lock."""
+
+    def __init__(
+        self,
+        registry: str,
+        *,
+        client: httpx.Client | None = None,
+        insecure: bool = False,
+        credentials: Credentials | None = None,
+        retry: RetryPolicy | None = None,
+        timeouts: Timeouts | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        if insecure and not is_loopback_host(registry):
+            raise PublishError(
+                f"--insecure is only allowed for a registry on loopback, not {registry}",
+                hint="use TLS; plain http sends layers and credentials in the clear",
+            )
+        if insecure:
+            log.warning("insecure: talking plain http to the loopback registry %s (no TLS)", registry)
+        self.registry = registry
+        self.insecure = insecure
+        self.base_url = f"{'http' if insecure else 'https'}://{registry}"
+        self.credentials = credentials
+        self.retry = retry or RetryPolicy()
+        self.timeouts = timeouts or Timeouts()
+        self._sleep = sleep
+        self._rng = rng or random.Random()  # noqa: S311 - jitter only
+        self._own_client = client is None
+        self.client = client or httpx.Client(
+            timeout=self.timeouts.to_httpx(), verify=True, follow_redirects=False
+        )
+        self.tokens = TokenCache(clock=clock)
+        self._auth = _AuthState()
+        self._host = httpx.URL(self.base_url).netloc
+
+    def close(self) -> None:
+        if self._own_client:
+            self.client.close()
+
+    # ----------------------------------------------------------------------------------------- URLs
+
+    def url(self, path_or_url: str) -> httpx.URL:
+        """Resolve a path or a registry-supplied ``Location`` against the base URL."""
+        return httpx.URL(self.base_url).join(path_or_url)
+
+    # ------------------------------------------------------------------------------------------ auth
+
+    def _same_origin(self, url: httpx.URL) -> bool:
+        return url.netloc == self._host and url.scheme == httpx.URL(self.base_url).scheme
+
+    def _auth_header(self, scopes: tuple[str, ...]) -> str | None:
+        with self._auth.lock:
+            basic, bearer = self._auth.basic, self._auth.bearer
+        if basic and self.credentials is not None:
+            return self.credentials.basic_header()
+        if bearer is not None:
+            realm, service = bearer
+            tok = self.tokens.get(realm, service, scopes)
+            tok_value = self._fetch_token(realm, service, scopes, ()) if tok is None else tok.value
+            return f"Bearer {tok_value}"
+        return None
+
+    def _on_unauthorized(
+        self, challenges: tuple[Challenge, ...], scopes: tuple[str, ...], body: bytes
+    ) -> None:
+        """React to a 401: remember the scheme and obtain what it asks for, or raise AuthError."""
+        by_scheme = {c.scheme.lower(): c for c in challenges}
+        bearer = by_scheme.get("bearer")
+        if bearer is not None and bearer.realm:
+            service = bearer.service or ""
+            with self._auth.lock:
+                self._auth.bearer = (bearer.realm, service)
+            self._fetch_token(bearer.realm, service, scopes, bearer.scopes)
+            return
+        if "basic" in by_scheme:
+            if self.credentials is None or self.credentials.identity_token:
+                raise registry_error(401, body, what=f"{self.registry}: no credentials for Basic auth")
+            with self._auth.lock:
+                if self._auth.basic:
+                    raise registry_error(401, body, what=f"{self.registry}: credentials refused")
+                self._auth.basic = True
+            return
+        raise registry_error(401, body, what=f"{self.registry}: unsupported authentication challenge")
+
+    def _fetch_token(
+        self, realm: str, service: str, scopes: tuple[str, ...], challenge_scopes: tuple[str, ...]
+    ) -> str:
+        realm_url = httpx.URL(realm)
+        if realm_url.scheme not in ("https", "http"):
+            raise AuthError(f"token realm {realm!r} is not an http(s) URL")
+        plain_ok = realm_url.scheme == "https" or is_loopback_host(realm_url.netloc.decode("ascii"))
+        wanted = tuple(sorted(set(scopes) | set(challenge_scopes)))
+        creds = self.credentials
+        headers: dict[str, str] = {}
+        if creds is not None and not plain_ok:
+            raise AuthError(
+                f"refusing to send credentials to the plain-http token realm {realm}",
+                hint="the token service must use https unless it is on loopback",
+            )
+
+        def attempt() -> httpx.Request:
+            if creds is not None and creds.identity_token:
+                form: dict[str, str] = {
+                    "grant_type": "refresh_token",
+                    "refresh_token": creds.identity_token,
+                    "service": service,
+                    "client_id": "kiln",
+                }
+                if wanted:
+                    form["scope"] = " ".join(wanted)
+                return self.client.build_request("POST", realm_url, data=form)
+            pairs: list[tuple[str, str]] = [("service", service)] if service else []
+            pairs += [("scope", s) for s in wanted]
+            params = httpx.QueryParams(tuple(pairs))
+            if creds is not None:
+                headers["Authorization"] = creds.basic_header()
+            return self.client.build_request("GET", realm_url, params=params, headers=headers)
+
+        resp = self._send_with_retries(attempt, what=f"token from {realm_url.host}", retry_transient=True)
+        body = read_capped(resp, 1024 * 1024, what="token response")
+        if resp.status_code != 200:
+            err = registry_error(resp.status_code, body, what=f"token endpoint {realm_url.host}")
+            raise AuthError(err.message, code=err.code, status=resp.status_code, hint=err.hint)
+        token = parse_token_response(body, now=self.tokens.now())
+        self.tokens.put(realm, service, scopes, token)
+        return token.value
+
+    # ------------------------------------------------------------------------------------- sending
+
+    def backoff(self, retry: int, retry_after: float | None) -> None:
+        self._sleep(self.retry.delay(retry, retry_after=retry_after, rng=self._rng))
+
+    def _send_with_retries(
+        self, build: Callable[[], httpx.Request], *, what: str, retry_transient: bool
+    ) -> httpx.Response:
+        """Send, retrying transient failures; returns the first non-retryable response, streamed."""
+        attempts = self.retry.attempts if retry_transient else 1
+        last: TransientFailure | None = None
+        for n in range(attempts):
+            if n:
+                self.backoff(n - 1, last.retry_after if last else None)
+            try:
+                resp = self.client.send(build(), stream=True)
+            except httpx.HTTPError as exc:
+                last = TransientFailure(f"{what}: {_describe(exc)}")
+                last.__cause__ = exc
+                continue
+            if resp.status_code in RETRYABLE_STATUS:
+                body = read_capped(resp, MAX_ERROR_BODY, what=what)
+                err = registry_error(resp.status_code, body, what=what)
+                last = TransientFailure(
+                    err.message,
+                    retry_after=parse_retry_after(resp.headers.get("retry-after")),
+                    status=resp.status_code,
+                )
+                continue
+            return resp
+        if last is None:  # pragma: no cover - the loop ran at least once
+            raise AssertionError("no attempt was made")
+        if retry_transient:
+            raise RegistryUnavailable(
+                f"{last.message} (gave up after {attempts} attempts)",
+                hint="the registry or the network is failing; try again later",
+            ) from last
+        raise last
+
+    def send(
+        self,
+        method: str,
+        path_or_url: str | httpx.URL,
+        *,
+        scopes: Iterable[str] = (),
+        what: str,
+        headers: Mapping[str, str] | None = None,
+        params: Mapping[str, str] | list[tuple[str, str]] | None = None,
+        body: Body = None,
+        retry_transient: bool = True,
+        timeout: httpx.Timeout | None = None,
+    ) -> httpx.Response:
+        """Send one logical request; returns the streamed response whatever its status.
+
+        ``body`` is bytes, or a factory returning a fresh iterator per attempt (set Content-Length
+        in ``headers`` to avoid chunked transfer encoding). With ``retry_transient=False`` a
+        transient failure raises :class:`TransientFailure` after one attempt.
+        """
+        url = path_or_url if isinstance(path_or_url, httpx.URL) else self.url(path_or_url)
+        scope_t = tuple(sorted(set(scopes)))
+        same_origin = self._same_origin(url)
+
+        def build() -> httpx.Request:
+            hdrs = dict(headers or {})
+            if same_origin:
+                auth = self._auth_header(scope_t)
+                if auth is not None:
+                    hdrs["Authorization"] = auth
+            content: bytes | Iterator[bytes] | None = body() if callable(body) else body
+            ext = {"timeout": timeout.as_dict()} if timeout is not None else None
+            return self.client.build_request(
+                method,
+                url,
+                headers=hdrs,
+                params=_query(params),
+                content=content,
+                extensions=ext,
+            )
+
+        for auth_round in range(2):
+            resp = self._send_with_retries(build, what=what, retry_transient=retry_transient)
+            if resp.status_code != 401 or not same_origin:
+                return resp
+            body401 = read_capped(resp, MAX_ERROR_BODY, what=what)
+            if auth_round == 1:
+                raise registry_error(401, body401, what=f"{what}: credentials refused")
+            challenges = parse_challenges(resp.headers.get("www-authenticate", ""))
+            self._on_unauthorized(challenges, scope_t, body401)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def expect(self, resp: httpx.Response, ok: Iterable[int], *, what: str) -> httpx.Response:
+        """Return ``resp`` if its status is one of ``ok``; otherwise read its error and raise it."""
+        if resp.status_code in set(ok):
+            return resp
+        body = read_capped(resp, MAX_ERROR_BODY, what=what)
+        raise registry_error(resp.status_code, body, what=what)
