@@ -1,0 +1,347 @@
+"""Verbs for keys, signatures and attestations: ``key generate``, ``sign``, ``verify``, ``attest``,
+``verify-attestation``.
+
+IMAGE is an OCI layout reference: ``oci:DIR``, ``oci:DIR:TAG`` or ``oci:DIR@sha256:HEX`` (a bare
+directory works too). Passphrases come from ``$KILN_PASSWORD`` (or ``$COSIGN_PASSWORD``), a
+``--passphrase-file``, or a prompt on a terminal; never from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kiln.output import Output
+from manifests.atomic import atomic_write
+from manifests.canonical import canonical_json, pretty_json
+from manifests.digest import Digest
+from manifests.errors import DocumentError, KilnError, VerificationError
+from manifests.oci import Descriptor, parse_json_object
+from signing.attestation import STATEMENT_V1, PredicateKind
+from signing.cosign import attestation_tag, signature_tag
+from signing.errors import PassphraseError
+from signing.keyfile import encrypt_private_key
+from signing.keys import MAX_PUBLIC_KEY_BYTES, KeyAlgorithm, PublicKey, generate_private_key, public_key_of
+from signing.signer import PassphraseCallback, Signer, load_signer, read_capped
+from signing.store import LayoutStore
+from signing.verify import Identity
+
+__all__ = ["register", "ImageRef", "parse_image_ref", "SBOM_ANNOTATION", "PROVENANCE_ANNOTATION"]
+
+SBOM_ANNOTATION = "dev.kiln.sbom"
+PROVENANCE_ANNOTATION = "dev.kiln.provenance"
+_PASSWORD_ENV = ("KILN_PASSWORD", "COSIGN_PASSWORD")
+_MAX_ATTESTATION_BYTES = 64 * 1024 * 1024
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    key = sub.add_parser("key", help="manage signing keys")
+    key_sub = key.add_subparsers(dest="key_verb", metavar="ACTION", required=True)
+    p = key_sub.add_parser("generate", help="write PREFIX.key (cosign encrypted) and PREFIX.pub")
+    p.add_argument("--out", default="kiln", metavar="PREFIX", help="output prefix (default: kiln)")
+    p.add_argument(
+        "--algorithm", choices=[a.value for a in KeyAlgorithm], default=KeyAlgorithm.ECDSA_P256.value
+    )
+    p.add_argument("--passphrase-file", type=Path, help="read the passphrase from this file")
+    p.add_argument("--force", action="store_true", help="replace existing key files")
+    p.set_defaults(handler=cmd_key_generate)
+
+    p = sub.add_parser("sign", help="sign an image in an OCI layout (cosign format)")
+    _key_args(p)
+    p.add_argument("--identity", required=True, metavar="REPO", help="repository the signature is for")
+    p.add_argument(
+        "-a", "--annotation", action="append", default=[], metavar="K=V", help="optional claim in the payload"
+    )
+    p.add_argument("image", help="oci:DIR[:TAG]")
+    p.set_defaults(handler=cmd_sign)
+
+    p = sub.add_parser("verify", help="verify an image's signatures (exit 3 when refused)")
+    p.add_argument("--key", action="append", type=Path, default=[], metavar="PUB", help="trusted public key")
+    p.add_argument("--threshold", type=int, default=1, help="distinct keys required (default 1)")
+    p.add_argument("--identity", metavar="REPO", help="expected repository (required with --key)")
+    p.add_argument("--policy", type=Path, help="trust policy YAML (instead of --key)")
+    p.add_argument("image", help="oci:DIR[:TAG]")
+    p.set_defaults(handler=cmd_verify)
+
+    p = sub.add_parser("attest", help="sign the build's SBOM and provenance as DSSE attestations")
+    _key_args(p)
+    p.add_argument("--type", choices=[k.value for k in PredicateKind], action="append", dest="types")
+    p.add_argument("image", help="oci:DIR[:TAG]")
+    p.set_defaults(handler=cmd_attest)
+
+    p = sub.add_parser("verify-attestation", help="verify an attestation and print its predicate")
+    p.add_argument("--key", action="append", type=Path, required=True, metavar="PUB")
+    p.add_argument("--type", choices=[k.value for k in PredicateKind], required=True)
+    p.add_argument("--threshold", type=int, default=1)
+    p.add_argument("image", help="oci:DIR[:TAG]")
+    p.set_defaults(handler=cmd_verify_attestation)
+
+
+def _key_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key", required=True, metavar="KEY", help="key file, env://VAR, or a KMS/HSM signer URI")
+    p.add_argument("--public-key", type=Path, metavar="PUB", help="public key (needed for KMS/HSM URIs)")
+    p.add_argument("--passphrase-file", type=Path, help="read the key passphrase from this file")
+
+
+# -- image references ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageRef:
+    directory: Path
+    tag: str | None = None
+    digest: Digest | None = None
+
+    @property
+    def selector(self) -> str | None:
+        return str(self.digest) if self.digest is not None else self.tag
+
+
+def parse_image_ref(text: str) -> ImageRef:
+    """``oci:DIR``, ``oci:DIR:TAG``, ``oci:DIR@sha256:HEX``; a bare directory is ``oci:DIR``."""
+    body = text[4:] if text.startswith("oci:") else text
+    if not body:
+        raise KilnError(f"invalid image reference {text!r}", hint="use oci:DIR[:TAG]")
+    if "@" in body:
+        directory, _, dig = body.rpartition("@")
+        return ImageRef(directory=Path(directory), digest=Digest.parse(dig))
+    directory, sep, tag = body.rpartition(":")
+    if sep and directory and "/" not in tag and tag:
+        return ImageRef(directory=Path(directory), tag=tag)
+    return ImageRef(directory=Path(body))
+
+
+def _open(ref: ImageRef) -> tuple[LayoutStore, Descriptor]:
+    store = LayoutStore.open(ref.directory)
+    return store, store.layout.resolve(ref.selector)
+
+
+# -- passphrases and keys --------------------------------------------------------------------------
+
+
+def _passphrase_source(
+    file: Path | None, environ: Mapping[str, str], *, confirm: bool = False
+) -> PassphraseCallback:
+    def get() -> bytes:
+        if file is not None:
+            data = read_capped(file, limit=4096, what="passphrase file")
+            return data.rstrip(b"\r\n")
+        for name in _PASSWORD_ENV:
+            if name in environ:
+                return environ[name].encode("utf-8")
+        if sys.stdin.isatty():
+            first = getpass.getpass("Enter passphrase for the private key: ")
+            if confirm and getpass.getpass("Enter it again: ") != first:
+                raise PassphraseError("the passphrases do not match")
+            return first.encode("utf-8")
+        raise PassphraseError(
+            "no passphrase for the private key",
+            hint="set KILN_PASSWORD (or COSIGN_PASSWORD), or pass --passphrase-file",
+        )
+
+    return get
+
+
+def _public_keys(paths: list[Path]) -> list[PublicKey]:
+    return [
+        PublicKey.from_pem(read_capped(p, limit=MAX_PUBLIC_KEY_BYTES, what="public key"), what=str(p))
+        for p in paths
+    ]
+
+
+def _signer(args: argparse.Namespace) -> Signer:
+    pub = _public_keys([args.public_key])[0] if args.public_key else None
+    environ = dict(os.environ)
+    return load_signer(
+        args.key,
+        passphrase=_passphrase_source(args.passphrase_file, environ),
+        environ=environ,
+        public_key=pub,
+    )
+
+
+# -- handlers --------------------------------------------------------------------------------------
+
+
+def cmd_key_generate(args: argparse.Namespace, out: Output) -> int:
+    key_path, pub_path = Path(f"{args.out}.key"), Path(f"{args.out}.pub")
+    for path in (key_path, pub_path):
+        if path.exists() and not args.force:
+            raise KilnError(f"{path} exists", hint="use --force to replace it")
+    passphrase = _passphrase_source(args.passphrase_file, os.environ, confirm=True)()
+    key = generate_private_key(KeyAlgorithm(args.algorithm))
+    pub = public_key_of(key)
+    atomic_write(key_path, encrypt_private_key(key, passphrase), mode=0o600)
+    atomic_write(pub_path, pub.to_pem())
+    out.result(
+        f"Private key written to {key_path}\nPublic key written to {pub_path}\nKey id: {pub.key_id}",
+        {
+            "private_key": str(key_path),
+            "public_key": str(pub_path),
+            "key_id": pub.key_id,
+            "algorithm": args.algorithm,
+        },
+    )
+    return 0
+
+
+def _optional(pairs: list[str]) -> dict[str, str] | None:
+    if not pairs:
+        return None
+    out: dict[str, str] = {}
+    for pair in pairs:
+        k, sep, v = pair.partition("=")
+        if not sep or not k:
+            raise KilnError(f"invalid annotation {pair!r}", hint="use KEY=VALUE")
+        out[k] = v
+    return out
+
+
+def cmd_sign(args: argparse.Namespace, out: Output) -> int:
+    from signing.image import sign_image
+
+    ref = parse_image_ref(args.image)
+    store, root = _open(ref)
+    signer = _signer(args)
+    reference = f"{args.identity}:{ref.tag}" if ref.tag else args.identity
+    signed = sign_image(store, root, signer, reference=reference, optional=_optional(args.annotation))
+    for d in signed:
+        out.progress(f"signed {d} -> {signature_tag(d)}")
+    out.result(
+        f"Signed {len(signed)} manifest(s) as {reference} with key {signer.public_key.key_id}",
+        {"identity": reference, "key_id": signer.public_key.key_id, "signed": [str(d) for d in signed]},
+    )
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace, out: Output) -> int:
+    from signing.image import image_nodes, stored_layers, verify_image
+
+    ref = parse_image_ref(args.image)
+    store, root = _open(ref)
+    if args.policy is not None:
+        from signing.policy import MAX_POLICY_BYTES, TrustPolicy
+
+        if args.identity is None:
+            raise KilnError("--policy needs --identity REPO")
+        policy = TrustPolicy.from_bytes(
+            read_capped(args.policy, limit=MAX_POLICY_BYTES, what="trust policy"), source=str(args.policy)
+        )
+        now = datetime.now(UTC)
+        verified = []
+        for node in image_nodes(store, root):
+            policy.evaluate(
+                repository=args.identity,
+                tag=ref.tag,
+                image_digest=node.digest,
+                signatures=stored_layers(store, signature_tag(node.digest)),
+                attestations=stored_layers(store, attestation_tag(node.digest)),
+                now=now,
+            )
+            verified.append(node.digest)
+        # Policy evaluation covers signatures; the blobs are checked as verify does without a policy.
+        verify_blobs_only(store, root)
+    else:
+        if not args.key:
+            raise KilnError("verify needs --key PUB (or --policy FILE)")
+        if args.identity is None:
+            raise KilnError("verify needs --identity REPO", hint="the repository the image was signed for")
+        identity = Identity(repository=args.identity, tag=ref.tag)
+        verified = list(
+            verify_image(
+                store, root, identity=identity, keys=_public_keys(args.key), threshold=args.threshold
+            )
+        )
+    out.result(
+        f"Verified {len(verified)} manifest(s): " + ", ".join(str(d) for d in verified),
+        {"verified": [str(d) for d in verified], "image": str(root.digest)},
+    )
+    return 0
+
+
+def verify_blobs_only(store: LayoutStore, root: Descriptor) -> None:
+    from signing.image import image_nodes
+
+    for node in image_nodes(store, root):
+        if node.manifest is not None:
+            for desc in (node.manifest.config, *node.manifest.layers):
+                store.verify_blob(desc.digest, size=desc.size)
+
+
+def _statement_for(kind: PredicateKind, blob: bytes, root: Descriptor, name: str) -> bytes:
+    """The build stores the provenance as a statement and the SBOM as a bare SPDX document."""
+    doc = parse_json_object(blob, what=f"{kind} blob", limit=_MAX_ATTESTATION_BYTES)
+    if doc.get("_type") == STATEMENT_V1:
+        if doc.get("predicateType") != kind.predicate_type:
+            raise DocumentError(
+                f"{kind} blob: predicateType {doc.get('predicateType')!r} is not {kind.predicate_type}"
+            )
+        subjects = doc.get("subject") or []
+        if not any(
+            isinstance(s, dict) and s.get("digest", {}).get("sha256") == root.digest.hex for s in subjects
+        ):
+            raise VerificationError(f"{kind} statement does not name {root.digest}", reason="digest")
+        return blob
+    statement: dict[str, Any] = {
+        "_type": STATEMENT_V1,
+        "subject": [{"name": name, "digest": {"sha256": root.digest.hex}}],
+        "predicateType": kind.predicate_type,
+        "predicate": doc,
+    }
+    return canonical_json(statement)
+
+
+def cmd_attest(args: argparse.Namespace, out: Output) -> int:
+    from signing.image import attest_image
+
+    ref = parse_image_ref(args.image)
+    store, root = _open(ref)
+    kinds = [PredicateKind(t) for t in (args.types or [k.value for k in PredicateKind])]
+    annotation = {PredicateKind.SPDX: SBOM_ANNOTATION, PredicateKind.SLSAPROVENANCE: PROVENANCE_ANNOTATION}
+    statements = []
+    for kind in kinds:
+        dig = root.annotations.get(annotation[kind])
+        if dig is None:
+            raise KilnError(
+                f"{ref.directory}: the image has no {kind} recorded ({annotation[kind]} annotation)",
+                hint="rebuild it with a kiln that records attestations",
+            )
+        blob = store.read_blob(Digest.parse(dig), limit=_MAX_ATTESTATION_BYTES)
+        statements.append((kind, _statement_for(kind, blob, root, ref.directory.name)))
+    signer = _signer(args)
+    for kind, statement in statements:
+        attest_image(store, root, [signer], statement)
+        out.progress(f"attested {kind} for {root.digest} -> {attestation_tag(root.digest)}")
+    out.result(
+        f"Attested {', '.join(k.value for k, _ in statements)} for {root.digest}",
+        {
+            "image": str(root.digest),
+            "types": [k.value for k, _ in statements],
+            "key_id": signer.public_key.key_id,
+        },
+    )
+    return 0
+
+
+def cmd_verify_attestation(args: argparse.Namespace, out: Output) -> int:
+    from signing.image import verify_image_attestations
+
+    ref = parse_image_ref(args.image)
+    store, root = _open(ref)
+    kind = PredicateKind(args.type)
+    got = verify_image_attestations(
+        store, root, keys=_public_keys(args.key), predicate_type=kind.predicate_type, threshold=args.threshold
+    )
+    predicate = got[-1].predicate
+    out.result(
+        pretty_json(predicate),
+        {"image": str(root.digest), "predicateType": kind.predicate_type, "predicate": predicate},
+    )
+    return 0
