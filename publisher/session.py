@@ -198,7 +198,7 @@ class Session:
         return None
 
     def _on_unauthorized(
-        self, challenges: tuple[Challenge, ...], scopes: tuple[str, ...], body: bytes
+        self, challenges: tuple[Challenge, ...], scopes: tuple[str, ...], body: bytes, *, sent_basic: bool
     ) -> None:
         """React to a 401: remember the scheme and obtain what it asks for, or raise AuthError."""
         by_scheme = {c.scheme.lower(): c for c in challenges}
@@ -212,9 +212,9 @@ class Session:
         if "basic" in by_scheme:
             if self.credentials is None or self.credentials.identity_token:
                 raise registry_error(401, body, what=f"{self.registry}: no credentials for Basic auth")
+            if sent_basic:
+                raise registry_error(401, body, what=f"{self.registry}: credentials refused")
             with self._auth.lock:
-                if self._auth.basic:
-                    raise registry_error(401, body, what=f"{self.registry}: credentials refused")
                 self._auth.basic = True
             return
         raise registry_error(401, body, what=f"{self.registry}: unsupported authentication challenge")
@@ -349,7 +349,8 @@ class Session:
             if auth_round == 1:
                 raise registry_error(401, body401, what=f"{what}: credentials refused")
             challenges = parse_challenges(resp.headers.get("www-authenticate", ""))
-            self._on_unauthorized(challenges, scope_t, body401)
+            sent = resp.request.headers.get("authorization", "")
+            self._on_unauthorized(challenges, scope_t, body401, sent_basic=sent.startswith("Basic "))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def expect(self, resp: httpx.Response, ok: Iterable[int], *, what: str) -> httpx.Response:
