@@ -24,6 +24,10 @@ files only (nothing is executed) and treats ``sysroot`` as ``/``:
   :class:`ClosureSymlink` with its target exactly as stored; the content is returned at its real,
   symlink-free path. A symlink whose target climbs above the sysroot is an error.
 
+Libraries loaded with ``dlopen`` are invisible to this analysis and must be listed in ``paths``:
+``libgcc_s.so.1`` (glibc loads it to unwind a cancelled or exiting thread), NSS modules
+(``libnss_*.so.2``), gconv modules, and interpreters' extension modules.
+
 Malformed or truncated ELF files raise :class:`~builder.errors.ClosureError` naming the file.
 :class:`DpkgIndex` answers which Debian package owns a closure file (for the SBOM).
 """
@@ -202,7 +206,10 @@ class _Sysroot:
                         f"{path}: too many levels of symbolic links (more than {MAX_SYMLINK_HOPS}) at {here}",
                         hint="the sysroot contains a symlink loop",
                     )
-                target = os.readlink(self.host(here))
+                try:
+                    target = os.readlink(self.host(here))
+                except OSError as exc:
+                    raise ClosureError(f"{path}: cannot read the symlink {here}: {exc.strerror}") from exc
                 link = ClosureSymlink(image_path=here, target=target)
                 links.append(link)
                 if not target:
@@ -446,7 +453,8 @@ class _Resolver:
             line = raw.split("#", 1)[0].strip()
             if not line:
                 continue
-            word, _, rest = line.partition(" ")
+            word, *rest_list = line.split(None, 1)
+            rest = rest_list[0] if rest_list else ""
             if word == "include":
                 for pattern in rest.split():
                     absolute = (
@@ -756,8 +764,11 @@ class DpkgIndex:
         return f"{package} {version}" if version else package
 
     def owning_package_of_host_path(self, host_path: Path) -> str | None:
+        # Resolve the directory on the host (the sysroot may sit under a symlinked path); the
+        # name itself is looked up inside the sysroot, where absolute links mean the sysroot.
+        host = Path(os.path.realpath(Path(host_path).parent)) / Path(host_path).name
         try:
-            relative = Path(os.path.realpath(host_path)).relative_to(self._root.root)
+            relative = host.relative_to(self._root.root)
         except ValueError:
             return None
         return self.owning_package("/" + relative.as_posix())

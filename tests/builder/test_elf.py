@@ -223,7 +223,7 @@ def test_runpath_finds_direct_dependency_and_ld_so_conf_finds_the_rest(
     (sysroot / "opt/b").mkdir(parents=True)
     (sysroot / "opt/app/lib/libinner.so.1").rename(sysroot / "opt/b/libinner.so.1")
     (sysroot / "etc/ld.so.conf.d").mkdir(parents=True)
-    (sysroot / "etc/ld.so.conf").write_text("# local\ninclude /etc/ld.so.conf.d/*.conf\n")
+    (sysroot / "etc/ld.so.conf").write_text("# local\ninclude\t/etc/ld.so.conf.d/*.conf\n")
     (sysroot / "etc/ld.so.conf.d/b.conf").write_text("/opt/b  # the b libraries\n")
     (sysroot / "etc/ld.so.conf.d/a.conf").write_text("/opt/a\n\n")
     (sysroot / "etc/ld.so.conf.d/ignored.txt").write_text("/opt/ignored\n")
