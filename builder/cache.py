@@ -104,6 +104,8 @@ class BuildCache:
             layout.link_blob(self.blob_path(entry.digest), entry.digest, size=entry.size)
         except (OSError, VerificationError):
             self.evict(key)
+            with contextlib.suppress(FileNotFoundError):
+                self.blob_path(entry.digest).unlink()  # corrupt: never link it again
             return None
         return entry
 

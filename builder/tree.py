@@ -78,12 +78,9 @@ class Entry:
     data: bytes | None = None
     target: str | None = None
     category: Category = Category.APP
-    origin: str = IMPLICIT
+    origin: str = "kiln"
     source_index: int = -1
-
-    @property
-    def implicit(self) -> bool:
-        return self.origin == IMPLICIT
+    implicit: bool = False  # a parent directory created because something lives beneath it
 
     def describe(self) -> str:
         """The origin, with the host path when there is one (for conflict messages)."""
@@ -172,7 +169,12 @@ class FileTree:
             existing = self._entries.get(p)
             if existing is None:
                 self._entries[p] = Entry(
-                    path=p, kind=EntryKind.DIR, mode=0o755, category=child.category, origin=IMPLICIT
+                    path=p,
+                    kind=EntryKind.DIR,
+                    mode=0o755,
+                    category=child.category,
+                    origin=IMPLICIT,
+                    implicit=True,
                 )
             elif existing.kind is not EntryKind.DIR:
                 raise TreeConflictError(
