@@ -46,7 +46,6 @@ from manifests.mediatypes import Compression
 from manifests.oci import Platform
 from manifests.source import (
     Checker,
-    DocumentFormat,
     SourceDocument,
     did_you_mean,
     join_index,
@@ -562,11 +561,10 @@ class _ImageSchema(Checker):
         where = join_key(path, key)
         value = m[key]
         if isinstance(value, int) and not isinstance(value, bool):
-            raw = self.doc.raw.get(
-                where, f"0{value:o}" if self.doc.fmt is DocumentFormat.TOML else str(value)
-            )
-            sep = " =" if self.doc.fmt is DocumentFormat.TOML else ":"
-            self.report(where, "ambiguous unquoted mode", f'quote it: {key}{sep} "{raw}"')
+            raw = self.doc.raw.get(where, str(value))
+            if raw.startswith("0o"):  # TOML's octal integer: the string form drops the "o"
+                raw = "0" + raw[2:]
+            self.report(where, "ambiguous unquoted mode", f'quote it: {self.assignment(key)} "{raw}"')
             return None
         text = self.string(value, where)
         if text is None:
@@ -703,19 +701,25 @@ class _ImageSchema(Checker):
                 words = shlex.split(value)
             except ValueError:
                 words = [value]
-            example = json.dumps(words or [value], ensure_ascii=False).replace('", "', '", "')
-            sep = " =" if self.doc.fmt is DocumentFormat.TOML else ":"
-            self.wrong_type(key, value, "a list of strings", f"write it as a list: {key}{sep} {example}")
+            example = json.dumps(words or [value], ensure_ascii=False)
+            hint = f"write it as a list: {self.assignment(key)} {example}"
+            self.wrong_type(key, value, "a list of strings", hint)
             return ()
-        words_t = self.strings(value, key)
-        if words_t is None:
+        items = self.sequence(value, key, of=" of strings")
+        if items is None:
             return ()
-        for i, w in enumerate(words_t):
-            if not w:
-                self.report(join_index(key, i), "empty string")
-            elif "\x00" in w:
-                self.report(join_index(key, i), "contains a NUL character")
-        return words_t
+        words_t: list[str] = []
+        for i, raw in enumerate(items):
+            where = join_index(key, i)
+            word = self.string(raw, where)
+            if word is None:
+                continue
+            if not word:
+                self.report(where, "empty string")
+            elif "\x00" in word:
+                self.report(where, "contains a NUL character")
+            words_t.append(word)
+        return tuple(words_t)
 
     def _string_map(
         self, d: Mapping[str, Any], key: str, *, key_check: Callable[[str, str], None]
@@ -841,10 +845,12 @@ class _ImageSchema(Checker):
         check: HttpCheck | TcpCheck | ExecCheck | None = None
         if not present:
             self.report("health", "expected exactly one of: http, tcp, exec", "say how to probe the service")
-        elif len(present) > 1:
-            self.report("health", f"has both '{present[0]}' and '{present[1]}'", "keep one check")
         else:
-            check = self._check(present[0], m[present[0]])
+            checks_found = [self._check(k, m[k]) for k in present]
+            if len(present) > 1:
+                self.report("health", f"has both '{present[0]}' and '{present[1]}'", "keep one check")
+            else:
+                check = checks_found[0]
         interval = self._duration(m, "interval", 2.0)
         timeout = self._duration(m, "timeout", 1.0)
         retries = 3
@@ -901,11 +907,10 @@ class _ImageSchema(Checker):
             return default
         where = join_key("health", key)
         value = m[key]
-        sep = " =" if self.doc.fmt is DocumentFormat.TOML else ":"
         if isinstance(value, int | float) and not isinstance(value, bool):
-            self.wrong_type(
-                where, value, "a duration such as 2s", f'add a unit and quote it: {key}{sep} "{value}s"'
-            )
+            raw = self.doc.raw.get(where, str(value))
+            hint = f'add a unit and quote it: {self.assignment(key)} "{raw}s"'
+            self.wrong_type(where, value, "a duration such as 2s", hint)
             return default
         text = self.string(value, where)
         if text is None:
