@@ -112,6 +112,15 @@ def _octal(field: bytes, what: str) -> int:
         raise DocumentError(f"layer tar: bad {what} field {field!r}") from None
 
 
+def _pax_int(pax: dict[str, str], key: str, default: int) -> int:
+    value = pax.get(key)
+    if value is None:
+        return default
+    if not value.isascii() or not value.isdigit() or len(value) > 20:
+        raise DocumentError(f"layer tar: bad PAX {key} {value[:40]!r}")
+    return int(value)
+
+
 def _text(field: bytes) -> str:
     return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
 
@@ -190,18 +199,15 @@ def iter_tar(stream: _Counting, caps: Caps) -> Iterator[TarMember]:
         name = pax.get("path", gnu_name or name)
         link = pax.get("linkpath", gnu_link or _text(block[157:257]))
         if "size" in pax:
-            try:
-                size = int(pax["size"])
-            except ValueError:
-                raise DocumentError("layer tar: bad PAX size") from None
+            size = _pax_int(pax, "size", size)
             padded = size + (-size % _BLOCK)
         kind = _TYPES.get(typ, "other")
         yield TarMember(
             path=_norm(name, caps),
             type=kind,
             mode=_octal(block[100:108], "mode") & 0o7777,
-            uid=int(pax.get("uid", _octal(block[108:116], "uid"))),
-            gid=int(pax.get("gid", _octal(block[116:124], "gid"))),
+            uid=_pax_int(pax, "uid", _octal(block[108:116], "uid")),
+            gid=_pax_int(pax, "gid", _octal(block[116:124], "gid")),
             size=size if kind == "file" else 0,
             target=_norm(link, caps) if kind == "hardlink" else link if kind == "symlink" else None,
         )
