@@ -185,7 +185,7 @@ class _ImageSchema(Checker):
         accounts = self._accounts(d)
         entrypoint = self._command(d, "entrypoint")
         cmd = self._command(d, "cmd")
-        if not entrypoint and not cmd and "entrypoint" not in self._bad and "cmd" not in self._bad:
+        if not entrypoint and not cmd and not self._reported("entrypoint", "cmd"):
             self.report(
                 "entrypoint",
                 "nothing to run: entrypoint and cmd are both empty",
@@ -230,13 +230,18 @@ class _ImageSchema(Checker):
     def _bad(self) -> set[str]:
         return {p.path for p in self._problems}
 
+    def _reported(self, *keys: str) -> bool:
+        """Whether a problem was already reported at one of these top-level keys or inside them."""
+        return any(p.path == k or p.path.startswith((f"{k}[", f"{k}.")) for p in self._problems for k in keys)
+
     def _exact(self, d: Mapping[str, Any], key: str, expected: str) -> None:
         if key not in d:
             return
         value = self.string(d[key], key)
         if value is not None and value != expected:
             what = "unsupported apiVersion" if key == "apiVersion" else "wrong kind"
-            self.report(key, f"{what} '{value}'", f"expected '{expected}'")
+            shown = json.dumps(value, ensure_ascii=False)[1:-1]
+            self.report(key, f"{what} '{shown}'", f"expected '{expected}'")
 
     # -- identity
 

@@ -610,6 +610,11 @@ INVALID = [
         ],
     ),
     (
+        "entrypoint with only bad items is not also 'nothing to run'",
+        HEAD + "contents:\n  - closure: {paths: [/bin/x]}\nentrypoint: [7]\n",
+        ['m.yaml:7:14: entrypoint[0]: expected a string, got integer (quote it: "7")'],
+    ),
+    (
         "env is a list",
         HEAD + RUN + "env: [A=b]\n",
         ["m.yaml:8:1: env: expected a mapping, got list"],
