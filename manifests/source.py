@@ -116,7 +116,7 @@ class SourceDocument:
     """A document's plain values plus where each one was written.
 
     ``data`` holds only ``dict``/``list``/``str``/``int``/``float``/``bool``/``None``.
-    ``raw`` keeps the source text of YAML scalars that are not strings (``mode: 0644`` -> ``"0644"``),
+    ``raw`` keeps the source text of scalars that are not strings (``mode: 0644`` -> ``"0644"``),
     so messages can quote what the person wrote rather than what YAML 1.1 made of it.
     """
 
@@ -435,11 +435,14 @@ def _load_toml(text: str, source: str) -> SourceDocument:
         raise ManifestError(problems)
     if not data:
         _fail(source, "the file is empty", "write a mapping of keys, starting with apiVersion and kind")
+    scanner = _TomlScanner(text)
+    positions = scanner.scan()
     return SourceDocument(
         source=source,
         fmt=DocumentFormat.TOML,
         data=_top_level(data, source, 1, 1),
-        positions=MappingProxyType(_TomlScanner(text).scan()),
+        positions=MappingProxyType(positions),
+        raw=MappingProxyType(scanner.raw),
     )
 
 
@@ -483,6 +486,7 @@ class _TomlScanner:
         self.text = text
         self.i = 0
         self.positions: dict[str, tuple[int, int]] = {"": (1, 1)}
+        self.raw: dict[str, str] = {}
         self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
         self._aot: dict[str, int] = {}
 
@@ -660,6 +664,7 @@ class _TomlScanner:
             end = len(text) if m is None else m.start()
             if end == self.i:
                 raise ValueError("empty value")
+            self.raw.setdefault(path, text[self.i : end].rstrip())
             self.i = end
 
     def _basic_string_end(self, start: int) -> int:
@@ -777,8 +782,13 @@ class Checker:
         quoted = json.dumps(raw, ensure_ascii=False)
         if key is None:
             return f"quote it: {quoted}"
-        sep = " =" if self.doc.fmt is DocumentFormat.TOML else ":"
-        return f"quote it: {key}{sep} {quoted}"
+        return f"quote it: {self.assignment(key)} {quoted}"
+
+    def assignment(self, key: str) -> str:
+        """``key:`` in YAML, ``key =`` in TOML (quoted when it is not a bare key), for hints."""
+        if self.doc.fmt is DocumentFormat.TOML:
+            return f"{key} =" if _BARE_KEY.fullmatch(key) else f"{json.dumps(key, ensure_ascii=False)} ="
+        return f"{key}:"
 
     def wrong_type(self, path: str, value: object, expected: str, hint: str | None = None) -> None:
         """``expected a string, got integer``; a number where a string belongs gets a quote hint."""
