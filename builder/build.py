@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.archive import docker_manifest, write_layout_tar
+from builder.bom import OwnerLookup, attestation_documents, collect_inputs
 from builder.cache import BuildCache, CacheKey
 from builder.compress import ANNOTATION, Compressor
 from builder.errors import BuildError, SourceError
@@ -41,6 +42,9 @@ from manifests.oci import Descriptor, OCIManifest
 __all__ = ["OutputFormat", "LayerInfo", "BuildResult", "build_image", "docker_repo_tag"]
 
 Progress = Callable[[str], None]
+
+SBOM_ANNOTATION = "dev.kiln.sbom"
+PROVENANCE_ANNOTATION = "dev.kiln.provenance"
 
 
 class OutputFormat(enum.StrEnum):
@@ -144,12 +148,27 @@ def build_image(
         )
         manifest_bytes = oci_manifest.to_bytes()
         digest = layout.write_blob(manifest_bytes)
+        files = tuple(sorted((f for r in results for f in r[1].files), key=lambda f: f.path))
+        inputs = collect_inputs(
+            manifest,
+            assembly.tree.entries(),
+            files,
+            OwnerLookup(cache.root if cache is not None else None),
+        )
+        sbom, provenance = attestation_documents(
+            manifest, image_digest=digest, files=files, inputs=inputs, source_date_epoch=mtime
+        )
         layout.tag(
             Descriptor(
                 media_type=MediaType.OCI_MANIFEST,
                 digest=digest,
                 size=len(manifest_bytes),
                 platform=manifest.platform,
+                # Unsigned build records, kept beside the image for `kiln attest` to sign.
+                annotations={
+                    SBOM_ANNOTATION: str(layout.write_blob(sbom)),
+                    PROVENANCE_ANNOTATION: str(layout.write_blob(provenance)),
+                },
             ),
             manifest.version,
         )
@@ -165,7 +184,6 @@ def build_image(
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
-    files = tuple(sorted((f for r in results for f in r[1].files), key=lambda f: f.path))
     size = len(manifest_bytes) + len(config_bytes) + sum(layer.size for layer in layers)
     say(f"{manifest.name} {manifest.version}: {digest} -> {output}")
     return BuildResult(

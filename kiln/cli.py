@@ -20,11 +20,19 @@ from manifests.errors import KilnError
 
 __all__ = ["main", "VERB_MODULES"]
 
-# Verb groups, one module each (keeps modules small and lets packages grow independently).
-VERB_MODULES: tuple[str, ...] = (
-    "kiln.cmd_build",
-    "kiln.cmd_sign",
-)
+# Every verb, the module that implements it, and its one-line help. Only the module of the verb
+# being run is imported, so `kiln build` does not pay for loading the signing stack (and the reverse).
+VERBS: dict[str, tuple[str, str]] = {
+    "validate": ("kiln.cmd_build", "check an image manifest without building"),
+    "build": ("kiln.cmd_build", "build an image manifest into an OCI layout or archive"),
+    "inspect": ("kiln.cmd_build", "show an image's config, layers and files"),
+    "key": ("kiln.cmd_sign", "manage signing keys"),
+    "sign": ("kiln.cmd_sign", "sign an image (cosign format)"),
+    "verify": ("kiln.cmd_sign", "verify an image's signatures (exit 3 when refused)"),
+    "attest": ("kiln.cmd_sign", "sign the build's SBOM and provenance as DSSE attestations"),
+    "verify-attestation": ("kiln.cmd_sign", "verify an attestation and print its predicate"),
+}
+VERB_MODULES: tuple[str, ...] = tuple(dict.fromkeys(module for module, _ in VERBS.values()))
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 
@@ -36,19 +44,28 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USAGE)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _requested_verb(argv: Sequence[str]) -> str | None:
+    for arg in argv:
+        if not arg.startswith("-"):
+            return arg if arg in VERBS else None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``argv``, only the requested verb's module is imported (all without)."""
     parser = _Parser(prog="kiln", description="Bake immutable infrastructure.")
     parser.add_argument("--version", action="version", version=f"kiln {__version__}")
     _add_common(parser)
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
-    for name in VERB_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # a verb group not written yet
-                continue
-            raise
-        module.register(sub)
+    verb = _requested_verb(argv) if argv is not None else None
+    wanted = [VERBS[verb][0]] if verb is not None else list(VERB_MODULES)
+    if argv is not None and verb is None:
+        wanted = []  # help or a usage error: the one-line helps below are enough
+    for name in wanted:
+        importlib.import_module(name).register(sub)
+    for name, (_module, help_text) in VERBS.items():
+        if name not in sub.choices:
+            sub.add_parser(name, help=help_text)
     for child in _all_subparsers(sub):
         _add_common(child, default=argparse.SUPPRESS)
     return parser
@@ -74,7 +91,8 @@ def _all_subparsers(action: argparse._SubParsersAction) -> list[argparse.Argumen
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from builder.build import PROVENANCE_ANNOTATION, SBOM_ANNOTATION
 from kiln.output import Output
 from manifests.atomic import atomic_write
 from manifests.canonical import canonical_json, pretty_json
@@ -35,8 +36,6 @@ from signing.verify import Identity
 
 __all__ = ["register", "ImageRef", "parse_image_ref", "SBOM_ANNOTATION", "PROVENANCE_ANNOTATION"]
 
-SBOM_ANNOTATION = "dev.kiln.sbom"
-PROVENANCE_ANNOTATION = "dev.kiln.provenance"
 _PASSWORD_ENV = ("KILN_PASSWORD", "COSIGN_PASSWORD")
 _MAX_ATTESTATION_BYTES = 64 * 1024 * 1024
 
