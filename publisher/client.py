@@ -6,7 +6,9 @@ Blobs stream from disk in both directions, so memory stays flat whatever their s
   repository of the same registry that holds the blob (a ``202`` answer falls back to an upload);
   a monolithic ``POST`` + ``PUT`` up to ``monolithic_threshold`` bytes, chunked ``PATCH`` above it,
   always following the newest ``Location``. After a failed chunk the client asks the registry where
-  the upload stands (``GET``, ``Range``) and resumes from there. ``Docker-Content-Digest`` is checked.
+  the upload stands (``GET``, ``Range``) and resumes from there; a registry that cannot say (Debian's
+  2.8.2 refuses once a chunk broke off mid-body: its ``_state`` offset no longer matches the bytes it
+  kept) gets the blob again in a fresh upload. ``Docker-Content-Digest`` is checked.
 - pull: hashed while streaming into a temporary file beside the destination, resumed with a
   ``Range`` request after a dropped connection, renamed into place only when size and digest match.
 
@@ -42,6 +44,7 @@ from manifests.oci import MAX_DOCUMENT_BYTES, Descriptor, OCIIndex, parse_json_o
 from publisher.auth import Credentials, repository_scope
 from publisher.errors import (
     MAX_ERROR_BODY,
+    ErrorCode,
     PublishError,
     RegistryError,
     RegistryUnavailable,
@@ -78,6 +81,7 @@ MANIFEST_ACCEPT = ", ".join(
     )
 )
 
+_UPLOAD_GONE = frozenset({ErrorCode.BLOB_UPLOAD_INVALID, ErrorCode.BLOB_UPLOAD_UNKNOWN})
 _LINK_NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
 _RANGE = re.compile(r"^(?:bytes=)?0-(\d+)$")
 
@@ -439,10 +443,14 @@ class RegistryClient:
     ) -> tuple[int, httpx.URL]:
         """Where an interrupted upload stands: (bytes the registry holds, newest Location)."""
         resp = self.session.send("GET", location, scopes=scopes, what=f"{what}: upload status")
-        if resp.status_code == 404:
-            resp.close()
-            raise TransientFailure(f"{what}: the registry forgot the upload; starting again")
-        self.session.expect(resp, (204, 200), what=f"{what}: upload status").close()
+        try:
+            self.session.expect(resp, (204, 200), what=f"{what}: upload status").close()
+        except RegistryError as exc:
+            if exc.status in (400, 404, 416) or exc.code in _UPLOAD_GONE:
+                raise TransientFailure(
+                    f"{what}: the registry cannot resume the upload ({exc.code}); starting again"
+                ) from exc
+            raise
         return self._range_end(resp, what=what), self._location(resp, what=what)
 
     @staticmethod
