@@ -53,8 +53,13 @@ def health_to_dict(health: HealthCheck) -> dict[str, Any]:
     return out
 
 
-def _user(m: ImageManifest) -> str | None:
-    return f"{m.accounts.uid}:{m.accounts.gid}" if m.accounts is not None else None
+# Without `accounts`, an image still never runs as root: it gets the conventional unprivileged
+# "nonroot" ids (as distroless images do), with no /etc/passwd entry.
+DEFAULT_USER = "65532:65532"
+
+
+def _user(m: ImageManifest) -> str:
+    return f"{m.accounts.uid}:{m.accounts.gid}" if m.accounts is not None else DEFAULT_USER
 
 
 def kiln_labels(m: ImageManifest) -> dict[str, str]:
@@ -65,9 +70,7 @@ def kiln_labels(m: ImageManifest) -> dict[str, str]:
         "dev.kiln.volumes": _json(list(m.volumes)),
         "dev.kiln.ports": _json([str(p) for p in m.ports]),
     }
-    user = _user(m)
-    if user is not None:
-        labels["dev.kiln.user"] = user
+    labels["dev.kiln.user"] = _user(m)
     if m.health is not None:
         labels["dev.kiln.health"] = _json(health_to_dict(m.health))
     return labels
@@ -96,10 +99,7 @@ def image_config(
     env = [f"{k}={v}" for k, v in m.env]
     if not any(k == "PATH" for k, _ in m.env):
         env.insert(0, f"PATH={DEFAULT_PATH}")
-    cfg: dict[str, Any] = {"Env": env, "Labels": labels}
-    user = _user(m)
-    if user is not None:
-        cfg["User"] = user
+    cfg: dict[str, Any] = {"Env": env, "Labels": labels, "User": _user(m)}
     if m.entrypoint:
         cfg["Entrypoint"] = list(m.entrypoint)
     if m.cmd:
