@@ -1,0 +1,566 @@
+"""The agent's trust root: who may sign releases, images and the next trust root.
+
+Written by people as YAML (the first root is installed on hosts out of band), signed as its
+canonical JSON (:meth:`TrustRoot.to_bytes`) and rotated TUF-style: root N+1 must be signed by a
+threshold of root N's ``root`` keys and of its own (see :mod:`signing.root`)::
+
+    apiVersion: kiln.dev/v1
+    kind: TrustRoot
+    version: 1                           # root versions go up by exactly one per rotation
+    expires: 2027-01-01T00:00:00Z        # RFC 3339 UTC; an expired root refuses everything
+    root:                                # who may sign the NEXT root
+      keys: [<PEM>, <PEM>, <PEM>]
+      threshold: 2
+    releases:                            # who may sign releases
+      keys: [<PEM>, <64-hex key id>]
+      threshold: 2
+      channels: [production, "staging-*"]   # optional, default ["*"]: every channel
+    images:                              # the trust policy format of signing/policy.py
+      keys:
+        team-a: {public_key: <PEM>, algorithm: ecdsa-p256, expires: 2028-01-01T00:00:00Z}
+      rules:
+        - repositories: ["registry.example/team/**"]
+          keys: [team-a]
+          threshold: 1
+          attestations: [slsaprovenance]
+    keys:                                # optional: key id -> PEM, so roles may list ids only
+      <64-hex key id>: <PEM>
+
+A role key is a PEM ``PUBLIC KEY`` or the 64-hex key id (sha256 of the DER SubjectPublicKeyInfo)
+of a key written as PEM elsewhere in the document. Only the structure of a key is checked here
+(armour, base64, its id); :mod:`signing.root` loads the keys and refuses unsupported types.
+
+Canonical form: role keys become sorted key ids with their PEMs (re-armoured) under ``keys``,
+thresholds and channels always written, image keys sorted by name. :meth:`TrustRoot.from_payload`
+accepts only that form, so one root has exactly one signed spelling.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import re
+import textwrap
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from manifests.canonical import canonical_json
+from manifests.digest import Digest
+from manifests.errors import DocumentError, ManifestError, VerificationError
+from manifests.image import API_VERSION
+from manifests.oci import parse_json_object
+from manifests.release import format_utc_time, parse_utc_time
+from manifests.source import (
+    Checker,
+    DocumentFormat,
+    SourceDocument,
+    join_index,
+    join_key,
+    load_document,
+    parse_document,
+)
+
+__all__ = [
+    "KIND",
+    "MAX_ROOT_BYTES",
+    "ATTESTATION_KINDS",
+    "KEY_ALGORITHMS",
+    "Role",
+    "ReleaseRole",
+    "ImageKey",
+    "ImageRule",
+    "ImageRules",
+    "TrustRoot",
+    "load_trust_root",
+    "parse_trust_root",
+    "trust_root_from_document",
+    "pem_key_id",
+    "normalize_pem",
+]
+
+KIND = "TrustRoot"
+MAX_ROOT_BYTES = 1024 * 1024
+MAX_ROLE_KEYS = 64
+# The attestation kinds and key algorithms signing/ knows (signing.attestation.PredicateKind,
+# signing.keys.KeyAlgorithm); manifests/ may not import signing/, a test keeps them equal.
+ATTESTATION_KINDS = ("slsaprovenance", "spdx")
+KEY_ALGORITHMS = ("ecdsa-p256", "ed25519")
+
+_TOP_REQUIRED = ("apiVersion", "kind", "version", "expires", "root", "releases")
+_TOP_OPTIONAL = ("images", "keys")
+_PEM_BEGIN = "-----BEGIN PUBLIC KEY-----"
+_PEM_END = "-----END PUBLIC KEY-----"
+_KEY_ID = re.compile(r"[0-9a-f]{64}\Z")
+_GLOB = re.compile(r"[a-z0-9*?._-]{1,64}\Z")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_MAX_PEM = 16 * 1024
+_KEY_HINT = "write a PEM public key (-----BEGIN PUBLIC KEY-----) or the 64-hex id of a key given elsewhere"
+
+
+def pem_key_id(pem: str) -> str | None:
+    """The key id of a PEM ``PUBLIC KEY`` (sha256 of its DER), or None if it is not one."""
+    der = _pem_der(pem)
+    return None if der is None else hashlib.sha256(der).hexdigest()
+
+
+def normalize_pem(pem: str) -> str:
+    """Re-armour a PEM public key: 64-character lines, one trailing newline."""
+    der = _pem_der(pem)
+    if der is None:
+        raise ValueError("not a PEM public key")
+    body = "\n".join(textwrap.wrap(base64.b64encode(der).decode("ascii"), 64))
+    return f"{_PEM_BEGIN}\n{body}\n{_PEM_END}\n"
+
+
+def _pem_der(pem: str) -> bytes | None:
+    if len(pem) > _MAX_PEM:
+        return None
+    text = pem.strip()
+    if not text.startswith(_PEM_BEGIN) or not text.endswith(_PEM_END):
+        return None
+    body = "".join(text[len(_PEM_BEGIN) : -len(_PEM_END)].split())
+    try:
+        der = base64.b64decode(body, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    # A DER SEQUENCE (0x30) is the least a SubjectPublicKeyInfo is; signing/ parses the rest.
+    return der if len(der) > 2 and der[0] == 0x30 else None
+
+
+# --------------------------------------------------------------------------------------------
+# The document model
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Role:
+    """Keys (by id) and how many distinct ones must sign."""
+
+    key_ids: tuple[str, ...]
+    threshold: int = 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keys": list(self.key_ids), "threshold": self.threshold}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleaseRole(Role):
+    channels: tuple[str, ...] = ("*",)  # globs: '*' any run of characters, '?' one
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keys": list(self.key_ids), "threshold": self.threshold, "channels": list(self.channels)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageKey:
+    name: str
+    public_key: str  # normalized PEM
+    algorithm: str | None = None
+    expires: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"public_key": self.public_key}
+        if self.algorithm is not None:
+            out["algorithm"] = self.algorithm
+        if self.expires is not None:
+            out["expires"] = format_utc_time(self.expires)
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageRule:
+    repositories: tuple[str, ...]
+    keys: tuple[str, ...]  # ImageKey names
+    threshold: int = 1
+    attestations: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "repositories": list(self.repositories),
+            "keys": list(self.keys),
+            "threshold": self.threshold,
+            "attestations": list(self.attestations),
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageRules:
+    """The image trust policy (signing.policy format), kept as data: signing/ evaluates it."""
+
+    keys: tuple[ImageKey, ...]  # sorted by name
+    rules: tuple[ImageRule, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keys": {k.name: k.to_dict() for k in self.keys}, "rules": [r.to_dict() for r in self.rules]}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrustRoot:
+    version: int
+    expires: datetime
+    root: Role
+    releases: ReleaseRole
+    images: ImageRules | None = None
+    keys: tuple[tuple[str, str], ...] = field(default=())  # (key id, normalized PEM), sorted
+
+    def pem(self, key_id: str) -> str:
+        for kid, pem in self.keys:
+            if kid == key_id:
+                return pem
+        raise KeyError(key_id)
+
+    def expired(self, now: datetime) -> bool:
+        if now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        return now >= self.expires
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "version": self.version,
+            "expires": format_utc_time(self.expires),
+            "keys": dict(self.keys),
+            "root": self.root.to_dict(),
+            "releases": self.releases.to_dict(),
+        }
+        if self.images is not None:
+            out["images"] = self.images.to_dict()
+        return out
+
+    def to_bytes(self) -> bytes:
+        """The canonical JSON that is signed."""
+        return canonical_json(self.to_dict())
+
+    @property
+    def digest(self) -> Digest:
+        return Digest.of(self.to_bytes())
+
+    def to_yaml(self) -> str:
+        """The canonical content as YAML for people (PEMs as literal blocks); parses back equal."""
+        d = self.to_dict()
+        ordered = {k: d[k] for k in ("apiVersion", "kind", "version", "expires", "root", "releases")}
+        if "images" in d:
+            ordered["images"] = d["images"]
+        ordered["keys"] = d["keys"]
+        return yaml.dump(ordered, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
+
+    @classmethod
+    def from_payload(cls, data: bytes, *, limit: int = MAX_ROOT_BYTES) -> TrustRoot:
+        """Strictly parse a received canonical root; VerificationError (reason ``parse``)."""
+        if len(data) > limit:
+            raise VerificationError(
+                f"trust root payload: {len(data)} bytes exceeds the {limit}-byte cap", reason="parse"
+            )
+        try:
+            obj = parse_json_object(data, what="trust root payload", limit=limit)
+        except DocumentError as exc:
+            raise VerificationError(exc.message, reason="parse") from None
+        doc = SourceDocument(source="trust root payload", fmt=DocumentFormat.YAML, data=obj)
+        try:
+            root = trust_root_from_document(doc)
+        except ManifestError as exc:
+            raise VerificationError("; ".join(str(p) for p in exc.problems), reason="parse") from None
+        if root.to_bytes() != data:
+            raise VerificationError(
+                "trust root payload is not in canonical form",
+                reason="parse",
+                hint="sign trust roots with kiln root sign",
+            )
+        return root
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str_representer)
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+
+
+def load_trust_root(path: Path) -> TrustRoot:
+    """Read, parse and validate a trust root people wrote (``.yaml``/``.yml``; JSON is YAML too)."""
+    if path.suffix in (".yaml", ".yml"):
+        return trust_root_from_document(load_document(path, limit=MAX_ROOT_BYTES))
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(MAX_ROOT_BYTES + 1)
+    except OSError as exc:
+        raise DocumentError(f"{path}: cannot read the file: {exc.strerror or exc}") from None
+    return parse_trust_root(data, source=str(path))
+
+
+def parse_trust_root(data: bytes, *, source: str) -> TrustRoot:
+    return trust_root_from_document(parse_document(data, source=source, fmt="yaml", limit=MAX_ROOT_BYTES))
+
+
+def trust_root_from_document(doc: SourceDocument) -> TrustRoot:
+    return _RootSchema(doc).root()
+
+
+# --------------------------------------------------------------------------------------------
+# The schema
+
+
+class _RootSchema(Checker):
+    def __init__(self, doc: SourceDocument) -> None:
+        super().__init__(doc)
+        self._pems: dict[str, str] = {}  # every key id given as PEM anywhere -> normalized PEM
+        self._pending: list[tuple[str, str]] = []  # (key id written by id, where)
+
+    def root(self) -> TrustRoot:
+        d = self.doc.data
+        self.keys(d, "", required=_TOP_REQUIRED, optional=_TOP_OPTIONAL)
+        for key, expected in (("apiVersion", API_VERSION), ("kind", KIND)):
+            if key in d:
+                value = self.string(d[key], key)
+                if value is not None and value != expected:
+                    what = "unsupported apiVersion" if key == "apiVersion" else "wrong kind"
+                    self.report(key, f"{what} '{value}'", f"expected '{expected}'")
+        version = self._version(d)
+        expires = self._time(d["expires"], "expires") if "expires" in d else None
+        self._key_table(d)
+        images = self._images(d["images"]) if "images" in d else None
+        root = self._role(d, "root")
+        releases = self._role(d, "releases")
+        channels = self._channels(d)
+        for kid, where in self._pending:
+            if kid not in self._pems:
+                self.report(where, f"unknown key id {kid[:16]}...", "give its PEM here or under keys:")
+        self.finish()
+        if expires is None or root is None or releases is None:  # pragma: no cover - finish() raised
+            raise AssertionError("problems were not reported")
+        used = sorted(set(root.key_ids) | set(releases.key_ids))
+        return TrustRoot(
+            version=version,
+            expires=expires,
+            root=root,
+            releases=ReleaseRole(key_ids=releases.key_ids, threshold=releases.threshold, channels=channels),
+            images=images,
+            keys=tuple((kid, self._pems[kid]) for kid in used),
+        )
+
+    def _version(self, d: Mapping[str, Any]) -> int:
+        if "version" not in d:
+            return 0
+        number = self.integer(d["version"], "version")
+        if number is not None and not 1 <= number <= 2**63 - 1:
+            self.report("version", "out of range (1 to 2**63-1)", "root versions start at 1")
+            return 0
+        return number or 0
+
+    def _time(self, value: object, where: str) -> datetime | None:
+        text = self.string(value, where)
+        if text is None:
+            return None
+        when = parse_utc_time(text)
+        if when is None:
+            shown = json.dumps(text, ensure_ascii=False)[1:-1]
+            self.report(
+                where, f"invalid time '{shown}'", "write an RFC 3339 UTC time such as 2027-01-01T00:00:00Z"
+            )
+        return when
+
+    def _pem(self, value: object, where: str) -> str | None:
+        text = self.string(value, where)
+        if text is None:
+            return None
+        kid = pem_key_id(text)
+        if kid is None:
+            self.report(
+                where,
+                "not a PEM public key",
+                "expected -----BEGIN PUBLIC KEY----- ... -----END PUBLIC KEY-----",
+            )
+            return None
+        pem = normalize_pem(text)
+        self._pems.setdefault(kid, pem)
+        return kid
+
+    def _key_table(self, d: Mapping[str, Any]) -> None:
+        if "keys" not in d:
+            return
+        table = self.mapping(d["keys"], "keys")
+        if table is None:
+            return
+        for kid, value in table.items():
+            where = join_key("keys", kid)
+            if not _KEY_ID.match(kid):
+                self.report(where, "not a key id", "key ids are 64 lowercase hex digits (sha256 of the key)")
+                continue
+            got = self._pem(value, where)
+            if got is not None and got != kid:
+                self.report(where, f"key id does not match its key (the key's id is {got})")
+
+    def _role(self, d: Mapping[str, Any], name: str) -> Role | None:
+        if name not in d:
+            return None
+        m = self.mapping(d[name], name)
+        if m is None:
+            return None
+        optional = ("threshold", "channels") if name == "releases" else ("threshold",)
+        if not self.keys(m, name, required=("keys",), optional=optional):
+            return None
+        where = join_key(name, "keys")
+        items = self.sequence(m["keys"], where, of=" of public keys")
+        if items is None:
+            return None
+        if not items:
+            self.report(where, "must not be empty", "list the public keys of this role")
+            return None
+        if len(items) > MAX_ROLE_KEYS:
+            self.report(where, f"more than {MAX_ROLE_KEYS} keys")
+            return None
+        ids: dict[str, str] = {}
+        for i, raw in enumerate(items):
+            item = join_index(where, i)
+            kid = self._role_key(raw, item)
+            if kid is None:
+                continue
+            if kid in ids:
+                self.report(item, f"the same key as {ids[kid]}", "a key counts once towards a threshold")
+                continue
+            ids[kid] = item
+        threshold = 1
+        if "threshold" in m:
+            sub = join_key(name, "threshold")
+            value = self.integer(m["threshold"], sub)
+            if value is not None and not 1 <= value <= max(len(items), 1):
+                self.report(sub, f"out of range (1 to {len(items)}, the number of keys)")
+            elif value is not None:
+                threshold = value
+        return Role(key_ids=tuple(sorted(ids)), threshold=threshold)
+
+    def _role_key(self, raw: object, where: str) -> str | None:
+        if isinstance(raw, str) and _KEY_ID.match(raw):
+            self._pending.append((raw, where))
+            return raw
+        if isinstance(raw, str) and raw.strip().startswith("-----BEGIN"):
+            return self._pem(raw, where)
+        if isinstance(raw, str):
+            self.report(where, "not a public key or key id", _KEY_HINT)
+            return None
+        self.wrong_type(where, raw, "a PEM public key or a key id", _KEY_HINT)
+        return None
+
+    def _channels(self, d: Mapping[str, Any]) -> tuple[str, ...]:
+        m = d.get("releases")
+        if not isinstance(m, dict) or "channels" not in m:
+            return ("*",)
+        where = "releases.channels"
+        globs = self.strings(m["channels"], where)
+        if globs is None:
+            return ("*",)
+        if not globs:
+            self.report(where, "must not be empty", "leave channels out to allow every channel")
+            return ("*",)
+        for i, g in enumerate(globs):
+            if not _GLOB.match(g):
+                shown = json.dumps(g, ensure_ascii=False)[1:-1]
+                self.report(
+                    join_index(where, i), f"invalid channel glob '{shown}'", "channel names with * and ?"
+                )
+        return globs
+
+    # -- images (the trust policy format)
+
+    def _images(self, value: object) -> ImageRules | None:
+        m = self.mapping(value, "images")
+        if m is None or not self.keys(m, "images", required=("keys", "rules")):
+            return None
+        keys = self._image_keys(m["keys"])
+        rules = self._image_rules(m["rules"], {k.name for k in keys})
+        return ImageRules(keys=keys, rules=rules)
+
+    def _image_keys(self, value: object) -> tuple[ImageKey, ...]:
+        table = self.mapping(value, "images.keys")
+        if table is None:
+            return ()
+        if not table:
+            self.report("images.keys", "must not be empty", "name the keys that sign images")
+        out: list[ImageKey] = []
+        for name, raw in table.items():
+            where = join_key("images.keys", name)
+            if not name or _CONTROL.search(name):
+                self.report(where, "invalid key name")
+                continue
+            k = self.mapping(raw, where)
+            if k is None or not self.keys(
+                k, where, required=("public_key",), optional=("algorithm", "expires")
+            ):
+                continue
+            kid = self._pem(k["public_key"], join_key(where, "public_key"))
+            algorithm = None
+            if "algorithm" in k:
+                algorithm = self.choice(k["algorithm"], join_key(where, "algorithm"), KEY_ALGORITHMS)
+            expires = self._time(k["expires"], join_key(where, "expires")) if "expires" in k else None
+            if kid is not None:
+                out.append(
+                    ImageKey(name=name, public_key=self._pems[kid], algorithm=algorithm, expires=expires)
+                )
+        return tuple(sorted(out, key=lambda k: k.name))
+
+    def _image_rules(self, value: object, names: set[str]) -> tuple[ImageRule, ...]:
+        items = self.sequence(value, "images.rules", of=" of rules")
+        if items is None:
+            return ()
+        if not items:
+            self.report("images.rules", "must not be empty", "an empty policy allows nothing")
+            return ()
+        out: list[ImageRule] = []
+        for i, raw in enumerate(items):
+            where = join_index("images.rules", i)
+            r = self.mapping(raw, where)
+            if r is None or not self.keys(
+                r, where, required=("repositories", "keys"), optional=("threshold", "attestations")
+            ):
+                continue
+            repos = self.strings(r["repositories"], join_key(where, "repositories"))
+            if repos is not None and (not repos or not all(repos)):
+                self.report(join_key(where, "repositories"), "needs non-empty repository globs")
+            keys = self.strings(r["keys"], join_key(where, "keys"))
+            if keys is not None and not keys:
+                self.report(join_key(where, "keys"), "must not be empty", "name at least one key")
+            for j, k in enumerate(keys or ()):
+                if k not in names:
+                    self.report(
+                        join_index(join_key(where, "keys"), j),
+                        f"unknown key '{k}'",
+                        "define it under images.keys",
+                    )
+            threshold = 1
+            if "threshold" in r:
+                t = self.integer(r["threshold"], join_key(where, "threshold"))
+                distinct = len(set(keys or ()))
+                if t is not None and not 1 <= t <= max(distinct, 1):
+                    self.report(
+                        join_key(where, "threshold"),
+                        f"out of range (1 to {distinct}, the distinct keys named)",
+                    )
+                elif t is not None:
+                    threshold = t
+            attestations: tuple[str, ...] = ()
+            if "attestations" in r:
+                sub = join_key(where, "attestations")
+                attestations = self.strings(r["attestations"], sub) or ()
+                for j, a in enumerate(attestations):
+                    self.choice(a, join_index(sub, j), ATTESTATION_KINDS)
+            if repos and keys:
+                out.append(
+                    ImageRule(repositories=repos, keys=keys, threshold=threshold, attestations=attestations)
+                )
+        return tuple(out)
