@@ -1,0 +1,403 @@
+"""OCI runtime bundles: an image's run-time policy (``dev.kiln.*`` labels) and runc's ``config.json``.
+
+:class:`ImagePolicy` reads the labels the builder records (:mod:`builder.imageconfig`):
+``dev.kiln.user`` (numeric ``uid:gid``), ``dev.kiln.writable`` and ``dev.kiln.volumes`` (JSON lists of
+absolute paths), ``dev.kiln.ports``, ``dev.kiln.health``, ``dev.kiln.read-only`` and
+``dev.kiln.allow-setuid``. The config it comes from was verified by digest, but it is still a
+document we received: every value is checked and a bad one raises
+:class:`~manifests.errors.DocumentError`.
+
+:func:`runtime_config` is pure: instance spec + volume directories in, the ``config.json`` dict
+out. The container gets a read-only root, the image's non-root user (uid 0 is a policy refusal
+unless the spec allows it), ``noNewPrivileges``, five EMPTY capability sets, an RLIMIT_NOFILE, tmpfs
+(nosuid, nodev, size-capped) on each writable path, bind mounts for volumes, ``/proc``, a tmpfs
+``/dev`` with ``/dev/pts`` and ``/dev/shm``, a read-only ``/sys``, runc's masked and read-only paths,
+its own pid/ipc/uts/mount namespaces, the network namespace it was given, all devices denied in
+the device cgroup, and a cgroup under ``/kiln``.
+
+:func:`prepare_volumes` is the I/O half: ``STATE/volumes/<service>/<slug>`` directories, mode 0700,
+owned by the image user; :func:`write_bundle` writes ``BUNDLE/config.json`` atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from agent.errors import BundleError
+from agent.runtime import InstanceSpec
+from manifests.atomic import atomic_write
+from manifests.canonical import canonical_json
+from manifests.errors import DocumentError, VerificationError
+
+__all__ = [
+    "ImagePolicy",
+    "image_env",
+    "image_args",
+    "check_user",
+    "env_pairs",
+    "volume_slug",
+    "prepare_volumes",
+    "runtime_config",
+    "write_bundle",
+    "MASKED_PATHS",
+    "READONLY_PATHS",
+    "SYSTEM_MOUNTPOINTS",
+    "CGROUP_PARENT",
+]
+
+CGROUP_PARENT = "/kiln"
+SYSTEM_MOUNTPOINTS = ("/proc", "/dev", "/sys")
+_RESERVED = ("/proc", "/dev", "/sys")
+MASKED_PATHS = (
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+_MAX_PATHS = 64
+_MAX_ID = 0xFFFFFFFE
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+def _labels(config: Mapping[str, Any]) -> Mapping[str, Any]:
+    cfg = config.get("config")
+    if cfg is None:
+        return _EMPTY
+    if not isinstance(cfg, Mapping):
+        raise DocumentError("image config: 'config' must be an object")
+    labels = cfg.get("Labels")
+    if labels is None:
+        return _EMPTY
+    if not isinstance(labels, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        raise DocumentError("image config: config.Labels must map strings to strings")
+    return labels
+
+
+def _paths(labels: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    text = labels.get(key)
+    if text is None:
+        return ()
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError):
+        raise DocumentError(f"image config: label {key}: not valid JSON") from None
+    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
+        raise DocumentError(f"image config: label {key}: expected a JSON list of paths")
+    if len(value) > _MAX_PATHS:
+        raise DocumentError(f"image config: label {key}: more than {_MAX_PATHS} paths")
+    out: list[str] = []
+    for p in value:
+        if not p.startswith("/") or "\x00" in p or posixpath.normpath(p) != p or p == "/":
+            raise DocumentError(f"image config: label {key}: {p!r} is not a normalized absolute path below /")
+        if any(p == r or p.startswith(r + "/") for r in _RESERVED):
+            raise DocumentError(f"image config: label {key}: {p!r} is inside a system mount")
+        if p in out:
+            raise DocumentError(f"image config: label {key}: {p!r} is listed twice")
+        out.append(p)
+    return tuple(out)
+
+
+def _numeric_user(text: str, where: str) -> tuple[int, int]:
+    uid_s, sep, gid_s = text.partition(":")
+    if not sep:
+        gid_s = uid_s
+    if not (uid_s.isascii() and uid_s.isdigit() and gid_s.isascii() and gid_s.isdigit()):
+        raise DocumentError(
+            f"image config: {where} {text!r} is not a numeric uid:gid",
+            hint="kiln runs images with numeric users only (the root is never consulted for names)",
+        )
+    uid, gid = int(uid_s), int(gid_s)
+    if uid > _MAX_ID or gid > _MAX_ID:
+        raise DocumentError(f"image config: {where} {text!r} is out of range")
+    return uid, gid
+
+
+def _bool_label(labels: Mapping[str, Any], key: str, default: bool) -> bool:
+    text = labels.get(key)
+    if text is None:
+        return default
+    if text not in ("true", "false"):
+        raise DocumentError(f"image config: label {key}: expected 'true' or 'false', got {text!r}")
+    return bool(text == "true")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImagePolicy:
+    """The run-time policy an image carries in its config."""
+
+    uid: int
+    gid: int
+    read_only: bool
+    writable: tuple[str, ...]
+    volumes: tuple[str, ...]
+    ports: tuple[str, ...]
+    health: Mapping[str, Any] | None
+    allow_setuid: bool
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> ImagePolicy:
+        labels = _labels(config)
+        cfg = config.get("config") or {}
+        user_label = labels.get("dev.kiln.user")
+        user_cfg = cfg.get("User") if isinstance(cfg, Mapping) else None
+        if user_label is not None:
+            uid, gid = _numeric_user(user_label, "label dev.kiln.user")
+        elif isinstance(user_cfg, str) and user_cfg:
+            uid, gid = _numeric_user(user_cfg, "config.User")
+        else:
+            uid, gid = 0, 0
+        writable = _paths(labels, "dev.kiln.writable")
+        volumes = _paths(labels, "dev.kiln.volumes")
+        both = sorted(set(writable) & set(volumes))
+        if both:
+            raise DocumentError(f"image config: {both[0]!r} is both writable (tmpfs) and a volume")
+        ports: tuple[str, ...] = ()
+        if "dev.kiln.ports" in labels:
+            try:
+                raw_ports = json.loads(labels["dev.kiln.ports"])
+            except (ValueError, RecursionError):
+                raise DocumentError("image config: label dev.kiln.ports: not valid JSON") from None
+            if not isinstance(raw_ports, list) or not all(isinstance(p, str) for p in raw_ports):
+                raise DocumentError("image config: label dev.kiln.ports: expected a JSON list of strings")
+            ports = tuple(raw_ports)
+        health: Mapping[str, Any] | None = None
+        if "dev.kiln.health" in labels:
+            try:
+                raw_health = json.loads(labels["dev.kiln.health"])
+            except (ValueError, RecursionError):
+                raise DocumentError("image config: label dev.kiln.health: not valid JSON") from None
+            if not isinstance(raw_health, dict):
+                raise DocumentError("image config: label dev.kiln.health: expected a JSON object")
+            health = MappingProxyType(raw_health)
+        return cls(
+            uid=uid,
+            gid=gid,
+            read_only=_bool_label(labels, "dev.kiln.read-only", True),
+            writable=writable,
+            volumes=volumes,
+            ports=ports,
+            health=health,
+            allow_setuid=_bool_label(labels, "dev.kiln.allow-setuid", False),
+        )
+
+    def mountpoints(self) -> tuple[str, ...]:
+        """Directories the root must already have so the runtime need not create them in it."""
+        return (*SYSTEM_MOUNTPOINTS, *self.writable, *self.volumes)
+
+
+def image_env(config: Mapping[str, Any], overrides: Mapping[str, str]) -> list[str]:
+    """The image's ``Env`` with ``overrides`` replacing or adding variables (order kept)."""
+    cfg = config.get("config") or {}
+    env = cfg.get("Env") if isinstance(cfg, Mapping) else None
+    if env is None:
+        env = []
+    if not isinstance(env, list) or not all(isinstance(e, str) and "=" in e for e in env):
+        raise DocumentError("image config: config.Env must be a list of NAME=value strings")
+    for key, value in overrides.items():
+        if not key or "=" in key or "\x00" in key or "\x00" in value:
+            raise BundleError(f"invalid environment variable name {key!r}")
+    out: dict[str, str] = {}
+    for e in env:
+        k, _, v = e.partition("=")
+        out[k] = v
+    out.update(overrides)
+    return [f"{k}={v}" for k, v in out.items()]
+
+
+def image_args(config: Mapping[str, Any]) -> list[str]:
+    """``Entrypoint`` + ``Cmd``; an image with neither cannot be run."""
+    cfg = config.get("config") or {}
+    args: list[str] = []
+    for key in ("Entrypoint", "Cmd"):
+        value = cfg.get(key) if isinstance(cfg, Mapping) else None
+        if value is None:
+            continue
+        if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
+            raise DocumentError(f"image config: config.{key} must be a list of strings")
+        args.extend(value)
+    if not args:
+        raise BundleError("image config has neither Entrypoint nor Cmd", hint="nothing to run")
+    return args
+
+
+def _workdir(config: Mapping[str, Any]) -> str:
+    cfg = config.get("config") or {}
+    wd = cfg.get("WorkingDir") if isinstance(cfg, Mapping) else None
+    if wd is None or wd == "":
+        return "/"
+    if not isinstance(wd, str) or not wd.startswith("/") or "\x00" in wd:
+        raise DocumentError("image config: config.WorkingDir must be an absolute path")
+    return wd
+
+
+def volume_slug(path: str) -> str:
+    """The directory name of a volume under ``STATE/volumes/<service>/``: unambiguous, one level."""
+    return urllib.parse.quote(path.strip("/"), safe="")
+
+
+def check_user(policy: ImagePolicy, *, allow_root: bool) -> None:
+    if policy.uid == 0 and not allow_root:
+        raise VerificationError(
+            "image runs as uid 0 (root); refused",
+            reason="policy",
+            hint="give the image a non-root user (accounts: in the manifest) or allow root explicitly",
+        )
+
+
+def prepare_volumes(state_dir: Path, service: str, policy: ImagePolicy) -> dict[str, Path]:
+    """Create (or reuse) each volume's host directory, 0700, owned by the image user."""
+    out: dict[str, Path] = {}
+    if not policy.volumes:
+        return out
+    base = Path(state_dir) / "volumes" / service
+    base.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for path in policy.volumes:
+        host = base / volume_slug(path)
+        if host.is_symlink():
+            raise BundleError(f"volume directory {host} is a symlink; refusing to use it")
+        host.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(host, 0o700)
+        if os.geteuid() == 0:
+            os.chown(host, policy.uid, policy.gid)
+        out[path] = host
+    return out
+
+
+def _tmpfs(path: str, policy: ImagePolicy, size: int) -> dict[str, Any]:
+    opts = ["nosuid", "nodev", f"size={size}"]
+    if path == "/tmp":  # noqa: S108 - the container's /tmp, a tmpfs of its own
+        opts.append("mode=1777")
+    else:
+        opts += ["mode=0755", f"uid={policy.uid}", f"gid={policy.gid}"]
+    return {"destination": path, "type": "tmpfs", "source": "tmpfs", "options": opts}
+
+
+def runtime_config(
+    spec: InstanceSpec,
+    *,
+    volumes: Mapping[str, Path],
+    netns_path: str | None,
+    annotations: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The OCI runtime-spec ``config.json`` for ``spec`` (pure: nothing is created)."""
+    if spec.rootfs is None:
+        raise BundleError(f"{spec.instance_id}: no unpacked root to run", hint="unpack the image first")
+    policy = ImagePolicy.from_config(spec.image_config)
+    check_user(policy, allow_root=spec.allow_root)
+    missing = [v for v in policy.volumes if v not in volumes]
+    if missing:
+        raise BundleError(f"{spec.instance_id}: no host directory for volume {missing[0]}")
+    limits = spec.limits
+    mounts: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+        {
+            "destination": "/dev",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+        },
+        {
+            "destination": "/dev/pts",
+            "type": "devpts",
+            "source": "devpts",
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"],
+        },
+        {
+            "destination": "/dev/shm",  # noqa: S108 - the container's own shm tmpfs
+            "type": "tmpfs",
+            "source": "shm",
+            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        },
+        {
+            "destination": "/sys",
+            "type": "sysfs",
+            "source": "sysfs",
+            "options": ["nosuid", "noexec", "nodev", "ro"],
+        },
+    ]
+    mounts += [_tmpfs(p, policy, limits.tmpfs_bytes) for p in policy.writable]
+    mounts += [
+        {
+            "destination": p,
+            "type": "bind",
+            "source": str(volumes[p]),
+            "options": ["rbind", "rprivate", "nosuid", "nodev", "rw"],
+        }
+        for p in policy.volumes
+    ]
+    network: dict[str, Any] = {"type": "network"}
+    if netns_path is not None:
+        network["path"] = netns_path
+    resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
+    if limits.pids is not None:
+        resources["pids"] = {"limit": limits.pids}
+    if limits.memory_bytes is not None:
+        resources["memory"] = {"limit": limits.memory_bytes}
+    caps: dict[str, list[str]] = {
+        k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")
+    }
+    ann = {
+        "dev.kiln.instance": spec.instance_id,
+        "dev.kiln.service": spec.service,
+        "dev.kiln.image": str(spec.image_digest),
+    }
+    ann.update(annotations or {})
+    return {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": {"uid": policy.uid, "gid": policy.gid, "additionalGids": []},
+            "args": image_args(spec.image_config),
+            "env": image_env(spec.image_config, spec.env),
+            "cwd": _workdir(spec.image_config),
+            "capabilities": caps,
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": limits.nofile, "soft": limits.nofile}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": str(spec.rootfs), "readonly": True},
+        "hostname": spec.instance_id[:63],
+        "mounts": mounts,
+        "annotations": ann,
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, network],
+            "resources": resources,
+            "cgroupsPath": f"{CGROUP_PARENT}/{spec.instance_id}",
+            "maskedPaths": list(MASKED_PATHS),
+            "readonlyPaths": list(READONLY_PATHS),
+        },
+    }
+
+
+def write_bundle(bundle_dir: Path, config: Mapping[str, Any]) -> Path:
+    """Write ``BUNDLE/config.json`` (0600, atomically); returns its path."""
+    bundle_dir = Path(bundle_dir)
+    bundle_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = bundle_dir / "config.json"
+    atomic_write(path, canonical_json(dict(config)), mode=0o600)
+    return path
+
+
+def env_pairs(env: Sequence[str]) -> dict[str, str]:
+    """``["K=V", ...]`` as a dict (the last one wins)."""
+    out: dict[str, str] = {}
+    for e in env:
+        k, _, v = e.partition("=")
+        out[k] = v
+    return out

@@ -1,0 +1,42 @@
+"""The agent's exceptions, under kiln's root in :mod:`manifests.errors`.
+
+::
+
+    KilnError
+    └── AgentError                  the host agent
+        ├── StoreError              the local content store (a blob is missing, cannot be written)
+        ├── BundleError             an OCI runtime bundle cannot be made from this image + service
+        ├── InstanceError           an instance id is malformed, unknown or already taken
+        └── RuntimeFailure          runc, the docker engine or ``ip netns`` failed (also UnavailableError)
+
+Bad or hostile input is never an ``AgentError``: a blob whose hash differs, a layer that tries to
+escape its root, an image that wants uid 0 all raise :class:`manifests.errors.VerificationError`
+(``reason`` ``digest``, ``unpack``, ``size`` or ``policy``), so a caller can tell "refused" from
+"broken".
+"""
+
+from __future__ import annotations
+
+from manifests.errors import KilnError, UnavailableError
+
+__all__ = ["AgentError", "StoreError", "BundleError", "InstanceError", "RuntimeFailure"]
+
+
+class AgentError(KilnError):
+    """Base of the host agent's errors."""
+
+
+class StoreError(AgentError):
+    """The local content store cannot do what was asked (a blob is missing, a write failed)."""
+
+
+class BundleError(AgentError):
+    """An OCI runtime bundle cannot be made (a label is malformed, a user is not numeric)."""
+
+
+class InstanceError(AgentError):
+    """An instance id is malformed, unknown to the runtime, or already in use."""
+
+
+class RuntimeFailure(AgentError, UnavailableError):
+    """A runtime tool failed: runc, the docker engine, ``ip netns``. Not the image's fault."""

@@ -1,0 +1,810 @@
+"""Unpack an image's layers into a root directory, treating every layer as hostile.
+
+The rules (any breach is :class:`~manifests.errors.VerificationError` with ``reason="unpack"``
+naming the member and the layer digest, and the partly unpacked root is removed):
+
+- Member names are relative: an absolute name, a ``..`` component or a NUL is refused.
+- **Nothing is ever written through a symlink.** Every parent directory of a member is opened
+  component by component from the root's file descriptor with ``O_NOFOLLOW | O_DIRECTORY``; a
+  symlink anywhere on the way (from this layer or an earlier one) is refused, whatever it points
+  at. Files are created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` after the old entry is removed, so a
+  member never lands outside the root or in another file.
+- Symlinks are created as links only. A relative target is resolved lexically from the link's
+  directory and refused if it climbs above the root. An absolute target (``/etc/shadow``) is
+  allowed: inside the container it resolves within the root, and no member can be written through
+  it.
+- Hardlinks must name an already unpacked *regular file* inside the root (found the same
+  no-follow way).
+- Device nodes, FIFOs and every other special or unsupported member type are refused.
+- Setuid/setgid bits on files are refused unless the image config label
+  ``dev.kiln.allow-setuid`` is ``"true"`` (setgid on directories, which grants nothing, is kept).
+  Extended attributes (file capabilities among them) are never applied.
+- Caps: bytes per file, uncompressed bytes per image, entries per image, name and extended-header
+  lengths.
+- OCI whiteouts: ``.wh.NAME`` removes ``NAME`` from lower layers; ``.wh..wh..opq`` empties its
+  directory of what lower layers put there. A whiteout's directory is found the no-follow way too,
+  so it cannot delete anything outside the root.
+- The compressed bytes must hash to the layer digest and the uncompressed bytes to the config's
+  ``diff_id`` (``reason="digest"`` otherwise).
+
+:func:`unpack_image` unpacks into ``ROOTS/<manifest-hex>.tmp`` and renames it to
+``ROOTS/<manifest-hex>`` when everything passed, records :func:`root_fingerprint` beside it (drift
+detection), and makes sure the directories the runtime mounts over already exist so that runc never
+has to create anything in the root. The ``ROOTS`` directory is 0700: only root reaches the trees,
+and the runtimes mount them read-only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import stat
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, BinaryIO, Protocol, cast
+
+import zstandard
+from isal import igzip, isal_zlib
+
+from agent.bundle import ImagePolicy
+from agent.store import ContentStore, PulledImage
+from manifests.atomic import atomic_write, fsync_dir
+from manifests.canonical import canonical_json
+from manifests.digest import Digest
+from manifests.errors import DocumentError, UnavailableError, VerificationError
+from manifests.mediatypes import MediaType
+
+__all__ = [
+    "UnpackLimits",
+    "Layer",
+    "UnpackedRoot",
+    "unpack_layers",
+    "unpack_image",
+    "root_fingerprint",
+    "layers_of",
+    "remove_root",
+]
+
+_BLOCK = 512
+_CHUNK = 1 << 20
+_NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_ID = 0xFFFFFFFE
+_ENV_ERRNOS = frozenset({errno.ENOSPC, errno.EIO, errno.EDQUOT, errno.EROFS, errno.ENOMEM, errno.EMFILE})
+_OPQ = ".wh..wh..opq"
+_ISAL_ERROR = cast("type[Exception]", isal_zlib.error)  # the stubs declare it as an instance
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnpackLimits:
+    """Caps for one image (all layers together, except ``max_file_bytes``)."""
+
+    max_entries: int = 1_000_000
+    max_file_bytes: int = 8 << 30
+    max_total_bytes: int = 64 << 30
+    max_name: int = 4096
+    max_extended: int = 1 << 20
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Layer:
+    """One layer blob to unpack: where its bytes are and what they must hash to."""
+
+    digest: Digest
+    media_type: str
+    diff_id: Digest | None
+    path: Path
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UnpackedRoot:
+    path: Path
+    manifest_digest: Digest
+    fingerprint: str
+
+
+class _Refused(Exception):
+    """Internal: a member breaks a rule; turned into VerificationError with the layer and member."""
+
+
+class _Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+# -- streams ------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Budget:
+    """Counters shared by every layer of one image."""
+
+    limits: UnpackLimits
+    entries: int = 0
+    total: int = 0
+
+
+class _Hashing:
+    """Hashes and counts what is read through it; refuses past ``limit`` (None: no limit)."""
+
+    def __init__(self, raw: _Readable, *, budget: _Budget | None = None) -> None:
+        self.raw = raw
+        self.h = hashlib.sha256()
+        self.n = 0
+        self.budget = budget
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.n += len(data)
+        if self.budget is not None:
+            self.budget.total += len(data)
+            if self.budget.total > self.budget.limits.max_total_bytes:
+                raise _Refused(f"image exceeds {self.budget.limits.max_total_bytes} uncompressed bytes")
+        self.h.update(data)
+        return data
+
+    def readinto(self, buf: bytearray | memoryview) -> int:
+        data = self.read(len(buf))
+        buf[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def exact(self, n: int) -> bytes:
+        parts: list[bytes] = []
+        left = n
+        while left:
+            chunk = self.read(min(left, _CHUNK))
+            if not chunk:
+                raise _Refused("tar stream is truncated")
+            parts.append(chunk)
+            left -= len(chunk)
+        return b"".join(parts)
+
+    def drain(self) -> None:
+        while self.read(_CHUNK):
+            pass
+
+
+def _decompressor(media_type: str, raw: _Hashing) -> _Readable:
+    if media_type in (MediaType.OCI_LAYER_GZIP, MediaType.DOCKER_LAYER_GZIP):
+        return cast(_Readable, igzip.IGzipFile(fileobj=raw, mode="rb"))  # type: ignore[no-untyped-call]
+    if media_type == MediaType.OCI_LAYER_ZSTD:
+        return cast(
+            _Readable,
+            zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, raw), read_across_frames=True),
+        )
+    if media_type == MediaType.OCI_LAYER_TAR:
+        return raw
+    raise DocumentError(f"unsupported layer media type {media_type!r}")
+
+
+# -- the tar reader -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Member:
+    name: str
+    kind: str  # file | dir | symlink | hardlink | char | block | fifo | other:<flag>
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    link: str
+
+
+class _Content:
+    """The content of the current member, at most ``size`` bytes."""
+
+    def __init__(self, stream: _Hashing, size: int) -> None:
+        self.stream = stream
+        self.left = size
+
+    def read(self, n: int) -> bytes:
+        n = min(n, self.left)
+        if n <= 0:
+            return b""
+        data = self.stream.read(n)
+        if not data:
+            raise _Refused("tar stream is truncated inside a file")
+        self.left -= len(data)
+        return data
+
+
+_KINDS = {
+    b"0": "file",
+    b"\0": "file",
+    b"7": "file",
+    b"5": "dir",
+    b"2": "symlink",
+    b"1": "hardlink",
+    b"3": "char",
+    b"4": "block",
+    b"6": "fifo",
+}
+
+
+def _number(field: bytes, what: str) -> int:
+    if field and field[0] & 0x80:  # GNU base-256
+        if field[0] & 0x40:
+            raise _Refused(f"negative {what} in a tar header")
+        return int.from_bytes(bytes([field[0] & 0x3F]) + field[1:], "big")
+    text = field.split(b"\0", 1)[0].strip(b" \0")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise _Refused(f"bad {what} field in a tar header") from None
+
+
+def _pax(data: bytes) -> dict[str, str]:
+    out: dict[str, str] = {}
+    pos = 0
+    while pos < len(data):
+        sp = data.find(b" ", pos, pos + 21)
+        if sp < 0 or not data[pos:sp].isdigit():
+            raise _Refused("malformed PAX record")
+        length = int(data[pos:sp])
+        if length <= sp - pos or pos + length > len(data) or data[pos + length - 1 : pos + length] != b"\n":
+            raise _Refused("PAX record length out of range")
+        key, eq, value = data[sp + 1 : pos + length - 1].partition(b"=")
+        if not eq:
+            raise _Refused("PAX record without '='")
+        out[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return out
+
+
+def _pax_number(pax: dict[str, str], key: str, default: int) -> int:
+    value = pax.get(key)
+    if value is None:
+        return default
+    if not value.isascii() or not value.isdigit() or len(value) > 20:
+        raise _Refused(f"bad PAX {key} {value[:40]!r}")
+    return int(value)
+
+
+def _text(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _members(stream: _Hashing, budget: _Budget) -> Iterator[tuple[_Member, _Content]]:
+    """Each member with a reader for its content; what the caller leaves unread is skipped."""
+    limits = budget.limits
+    pax: dict[str, str] = {}
+    long_name: str | None = None
+    long_link: str | None = None
+    while True:
+        block = stream.read(_BLOCK)
+        if not block:
+            return  # no end-of-archive blocks: tolerated
+        if len(block) < _BLOCK:
+            block += stream.exact(_BLOCK - len(block))
+        if block == b"\0" * _BLOCK:
+            stream.drain()
+            return
+        stored = _number(block[148:156], "checksum")
+        unsigned = sum(block[:148]) + 256 + sum(block[156:])
+        signed = unsigned - 2 * (
+            sum(b for b in block[:148] if b > 127) + sum(b for b in block[156:] if b > 127)
+        )
+        if stored not in (unsigned, signed):
+            raise _Refused("tar header checksum mismatch")
+        budget.entries += 1
+        if budget.entries > limits.max_entries:
+            raise _Refused(f"more than {limits.max_entries} tar entries")
+        flag = block[156:157]
+        size = _number(block[124:136], "size")
+        if flag in (b"x", b"g", b"L", b"K"):
+            if size > limits.max_extended:
+                raise _Refused(f"extended header of {size} bytes exceeds the {limits.max_extended}-byte cap")
+            data = stream.exact(size + (-size % _BLOCK))[:size]
+            if flag == b"x":
+                pax = _pax(data)
+            elif flag == b"L":
+                long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            elif flag == b"K":
+                long_link = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            continue  # global PAX headers ('g') are read and ignored
+        name = _text(block[0:100])
+        if block[257:263] == b"ustar\x00" and block[345:500].strip(b"\0"):
+            name = _text(block[345:500]) + "/" + name
+        name = pax.get("path", long_name if long_name is not None else name)
+        link = pax.get("linkpath", long_link if long_link is not None else _text(block[157:257]))
+        size = _pax_number(pax, "size", size)
+        kind = _KINDS.get(flag, f"other:{flag!r}")
+        member = _Member(
+            name=name,
+            kind=kind,
+            mode=_number(block[100:108], "mode") & 0o7777,
+            uid=_pax_number(pax, "uid", _number(block[108:116], "uid")),
+            gid=_pax_number(pax, "gid", _number(block[116:124], "gid")),
+            size=size if kind == "file" else 0,
+            link=link,
+        )
+        if len(name) > limits.max_name or len(link) > limits.max_name:
+            raise _Refused(f"name or link target longer than {limits.max_name} characters")
+        pax, long_name, long_link = {}, None, None
+        content = _Content(stream, size)
+        yield member, content
+        left = content.left + (-size % _BLOCK)
+        while left:
+            chunk = stream.read(min(left, _CHUNK))
+            if not chunk:
+                raise _Refused("tar stream is truncated")
+            left -= len(chunk)
+
+
+# -- names --------------------------------------------------------------------------------------
+
+
+def _parts(name: str, what: str = "member name") -> tuple[str, ...]:
+    """A member name as path components below the root; refuses absolute names, '..' and NUL."""
+    if "\x00" in name:
+        raise _Refused(f"{what} contains a NUL byte")
+    if name.startswith("/"):
+        raise _Refused(f"absolute {what}")
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise _Refused(f"{what} has a '..' component")
+    return parts
+
+
+def _symlink_escapes(parent: tuple[str, ...], target: str) -> bool:
+    """True when a relative ``target`` from directory ``parent`` climbs above the root."""
+    depth = len(parent)
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        else:
+            depth += 1
+    return False
+
+
+# -- the unpacker -------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Tree:
+    """The root being written, addressed only through ``root_fd`` and no-follow lookups."""
+
+    root_fd: int
+    allow_setuid: bool
+    chown: bool
+    limits: UnpackLimits
+    dir_modes: dict[tuple[str, ...], int] = field(default_factory=dict)
+    layer_paths: set[tuple[str, ...]] = field(default_factory=set)
+
+    def open_dir(self, parts: tuple[str, ...], *, create: bool) -> int | None:
+        """An fd for the directory ``parts`` (None if missing and not ``create``); never follows links."""
+        fd = os.dup(self.root_fd)
+        try:
+            for i, part in enumerate(parts):
+                try:
+                    nxt = os.open(part, _NOFOLLOW_DIR, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        os.close(fd)
+                        return None
+                    os.mkdir(part, 0o700, dir_fd=fd)
+                    self._own(fd, part, 0, 0)
+                    self.dir_modes.setdefault(parts[: i + 1], 0o755)
+                    self.layer_paths.add(parts[: i + 1])
+                    nxt = os.open(part, _NOFOLLOW_DIR, dir_fd=fd)
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    st = os.stat(part, dir_fd=fd, follow_symlinks=False)
+                    where = "/" + "/".join(parts[: i + 1])
+                    if stat.S_ISLNK(st.st_mode):
+                        raise _Refused(f"would write through the symlink {where}") from None
+                    raise _Refused(f"{where} is not a directory") from None
+                os.close(fd)
+                fd = nxt
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            raise
+        return fd
+
+    def _own(self, dir_fd: int, name: str, uid: int, gid: int) -> None:
+        if self.chown:
+            os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+
+    def _clear(self, dir_fd: int, name: str) -> None:
+        """Remove whatever is at ``name`` (a directory recursively, without following links)."""
+        try:
+            st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            os.chmod(name, 0o700, dir_fd=dir_fd, follow_symlinks=True)  # a dir: no link to follow
+            shutil.rmtree(name, dir_fd=dir_fd)
+        else:
+            os.unlink(name, dir_fd=dir_fd)
+
+    def apply(self, m: _Member, content: _Content) -> None:
+        parts = _parts(m.name)
+        if not parts:
+            return  # the root itself: its mode stays kiln's
+        if m.uid > _MAX_ID or m.gid > _MAX_ID:
+            raise _Refused(f"owner {m.uid}:{m.gid} is out of range")
+        *parent_l, base = parts
+        parent = tuple(parent_l)
+        if base.startswith(".wh."):
+            self._whiteout(parent, base)
+            return
+        if m.kind in ("char", "block"):
+            raise _Refused("device nodes are not allowed")
+        if m.kind == "fifo":
+            raise _Refused("FIFOs are not allowed")
+        if m.kind.startswith("other:"):
+            raise _Refused(f"unsupported tar member type {m.kind[6:]}")
+        if (
+            m.kind in ("file", "hardlink")
+            and m.mode & (stat.S_ISUID | stat.S_ISGID)
+            and not self.allow_setuid
+        ):
+            raise _Refused(f"setuid/setgid mode {m.mode:04o} without the dev.kiln.allow-setuid label")
+        dfd = self.open_dir(parent, create=True)
+        assert dfd is not None  # noqa: S101 - create=True never returns None
+        try:
+            self.layer_paths.add(parts)
+            if m.kind == "dir":
+                self._dir(dfd, parts, base, m)
+            elif m.kind == "file":
+                self._file(dfd, base, m, content)
+            elif m.kind == "symlink":
+                self._symlink(dfd, parent, base, m)
+            else:
+                self._hardlink(dfd, parts, base, m)
+        finally:
+            os.close(dfd)
+
+    def _dir(self, dfd: int, parts: tuple[str, ...], base: str, m: _Member) -> None:
+        try:
+            st = os.stat(base, dir_fd=dfd, follow_symlinks=False)
+            is_dir = stat.S_ISDIR(st.st_mode)
+        except FileNotFoundError:
+            is_dir = False
+            st = None
+        if not is_dir:
+            if st is not None:
+                self._clear(dfd, base)
+            os.mkdir(base, 0o700, dir_fd=dfd)
+        self._own(dfd, base, m.uid, m.gid)
+        self.dir_modes[parts] = m.mode
+
+    def _file(self, dfd: int, base: str, m: _Member, content: _Content) -> None:
+        if m.size > self.limits.max_file_bytes:
+            raise _Refused(f"file of {m.size} bytes exceeds the {self.limits.max_file_bytes}-byte cap")
+        self._clear(dfd, base)
+        fd = os.open(
+            base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd
+        )
+        try:
+            while chunk := content.read(_CHUNK):
+                _write_all(fd, chunk)
+            if self.chown:
+                os.fchown(fd, m.uid, m.gid)
+            os.fchmod(fd, m.mode)
+        finally:
+            os.close(fd)
+
+    def _symlink(self, dfd: int, parent: tuple[str, ...], base: str, m: _Member) -> None:
+        target = m.link
+        if not target or "\x00" in target:
+            raise _Refused("symlink with an empty or NUL target")
+        if not target.startswith("/") and _symlink_escapes(parent, target):
+            raise _Refused(f"symlink target {target!r} escapes the root")
+        self._clear(dfd, base)
+        os.symlink(target, base, dir_fd=dfd)
+        self._own(dfd, base, m.uid, m.gid)
+
+    def _hardlink(self, dfd: int, parts: tuple[str, ...], base: str, m: _Member) -> None:
+        tparts = _parts(m.link, "hardlink target")
+        if not tparts:
+            raise _Refused("hardlink to the root")
+        if tparts == parts:
+            raise _Refused("hardlink to itself")
+        tfd = self.open_dir(tparts[:-1], create=False)
+        if tfd is None:
+            raise _Refused(f"hardlink target /{'/'.join(tparts)} does not exist")
+        try:
+            try:
+                st = os.stat(tparts[-1], dir_fd=tfd, follow_symlinks=False)
+            except FileNotFoundError:
+                raise _Refused(f"hardlink target /{'/'.join(tparts)} does not exist") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise _Refused(f"hardlink target /{'/'.join(tparts)} is not a regular file")
+            self._clear(dfd, base)
+            os.link(tparts[-1], base, src_dir_fd=tfd, dst_dir_fd=dfd, follow_symlinks=False)
+        finally:
+            os.close(tfd)
+
+    def _whiteout(self, parent: tuple[str, ...], base: str) -> None:
+        if base == _OPQ:
+            dfd = self.open_dir(parent, create=False)
+            if dfd is None:
+                return
+            try:
+                for name in os.listdir(dfd):
+                    if (*parent, name) not in self.layer_paths:
+                        self._clear(dfd, name)
+            finally:
+                os.close(dfd)
+            return
+        if base.startswith(".wh..wh."):
+            return  # other AUFS metadata (.wh..wh.plnk and friends): ignored
+        victim = base[4:]
+        if victim in ("", ".", ".."):
+            raise _Refused(f"whiteout of {victim!r}")
+        dfd = self.open_dir(parent, create=False)
+        if dfd is None:
+            return
+        try:
+            self._clear(dfd, victim)
+        finally:
+            os.close(dfd)
+
+    def finish(self, mountpoints: Sequence[str]) -> None:
+        """Create missing mountpoint directories, then apply directory modes, deepest first."""
+        for mp in mountpoints:
+            with contextlib.suppress(_Refused):
+                fd = self.open_dir(_parts(mp.lstrip("/")), create=True)
+                if fd is not None:
+                    os.close(fd)
+        for parts in sorted(self.dir_modes, key=len, reverse=True):
+            fd = self.open_dir(parts[:-1], create=False) if parts else None
+            if fd is None:
+                continue
+            try:
+                with contextlib.suppress(FileNotFoundError):
+                    st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+                    if stat.S_ISDIR(st.st_mode):
+                        os.chmod(parts[-1], self.dir_modes[parts], dir_fd=fd)
+            finally:
+                os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+# -- layers and images --------------------------------------------------------------------------
+
+
+def _unpack_one(tree: _Tree, layer: Layer, budget: _Budget) -> None:
+    tree.layer_paths = set()
+    with open(layer.path, "rb") as fh:
+        raw = _Hashing(fh)
+        plain = _Hashing(_decompressor(layer.media_type, raw), budget=budget)
+        for member, content in _members(plain, budget):
+            try:
+                tree.apply(member, content)
+            except _Refused as exc:
+                raise _Refused(f"member {member.name!r}: {exc}") from None
+            except OSError as exc:
+                if exc.errno in _ENV_ERRNOS:
+                    raise
+                raise _Refused(f"member {member.name!r}: {exc.strerror or exc}") from None
+        plain.drain()
+        raw.drain()
+    if raw.h.hexdigest() != layer.digest.hex:
+        raise VerificationError(
+            f"layer {layer.digest}: content hashes to sha256:{raw.h.hexdigest()}", reason="digest"
+        )
+    if layer.diff_id is not None and plain.h.hexdigest() != layer.diff_id.hex:
+        raise VerificationError(
+            f"layer {layer.digest}: uncompressed content does not match diff_id {layer.diff_id}",
+            reason="digest",
+        )
+
+
+def unpack_layers(
+    layers: Sequence[Layer],
+    dest: Path,
+    *,
+    allow_setuid: bool = False,
+    limits: UnpackLimits | None = None,
+    mountpoints: Sequence[str] = (),
+    chown: bool | None = None,
+) -> None:
+    """Unpack ``layers`` in order into the new directory ``dest`` (removed again on any failure)."""
+    dest = Path(dest)
+    limits = limits or UnpackLimits()
+    os.mkdir(dest, 0o755)
+    root_fd = os.open(dest, _NOFOLLOW_DIR)
+    tree = _Tree(
+        root_fd=root_fd,
+        allow_setuid=allow_setuid,
+        chown=os.geteuid() == 0 if chown is None else chown,
+        limits=limits,
+    )
+    budget = _Budget(limits=limits)
+    current: Layer | None = None
+    try:
+        for layer in layers:
+            current = layer
+            _unpack_one(tree, layer, budget)
+        current = None
+        tree.finish(mountpoints)
+    except BaseException as exc:
+        os.close(root_fd)
+        root_fd = -1
+        _remove_tree(dest)
+        where = f"layer {current.digest}" if current is not None else f"{dest}"
+        if isinstance(exc, _Refused):
+            raise VerificationError(
+                f"{where}: {exc}", reason="unpack", hint="the image's layers are unsafe; nothing was unpacked"
+            ) from None
+        if _is_bad_data(exc):
+            raise VerificationError(f"{where}: cannot read the layer: {exc}", reason="unpack") from exc
+        if isinstance(exc, OSError):
+            raise UnavailableError(f"{where}: unpacking failed: {exc}") from exc
+        raise
+    finally:
+        if root_fd >= 0:
+            os.close(root_fd)
+
+
+def _is_bad_data(exc: BaseException) -> bool:
+    """Whether ``exc`` means the layer bytes are malformed (rather than the host failing)."""
+    if isinstance(exc, (DocumentError, EOFError, _ISAL_ERROR, zstandard.ZstdError)):
+        return True
+    return (
+        isinstance(exc, OSError) and exc.errno not in _ENV_ERRNOS and not isinstance(exc, FileNotFoundError)
+    )
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove a (possibly hostile) tree: make every directory writable, never following links."""
+    if not path.exists():
+        return
+    for dirpath, dirnames, _files in os.walk(path, followlinks=False):
+        for d in dirnames:
+            full = os.path.join(dirpath, d)
+            if not os.path.islink(full):
+                with contextlib.suppress(OSError):
+                    os.chmod(full, 0o700)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def layers_of(store: ContentStore, image: PulledImage) -> list[Layer]:
+    """The image's layers as :class:`Layer` values over the store's blob files."""
+    rootfs = image.config.get("rootfs")
+    ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
+        raise DocumentError("image config: rootfs.diff_ids must be a list of digests")
+    if len(ids) != len(image.layers):
+        raise DocumentError(f"image config lists {len(ids)} diff_ids for {len(image.layers)} layers")
+    return [
+        Layer(
+            digest=desc.digest,
+            media_type=desc.media_type,
+            diff_id=Digest.parse(diff_id),
+            path=store.path(desc.digest),
+        )
+        for desc, diff_id in zip(image.layers, ids, strict=True)
+    ]
+
+
+def unpack_image(
+    store: ContentStore,
+    image: PulledImage,
+    roots_dir: Path,
+    *,
+    limits: UnpackLimits | None = None,
+) -> UnpackedRoot:
+    """Unpack ``image`` to ``ROOTS/<manifest-hex>`` (once; an existing root is returned as is)."""
+    roots_dir = Path(roots_dir)
+    roots_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(roots_dir, 0o700)
+    hexd = image.manifest_digest.hex
+    final = roots_dir / hexd
+    meta = roots_dir / f"{hexd}.json"
+    if final.is_dir() and meta.is_file():
+        return UnpackedRoot(path=final, manifest_digest=image.manifest_digest, fingerprint=_read_meta(meta))
+    policy = ImagePolicy.from_config(image.config)
+    tmp = roots_dir / f"{hexd}.tmp"
+    _remove_tree(tmp)
+    if final.exists():  # a root without its record: from an interrupted run; redo it
+        _remove_tree(final)
+    unpack_layers(
+        layers_of(store, image),
+        tmp,
+        allow_setuid=policy.allow_setuid,
+        limits=limits,
+        mountpoints=policy.mountpoints(),
+    )
+    try:
+        fingerprint = root_fingerprint(tmp)
+        os.replace(tmp, final)
+        atomic_write(
+            meta, canonical_json({"manifest": str(image.manifest_digest), "fingerprint": fingerprint})
+        )
+        fsync_dir(roots_dir)
+    except BaseException:
+        _remove_tree(tmp)
+        raise
+    return UnpackedRoot(path=final, manifest_digest=image.manifest_digest, fingerprint=fingerprint)
+
+
+def _read_meta(path: Path) -> str:
+    try:
+        doc = json.loads(path.read_bytes()[:4096])
+        fp = doc["fingerprint"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DocumentError(f"{path}: unreadable root record: {exc}") from exc
+    if not isinstance(fp, str):
+        raise DocumentError(f"{path}: unreadable root record")
+    return fp
+
+
+def remove_root(roots_dir: Path, manifest_digest: Digest) -> None:
+    """Remove an unpacked root and its record."""
+    roots_dir = Path(roots_dir)
+    with contextlib.suppress(FileNotFoundError):
+        (roots_dir / f"{manifest_digest.hex}.json").unlink()
+    _remove_tree(roots_dir / manifest_digest.hex)
+
+
+# -- fingerprint --------------------------------------------------------------------------------
+
+
+def root_fingerprint(rootfs: Path, *, progress: Callable[[str], None] | None = None) -> str:
+    """``sha256:<hex>`` over the tree: paths, types, modes, owners, sizes, content digests, link targets.
+
+    Symlinks are never followed; any change to the root (a file edited, added, removed, chmod'ed)
+    changes the fingerprint.
+    """
+    h = hashlib.sha256()
+    root_fd = os.open(rootfs, _NOFOLLOW_DIR)
+    try:
+        _fingerprint_dir(root_fd, b"", h)
+    finally:
+        os.close(root_fd)
+    if progress is not None:
+        progress(f"fingerprinted {rootfs}")
+    return f"sha256:{h.hexdigest()}"
+
+
+def _fingerprint_dir(dfd: int, prefix: bytes, h: hashlib._Hash) -> None:
+    names = sorted(os.listdir(dfd))
+    for name in names:
+        bname = os.fsencode(name)
+        path = prefix + b"/" + bname
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+        mode = stat.S_IMODE(st.st_mode)
+        head = b"%s\0%o\0%d\0%d\0" % (path, mode, st.st_uid, st.st_gid)
+        if stat.S_ISDIR(st.st_mode):
+            h.update(b"d\0" + head + b"\n")
+            sub = os.open(name, _NOFOLLOW_DIR, dir_fd=dfd)
+            try:
+                _fingerprint_dir(sub, path, h)
+            finally:
+                os.close(sub)
+        elif stat.S_ISREG(st.st_mode):
+            fh: IO[bytes]
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            with os.fdopen(fd, "rb") as fh:
+                fh_hash = hashlib.sha256()
+                while block := fh.read(_CHUNK):
+                    fh_hash.update(block)
+            h.update(b"f\0" + head + b"%d\0%s\n" % (st.st_size, fh_hash.hexdigest().encode()))
+        elif stat.S_ISLNK(st.st_mode):
+            h.update(b"l\0" + head + os.readlink(name, dir_fd=dfd).encode("utf-8", "surrogateescape") + b"\n")
+        else:
+            h.update(b"o\0" + head + b"%o\n" % stat.S_IFMT(st.st_mode))
