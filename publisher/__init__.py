@@ -1,4 +1,15 @@
 """The OCI distribution client and publishing semantics (immutable version tags, channels).
 
 May import: manifests, signing.
+
+Modules:
+
+- ``publisher.client``: :class:`~publisher.client.RegistryClient`, blobs (HEAD-skip, mount, monolithic
+  or chunked resumable upload, verified streaming pull), manifests, tags, referrers with the
+  ``sha256-<hex>`` tag fallback, concurrent pushes.
+- ``publisher.session``: one registry's HTTP session: auth, bounded retries, capped reads.
+- ``publisher.auth``: credentials (environment, Docker config, credential helpers), challenges, tokens.
+- ``publisher.reference``: ``registry/repository[:tag][@digest]`` parsing and name rules.
+- ``publisher.retry``: backoff with jitter and ``Retry-After``.
+- ``publisher.errors``: the publisher's exception tree and the registry error-body translation.
 """
