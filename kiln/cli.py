@@ -31,6 +31,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "verify": ("kiln.cmd_sign", "verify an image's signatures (exit 3 when refused)"),
     "attest": ("kiln.cmd_sign", "sign the build's SBOM and provenance as DSSE attestations"),
     "verify-attestation": ("kiln.cmd_sign", "verify an attestation and print its predicate"),
+    "release": ("kiln.cmd_release", "sign and verify release manifests"),
+    "root": ("kiln.cmd_release", "create, sign and rotate trust roots"),
 }
 VERB_MODULES: tuple[str, ...] = tuple(dict.fromkeys(module for module, _ in VERBS.values()))
 
