@@ -1,0 +1,245 @@
+"""The runc runtime: instances as OCI bundles over the unpacked read-only root.
+
+State (all under the agent's state dir)::
+
+    STATE/runc/                 runc --root: only kiln's containers live here
+    STATE/bundles/<id>/         config.json (root.path -> ROOTS/<manifest-hex>, read-only), runc.log
+    STATE/logs/<id>.log         the container's stdout and stderr (append)
+    STATE/volumes/<service>/    persistent volumes (agent.bundle.prepare_volumes)
+
+``start`` writes the bundle and runs ``runc run --detach`` with the container's stdio going to the
+log file (a detached container needs files, not pipes nobody reads). Unless the spec names a
+network namespace, the instance gets a fresh named one (``/run/netns/<id>``, loopback up) that is
+deleted with it. ``stop`` is ``runc kill TERM``, a bounded wait, ``KILL``, then ``runc delete
+--force`` and the namespace and bundle are removed; every step tolerates a half-gone instance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from agent.bundle import ImagePolicy, prepare_volumes, runtime_config, write_bundle
+from agent.errors import InstanceError, RuntimeFailure
+from agent.netns import NETNS_DIR, create_netns, delete_netns
+from agent.runtime import (
+    INSTANCE_PREFIX,
+    InstanceHandle,
+    InstanceSpec,
+    InstanceState,
+    InstanceStatus,
+    check_instance_id,
+)
+
+__all__ = ["RuncRuntime", "parse_runc_time"]
+
+_TIMEOUT = 60.0
+_OWNED = "dev.kiln.netns-owned"
+
+
+def parse_runc_time(text: str) -> dt.datetime | None:
+    """runc's RFC 3339 timestamps have nanoseconds; Python keeps microseconds."""
+    if not isinstance(text, str) or not text:
+        return None
+    main, _, rest = text.partition(".")
+    tz = ""
+    if rest:
+        digits = rest.rstrip("Z")
+        for sep in ("+", "-"):
+            if sep in digits:
+                digits, _, off = digits.partition(sep)
+                tz = sep + off
+        frac = "." + digits[:6].ljust(6, "0")
+        if rest.endswith("Z"):
+            tz = "+00:00"
+    else:
+        frac = ""
+        if main.endswith("Z"):
+            main, tz = main[:-1], "+00:00"
+    try:
+        return dt.datetime.fromisoformat(main + frac + tz)
+    except ValueError:
+        return None
+
+
+class RuncRuntime:
+    """:class:`agent.runtime.Runtime` over the ``runc`` command (run as root)."""
+
+    name = "runc"
+
+    def __init__(self, state_dir: Path, *, runc: str = "runc", timeout: float = _TIMEOUT) -> None:
+        self.state_dir = Path(state_dir)
+        self.root = self.state_dir / "runc"
+        self.bundles = self.state_dir / "bundles"
+        self.logs = self.state_dir / "logs"
+        self._runc = runc
+        self._timeout = timeout
+        for d in (self.root, self.bundles, self.logs):
+            d.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    def _cmd(self, *args: str, stdout: Any = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        argv = [self._runc, "--root", str(self.root), *args]
+        try:
+            proc = subprocess.run(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=stdout if stdout is not None else subprocess.PIPE,
+                stderr=subprocess.STDOUT if stdout is not None else subprocess.PIPE,
+                text=True,
+                timeout=self._timeout,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise RuntimeFailure(f"runc {' '.join(args[:2])}: {exc}", hint="is runc installed?") from exc
+        if check and proc.returncode != 0:
+            raise RuntimeFailure(f"runc {' '.join(args[:2])} failed: {(proc.stderr or '').strip()}")
+        return proc
+
+    def log_path(self, instance_id: str) -> Path:
+        return self.logs / f"{check_instance_id(instance_id)}.log"
+
+    def bundle_dir(self, instance_id: str) -> Path:
+        return self.bundles / check_instance_id(instance_id)
+
+    def _bundle_config(self, instance_id: str) -> dict[str, Any] | None:
+        path = self.bundle_dir(instance_id) / "config.json"
+        try:
+            doc = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    # -- Runtime ---------------------------------------------------------------------------
+
+    def start(self, spec: InstanceSpec) -> InstanceHandle:
+        iid = spec.instance_id
+        if self.state(iid).status is not InstanceStatus.MISSING or self.bundle_dir(iid).exists():
+            raise InstanceError(f"instance {iid} already exists", hint="stop it first or use a new id")
+        policy = ImagePolicy.from_config(spec.image_config)
+        volumes = prepare_volumes(self.state_dir, spec.service, policy)
+        owned = spec.netns is None
+        bundle = self.bundle_dir(iid)
+        try:
+            netns = create_netns(iid) if owned else str(spec.netns)
+            config = runtime_config(
+                spec, volumes=volumes, netns_path=netns, annotations={_OWNED: "true" if owned else "false"}
+            )
+            write_bundle(bundle, config)
+            pid = self._run_detached(iid, bundle)
+        except BaseException:
+            self._cleanup(iid, owned_hint=owned)
+            raise
+        return InstanceHandle(instance_id=iid, runtime=self.name, pid=pid, netns_path=netns)
+
+    def _run_detached(self, iid: str, bundle: Path) -> int:
+        pid_file = bundle / "pid"
+        with open(self.log_path(iid), "ab") as log:
+            proc = self._cmd(
+                "--log",
+                str(bundle / "runc.log"),
+                "run",
+                "--detach",
+                "--pid-file",
+                str(pid_file),
+                "--bundle",
+                str(bundle),
+                iid,
+                stdout=log,
+                check=False,
+            )
+        if proc.returncode != 0:
+            raise RuntimeFailure(
+                f"runc run {iid} failed (exit {proc.returncode}): {self._log_tail(iid)}",
+                hint=f"see {self.log_path(iid)}",
+            )
+        return int(pid_file.read_text().strip())
+
+    def _log_tail(self, iid: str) -> str:
+        parts: list[str] = []
+        for path in (self.bundle_dir(iid) / "runc.log", self.log_path(iid)):
+            with contextlib.suppress(OSError):
+                parts.append(path.read_text(errors="replace")[-1500:].strip())
+        return " | ".join(p for p in parts if p) or "no output"
+
+    def stop(self, instance_id: str, grace: float = 10.0) -> None:
+        iid = check_instance_id(instance_id)
+        st = self.state(iid)
+        if st.status is InstanceStatus.RUNNING:
+            self._cmd("kill", iid, "TERM", check=False)
+            if not self._wait_gone(iid, grace):
+                self._cmd("kill", "--all", iid, "KILL", check=False)
+                self._wait_gone(iid, 10.0)
+        if st.status is not InstanceStatus.MISSING:
+            proc = self._cmd("delete", "--force", iid, check=False)
+            if proc.returncode != 0 and self.state(iid).status is not InstanceStatus.MISSING:
+                raise RuntimeFailure(f"runc delete {iid} failed: {(proc.stderr or '').strip()}")
+        self._cleanup(iid, owned_hint=None)
+
+    def _wait_gone(self, iid: str, seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while True:
+            if self.state(iid).status is not InstanceStatus.RUNNING:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+    def _cleanup(self, iid: str, *, owned_hint: bool | None) -> None:
+        """Remove what start made: the runc container, the namespace (if kiln made it), the bundle."""
+        if self.state(iid).status is not InstanceStatus.MISSING:
+            self._cmd("delete", "--force", iid, check=False)
+        config = self._bundle_config(iid)
+        owned = owned_hint
+        if config is not None:
+            owned = config.get("annotations", {}).get(_OWNED) == "true"
+        if owned is None:
+            owned = (NETNS_DIR / iid).exists()  # kiln names the namespaces it makes after the id
+        if owned:
+            delete_netns(iid)
+        shutil.rmtree(self.bundle_dir(iid), ignore_errors=True)
+
+    def state(self, instance_id: str) -> InstanceState:
+        iid = check_instance_id(instance_id)
+        proc = self._cmd("state", iid, check=False)
+        if proc.returncode != 0:
+            if "does not exist" in (proc.stderr or "") or "not exist" in (proc.stderr or ""):
+                return InstanceState(instance_id=iid, status=InstanceStatus.MISSING)
+            raise RuntimeFailure(f"runc state {iid} failed: {(proc.stderr or '').strip()}")
+        try:
+            doc = json.loads(proc.stdout)
+        except ValueError as exc:
+            raise RuntimeFailure(f"runc state {iid}: unreadable output") from exc
+        status = doc.get("status")
+        pid = doc.get("pid") if isinstance(doc.get("pid"), int) and doc.get("pid") > 0 else None
+        return InstanceState(
+            instance_id=iid,
+            status=InstanceStatus.RUNNING if status in ("running", "paused") else InstanceStatus.STOPPED,
+            pid=pid,
+            started_at=parse_runc_time(doc.get("created", "")),
+        )
+
+    def list(self) -> tuple[str, ...]:
+        proc = self._cmd("list", "--format", "json")
+        try:
+            doc = json.loads(proc.stdout or "null")
+        except ValueError as exc:
+            raise RuntimeFailure("runc list: unreadable output") from exc
+        ids = [c.get("id") for c in doc or [] if isinstance(c, dict)]
+        return tuple(sorted(i for i in ids if isinstance(i, str) and i.startswith(INSTANCE_PREFIX)))
+
+    def netns_path(self, instance_id: str) -> str:
+        iid = check_instance_id(instance_id)
+        config = self._bundle_config(iid)
+        if config is not None:
+            for ns in config.get("linux", {}).get("namespaces", []):
+                if isinstance(ns, dict) and ns.get("type") == "network" and isinstance(ns.get("path"), str):
+                    return str(ns["path"])
+        raise InstanceError(f"instance {iid} is unknown to runc", hint="was it started by this agent?")
