@@ -11,6 +11,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from manifests.digest import Digest
 from manifests.errors import VerificationError
@@ -481,3 +483,47 @@ def test_identity_token_uses_the_oauth2_refresh_grant() -> None:
 def test_digest_of_the_fake_is_sha256() -> None:
     assert FakeRegistry is not None
     assert hashlib.sha256(b"").hexdigest() == Digest.of(b"").hex
+
+
+# -------------------------------------------------------------------------------------------- fuzz
+
+_json_like = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=12,
+)
+_bodies = (
+    st.binary(max_size=200)
+    | _json_like.map(lambda v: json.dumps(v).encode())
+    | st.builds(
+        lambda tags, mans: json.dumps({"tags": tags, "schemaVersion": 2, "manifests": mans}).encode(),
+        _json_like,
+        _json_like,
+    )
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_bodies, st.sampled_from([200, 404, 500]), st.sampled_from(["", "<?n=1>; rel=next", "garbage"]))
+def test_untrusted_registry_answers_fail_cleanly(body: bytes, status: int, link: str) -> None:
+    """Whatever a registry answers, the client returns a value or raises one of kiln's errors."""
+    from manifests.errors import KilnError
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"Link": link} if link and "?n=1" not in str(request.url) else {}
+        return httpx.Response(status, content=body, headers=headers)
+
+    client, _ = _client(handler=handler, retry=RetryPolicy(attempts=1))
+    subject = Digest.of(b"s")
+    messages: list[str] = []
+    for call in (
+        lambda: client.list_tags("r/app"),
+        lambda: client.referrers("r/app", subject),
+        lambda: client.get_manifest("r/app", "v1"),
+        lambda: client.head_manifest("r/app", "v1"),
+    ):
+        try:
+            call()
+        except KilnError as exc:
+            messages.append(exc.message)
+    assert all(messages)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import random
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from publisher.errors import AuthError, ErrorCode, RegistryError, registry_error
 from publisher.retry import RetryPolicy, parse_retry_after
@@ -128,3 +131,20 @@ def test_registry_error_has_a_hint_and_clips_long_messages() -> None:
     assert str(err).endswith("(hint: check the repository name; nothing has been pushed to it yet)")
     assert ErrorCode.BLOB_UNKNOWN.is_not_found
     assert not ErrorCode.DENIED.is_not_found
+
+
+@settings(max_examples=200)
+@given(
+    st.integers(min_value=400, max_value=599),
+    st.binary(max_size=300)
+    | st.builds(
+        lambda code, msg: json.dumps({"errors": [{"code": code, "message": msg}]}).encode(),
+        st.text(max_size=20),
+        st.text(max_size=50),
+    ),
+)
+def test_registry_error_accepts_any_body(status: int, body: bytes) -> None:
+    err = registry_error(status, body, what="fuzz")
+    assert err.status == status
+    assert err.message.startswith(f"fuzz: registry answered {status} ")
+    assert len(err.message) < 1200
