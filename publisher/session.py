@@ -347,7 +347,8 @@ class Session:
                 return resp
             body401 = read_capped(resp, MAX_ERROR_BODY, what=what)
             if auth_round == 1:
-                raise registry_error(401, body401, what=f"{what}: credentials refused")
+                why = "credentials refused" if self.credentials is not None else "no credentials configured"
+                raise registry_error(401, body401, what=f"{what}: {why}")
             challenges = parse_challenges(resp.headers.get("www-authenticate", ""))
             sent = resp.request.headers.get("authorization", "")
             self._on_unauthorized(challenges, scope_t, body401, sent_basic=sent.startswith("Basic "))

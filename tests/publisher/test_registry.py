@@ -220,6 +220,7 @@ def test_anonymous_on_an_auth_registry_is_refused(target: Target) -> None:
     with target.client(credentials=None) as client, pytest.raises(AuthError) as err:
         client.blob_exists("any/repo", Digest.of(b"x"))
     assert err.value.status == 401
+    assert "no credentials" in err.value.message
 
 
 def test_pull_of_a_missing_blob_leaves_nothing(target: Target, tmp_path: Path) -> None:
