@@ -9,16 +9,19 @@ frozen in ``tests/manifests/test_image_parse.py``.
 Normalization (so equal manifests compare equal): image paths lose ``//`` and ``/./`` (a files
 directory copy keeps its trailing ``/`` on ``dst``), modes become ints, durations become seconds,
 ``env`` and ``labels`` are sorted by key, ``ports`` keep their order.
+
+The schema is built in three layers, each a :class:`~manifests.source.Checker`:
+:mod:`manifests.image_paths` (path rules, modes and owners, and the clashes between what contents
+items declare), :mod:`manifests.image_contents` (the ``contents`` items) and this module (the
+document as a whole: identity, platform, account, command, run-time policy, layers, compression).
 """
 
 from __future__ import annotations
 
 import json
-import posixpath
 import re
 import shlex
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,26 +29,20 @@ from manifests.durations import DurationError, parse_duration
 from manifests.image import (
     API_VERSION,
     Accounts,
-    ClosureSource,
-    ContentItem,
-    DirSource,
     ExecCheck,
-    FileSpec,
-    FilesSource,
     HealthCheck,
     HttpCheck,
     ImageManifest,
     LayerPolicy,
     LayerStrategy,
     Port,
-    SymlinkSource,
     TcpCheck,
-    TreeSource,
 )
+from manifests.image_contents import ImageContentsChecker
+from manifests.image_paths import CONTROL_CHARS, MAX_ID, parse_mode
 from manifests.mediatypes import Compression
 from manifests.oci import Platform
 from manifests.source import (
-    Checker,
     SourceDocument,
     did_you_mean,
     join_index,
@@ -65,8 +62,6 @@ __all__ = [
 ]
 
 KIND = "Image"
-MAX_ID = 2**32 - 2  # 2**32 - 1 is (uid_t)-1, "no change" to chown
-MAX_PATH = 4096
 COMPRESSION_LEVELS: Mapping[Compression, tuple[int, int]] = {
     Compression.GZIP: (0, 3),  # ISA-L levels
     Compression.ZSTD: (1, 19),
@@ -88,7 +83,6 @@ _TOP_OPTIONAL = (
     "layers",
     "compression",
 )
-_CONTENT_KINDS = ("files", "closure", "tree", "symlink", "dir")
 
 # OCI distribution spec: path components of a repository name.
 _NAME_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*\Z")
@@ -100,11 +94,8 @@ _SEMVER = re.compile(
     r"(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?\Z"
 )
 _MAX_TAG = 128
-_MODE = re.compile(r"0?[0-7]{3,4}\Z")
 _USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}\Z")
 _PORT = re.compile(r"(\d{1,5})(?:/([a-z]+))?\Z")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_GLOB = re.compile(r"[*?\[]")
 _ARCHITECTURES = ("amd64", "arm64", "arm", "386", "ppc64le", "s390x", "riscv64", "mips64le", "loong64")
 _ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "i386": "386", "i686": "386"}
 _VARIANT = re.compile(r"v[0-9]+\Z")
@@ -130,46 +121,8 @@ def image_manifest_from_document(doc: SourceDocument, *, base_dir: Path) -> Imag
     return _ImageSchema(doc).manifest(base_dir)
 
 
-def parse_mode(text: str) -> int | None:
-    """An octal mode string (``"644"``, ``"0644"``, ``"04755"``) as an int, or ``None``."""
-    if not _MODE.match(text):
-        return None
-    return int(text, 8)
-
-
-# --------------------------------------------------------------------------------------------
-# Declarations: what each contents item puts at which image path, to find clashes.
-
-
-_DIR = "directory"
-_FILE = "file"
-_SYMLINK = "symlink"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Decl:
-    path: str  # normalized absolute image path, no trailing slash
-    kind: str  # _DIR, _FILE or _SYMLINK
-    where: str  # dotted path of the declaring value
-    attrs: tuple[int, int, int] | None = None  # (mode, uid, gid) of a ``dir`` item
-    shared: bool = False  # closure files: the same host file may be listed by several closures
-
-
-def _parents(path: str) -> list[str]:
-    """``/a/b/c`` -> ``["/a", "/a/b"]``."""
-    parts = path.strip("/").split("/")
-    return ["/" + "/".join(parts[:n]) for n in range(1, len(parts))]
-
-
-def _an(kind: str) -> str:
-    return f"a {kind}"
-
-
-class _ImageSchema(Checker):
-    def __init__(self, doc: SourceDocument) -> None:
-        super().__init__(doc)
-        self._decls: list[_Decl] = []
-        self._glob_prefixes: list[tuple[str, str]] = []  # (literal directory prefix, where)
+class _ImageSchema(ImageContentsChecker):
+    """The image manifest schema: one instance walks one document."""
 
     # -- the whole document
 
@@ -181,7 +134,7 @@ class _ImageSchema(Checker):
         name = self._name(d)
         version = self._version(d)
         platform = self._platform(d)
-        contents = self._contents(d)
+        contents = self.contents(d)
         accounts = self._accounts(d)
         entrypoint = self._command(d, "entrypoint")
         cmd = self._command(d, "cmd")
@@ -194,7 +147,7 @@ class _ImageSchema(Checker):
         env = self._string_map(d, "env", key_check=self._env_key)
         workdir = None
         if "workdir" in d:
-            workdir = self._image_path(d["workdir"], "workdir", allow_root=True)
+            workdir = self.image_path(d["workdir"], "workdir", allow_root=True)
         ports = self._ports(d)
         writable = self._dirs(d, "writable", "writable (tmpfs)")
         volumes = self._dirs(d, "volumes", "a volume")
@@ -202,7 +155,7 @@ class _ImageSchema(Checker):
         labels = self._string_map(d, "labels", key_check=self._label_key)
         layers = self._layers(d)
         compression, level = self._compression(d)
-        self._check_declarations(workdir, writable, volumes)
+        self.check_declarations(workdir, writable, volumes)
         self.finish()
         return ImageManifest(
             name=name,
@@ -312,349 +265,6 @@ class _ImageSchema(Checker):
             self.report("platform", f"invalid variant '{variant}'", "variants look like v7 or v8")
         return Platform(os=os_name, architecture=arch, variant=variant)
 
-    # -- contents
-
-    def _contents(self, d: Mapping[str, Any]) -> tuple[ContentItem, ...]:
-        if "contents" not in d:
-            return ()
-        items = self.sequence(d["contents"], "contents")
-        if items is None:
-            return ()
-        if not items:
-            self.report(
-                "contents", "must not be empty", "list what goes into the image: " + ", ".join(_CONTENT_KINDS)
-            )
-            return ()
-        out: list[ContentItem] = []
-        for i, raw in enumerate(items):
-            path = join_index("contents", i)
-            item = self.mapping(raw, path)
-            if item is None:
-                continue
-            kinds = [k for k in item if k in _CONTENT_KINDS]
-            if len(kinds) > 1:
-                self.report(
-                    path,
-                    f"has both '{kinds[0]}' and '{kinds[1]}'",
-                    "split it into one contents item per kind",
-                )
-                continue
-            if not kinds:
-                unknown = [k for k in item if k not in _CONTENT_KINDS]
-                if unknown:
-                    self.keys(item, path, optional=_CONTENT_KINDS)
-                else:
-                    self.report(path, "expected exactly one of: " + ", ".join(_CONTENT_KINDS))
-                continue
-            self.keys(item, path, optional=_CONTENT_KINDS)
-            kind = kinds[0]
-            value = item[kind]
-            sub = join_key(path, kind)
-            parsed: ContentItem | None
-            if kind == "files":
-                parsed = self._files(value, sub)
-            elif kind == "closure":
-                parsed = self._closure(value, sub)
-            elif kind == "tree":
-                parsed = self._tree(value, sub)
-            elif kind == "symlink":
-                parsed = self._symlink(value, sub)
-            else:
-                parsed = self._dir(value, sub)
-            if parsed is not None:
-                out.append(parsed)
-        return tuple(out)
-
-    def _files(self, value: object, path: str) -> FilesSource | None:
-        items = self.sequence(value, path, of=" of {src, dst} mappings")
-        if items is None:
-            return None
-        if not items:
-            self.report(path, "must not be empty", "list at least one {src, dst}")
-            return None
-        specs: list[FileSpec] = []
-        for i, raw in enumerate(items):
-            spec = self._file_spec(raw, join_index(path, i))
-            if spec is not None:
-                specs.append(spec)
-        return FilesSource(files=tuple(specs))
-
-    def _file_spec(self, raw: object, path: str) -> FileSpec | None:
-        m = self.mapping(raw, path)
-        if m is None:
-            return None
-        self.keys(m, path, required=("src", "dst"), optional=("mode", "dirmode", "uid", "gid"))
-        src = self._relative_src(m["src"], join_key(path, "src")) if "src" in m else None
-        is_dir = src is not None and src.endswith("/")
-        dst = None
-        dst_path = join_key(path, "dst")
-        if "dst" in m:
-            dst = self._image_path(m["dst"], dst_path, allow_root=True, keep_slash=True)
-        if src is not None and dst is not None:
-            if is_dir and not dst.endswith("/"):
-                self.report(
-                    dst_path,
-                    "must end in '/' when src is a directory (ends in '/')",
-                    f"write '{dst}/'",
-                )
-                dst = None
-            elif not is_dir and dst.endswith("/"):
-                base = posixpath.basename(src.rstrip("/"))
-                self.report(dst_path, "ends in '/' but src is a file", f"write the full path: '{dst}{base}'")
-                dst = None
-        mode = self._mode(m, path, "mode")
-        dirmode = self._mode(m, path, "dirmode")
-        if dirmode is not None and src is not None and not is_dir:
-            self.report(
-                join_key(path, "dirmode"),
-                "applies only to directory copies",
-                "end src in '/' to copy a directory, or remove dirmode",
-            )
-        uid = self._id(m, path, "uid")
-        gid = self._id(m, path, "gid")
-        if src is None or dst is None:
-            return None
-        if is_dir:
-            if dst != "/":
-                self._declare(dst.rstrip("/"), _DIR, dst_path)
-        else:
-            self._declare(dst, _FILE, dst_path)
-        return FileSpec(src=src, dst=dst, mode=mode, dirmode=dirmode, uid=uid, gid=gid)
-
-    def _closure(self, value: object, path: str) -> ClosureSource | None:
-        m = self.mapping(value, path)
-        if m is None:
-            return None
-        self.keys(m, path, required=("paths",), optional=("sysroot",))
-        sysroot = "/"
-        if "sysroot" in m:
-            sysroot = self._host_path(m["sysroot"], join_key(path, "sysroot"), absolute=True) or "/"
-        if "paths" not in m:
-            return None
-        paths_path = join_key(path, "paths")
-        items = self.sequence(m["paths"], paths_path, of=" of absolute paths")
-        if items is None:
-            return None
-        if not items:
-            self.report(paths_path, "must not be empty", "list the executables to copy with their libraries")
-            return None
-        paths: list[str] = []
-        seen: dict[str, str] = {}
-        for i, raw in enumerate(items):
-            where = join_index(paths_path, i)
-            if isinstance(raw, str) and raw.endswith("/"):
-                self.report(where, "must name a file, not a directory", "use a tree item for directories")
-                continue
-            p = self._image_path(raw, where)
-            if p is None:
-                continue
-            if p in seen:
-                self.report(where, f"listed twice (first at {seen[p]})", "remove one of them")
-                continue
-            seen[p] = where
-            paths.append(p)
-            if _GLOB.search(p):
-                prefix: list[str] = []
-                for comp in p.split("/")[1:-1]:
-                    if _GLOB.search(comp):
-                        break
-                    prefix.append(comp)
-                if prefix:
-                    self._glob_prefixes.append(("/" + "/".join(prefix), where))
-            else:
-                self._declare(p, _FILE, where, shared=True)
-        if len(paths) != len(items):
-            return None
-        return ClosureSource(paths=tuple(paths), sysroot=sysroot)
-
-    def _tree(self, value: object, path: str) -> TreeSource | None:
-        m = self.mapping(value, path)
-        if m is None:
-            return None
-        self.keys(
-            m,
-            path,
-            required=("src", "dst"),
-            optional=("include", "exclude", "mode", "dirmode", "uid", "gid"),
-        )
-        src = self._host_path(m["src"], join_key(path, "src"), absolute=False) if "src" in m else None
-        dst_path = join_key(path, "dst")
-        dst = self._image_path(m["dst"], dst_path, allow_root=True) if "dst" in m else None
-        include = self._globs(m, path, "include")
-        exclude = self._globs(m, path, "exclude")
-        mode = self._mode(m, path, "mode")
-        dirmode = self._mode(m, path, "dirmode")
-        uid = self._id(m, path, "uid")
-        gid = self._id(m, path, "gid")
-        if src is None or dst is None or include is None or exclude is None:
-            return None
-        if dst != "/":
-            self._declare(dst, _DIR, dst_path)
-        return TreeSource(
-            src=src,
-            dst=dst,
-            include=include,
-            exclude=exclude,
-            mode=mode,
-            dirmode=dirmode,
-            uid=uid,
-            gid=gid,
-        )
-
-    def _globs(self, m: Mapping[str, Any], path: str, key: str) -> tuple[str, ...] | None:
-        if key not in m:
-            return ()
-        where = join_key(path, key)
-        globs = self.strings(m[key], where)
-        if globs is None:
-            return None
-        ok = True
-        for i, g in enumerate(globs):
-            if not g or _CONTROL.search(g):
-                what = "empty pattern" if not g else "pattern contains a control character"
-                self.report(join_index(where, i), what)
-                ok = False
-        return globs if ok else None
-
-    def _symlink(self, value: object, path: str) -> SymlinkSource | None:
-        m = self.mapping(value, path)
-        if m is None:
-            return None
-        self.keys(m, path, required=("path", "target"))
-        link_path = join_key(path, "path")
-        link = self._image_path(m["path"], link_path) if "path" in m else None
-        target = None
-        if "target" in m:
-            target_path = join_key(path, "target")
-            target = self.string(m["target"], target_path)
-            if target is not None:
-                if not target:
-                    self.report(target_path, "empty target", "name the file the link points to")
-                    target = None
-                elif _CONTROL.search(target):
-                    self.report(target_path, "contains a control character")
-                    target = None
-                elif len(target) > MAX_PATH:
-                    self.report(target_path, f"longer than {MAX_PATH} characters")
-                    target = None
-        if link is None or target is None:
-            return None
-        self._declare(link, _SYMLINK, link_path)
-        return SymlinkSource(path=link, target=target)
-
-    def _dir(self, value: object, path: str) -> DirSource | None:
-        m = self.mapping(value, path)
-        if m is None:
-            return None
-        self.keys(m, path, required=("path",), optional=("mode", "uid", "gid"))
-        dir_path = join_key(path, "path")
-        p = self._image_path(m["path"], dir_path) if "path" in m else None
-        mode = self._mode(m, path, "mode")
-        uid = self._id(m, path, "uid")
-        gid = self._id(m, path, "gid")
-        if p is None:
-            return None
-        item = DirSource(path=p, mode=0o755 if mode is None else mode, uid=uid, gid=gid)
-        self._declare(p, _DIR, dir_path, attrs=(item.mode, item.uid, item.gid))
-        return item
-
-    # -- scalars
-
-    def _mode(self, m: Mapping[str, Any], path: str, key: str) -> int | None:
-        if key not in m:
-            return None
-        where = join_key(path, key)
-        value = m[key]
-        if isinstance(value, int) and not isinstance(value, bool):
-            raw = self.doc.raw.get(where, str(value))
-            if raw.startswith("0o"):  # TOML's octal integer: the string form drops the "o"
-                raw = "0" + raw[2:]
-            self.report(where, "ambiguous unquoted mode", f'quote it: {self.assignment(key)} "{raw}"')
-            return None
-        text = self.string(value, where)
-        if text is None:
-            return None
-        mode = parse_mode(text)
-        if mode is None:
-            shown = json.dumps(text, ensure_ascii=False)[1:-1]
-            self.report(where, f"invalid mode '{shown}'", 'write an octal string such as "0644" or "0755"')
-        return mode
-
-    def _id(self, m: Mapping[str, Any], path: str, key: str) -> int:
-        if key not in m:
-            return 0
-        where = join_key(path, key)
-        value = self.integer(m[key], where)
-        if value is None:
-            return 0
-        if not 0 <= value <= MAX_ID:
-            self.report(where, f"out of range (0 to {MAX_ID})")
-        return value
-
-    def _image_path(
-        self, value: object, where: str, *, allow_root: bool = False, keep_slash: bool = False
-    ) -> str | None:
-        """An absolute path inside the image, normalized; ``None`` (reported) if unusable."""
-        text = self.string(value, where)
-        if text is None:
-            return None
-        if not self._path_text(text, where):
-            return None
-        if not text.startswith("/"):
-            self.report(where, "must be an absolute path", f"write '/{text.removeprefix('./')}'")
-            return None
-        parts = text.split("/")
-        if ".." in parts:
-            self.report(where, "must not contain '..'", "write the path it leads to")
-            return None
-        comps = [p for p in parts if p not in ("", ".")]
-        norm = "/" + "/".join(comps)
-        if not comps and not allow_root:
-            self.report(where, "must not be the root directory")
-            return None
-        if keep_slash and comps and (text.endswith(("/", "/."))):
-            norm += "/"
-        return norm
-
-    def _path_text(self, text: str, where: str) -> bool:
-        if not text:
-            self.report(where, "empty path")
-            return False
-        if _CONTROL.search(text):
-            self.report(where, "path contains a control character", "remove it")
-            return False
-        if text != text.strip():
-            self.report(where, "path has leading or trailing whitespace", "remove the spaces")
-            return False
-        if len(text) > MAX_PATH:
-            self.report(where, f"path longer than {MAX_PATH} characters")
-            return False
-        return True
-
-    def _relative_src(self, value: object, where: str) -> str | None:
-        """A ``files`` src: relative to the manifest directory, ``..`` allowed, trailing ``/`` kept."""
-        text = self.string(value, where)
-        if text is None or not self._path_text(text, where):
-            return None
-        if text.startswith("/"):
-            self.report(
-                where,
-                "must be relative to the manifest's directory",
-                "use a tree item to copy from an absolute host path",
-            )
-            return None
-        return _normalize_host(text, keep_slash=True)
-
-    def _host_path(self, value: object, where: str, *, absolute: bool) -> str | None:
-        """A path on the build host (tree src, sysroot): absolute, or relative to the manifest."""
-        text = self.string(value, where)
-        if text is None or not self._path_text(text, where):
-            return None
-        if absolute and not text.startswith("/"):
-            self.report(where, "must be an absolute path", f"write '/{text.removeprefix('./')}'")
-            return None
-        return _normalize_host(text, keep_slash=False)
-
     # -- accounts and running
 
     def _accounts(self, d: Mapping[str, Any]) -> Accounts | None:
@@ -668,14 +278,14 @@ class _ImageSchema(Checker):
         user = self._account_name(m, "user")
         if user == "root":
             self.report("accounts.user", "the image must not run as root", root_hint)
-        uid = self._id(m, "accounts", "uid")
+        uid = self.owner_id(m, "accounts", "uid")
         if uid == 0 and "uid" in m and "accounts.uid" not in self._bad:
             self.report("accounts.uid", "the image must not run as root", root_hint)
-        gid = self._id(m, "accounts", "gid")
+        gid = self.owner_id(m, "accounts", "gid")
         group = self._account_name(m, "group") if "group" in m else None
         home = "/nonexistent"
         if "home" in m:
-            home = self._image_path(m["home"], "accounts.home", allow_root=True) or home
+            home = self.image_path(m["home"], "accounts.home", allow_root=True) or home
         if not complete or user is None:
             return None
         return Accounts(user=user, uid=uid, gid=gid, group=group, home=home)
@@ -748,11 +358,11 @@ class _ImageSchema(Checker):
         return tuple(sorted(out))
 
     def _env_key(self, k: str, where: str) -> None:
-        if not k or "=" in k or _CONTROL.search(k) or " " in k:
+        if not k or "=" in k or CONTROL_CHARS.search(k) or " " in k:
             self.report(where, "invalid environment variable name", "no '=', spaces or control characters")
 
     def _label_key(self, k: str, where: str) -> None:
-        if not k or _CONTROL.search(k):
+        if not k or CONTROL_CHARS.search(k):
             self.report(
                 where, "invalid label key", "use reverse-DNS keys such as org.opencontainers.image.source"
             )
@@ -819,7 +429,7 @@ class _ImageSchema(Checker):
         seen: dict[str, str] = {}
         for i, raw in enumerate(items):
             where = join_index(key, i)
-            p = self._image_path(raw, where, allow_root=True)
+            p = self.image_path(raw, where, allow_root=True)
             if p is None:
                 continue
             if p == "/":
@@ -884,7 +494,9 @@ class _ImageSchema(Checker):
             if "path" in m:
                 where = join_key(path, "path")
                 text = self.string(m["path"], where)
-                if text is not None and (not text.startswith("/") or _CONTROL.search(text) or " " in text):
+                if text is not None and (
+                    not text.startswith("/") or CONTROL_CHARS.search(text) or " " in text
+                ):
                     self.report(
                         where, "must start with '/' and contain no spaces", f"write '/{text.lstrip('/')}'"
                     )
@@ -989,121 +601,6 @@ class _ImageSchema(Checker):
             return default
         return kind, level
 
-    # -- what goes where
-
-    def _declare(
-        self,
-        path: str,
-        kind: str,
-        where: str,
-        *,
-        attrs: tuple[int, int, int] | None = None,
-        shared: bool = False,
-    ) -> None:
-        self._decls.append(_Decl(path=path, kind=kind, where=where, attrs=attrs, shared=shared))
-
-    def _check_declarations(
-        self, workdir: str | None, writable: tuple[str, ...], volumes: tuple[str, ...]
-    ) -> None:
-        first: dict[str, _Decl] = {}
-        for decl in self._decls:
-            prior = first.get(decl.path)
-            if prior is None:
-                first[decl.path] = decl
-                continue
-            if prior.kind != decl.kind:
-                self.report(
-                    decl.where,
-                    f"conflicting entries: {_an(decl.kind)} here, {_an(prior.kind)} at {prior.where}",
-                    "a path is either a file, a directory or a symlink",
-                )
-            elif decl.kind == _DIR:
-                if prior.attrs is not None and decl.attrs is not None and prior.attrs != decl.attrs:
-                    self.report(
-                        decl.where,
-                        f"directory declared again with another mode or owner (first at {prior.where})",
-                        "declare each directory once",
-                    )
-                elif prior.attrs is None and decl.attrs is not None:
-                    first[decl.path] = decl  # the dir item decides the directory's attributes
-            elif not (prior.shared and decl.shared):
-                self.report(
-                    decl.where,
-                    f"duplicate destination (first declared at {prior.where})",
-                    "each path may be declared once",
-                )
-        for decl in self._decls:
-            self._check_parents(decl.path, decl.where, first)
-        for prefix, where in self._glob_prefixes:
-            self._check_parents(prefix + "/x", where, first)
-        if workdir is not None:
-            owner = first.get(workdir)
-            if owner is not None and owner.kind == _FILE:
-                self.report(
-                    "workdir",
-                    f"declared as a file at {owner.where}",
-                    "the working directory must be a directory",
-                )
-        both: dict[str, str] = {}
-        for key, dirs in (("writable", writable), ("volumes", volumes)):
-            noun = "writable paths" if key == "writable" else "volumes"
-            for p in dirs:
-                where = self._list_where(key, p)
-                owner = first.get(p)
-                if owner is not None and owner.kind != _DIR:
-                    self.report(
-                        where,
-                        f"declared as {_an(owner.kind)} at {owner.where}",
-                        f"{noun} must be directories",
-                    )
-                    continue
-                self._check_parents(p, where, first)
-                if key == "writable":
-                    both[p] = where
-                elif p in both:
-                    self.report(
-                        where,
-                        f"also listed in {both[p]}",
-                        "a path is either writable (tmpfs) or a volume (persistent), not both",
-                    )
-
-    def _list_where(self, key: str, value: str) -> str:
-        """The dotted path of the first item in ``d[key]`` that normalizes to ``value``."""
-        items = self.doc.data.get(key)
-        if isinstance(items, list):
-            for i, raw in enumerate(items):
-                if isinstance(raw, str) and _normalize_abs(raw) == value:
-                    return join_index(key, i)
-        return key  # pragma: no cover - every listed path came from the document
-
-    def _check_parents(self, path: str, where: str, first: Mapping[str, _Decl]) -> None:
-        for parent in _parents(path):
-            owner = first.get(parent)
-            if owner is not None and owner.kind != _DIR:
-                hint = (
-                    "put it under the symlink's target instead"
-                    if owner.kind == _SYMLINK
-                    else "a file cannot contain other entries"
-                )
-                self.report(where, f"parent {parent} is declared as {_an(owner.kind)} at {owner.where}", hint)
-                return
-
 
 def _valid_name(name: str) -> bool:
     return all(_NAME_COMPONENT.match(part) for part in name.split("/"))
-
-
-def _normalize_abs(text: str) -> str:
-    comps = [p for p in text.split("/") if p not in ("", ".")]
-    return "/" + "/".join(comps)
-
-
-def _normalize_host(text: str, *, keep_slash: bool) -> str:
-    """Drop empty and ``.`` components; keep ``..`` (a host path may leave the manifest's dir)."""
-    absolute = text.startswith("/")
-    comps = [p for p in text.split("/") if p not in ("", ".")]
-    body = "/".join(comps)
-    norm = "/" + body if absolute else (body or ".")
-    if keep_slash and text.endswith(("/", "/.")) and norm != "/":
-        norm += "/"
-    return norm
