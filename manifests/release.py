@@ -331,7 +331,12 @@ class Release:
         try:
             obj = parse_json_object(data, what="release payload", limit=limit)
         except DocumentError as exc:
-            raise VerificationError(exc.message, reason="parse") from None
+            message = (
+                exc.message
+                if exc.message.startswith("release payload")
+                else f"release payload: {exc.message}"
+            )
+            raise VerificationError(message, reason="parse") from None
         doc = SourceDocument(source="release payload", fmt=DocumentFormat.YAML, data=obj)
         schema = _ReleaseSchema(doc)
         try:
@@ -534,36 +539,37 @@ class _ReleaseSchema(Checker):
         listens: list[tuple[ListenAddress, str]] = []
         for i, raw in enumerate(items):
             path = join_index("services", i)
-            service = self._service(raw, path)
-            if service is None:
-                continue
-            where = join_key(path, "name")
-            if service.name in names:
-                self.report(
-                    where,
-                    f"duplicate service name '{service.name}' (first at {names[service.name]})",
-                    "service names are unique in a release",
-                )
-            else:
-                names[service.name] = where
-            if service.listen is not None:
+            name, listen, service = self._service(raw, path)
+            if name is not None:
+                where = join_key(path, "name")
+                if name in names:
+                    self.report(
+                        where,
+                        f"duplicate service name '{name}' (first at {names[name]})",
+                        "service names are unique in a release",
+                    )
+                else:
+                    names[name] = where
+            if listen is not None:
                 where = join_key(path, "listen")
-                clash = next((w for a, w in listens if a.conflicts(service.listen)), None)
+                clash = next((w for a, w in listens if a.conflicts(listen)), None)
                 if clash is not None:
                     self.report(
                         where,
-                        f"address {service.listen} is already used at {clash}",
+                        f"address {listen} is already used at {clash}",
                         "each service needs its own address",
                     )
                 else:
-                    listens.append((service.listen, where))
-            out.append(service)
+                    listens.append((listen, where))
+            if service is not None:
+                out.append(service)
         return tuple(out)
 
-    def _service(self, raw: object, path: str) -> Service | None:
+    def _service(self, raw: object, path: str) -> tuple[str | None, ListenAddress | None, Service | None]:
+        """The service's name and address (for uniqueness checks) and the service if it is valid."""
         m = self.mapping(raw, path)
         if m is None:
-            return None
+            return None, None, None
         before = len(self._problems)
         self.keys(m, path, required=_SERVICE_REQUIRED, optional=_SERVICE_OPTIONAL)
         name = self._service_name(m, path)
@@ -577,16 +583,20 @@ class _ReleaseSchema(Checker):
             lifetime = self._duration(m["max_lifetime"], join_key(path, "max_lifetime"), positive=True)
         env = self._env(m, path)
         if len(self._problems) != before or name is None or image is None:
-            return None
-        return Service(
-            name=name,
-            image=image,
-            replicas=replicas,
-            listen=listen,
-            strategy=strategy,
-            health=health,
-            max_lifetime=lifetime,
-            env=env,
+            return name, listen, None
+        return (
+            name,
+            listen,
+            Service(
+                name=name,
+                image=image,
+                replicas=replicas,
+                listen=listen,
+                strategy=strategy,
+                health=health,
+                max_lifetime=lifetime,
+                env=env,
+            ),
         )
 
     def _service_name(self, m: Mapping[str, Any], path: str) -> str | None:
