@@ -1,0 +1,584 @@
+"""Health checks for an instance, through the same connector the traffic switch uses.
+
+A check reaches the instance with ``connect(timeout) -> socket`` (``agent.netns.connect_in_netns``
+bound to the instance's namespace and the check's port; a plain loopback connect in tests), so a
+check sees exactly what the forwarder would see.
+
+::
+
+    HealthSpec                 what to check: http (GET path, 200-399 pass) or tcp (connect), and how
+                               often; from the image's ``dev.kiln.health`` label or its HealthCheck
+    check_once(spec, connect, timeout) -> HealthResult(ok, detail, latency)     one bounded probe
+    wait_healthy(spec, connect, grace=..., deadline=...) -> HealthResult
+                               "after ``grace``, ``retries`` consecutive passes", within ``deadline``
+    HealthWatch                continuous checking: consecutive passes/failures, HEALTHY/UNHEALTHY,
+                               and whether health has *held* for a grace period
+
+Nothing here sleeps or reads the clock except through injected ``clock``/``sleep`` callables, and
+nothing raises for an unhealthy instance: a failed probe is a ``HealthResult(ok=False)``. The
+response of an instance is untrusted: only its head is read, with a size cap and a deadline.
+
+``exec`` checks (a command run inside the instance) cannot go through a connector; they are parsed
+here, and the agent runs them with its runtime by passing a ``probe`` of its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import math
+import re
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final, Protocol
+
+from agent.errors import AgentError
+from manifests.errors import DocumentError, KilnError
+from manifests.image import ExecCheck, HealthCheck, HttpCheck, TcpCheck
+
+__all__ = [
+    "MAX_RESPONSE_HEAD",
+    "Clock",
+    "Connector",
+    "HealthError",
+    "HealthResult",
+    "HealthSpec",
+    "HealthState",
+    "HealthWatch",
+    "Probe",
+    "ProbeKind",
+    "Sleep",
+    "check_once",
+    "wait_healthy",
+]
+
+#: The most bytes of an HTTP response (status line + headers) a check reads.
+MAX_RESPONSE_HEAD: Final = 16 * 1024
+#: The most bytes of a ``dev.kiln.health`` label the agent parses.
+MAX_LABEL: Final = 4096
+
+_USER_AGENT: Final = "kiln-agent"
+_STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: ([\x09\x20-\x7e\x80-\xff]*))?")
+_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_PATH = re.compile(r"/[\x21-\x7e]*")
+_HOST = re.compile(r"[A-Za-z0-9.:\[\]-]+")
+
+Connector = Callable[[float], socket.socket]
+Clock = Callable[[], float]
+Sleep = Callable[[float], None]
+
+
+class HealthError(AgentError):
+    """A health check cannot be run as asked (an exec check without a runtime probe)."""
+
+
+class ProbeKind(enum.StrEnum):
+    HTTP = "http"  # GET path; status 200-399 passes
+    TCP = "tcp"  # the connect succeeding passes
+    EXEC = "exec"  # a command inside the instance; run by the runtime, not through a connector
+
+    @property
+    def uses_connector(self) -> bool:
+        return self is not ProbeKind.EXEC
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthSpec:
+    """What to check and how often. ``port`` is for the caller's connector (and the Host header)."""
+
+    kind: ProbeKind
+    port: int | None = None
+    path: str = "/"
+    host: str = "localhost"
+    command: tuple[str, ...] = ()
+    interval: float = 2.0
+    timeout: float = 1.0
+    retries: int = 3
+
+    def __post_init__(self) -> None:
+        problems = _spec_problems(self)
+        if problems:
+            raise HealthError("invalid health check: " + "; ".join(problems))
+
+    @classmethod
+    def http(cls, port: int, path: str = "/", **kw: Any) -> HealthSpec:
+        return cls(kind=ProbeKind.HTTP, port=port, path=path, **kw)
+
+    @classmethod
+    def tcp(cls, port: int, **kw: Any) -> HealthSpec:
+        return cls(kind=ProbeKind.TCP, port=port, **kw)
+
+    @classmethod
+    def from_check(cls, health: HealthCheck) -> HealthSpec:
+        """From an image manifest's validated health check."""
+        check = health.check
+        command: tuple[str, ...]
+        port: int | None
+        if isinstance(check, HttpCheck):
+            kind, port, path, command = ProbeKind.HTTP, check.port, check.path, ()
+        elif isinstance(check, TcpCheck):
+            kind, port, path, command = ProbeKind.TCP, check.port, "/", ()
+        elif isinstance(check, ExecCheck):
+            kind, port, path, command = ProbeKind.EXEC, None, "/", check.command
+        else:  # pragma: no cover - closed union
+            raise HealthError(f"unsupported health check {type(check).__name__}")
+        return cls(
+            kind=kind,
+            port=port,
+            path=path,
+            command=command,
+            interval=health.interval,
+            timeout=health.timeout,
+            retries=health.retries,
+        )
+
+    @classmethod
+    def from_label(cls, text: str | bytes) -> HealthSpec:
+        """From the ``dev.kiln.health`` image config label (JSON), read as untrusted input."""
+        raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+        if len(raw) > MAX_LABEL:
+            raise _label_error(f"is {len(raw)} bytes, more than {MAX_LABEL}")
+        try:
+            value = json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            raise _label_error(f"is not JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise _label_error(f"must be a JSON object, not {type(value).__name__}")
+        return cls._from_mapping(value)
+
+    @classmethod
+    def _from_mapping(cls, value: Mapping[str, Any]) -> HealthSpec:
+        kind_text = value.get("type")
+        try:
+            kind = ProbeKind(str(kind_text))
+        except ValueError:
+            raise _label_error(f"type: must be one of http, tcp, exec, not {kind_text!r}") from None
+        fields: dict[str, Any] = {
+            key: value[key] for key in ("path", "interval", "timeout", "retries") if key in value
+        }
+        if kind.uses_connector:
+            fields["port"] = value.get("port")
+        else:
+            fields["command"] = value.get("command")
+        problems = _problems(kind, fields)
+        if problems:
+            raise _label_error("; ".join(problems))
+        if "command" in fields:
+            fields["command"] = tuple(fields["command"])
+        for key in ("interval", "timeout"):
+            if key in fields:
+                fields[key] = float(fields[key])
+        return cls(kind=kind, **fields)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``dev.kiln.health`` label's shape (the builder writes the same keys)."""
+        out: dict[str, Any] = {"type": str(self.kind)}
+        if self.kind is ProbeKind.HTTP:
+            out.update(port=self.port, path=self.path)
+        elif self.kind is ProbeKind.TCP:
+            out["port"] = self.port
+        else:
+            out["command"] = list(self.command)
+        out.update(interval=self.interval, timeout=self.timeout, retries=self.retries)
+        return out
+
+
+def _spec_problems(spec: HealthSpec) -> list[str]:
+    fields = {
+        "port": spec.port,
+        "command": spec.command,
+        "path": spec.path,
+        "host": spec.host,
+        "interval": spec.interval,
+        "timeout": spec.timeout,
+        "retries": spec.retries,
+    }
+    return _problems(spec.kind, fields)
+
+
+def _problems(kind: ProbeKind, fields: Mapping[str, Any]) -> list[str]:
+    """Every problem with the fields present, in a fixed order, as ``key: message``."""
+    skip = "command" if kind.uses_connector else "port"
+    out: list[str] = []
+    for key, check in _CHECKS.items():
+        if key == skip or key not in fields:
+            continue
+        problem = check(fields[key])
+        if problem is not None:
+            out.append(f"{key}: {problem}")
+    return out
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _check_port(v: object) -> str | None:
+    if not _is_int(v):
+        return f"must be an integer, not {_kind(v)}"
+    assert isinstance(v, int)  # noqa: S101 - narrowed by _is_int
+    return None if 1 <= v <= 65535 else "must be an integer from 1 to 65535"
+
+
+def _check_command(v: object) -> str | None:
+    ok = isinstance(v, list | tuple) and bool(v) and all(isinstance(c, str) for c in v)
+    return None if ok else "must be a non-empty list of strings"
+
+
+def _check_path(v: object) -> str | None:
+    if not isinstance(v, str):
+        return f"must be a string, not {_kind(v)}"
+    if _PATH.fullmatch(v) and len(v) <= 2048:
+        return None
+    return f"must start with '/' and hold printable ASCII without spaces, not {v!r}"
+
+
+def _check_host(v: object) -> str | None:
+    if isinstance(v, str) and _HOST.fullmatch(v) and len(v) <= 255:
+        return None
+    return f"not a valid Host header value: {v!r}"
+
+
+def _seconds(top: float) -> Callable[[object], str | None]:
+    def check(v: object) -> str | None:
+        if not _is_number(v):
+            return f"must be a number, not {_kind(v)}"
+        assert isinstance(v, int | float)  # noqa: S101 - narrowed by _is_number
+        if math.isfinite(v) and 0 < v <= top:
+            return None
+        return f"must be a number of seconds above 0 and at most {top:g}"
+
+    return check
+
+
+def _check_retries(v: object) -> str | None:
+    if not _is_int(v):
+        return f"must be an integer, not {_kind(v)}"
+    assert isinstance(v, int)  # noqa: S101 - narrowed by _is_int
+    return None if 1 <= v <= 100 else "must be an integer from 1 to 100"
+
+
+_CHECKS: Final[dict[str, Callable[[object], str | None]]] = {
+    "port": _check_port,
+    "command": _check_command,
+    "path": _check_path,
+    "host": _check_host,
+    "interval": _seconds(3600.0),
+    "timeout": _seconds(600.0),
+    "retries": _check_retries,
+}
+
+
+def _label_error(message: str) -> DocumentError:
+    return DocumentError(
+        f"dev.kiln.health label: {message}",
+        hint="the image's health check label is malformed; rebuild the image with a valid health check",
+    )
+
+
+def _kind(v: object) -> str:
+    return "null" if v is None else type(v).__name__
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthResult:
+    ok: bool
+    detail: str  # one line: "HTTP 200 OK", "connect failed: ...", "timed out after 1s ..."
+    latency: float  # seconds the probe took
+
+
+class Probe(Protocol):
+    """One bounded check; :func:`check_once` is the connector-based one."""
+
+    def __call__(self, spec: HealthSpec, connect: Connector, timeout: float) -> HealthResult: ...
+
+
+# -- one probe ----------------------------------------------------------------------------------------
+
+
+def check_once(
+    spec: HealthSpec, connect: Connector, timeout: float | None = None, *, clock: Clock = time.monotonic
+) -> HealthResult:
+    """Probe once, within ``timeout`` seconds overall (default: the spec's). Never raises for a
+    failing instance; raises :class:`HealthError` only for an exec spec (no connector can run it).
+    """
+    if not spec.kind.uses_connector:
+        raise HealthError(
+            "an exec health check cannot run through a connector",
+            hint="pass the runtime's exec probe as probe= to wait_healthy or HealthWatch",
+        )
+    budget = spec.timeout if timeout is None else timeout
+    start = clock()
+    deadline = start + max(0.0, budget)
+
+    def result(ok: bool, detail: str) -> HealthResult:
+        return HealthResult(ok=ok, detail=detail, latency=max(0.0, clock() - start))
+
+    if budget <= 0:
+        return result(False, "no time left for the check")
+    try:
+        sock = connect(budget)
+    except (OSError, KilnError) as exc:
+        return result(False, f"connect failed: {_describe(exc)}")
+    try:
+        if spec.kind is ProbeKind.TCP:
+            return result(True, "tcp connect ok")
+        ok, detail = _http_get(sock, spec, budget, deadline, clock)
+        return result(ok, detail)
+    finally:
+        sock.close()
+
+
+class _CheckTimeout(Exception):
+    pass
+
+
+def _remaining(deadline: float, clock: Clock) -> float:
+    left = deadline - clock()
+    if left <= 0:
+        raise _CheckTimeout
+    return left
+
+
+def _http_get(
+    sock: socket.socket, spec: HealthSpec, budget: float, deadline: float, clock: Clock
+) -> tuple[bool, str]:
+    host = spec.host if spec.port in (None, 80) else f"{spec.host}:{spec.port}"
+    request = (
+        f"GET {spec.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {_USER_AGENT}\r\n"
+        "Accept: */*\r\nConnection: close\r\n\r\n"
+    ).encode("ascii")
+    try:
+        sock.settimeout(_remaining(deadline, clock))
+        # A server may answer (and close) before it reads the request: still read what it said.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            sock.sendall(request)
+        head = bytearray()
+        while True:
+            end = _end_of_head(head)
+            if end is not None:
+                return _judge(bytes(head[:end]))
+            if len(head) >= MAX_RESPONSE_HEAD:
+                return False, f"response head is larger than {MAX_RESPONSE_HEAD} bytes"
+            if not _plausible_start(head):
+                return False, f"not an HTTP response: {_show(head)}"
+            sock.settimeout(_remaining(deadline, clock))
+            chunk = sock.recv(MAX_RESPONSE_HEAD - len(head))
+            if not chunk:
+                if not head:
+                    return False, "connection closed without a response"
+                return False, f"connection closed before the end of the response head: {_show(head)}"
+            head += chunk
+    except (_CheckTimeout, TimeoutError):
+        return False, f"timed out after {budget:g}s waiting for the response"
+    except OSError as exc:
+        return False, f"connection failed: {_describe(exc)}"
+
+
+def _end_of_head(buf: bytearray) -> int | None:
+    """The end of the status line + headers (the blank line), or None while incomplete."""
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        i = buf.find(sep)
+        if i >= 0:
+            return i
+    return None
+
+
+def _plausible_start(buf: bytearray) -> bool:
+    """False as soon as the bytes cannot be the start of an HTTP/1.x status line."""
+    prefix = b"HTTP/1."
+    n = min(len(buf), len(prefix))
+    return bytes(buf[:n]) == prefix[:n]
+
+
+def _judge(head: bytes) -> tuple[bool, str]:
+    lines = head.replace(b"\r\n", b"\n").split(b"\n")
+    m = _STATUS_LINE.fullmatch(lines[0])
+    if m is None:
+        return False, f"malformed status line: {_show(lines[0])}"
+    for line in lines[1:]:
+        name, colon, _ = line.partition(b":")
+        if not colon or not _TOKEN.fullmatch(name):
+            return False, f"malformed header line: {_show(line)}"
+    status = int(m.group(1))
+    reason = (m.group(2) or b"").decode("latin-1").strip()
+    detail = f"HTTP {status} {reason}".rstrip()
+    return 200 <= status <= 399, detail
+
+
+def _show(data: bytes | bytearray, limit: int = 60) -> str:
+    text = repr(bytes(data[:limit]))
+    return text + ("..." if len(data) > limit else "")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, KilnError):
+        return exc.message
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+# -- waiting for health ---------------------------------------------------------------------------------
+
+
+def wait_healthy(
+    spec: HealthSpec,
+    connect: Connector,
+    *,
+    grace: float = 0.0,
+    interval: float | None = None,
+    timeout: float | None = None,
+    retries: int | None = None,
+    deadline: float = 60.0,
+    clock: Clock = time.monotonic,
+    sleep: Sleep = time.sleep,
+    probe: Probe | None = None,
+) -> HealthResult:
+    """Wait ``grace`` seconds, then probe every ``interval`` until ``retries`` consecutive passes.
+
+    Gives up (``ok=False``, the last failure in ``detail``) when the next probe could not finish
+    within ``deadline`` seconds of the call. ``interval``, ``timeout`` and ``retries`` default to
+    the spec's. The number of probes is bounded even if ``clock`` stands still.
+    """
+    interval = spec.interval if interval is None else interval
+    timeout = spec.timeout if timeout is None else timeout
+    retries = spec.retries if retries is None else retries
+    if interval <= 0 or timeout <= 0 or retries < 1 or grace < 0 or deadline <= 0:
+        raise ValueError(
+            "interval, timeout, deadline must be positive, retries at least 1, grace not negative"
+        )
+    run: Probe = probe if probe is not None else check_once
+    start = clock()
+    end = start + deadline
+    if grace > 0:
+        sleep(min(grace, deadline))
+    max_probes = math.ceil(deadline / interval) + 1
+    passes = 0
+    probes = 0
+    last: HealthResult | None = None
+    while probes < max_probes:
+        left = end - clock()
+        if left <= 0:
+            break
+        last = run(spec, connect, min(timeout, left))
+        probes += 1
+        if last.ok:
+            passes += 1
+            if passes >= retries:
+                return HealthResult(
+                    ok=True,
+                    detail=f"healthy: {passes} consecutive passes ({last.detail})",
+                    latency=max(0.0, clock() - start),
+                )
+        else:
+            passes = 0
+        if clock() + interval >= end:
+            break
+        sleep(interval)
+    why = last.detail if last is not None else "no check could run"
+    if last is not None and last.ok:
+        why = f"only {passes} of {retries} consecutive passes"
+    return HealthResult(
+        ok=False,
+        detail=f"not healthy within {deadline:g}s after {probes} checks: {why}",
+        latency=max(0.0, clock() - start),
+    )
+
+
+# -- continuous checking ----------------------------------------------------------------------------------
+
+
+class HealthState(enum.StrEnum):
+    STARTING = "starting"  # not yet ``retries`` consecutive passes
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"  # was healthy, then ``failures`` consecutive failures
+
+    @property
+    def serving(self) -> bool:
+        return self is HealthState.HEALTHY
+
+
+class HealthWatch:
+    """Tracks one instance's health across probes.
+
+    STARTING becomes HEALTHY after ``passes`` consecutive passes (default: the spec's retries);
+    HEALTHY becomes UNHEALTHY after ``failures`` consecutive failures (default: the spec's retries);
+    UNHEALTHY recovers like STARTING. Failures while STARTING do not make it UNHEALTHY: the start
+    deadline (:func:`wait_healthy`) decides that. :meth:`held` answers "healthy, without a single
+    failure, for at least ``grace`` seconds" — what a rollout waits for before it retires the old
+    instance.
+    """
+
+    def __init__(
+        self,
+        spec: HealthSpec,
+        *,
+        passes: int | None = None,
+        failures: int | None = None,
+        clock: Clock = time.monotonic,
+        probe: Probe | None = None,
+    ) -> None:
+        self.spec = spec
+        self._need_passes = spec.retries if passes is None else passes
+        self._need_failures = spec.retries if failures is None else failures
+        if self._need_passes < 1 or self._need_failures < 1:
+            raise ValueError("passes and failures must be at least 1")
+        self._clock = clock
+        self._probe: Probe = probe if probe is not None else check_once
+        self.state = HealthState.STARTING
+        self.consecutive_passes = 0
+        self.consecutive_failures = 0
+        self.checks = 0
+        self.last: HealthResult | None = None
+        self._passing_since: float | None = None
+        self._last_check: float | None = None
+
+    def observe(self, result: HealthResult) -> HealthState:
+        """Record one probe's result (taken now) and return the new state."""
+        now = self._clock()
+        self.checks += 1
+        self.last = result
+        self._last_check = now
+        if result.ok:
+            if self.consecutive_passes == 0:
+                self._passing_since = now
+            self.consecutive_passes += 1
+            self.consecutive_failures = 0
+            if self.state is not HealthState.HEALTHY and self.consecutive_passes >= self._need_passes:
+                self.state = HealthState.HEALTHY
+        else:
+            self.consecutive_failures += 1
+            self.consecutive_passes = 0
+            self._passing_since = None
+            if self.state is HealthState.HEALTHY and self.consecutive_failures >= self._need_failures:
+                self.state = HealthState.UNHEALTHY
+        return self.state
+
+    def check(self, connect: Connector) -> HealthState:
+        """Probe once (bounded by the spec's timeout) and record it."""
+        return self.observe(self._probe(self.spec, connect, self.spec.timeout))
+
+    def due(self) -> bool:
+        """Whether ``interval`` has passed since the last probe (or none was made)."""
+        return self._last_check is None or self._clock() - self._last_check >= self.spec.interval
+
+    def held_for(self) -> float:
+        """Seconds the instance has been HEALTHY without a failed probe (0 when it is not)."""
+        if self.state is not HealthState.HEALTHY or self._passing_since is None:
+            return 0.0
+        return max(0.0, self._clock() - self._passing_since)
+
+    def held(self, grace: float) -> bool:
+        return (
+            self.state is HealthState.HEALTHY and self._passing_since is not None and self.held_for() >= grace
+        )
