@@ -7,6 +7,7 @@ Modules:
 - ``publisher.client``: :class:`~publisher.client.RegistryClient`, blobs (HEAD-skip, mount, monolithic
   or chunked resumable upload, verified streaming pull), manifests, tags, referrers with the
   ``sha256-<hex>`` tag fallback, concurrent pushes.
+- ``publisher.transfer``: blob sources and results, byte-range bodies, the verified streaming download.
 - ``publisher.session``: one registry's HTTP session: auth, bounded retries, capped reads.
 - ``publisher.auth``: credentials (environment, Docker config, credential helpers), challenges, tokens.
 - ``publisher.reference``: ``registry/repository[:tag][@digest]`` parsing and name rules.

@@ -22,17 +22,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import enum
-import hashlib
 import os
 import re
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import httpx
 
@@ -52,6 +48,18 @@ from publisher.errors import (
 from publisher.reference import validate_repository, validate_tag
 from publisher.retry import RetryPolicy
 from publisher.session import Session, Timeouts, TransientFailure, read_capped
+from publisher.transfer import (
+    BlobAction,
+    BlobResult,
+    BlobSource,
+    Download,
+    Manifest,
+    Opener,
+    check_header_digest,
+    content_type,
+    file_chunks,
+    header_digest,
+)
 
 __all__ = [
     "RegistryClient",
@@ -69,7 +77,6 @@ DEFAULT_MONOLITHIC_THRESHOLD = 64 * 1024 * 1024
 DEFAULT_BLOB_CAP = 16 * 1024 * 1024 * 1024
 MAX_TAG_LIST = 4 * 1024 * 1024
 MAX_TAG_PAGES = 1000
-_IO_BLOCK = 1024 * 1024
 _MAX_REDIRECTS = 5
 
 MANIFEST_ACCEPT = ", ".join(
@@ -84,165 +91,6 @@ MANIFEST_ACCEPT = ", ".join(
 _UPLOAD_GONE = frozenset({ErrorCode.BLOB_UPLOAD_INVALID, ErrorCode.BLOB_UPLOAD_UNKNOWN})
 _LINK_NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
 _RANGE = re.compile(r"^(?:bytes=)?0-(\d+)$")
-
-Opener = Callable[[], BinaryIO]
-
-
-class BlobAction(enum.StrEnum):
-    EXISTED = "existed"
-    MOUNTED = "mounted"
-    UPLOADED = "uploaded"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BlobSource:
-    """A blob to push: its digest and size, and where its bytes are (a path, or an opener returning a
-    fresh seekable binary file each time). ``mount_from`` names another repository of the same
-    registry that may already hold it."""
-
-    digest: Digest
-    size: int
-    path: Path | None = None
-    opener: Opener | None = None
-    mount_from: str | None = None
-
-    def __post_init__(self) -> None:
-        if (self.path is None) == (self.opener is None):
-            raise ValueError("BlobSource needs exactly one of path and opener")
-        if self.size < 0:
-            raise ValueError("BlobSource size must not be negative")
-
-    def open(self) -> BinaryIO:
-        if self.path is not None:
-            return self.path.open("rb")
-        if self.opener is None:  # pragma: no cover - __post_init__ guarantees one of them
-            raise ValueError("no source")
-        return self.opener()
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BlobResult:
-    digest: Digest
-    size: int
-    action: BlobAction
-    resumes: int = 0
-    restarts: int = 0
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Manifest:
-    """A manifest or index as the registry served it: exact bytes, media type, digest of the bytes."""
-
-    data: bytes
-    media_type: str
-    digest: Digest
-
-    @property
-    def descriptor(self) -> Descriptor:
-        return Descriptor(media_type=self.media_type, digest=self.digest, size=len(self.data))
-
-
-def _content_type(resp: httpx.Response) -> str:
-    return str(resp.headers.get("content-type", "")).split(";", 1)[0].strip()
-
-
-def _header_digest(resp: httpx.Response, *, what: str) -> Digest | None:
-    value = resp.headers.get("docker-content-digest")
-    if value is None:
-        return None
-    try:
-        return Digest.parse(value.strip())
-    except DocumentError as exc:
-        raise VerificationError(
-            f"{what}: the registry sent an invalid Docker-Content-Digest {value[:100]!r}", reason="digest"
-        ) from exc
-
-
-def _check_header_digest(resp: httpx.Response, expected: Digest, *, what: str) -> None:
-    got = _header_digest(resp, what=what)
-    if got is not None and got != expected:
-        raise VerificationError(
-            f"{what}: the registry says its digest is {got}, expected {expected}",
-            reason="digest",
-            hint="the registry or something between it and kiln altered the content",
-        )
-
-
-def _file_chunks(source: BlobSource, offset: int, length: int) -> Callable[[], Iterator[bytes]]:
-    """A body factory: each call streams ``length`` bytes from ``offset`` of the source afresh."""
-
-    def gen() -> Iterator[bytes]:
-        with source.open() as fh:
-            fh.seek(offset)
-            left = length
-            while left > 0:
-                block = fh.read(min(_IO_BLOCK, left))
-                if not block:
-                    raise PublishError(
-                        f"blob {source.digest}: the source ended {left} bytes early",
-                        hint="the file changed while it was being pushed",
-                    )
-                left -= len(block)
-                yield block
-
-    return gen
-
-
-class _Download:
-    """One blob download in progress: the temporary file, the running hash, bytes so far."""
-
-    def __init__(self, *, fh: BinaryIO, cap: int, what: str) -> None:
-        self.fh = fh
-        self.cap = cap
-        self.what = what
-        self.hash = hashlib.sha256()
-        self.received = 0
-
-    def restart(self) -> None:
-        self.fh.seek(0)
-        self.fh.truncate()
-        self.hash = hashlib.sha256()
-        self.received = 0
-
-    def take(self, resp: httpx.Response) -> None:
-        """Append the response's bytes; a short or broken body is a :class:`TransientFailure`."""
-        try:
-            length = resp.headers.get("content-length", "")
-            expected = self.received + int(length) if length.isdigit() else None
-            if expected is not None and expected > self.cap:
-                raise VerificationError(
-                    f"{self.what}: the registry announces {expected} bytes, over the cap of {self.cap}",
-                    reason="size",
-                )
-            for chunk in resp.iter_bytes(_IO_BLOCK):
-                self.received += len(chunk)
-                if self.received > self.cap:
-                    raise VerificationError(
-                        f"{self.what}: the blob exceeds the size cap of {self.cap} bytes", reason="size"
-                    )
-                self.hash.update(chunk)
-                self.fh.write(chunk)
-        except httpx.HTTPError as exc:
-            raise TransientFailure(
-                f"{self.what}: the download broke off after {self.received} bytes"
-            ) from exc
-        finally:
-            resp.close()
-        if expected is not None and self.received < expected:
-            raise TransientFailure(f"{self.what}: the registry sent {self.received} of {expected} bytes")
-
-    def verify(self, digest: Digest, expected_size: int | None) -> None:
-        if expected_size is not None and self.received != expected_size:
-            raise VerificationError(
-                f"{self.what}: got {self.received} bytes, expected {expected_size}", reason="size"
-            )
-        got = Digest(self.hash.hexdigest())
-        if got != digest:
-            raise VerificationError(
-                f"{self.what}: digest mismatch: the registry sent {self.received} bytes hashing to {got}",
-                reason="digest",
-                hint="the registry or something between it and kiln altered the blob",
-            )
 
 
 class RegistryClient:
@@ -327,7 +175,7 @@ class RegistryClient:
         if resp.status_code == 404:
             return None
         self.session.expect(resp, (200,), what=what)
-        _check_header_digest(resp, digest, what=what)
+        check_header_digest(resp, digest, what=what)
         length = resp.headers.get("content-length", "")
         if not length.isdigit():
             raise RegistryError(f"{what}: the registry sent no Content-Length")
@@ -392,14 +240,14 @@ class RegistryClient:
         )
         self.session.expect(resp, (201, 202), what=what).close()
         if resp.status_code == 201:
-            _check_header_digest(resp, src.digest, what=what)
+            check_header_digest(resp, src.digest, what=what)
             return BlobResult(digest=src.digest, size=src.size, action=BlobAction.MOUNTED, restarts=restarts)
         location = self._location(resp, what=what)
         if src.size <= self.monolithic_threshold:
             final = self._put(location, src, 0, src.size, scopes, what=what)
         else:
             final = self._upload_chunks(location, src, scopes, resumes, what=what)
-        _check_header_digest(final, src.digest, what=what)
+        check_header_digest(final, src.digest, what=what)
         return BlobResult(
             digest=src.digest,
             size=src.size,
@@ -431,7 +279,7 @@ class RegistryClient:
             url,
             scopes=scopes,
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(length)},
-            body=_file_chunks(src, offset, length) if length else b"",
+            body=file_chunks(src, offset, length) if length else b"",
             retry_transient=False,
             what=what,
         )
@@ -486,7 +334,7 @@ class RegistryClient:
                         "Content-Length": str(length),
                         "Content-Range": f"{offset}-{offset + length - 1}",
                     },
-                    body=_file_chunks(src, offset, length),
+                    body=file_chunks(src, offset, length),
                     retry_transient=False,
                     what=what,
                 )
@@ -565,7 +413,7 @@ class RegistryClient:
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as fh:
-                state = _Download(fh=fh, cap=cap, what=what)
+                state = Download(fh=fh, cap=cap, what=what)
                 self._download(repo, digest, state)
                 state.verify(digest, expected_size)
                 fh.flush()
@@ -578,7 +426,7 @@ class RegistryClient:
         fsync_dir(dest.parent)
         return state.received
 
-    def _download(self, repo: str, digest: Digest, state: _Download) -> None:
+    def _download(self, repo: str, digest: Digest, state: Download) -> None:
         scopes = self._scopes(repo, "pull")
         failures = 0
         while True:
@@ -591,7 +439,7 @@ class RegistryClient:
                     state.restart()  # a first answer, or the server ignored Range
                 self.session.expect(resp, (200, 206), what=state.what)
                 if resp.status_code == 200:
-                    _check_header_digest(resp, digest, what=state.what)
+                    check_header_digest(resp, digest, what=state.what)
                 state.take(resp)
             except TransientFailure as exc:
                 failures += 1
@@ -654,7 +502,7 @@ class RegistryClient:
             what=what,
         )
         self.session.expect(resp, (201,), what=what).close()
-        _check_header_digest(resp, digest, what=what)
+        check_header_digest(resp, digest, what=what)
         return digest
 
     def get_manifest(
@@ -676,8 +524,8 @@ class RegistryClient:
             what=what,
         )
         self.session.expect(resp, (200,), what=what)
-        media_type = _content_type(resp)
-        header = _header_digest(resp, what=what)
+        media_type = content_type(resp)
+        header = header_digest(resp, what=what)
         try:
             data = read_capped(resp, size_cap, what=what)
         except PublishError as exc:
@@ -712,13 +560,13 @@ class RegistryClient:
         if resp.status_code == 404:
             return None
         self.session.expect(resp, (200,), what=what)
-        digest = _header_digest(resp, what=what)
+        digest = header_digest(resp, what=what)
         length = resp.headers.get("content-length", "")
         if digest is None or not length.isdigit():
             return self.get_manifest(repo, target).descriptor
         if target.startswith("sha256:") and str(digest) != target:
             raise VerificationError(f"{what}: the registry answered for {digest}", reason="digest")
-        return Descriptor(media_type=_content_type(resp), digest=digest, size=int(length))
+        return Descriptor(media_type=content_type(resp), digest=digest, size=int(length))
 
     def delete_manifest(self, repo: str, digest: Digest) -> None:
         """Delete a manifest by digest (registries delete by digest only; tags go with it)."""
