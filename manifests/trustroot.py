@@ -439,8 +439,9 @@ class _RootSchema(Checker):
         if "threshold" in m:
             sub = join_key(name, "threshold")
             value = self.integer(m["threshold"], sub)
-            if value is not None and not 1 <= value <= max(len(items), 1):
-                self.report(sub, f"out of range (1 to {len(items)}, the number of keys)")
+            distinct = max(len(ids), 1)
+            if value is not None and not 1 <= value <= distinct:
+                self.report(sub, f"out of range (1 to {distinct}, the number of distinct keys)")
             elif value is not None:
                 threshold = value
         return Role(key_ids=tuple(sorted(ids)), threshold=threshold)
