@@ -117,7 +117,8 @@ INVALID = [
         "unknown key id",
         root_doc(root="root:\n  keys: ['" + "ab" * 32 + "']\n"),
         [
-            "root.yaml:6:10: root.keys[0]: unknown key id abababababababab... (give its PEM here or under keys:)"
+            "root.yaml:6:10: root.keys[0]: unknown key id abababababababab... "
+            "(give its PEM here or under keys:)"
         ],
     ),
     (
