@@ -8,10 +8,11 @@ policies) goes through here first::
     Checker(doc)  walks the values, collects Problems, raises one ManifestError at the end
 
 Dotted paths name a value: ``contents[1].closure.paths[0]``. A key that is not a plain identifier is
-written quoted, ``labels["org.opencontainers.image.source"]``, so a path is never ambiguous.
+written quoted, ``labels["org.opencontainers.image.source"]``, so a path is never ambiguous
+(:mod:`manifests.dotted`; ``join_key`` and ``join_index`` are re-exported here).
 Positions are 1-based ``(line, column)`` pointing at the KEY of a mapping entry and at the item of a
-list. TOML parsers give no positions: they are recovered best-effort by scanning the text, so a
-TOML problem may be located at an enclosing key instead.
+list. TOML parsers give no positions: they are recovered best-effort by scanning the text
+(:mod:`manifests.toml_positions`), so a TOML problem may be located at an enclosing key instead.
 
 What is refused, each as a clean :class:`~manifests.errors.ManifestError`, never a traceback:
 files over :data:`MAX_SOURCE_BYTES`, binary files (a NUL byte or invalid UTF-8), an empty file,
@@ -24,7 +25,6 @@ TOML dates and times become ISO 8601 strings (``datetime.isoformat()``).
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import difflib
 import enum
@@ -39,7 +39,9 @@ from typing import Any, NoReturn
 import tomli
 import yaml
 
+from manifests.dotted import ancestors, join_index, join_key, last_key
 from manifests.errors import ManifestError, Problem
+from manifests.toml_positions import is_bare_key, scan_toml
 
 __all__ = [
     "MAX_SOURCE_BYTES",
@@ -79,35 +81,6 @@ class DocumentFormat(enum.StrEnum):
 
 
 # --------------------------------------------------------------------------------------------
-# Paths
-
-
-_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*\Z")
-
-
-def join_key(base: str, key: str) -> str:
-    """The dotted path of ``key`` inside the mapping at ``base``."""
-    if _PLAIN_KEY.match(key):
-        return f"{base}.{key}" if base else key
-    return f"{base}[{json.dumps(key, ensure_ascii=False)}]"
-
-
-def join_index(base: str, index: int) -> str:
-    """The dotted path of item ``index`` in the list at ``base``."""
-    return f"{base}[{index}]"
-
-
-def _ancestors(path: str) -> Iterable[str]:
-    """``path`` and then each shorter prefix ending before a ``.`` or ``[``, down to ``""``."""
-    yield path
-    for i in range(len(path) - 1, 0, -1):
-        if path[i] in ".[":
-            yield path[:i]
-    if path:
-        yield ""
-
-
-# --------------------------------------------------------------------------------------------
 # The loaded document
 
 
@@ -128,7 +101,7 @@ class SourceDocument:
 
     def locate(self, path: str) -> tuple[int | None, int | None]:
         """The position of ``path``, or of its nearest enclosing value that has one."""
-        for candidate in _ancestors(path):
+        for candidate in ancestors(path):
             pos = self.positions.get(candidate)
             if pos is not None:
                 return pos
@@ -435,14 +408,13 @@ def _load_toml(text: str, source: str) -> SourceDocument:
         raise ManifestError(problems)
     if not data:
         _fail(source, "the file is empty", "write a mapping of keys, starting with apiVersion and kind")
-    scanner = _TomlScanner(text)
-    positions = scanner.scan()
+    found = scan_toml(text, max_depth=MAX_DEPTH)
     return SourceDocument(
         source=source,
         fmt=DocumentFormat.TOML,
         data=_top_level(data, source, 1, 1),
-        positions=MappingProxyType(positions),
-        raw=MappingProxyType(scanner.raw),
+        positions=MappingProxyType(found.positions),
+        raw=MappingProxyType(found.raw),
     )
 
 
@@ -467,235 +439,6 @@ def _plain_toml(value: Any, source: str, problems: list[Problem], depth: int) ->
     if isinstance(value, datetime.date | datetime.time):
         return value.isoformat()
     return value
-
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-_WS = re.compile(r"[ \t]*")
-_SCALAR_END = re.compile(r"[,\]}\n#]")
-
-
-class _TomlScanner:
-    """Best-effort positions for a document tomli already accepted.
-
-    It walks keys, table headers and values (skipping strings and comments) without building
-    values. If anything surprises it, it stops and keeps what it recorded so far: positions are
-    an aid for messages, never a source of truth.
-    """
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.i = 0
-        self.positions: dict[str, tuple[int, int]] = {"": (1, 1)}
-        self.raw: dict[str, str] = {}
-        self._line_starts = [0] + [m.end() for m in re.finditer("\n", text)]
-        self._aot: dict[str, int] = {}
-
-    def scan(self) -> dict[str, tuple[int, int]]:
-        with contextlib.suppress(IndexError, ValueError, KeyError, RecursionError):
-            self._document()
-        return self.positions
-
-    # -- helpers
-
-    def _pos(self, index: int) -> tuple[int, int]:
-        lo, hi = 0, len(self._line_starts) - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self._line_starts[mid] <= index:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo + 1, index - self._line_starts[lo] + 1
-
-    def _record(self, path: str, index: int) -> None:
-        self.positions.setdefault(path, self._pos(index))
-
-    def _skip_ws(self) -> None:
-        m = _WS.match(self.text, self.i)
-        if m:
-            self.i = m.end()
-
-    def _skip_blank(self) -> None:
-        """Whitespace, newlines and comments."""
-        text = self.text
-        while self.i < len(text):
-            c = text[self.i]
-            if c in " \t\r\n":
-                self.i += 1
-            elif c == "#":
-                end = text.find("\n", self.i)
-                self.i = len(text) if end < 0 else end
-            else:
-                return
-
-    def _peek(self, s: str) -> bool:
-        return self.text.startswith(s, self.i)
-
-    # -- structure
-
-    def _document(self) -> None:
-        table = ""
-        while True:
-            self._skip_blank()
-            if self.i >= len(self.text):
-                return
-            start = self.i
-            if self._peek("[["):
-                self.i += 2
-                table = self._header(self._keys(), array=True, start=start)
-                self._skip_ws()
-                self._expect("]]")
-            elif self._peek("["):
-                self.i += 1
-                table = self._header(self._keys(), array=False, start=start)
-                self._skip_ws()
-                self._expect("]")
-            else:
-                self._key_value(table)
-            if self.i == start:
-                raise ValueError("no progress")
-
-    def _expect(self, s: str) -> None:
-        if not self._peek(s):
-            raise ValueError(f"expected {s!r}")
-        self.i += len(s)
-
-    def _header(self, keys: list[tuple[str, int]], *, array: bool, start: int) -> str:
-        path = ""
-        for n, (key, index) in enumerate(keys):
-            path = join_key(path, key)
-            self._record(path, index)
-            last = n == len(keys) - 1
-            if array and last:
-                count = self._aot.get(path, 0)
-                self._aot[path] = count + 1
-                path = join_index(path, count)
-                self._record(path, start)
-            elif path in self._aot:
-                path = join_index(path, self._aot[path] - 1)
-        return path
-
-    def _keys(self) -> list[tuple[str, int]]:
-        keys: list[tuple[str, int]] = []
-        while True:
-            self._skip_ws()
-            start = self.i
-            keys.append((self._key(), start))
-            self._skip_ws()
-            if not self._peek("."):
-                return keys
-            self.i += 1
-
-    def _key(self) -> str:
-        text = self.text
-        if self._peek('"'):
-            end = self._basic_string_end(self.i)
-            raw = text[self.i : end]
-            self.i = end
-            return str(tomli.loads(f"k = {raw}")["k"])
-        if self._peek("'"):
-            end = text.index("'", self.i + 1)
-            key = text[self.i + 1 : end]
-            self.i = end + 1
-            return key
-        m = _BARE_KEY.match(text, self.i)
-        if m is None:
-            raise ValueError("expected a key")
-        self.i = m.end()
-        return m.group()
-
-    def _key_value(self, table: str) -> None:
-        path = table
-        for key, index in self._keys():
-            path = join_key(path, key)
-            self._record(path, index)
-        self._skip_ws()
-        self._expect("=")
-        self._skip_ws()
-        self._value(path, 0)
-
-    def _value(self, path: str, depth: int) -> None:
-        if depth > MAX_DEPTH:
-            raise ValueError("too deep")
-        text = self.text
-        if self._peek('"""'):
-            self.i = self._multiline_end('"""', escapes=True)
-        elif self._peek("'''"):
-            self.i = self._multiline_end("'''", escapes=False)
-        elif self._peek('"'):
-            self.i = self._basic_string_end(self.i)
-        elif self._peek("'"):
-            self.i = text.index("'", self.i + 1) + 1
-        elif self._peek("["):
-            self.i += 1
-            index = 0
-            while True:
-                self._skip_blank()
-                if self._peek("]"):
-                    self.i += 1
-                    return
-                item = join_index(path, index)
-                self._record(item, self.i)
-                self._value(item, depth + 1)
-                index += 1
-                self._skip_blank()
-                if self._peek(","):
-                    self.i += 1
-        elif self._peek("{"):
-            self.i += 1
-            while True:
-                self._skip_ws()
-                if self._peek("}"):
-                    self.i += 1
-                    return
-                child = path
-                for key, index in self._keys():
-                    child = join_key(child, key)
-                    self._record(child, index)
-                self._skip_ws()
-                self._expect("=")
-                self._skip_ws()
-                self._value(child, depth + 1)
-                self._skip_ws()
-                if self._peek(","):
-                    self.i += 1
-        else:
-            m = _SCALAR_END.search(text, self.i)
-            end = len(text) if m is None else m.start()
-            if end == self.i:
-                raise ValueError("empty value")
-            self.raw.setdefault(path, text[self.i : end].rstrip())
-            self.i = end
-
-    def _basic_string_end(self, start: int) -> int:
-        """Index just past the closing quote of the basic string opening at ``start``."""
-        text = self.text
-        i = start + 1
-        while True:
-            c = text[i]
-            if c == "\\":
-                i += 2
-            elif c == '"':
-                return i + 1
-            elif c == "\n":
-                raise ValueError("newline in a basic string")
-            else:
-                i += 1
-
-    def _multiline_end(self, delim: str, *, escapes: bool) -> int:
-        text = self.text
-        i = self.i + 3
-        while True:
-            if escapes and text[i] == "\\":
-                i += 2
-                continue
-            if text.startswith(delim, i):
-                end = i + 3
-                # Up to two quotes right before the closing delimiter belong to the string.
-                while end < len(text) and text[end] == delim[0] and end - i < 5:
-                    end += 1
-                return end
-            i += 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -725,16 +468,6 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     """The closest of ``choices`` to ``word`` if one is close enough."""
     matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return matches[0] if matches else None
-
-
-def _last_key(path: str) -> str | None:
-    """The last mapping key of ``path``, or ``None`` when it ends with a list index."""
-    m = re.search(r'(?:^|\.)([A-Za-z_][A-Za-z0-9_-]*)\Z|\["((?:[^"\\]|\\.)*)"\]\Z', path)
-    if m is None:
-        return None
-    if m.group(1) is not None:
-        return m.group(1)
-    return str(json.loads(f'"{m.group(2)}"'))
 
 
 def _sort_key(problem: Problem) -> tuple[int, int]:
@@ -778,7 +511,7 @@ class Checker:
         raw = self.doc.raw.get(path)
         if raw is None:
             raw = json.dumps(value) if isinstance(value, bool) else str(value)
-        key = _last_key(path)
+        key = last_key(path)
         quoted = json.dumps(raw, ensure_ascii=False)
         if key is None:
             return f"quote it: {quoted}"
@@ -787,7 +520,7 @@ class Checker:
     def assignment(self, key: str) -> str:
         """``key:`` in YAML, ``key =`` in TOML (quoted when it is not a bare key), for hints."""
         if self.doc.fmt is DocumentFormat.TOML:
-            return f"{key} =" if _BARE_KEY.fullmatch(key) else f"{json.dumps(key, ensure_ascii=False)} ="
+            return f"{key} =" if is_bare_key(key) else f"{json.dumps(key, ensure_ascii=False)} ="
         return f"{key}:"
 
     def wrong_type(self, path: str, value: object, expected: str, hint: str | None = None) -> None:
