@@ -23,7 +23,7 @@ from pathlib import Path
 
 from builder.attestations import FileRecord as SpdxFile
 from builder.attestations import Input, slsa_provenance, spdx_document, timestamp
-from builder.elf import DpkgIndex
+from builder.dpkg import DpkgIndex
 from builder.tarwriter import FileRecord
 from builder.tree import Entry, EntryKind
 from manifests.atomic import atomic_write

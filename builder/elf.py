@@ -29,13 +29,13 @@ Libraries loaded with ``dlopen`` are invisible to this analysis and must be list
 (``libnss_*.so.2``), gconv modules, and interpreters' extension modules.
 
 Malformed or truncated ELF files raise :class:`~builder.errors.ClosureError` naming the file.
-:class:`DpkgIndex` answers which Debian package owns a closure file (for the SBOM).
+:class:`Sysroot` (path resolution inside the sysroot) is shared with :mod:`builder.dpkg`, which
+answers which Debian package owns a closure file (for the SBOM).
 """
 
 from __future__ import annotations
 
 import fnmatch
-import functools
 import itertools
 import os
 import posixpath
@@ -60,8 +60,7 @@ __all__ = [
     "ClosureSymlink",
     "Closure",
     "resolve_closure",
-    "DpkgIndex",
-    "owning_package",
+    "Sysroot",
     "MAX_SYMLINK_HOPS",
 ]
 
@@ -71,7 +70,6 @@ MAX_DYNAMIC_TAGS = 1 << 16
 MAX_CLOSURE_FILES = 1 << 16
 MAX_CONF_BYTES = 1 << 20  # one ld.so.conf file
 MAX_CONF_FILES = 256
-MAX_DPKG_BYTES = 256 << 20  # /var/lib/dpkg/status or one .list file
 
 ROLE_EXECUTABLE = "executable"
 ROLE_INTERPRETER = "interpreter"
@@ -148,8 +146,13 @@ class _Resolved:
     mode: int  # st_mode of the final object
 
 
-class _Sysroot:
-    """Resolves image paths inside a host directory treated as ``/``, never leaving it."""
+class Sysroot:
+    """Resolves image paths inside a host directory treated as ``/``, never leaving it.
+
+    ``resolve`` follows symlinks component by component (absolute targets mean the sysroot) and
+    returns ``None`` for a path that does not exist; a symlink leaving the sysroot or a loop is a
+    :class:`~builder.errors.ClosureError`. Answers are cached per instance.
+    """
 
     def __init__(self, root: Path) -> None:
         self.root = Path(os.path.realpath(root))
@@ -386,7 +389,7 @@ class _FileEntry:
 
 class _Resolver:
     def __init__(self, sysroot: Path) -> None:
-        self.root = _Sysroot(sysroot)
+        self.root = Sysroot(sysroot)
         self._infos: dict[str, _ElfInfo] = {}
         self._idents: dict[str, _Ident | None] = {}
         self._conf_dirs: tuple[str, ...] | None = None
@@ -651,7 +654,7 @@ def _default_dirs(ident: _Ident) -> list[str]:
     return dirs
 
 
-def _expand_paths(root: _Sysroot, paths: Sequence[str]) -> list[str]:
+def _expand_paths(root: Sysroot, paths: Sequence[str]) -> list[str]:
     expanded: list[str] = []
     for path in paths:
         if not path.startswith("/"):
@@ -682,107 +685,3 @@ def resolve_closure(paths: Sequence[str], sysroot: Path) -> Closure:
     for path in _expand_paths(resolver.root, paths):
         resolver.add_root(path)
     return resolver.closure()
-
-
-# --------------------------------------------------------------------------------------------
-# Debian package ownership (for the SBOM)
-
-
-class DpkgIndex:
-    """Which installed Debian package ships a file, from ``/var/lib/dpkg`` inside ``sysroot``.
-
-    The index is built on first use. Paths in ``*.list`` files are compared after resolving
-    their directories inside the sysroot, so ``/lib/x86_64-linux-gnu/libc.so.6`` (as listed on
-    merged-/usr systems) matches the real file ``/usr/lib/x86_64-linux-gnu/libc.so.6``.
-    """
-
-    def __init__(self, sysroot: Path) -> None:
-        self._root = _Sysroot(Path(sysroot))
-        self._by_name: dict[str, list[tuple[str, str]]] | None = None
-        self._versions: dict[str, str] | None = None
-        self._real_dirs: dict[str, str | None] = {}
-
-    def _load(self) -> dict[str, list[tuple[str, str]]]:
-        if self._by_name is not None:
-            return self._by_name
-        by_name: dict[str, list[tuple[str, str]]] = {}
-        for listed in self._root.glob("/var/lib/dpkg/info/*.list"):
-            package = posixpath.basename(listed)[: -len(".list")]
-            text = self._root.read_text(listed, MAX_DPKG_BYTES) or ""
-            for line in text.splitlines():
-                if line.startswith("/") and line != "/":
-                    by_name.setdefault(posixpath.basename(line), []).append((line, package))
-        self._by_name = by_name
-        return by_name
-
-    def _load_versions(self) -> dict[str, str]:
-        if self._versions is not None:
-            return self._versions
-        versions: dict[str, str] = {}
-        text = self._root.read_text("/var/lib/dpkg/status", MAX_DPKG_BYTES) or ""
-        for stanza in text.split("\n\n"):
-            fields: dict[str, str] = {}
-            for line in stanza.splitlines():
-                if line[:1] in {" ", "\t"}:
-                    continue  # continuation of a multi-line field
-                key, sep, value = line.partition(":")
-                if sep:
-                    fields[key.strip()] = value.strip()
-            name, version = fields.get("Package"), fields.get("Version")
-            if not name or not version or not fields.get("Status", "").endswith(" installed"):
-                continue
-            versions[name] = version
-            if "Architecture" in fields:
-                versions[f"{name}:{fields['Architecture']}"] = version
-        self._versions = versions
-        return versions
-
-    def _real_dir(self, directory: str) -> str | None:
-        if directory not in self._real_dirs:
-            try:
-                res = self._root.resolve(directory)
-            except ClosureError:
-                res = None
-            self._real_dirs[directory] = res.real if res is not None else None
-        return self._real_dirs[directory]
-
-    def owning_package(self, image_path: str) -> str | None:
-        """``"libc6:amd64 2.36-9+deb12u14"`` (or the bare package name without a status entry)."""
-        real_dir = self._real_dir(posixpath.dirname(image_path)) or posixpath.dirname(image_path)
-        base = posixpath.basename(image_path)
-        owners = sorted(
-            {
-                package
-                for listed, package in self._load().get(base, ())
-                if self._real_dir(posixpath.dirname(listed)) == real_dir
-            }
-        )
-        if not owners:
-            return None
-        package = owners[0]
-        version = self._load_versions().get(package)
-        return f"{package} {version}" if version else package
-
-    def owning_package_of_host_path(self, host_path: Path) -> str | None:
-        # Resolve the directory on the host (the sysroot may sit under a symlinked path); the
-        # name itself is looked up inside the sysroot, where absolute links mean the sysroot.
-        host = Path(os.path.realpath(Path(host_path).parent)) / Path(host_path).name
-        try:
-            relative = host.relative_to(self._root.root)
-        except ValueError:
-            return None
-        return self.owning_package("/" + relative.as_posix())
-
-
-@functools.lru_cache(maxsize=8)
-def _dpkg_index(sysroot: str) -> DpkgIndex:
-    return DpkgIndex(Path(sysroot))
-
-
-def owning_package(host_path: Path, sysroot: Path = Path("/")) -> str | None:
-    """The Debian package that ships ``host_path`` (a file inside ``sysroot``), or ``None``.
-
-    The index of each sysroot is built once, on first use, and kept for the process; build a
-    :class:`DpkgIndex` yourself when the sysroot's packages may change in between.
-    """
-    return _dpkg_index(os.path.realpath(sysroot)).owning_package_of_host_path(host_path)

@@ -18,15 +18,14 @@ from elftools.elf.elffile import ELFFile
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from builder.dpkg import DpkgIndex, owning_package
 from builder.elf import (
     Closure,
     ClosureFile,
     ClosureSymlink,
-    DpkgIndex,
-    _Sysroot,
-    owning_package,
     resolve_closure,
 )
+from builder.elf import Sysroot as _Sysroot
 from builder.errors import ClosureError
 from manifests.image_parse import load_image_manifest
 
