@@ -1,0 +1,313 @@
+"""Copy an image, byte for byte, between endpoints: registries and ``oci:DIR`` layouts alike.
+
+What travels with an image (its *closure*):
+
+- the root manifest or index, and each manifest an index lists (one level, as images use);
+- every config and layer blob they reference, as the exact bytes: never decompressed, recompressed
+  or re-serialized, so every digest is the same on both sides;
+- cosign's ``sha256-<hex>.sig`` and ``sha256-<hex>.att`` manifests of the root and of each platform
+  manifest, with their blobs;
+- referrers (manifests whose ``subject`` is the root), from the referrers API or its tag fallback.
+
+Order: blobs first (``jobs`` at once), then platform manifests, the root, signatures and
+attestations, referrers. Tags naming the image are the caller's business (:mod:`publisher.publish`
+moves them only after everything they would point at is in place).
+
+When the destination already holds a different ``.sig``/``.att`` manifest for the same digest
+(someone else signed it too), the layers are merged as cosign does when it appends a signature:
+the destination's layers first, then each source layer it lacks. Nothing already there is lost.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from manifests.digest import Digest
+from manifests.errors import DocumentError, VerificationError
+from manifests.mediatypes import MediaType
+from manifests.oci import Descriptor, OCIIndex, OCIManifest
+from publisher.endpoint import Endpoint
+from publisher.errors import PublishError
+from publisher.transfer import BlobAction, BlobResult, BlobSource, Manifest
+from signing.cosign import (
+    MAX_LAYER_BYTES,
+    append_layer,
+    attestation_tag,
+    build_artifact,
+    read_layers,
+    signature_tag,
+)
+
+__all__ = [
+    "ImageClosure",
+    "BlobCounts",
+    "CopyResult",
+    "collect_closure",
+    "copy_closure",
+    "copy_image",
+    "MAX_CHILD_MANIFESTS",
+    "MAX_BLOBS",
+]
+
+MAX_CHILD_MANIFESTS = 256
+MAX_BLOBS = 10_000
+_INDEX_TYPES = (MediaType.OCI_INDEX, MediaType.DOCKER_MANIFEST_LIST)
+_MANIFEST_TYPES = (MediaType.OCI_MANIFEST, MediaType.DOCKER_MANIFEST)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageClosure:
+    """Everything that travels with one image, read from its source."""
+
+    root: Manifest
+    children: tuple[Manifest, ...]
+    blobs: tuple[Descriptor, ...]
+    cosign: tuple[tuple[str, Manifest], ...]
+    referrers: tuple[Manifest, ...]
+
+    @property
+    def digest(self) -> Digest:
+        return self.root.digest
+
+    @property
+    def size(self) -> int:
+        return sum(b.size for b in self.blobs)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BlobCounts:
+    uploaded: int = 0
+    existed: int = 0
+    mounted: int = 0
+
+    @classmethod
+    def of(cls, results: Sequence[BlobResult]) -> BlobCounts:
+        unique = {r.digest: r.action for r in results}
+        actions = list(unique.values())
+        return cls(
+            uploaded=actions.count(BlobAction.UPLOADED),
+            existed=actions.count(BlobAction.EXISTED),
+            mounted=actions.count(BlobAction.MOUNTED),
+        )
+
+    def to_dict(self) -> dict[str, int]:
+        return {"uploaded": self.uploaded, "existed": self.existed, "mounted": self.mounted}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CopyResult:
+    digest: Digest
+    blobs: BlobCounts
+    manifests_written: int
+    cosign_tags: tuple[str, ...] = field(default=())
+    referrers: int = 0
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.blobs.uploaded or self.blobs.mounted or self.manifests_written)
+
+
+def _parse_manifest(man: Manifest, *, what: str) -> OCIManifest:
+    try:
+        return OCIManifest.from_bytes(man.data)
+    except DocumentError as exc:
+        raise VerificationError(f"{what}: {exc.message}", reason="manifest") from None
+
+
+def _parse_index(man: Manifest, *, what: str) -> OCIIndex:
+    try:
+        return OCIIndex.from_bytes(man.data)
+    except DocumentError as exc:
+        raise VerificationError(f"{what}: {exc.message}", reason="manifest") from None
+
+
+def _manifest_blobs(man: Manifest, *, what: str) -> tuple[Descriptor, ...]:
+    parsed = _parse_manifest(man, what=what)
+    return (parsed.config, *parsed.layers)
+
+
+def _get(src: Endpoint, digest: Digest, media_type: str, *, what: str) -> Manifest:
+    man = src.get_manifest(digest)
+    if man is None:
+        raise PublishError(f"{src.display}: {what} {digest} is missing", hint="the source is incomplete")
+    if man.digest != digest:  # pragma: no cover - both endpoints verify by digest already
+        raise VerificationError(f"{src.display}: {what} {digest} hashes to {man.digest}", reason="digest")
+    if media_type and man.media_type != media_type:
+        man = Manifest(data=man.data, media_type=media_type, digest=man.digest)
+    return man
+
+
+def collect_closure(src: Endpoint, root: Manifest) -> ImageClosure:
+    """Read what travels with ``root`` from ``src`` (manifests and cosign/referrer manifests; blobs
+    are only listed here, and streamed when copied)."""
+    what = f"{src.display}@{root.digest}"
+    children: list[Manifest] = []
+    blobs: dict[Digest, Descriptor] = {}
+
+    def add_blobs(descs: Sequence[Descriptor]) -> None:
+        for d in descs:
+            blobs.setdefault(d.digest, d)
+        if len(blobs) > MAX_BLOBS:
+            raise VerificationError(f"{what}: references more than {MAX_BLOBS} blobs", reason="manifest")
+
+    nodes = [root]
+    if root.media_type in _INDEX_TYPES:
+        index = _parse_index(root, what=what)
+        if len(index.manifests) > MAX_CHILD_MANIFESTS:
+            raise VerificationError(
+                f"{what}: lists {len(index.manifests)} manifests (cap {MAX_CHILD_MANIFESTS})",
+                reason="manifest",
+            )
+        for child in index.manifests:
+            if child.media_type not in _MANIFEST_TYPES:
+                raise PublishError(
+                    f"{what}: lists a {child.media_type} ({child.digest})",
+                    hint="nested indexes and non-image entries are not supported",
+                )
+            man = _get(src, child.digest, child.media_type, what="platform manifest")
+            add_blobs(_manifest_blobs(man, what=f"{src.display}@{child.digest}"))
+            children.append(man)
+            nodes.append(man)
+    elif root.media_type in _MANIFEST_TYPES:
+        add_blobs(_manifest_blobs(root, what=what))
+    else:
+        raise PublishError(f"{what}: unsupported media type {root.media_type!r}")
+
+    cosign: list[tuple[str, Manifest]] = []
+    for node in nodes:
+        for tag in (signature_tag(node.digest), attestation_tag(node.digest)):
+            found = src.get_manifest(tag)
+            if found is None:
+                continue
+            add_blobs(_manifest_blobs(found, what=f"{src.display}:{tag}"))
+            cosign.append((tag, found))
+
+    referrers: list[Manifest] = []
+    for desc in src.referrers(root.digest):
+        if desc.media_type not in _MANIFEST_TYPES:
+            continue
+        man = _get(src, desc.digest, desc.media_type, what="referrer")
+        add_blobs(_manifest_blobs(man, what=f"{src.display}@{desc.digest}"))
+        referrers.append(man)
+
+    return ImageClosure(
+        root=root,
+        children=tuple(children),
+        blobs=tuple(blobs.values()),
+        cosign=tuple(cosign),
+        referrers=tuple(referrers),
+    )
+
+
+def _put_manifest(dest: Endpoint, man: Manifest) -> bool:
+    if dest.has_manifest(man.digest):
+        return False
+    dest.put_manifest(man)
+    return True
+
+
+def _merge_cosign(
+    src: Endpoint, dest: Endpoint, tag: str, ours: Manifest, theirs: Descriptor, *, jobs: int
+) -> Manifest | None:
+    """The manifest ``tag`` should hold at ``dest``: theirs plus our layers (``None``: keep theirs)."""
+    current = dest.get_manifest(theirs.digest)
+    if current is None:  # moved away meanwhile: ours is as good as any
+        return ours
+    layers = read_layers(
+        current.data, lambda d: dest.read_blob(d.digest, limit=MAX_LAYER_BYTES), what=f"{dest.display}:{tag}"
+    )
+    mine = read_layers(
+        ours.data, lambda d: src.read_blob(d.digest, limit=MAX_LAYER_BYTES), what=f"{src.display}:{tag}"
+    )
+    merged = list(layers)
+    for layer in mine:
+        merged = list(append_layer(merged, layer).layers)
+    if len(merged) == len(layers):
+        return None
+    artifact = build_artifact(merged)
+    with tempfile.TemporaryDirectory(prefix="kiln-merge-") as tmp:
+        sources = []
+        for digest, data in artifact.blobs.items():
+            path = Path(tmp) / digest.hex
+            path.write_bytes(data)
+            sources.append(BlobSource(digest=digest, size=len(data), path=path))
+        dest.put_blobs(sources, jobs=jobs)
+    raw = artifact.manifest.to_bytes()
+    return Manifest(data=raw, media_type=MediaType.OCI_MANIFEST, digest=Digest.of(raw))
+
+
+def copy_closure(
+    src: Endpoint,
+    dest: Endpoint,
+    closure: ImageClosure,
+    *,
+    jobs: int = 4,
+    mount_from: str | None = None,
+    progress: Progress | None = None,
+) -> CopyResult:
+    """Make ``dest`` hold everything in ``closure`` (no tags naming the image: the caller's job)."""
+    say = progress or (lambda _m: None)
+    with tempfile.TemporaryDirectory(prefix="kiln-copy-") as staging:
+        sources = []
+        for desc in closure.blobs:
+            s = src.blob_source(desc, Path(staging))
+            if mount_from is not None:
+                s = dataclasses.replace(s, mount_from=mount_from)
+            sources.append(s)
+        say(f"{dest.display}: {len(sources)} blobs, {closure.size} bytes, {jobs} at a time")
+        results = dest.put_blobs(sources, jobs=jobs)
+    counts = BlobCounts.of(results)
+    say(
+        f"{dest.display}: blobs uploaded {counts.uploaded}, existed {counts.existed}, "
+        f"mounted {counts.mounted}"
+    )
+    written = 0
+    for man in (*closure.children, closure.root):
+        written += _put_manifest(dest, man)
+    cosign_tags: list[str] = []
+    with dest.locked():
+        for tag, man in closure.cosign:
+            theirs = dest.tag_target(tag)
+            target: Manifest | None = man
+            if theirs is not None and theirs.digest != man.digest:
+                target = _merge_cosign(src, dest, tag, man, theirs, jobs=jobs)
+            elif theirs is not None:
+                target = None
+            if target is not None:
+                dest.set_tag(tag, target)
+                written += 1
+                say(f"{dest.display}:{tag} -> {target.digest}")
+            cosign_tags.append(tag)
+    for man in closure.referrers:
+        written += _put_manifest(dest, man)
+        dest.add_referrer(closure.digest, man.descriptor)
+    return CopyResult(
+        digest=closure.digest,
+        blobs=counts,
+        manifests_written=written,
+        cosign_tags=tuple(cosign_tags),
+        referrers=len(closure.referrers),
+    )
+
+
+def copy_image(
+    src: Endpoint,
+    dest: Endpoint,
+    ref: str | Digest,
+    *,
+    jobs: int = 4,
+    mount_from: str | None = None,
+    progress: Progress | None = None,
+) -> tuple[ImageClosure, CopyResult]:
+    """Resolve ``ref`` at ``src`` and copy its closure to ``dest`` (without naming tags)."""
+    root = src.get_manifest(ref)
+    if root is None:
+        raise PublishError(f"{src.display}: no image {ref}", hint="check the tag or digest")
+    closure = collect_closure(src, root)
+    return closure, copy_closure(src, dest, closure, jobs=jobs, mount_from=mount_from, progress=progress)

@@ -1,0 +1,154 @@
+"""Where images are published to and copied from: one repository of a registry, or ``oci:DIR``.
+
+Both kinds offer the same small interface, :class:`Endpoint`, so publishing, pulling and copying are
+written once. An endpoint is ONE repository: a registry's ``host/repo``, or an OCI image layout
+directory whose ``index.json`` holds the tags as ``org.opencontainers.image.ref.name`` annotations
+(the convention skopeo and umoci use for ``oci:DIR:TAG``).
+
+Text forms, as the command line takes them (:func:`parse_location`):
+
+- ``oci:DIR``, ``oci:DIR:TAG``, ``oci:DIR@sha256:HEX`` — a layout;
+- ``HOST[:PORT]/REPO[:TAG][@sha256:HEX]`` — a registry; the registry must be named explicitly
+  (``docker.io/library/x``, never a bare ``x``), so that a directory name without ``oci:`` is not
+  silently taken for a Docker Hub repository.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from manifests.digest import Digest
+from manifests.errors import DocumentError
+from manifests.oci import Descriptor
+from publisher.errors import InvalidReference
+from publisher.reference import Reference, validate_tag
+from publisher.transfer import BlobResult, BlobSource, Manifest
+
+__all__ = ["Endpoint", "Location", "LayoutLocation", "parse_location", "is_cosign_tag"]
+
+
+class Endpoint(Protocol):
+    """One repository that images are read from and written to."""
+
+    @property
+    def display(self) -> str:
+        """``host/repo`` or ``oci:DIR``: how the repository is named to people."""
+        ...
+
+    def pinned(self, digest: Digest) -> str:
+        """The reference that pins ``digest`` here (``host/repo@sha256:...``, ``oci:DIR@sha256:...``)."""
+        ...
+
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """Hold the repository's tag lock (an exclusive ``flock`` for a layout; nothing for a registry)."""
+        ...
+
+    def blob_size(self, digest: Digest) -> int | None: ...
+
+    def blob_source(self, desc: Descriptor, staging: Path) -> BlobSource:
+        """Where a pusher can read the blob's bytes: a path, or an opener fetching it on first use."""
+        ...
+
+    def read_blob(self, digest: Digest, *, limit: int) -> bytes:
+        """A small blob in memory, checked against its digest."""
+        ...
+
+    def put_blobs(self, blobs: Sequence[BlobSource], *, jobs: int) -> list[BlobResult]: ...
+
+    def get_manifest(self, ref: str | Digest) -> Manifest | None:
+        """The manifest under a tag or digest; ``None`` when there is none."""
+        ...
+
+    def has_manifest(self, digest: Digest) -> bool: ...
+
+    def put_manifest(self, manifest: Manifest) -> None:
+        """Store the exact bytes under their digest (no tag)."""
+        ...
+
+    def tag_target(self, tag: str) -> Descriptor | None:
+        """What ``tag`` points at now, or ``None``."""
+        ...
+
+    def set_tag(self, tag: str, manifest: Manifest) -> None:
+        """Point ``tag`` at ``manifest`` (moving it if it exists)."""
+        ...
+
+    def referrers(self, digest: Digest) -> tuple[Descriptor, ...]:
+        """Manifests whose ``subject`` is ``digest`` (referrers API or the ``sha256-<hex>`` tag index)."""
+        ...
+
+    def add_referrer(self, subject: Digest, desc: Descriptor) -> None: ...
+
+
+def is_cosign_tag(tag: str) -> bool:
+    """``sha256-<hex>``, ``sha256-<hex>.sig`` or ``.att``: tags that belong to an image, not names."""
+    head, _, suffix = tag.partition(".")
+    if suffix not in ("", "sig", "att") or not head.startswith("sha256-"):
+        return False
+    try:
+        Digest(head[len("sha256-") :])
+    except DocumentError:
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LayoutLocation:
+    """``oci:DIR[:TAG|@DIGEST]``."""
+
+    directory: Path
+    tag: str | None = None
+    digest: Digest | None = None
+
+    def __str__(self) -> str:
+        text = f"oci:{self.directory}"
+        if self.tag is not None:
+            text += f":{self.tag}"
+        if self.digest is not None:
+            text += f"@{self.digest}"
+        return text
+
+
+Location = LayoutLocation | Reference
+
+
+def _parse_layout(text: str, body: str) -> LayoutLocation:
+    if not body:
+        raise InvalidReference(f"invalid image reference {text!r}", hint="use oci:DIR[:TAG]")
+    if "@" in body:
+        directory, _, dig = body.rpartition("@")
+        try:
+            digest = Digest.parse(dig)
+        except DocumentError as exc:
+            raise InvalidReference(f"invalid digest in {text!r}: {exc.message}", hint=exc.hint) from None
+        if not directory:
+            raise InvalidReference(f"invalid image reference {text!r}", hint="use oci:DIR@sha256:HEX")
+        return LayoutLocation(directory=Path(directory), digest=digest)
+    directory, sep, tag = body.rpartition(":")
+    if sep and directory and tag and "/" not in tag:
+        return LayoutLocation(directory=Path(directory), tag=validate_tag(tag))
+    return LayoutLocation(directory=Path(body))
+
+
+def parse_location(text: str, *, bare_directory: bool = False) -> Location:
+    """Parse ``oci:DIR[:TAG|@DIGEST]`` or ``HOST/REPO[:TAG][@DIGEST]``.
+
+    With ``bare_directory``, text that names an existing directory is a layout even without ``oci:``
+    (what ``kiln sign`` and ``kiln publish``'s SRC always accepted).
+    """
+    if text.startswith("oci:"):
+        return _parse_layout(text, text[4:])
+    if bare_directory and text and Path(text).is_dir():
+        return LayoutLocation(directory=Path(text))
+    first, sep, _ = text.partition("/")
+    explicit = sep and ("." in first or ":" in first or first == "localhost")
+    if not explicit:
+        raise InvalidReference(
+            f"{text!r} names no registry",
+            hint="write HOST[:PORT]/REPO (docker.io/library/NAME for Docker Hub), or oci:DIR for a layout",
+        )
+    return Reference.parse(text)
