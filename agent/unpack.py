@@ -4,10 +4,10 @@ The rules (any breach is :class:`~manifests.errors.VerificationError` with ``rea
 naming the member and the layer digest, and the partly unpacked root is removed):
 
 - Member names are relative: an absolute name, a ``..`` component or a NUL is refused.
-- **Nothing is ever written through a symlink.** Every parent directory of a member is opened
-  component by component from the root's file descriptor with ``O_NOFOLLOW | O_DIRECTORY``; a
-  symlink anywhere on the way (from this layer or an earlier one) is refused, whatever it points
-  at. Files are created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` after the old entry is removed, so a
+- **Nothing is ever written, linked or deleted through a symlink.** Every parent directory of a
+  member is opened component by component from the root's file descriptor with ``O_NOFOLLOW |
+  O_DIRECTORY``; a symlink anywhere on the way (from this layer or an earlier one) is refused,
+  whatever it points at, even inside the root (layers written by a build never need that). Files are created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` after the old entry is removed, so a
   member never lands outside the root or in another file.
 - Symlinks are created as links only. A relative target is resolved lexically from the link's
   directory and refused if it climbs above the root. An absolute target (``/etc/shadow``) is
@@ -406,7 +406,7 @@ class _Tree:
                     st = os.stat(part, dir_fd=fd, follow_symlinks=False)
                     where = "/" + "/".join(parts[: i + 1])
                     if stat.S_ISLNK(st.st_mode):
-                        raise _Refused(f"would write through the symlink {where}") from None
+                        raise _Refused(f"goes through the symlink {where}") from None
                     raise _Refused(f"{where} is not a directory") from None
                 os.close(fd)
                 fd = nxt
