@@ -7,8 +7,9 @@ naming the member and the layer digest, and the partly unpacked root is removed)
 - **Nothing is ever written, linked or deleted through a symlink.** Every parent directory of a
   member is opened component by component from the root's file descriptor with ``O_NOFOLLOW |
   O_DIRECTORY``; a symlink anywhere on the way (from this layer or an earlier one) is refused,
-  whatever it points at, even inside the root (layers written by a build never need that). Files are created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` after the old entry is removed, so a
-  member never lands outside the root or in another file.
+  whatever it points at, even inside the root (layers written by a build never need that). Files
+  are created with ``O_CREAT | O_EXCL | O_NOFOLLOW`` after the old entry is removed, so a member
+  never lands outside the root or in another file.
 - Symlinks are created as links only. A relative target is resolved lexically from the link's
   directory and refused if it climbs above the root. An absolute target (``/etc/shadow``) is
   allowed: inside the container it resolves within the root, and no member can be written through
