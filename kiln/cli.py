@@ -31,6 +31,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "verify": ("kiln.cmd_sign", "verify an image's signatures (exit 3 when refused)"),
     "attest": ("kiln.cmd_sign", "sign the build's SBOM and provenance as DSSE attestations"),
     "verify-attestation": ("kiln.cmd_sign", "verify an attestation and print its predicate"),
+    "publish": ("kiln.cmd_publish", "push a built image with its signatures; tag its version"),
+    "pull": ("kiln.cmd_publish", "fetch an image by digest or tag into a new OCI layout"),
+    "copy": ("kiln.cmd_publish", "copy an image with its signatures, digests unchanged"),
     "release": ("kiln.cmd_release", "sign and verify release manifests"),
     "root": ("kiln.cmd_release", "create, sign and rotate trust roots"),
 }

@@ -2,17 +2,22 @@
 ``verify-attestation``.
 
 IMAGE is an OCI layout reference: ``oci:DIR``, ``oci:DIR:TAG`` or ``oci:DIR@sha256:HEX`` (a bare
-directory works too). Passphrases come from ``$KILN_PASSWORD`` (or ``$COSIGN_PASSWORD``), a
-``--passphrase-file``, or a prompt on a terminal; never from the command line.
+directory works too), or a registry reference ``HOST[:PORT]/REPO:TAG`` / ``HOST/REPO@sha256:HEX``:
+signatures and attestations are then read from and written to the registry's ``sha256-<hex>.sig``
+and ``.att`` tags (``--insecure`` allows plain http to a loopback registry).
+
+Passphrases come from ``$KILN_PASSWORD`` (or ``$COSIGN_PASSWORD``), a ``--passphrase-file``, or a
+prompt on a terminal; never from the command line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,7 +36,7 @@ from signing.errors import PassphraseError
 from signing.keyfile import encrypt_private_key
 from signing.keys import MAX_PUBLIC_KEY_BYTES, KeyAlgorithm, PublicKey, generate_private_key, public_key_of
 from signing.signer import PassphraseCallback, Signer, load_signer, read_capped
-from signing.store import LayoutStore
+from signing.store import ArtifactStore, LayoutStore
 from signing.verify import Identity
 
 __all__ = ["register", "ImageRef", "parse_image_ref", "SBOM_ANNOTATION", "PROVENANCE_ANNOTATION"]
@@ -54,33 +59,51 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = sub.add_parser("sign", help="sign an image in an OCI layout (cosign format)")
     _key_args(p)
-    p.add_argument("--identity", required=True, metavar="REPO", help="repository the signature is for")
+    p.add_argument(
+        "--identity",
+        metavar="REPO",
+        help="repository the signature is for (default: a registry IMAGE's name)",
+    )
     p.add_argument(
         "-a", "--annotation", action="append", default=[], metavar="K=V", help="optional claim in the payload"
     )
-    p.add_argument("image", help="oci:DIR[:TAG]")
+    _image_arg(p)
     p.set_defaults(handler=cmd_sign)
 
     p = sub.add_parser("verify", help="verify an image's signatures (exit 3 when refused)")
     p.add_argument("--key", action="append", type=Path, default=[], metavar="PUB", help="trusted public key")
     p.add_argument("--threshold", type=int, default=1, help="distinct keys required (default 1)")
-    p.add_argument("--identity", metavar="REPO", help="expected repository (required with --key)")
+    p.add_argument(
+        "--identity", metavar="REPO", help="expected repository (default for a registry IMAGE: its name)"
+    )
     p.add_argument("--policy", type=Path, help="trust policy YAML (instead of --key)")
-    p.add_argument("image", help="oci:DIR[:TAG]")
+    _image_arg(p)
     p.set_defaults(handler=cmd_verify)
 
     p = sub.add_parser("attest", help="sign the build's SBOM and provenance as DSSE attestations")
     _key_args(p)
     p.add_argument("--type", choices=[k.value for k in PredicateKind], action="append", dest="types")
-    p.add_argument("image", help="oci:DIR[:TAG]")
+    p.add_argument(
+        "--build",
+        metavar="DIR",
+        help="for a registry IMAGE: the OCI layout kiln build wrote (its SBOM and provenance are signed)",
+    )
+    _image_arg(p)
     p.set_defaults(handler=cmd_attest)
 
     p = sub.add_parser("verify-attestation", help="verify an attestation and print its predicate")
     p.add_argument("--key", action="append", type=Path, required=True, metavar="PUB")
     p.add_argument("--type", choices=[k.value for k in PredicateKind], required=True)
     p.add_argument("--threshold", type=int, default=1)
-    p.add_argument("image", help="oci:DIR[:TAG]")
+    _image_arg(p)
     p.set_defaults(handler=cmd_verify_attestation)
+
+
+def _image_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", help="oci:DIR[:TAG|@DIGEST] or HOST[:PORT]/REPO[:TAG|@DIGEST]")
+    p.add_argument(
+        "--insecure", action="store_true", help="plain http to a registry on loopback (never elsewhere)"
+    )
 
 
 def _key_args(p: argparse.ArgumentParser) -> None:
@@ -120,6 +143,56 @@ def parse_image_ref(text: str) -> ImageRef:
 def _open(ref: ImageRef) -> tuple[LayoutStore, Descriptor]:
     store = LayoutStore.open(ref.directory)
     return store, store.layout.resolve(ref.selector)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OpenedImage:
+    """An image to sign or verify: where its signatures live, its root, and how it was named."""
+
+    store: ArtifactStore
+    root: Descriptor
+    tag: str | None
+    name: str
+    registry_name: str | None = None
+    layout: ImageRef | None = None
+
+
+def _registry_reference(text: str) -> Any:
+    """A registry :class:`~publisher.reference.Reference` when ``text`` names one, else ``None``."""
+    if text.startswith("oci:") or Path(text).exists():
+        return None
+    from publisher.endpoint import parse_location
+    from publisher.errors import InvalidReference
+
+    try:
+        return parse_location(text)
+    except InvalidReference:
+        return None
+
+
+@contextlib.contextmanager
+def open_image(text: str, *, insecure: bool = False) -> Iterator[OpenedImage]:
+    """Open ``oci:DIR[:TAG]`` (or a bare directory) or ``HOST/REPO[:TAG|@DIGEST]``."""
+    reference = _registry_reference(text)
+    if reference is None:
+        ref = parse_image_ref(text)
+        store, root = _open(ref)
+        yield OpenedImage(store=store, root=root, tag=ref.tag, name=ref.directory.name, layout=ref)
+        return
+    from publisher.auth import resolve_credentials
+    from publisher.client import RegistryClient
+    from publisher.registrystore import RegistryArtifactStore
+
+    with (
+        RegistryClient(
+            reference.api_host, insecure=insecure, credentials=resolve_credentials(reference.registry)
+        ) as client,
+        RegistryArtifactStore(client, reference.repository) as rstore,
+    ):
+        root = rstore.resolve(reference.ref)
+        yield OpenedImage(
+            store=rstore, root=root, tag=reference.tag, name=reference.name, registry_name=reference.name
+        )
 
 
 # -- passphrases and keys --------------------------------------------------------------------------
@@ -206,11 +279,15 @@ def _optional(pairs: list[str]) -> dict[str, str] | None:
 def cmd_sign(args: argparse.Namespace, out: Output) -> int:
     from signing.image import sign_image
 
-    ref = parse_image_ref(args.image)
-    store, root = _open(ref)
-    signer = _signer(args)
-    reference = f"{args.identity}:{ref.tag}" if ref.tag else args.identity
-    signed = sign_image(store, root, signer, reference=reference, optional=_optional(args.annotation))
+    with open_image(args.image, insecure=args.insecure) as image:
+        identity = args.identity or image.registry_name
+        if identity is None:
+            raise KilnError("sign needs --identity REPO", hint="the repository the image is published as")
+        signer = _signer(args)
+        reference = f"{identity}:{image.tag}" if image.tag else identity
+        signed = sign_image(
+            image.store, image.root, signer, reference=reference, optional=_optional(args.annotation)
+        )
     for d in signed:
         out.progress(f"signed {d} -> {signature_tag(d)}")
     out.result(
@@ -221,14 +298,25 @@ def cmd_sign(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_verify(args: argparse.Namespace, out: Output) -> int:
+    with open_image(args.image, insecure=args.insecure) as image:
+        verified = _verify(args, image)
+    root = image.root
+    out.result(
+        f"Verified {len(verified)} manifest(s): " + ", ".join(str(d) for d in verified),
+        {"verified": [str(d) for d in verified], "image": str(root.digest)},
+    )
+    return 0
+
+
+def _verify(args: argparse.Namespace, image: OpenedImage) -> list[Digest]:
     from signing.image import image_nodes, stored_layers, verify_image
 
-    ref = parse_image_ref(args.image)
-    store, root = _open(ref)
+    store, root = image.store, image.root
+    repository = args.identity or image.registry_name
     if args.policy is not None:
         from signing.policy import MAX_POLICY_BYTES, TrustPolicy
 
-        if args.identity is None:
+        if repository is None:
             raise KilnError("--policy needs --identity REPO")
         policy = TrustPolicy.from_bytes(
             read_capped(args.policy, limit=MAX_POLICY_BYTES, what="trust policy"), source=str(args.policy)
@@ -237,8 +325,8 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
         verified = []
         for node in image_nodes(store, root):
             policy.evaluate(
-                repository=args.identity,
-                tag=ref.tag,
+                repository=repository,
+                tag=image.tag,
                 image_digest=node.digest,
                 signatures=stored_layers(store, signature_tag(node.digest)),
                 attestations=stored_layers(store, attestation_tag(node.digest)),
@@ -247,25 +335,18 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
             verified.append(node.digest)
         # Policy evaluation covers signatures; the blobs are checked as verify does without a policy.
         verify_blobs_only(store, root)
-    else:
-        if not args.key:
-            raise KilnError("verify needs --key PUB (or --policy FILE)")
-        if args.identity is None:
-            raise KilnError("verify needs --identity REPO", hint="the repository the image was signed for")
-        identity = Identity(repository=args.identity, tag=ref.tag)
-        verified = list(
-            verify_image(
-                store, root, identity=identity, keys=_public_keys(args.key), threshold=args.threshold
-            )
-        )
-    out.result(
-        f"Verified {len(verified)} manifest(s): " + ", ".join(str(d) for d in verified),
-        {"verified": [str(d) for d in verified], "image": str(root.digest)},
+        return verified
+    if not args.key:
+        raise KilnError("verify needs --key PUB (or --policy FILE)")
+    if repository is None:
+        raise KilnError("verify needs --identity REPO", hint="the repository the image was signed for")
+    identity = Identity(repository=repository, tag=image.tag)
+    return list(
+        verify_image(store, root, identity=identity, keys=_public_keys(args.key), threshold=args.threshold)
     )
-    return 0
 
 
-def verify_blobs_only(store: LayoutStore, root: Descriptor) -> None:
+def verify_blobs_only(store: ArtifactStore, root: Descriptor) -> None:
     from signing.image import image_nodes
 
     for node in image_nodes(store, root):
@@ -297,27 +378,51 @@ def _statement_for(kind: PredicateKind, blob: bytes, root: Descriptor, name: str
     return canonical_json(statement)
 
 
+def _build_records(args: argparse.Namespace, image: OpenedImage) -> tuple[ArtifactStore, Descriptor]:
+    """Where the unsigned SBOM and provenance are: the image's own layout, or ``--build DIR``."""
+    if args.build is None:
+        if image.layout is None:
+            raise KilnError(
+                f"{image.name}: attesting an image in a registry needs the build's records",
+                hint="pass --build DIR: the OCI layout kiln build wrote for this image",
+            )
+        return image.store, image.root
+    build = parse_image_ref(args.build)
+    store = LayoutStore.open(build.directory)
+    for desc in store.layout.index().manifests:
+        if desc.digest == image.root.digest and (SBOM_ANNOTATION in desc.annotations):
+            return store, desc
+    raise KilnError(
+        f"{build.directory}: holds no build records for {image.root.digest}",
+        hint="name the layout kiln build wrote for exactly this image",
+    )
+
+
 def cmd_attest(args: argparse.Namespace, out: Output) -> int:
     from signing.image import attest_image
 
-    ref = parse_image_ref(args.image)
-    store, root = _open(ref)
-    kinds = [PredicateKind(t) for t in (args.types or [k.value for k in PredicateKind])]
-    annotation = {PredicateKind.SPDX: SBOM_ANNOTATION, PredicateKind.SLSAPROVENANCE: PROVENANCE_ANNOTATION}
-    statements = []
-    for kind in kinds:
-        dig = root.annotations.get(annotation[kind])
-        if dig is None:
-            raise KilnError(
-                f"{ref.directory}: the image has no {kind} recorded ({annotation[kind]} annotation)",
-                hint="rebuild it with a kiln that records attestations",
-            )
-        blob = store.read_blob(Digest.parse(dig), limit=_MAX_ATTESTATION_BYTES)
-        statements.append((kind, _statement_for(kind, blob, root, ref.directory.name)))
-    signer = _signer(args)
-    for kind, statement in statements:
-        attest_image(store, root, [signer], statement)
-        out.progress(f"attested {kind} for {root.digest} -> {attestation_tag(root.digest)}")
+    with open_image(args.image, insecure=args.insecure) as image:
+        records, described = _build_records(args, image)
+        root = image.root
+        kinds = [PredicateKind(t) for t in (args.types or [k.value for k in PredicateKind])]
+        annotation = {
+            PredicateKind.SPDX: SBOM_ANNOTATION,
+            PredicateKind.SLSAPROVENANCE: PROVENANCE_ANNOTATION,
+        }
+        statements = []
+        for kind in kinds:
+            dig = described.annotations.get(annotation[kind])
+            if dig is None:
+                raise KilnError(
+                    f"{image.name}: the image has no {kind} recorded ({annotation[kind]} annotation)",
+                    hint="rebuild it with a kiln that records attestations",
+                )
+            blob = records.read_blob(Digest.parse(dig), limit=_MAX_ATTESTATION_BYTES)
+            statements.append((kind, _statement_for(kind, blob, root, image.name)))
+        signer = _signer(args)
+        for kind, statement in statements:
+            attest_image(image.store, root, [signer], statement)
+            out.progress(f"attested {kind} for {root.digest} -> {attestation_tag(root.digest)}")
     out.result(
         f"Attested {', '.join(k.value for k, _ in statements)} for {root.digest}",
         {
@@ -332,12 +437,16 @@ def cmd_attest(args: argparse.Namespace, out: Output) -> int:
 def cmd_verify_attestation(args: argparse.Namespace, out: Output) -> int:
     from signing.image import verify_image_attestations
 
-    ref = parse_image_ref(args.image)
-    store, root = _open(ref)
-    kind = PredicateKind(args.type)
-    got = verify_image_attestations(
-        store, root, keys=_public_keys(args.key), predicate_type=kind.predicate_type, threshold=args.threshold
-    )
+    with open_image(args.image, insecure=args.insecure) as image:
+        root = image.root
+        kind = PredicateKind(args.type)
+        got = verify_image_attestations(
+            image.store,
+            root,
+            keys=_public_keys(args.key),
+            predicate_type=kind.predicate_type,
+            threshold=args.threshold,
+        )
     predicate = got[-1].predicate
     out.result(
         pretty_json(predicate),
