@@ -5,7 +5,7 @@
     KilnError
     └── AgentError                  the host agent
         ├── StoreError              the local content store (a blob is missing, cannot be written)
-        ├── BundleError             an OCI runtime bundle cannot be made from this image + service
+        ├── BundleError             a runtime bundle cannot be made (nothing to run, bad env override)
         ├── InstanceError           an instance id is malformed, unknown or already taken
         └── RuntimeFailure          runc, the docker engine or ``ip netns`` failed (also UnavailableError)
 
@@ -31,7 +31,11 @@ class StoreError(AgentError):
 
 
 class BundleError(AgentError):
-    """An OCI runtime bundle cannot be made (a label is malformed, a user is not numeric)."""
+    """An OCI runtime bundle cannot be made (nothing to run, a bad env override, a missing volume).
+
+    A malformed ``dev.kiln.*`` label is a :class:`~manifests.errors.DocumentError`; an image that
+    wants uid 0 is a :class:`~manifests.errors.VerificationError` with ``reason="policy"``.
+    """
 
 
 class InstanceError(AgentError):
