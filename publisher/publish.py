@@ -178,7 +178,7 @@ def image_version(src: Endpoint, root: Manifest, *, layout_tag: str | None = Non
     if not version:
         raise PublishError(
             f"{src.display}@{root.digest}: the image has no version",
-            hint=f"build it with kiln (it sets {VERSION_ANNOTATION}), or pass --version",
+            hint=f"build it with kiln (it sets {VERSION_ANNOTATION}), or tag it in the layout",
         )
     return version
 
@@ -198,14 +198,17 @@ def built_image(layout: LayoutRepository, tag: str | None = None) -> tuple[Manif
                 hint=f"tags: {', '.join(known)}" if known else "the layout has no tags",
             )
         return man, tag
-    images: dict[Digest, tuple[Descriptor, str | None]] = {}
+    tagged: dict[Digest, tuple[Descriptor, str | None]] = {}
+    untagged: dict[Digest, tuple[Descriptor, str | None]] = {}
     for desc in layout.layout.index().manifests:
         name = desc.annotations.get(REF_NAME)
-        if name is not None and is_cosign_tag(name):
-            continue
-        if name is None and "dev.kiln.subject" in desc.annotations:
-            continue
-        images.setdefault(desc.digest, (desc, name))
+        if name is None:
+            # Untagged entries are images only in a layout without tags (referrers are untagged too).
+            if desc.artifact_type is None and "dev.kiln.subject" not in desc.annotations:
+                untagged.setdefault(desc.digest, (desc, None))
+        elif not is_cosign_tag(name):
+            tagged.setdefault(desc.digest, (desc, name))
+    images = tagged or untagged
     if len(images) != 1:
         names = sorted(n for _, n in images.values() if n is not None)
         raise PublishError(
