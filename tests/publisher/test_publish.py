@@ -45,10 +45,16 @@ from tests.publisher.test_publish_kit import (
     make_image,
     make_index,
     open_dest,
-    registry,  # noqa: F401 - the module-scoped registry fixture
 )
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    """One plain registry for this module; each test pushes to repositories of its own."""
+    yield from _registry(tmp_path_factory.mktemp("reg"), "plain")
+
 
 REPO = Path(__file__).resolve().parents[2]
 

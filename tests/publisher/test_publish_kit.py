@@ -10,8 +10,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from manifests.canonical import canonical_json
 from manifests.layout import OCILayout
 from manifests.mediatypes import MediaType
@@ -22,7 +20,7 @@ from publisher.registrystore import RegistryArtifactStore, RegistryRepository
 from signing.image import attest_image, sign_image
 from signing.signer import LocalSigner
 from signing.store import ArtifactStore, LayoutStore
-from tests.publisher.conftest import Target, _registry
+from tests.publisher.conftest import Target
 from tests.signing.conftest import p256
 
 __all__ = ["ALICE", "BOB", "Dest", "make_image", "make_index", "statement_for"]
@@ -136,9 +134,3 @@ def open_dest(kind: str, tmp_path: Path, target: Target | None) -> Iterator[Dest
     name = f"pub{next(_names)}/app"
     with target.client() as client, RegistryArtifactStore(client, name) as store:
         yield Dest(kind, RegistryRepository(client, name), store, target=target, repository=name)
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
-    """One plain registry per module; each test pushes to repositories of its own."""
-    yield from _registry(tmp_path_factory.mktemp("pubreg"), "plain")
