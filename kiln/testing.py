@@ -8,6 +8,7 @@ temporary state, no iptables, no bridge).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PrivateDockerd", "private_dockerd", "free_port", "http_get", "wait_http"]
+__all__ = ["PrivateDockerd", "private_dockerd", "private_registry", "free_port", "http_get", "wait_http"]
 
 
 def free_port() -> int:
@@ -123,3 +124,52 @@ def private_dockerd(*, start_timeout: float = 30.0) -> Iterator[PrivateDockerd]:
                 proc.wait(timeout=10)
         subprocess.run(["umount", "-R", str(root / "data")], check=False, capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_registry(root: Path, *, start_timeout: float = 30.0) -> Iterator[str]:
+    """Run Debian's ``docker-registry`` on a free loopback port, no auth, storage under
+    ``root/storage``; yields ``127.0.0.1:PORT`` and stops the registry on exit (``root`` stays)."""
+    root.mkdir(parents=True, exist_ok=True)
+    host = f"127.0.0.1:{free_port()}"
+    config = {
+        "version": 0.1,
+        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "storage": {
+            "filesystem": {"rootdirectory": str(root / "storage")},
+            "delete": {"enabled": True},
+            "maintenance": {"uploadpurging": {"enabled": False}},
+        },
+        "http": {"addr": host, "secret": "kiln-private-registry"},
+    }
+    # JSON is YAML: no YAML writer needed.
+    (root / "config.yml").write_text(json.dumps(config))
+    log_path = root / "registry.log"
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            ["docker-registry", "serve", str(root / "config.yml")],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"docker-registry exited early:\n{log_path.read_text()[-2000:]}")
+            try:
+                wait_http(f"http://{host}/v2/", attempts=1)
+                break
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield host
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)

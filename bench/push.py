@@ -1,0 +1,330 @@
+"""Push images to a private registry with kiln and with `skopeo copy`, in the same run (issue 4, acc. 5).
+
+Two images: python-web (``kiln build examples/python-web/python-web.yaml``, a few MB in a few
+layers: a latency benchmark) and a generated ~1 GiB image of ``--layers`` incompressible gzip
+layers (a throughput benchmark), both as OCI layouts. For each image and tool, ``--runs`` times:
+
+- cold: a fresh registry with empty storage, so every blob is uploaded;
+- warm: the same push again, so every blob is already there (a no-change republish).
+
+kiln runs as a child process (``kiln publish`` when that verb exists, else a small child that
+drives ``RegistryClient.push_image`` the way it does), so its wall time includes the interpreter's
+start just as skopeo's includes its own; its peak RSS comes from ``wait4`` in a small launcher.
+Prints a table of medians and the ratios (skopeo's time / kiln's: above 1 means kiln is faster).
+Targets: kiln at least as fast as skopeo cold, a no-change republish under 0.3 s, peak RSS under
+150 MB for the 1 GiB push. Nothing here asserts a time: read the numbers.
+
+    .venv/bin/python bench/push.py [--runs N] [--size BYTES] [--layers N] [--jobs N] [--skip-skopeo]
+                                   [--direct]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from manifests.canonical import canonical_json  # noqa: E402
+from manifests.layout import OCILayout  # noqa: E402
+from manifests.mediatypes import MediaType  # noqa: E402
+from manifests.oci import Descriptor, OCIManifest  # noqa: E402
+
+MIB = 1 << 20
+TAG = "1.0.0"
+_POOL = 64 * MIB  # random bytes reused at shifting offsets: urandom is slow, the registry does not care
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Image:
+    name: str
+    layout: Path
+    size: int
+    blobs: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Sample:
+    seconds: float
+    rss: int  # bytes; 0 when not measured
+
+
+# ------------------------------------------------------------------------------------ images
+
+
+def build_python_web(work: Path) -> Image:
+    out = work / "python-web"
+    run_checked(
+        sys.executable,
+        "-m",
+        "kiln",
+        "-q",
+        "build",
+        str(REPO / "examples/python-web/python-web.yaml"),
+        "-o",
+        str(out),
+        "--force",
+        "--cache-dir",
+        str(work / "kiln-cache"),
+    )
+    return describe("python-web", out)
+
+
+def build_big(work: Path, *, size: int, layers: int) -> Image:
+    """``layers`` layers of random bytes, each a real gzip stream (stored blocks: incompressible data
+    gains nothing from deflate, and skopeo sees gzip and leaves the layer as it is), a config whose
+    diff_ids are the digests of the uncompressed bytes, and a manifest tagged ``TAG``."""
+    root = work / "big"
+    layout = OCILayout.create(root)
+    pool = os.urandom(_POOL)
+    per_layer = size // layers
+    descs, diff_ids = [], []
+    for n in range(layers):
+        raw = hashlib.sha256()
+        gz = zlib.compressobj(0, zlib.DEFLATED, 31)
+        with layout.blob_writer(durable=False) as sink:
+            first = n.to_bytes(8, "big")  # distinct layers even when the pool repeats
+            raw.update(first)
+            sink.write(gz.compress(first))
+            written, offset = len(first), (n * 7919) % _POOL
+            while written < per_layer:
+                take = min(MIB, per_layer - written, _POOL - offset)
+                block = memoryview(pool)[offset : offset + take]
+                raw.update(block)
+                sink.write(gz.compress(block))
+                written += take
+                offset = (offset + take) % _POOL
+            sink.write(gz.flush())
+        descs.append(Descriptor(media_type=MediaType.OCI_LAYER_GZIP, digest=sink.digest, size=sink.size))
+        diff_ids.append(f"sha256:{raw.hexdigest()}")
+    config = canonical_json(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Entrypoint": ["/bin/true"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }
+    )
+    cdig = layout.write_blob(config)
+    manifest = OCIManifest(
+        config=Descriptor(media_type=MediaType.OCI_CONFIG, digest=cdig, size=len(config)),
+        layers=tuple(descs),
+    )
+    raw_manifest = manifest.to_bytes()
+    desc = Descriptor(
+        media_type=MediaType.OCI_MANIFEST, digest=layout.write_blob(raw_manifest), size=len(raw_manifest)
+    )
+    layout.tag(desc, TAG)
+    return describe(f"random {layers} layers", root)
+
+
+def describe(name: str, root: Path) -> Image:
+    layout = OCILayout.open(root)
+    manifest = OCIManifest.from_bytes(layout.read_blob(layout.resolve(TAG).digest))
+    blobs = (manifest.config, *manifest.layers)
+    return Image(name=name, layout=root, size=sum(d.size for d in blobs), blobs=len(blobs))
+
+
+# ------------------------------------------------------------------------------------ pushing
+
+
+_CHILD = "--child-push"
+
+
+def child_push(layout_dir: str, host: str, repo: str, jobs: str) -> int:
+    """What ``kiln publish oci:DIR:TAG HOST/REPO:TAG`` does for the blobs and the manifest."""
+    from publisher.client import BlobSource, RegistryClient
+
+    layout = OCILayout.open(Path(layout_dir))
+    desc = layout.resolve(TAG)
+    raw = layout.read_blob(desc.digest)
+    manifest = OCIManifest.from_bytes(raw)
+    # The layout verified each blob when it was written: no second hashing pass on the way out.
+    blobs = [
+        BlobSource(digest=d.digest, size=d.size, path=layout.blob_path(d.digest))
+        for d in (manifest.config, *manifest.layers)
+    ]
+    with RegistryClient(host, insecure=True, jobs=int(jobs)) as client:
+        client.push_image(repo, blobs, raw, str(desc.media_type), tags=(TAG,))
+    return 0
+
+
+# A small launcher starts each measured command and reports its wall time and peak RSS. A child
+# forked straight from this process would inherit this process's RSS as its starting high-water
+# mark (Linux counts the mm copied at fork), so the numbers would say more about the bench than
+# about the tool.
+_LAUNCHER = """
+import json, os, subprocess, sys, time
+t0 = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+err = proc.stderr.read()
+_, status, usage = os.wait4(proc.pid, 0)
+seconds = time.perf_counter() - t0
+proc.returncode = os.waitstatus_to_exitcode(status)
+proc.stderr.close()
+sys.stderr.buffer.write(err[-4000:])
+print(json.dumps({"seconds": seconds, "rss": usage.ru_maxrss * 1024, "rc": proc.returncode}))
+"""
+
+
+def measured(*cmd: str) -> Sample:
+    """Run ``cmd`` through the launcher; its wall time and peak RSS, failing loudly if it fails."""
+    proc = subprocess.run(
+        [sys.executable, "-S", "-c", _LAUNCHER, *cmd],
+        capture_output=True,
+        text=True,
+        check=False,
+        env=child_env(),
+    )
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise SystemExit(f"the launcher failed:\n{proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    if result["rc"] != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed ({result['rc']}):\n{proc.stderr[-2000:]}")
+    return Sample(seconds=float(result["seconds"]), rss=int(result["rss"]))
+
+
+def child_env() -> dict[str, str]:
+    """The environment, less CA-bundle variables naming files that do not exist (httpx would fail
+    to build its TLS context at start even for plain-http loopback)."""
+    env = dict(os.environ)
+    for name in ("SSL_CERT_FILE", "SSL_CERT_DIR"):
+        if name in env and not os.path.exists(env[name]):
+            del env[name]
+    return env
+
+
+def run_checked(*cmd: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=child_env())
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+
+
+def use_cli() -> bool:
+    return (REPO / "kiln/cmd_publish.py").exists() and not os.environ.get("KILN_BENCH_DIRECT")
+
+
+def kiln_cmd(image: Image, host: str, repo: str, jobs: int) -> tuple[str, ...]:
+    if use_cli():
+        return (
+            sys.executable,
+            "-m",
+            "kiln",
+            "-q",
+            "publish",
+            f"oci:{image.layout}:{TAG}",
+            f"{host}/{repo}",
+            "--insecure",
+            "--jobs",
+            str(jobs),
+        )
+    return (sys.executable, str(Path(__file__).resolve()), _CHILD, str(image.layout), host, repo, str(jobs))
+
+
+def skopeo_cmd(image: Image, host: str, repo: str, policy: Path) -> tuple[str, ...]:
+    return (
+        "skopeo",
+        "--policy",
+        str(policy),
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        f"oci:{image.layout}:{TAG}",
+        f"docker://{host}/{repo}:{TAG}",
+    )
+
+
+def bench_image(
+    image: Image, tools: list[str], work: Path, runs: int, jobs: int
+) -> dict[str, tuple[list[Sample], list[Sample]]]:
+    """Each run: every tool, one after the other (so a busy moment hits them alike), cold then warm."""
+    from kiln.testing import private_registry  # not at the top: the kiln child need not import it
+
+    results: dict[str, tuple[list[Sample], list[Sample]]] = {tool: ([], []) for tool in tools}
+    for i in range(runs):
+        for tool in tools:
+            root = work / f"registry-{tool}-{i}"
+            with private_registry(root) as host:
+                repo = f"bench/{tool}"
+                if tool == "kiln":
+                    cmd = kiln_cmd(image, host, repo, jobs)
+                else:
+                    cmd = skopeo_cmd(image, host, repo, work / "policy.json")
+                results[tool][0].append(measured(*cmd))
+                results[tool][1].append(measured(*cmd))
+            shutil.rmtree(root, ignore_errors=True)
+    return results
+
+
+# ------------------------------------------------------------------------------------ report
+
+
+def median(samples: list[Sample]) -> float:
+    return statistics.median(s.seconds for s in samples)
+
+
+def report(image: Image, results: dict[str, tuple[list[Sample], list[Sample]]]) -> None:
+    mb = image.size / 1e6
+    print(f"\n{image.name}: {mb:.1f} MB in {image.blobs} blobs")
+    print(f"{'tool':<10}{'cold (median)':>15}{'cold MB/s':>11}{'warm (median)':>15}{'peak RSS':>11}")
+    for tool, (cold, warm) in results.items():
+        c, w = median(cold), median(warm)
+        rss = max(s.rss for s in cold + warm) / MIB
+        print(f"{tool:<10}{c:>14.3f}s{mb / c:>11.0f}{w:>14.3f}s{rss:>9.0f}MB")
+    if "skopeo" in results:
+        k_cold, k_warm = median(results["kiln"][0]), median(results["kiln"][1])
+        s_cold, s_warm = median(results["skopeo"][0]), median(results["skopeo"][1])
+        print(f"ratio skopeo/kiln: cold {s_cold / k_cold:.2f}x, warm {s_warm / k_warm:.2f}x")
+
+
+def main() -> int:
+    if len(sys.argv) == 6 and sys.argv[1] == _CHILD:
+        return child_push(*sys.argv[2:])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--size", type=int, default=1 << 30, help="bytes of the big image (default 1 GiB)")
+    ap.add_argument("--layers", type=int, default=8, help="layers of the big image (default 8)")
+    ap.add_argument("--jobs", type=int, default=4, help="kiln's parallel blob uploads (default 4)")
+    ap.add_argument("--skip-skopeo", action="store_true")
+    ap.add_argument(
+        "--direct", action="store_true", help="drive RegistryClient.push_image, not `kiln publish`"
+    )
+    ap.add_argument("--dir", type=Path, default=Path("/var/tmp"), help="parent of the work directory")
+    args = ap.parse_args()
+    if shutil.which("docker-registry") is None or (not args.skip_skopeo and shutil.which("skopeo") is None):
+        raise SystemExit("needs docker-registry and skopeo (apt-get install docker-registry skopeo)")
+    work = Path(tempfile.mkdtemp(prefix="kiln-bench-push-", dir=args.dir))
+    try:
+        # The bench's own trust policy: it must not depend on the host's /etc/containers.
+        (work / "policy.json").write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
+        t0 = time.perf_counter()
+        images = [build_python_web(work), build_big(work, size=args.size, layers=args.layers)]
+        if args.direct:
+            os.environ["KILN_BENCH_DIRECT"] = "1"
+        verb = "kiln publish" if use_cli() else "RegistryClient.push_image"
+        print(f"images ready in {time.perf_counter() - t0:.1f}s; kiln pushes with {verb}, jobs={args.jobs}")
+        tools = ["kiln"] if args.skip_skopeo else ["kiln", "skopeo"]
+        for image in images:
+            report(image, bench_image(image, tools, work, args.runs, args.jobs))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print("\nratio = skopeo's time / kiln's time (above 1 means kiln is faster)")
+    print("targets: cold ratio >= 1, kiln warm < 0.300 s, kiln peak RSS < 150 MB for the 1 GiB push")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
