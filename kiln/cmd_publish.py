@@ -23,9 +23,16 @@ from manifests.errors import KilnError
 from manifests.oci import Descriptor, OCIManifest
 from publisher.copy import BlobCounts, CopyResult, copy_image
 from publisher.endpoint import Endpoint, LayoutLocation, Location, parse_location
-from publisher.errors import PublishError
+from publisher.errors import InvalidReference, PublishError
 from publisher.layoutstore import LayoutRepository
-from publisher.publish import VERSION_ANNOTATION, built_image, image_version, publish, version_tag
+from publisher.publish import (
+    VERSION_ANNOTATION,
+    built_image,
+    check_channels,
+    image_version,
+    publish,
+    version_tag,
+)
 from publisher.reference import Reference
 from publisher.registrystore import RegistryRepository
 from publisher.transfer import Manifest
@@ -134,7 +141,12 @@ def _blobs_line(counts: BlobCounts) -> str:
 
 
 def cmd_publish(args: argparse.Namespace, out: Output) -> int:
-    src_loc = parse_location(args.src, bare_directory=True)
+    try:
+        src_loc = parse_location(args.src, bare_directory=True)
+    except InvalidReference:
+        if args.src.startswith("oci:"):
+            raise
+        src_loc = LayoutLocation(directory=Path(args.src))  # a missing directory: say so below
     if not isinstance(src_loc, LayoutLocation):
         raise KilnError(
             f"publish takes a built OCI layout, not {args.src}",
@@ -155,6 +167,7 @@ def cmd_publish(args: argparse.Namespace, out: Output) -> int:
     else:
         root, layout_tag = built_image(src, src_loc.tag)
     version = image_version(src, root, layout_tag=layout_tag)
+    check_channels(args.channel, version_tag(version))  # refuse before creating anything at DEST
     with open_endpoint(dest_loc, insecure=args.insecure, jobs=args.jobs, create=True) as dest:
         result = publish(
             src,
