@@ -1,8 +1,10 @@
 """`make demo`: the main job end to end on the embedded default, no server to set up.
 
 Builds both examples reproducibly and prints their digests and sizes; signs them and attests their
-SBOM and provenance with a demo key (cosign format), verifies both; then loads python-web into a
-private Docker engine, runs it read-only as uid 65532 with no capabilities, and curls /healthz.
+SBOM and provenance with a demo key (cosign format), verifies both; publishes python-web (with its
+signatures) to the embedded default registry, an ``oci:`` directory, twice (the second is a no-op)
+and prints the pinned reference; then loads python-web into a private Docker engine, runs it
+read-only as uid 65532 with no capabilities, and curls /healthz.
 """
 
 from __future__ import annotations
@@ -91,6 +93,21 @@ def main() -> int:
         for kind in ("slsaprovenance", "spdx"):
             kiln("verify-attestation", "--key", str(keys / "demo.pub"), "--type", kind, image)
         print(f"  verified {name}: signature and attestations for {info['digest']}")
+
+    step("publish python-web to the embedded default registry (an oci: directory), twice")
+    rel = OUT.relative_to(REPO)
+    registry = f"oci:{rel / 'registry' / 'python-web'}"
+    for attempt in ("first", "again: a no-op"):
+        pub = kiln("publish", str(rel / "python-web"), registry, "--channel", "stable")
+        changes, blobs = pub["tag_changes"], pub["blobs"]
+        assert isinstance(changes, list)
+        assert isinstance(blobs, dict)
+        tags = ", ".join(f"{t['tag']} {t['action']}" for t in changes)
+        print(
+            f"  ({attempt}) {tags}; blobs {blobs['uploaded']} uploaded, {blobs['existed']} existed, "
+            f"{blobs['mounted']} linked; changed: {pub['changed']}"
+        )
+    print(f"  pinned reference: {pub['reference']}")
 
     step("run python-web read-only, as uid 65532, no capabilities, in a private Docker engine")
     with private_dockerd() as engine:
