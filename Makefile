@@ -41,10 +41,10 @@ typecheck: venv
 	$(BIN)/mypy
 
 unit: venv
-	$(BIN)/pytest -q -m "not integration"
+	.ci/sandboxed $(BIN)/pytest -q -m "not integration"
 
 test: debs-test venv lint typecheck
-	$(BIN)/pytest -q
+	.ci/sandboxed $(BIN)/pytest -q
 
 demo: debs-demo venv
 	$(BIN)/python examples/demo.py
