@@ -15,6 +15,7 @@ from builder.errors import BuildError
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.image import ExecCheck, HealthCheck, HttpCheck, ImageManifest, TcpCheck
+from manifests.image_parse import RESERVED_LABEL_PREFIX
 
 __all__ = [
     "DEFAULT_PATH",
@@ -26,7 +27,6 @@ __all__ = [
 ]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-_RESERVED_PREFIX = "dev.kiln."
 
 
 def rfc3339(epoch: int) -> str:
@@ -89,7 +89,7 @@ def image_config(
     created = rfc3339(source_date_epoch)
     labels: dict[str, str] = {}
     for key, value in m.labels:
-        if key.startswith(_RESERVED_PREFIX):
+        if key.startswith(RESERVED_LABEL_PREFIX):
             raise BuildError(
                 f"{m.source}: labels.{key}: the dev.kiln. prefix is reserved for kiln",
                 hint="choose another label name",

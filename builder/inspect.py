@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import posixpath
 import stat
+import zlib
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -18,12 +19,12 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO, Protocol, cast
 
 import zstandard
-from isal import igzip
+from isal import igzip, isal_zlib
 
 from builder.archive import ArchiveReader
 from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
-from manifests.layout import REF_NAME, OCILayout
+from manifests.layout import REF_NAME, OCILayout, is_cosign_tag
 from manifests.mediatypes import MediaType
 from manifests.oci import MAX_DOCUMENT_BYTES, OCIManifest, parse_json_object
 
@@ -267,6 +268,16 @@ class _Source:
         return open(Path(self.path) / name, "rb")
 
 
+# What a corrupt compressed stream raises, by library (ISA-L's error is not an OSError).
+_DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    EOFError,
+    zlib.error,
+    cast(type[BaseException], isal_zlib.IsalError),
+    zstandard.ZstdError,
+)
+
+
 def _decompress(media_type: str, raw: _Counting) -> _Readable:
     if media_type in (MediaType.OCI_LAYER_GZIP, MediaType.DOCKER_LAYER_GZIP):
         return cast(_Readable, igzip.IGzipFile(fileobj=raw, mode="rb"))  # type: ignore[no-untyped-call]
@@ -287,7 +298,7 @@ def _scan_layer(
         try:
             members = list(iter_tar(plain, caps))
             plain.drain()
-        except (OSError, EOFError, zstandard.ZstdError) as exc:
+        except _DECOMPRESS_ERRORS as exc:
             raise DocumentError(f"layer {digest}: cannot decompress: {exc}") from exc
         raw.drain()
     if raw.h.hexdigest() != digest.hex or raw.n != size:
@@ -335,7 +346,9 @@ def inspect_image(
 
                 index = OCIIndex.from_bytes(src.read("index.json"))
                 mans = index.manifests
-                if ref is not None:
+                if ref is None:
+                    mans = tuple(d for d in mans if not is_cosign_tag(d.annotations.get(REF_NAME, "")))
+                else:
                     mans = tuple(
                         d for d in mans if d.annotations.get(REF_NAME) == ref or str(d.digest) == ref
                     )

@@ -51,7 +51,11 @@ from manifests.source import (
     parse_document,
 )
 
+# Labels under this prefix record the run-time policy the agent enforces; the builder writes them.
+RESERVED_LABEL_PREFIX = "dev.kiln."
+
 __all__ = [
+    "RESERVED_LABEL_PREFIX",
     "KIND",
     "MAX_ID",
     "COMPRESSION_LEVELS",
@@ -365,6 +369,12 @@ class _ImageSchema(ImageContentsChecker):
         if not k or CONTROL_CHARS.search(k):
             self.report(
                 where, "invalid label key", "use reverse-DNS keys such as org.opencontainers.image.source"
+            )
+        elif k.startswith(RESERVED_LABEL_PREFIX):
+            self.report(
+                where,
+                "the dev.kiln. prefix is reserved for the run-time policy kiln records",
+                "set writable, volumes, health, ports or accounts instead, or choose another label name",
             )
 
     def _ports(self, d: Mapping[str, Any]) -> tuple[Port, ...]:

@@ -29,7 +29,7 @@ from manifests.errors import DocumentError, VerificationError
 from manifests.mediatypes import MediaType
 from manifests.oci import MAX_DOCUMENT_BYTES, Descriptor, OCIIndex, parse_json_object
 
-__all__ = ["OCILayout", "BlobSink", "REF_NAME", "LAYOUT_FILE", "INDEX_FILE"]
+__all__ = ["OCILayout", "BlobSink", "REF_NAME", "LAYOUT_FILE", "INDEX_FILE", "is_cosign_tag"]
 
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_FILE = "oci-layout"
@@ -62,6 +62,18 @@ class BlobSink:
         if self._digest is None:
             raise RuntimeError("blob not committed yet")
         return self._digest
+
+
+def is_cosign_tag(tag: str) -> bool:
+    """``sha256-<hex>``, ``sha256-<hex>.sig`` or ``.att``: tags that belong to an image, not names."""
+    head, _, suffix = tag.partition(".")
+    if suffix not in ("", "sig", "att") or not head.startswith("sha256-"):
+        return False
+    try:
+        Digest(head[len("sha256-") :])
+    except DocumentError:
+        return False
+    return True
 
 
 class OCILayout:
@@ -265,15 +277,20 @@ class OCILayout:
         return MappingProxyType(out)
 
     def resolve(self, ref: str | None) -> Descriptor:
-        """Find a manifest by tag, by ``sha256:`` digest, or (``None``) the only one in the index."""
+        """Find a manifest by tag, by ``sha256:`` digest, or (``None``) the only image in the index.
+
+        With ``None``, signatures and attestations stored beside an image (cosign's
+        ``sha256-<hex>.sig``/``.att`` tags) do not count: a signed layout still has one image.
+        """
         manifests = self.index().manifests
         if ref is None:
-            if len(manifests) != 1:
+            images = [d for d in manifests if not is_cosign_tag(d.annotations.get(REF_NAME, ""))]
+            if len(images) != 1:
                 raise DocumentError(
-                    f"{self.root}: holds {len(manifests)} manifests; name one",
+                    f"{self.root}: holds {len(images)} images; name one",
                     hint="give a tag or a sha256: digest",
                 )
-            return manifests[0]
+            return images[0]
         if ref.startswith("sha256:"):
             digest = Digest.parse(ref)
             for desc in manifests:

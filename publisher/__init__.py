@@ -13,4 +13,11 @@ Modules:
 - ``publisher.reference``: ``registry/repository[:tag][@digest]`` parsing and name rules.
 - ``publisher.retry``: backoff with jitter and ``Retry-After``.
 - ``publisher.errors``: the publisher's exception tree and the registry error-body translation.
+- ``publisher.endpoint``: the ``Endpoint`` protocol (one repository, registry or ``oci:DIR``) and
+  location parsing.
+- ``publisher.layoutstore``: ``oci:DIR`` as one repository (the embedded default), locked tag updates.
+- ``publisher.registrystore``: a registry repository as an ``Endpoint`` and as signing's ArtifactStore.
+- ``publisher.copy``: an image's closure (platform manifests, blobs, ``.sig``/``.att``, referrers)
+  copied byte for byte.
+- ``publisher.publish``: publishing rules: immutable version tags, moving channel tags.
 """

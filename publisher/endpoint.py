@@ -23,6 +23,7 @@ from typing import Protocol
 
 from manifests.digest import Digest
 from manifests.errors import DocumentError
+from manifests.layout import is_cosign_tag
 from manifests.oci import Descriptor
 from publisher.errors import InvalidReference
 from publisher.reference import Reference, validate_tag
@@ -82,18 +83,6 @@ class Endpoint(Protocol):
         ...
 
     def add_referrer(self, subject: Digest, desc: Descriptor) -> None: ...
-
-
-def is_cosign_tag(tag: str) -> bool:
-    """``sha256-<hex>``, ``sha256-<hex>.sig`` or ``.att``: tags that belong to an image, not names."""
-    head, _, suffix = tag.partition(".")
-    if suffix not in ("", "sig", "att") or not head.startswith("sha256-"):
-        return False
-    try:
-        Digest(head[len("sha256-") :])
-    except DocumentError:
-        return False
-    return True
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

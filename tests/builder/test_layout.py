@@ -96,7 +96,7 @@ def test_tags_resolve_untag(tmp_path: Path) -> None:
     layout.tag(a, "1.0")
     assert layout.resolve(None).digest == a.digest
     layout.tag(b, "2.0")
-    with pytest.raises(DocumentError, match="holds 2 manifests; name one"):
+    with pytest.raises(DocumentError, match="holds 2 images; name one"):
         layout.resolve(None)
     assert layout.resolve("2.0").digest == b.digest
     assert layout.resolve(str(a.digest)).annotations[REF_NAME] == "1.0"
