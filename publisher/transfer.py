@@ -168,7 +168,7 @@ class Download:
                     f"{self.what}: the registry announces {expected} bytes, over the cap of {self.cap}",
                     reason="size",
                 )
-            for chunk in resp.iter_bytes(IO_BLOCK):
+            for chunk in resp.iter_bytes():
                 self.received += len(chunk)
                 if self.received > self.cap:
                     raise VerificationError(
