@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import hashlib
 import json
 import shutil
 import subprocess
@@ -234,6 +235,14 @@ class RuncRuntime:
             raise RuntimeFailure("runc list: unreadable output") from exc
         ids = [c.get("id") for c in doc or [] if isinstance(c, dict)]
         return tuple(sorted(i for i in ids if isinstance(i, str) and i.startswith(INSTANCE_PREFIX)))
+
+    def bundle_digest(self, instance_id: str) -> str | None:
+        """sha256 of the instance's ``config.json`` as written (drift detection); None if gone."""
+        try:
+            data = (self.bundle_dir(instance_id) / "config.json").read_bytes()
+        except OSError:
+            return None
+        return f"sha256:{hashlib.sha256(data).hexdigest()}"
 
     def netns_path(self, instance_id: str) -> str:
         iid = check_instance_id(instance_id)

@@ -1,0 +1,295 @@
+"""The agent's journal: everything it must remember across a crash, in one atomically written file.
+
+``STATE/journal.json`` is one canonical JSON document (:class:`JournalState`) replaced as a whole
+by :meth:`Journal.commit`: temp file in the same directory, fsync, rename, fsync the directory
+(:func:`manifests.atomic.atomic_write`). Every commit increases ``seq`` by one, so a reader can
+tell two states apart and a test can count steps. A ``kill -9`` at any moment leaves either the
+previous state or the new one on disk, never a mixture.
+
+The agent writes its intent BEFORE acting: an instance id enters ``known`` before the runtime is
+asked to start it and leaves it only after the runtime confirmed it gone; ``rollout`` is set before
+the first new instance starts and cleared when the release is good or has been rolled back. On
+start, the agent reconciles the runtime against this: any instance that is not ``serving`` is
+stopped, and an interrupted rollout is rolled back (see :mod:`agent.reconcile`).
+
+::
+
+    seq               commits so far
+    root_version      the trust root version in STATE/root.json
+    highest           {version, payload_digest} of the highest release accepted (never goes down)
+    good / previous   the current and the previous good release (rollback target)
+    rollout           {to, from} while a release is being rolled out
+    instances         the serving instances (what the forwarders point at), one record each
+    known             every instance id that may exist in the runtime
+    failures          per release version: attempts and the last reason
+    last_refusal      the last refused release: reason, detail, version, time
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from agent.errors import AgentError
+from manifests.atomic import atomic_write
+from manifests.canonical import canonical_json
+
+__all__ = [
+    "JOURNAL_FILE",
+    "MAX_JOURNAL_BYTES",
+    "JournalError",
+    "ReleaseRef",
+    "InstanceRecord",
+    "Failure",
+    "Refusal",
+    "JournalState",
+    "Journal",
+]
+
+JOURNAL_FILE = "journal.json"
+MAX_JOURNAL_BYTES = 16 * 1024 * 1024
+_FORMAT = 1
+
+
+class JournalError(AgentError):
+    """The journal cannot be read or is not a journal this agent wrote."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReleaseRef:
+    """A release by version and payload digest (its payload is kept in ``STATE/releases``)."""
+
+    version: int
+    payload_digest: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "payload_digest": self.payload_digest}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ReleaseRef:
+        return cls(version=int(d["version"]), payload_digest=str(d["payload_digest"]))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstanceRecord:
+    """One instance the agent started, and what it must still be (drift detection)."""
+
+    id: str
+    service: str
+    release: int
+    image: str  # the digest the release pins
+    manifest: str  # the platform manifest unpacked (the root's name)
+    fingerprint: str  # root_fingerprint of the unpacked root at start
+    config: str  # digest of what the instance was started with (image, env, port)
+    port: int | None  # the port the service listens on inside the instance
+    started_at: float  # wall-clock seconds (max_lifetime)
+    bundle: str | None = None  # digest of the runtime's bundle config (runc), if the runtime has one
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "service": self.service,
+            "release": self.release,
+            "image": self.image,
+            "manifest": self.manifest,
+            "fingerprint": self.fingerprint,
+            "config": self.config,
+            "port": self.port,
+            "started_at": self.started_at,
+            "bundle": self.bundle,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> InstanceRecord:
+        port = d.get("port")
+        bundle = d.get("bundle")
+        return cls(
+            id=str(d["id"]),
+            service=str(d["service"]),
+            release=int(d["release"]),
+            image=str(d["image"]),
+            manifest=str(d["manifest"]),
+            fingerprint=str(d["fingerprint"]),
+            config=str(d["config"]),
+            port=int(port) if port is not None else None,
+            started_at=float(d["started_at"]),
+            bundle=str(bundle) if bundle is not None else None,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failure:
+    version: int
+    attempts: int
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"version": self.version, "attempts": self.attempts, "reason": self.reason}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Failure:
+        return cls(version=int(d["version"]), attempts=int(d["attempts"]), reason=str(d["reason"]))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Refusal:
+    reason: str
+    detail: str
+    version: int | None
+    at: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"reason": self.reason, "detail": self.detail, "version": self.version, "at": self.at}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Refusal:
+        v = d.get("version")
+        return cls(
+            reason=str(d["reason"]),
+            detail=str(d["detail"]),
+            version=int(v) if v is not None else None,
+            at=float(d["at"]),
+        )
+
+
+def _ref(d: object) -> ReleaseRef | None:
+    return ReleaseRef.from_dict(d) if isinstance(d, Mapping) else None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JournalState:
+    seq: int = 0
+    root_version: int | None = None
+    highest: ReleaseRef | None = None
+    good: ReleaseRef | None = None
+    previous: ReleaseRef | None = None
+    rollout_to: ReleaseRef | None = None
+    rollout_from: ReleaseRef | None = None
+    instances: tuple[InstanceRecord, ...] = ()
+    known: tuple[str, ...] = ()
+    failures: tuple[Failure, ...] = ()
+    last_refusal: Refusal | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    # -- queries
+
+    def serving(self, service: str) -> tuple[InstanceRecord, ...]:
+        return tuple(i for i in self.instances if i.service == service)
+
+    def failure(self, version: int) -> Failure | None:
+        return next((f for f in self.failures if f.version == version), None)
+
+    @property
+    def rolling_out(self) -> bool:
+        return self.rollout_to is not None
+
+    # -- updates (new values; nothing is mutated)
+
+    def with_known(self, *ids: str) -> JournalState:
+        return replace(self, known=tuple(sorted(set(self.known) | set(ids))))
+
+    def without_known(self, *ids: str) -> JournalState:
+        gone = set(ids)
+        return replace(self, known=tuple(i for i in self.known if i not in gone))
+
+    def with_service(self, service: str, records: tuple[InstanceRecord, ...]) -> JournalState:
+        others = tuple(i for i in self.instances if i.service != service)
+        return replace(self, instances=(*others, *records))
+
+    def with_failure(self, version: int, reason: str) -> JournalState:
+        before = self.failure(version)
+        attempts = (before.attempts if before is not None else 0) + 1
+        rest = tuple(f for f in self.failures if f.version != version)
+        entry = Failure(version=version, attempts=attempts, reason=reason)
+        return replace(self, failures=tuple(sorted((*rest, entry), key=lambda f: f.version))[-32:])
+
+    # -- serialization
+
+    def to_dict(self) -> dict[str, Any]:
+        def opt(r: ReleaseRef | None) -> dict[str, Any] | None:
+            return r.to_dict() if r is not None else None
+
+        return {
+            "format": _FORMAT,
+            "seq": self.seq,
+            "root_version": self.root_version,
+            "highest": opt(self.highest),
+            "good": opt(self.good),
+            "previous": opt(self.previous),
+            "rollout": (
+                {"to": opt(self.rollout_to), "from": opt(self.rollout_from)}
+                if self.rollout_to is not None
+                else None
+            ),
+            "instances": [i.to_dict() for i in self.instances],
+            "known": list(self.known),
+            "failures": [f.to_dict() for f in self.failures],
+            "last_refusal": self.last_refusal.to_dict() if self.last_refusal is not None else None,
+            "extra": dict(self.extra),
+        }
+
+    def to_bytes(self) -> bytes:
+        return canonical_json(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> JournalState:
+        if d.get("format") != _FORMAT:
+            raise JournalError(f"journal format {d.get('format')!r} is not {_FORMAT}")
+        rollout = d.get("rollout")
+        refusal = d.get("last_refusal")
+        rv = d.get("root_version")
+        return cls(
+            seq=int(d["seq"]),
+            root_version=int(rv) if rv is not None else None,
+            highest=_ref(d.get("highest")),
+            good=_ref(d.get("good")),
+            previous=_ref(d.get("previous")),
+            rollout_to=_ref(rollout.get("to")) if isinstance(rollout, Mapping) else None,
+            rollout_from=_ref(rollout.get("from")) if isinstance(rollout, Mapping) else None,
+            instances=tuple(InstanceRecord.from_dict(i) for i in d.get("instances", [])),
+            known=tuple(str(k) for k in d.get("known", [])),
+            failures=tuple(Failure.from_dict(f) for f in d.get("failures", [])),
+            last_refusal=Refusal.from_dict(refusal) if isinstance(refusal, Mapping) else None,
+            extra=dict(d.get("extra") or {}),
+        )
+
+
+class Journal:
+    """``STATE/journal.json``: :attr:`state` is the last committed state."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = Path(state_dir) / JOURNAL_FILE
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.state = self._load()
+
+    def _load(self) -> JournalState:
+        try:
+            with self.path.open("rb") as fh:
+                data = fh.read(MAX_JOURNAL_BYTES + 1)
+        except FileNotFoundError:
+            return JournalState()
+        except OSError as exc:
+            raise JournalError(f"{self.path}: cannot read the journal: {exc.strerror}") from exc
+        if len(data) > MAX_JOURNAL_BYTES:
+            raise JournalError(f"{self.path}: larger than {MAX_JOURNAL_BYTES} bytes")
+        hint = "the journal is written atomically: restore it from a backup, or move it away to start over"
+        try:
+            doc = json.loads(data)
+        except ValueError as exc:
+            raise JournalError(f"{self.path}: not a kiln agent journal ({exc})", hint=hint) from None
+        if not isinstance(doc, dict):
+            raise JournalError(f"{self.path}: not a kiln agent journal (not an object)", hint=hint)
+        try:
+            return JournalState.from_dict(doc)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise JournalError(f"{self.path}: not a kiln agent journal ({exc!r})", hint=hint) from None
+
+    def commit(self, state: JournalState) -> JournalState:
+        """Write ``state`` (with the next ``seq``) atomically and make it the current state."""
+        new = replace(state, seq=self.state.seq + 1)
+        atomic_write(self.path, new.to_bytes(), mode=0o600)
+        self.state = new
+        return new

@@ -1,0 +1,478 @@
+"""Rollouts: moving one service from the instances it runs to instances of another spec.
+
+:class:`Deployer` owns the instances and the traffic switch of every service and does four things,
+each journaled before it acts (an instance id enters ``known`` before the runtime starts it; the
+serving set is committed before the forwarder is switched to it):
+
+- :meth:`Deployer.converge` brings a service to a :class:`Prepared` spec with its strategy.
+  Instances already running that spec are kept; the missing ones are started in steps
+  (:func:`rollout_steps`): ``blue-green`` one step of every missing instance, ``rolling`` one
+  instance per step, ``canary`` its steps. Each step: start the step's new instances, wait for
+  health (grace, then ``retries`` consecutive passes, bounded), commit and switch the serving set
+  (new + old instances still needed), hold health for ``grace`` (every probe passing), then drain
+  and stop the old instances the step retired. Any failure raises :class:`RolloutFailed` after the
+  serving set went back to the old instances still running (or, if none are left, stayed on the
+  new ones until the caller converges back) and the new instances that serve nothing were stopped.
+- :meth:`Deployer.replace` swaps one instance for a fresh one of the same spec (drift, death,
+  ``max_lifetime``): start, wait healthy, switch, drain, stop.
+- :meth:`Deployer.retire` drains and stops an instance and forgets it.
+- :meth:`Deployer.adopt` re-creates the traffic switch for instances found serving after a restart.
+
+Time is injected (``clock``, ``sleep``, ``wall``), so the state machine runs in unit tests with a
+fake runtime and a fake probe, without waiting.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+from agent.events import EventLog
+from agent.forwarder import Backend, Forwarder
+from agent.health import HealthResult, HealthSpec, HealthState, HealthWatch, Probe, check_once, wait_healthy
+from agent.journal import InstanceRecord, Journal
+from agent.metrics import Metrics
+from agent.runtime import InstanceSpec, InstanceStatus, Runtime, new_instance_id
+from manifests.canonical import canonical_json
+from manifests.digest import Digest
+from manifests.errors import KilnError
+from manifests.image import HttpCheck
+from manifests.release import Service, Strategy, StrategyKind
+
+__all__ = [
+    "RolloutFailed",
+    "Prepared",
+    "ConnectorFactory",
+    "Deployer",
+    "rollout_steps",
+    "health_spec_for",
+    "service_port",
+    "config_digest",
+]
+
+Connector = Callable[[float], Any]
+ConnectorFactory = Callable[[str, int], Connector]
+
+
+class RolloutFailed(Exception):
+    """A rollout step failed; ``reason`` is one line for the journal and the event log."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Prepared:
+    """Everything needed to start instances of one service of one release (verified, unpacked)."""
+
+    service: Service
+    release: int
+    image_digest: Digest  # what the release pins
+    manifest_digest: Digest  # the platform manifest unpacked
+    image_config: Mapping[str, Any]
+    rootfs: Any  # pathlib.Path of the read-only root
+    fingerprint: str
+    port: int | None
+    health: HealthSpec | None
+    grace: float
+    config: str  # config_digest(): equal digests run the same thing
+
+    @property
+    def name(self) -> str:
+        return self.service.name
+
+
+def service_port(service: Service, image_config: Mapping[str, Any]) -> int | None:
+    """The port the service listens on inside its instance: the image's first ``dev.kiln.ports``
+    entry, else the release health check's port."""
+    import json
+
+    cfg = image_config.get("config") or {}
+    labels = cfg.get("Labels") or {} if isinstance(cfg, Mapping) else {}
+    text = labels.get("dev.kiln.ports") if isinstance(labels, Mapping) else None
+    if isinstance(text, str):
+        try:
+            ports = json.loads(text)
+        except ValueError:
+            ports = []
+        for p in ports if isinstance(ports, list) else []:
+            head = str(p).split("/", 1)[0]
+            if head.isdigit() and 1 <= int(head) <= 65535:
+                return int(head)
+    if service.health is not None:
+        return service.health.check.port
+    return None
+
+
+def health_spec_for(service: Service, image_config: Mapping[str, Any]) -> tuple[HealthSpec | None, float]:
+    """The check to run and its grace: the release's ``health`` first, else the image's label."""
+    if service.health is not None:
+        h = service.health
+        kw = {"interval": h.interval, "timeout": h.timeout, "retries": h.retries}
+        if isinstance(h.check, HttpCheck):
+            return HealthSpec.http(h.check.port, h.check.path, **kw), h.grace
+        return HealthSpec.tcp(h.check.port, **kw), h.grace
+    cfg = image_config.get("config") or {}
+    labels = cfg.get("Labels") or {} if isinstance(cfg, Mapping) else {}
+    text = labels.get("dev.kiln.health") if isinstance(labels, Mapping) else None
+    if isinstance(text, str):
+        spec = HealthSpec.from_label(text)
+        if spec.kind.uses_connector:
+            return spec, 0.0
+    return None, 0.0
+
+
+def config_digest(service: Service, image_digest: Digest, manifest_digest: Digest, port: int | None) -> str:
+    """What an instance runs, as a digest: two instances with equal digests are interchangeable."""
+    doc = {
+        "service": service.name,
+        "image": str(image_digest),
+        "manifest": str(manifest_digest),
+        "env": dict(service.env),
+        "port": port,
+    }
+    return f"sha256:{hashlib.sha256(canonical_json(doc)).hexdigest()}"
+
+
+def rollout_steps(strategy: Strategy, replicas: int, need: int) -> tuple[int, ...]:
+    """How many new instances exist after each step, when ``need`` of ``replicas`` are missing."""
+    if need <= 0:
+        return ()
+    if strategy.kind is StrategyKind.BLUE_GREEN:
+        return (need,)
+    if strategy.kind is StrategyKind.ROLLING:
+        return tuple(range(1, need + 1))
+    counts: list[int] = []
+    for step in strategy.steps or ():
+        n = min(need, step.instances(replicas))
+        if n > 0 and (not counts or n > counts[-1]):
+            counts.append(n)
+    if not counts or counts[-1] != need:
+        counts.append(need)
+    return tuple(counts)
+
+
+class BundleDigest(Protocol):
+    def __call__(self, instance_id: str) -> str | None: ...
+
+
+def _no_bundle(instance_id: str) -> str | None:
+    del instance_id
+    return None
+
+
+class Deployer:
+    """Instances and traffic switches of every service (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        runtime: Runtime,
+        journal: Journal,
+        events: EventLog,
+        metrics: Metrics,
+        connector: ConnectorFactory,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        wall: Callable[[], float] = time.time,
+        probe: Probe | None = None,
+        bundle_digest: BundleDigest = _no_bundle,
+        health_deadline: float = 60.0,
+        drain_timeout: float = 10.0,
+        stop_grace: float = 5.0,
+        forwarder_factory: Callable[[tuple[str, int], str], Forwarder] | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.journal = journal
+        self.events = events
+        self.metrics = metrics
+        self._connector = connector
+        self._clock = clock
+        self._sleep = sleep
+        self._wall = wall
+        self._probe: Probe = probe if probe is not None else check_once
+        self._bundle_digest = bundle_digest
+        self.health_deadline = health_deadline
+        self.drain_timeout = drain_timeout
+        self.stop_grace = stop_grace
+        self._forwarder_factory = forwarder_factory or _default_forwarder
+        self.forwarders: dict[str, Forwarder] = {}
+        self._listens: dict[str, tuple[str, int]] = {}
+        self._netns: dict[str, str] = {}
+        self.watches: dict[str, HealthWatch] = {}
+
+    # -- instances ---------------------------------------------------------------------------------
+
+    def connect_for(self, rec: InstanceRecord) -> Connector:
+        path = self._netns.get(rec.id)
+        if path is None:
+            path = self.runtime.netns_path(rec.id)
+            self._netns[rec.id] = path
+        if rec.port is None:
+            raise RolloutFailed(f"instance {rec.id}: the image declares no port to reach")
+        return self._connector(path, rec.port)
+
+    def start_instance(self, prep: Prepared) -> InstanceRecord:
+        iid = new_instance_id(prep.name)
+        self.journal.commit(self.journal.state.with_known(iid))  # intent first: a crash leaves a known id
+        spec = InstanceSpec(
+            instance_id=iid,
+            service=prep.name,
+            image_digest=prep.image_digest,
+            image_config=prep.image_config,
+            rootfs=prep.rootfs,
+            env=dict(prep.service.env),
+        )
+        try:
+            handle = self.runtime.start(spec)
+        except KilnError as exc:
+            self._forget(iid)
+            raise RolloutFailed(f"instance {iid} did not start: {exc.message}") from exc
+        self._netns[iid] = handle.netns_path
+        rec = InstanceRecord(
+            id=iid,
+            service=prep.name,
+            release=prep.release,
+            image=str(prep.image_digest),
+            manifest=str(prep.manifest_digest),
+            fingerprint=prep.fingerprint,
+            config=prep.config,
+            port=prep.port,
+            started_at=self._wall(),
+            bundle=self._bundle_digest(iid),
+        )
+        self.events.emit("started", service=prep.name, instance=iid, release=prep.release)
+        return rec
+
+    def _forget(self, iid: str) -> None:
+        try:
+            self.runtime.stop(iid, grace=self.stop_grace)
+        except KilnError as exc:
+            self.events.emit("error", what=f"stop {iid}", detail=exc.message)
+            return
+        self._netns.pop(iid, None)
+        self.watches.pop(iid, None)
+        self.journal.commit(self.journal.state.without_known(iid))
+
+    def wait_healthy(self, prep: Prepared, rec: InstanceRecord) -> HealthResult:
+        if prep.health is None:
+            return self._wait_running(rec)
+        connect = self.connect_for(rec)
+        deadline = prep.grace + self.health_deadline
+        return wait_healthy(
+            prep.health,
+            connect,
+            grace=prep.grace,
+            deadline=deadline,
+            clock=self._clock,
+            sleep=self._sleep,
+            probe=self._probe,
+        )
+
+    def _wait_running(self, rec: InstanceRecord) -> HealthResult:
+        state = self.runtime.state(rec.id)
+        ok = state.status is InstanceStatus.RUNNING
+        return HealthResult(ok=ok, detail=f"no health check; instance is {state.status}", latency=0.0)
+
+    def hold(self, prep: Prepared, recs: Sequence[InstanceRecord]) -> None:
+        """Keep probing ``recs`` until each has been healthy for ``grace`` without a failed probe."""
+        if not recs:
+            return
+        if prep.health is None:
+            for rec in recs:
+                if not self._wait_running(rec).ok:
+                    raise RolloutFailed(f"instance {rec.id} stopped running")
+            return
+        spec = prep.health
+        watches = {
+            r.id: HealthWatch(spec, passes=1, failures=spec.retries, clock=self._clock, probe=self._probe)
+            for r in recs
+        }
+        connects = {r.id: self.connect_for(r) for r in recs}
+        budget = prep.grace + (spec.retries + 2) * spec.interval + spec.timeout
+        probes = math.ceil(budget / spec.interval) + 2
+        start = self._clock()
+        for _ in range(probes):
+            for rid, watch in watches.items():
+                state = watch.check(connects[rid])
+                if state is HealthState.UNHEALTHY or (watch.consecutive_failures >= spec.retries):
+                    last = watch.last.detail if watch.last is not None else "no check"
+                    raise RolloutFailed(f"instance {rid} failed its health check after the switch: {last}")
+            if all(w.held(prep.grace) for w in watches.values()):
+                self.watches.update(watches)
+                return
+            if self._clock() - start > budget:
+                break
+            self._sleep(spec.interval)
+        raise RolloutFailed(f"health did not hold for {prep.grace:g}s within {budget:g}s")
+
+    # -- traffic ---------------------------------------------------------------------------------
+
+    def forwarder(self, service: Service) -> Forwarder | None:
+        if service.listen is None:
+            return None
+        listen = (service.listen.host, service.listen.port)
+        fw = self.forwarders.get(service.name)
+        if fw is not None and self._listens.get(service.name) == listen:
+            return fw
+        if fw is not None:
+            fw.stop()
+        fw = self._forwarder_factory(listen, service.name)
+        fw.start()
+        self.forwarders[service.name] = fw
+        self._listens[service.name] = listen
+        return fw
+
+    def switch(self, service: Service, records: Sequence[InstanceRecord]) -> None:
+        """Commit ``records`` as the service's serving set, then point its address at them."""
+        st = self.journal.state
+        self.journal.commit(st.with_service(service.name, tuple(records)))
+        fw = self.forwarder(service)
+        if fw is not None:
+            backends = []
+            for rec in records:
+                try:
+                    backends.append(Backend(id=rec.id, connect=self.connect_for(rec)))
+                except KilnError as exc:
+                    self.events.emit("error", what=f"backend {rec.id}", detail=exc.message)
+            fw.set_backends(backends)
+        self.metrics.set_instances(len(self.journal.state.instances))
+
+    def adopt(self, service: Service, records: Sequence[InstanceRecord]) -> None:
+        """After a restart: recreate the service's traffic switch over its serving instances."""
+        fw = self.forwarder(service)
+        if fw is None:
+            return
+        backends = []
+        for rec in records:
+            try:
+                backends.append(Backend(id=rec.id, connect=self.connect_for(rec)))
+            except KilnError as exc:
+                self.events.emit("error", what=f"backend {rec.id}", detail=exc.message)
+        fw.set_backends(backends)
+        self.metrics.set_instances(len(self.journal.state.instances))
+
+    def retire(self, rec: InstanceRecord) -> None:
+        """Drain an instance that no longer serves, then stop it and forget it."""
+        fw = self.forwarders.get(rec.service)
+        if fw is not None and not fw.drain(rec.id, self.drain_timeout):
+            fw.close_backend_connections(rec.id)
+        self._forget(rec.id)
+        self.events.emit("stopped", service=rec.service, instance=rec.id, release=rec.release)
+
+    def stop_service(self, name: str) -> None:
+        """Stop every instance of a service the release no longer has, and its switch."""
+        recs = self.journal.state.serving(name)
+        self.journal.commit(self.journal.state.with_service(name, ()))
+        fw = self.forwarders.pop(name, None)
+        self._listens.pop(name, None)
+        if fw is not None:
+            fw.set_backends([])
+        for rec in recs:
+            self.retire(rec)
+        if fw is not None:
+            fw.stop()
+
+    def close(self) -> None:
+        for fw in self.forwarders.values():
+            fw.stop()
+        self.forwarders.clear()
+        self._listens.clear()
+
+    # -- rollouts --------------------------------------------------------------------------------
+
+    def converge(self, prep: Prepared, strategy: Strategy | None = None) -> bool:
+        """Bring ``prep.service`` to ``prep``'s spec (module docstring). True if anything changed."""
+        service = prep.service
+        strategy = strategy or service.strategy
+        current = list(self.journal.state.serving(service.name))
+        matching = [r for r in current if r.config == prep.config]
+        others = [r for r in current if r.config != prep.config]
+        replicas = service.replicas
+        if len(matching) > replicas:
+            others = [*matching[replicas:], *others]
+            matching = matching[:replicas]
+        need = replicas - len(matching)
+        steps = rollout_steps(strategy, replicas, need)
+        if not steps:
+            relabeled = [replace(r, release=prep.release) for r in matching]
+            if others or relabeled != matching:
+                self.switch(service, relabeled)
+                for rec in others:
+                    self.retire(rec)
+            return bool(others)
+        new: list[InstanceRecord] = []
+        retired: set[str] = set()
+        blue_green = strategy.kind is StrategyKind.BLUE_GREEN
+        try:
+            for count in steps:
+                fresh: list[InstanceRecord] = []
+                while len(new) < count:
+                    rec = self.start_instance(prep)
+                    new.append(rec)
+                    fresh.append(rec)
+                    self._require_healthy(prep, rec)
+                if blue_green:
+                    keep = [] if count >= need else list(others)
+                else:
+                    keep = others[: max(0, replicas - len(matching) - count)]
+                serving = [replace(r, release=prep.release) for r in matching] + new + keep
+                self.switch(service, serving)
+                self.hold(prep, fresh)
+                for rec in others:
+                    if rec.id not in retired and rec not in keep:
+                        self.retire(rec)
+                        retired.add(rec.id)
+        except RolloutFailed:
+            self._undo(service, [*matching, *(r for r in others if r.id not in retired)], new)
+            raise
+        return True
+
+    def _require_healthy(self, prep: Prepared, rec: InstanceRecord) -> None:
+        result = self.wait_healthy(prep, rec)
+        if not result.ok:
+            raise RolloutFailed(f"instance {rec.id} of release v{prep.release}: {result.detail}")
+
+    def _undo(self, service: Service, old: list[InstanceRecord], new: list[InstanceRecord]) -> None:
+        """After a failed step: serve the old instances still running (or, with none left, the new
+        ones until the caller converges back) and stop new instances that serve nothing."""
+        keep = old if old else new
+        self.switch(service, keep)
+        for rec in new:
+            if rec not in keep:
+                self.retire(rec)
+
+    def replace(self, prep: Prepared, old: InstanceRecord, cause: str) -> bool:
+        """Swap ``old`` for a fresh instance of ``prep`` (start, health, switch, drain, stop)."""
+        service = prep.service
+        self.events.emit("replacing", service=service.name, instance=old.id, cause=cause)
+        try:
+            rec = self.start_instance(prep)
+        except RolloutFailed as exc:
+            self.events.emit("replace_failed", service=service.name, instance=old.id, detail=exc.reason)
+            return False
+        try:
+            result = self.wait_healthy(prep, rec)
+        except RolloutFailed as exc:
+            result = HealthResult(ok=False, detail=exc.reason, latency=0.0)
+        if not result.ok:
+            self.events.emit("replace_failed", service=service.name, instance=old.id, detail=result.detail)
+            self._forget(rec.id)
+            return False
+        serving = [rec if r.id == old.id else r for r in self.journal.state.serving(service.name)]
+        if rec not in serving:
+            serving.append(rec)
+        self.switch(service, serving)
+        self.retire(old)
+        self.metrics.count_replacement(cause)
+        self.events.emit("replaced", service=service.name, instance=old.id, by=rec.id, cause=cause)
+        return True
+
+
+def _default_forwarder(listen: tuple[str, int], name: str) -> Forwarder:
+    return Forwarder(listen, connect_timeout=1.0, max_attempts=4, name=f"kiln-fwd-{name}")

@@ -1,0 +1,277 @@
+"""The deploy agent's configuration: where releases come from, what to trust, where state lives.
+
+Written by people as YAML (or TOML)::
+
+    apiVersion: kiln.dev/v1
+    kind: AgentConfig
+    source: oci:/var/lib/kiln/releases        # or HOST[:PORT]/REPO: where release artifacts are
+    channel: production                       # the channel this host follows
+    trust_root: /etc/kiln/root.yaml           # the first trust root (STATE keeps the current one)
+    state: /var/lib/kiln/agent                # journal, content store, roots, bundles, logs
+    runtime: runc                             # runc (default) | docker
+    docker_host: unix:///run/docker.sock      # with runtime: docker
+    poll_interval: 30s                        # between reconciles
+    group: default                            # the host's rollout group (reported in status)
+    max_attempts: 3                           # tries of one release version before giving up on it
+    insecure: false                           # plain http to loopback registries (tests, demos)
+    status_listen: 127.0.0.1:9100             # optional: status endpoint on loopback TCP too
+    images:                                   # where each repository's images are fetched from
+      - {repository: localhost/python-web, location: "oci:/var/lib/kiln/registry/python-web"}
+      - {repository: registry.example/team/api, location: "127.0.0.1:5000/team/api"}
+
+A repository with no ``images`` entry is fetched from the repository itself (a registry
+location). Relative paths are taken relative to the configuration file's directory.
+
+:func:`load_agent_config` reports every problem at once (``FILE:LINE:COL: path: message (hint)``).
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from manifests.durations import DurationError, parse_duration
+from manifests.image import API_VERSION
+from manifests.release import ListenAddress
+from manifests.source import Checker, SourceDocument, join_index, join_key, load_document, parse_document
+
+__all__ = [
+    "KIND",
+    "RuntimeKind",
+    "ImageLocation",
+    "AgentConfig",
+    "load_agent_config",
+    "parse_agent_config",
+]
+
+KIND = "AgentConfig"
+MAX_CONFIG_BYTES = 256 * 1024
+_REQUIRED = ("apiVersion", "kind", "source", "channel", "trust_root", "state")
+_OPTIONAL = (
+    "runtime",
+    "docker_host",
+    "poll_interval",
+    "group",
+    "max_attempts",
+    "insecure",
+    "status_listen",
+    "images",
+)
+_CHANNEL = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?\Z")
+_GROUP = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?\Z")
+
+
+class RuntimeKind(enum.StrEnum):
+    RUNC = "runc"
+    DOCKER = "docker"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageLocation:
+    """Images of ``repository`` are read from ``location`` (``oci:DIR`` or ``HOST/REPO``)."""
+
+    repository: str
+    location: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AgentConfig:
+    source: str
+    channel: str
+    trust_root: Path
+    state: Path
+    runtime: RuntimeKind = RuntimeKind.RUNC
+    docker_host: str | None = None
+    poll_interval: float = 30.0
+    group: str = "default"
+    max_attempts: int = 3
+    insecure: bool = False
+    status_listen: ListenAddress | None = None
+    images: tuple[ImageLocation, ...] = ()
+
+    def location_for(self, repository: str) -> str:
+        """Where the images of ``repository`` are read from (the repository itself by default)."""
+        for entry in self.images:
+            if entry.repository == repository:
+                return entry.location
+        return repository
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "source": self.source,
+            "channel": self.channel,
+            "trust_root": str(self.trust_root),
+            "state": str(self.state),
+            "runtime": self.runtime.value,
+            "poll_interval": f"{self.poll_interval:g}s",
+            "group": self.group,
+            "max_attempts": self.max_attempts,
+            "insecure": self.insecure,
+            "images": [{"repository": i.repository, "location": i.location} for i in self.images],
+        }
+        if self.docker_host is not None:
+            out["docker_host"] = self.docker_host
+        if self.status_listen is not None:
+            out["status_listen"] = str(self.status_listen)
+        return out
+
+
+class _Schema(Checker):
+    def __init__(self, doc: SourceDocument, base: Path) -> None:
+        super().__init__(doc)
+        self.base = base
+
+    def config(self) -> AgentConfig:
+        d = self.doc.data
+        self.keys(d, "", required=_REQUIRED, optional=_OPTIONAL)
+        for key, expected in (("apiVersion", API_VERSION), ("kind", KIND)):
+            if key in d:
+                value = self.string(d[key], key)
+                if value is not None and value != expected:
+                    self.report(key, f"unsupported value '{value}'", f"expected '{expected}'")
+        source = self._text(d, "source")
+        if source is not None and source.startswith("oci:") and not Path(source[4:]).is_absolute():
+            source = f"oci:{self.base / source[4:]}"
+        channel = self._text(d, "channel")
+        if channel and not _CHANNEL.match(channel):
+            self.report("channel", f"invalid channel '{channel}'", "lowercase letters, digits, '.', '_', '-'")
+        trust_root = self._path(d, "trust_root")
+        state = self._path(d, "state")
+        runtime = RuntimeKind.RUNC
+        if "runtime" in d:
+            chosen = self.choice(d["runtime"], "runtime", [k.value for k in RuntimeKind])
+            runtime = RuntimeKind(chosen) if chosen is not None else runtime
+        docker_host = self._text(d, "docker_host") if "docker_host" in d else None
+        if runtime is RuntimeKind.DOCKER and docker_host is None and "docker_host" not in d:
+            self.report("docker_host", "missing: runtime docker needs the engine's address", at="runtime")
+        poll = 30.0
+        if "poll_interval" in d:
+            poll = self._duration(d["poll_interval"], "poll_interval") or poll
+        group = "default"
+        if "group" in d:
+            text = self.string(d["group"], "group")
+            if text is not None and not _GROUP.match(text):
+                self.report("group", f"invalid group '{text}'", "lowercase letters, digits, '.', '_', '-'")
+            elif text is not None:
+                group = text
+        attempts = 3
+        if "max_attempts" in d:
+            n = self.integer(d["max_attempts"], "max_attempts")
+            if n is not None and not 1 <= n <= 100:
+                self.report("max_attempts", "out of range (1 to 100)")
+            elif n is not None:
+                attempts = n
+        insecure = False
+        if "insecure" in d:
+            insecure = bool(self.boolean(d["insecure"], "insecure"))
+        listen = None
+        if "status_listen" in d:
+            listen = self._listen(d["status_listen"])
+        images = self._images(d)
+        self.finish()
+        return AgentConfig(
+            source=source or "",
+            channel=channel or "",
+            trust_root=trust_root or Path(),
+            state=state or Path(),
+            runtime=runtime,
+            docker_host=docker_host,
+            poll_interval=poll,
+            group=group,
+            max_attempts=attempts,
+            insecure=insecure,
+            status_listen=listen,
+            images=images,
+        )
+
+    def _text(self, d: dict[str, object], key: str) -> str | None:
+        if key not in d:
+            return None
+        text = self.string(d[key], key)
+        if text is not None and not text.strip():
+            self.report(key, "must not be empty")
+            return None
+        return text
+
+    def _path(self, d: dict[str, object], key: str) -> Path | None:
+        text = self._text(d, key)
+        if text is None:
+            return None
+        path = Path(text)
+        return path if path.is_absolute() else (self.base / path)
+
+    def _duration(self, value: object, where: str) -> float | None:
+        text = self.string(value, where)
+        if text is None:
+            return None
+        try:
+            seconds = parse_duration(text)
+        except DurationError:
+            self.report(where, f"invalid duration '{text}'", "use NUMBER UNIT pairs such as 500ms, 30s or 5m")
+            return None
+        if seconds <= 0:
+            self.report(where, "must be greater than 0")
+            return None
+        return seconds
+
+    def _listen(self, value: object) -> ListenAddress | None:
+        text = self.string(value, "status_listen")
+        if text is None:
+            return None
+        host, sep, port = text.rpartition(":")
+        if not sep or host != "127.0.0.1" or not port.isdigit() or not 1 <= int(port) <= 65535:
+            self.report(
+                "status_listen",
+                f"invalid address '{text}'",
+                "the status endpoint listens on loopback only: 127.0.0.1:PORT",
+            )
+            return None
+        return ListenAddress(host=host, port=int(port))
+
+    def _images(self, d: dict[str, object]) -> tuple[ImageLocation, ...]:
+        if "images" not in d:
+            return ()
+        items = self.sequence(d["images"], "images", of=" of {repository, location}")
+        if items is None:
+            return ()
+        out: list[ImageLocation] = []
+        seen: dict[str, str] = {}
+        for i, raw in enumerate(items):
+            path = join_index("images", i)
+            m = self.mapping(raw, path)
+            if m is None or not self.keys(m, path, required=("repository", "location")):
+                continue
+            repo = self.string(m["repository"], join_key(path, "repository"))
+            loc = self.string(m["location"], join_key(path, "location"))
+            if repo is None or loc is None:
+                continue
+            if repo in seen:
+                self.report(
+                    join_key(path, "repository"),
+                    f"repository '{repo}' is already mapped at {seen[repo]}",
+                    "one location per repository",
+                )
+                continue
+            seen[repo] = join_key(path, "repository")
+            if loc.startswith("oci:") and not Path(loc[4:]).is_absolute():
+                loc = f"oci:{self.base / loc[4:]}"
+            out.append(ImageLocation(repository=repo, location=loc))
+        return tuple(out)
+
+
+def parse_agent_config(
+    data: bytes, *, source: str, base: Path | None = None, fmt: str = "yaml"
+) -> AgentConfig:
+    """Parse an agent configuration people wrote; every problem at once as a ManifestError."""
+    doc = parse_document(data, source=source, fmt=fmt, limit=MAX_CONFIG_BYTES)
+    return _Schema(doc, base or Path.cwd()).config()
+
+
+def load_agent_config(path: Path) -> AgentConfig:
+    """Read and validate the agent configuration at ``path``."""
+    doc = load_document(path, limit=MAX_CONFIG_BYTES)
+    return _Schema(doc, path.resolve().parent).config()
