@@ -703,9 +703,14 @@ def _services_of(*releases: Release | None) -> list[Any]:
 
 def _map_reason(reason: str) -> str:
     """Reasons from lower layers folded into the agent's vocabulary."""
-    return {"size": "digest", "manifest": "parse", "payload": "signature", "key": "signature"}.get(
-        reason, reason
-    )
+    folded = {
+        "size": "digest",
+        "manifest": "parse",
+        "payload": "signature",
+        "key": "signature",
+        "attestation": "policy",  # a required attestation is missing or unreadable
+    }
+    return folded.get(reason, reason)
 
 
 def _claimed_version(envelope: bytes) -> int | None:
