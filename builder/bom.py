@@ -76,6 +76,24 @@ class OwnerLookup:
         self._tables[key] = table
         return table
 
+    def prefetch(self, host_paths: Iterable[Path], sysroot: Path) -> None:
+        """Answer many paths with one pass over dpkg's lists (the misses only)."""
+        _, answers, index = self._table(sysroot)
+        missing: dict[str, str] = {}
+        for host_path in host_paths:
+            name = str(host_path)
+            if name not in answers and name not in missing:
+                image_path = index.image_path_of(host_path)
+                if image_path is None:
+                    answers[name] = None
+                else:
+                    missing[name] = image_path
+        if missing:
+            found = index.owning_packages(missing.values())
+            for name, image_path in missing.items():
+                answers[name] = found[image_path]
+            self._dirty.add(os.path.realpath(sysroot))
+
     def owner(self, host_path: Path, sysroot: Path) -> str | None:
         _, answers, index = self._table(sysroot)
         name = str(host_path)
@@ -112,7 +130,7 @@ def collect_inputs(
     """One Input per host file that went into the image (deduplicated, sorted)."""
     digests = {f.path: f.sha256 for f in files}
     base = Path(manifest.base_dir).resolve()
-    seen: dict[tuple[str, str, str], Input] = {}
+    taken: list[tuple[Entry, str, Path | None]] = []  # entry, kind, sysroot to ask dpkg in
     for entry in entries:
         if entry.kind is not EntryKind.FILE or entry.host_path is None or entry.path not in digests:
             continue
@@ -121,11 +139,22 @@ def collect_inputs(
             continue
         kind = m.group(2)
         item = manifest.contents[int(m.group(1))]
-        package = None
+        sysroot: Path | None = None
         if kind == "closure" and isinstance(item, ClosureSource):
-            package = owners.owner(entry.host_path, Path(item.sysroot))
+            sysroot = Path(item.sysroot)
         elif kind == "tree":
-            package = owners.owner(entry.host_path, Path("/"))
+            sysroot = Path("/")
+        taken.append((entry, kind, sysroot))
+    by_sysroot: dict[Path, list[Path]] = {}
+    for entry, _, sysroot in taken:
+        if sysroot is not None and entry.host_path is not None:
+            by_sysroot.setdefault(sysroot, []).append(entry.host_path)
+    for sysroot, paths in by_sysroot.items():
+        owners.prefetch(paths, sysroot)
+    seen: dict[tuple[str, str, str], Input] = {}
+    for entry, kind, sysroot in taken:
+        assert entry.host_path is not None  # noqa: S101 - filtered above
+        package = owners.owner(entry.host_path, sysroot) if sysroot is not None else None
         uri = _input_uri(entry.host_path, kind, base)
         sha = digests[entry.path].hex
         seen.setdefault((kind, uri, sha), Input(kind=kind, uri=uri, sha256=sha, package=package))
