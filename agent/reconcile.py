@@ -265,12 +265,13 @@ class Agent:
 
     # -- refusals --------------------------------------------------------------------------------
 
-    def _refuse(self, exc: VerificationError, *, version: int | None, what: str = "release") -> None:
+    def _refuse(self, exc: VerificationError, *, version: int | None, what: str = "release") -> str:
         reason = exc.reason if exc.reason in REFUSAL_REASONS else _map_reason(exc.reason)
         self.metrics.count_refusal(reason)
         self.events.emit("refused", reason=reason, detail=exc.message, version=version, what=what)
         refusal = Refusal(reason=reason, detail=exc.message, version=version, at=self.wall().timestamp())
         self.journal.commit(replace(self.journal.state, last_refusal=refusal))
+        return reason
 
     # -- start and recovery ----------------------------------------------------------------------
 
@@ -337,8 +338,8 @@ class Agent:
         try:
             envelope = self._fetch()
         except VerificationError as exc:
-            self._refuse(exc, version=None)
-            return ReconcileResult(outcome="refused", reason=exc.reason, detail=exc.message)
+            reason = self._refuse(exc, version=None)
+            return ReconcileResult(outcome="refused", reason=reason, detail=exc.message)
         except (KilnError, OSError) as exc:
             detail = exc.message if isinstance(exc, KilnError) else str(exc)
             self.events.emit("unavailable", what="release source", detail=detail)
@@ -354,8 +355,8 @@ class Agent:
                 current_payload_digest=st.highest.payload_digest if st.highest is not None else None,
             )
         except VerificationError as exc:
-            self._refuse(exc, version=_claimed_version(envelope))
-            return ReconcileResult(outcome="refused", reason=exc.reason, detail=exc.message)
+            reason = self._refuse(exc, version=_claimed_version(envelope))
+            return ReconcileResult(outcome="refused", reason=reason, detail=exc.message)
         release = verified.release
         ref = ReleaseRef(version=release.version, payload_digest=str(verified.payload_digest))
         if st.good == ref:
@@ -366,9 +367,9 @@ class Agent:
         try:
             prepared = self._prepare(release, fetch=True)
         except VerificationError as exc:
-            self._refuse(exc, version=release.version)
+            reason = self._refuse(exc, version=release.version)
             return ReconcileResult(
-                outcome="refused", version=release.version, reason=exc.reason, detail=exc.message
+                outcome="refused", version=release.version, reason=reason, detail=exc.message
             )
         except DocumentError as exc:
             err = VerificationError(exc.message, reason="parse")

@@ -10,6 +10,7 @@ without root; the integration tests run the same agent on real runc.
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import shutil
 import socket
@@ -31,7 +32,8 @@ from manifests.oci import Descriptor
 from manifests.release import Release, parse_release
 from manifests.trustroot import ImageKey, ImageRule, ImageRules, ReleaseRole, Role, TrustRoot
 from publisher.layoutstore import LayoutRepository
-from publisher.release_artifact import publish_release
+from publisher.release_artifact import publish_release, release_manifest
+from publisher.transfer import BlobSource, Manifest
 from signing.attestation import STATEMENT_V1, PredicateKind
 from signing.dsse import sign_envelope
 from signing.image import attest_image, sign_image
@@ -247,6 +249,25 @@ class Workspace:
 
     def publish(self, envelope: bytes, *, force: bool = True) -> None:
         publish_release(LayoutRepository(self.releases, create=True), envelope, force=force)
+
+    def publish_raw(self, envelope: bytes, *, channel: str = "stable") -> None:
+        """Tag ``envelope`` as the channel's release without looking inside it (hostile input)."""
+        repo = LayoutRepository(self.releases, create=True)
+        man = release_manifest(envelope, channel=channel, version=0)
+        empty = man.config
+        repo.put_blobs(
+            [
+                BlobSource(digest=empty.digest, size=empty.size, opener=lambda: io.BytesIO(b"{}")),
+                BlobSource(
+                    digest=Digest.of(envelope), size=len(envelope), opener=lambda: io.BytesIO(envelope)
+                ),
+            ],
+            jobs=1,
+        )
+        raw = man.to_bytes()
+        manifest = Manifest(data=raw, media_type=MediaType.OCI_MANIFEST, digest=Digest.of(raw))
+        repo.put_manifest(manifest)
+        repo.set_tag(channel, manifest)
 
     def add_image(
         self,
