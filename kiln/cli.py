@@ -36,8 +36,9 @@ VERBS: dict[str, tuple[str, str]] = {
     "publish": ("kiln.cmd_publish", "push a built image with its signatures; tag its version"),
     "pull": ("kiln.cmd_publish", "fetch an image by digest or tag into a new OCI layout"),
     "copy": ("kiln.cmd_publish", "copy an image with its signatures, digests unchanged"),
-    "release": ("kiln.cmd_release", "sign and verify release manifests"),
+    "release": ("kiln.cmd_release", "sign, verify and publish release manifests"),
     "root": ("kiln.cmd_release", "create, sign and rotate trust roots"),
+    "agent": ("kiln.cmd_agent", "run the host agent; its status, rollback and trust updates"),
 }
 VERB_MODULES: tuple[str, ...] = tuple(dict.fromkeys(module for module, _ in VERBS.values()))
 

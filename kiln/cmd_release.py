@@ -1,5 +1,5 @@
-"""Verbs for releases and trust roots: ``release sign``, ``release verify``, ``root init``,
-``root sign``, ``root verify``.
+"""Verbs for releases and trust roots: ``release sign``, ``release verify``, ``release publish``,
+``root init``, ``root sign``, ``root verify``.
 
 Signing writes DSSE envelopes (``*.dsse.json``). Several signers sign the same envelope in turn:
 ``kiln release sign --key K2 --append release.dsse.json`` (or ``kiln release sign --key K2
@@ -42,7 +42,7 @@ _DEFAULT_ROOT_LIFETIME = timedelta(days=365)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    release = sub.add_parser("release", help="sign and verify release manifests")
+    release = sub.add_parser("release", help="sign, verify and publish release manifests")
     rel = release.add_subparsers(dest="release_verb", metavar="ACTION", required=True)
     p = rel.add_parser("sign", help="sign a release (or add a signature to a signed one)")
     _sign_args(p, "RELEASE.yaml|ENVELOPE")
@@ -55,6 +55,16 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--at", metavar="TIME", help="verify as of this RFC 3339 time (default: now)")
     p.add_argument("envelope", type=Path, metavar="ENVELOPE")
     p.set_defaults(handler=cmd_release_verify)
+    p = rel.add_parser(
+        "publish", help="push a signed release as an OCI artifact, tagged CHANNEL and CHANNEL-VERSION"
+    )
+    p.add_argument("envelope", type=Path, metavar="ENVELOPE")
+    p.add_argument("dest", metavar="DEST", help="HOST[:PORT]/REPO or oci:DIR")
+    p.add_argument(
+        "--insecure", action="store_true", help="plain http to a registry on loopback (never elsewhere)"
+    )
+    p.add_argument("--force", action="store_true", help="move the channel tag even to a lower version")
+    p.set_defaults(handler=cmd_release_publish)
 
     root = sub.add_parser("root", help="create, sign and rotate trust roots")
     rt = root.add_subparsers(dest="root_verb", metavar="ACTION", required=True)
@@ -294,6 +304,21 @@ def cmd_release_verify(args: argparse.Namespace, out: Output) -> int:
             "root_version": root.version,
             "services": services,
         },
+    )
+    return 0
+
+
+def cmd_release_publish(args: argparse.Namespace, out: Output) -> int:
+    from publisher.release_artifact import open_release_endpoint, publish_release
+
+    data = _read(args.envelope, envelope_cap(MAX_RELEASE_BYTES), "release envelope")
+    with open_release_endpoint(args.dest, insecure=args.insecure, create=True) as endpoint:
+        published = publish_release(endpoint, data, force=args.force)
+    for change in published.tags:
+        out.progress(f"{args.dest}:{change.tag} ({change.action})")
+    out.result(
+        f"Published release {published.channel} v{published.release_version} as {published.reference}",
+        published.to_dict(),
     )
     return 0
 

@@ -1,0 +1,182 @@
+"""The agent's local status endpoint: HTTP on a Unix socket (``STATE/agent.sock``, mode 0600) and,
+optionally, on a loopback TCP port.
+
+::
+
+    GET  /status     the status document (JSON): release, previous, instances, health, last refusal
+    GET  /metrics    Prometheus text: kiln_agent_reconciles_total, kiln_agent_refusals_total{reason},
+                     kiln_agent_rollouts_total{result}, kiln_agent_rollbacks_total,
+                     kiln_agent_verify_bytes_per_second, ...
+    POST /rollback   the operator's rollback, run by the agent that owns the instances (Unix socket only)
+
+Requests are small and bounded: only the request line and headers are read (the http.server
+limits), bodies are ignored, each connection has a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import os
+import socket
+import socketserver
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from manifests.errors import KilnError
+
+__all__ = ["SOCKET_FILE", "StatusServer", "query"]
+
+SOCKET_FILE = "agent.sock"
+_MAX_REPLY = 4 * 1024 * 1024
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    server: Any
+    timeout = 5.0
+
+    def do_GET(self) -> None:
+        app: StatusServer = self.server.app
+        if self.path == "/status":
+            self._send(200, json.dumps(app.status(), sort_keys=True).encode(), "application/json")
+        elif self.path == "/metrics":
+            self._send(200, app.metrics().encode(), "text/plain; version=0.0.4")
+        else:
+            self._send(404, b'{"error": "not found"}', "application/json")
+
+    def do_POST(self) -> None:
+        app: StatusServer = self.server.app
+        if self.path != "/rollback" or not self.server.allow_control:
+            self._send(404, b'{"error": "not found"}', "application/json")
+            return
+        if app.rollback is None:
+            self._send(503, b'{"error": "rollback is not available"}', "application/json")
+            return
+        try:
+            body = app.rollback()
+        except KilnError as exc:
+            self._send(409, json.dumps({"error": exc.message, "hint": exc.hint}).encode(), "application/json")
+            return
+        self._send(200, json.dumps(body, sort_keys=True).encode(), "application/json")
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+    def address_string(self) -> str:
+        return "local"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, _ = self.socket.accept()
+        return sock, ("local", 0)
+
+
+class _TcpServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+
+class StatusServer:
+    """Serves ``status()`` and ``metrics()`` until :meth:`stop`."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        status: Callable[[], dict[str, Any]],
+        metrics: Callable[[], str],
+        rollback: Callable[[], dict[str, Any]] | None = None,
+        tcp: tuple[str, int] | None = None,
+    ) -> None:
+        self.path = Path(state_dir) / SOCKET_FILE
+        self.status = status
+        self.metrics = metrics
+        self.rollback = rollback
+        self._tcp = tcp
+        self._servers: list[socketserver.BaseServer] = []
+        self._threads: list[threading.Thread] = []
+
+    @property
+    def tcp_address(self) -> tuple[str, int] | None:
+        for srv in self._servers:
+            if isinstance(srv, _TcpServer):
+                host, port = srv.server_address[:2]
+                return str(host), int(port)
+        return None
+
+    def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        old = os.umask(0o177)
+        try:
+            unix = _UnixServer(str(self.path), _Handler)
+        finally:
+            os.umask(old)
+        unix.app = self  # type: ignore[attr-defined]
+        unix.allow_control = True  # type: ignore[attr-defined]
+        self._servers.append(unix)
+        if self._tcp is not None:
+            tcp = _TcpServer(self._tcp, _Handler)
+            tcp.app = self  # type: ignore[attr-defined]
+            tcp.allow_control = False  # type: ignore[attr-defined]
+            self._servers.append(tcp)
+        for srv in self._servers:
+            t = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        for srv in self._servers:
+            srv.shutdown()
+            srv.server_close()
+        for t in self._threads:
+            t.join(5)
+        self._servers.clear()
+        self._threads.clear()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    def __enter__(self) -> StatusServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def query(state_dir: Path, path: str, *, method: str = "GET", timeout: float = 60.0) -> tuple[int, bytes]:
+    """One request to a running agent's Unix socket; OSError when no agent answers."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(str(Path(state_dir) / SOCKET_FILE))
+        sock.sendall(
+            f"{method} {path} HTTP/1.1\r\nHost: kiln-agent\r\nContent-Length: 0\r\n"
+            "Connection: close\r\n\r\n".encode("ascii")
+        )
+        data = bytearray()
+        while chunk := sock.recv(65536):
+            data += chunk
+            if len(data) > _MAX_REPLY:
+                raise OSError("reply from the agent is too large")
+    finally:
+        sock.close()
+    head, _, body = bytes(data).partition(b"\r\n\r\n")
+    try:
+        status = int(head.split(b" ", 2)[1])
+    except (IndexError, ValueError):
+        raise OSError("not an HTTP reply from the agent") from None
+    return status, body

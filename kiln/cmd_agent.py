@@ -1,0 +1,256 @@
+"""``kiln agent``: the host agent's loop and its operator commands.
+
+::
+
+    kiln agent run        [--config FILE]            reconcile every poll_interval; status endpoint on
+                                                     STATE/agent.sock (and status_listen)
+    kiln agent reconcile  --once [--config FILE]     one reconcile, then exit (exit 3 if refused)
+    kiln agent status     [--config FILE] [--json]   release, version, instances, health, last refusal
+    kiln agent rollback   [--config FILE]            back to the previous good release (local only)
+    kiln agent trust-update [--config FILE] ROOT     install trust root N+1 (signed envelope)
+
+``status`` and ``rollback`` talk to a running agent through its Unix socket; with no agent
+running, ``status`` reads the journal and ``rollback`` runs in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from kiln.output import Output
+from manifests.errors import KilnError, VerificationError
+
+__all__ = ["register", "DEFAULT_CONFIG"]
+
+DEFAULT_CONFIG = Path("/etc/kiln/agent.yaml")
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    agent = sub.add_parser("agent", help="run the host agent and operate it")
+    verbs = agent.add_subparsers(dest="agent_verb", metavar="ACTION", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--config", type=Path, default=DEFAULT_CONFIG, metavar="FILE", help=f"default {DEFAULT_CONFIG}"
+        )
+
+    p = verbs.add_parser("run", help="reconcile in a loop until SIGTERM")
+    common(p)
+    p.set_defaults(handler=cmd_agent_run)
+    p = verbs.add_parser("reconcile", help="one reconcile (--once), then exit")
+    common(p)
+    p.add_argument("--once", action="store_true", required=True, help="run exactly one reconcile")
+    p.set_defaults(handler=cmd_agent_reconcile)
+    p = verbs.add_parser("status", help="what the agent runs, and its last refusal")
+    common(p)
+    p.set_defaults(handler=cmd_agent_status)
+    p = verbs.add_parser("rollback", help="return to the previous good release (local, recorded)")
+    common(p)
+    p.set_defaults(handler=cmd_agent_rollback)
+    p = verbs.add_parser("trust-update", help="install the next trust root (N+1 only)")
+    common(p)
+    p.add_argument("root", type=Path, metavar="ROOT", help="the new root's signed envelope")
+    p.set_defaults(handler=cmd_agent_trust_update)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from manifests.agentconfig import load_agent_config
+
+    return load_agent_config(args.config)
+
+
+def _printer(out: Output) -> Any:
+    def sink(line: str) -> None:
+        out.progress(line)
+
+    return sink
+
+
+def cmd_agent_run(args: argparse.Namespace, out: Output) -> int:
+    from agent.reconcile import Agent
+    from agent.status import StatusServer
+
+    config = _config(args)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        out.progress(f"kiln agent: signal {signum}, stopping after this step")
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    agent = Agent(config, event_sink=_printer(out))
+    tcp = (config.status_listen.host, config.status_listen.port) if config.status_listen is not None else None
+    server = StatusServer(
+        config.state,
+        status=agent.status,
+        metrics=agent.metrics.render,
+        rollback=lambda: {"release": agent.rollback().to_dict()},
+        tcp=tcp,
+    )
+    try:
+        agent.start()
+        server.start()
+        out.progress(f"kiln agent: following {config.channel} from {config.source}; status on {server.path}")
+        agent.run(stop)
+    finally:
+        server.stop()
+        agent.close()
+    out.result("kiln agent stopped", {"stopped": True, "status": agent.status()})
+    return 0
+
+
+def cmd_agent_reconcile(args: argparse.Namespace, out: Output) -> int:
+    from agent.reconcile import Agent
+
+    config = _config(args)
+    agent = Agent(config, event_sink=_printer(out))
+    try:
+        agent.start()
+        result = agent.reconcile_once()
+    finally:
+        agent.close()
+    data = {
+        "outcome": result.outcome,
+        "release_version": result.version,
+        "reason": result.reason,
+        "detail": result.detail,
+        "replaced": result.replaced,
+    }
+    human = f"reconcile: {result.outcome}"
+    if result.version is not None:
+        human += f" (release v{result.version})"
+    if result.reason:
+        human += f": refused ({result.reason}): {result.detail}"
+    elif result.detail:
+        human += f": {result.detail}"
+    out.result(human, data)
+    if result.outcome == "refused":
+        return VerificationError.exit_code
+    return 1 if result.outcome == "failed" else 0
+
+
+def _status_from_journal(config: Any) -> dict[str, Any]:
+    from agent.journal import Journal
+    from agent.reconcile import status_document
+
+    st = Journal(config.state).state
+    instances = [
+        {
+            "id": r.id,
+            "service": r.service,
+            "release": r.release,
+            "image": r.image,
+            "started_at": r.started_at,
+            "health": "unknown",
+        }
+        for r in st.instances
+    ]
+    return status_document(st, instances=instances, metrics=None, config=config)
+
+
+def cmd_agent_status(args: argparse.Namespace, out: Output) -> int:
+    from agent.status import query
+
+    config = _config(args)
+    running = True
+    try:
+        code, body = query(config.state, "/status", timeout=10.0)
+        doc = json.loads(body) if code == 200 else None
+    except (OSError, ValueError):
+        doc = None
+    if not isinstance(doc, dict):
+        running = False
+        doc = _status_from_journal(config)
+    doc["agent_running"] = running
+    out.result(_status_table(doc), doc)
+    return 0
+
+
+def _status_table(doc: dict[str, Any]) -> str:
+    def ver(r: Any) -> str:
+        return f"v{r['version']}" if isinstance(r, dict) else "-"
+
+    lines = [
+        f"channel {doc['channel']}  release {ver(doc['release'])}  previous {ver(doc['previous'])}  "
+        f"highest accepted {ver(doc['highest_accepted'])}  root v{doc['root_version']}  "
+        f"agent {'running' if doc.get('agent_running') else 'not running'}",
+    ]
+    if doc.get("rollout"):
+        lines.append(f"rollout in progress: {ver(doc['rollout']['from'])} -> {ver(doc['rollout']['to'])}")
+    lines.append(f"{'SERVICE':<16} {'INSTANCE':<28} {'RELEASE':<8} HEALTH")
+    for i in doc["instances"]:
+        lines.append(f"{i['service']:<16} {i['id']:<28} v{i['release']:<7} {i['health']}")
+    refusal = doc.get("last_refusal")
+    if refusal:
+        version = f" v{refusal['version']}" if refusal.get("version") is not None else ""
+        lines.append(f"last refusal{version}: {refusal['reason']}: {refusal['detail']}")
+    for f in doc.get("failures") or []:
+        lines.append(f"failed v{f['version']} ({f['attempts']} attempt(s)): {f['reason']}")
+    return "\n".join(lines)
+
+
+def cmd_agent_rollback(args: argparse.Namespace, out: Output) -> int:
+    from agent.reconcile import Agent
+    from agent.status import query
+
+    config = _config(args)
+    try:
+        code, body = query(config.state, "/rollback", method="POST")
+    except OSError:
+        code, body = 0, b""
+    if code == 200:
+        doc = json.loads(body)
+        version = doc["release"]["version"]
+        out.result(f"rolled back to release v{version} (by the running agent)", {"release_version": version})
+        return 0
+    if code != 0:
+        try:
+            err = json.loads(body)
+        except ValueError:
+            err = {"error": body.decode("utf-8", "replace")}
+        raise KilnError(f"the running agent refused: {err.get('error')}", hint=err.get("hint"))
+    agent = Agent(config, event_sink=_printer(out))
+    try:
+        agent.start()
+        target = agent.rollback()
+    finally:
+        agent.close()
+    out.result(
+        f"rolled back to release v{target.version}",
+        {"release_version": target.version, "payload_digest": target.payload_digest},
+    )
+    return 0
+
+
+def cmd_agent_trust_update(args: argparse.Namespace, out: Output) -> int:
+    from agent.reconcile import Agent
+    from manifests.trustroot import MAX_ROOT_BYTES
+    from signing.root import envelope_cap
+
+    config = _config(args)
+    try:
+        with args.root.open("rb") as fh:
+            data = fh.read(envelope_cap(MAX_ROOT_BYTES) + 1)
+    except OSError as exc:
+        raise KilnError(f"trust root {args.root}: {exc.strerror or exc}") from None
+    agent = Agent(config, event_sink=_printer(out))
+    try:
+        try:
+            new = agent.trust_update(data)
+        except VerificationError as exc:
+            raise VerificationError(
+                f"refused ({exc.reason}): {exc.message}", reason=exc.reason, hint=exc.hint
+            ) from None
+    finally:
+        agent.close()
+    out.result(
+        f"trust root v{new.version} installed ({new.digest})",
+        {"root_version": new.version, "digest": str(new.digest)},
+    )
+    return 0
