@@ -168,6 +168,8 @@ class Download:
                     f"{self.what}: the registry announces {expected} bytes, over the cap of {self.cap}",
                     reason="size",
                 )
+            # No chunk_size: httpx would copy every byte through its re-chunking buffer (three
+            # copies per byte; pulls ran at ~60% of the speed they have without it).
             for chunk in resp.iter_bytes():
                 self.received += len(chunk)
                 if self.received > self.cap:
