@@ -15,8 +15,8 @@ the connection goes back to the pool (httpcore drops a connection closed mid-res
 one per request cost a connect and a new server goroutine each time).
 
 The session's own ``httpx.Client`` builds its verifying TLS context on the first ``https`` request:
-loading the CA bundle takes ~50 ms, which is a sixth of a no-change republish, and a session that
-only speaks plain http to a loopback registry never needs it.
+loading the CA bundle took 45-80 ms here, most of what a no-change republish spends outside the
+interpreter's start, and a session that only speaks plain http to a loopback registry never needs it.
 """
 
 from __future__ import annotations
