@@ -102,7 +102,7 @@ def test_round_trip(
         highest=highest,
         good=good,
         rollout_to=good,
-        rollout_from=highest,
+        rollout_from=highest if good is not None else None,
         instances=(REC,),
         known=tuple(sorted(set(known))),
         last_refusal=refusal,
