@@ -54,13 +54,13 @@ class Env:
     port: int
     agents: list[Agent]
 
-    def agent(self, **config: object) -> Agent:
+    def agent(self, *, deadline: float = 5.0, **config: object) -> Agent:
         agent = Agent(
             self.ws.config(**config),
             runtime=self.runtime,
             connector=loopback_connector,
             wall=self.clock,
-            health_deadline=5.0,
+            health_deadline=deadline,
             drain_timeout=1.0,
             stop_grace=0.1,
         )
@@ -206,7 +206,7 @@ def test_failed_health_returns_to_the_previous_release_and_is_retried_a_bounded_
     env: Env,
 ) -> None:
     env.ws.publish(env.release(2))
-    agent = env.agent(max_attempts=2)
+    agent = env.agent(max_attempts=2, deadline=1.0)
     assert agent.reconcile_once().outcome == "rolled-out"
     v2 = serving_ids(agent)
     env.ws.publish(env.release(3, env={"HEALTH": "fail"}))
