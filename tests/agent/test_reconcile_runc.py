@@ -90,6 +90,7 @@ def test_rollouts_failed_health_and_rollback_on_runc_with_a_registry(
     needs_runc: None, python_web: WebImage, tmp_path: Path
 ) -> None:
     require_tool("docker-registry", "docker-registry")
+    netns_before = set(list_netns())
     desc = _signed_layout(python_web, tmp_path / "layout")
     root_path = tmp_path / "root.yaml"
     root_path.write_text(make_root().to_yaml())
@@ -167,7 +168,7 @@ def test_rollouts_failed_health_and_rollback_on_runc_with_a_registry(
     finally:
         agent.close(stop_instances=True)
     assert _runc_ids(config.state) == []
-    assert not [n for n in list_netns() if n.startswith("kiln-web-")]
+    assert not [n for n in set(list_netns()) - netns_before if n.startswith("kiln-web-")]
 
 
 def test_drift_and_lifetime_on_runc(needs_runc: None, python_web: WebImage, tmp_path: Path) -> None:
