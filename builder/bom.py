@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.metadata
 import json
 import os
 import re
@@ -30,13 +29,9 @@ from manifests.atomic import atomic_write
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.image import ClosureSource, ImageManifest
+from manifests.version import VERSION as _kiln_version
 
 __all__ = ["OwnerLookup", "collect_inputs", "attestation_documents", "manifest_digest"]
-
-try:
-    _kiln_version = importlib.metadata.version("kiln")
-except importlib.metadata.PackageNotFoundError:  # running from a source tree that is not installed
-    _kiln_version = "0+unknown"
 
 _ORIGIN = re.compile(r"^contents\[(\d+)\]\.(files|tree|closure)\b")
 _MAX_OWNER_CACHE = 16 * 1024 * 1024

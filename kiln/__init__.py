@@ -1,3 +1,5 @@
 """kiln's front door: the ``kiln`` command, output formatting and exit codes."""
 
-__version__ = "0.1.0"
+from manifests.version import VERSION as __version__
+
+__all__ = ["__version__"]
