@@ -126,7 +126,9 @@ def cmd_agent_reconcile(args: argparse.Namespace, out: Output) -> int:
     if result.version is not None:
         human += f" (release v{result.version})"
     if result.reason:
-        human += f": refused ({result.reason}): {result.detail}"
+        # The outcome already says "refused": name the reason once, as `kiln release verify` does.
+        release = f"release v{result.version}" if result.version is not None else "the release"
+        human = f"reconcile: {release} refused ({result.reason}): {result.detail}"
     elif result.detail:
         human += f": {result.detail}"
     out.result(human, data)
