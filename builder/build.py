@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import hashlib
 import os
 import re
 import shutil
@@ -25,8 +26,8 @@ from pathlib import Path
 
 from builder.archive import docker_manifest, write_layout_tar
 from builder.bom import OwnerLookup, attestation_documents, collect_inputs
-from builder.cache import BuildCache, CacheKey
-from builder.compress import ANNOTATION, Compressor
+from builder.cache import BuildCache, CacheKey, StatEntry
+from builder.compress import ANNOTATION, BackgroundSink, Compressor
 from builder.errors import BuildError, SourceError
 from builder.imageconfig import image_config, manifest_annotations
 from builder.layers import LayerPlan, plan_layers
@@ -222,32 +223,99 @@ def _write_layers(
     return results
 
 
+def _stat_key(plan: LayerPlan, comp: Compressor, mtime: int) -> str | None:
+    """A key over everything that decides the layer's bytes, with host files identified by stat
+    (device, inode, size, mtime, ctime) instead of content; ``None`` if a file cannot be stat'ed."""
+    h = hashlib.sha256()
+    h.update(canonical_json([comp.tag, mtime]))
+    for e in plan.entries:
+        ident: list[object] = [e.path, str(e.kind), e.mode, e.uid, e.gid, e.size, e.target]
+        if e.data is not None:
+            ident.append(hashlib.sha256(e.data).hexdigest())
+        elif e.host_path is not None:
+            try:
+                st = os.stat(e.host_path)
+            except OSError:
+                return None
+            ident += [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+        h.update(canonical_json(ident))
+    return h.hexdigest()
+
+
 def _write_layer(
     plan: LayerPlan, layout: OCILayout, comp: Compressor, cache: BuildCache | None, mtime: int
 ) -> tuple[LayerInfo, TarStats]:
     first: TarStats | None = None
     key: CacheKey | None = None
+    stat_key: str | None = None
     if cache is not None:
-        first = write_tar(plan.entries, _NullSink(), mtime=mtime)
-        key = CacheKey(
-            diff_id=first.diff_id, compression=str(comp.compression), library=comp.library, level=comp.level
-        )
-        hit = cache.fetch(key, layout)
-        if hit is not None:
-            return _info(plan, comp, hit.digest, hit.size, first, cached=True), first
+        # 1. Unchanged inputs (same stat identity): nothing is read, the blob is linked out.
+        stat_key = _stat_key(plan, comp, mtime)
+        known = cache.lookup_stat(stat_key) if stat_key is not None else None
+        if known is not None:
+            hit = cache.fetch(_cache_key(known.diff_id, comp), layout)
+            if hit is not None:
+                stats = TarStats(
+                    diff_id=known.diff_id,
+                    size=known.tar_size,
+                    entries=known.entries,
+                    files=tuple(FileRecord(path=p, sha256=d, size=n) for p, d, n in known.files),
+                )
+                return _info(plan, comp, hit.digest, hit.size, stats, cached=True), stats
+        # 2. Same content under another identity (a new checkout, a touched file): hash the tar
+        #    first and skip compressing it. Pointless, and skipped, while the cache holds no layer.
+        if cache.has_layers():
+            first = write_tar(plan.entries, _NullSink(), mtime=mtime)
+            key = _cache_key(first.diff_id, comp)
+            hit = cache.fetch(key, layout)
+            if hit is not None:
+                _remember(cache, stat_key, first)
+                return _info(plan, comp, hit.digest, hit.size, first, cached=True), first
+    # 3. Write it: tar on this thread, compression and the blob's hash on a second one.
     with layout.blob_writer(durable=False) as blob:
-        sink = comp.sink(blob, size=tar_size(plan.entries, mtime=mtime))
-        stats = write_tar(plan.entries, sink, mtime=mtime)
+        sink = BackgroundSink(comp.sink(blob, size=tar_size(plan.entries, mtime=mtime)))
+        try:
+            stats = write_tar(plan.entries, sink, mtime=mtime)
+        except BaseException:
+            sink.abort()
+            raise
         sink.finish()
     if first is not None and first.diff_id != stats.diff_id:
         raise SourceError(
             f"the {plan.category} layer's inputs changed while the image was being built",
             hint="do not modify inputs during a build",
         )
-    if cache is not None and key is not None:
+    if cache is not None:
         with contextlib.suppress(OSError):  # a cache that cannot be written only costs speed
-            cache.store(key, layout.blob_path(blob.digest), digest=blob.digest, size=blob.size)
+            cache.store(
+                _cache_key(stats.diff_id, comp),
+                layout.blob_path(blob.digest),
+                digest=blob.digest,
+                size=blob.size,
+            )
+            _remember(cache, stat_key, stats)
     return _info(plan, comp, blob.digest, blob.size, stats, cached=False), stats
+
+
+def _cache_key(diff_id: Digest, comp: Compressor) -> CacheKey:
+    return CacheKey(
+        diff_id=diff_id, compression=str(comp.compression), library=comp.library, level=comp.level
+    )
+
+
+def _remember(cache: BuildCache, stat_key: str | None, stats: TarStats) -> None:
+    if stat_key is None:
+        return
+    with contextlib.suppress(OSError):
+        cache.store_stat(
+            stat_key,
+            StatEntry(
+                diff_id=stats.diff_id,
+                tar_size=stats.size,
+                entries=stats.entries,
+                files=tuple((f.path, f.sha256, f.size) for f in stats.files),
+            ),
+        )
 
 
 def _info(

@@ -6,6 +6,12 @@ Layout under the cache root::
 
     blobs/sha256/<hex>          compressed layer blobs, named by their digest
     layers/<key-hash>.json      {"key": {...}, "digest": "sha256:...", "size": N}
+    stat/<stat-key>.json        {"diff_id", "tar_size", "entries", "files": [[path, sha256, size]...]}
+
+The ``stat/`` entries let an unchanged rebuild skip reading its inputs at all, as git's index does:
+a stat key hashes every entry's metadata and, for host files, their device, inode, size, mtime and
+ctime (any write to a file changes its ctime, which no user can set). A hit names the layer's
+diff_id and per-file digests; the blob itself is still re-hashed when it is linked out.
 
 Entries and blobs are written atomically. A hit is only used after the blob is re-hashed while it
 is copied out; a blob that does not match (corrupt, truncated, edited) is evicted, and the caller
@@ -29,9 +35,10 @@ from manifests.errors import DocumentError, KilnError, VerificationError
 from manifests.layout import OCILayout
 from manifests.oci import parse_json_object
 
-__all__ = ["CacheKey", "CacheEntry", "BuildCache"]
+__all__ = ["CacheKey", "CacheEntry", "StatEntry", "BuildCache"]
 
 _MAX_ENTRY_BYTES = 4096
+_MAX_STAT_ENTRY_BYTES = 64 << 20
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -59,6 +66,16 @@ class CacheEntry:
     key: CacheKey
     digest: Digest
     size: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatEntry:
+    """What a layer's tar was, for inputs with a given stat identity."""
+
+    diff_id: Digest
+    tar_size: int
+    entries: int
+    files: tuple[tuple[str, Digest, int], ...]
 
 
 class BuildCache:
@@ -132,6 +149,55 @@ class BuildCache:
         doc = {"key": key.to_dict(), "digest": str(digest), "size": size}
         atomic_write(self._entry_path(key), canonical_json(doc), durable=False)
         return entry
+
+    def has_layers(self) -> bool:
+        """Whether any layer is cached at all (if not, looking a layer up by content is pointless)."""
+        try:
+            with os.scandir(self.root / "layers") as it:
+                return any(e.name.endswith(".json") for e in it)
+        except OSError:
+            return False
+
+    def _stat_path(self, stat_key: str) -> Path:
+        return self.root / "stat" / f"{stat_key}.json"
+
+    def lookup_stat(self, stat_key: str) -> StatEntry | None:
+        path = self._stat_path(stat_key)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(_MAX_STAT_ENTRY_BYTES + 1)
+            doc = parse_json_object(data, what=str(path), limit=_MAX_STAT_ENTRY_BYTES)
+            files = doc.get("files")
+            tar_size, entries = doc.get("tar_size"), doc.get("entries")
+            if not isinstance(files, list) or not all(
+                isinstance(f, list) and len(f) == 3 and isinstance(f[0], str) and isinstance(f[2], int)
+                for f in files
+            ):
+                raise DocumentError(f"{path}: bad files")
+            if not isinstance(tar_size, int) or not isinstance(entries, int):
+                raise DocumentError(f"{path}: bad sizes")
+            return StatEntry(
+                diff_id=Digest.parse(str(doc.get("diff_id"))),
+                tar_size=tar_size,
+                entries=entries,
+                files=tuple((f[0], Digest.parse(str(f[1])), f[2]) for f in files),
+            )
+        except FileNotFoundError:
+            return None
+        except (OSError, KilnError):
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+
+    def store_stat(self, stat_key: str, entry: StatEntry) -> None:
+        doc = {
+            "diff_id": str(entry.diff_id),
+            "tar_size": entry.tar_size,
+            "entries": entry.entries,
+            "files": [[p, str(d), n] for p, d, n in entry.files],
+        }
+        (self.root / "stat").mkdir(parents=True, exist_ok=True)
+        atomic_write(self._stat_path(stat_key), canonical_json(doc), durable=False)
 
     def evict(self, key: CacheKey) -> None:
         with contextlib.suppress(FileNotFoundError):

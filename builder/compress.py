@@ -13,7 +13,9 @@ upgrade shows up as a visible, versioned change instead of silently different di
 
 from __future__ import annotations
 
+import queue
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +27,7 @@ from builder.errors import BuildError
 from builder.tarwriter import Sink
 from manifests.mediatypes import Compression, MediaType
 
-__all__ = ["Compressor", "CompressingSink", "LEVELS", "ANNOTATION"]
+__all__ = ["Compressor", "CompressingSink", "BackgroundSink", "LEVELS", "ANNOTATION"]
 
 ANNOTATION = "dev.kiln.compression"
 LEVELS: dict[Compression, range] = {
@@ -116,3 +118,62 @@ class CompressingSink:
             self._out.write(tail)
         if self._kind is Compression.GZIP:
             self._out.write(struct.pack("<II", self._crc & 0xFFFFFFFF, self._isize & 0xFFFFFFFF))
+
+
+class BackgroundSink:
+    """Hand writes to ``inner`` on a second thread, in fixed ``chunk``-byte pieces.
+
+    Writing a layer is two halves of similar cost: reading files, framing the tar and hashing it
+    (the caller's thread), then compressing and hashing the result (``inner``). The compressors and
+    sha256 release the GIL, so running the halves on two threads uses two cores. The pieces are
+    always ``chunk`` bytes (the last one shorter) whatever the caller's write sizes, so the
+    compressor sees the same calls, and writes the same bytes, for the same tar stream.
+    Call :meth:`finish` once; it re-raises anything the second thread raised.
+    """
+
+    def __init__(self, inner: CompressingSink, *, chunk: int = 1 << 20, depth: int = 4) -> None:
+        self._inner = inner
+        self._chunk = chunk
+        self._buf = bytearray()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)  # None: no more
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="kiln-compress", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            while (piece := self._queue.get()) is not None:
+                self._inner.write(piece)
+            self._inner.finish()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by finish()
+            self._error = exc
+            while self._queue.get() is not None:  # unblock the producer, then stop
+                pass
+
+    def _put(self, piece: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(piece)
+
+    def write(self, data: bytes) -> None:
+        self._buf += data
+        while len(self._buf) >= self._chunk:
+            self._put(bytes(self._buf[: self._chunk]))
+            del self._buf[: self._chunk]
+
+    def finish(self) -> None:
+        try:
+            if self._buf and self._error is None:
+                self._queue.put(bytes(self._buf))
+        finally:
+            self._buf.clear()
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abort(self) -> None:
+        """Stop the second thread after a failure on the caller's side (its output is discarded)."""
+        self._buf.clear()
+        self._queue.put(None)
+        self._thread.join()
