@@ -1,0 +1,520 @@
+"""Deploy with the kiln agent against `docker pull` + `docker run`, in the same run, as root.
+
+python-web is built in ``--runs + 1`` versions that differ only in their app layer (the greeting
+names the version), and each is signed and published to a private registry (Debian's
+docker-registry) on loopback. Then, for each run:
+
+- **kiln**: a signed release pinning the next version is published (`kiln release publish`) while
+  `kiln agent run` follows the channel on runc. Timed: from the publish returning to the first
+  answer of the new version on the service address (the agent polls every ``--poll`` seconds,
+  verifies the release and the image signature, pulls the one new layer by digest, unpacks a
+  read-only root, starts the instance, checks its health, switches the address: blue-green).
+- **docker**: a private dockerd that already pulled the previous version (the base layers are
+  cached) runs `docker pull REGISTRY/...@sha256:...` and `docker run -d --network host` of the
+  same image. Timed: from the pull starting to the first answer of the new version.
+
+Then, with the agent stopped, the cost of verifying the release that already runs: in-process
+``Agent.reconcile_once()`` that finds nothing to do (fetch, signatures, threshold, expiry,
+version, and the enforcement checks on the running instance), with a breakdown that also
+re-checks the image policy and re-hashes the cached blobs. Last, `kiln agent rollback` to the
+previous release (cached) against `docker run` of the previous image (cached), each until it
+answers. Everything started is stopped again: instances, namespaces, the agent, the registry and
+dockerd. Nothing here asserts a time: read the numbers.
+
+    .venv/bin/python bench/agent.py [--runs N] [--poll SECONDS] [--verify-runs N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from kiln.testing import PrivateDockerd, free_port, http_get, private_dockerd, private_registry
+
+REPO = Path(__file__).resolve().parent.parent
+# This file is bench/agent.py: keep its directory from shadowing kiln's own `agent` package.
+if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]
+PASSWORD = "kiln-bench"  # noqa: S105 - throwaway keys in a temporary directory
+GREETING = '"hello from kiln"'
+
+
+def kiln_env() -> dict[str, str]:
+    """kiln as installed: bytecode cached (see bench/build.py), a passphrase for the bench keys."""
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["KILN_PASSWORD"] = PASSWORD
+    env.setdefault("SOURCE_DATE_EPOCH", "0")
+    return env
+
+
+def kiln(*args: str) -> dict[str, Any]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "kiln", "--json", *args],
+        capture_output=True,
+        text=True,
+        env=kiln_env(),
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"kiln {' '.join(args)} failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    out: dict[str, Any] = json.loads(proc.stdout) if proc.stdout.strip() else {}
+    return out
+
+
+def greeting(version: int) -> str:
+    return f"hello from kiln, release {version}"
+
+
+def wait_answer(url: str, needle: str, *, timeout: float = 120.0, every: float = 0.005) -> float:
+    """Poll ``url`` until its body contains ``needle``; the monotonic time it first did."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _, body = http_get(url, timeout=1.0)
+            if needle.encode() in body:
+                return time.monotonic()
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise SystemExit(f"{url} did not answer {needle!r} within {timeout:g} s")
+        time.sleep(every)
+
+
+# -- images -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Image:
+    version: int
+    layout: Path
+    digest: str
+    layers: tuple[str, ...]
+
+
+def build_images(work: Path, count: int) -> list[Image]:
+    """python-web versions 1.0.1 .. 1.0.count: the same base layers, one app layer each."""
+    images = []
+    for v in range(1, count + 1):
+        src = work / f"src-{v}"
+        shutil.copytree(REPO / "examples/python-web", src, ignore=shutil.ignore_patterns("__pycache__"))
+        manifest, server = src / "python-web.yaml", src / "app/server.py"
+        manifest.write_text(manifest.read_text().replace("version: 1.0.0", f"version: 1.0.{v}"))
+        text = server.read_text()
+        if GREETING not in text:
+            raise SystemExit(f"{server}: the greeting {GREETING} is gone; update bench/agent.py")
+        server.write_text(text.replace(GREETING, json.dumps(greeting(v))))
+        built = kiln(
+            "-q", "build", str(manifest), "-o", str(work / f"image-{v}"), "--cache-dir", str(work / "cache")
+        )
+        images.append(
+            Image(
+                version=v,
+                layout=work / f"image-{v}",
+                digest=built["digest"],
+                layers=tuple(layer["digest"] for layer in built["layers"]),
+            )
+        )
+    shared = set(images[0].layers).intersection(*(i.layers for i in images))
+    print(f"built {count} versions of python-web: {len(shared)} of {len(images[0].layers)} layers shared")
+    return images
+
+
+# -- the kiln side --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Host:
+    """One agent host: keys, trust root, config, state; the registry it reads from."""
+
+    work: Path
+    registry: str  # 127.0.0.1:PORT
+    listen: str
+
+    @property
+    def repository(self) -> str:
+        return f"{self.registry}/bench/python-web"
+
+    @property
+    def config(self) -> Path:
+        return self.work / "agent.yaml"
+
+    @property
+    def state(self) -> Path:
+        return self.work / "state"
+
+
+RELEASE = """\
+apiVersion: kiln.dev/v1
+kind: Release
+channel: stable
+version: {version}
+expires: {expires}
+services:
+  - name: web
+    image: {image}
+    listen: {listen}
+    strategy: blue-green
+    health: {{http: {{port: 8080, path: /healthz}}, interval: 100ms, timeout: 1s, retries: 1, grace: 0s}}
+"""
+
+AGENT = """\
+apiVersion: kiln.dev/v1
+kind: AgentConfig
+source: {registry}/bench/releases
+channel: stable
+trust_root: root.yaml
+state: state
+runtime: runc
+insecure: true
+poll_interval: {poll}s
+max_attempts: 1
+"""
+
+
+def setup_host(work: Path, registry: str, images: list[Image], poll: float) -> Host:
+    host = Host(work=work, registry=registry, listen=f"127.0.0.1:{free_port()}")
+    keys = work / "keys"
+    keys.mkdir()
+    for name in ("image", "release", "root"):
+        kiln("key", "generate", "--out", str(keys / name))
+    kiln(
+        "root", "init", "--root-key", str(keys / "root.pub"), "--release-key", str(keys / "release.pub"),
+        "--image-key", str(keys / "image.pub"), "--image-repository", f"{registry}/bench/**",
+        "--channel", "stable", "--expires", "24h", "-o", str(work / "root.yaml"),
+    )  # fmt: skip
+    for image in images:
+        ref = f"oci:{image.layout}:1.0.{image.version}"
+        kiln("sign", "--key", str(keys / "image.key"), "--identity", host.repository, ref)
+        kiln("publish", str(image.layout), host.repository, "--insecure")
+    host.config.write_text(AGENT.format(registry=registry, poll=poll))
+    return host
+
+
+def sign_release(host: Host, version: int, image: Image) -> Path:
+    doc = host.work / f"release-{version}.yaml"
+    doc.write_text(
+        RELEASE.format(
+            version=version,
+            expires=(datetime.now(UTC) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            image=f"{host.repository}@{image.digest}",
+            listen=host.listen,
+        )
+    )
+    envelope = host.work / f"release-{version}.dsse.json"
+    kiln("release", "sign", "--key", str(host.work / "keys/release.key"), str(doc), "-o", str(envelope))
+    return envelope
+
+
+def publish_release(host: Host, envelope: Path) -> float:
+    t0 = time.monotonic()
+    kiln("release", "publish", str(envelope), f"{host.registry}/bench/releases", "--insecure")
+    return time.monotonic() - t0
+
+
+@contextmanager
+def running_agent(host: Host) -> Iterator[subprocess.Popen[bytes]]:
+    """`kiln agent run` as a host would run it; SIGTERM on exit (its instances keep running)."""
+    with (host.work / "agent.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kiln", "agent", "run", "--config", str(host.config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=kiln_env(),
+            start_new_session=True,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def agent_status(host: Host) -> dict[str, Any] | None:
+    from agent.status import query
+
+    try:
+        code, body = query(host.state, "/status", timeout=5.0)
+    except OSError:
+        return None
+    doc = json.loads(body) if code == 200 else None
+    return doc if isinstance(doc, dict) else None
+
+
+def wait_settled(host: Host, version: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
+    """Until the running agent reports ``version`` good, no rollout, one instance."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"kiln agent run exited {proc.returncode}; see {host.work / 'agent.log'}")
+        doc = agent_status(host)
+        if (
+            doc is not None
+            and (doc.get("release") or {}).get("version") == version
+            and not doc.get("rollout")
+            and len(doc.get("instances") or []) == 1
+        ):
+            return
+        time.sleep(0.05)
+    raise SystemExit(f"the agent did not settle on release v{version}; see {host.work / 'agent.log'}")
+
+
+def stop_instances(host: Host) -> list[str]:
+    """Stop every instance of the bench's agent (journal and runc), with their namespaces."""
+    from agent.reconcile import Agent
+    from agent.runc import RuncRuntime
+    from manifests.agentconfig import load_agent_config
+
+    if not host.state.exists():
+        return []
+    agent = Agent(load_agent_config(host.config))
+    try:
+        for iid in agent.runtime.list():
+            agent.runtime.stop(iid, grace=2.0)
+    finally:
+        agent.close(stop_instances=True)
+    return list(RuncRuntime(host.state).list())
+
+
+# -- verification of the current release --------------------------------------------------------------
+
+
+def measure_verification(host: Host, image: Image, runs: int) -> dict[str, list[float]]:
+    """In-process: ``reconcile_once`` on the running release, and its parts, ``runs`` times each."""
+    from agent.reconcile import Agent
+    from agent.sources import open_image_location
+    from agent.unpack import root_fingerprint
+    from manifests.agentconfig import load_agent_config
+    from manifests.digest import Digest
+    from publisher.release_artifact import fetch_release, open_release_endpoint
+    from signing.cosign import attestation_tag, signature_tag
+    from signing.image import stored_layers
+    from signing.release import check_release
+    from signing.root import image_policy
+
+    config = load_agent_config(host.config)
+    # The loopback registry is plain http by design here; its warning once per connection is noise.
+    logging.getLogger("kiln.publisher").setLevel(logging.ERROR)
+    agent = Agent(config)
+    times: dict[str, list[float]] = {}
+
+    def timed(name: str, fn: Callable[[], object]) -> object:
+        t0 = time.perf_counter()
+        value = fn()
+        times.setdefault(name, []).append(time.perf_counter() - t0)
+        return value
+
+    try:
+        agent.start()
+        highest = agent.journal.state.highest
+        if highest is None:
+            raise SystemExit("the agent runs no release")
+        pin = Digest.parse(image.digest)
+        manifest = agent.store.image(pin).manifest_digest
+        for _ in range(runs):
+            result = timed("reconcile_once (nothing to do)", agent.reconcile_once)
+            if getattr(result, "outcome", None) != "current":
+                raise SystemExit(f"expected a reconcile with nothing to do, got {result}")
+
+            def fetch() -> bytes:
+                with open_release_endpoint(config.source, insecure=True) as endpoint:
+                    return fetch_release(endpoint, config.channel)
+
+            envelope = timed("  fetch the release artifact", fetch)
+            assert isinstance(envelope, bytes)
+
+            def check(envelope: bytes = envelope) -> None:
+                check_release(
+                    envelope,
+                    root=agent.root,
+                    channel=config.channel,
+                    now=datetime.now(UTC),
+                    highest_accepted=highest.version,
+                    current_payload_digest=highest.payload_digest,
+                )
+
+            timed("  signatures, threshold, expiry, version", check)
+
+            def policy() -> None:
+                with open_image_location(
+                    config.location_for(host.repository), staging=host.state / "tmp", insecure=True
+                ) as loc:
+                    image_policy(agent.root).evaluate(
+                        repository=host.repository,
+                        tag=None,
+                        image_digest=pin,
+                        signatures=stored_layers(loc.artifacts, signature_tag(pin)),
+                        attestations=stored_layers(loc.artifacts, attestation_tag(pin)),
+                        now=datetime.now(UTC),
+                    )
+
+            timed("  (extra) image signature under the policy", policy)
+
+            def rehash() -> None:
+                pulled = agent.store.image(pin)
+                for desc in (pulled.manifest.config, *pulled.layers):
+                    agent.store.verify(desc.digest, size=desc.size)
+
+            timed("  (extra) re-hash the cached blobs", rehash)
+            timed(
+                "  root fingerprint (enforcement)",
+                lambda: root_fingerprint(agent.roots_dir / manifest.hex),
+            )
+    finally:
+        agent.close()
+    return times
+
+
+# -- the docker side ------------------------------------------------------------------------------
+
+
+def docker_run(engine: PrivateDockerd, ref: str, name: str, port: int) -> None:
+    engine.cli(
+        "run", "-d", "--name", name, "--read-only", "--user", "65532:65532", "--cap-drop", "ALL",
+        "--security-opt", "no-new-privileges", "--tmpfs", "/tmp", "--network", "host",
+        "-e", f"PORT={port}", ref,
+    )  # fmt: skip
+
+
+# -- main -------------------------------------------------------------------------------------------
+
+
+def fmt(values: list[float]) -> str:
+    if not values:
+        return "-"
+    med = statistics.median(values)
+    return f"{med:.3f} s" if len(values) == 1 else f"{med:.3f} s (min {min(values):.3f}, n={len(values)})"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=int, default=3, help="new releases to roll out (default 3)")
+    ap.add_argument("--poll", type=float, default=0.25, help="the agent's poll_interval (default 0.25 s)")
+    ap.add_argument("--verify-runs", type=int, default=20, help="reconciles with nothing to do (20)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("bench/agent.py runs as root (runc, network namespaces, dockerd)")
+    for tool in ("runc", "docker-registry", "dockerd", "ip"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is not installed (make debs-test installs it)")
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
+    work = Path(tempfile.mkdtemp(prefix="kiln-bench-agent-", dir="/var/tmp"))
+    kiln_deploy: list[float] = []
+    docker_deploy: list[float] = []
+    publish_times: list[float] = []
+    verify: dict[str, list[float]] = {}
+    rollback: dict[str, float] = {}
+    host: Host | None = None
+    leftovers: list[str] | None = None
+    try:
+        images = build_images(work, args.runs + 1)
+        with private_registry(work / "registry") as registry, private_dockerd() as engine:
+            host = setup_host(work, registry, images, args.poll)
+            print(f"registry {registry}, agent on runc polling every {args.poll:g} s, address {host.listen}")
+            # Both sides start from version 1 running, its layers cached.
+            first = images[0]
+            docker_port = free_port()
+            engine.cli("pull", f"{host.repository}@{first.digest}", timeout=300)
+            docker_run(engine, f"{host.repository}@{first.digest}", "web-1", docker_port)
+            wait_answer(f"http://127.0.0.1:{docker_port}/", greeting(1))
+            publish_release(host, sign_release(host, 1, first))
+            with running_agent(host) as proc:
+                wait_answer(f"http://{host.listen}/", greeting(1))
+                wait_settled(host, 1, proc)
+                for image in images[1:]:
+                    v = image.version
+                    envelope = sign_release(host, v, image)
+                    publish_times.append(publish_release(host, envelope))
+                    t0 = time.monotonic()
+                    kiln_deploy.append(wait_answer(f"http://{host.listen}/", greeting(v)) - t0)
+                    wait_settled(host, v, proc)
+
+                    ref = f"{host.repository}@{image.digest}"
+                    port = free_port()
+                    t0 = time.monotonic()
+                    engine.cli("pull", ref, timeout=300)
+                    docker_run(engine, ref, f"web-{v}", port)
+                    docker_deploy.append(wait_answer(f"http://127.0.0.1:{port}/", greeting(v)) - t0)
+                    engine.cli("rm", "-f", f"web-{v - 1}")
+                    print(f"  release {v}: kiln {kiln_deploy[-1]:.3f} s, docker {docker_deploy[-1]:.3f} s")
+
+            verify = measure_verification(host, images[-1], args.verify_runs)
+
+            previous = images[-2]
+            with running_agent(host) as proc:
+                wait_settled(host, images[-1].version, proc)
+                t0 = time.monotonic()
+                done = subprocess.Popen(
+                    [sys.executable, "-m", "kiln", "agent", "rollback", "--config", str(host.config)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                    env=kiln_env(),
+                )
+                rollback["kiln: until the address answers"] = (
+                    wait_answer(f"http://{host.listen}/", greeting(previous.version)) - t0
+                )
+                _, err = done.communicate(timeout=120)
+                rollback["kiln: the rollback command returns"] = time.monotonic() - t0
+                if done.returncode != 0:
+                    raise SystemExit(f"kiln agent rollback failed: {err.decode(errors='replace')}")
+                wait_settled(host, previous.version, proc)
+            port = free_port()
+            t0 = time.monotonic()
+            docker_run(engine, f"{host.repository}@{previous.digest}", "web-rollback", port)
+            rollback["docker run of the cached image"] = (
+                wait_answer(f"http://127.0.0.1:{port}/", greeting(previous.version)) - t0
+            )
+            leftovers = stop_instances(host)
+    finally:
+        if host is not None and leftovers is None:
+            try:
+                leftovers = stop_instances(host)
+            except BaseException:
+                print(f"could not stop the bench's instances: their runc state is in {work}", file=sys.stderr)
+                raise
+        if not leftovers:
+            shutil.rmtree(work, ignore_errors=True)
+
+    k, d = statistics.median(kiln_deploy), statistics.median(docker_deploy)
+    print("\nnew release -> new version serving (python-web; the base layers cached on both sides)")
+    print(f"  {'kiln (release published -> the address answers it)':<58}{fmt(kiln_deploy)}")
+    print(f"  {'docker pull + docker run (pull starts -> it answers)':<58}{fmt(docker_deploy)}")
+    print(f"  {'ratio docker / kiln':<58}{d / k:.2f}x")
+    print(f"  {'(kiln release publish itself, not counted above)':<58}{fmt(publish_times)}")
+    print(f"  (kiln includes up to {args.poll:g} s of agent poll interval, signature and policy checks;")
+    print("   docker checks no signature)")
+    print("\nverification of the release already running (in-process, nothing to do; target < 0.2 s)")
+    for name, values in verify.items():
+        print(f"  {name:<58}{fmt(values)}")
+    print("\nrollback to the previous release, cached (target < 2 s until it serves)")
+    for name, value in rollback.items():
+        print(f"  {name:<58}{value:.3f} s")
+    ratio = rollback["docker run of the cached image"] / rollback["kiln: until the address answers"]
+    print(f"  {'ratio docker run / kiln (until it answers)':<58}{ratio:.2f}x")
+    print(f"\nleft running: {', '.join(leftovers) if leftovers else 'nothing'}")
+    return 1 if leftovers else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
