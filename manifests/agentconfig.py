@@ -28,14 +28,12 @@ location). Relative paths are taken relative to the configuration file's directo
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from manifests.durations import DurationError, parse_duration
+from manifests.fields import LOWER_NAME, FieldChecker, ListenAddress, parse_listen_address
 from manifests.image import API_VERSION
-from manifests.release import ListenAddress
-from manifests.source import Checker, SourceDocument, join_index, join_key, load_document, parse_document
+from manifests.source import SourceDocument, join_index, join_key, load_document, parse_document
 
 __all__ = [
     "KIND",
@@ -59,8 +57,7 @@ _OPTIONAL = (
     "status_listen",
     "images",
 )
-_CHANNEL = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?\Z")
-_GROUP = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?\Z")
+_NAME_HINT = "lowercase letters, digits, '.', '_', '-'"
 
 
 class RuntimeKind(enum.StrEnum):
@@ -120,7 +117,7 @@ class AgentConfig:
         return out
 
 
-class _Schema(Checker):
+class _Schema(FieldChecker):
     def __init__(self, doc: SourceDocument, base: Path) -> None:
         super().__init__(doc)
         self.base = base
@@ -128,17 +125,13 @@ class _Schema(Checker):
     def config(self) -> AgentConfig:
         d = self.doc.data
         self.keys(d, "", required=_REQUIRED, optional=_OPTIONAL)
-        for key, expected in (("apiVersion", API_VERSION), ("kind", KIND)):
-            if key in d:
-                value = self.string(d[key], key)
-                if value is not None and value != expected:
-                    self.report(key, f"unsupported value '{value}'", f"expected '{expected}'")
+        self.header(d, KIND, wording="unsupported value", escape=False)
         source = self._text(d, "source")
         if source is not None and source.startswith("oci:") and not Path(source[4:]).is_absolute():
             source = f"oci:{self.base / source[4:]}"
         channel = self._text(d, "channel")
-        if channel and not _CHANNEL.match(channel):
-            self.report("channel", f"invalid channel '{channel}'", "lowercase letters, digits, '.', '_', '-'")
+        if channel and not LOWER_NAME.match(channel):
+            self.report("channel", f"invalid channel '{channel}'", _NAME_HINT)
         trust_root = self._path(d, "trust_root")
         state = self._path(d, "state")
         runtime = RuntimeKind.RUNC
@@ -150,21 +143,21 @@ class _Schema(Checker):
             self.report("docker_host", "missing: runtime docker needs the engine's address", at="runtime")
         poll = 30.0
         if "poll_interval" in d:
-            poll = self._duration(d["poll_interval"], "poll_interval") or poll
+            # a bare number is refused as "expected a string", as this document always has
+            text = self.string(d["poll_interval"], "poll_interval")
+            if text is not None:
+                examples = "500ms, 30s or 5m"
+                poll = self.duration(text, "poll_interval", examples=examples, escape=False) or poll
         group = "default"
         if "group" in d:
             text = self.string(d["group"], "group")
-            if text is not None and not _GROUP.match(text):
-                self.report("group", f"invalid group '{text}'", "lowercase letters, digits, '.', '_', '-'")
+            if text is not None and not LOWER_NAME.match(text):
+                self.report("group", f"invalid group '{text}'", _NAME_HINT)
             elif text is not None:
                 group = text
         attempts = 3
         if "max_attempts" in d:
-            n = self.integer(d["max_attempts"], "max_attempts")
-            if n is not None and not 1 <= n <= 100:
-                self.report("max_attempts", "out of range (1 to 100)")
-            elif n is not None:
-                attempts = n
+            attempts = self.bounded(d["max_attempts"], "max_attempts", 1, 100) or attempts
         insecure = False
         if "insecure" in d:
             insecure = bool(self.boolean(d["insecure"], "insecure"))
@@ -204,33 +197,19 @@ class _Schema(Checker):
         path = Path(text)
         return path if path.is_absolute() else (self.base / path)
 
-    def _duration(self, value: object, where: str) -> float | None:
-        text = self.string(value, where)
-        if text is None:
-            return None
-        try:
-            seconds = parse_duration(text)
-        except DurationError:
-            self.report(where, f"invalid duration '{text}'", "use NUMBER UNIT pairs such as 500ms, 30s or 5m")
-            return None
-        if seconds <= 0:
-            self.report(where, "must be greater than 0")
-            return None
-        return seconds
-
     def _listen(self, value: object) -> ListenAddress | None:
         text = self.string(value, "status_listen")
         if text is None:
             return None
-        host, sep, port = text.rpartition(":")
-        if not sep or host != "127.0.0.1" or not port.isdigit() or not 1 <= int(port) <= 65535:
+        address = parse_listen_address(text)[0]
+        if address is None or address.host != "127.0.0.1":
             self.report(
                 "status_listen",
                 f"invalid address '{text}'",
                 "the status endpoint listens on loopback only: 127.0.0.1:PORT",
             )
             return None
-        return ListenAddress(host=host, port=int(port))
+        return address
 
     def _images(self, d: dict[str, object]) -> tuple[ImageLocation, ...]:
         if "images" not in d:

@@ -159,25 +159,18 @@ class ImageContentsChecker(ImagePathChecker):
         if not items:
             self.report(paths_path, "must not be empty", "list the executables to copy with their libraries")
             return None
-        paths: list[str] = []
-        seen: dict[str, str] = {}
-        for i, raw in enumerate(items):
-            where = join_index(paths_path, i)
-            if isinstance(raw, str) and raw.endswith("/"):
-                self.report(where, "must name a file, not a directory", "use a tree item for directories")
-                continue
-            p = self.image_path(raw, where)
-            if p is None:
-                continue
-            if p in seen:
-                self.report(where, f"listed twice (first at {seen[p]})", "remove one of them")
-                continue
-            seen[p] = where
-            paths.append(p)
+        paths = self.distinct(items, paths_path, self._closure_path)
+        for p, where in paths.items():
             self.declare_closure_path(p, where)
         if len(paths) != len(items):
             return None
         return ClosureSource(paths=tuple(paths), sysroot=sysroot)
+
+    def _closure_path(self, raw: object, where: str) -> str | None:
+        if isinstance(raw, str) and raw.endswith("/"):
+            self.report(where, "must name a file, not a directory", "use a tree item for directories")
+            return None
+        return self.image_path(raw, where)
 
     def _tree(self, value: object, path: str) -> TreeSource | None:
         m = self.mapping(value, path)

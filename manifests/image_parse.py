@@ -25,9 +25,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from manifests.durations import DurationError, parse_duration
 from manifests.image import (
-    API_VERSION,
     Accounts,
     ExecCheck,
     HealthCheck,
@@ -133,8 +131,7 @@ class _ImageSchema(ImageContentsChecker):
     def manifest(self, base_dir: Path) -> ImageManifest:
         d = self.doc.data
         self.keys(d, "", required=_TOP_REQUIRED, optional=_TOP_OPTIONAL)
-        self._exact(d, "apiVersion", API_VERSION)
-        self._exact(d, "kind", KIND)
+        self.header(d, KIND)
         name = self._name(d)
         version = self._version(d)
         platform = self._platform(d)
@@ -148,7 +145,7 @@ class _ImageSchema(ImageContentsChecker):
                 "nothing to run: entrypoint and cmd are both empty",
                 "set entrypoint to the program the image starts",
             )
-        env = self._string_map(d, "env", key_check=self._env_key)
+        env = self._string_map(d, "env", key_check=self.env_key)
         workdir = None
         if "workdir" in d:
             workdir = self.image_path(d["workdir"], "workdir", allow_root=True)
@@ -191,15 +188,6 @@ class _ImageSchema(ImageContentsChecker):
         """Whether a problem was already reported at one of these top-level keys or inside them."""
         return any(p.path == k or p.path.startswith((f"{k}[", f"{k}.")) for p in self._problems for k in keys)
 
-    def _exact(self, d: Mapping[str, Any], key: str, expected: str) -> None:
-        if key not in d:
-            return
-        value = self.string(d[key], key)
-        if value is not None and value != expected:
-            what = "unsupported apiVersion" if key == "apiVersion" else "wrong kind"
-            shown = json.dumps(value, ensure_ascii=False)[1:-1]
-            self.report(key, f"{what} '{shown}'", f"expected '{expected}'")
-
     # -- identity
 
     def _name(self, d: Mapping[str, Any]) -> str:
@@ -213,13 +201,12 @@ class _ImageSchema(ImageContentsChecker):
                 "name", f"longer than {_MAX_NAME} characters", "image names are at most 255 characters"
             )
         elif not _valid_name(name):
-            shown = json.dumps(name, ensure_ascii=False)[1:-1]
             lower = name.lower()
             if lower != name and _valid_name(lower):
                 hint = f"names are lowercase: did you mean '{lower}'?"
             else:
                 hint = "lowercase letters and digits, separated by '.', '_' or '-'; '/' between components"
-            self.report("name", f"invalid image name '{shown}'", hint)
+            self.invalid("name", "image name", name, hint)
         return name
 
     def _version(self, d: Mapping[str, Any]) -> str:
@@ -231,12 +218,7 @@ class _ImageSchema(ImageContentsChecker):
         if len(version) > _MAX_TAG:
             self.report("version", f"longer than {_MAX_TAG} characters", "the version becomes an OCI tag")
         elif not _SEMVER.match(version):
-            shown = json.dumps(version, ensure_ascii=False)[1:-1]
-            self.report(
-                "version",
-                f"invalid version '{shown}'",
-                "use semantic versioning, e.g. 1.2.0 or 1.2.0-rc.1",
-            )
+            self.invalid("version", "version", version, "use semantic versioning, e.g. 1.2.0 or 1.2.0-rc.1")
         return version
 
     def _platform(self, d: Mapping[str, Any]) -> Platform:
@@ -248,10 +230,7 @@ class _ImageSchema(ImageContentsChecker):
             return default
         parts = text.split("/")
         if len(parts) not in (2, 3) or not all(parts):
-            shown = json.dumps(text, ensure_ascii=False)[1:-1]
-            self.report(
-                "platform", f"invalid platform '{shown}'", "write os/architecture[/variant], e.g. linux/amd64"
-            )
+            self.invalid("platform", "platform", text, "write os/architecture[/variant], e.g. linux/amd64")
             return default
         os_name, arch = parts[0], parts[1]
         variant = parts[2] if len(parts) == 3 else None
@@ -297,19 +276,8 @@ class _ImageSchema(ImageContentsChecker):
     def _account_name(self, m: Mapping[str, Any], key: str) -> str | None:
         if key not in m:
             return None
-        where = join_key("accounts", key)
-        name = self.string(m[key], where)
-        if name is None:
-            return None
-        if not _USER.match(name):
-            shown = json.dumps(name, ensure_ascii=False)[1:-1]
-            self.report(
-                where,
-                f"invalid {key} name '{shown}'",
-                "lowercase letters, digits, '_' and '-', starting with a letter or '_', at most 32",
-            )
-            return None
-        return name
+        hint = "lowercase letters, digits, '_' and '-', starting with a letter or '_', at most 32"
+        return self.matching(m[key], join_key("accounts", key), _USER, f"{key} name", hint)
 
     def _command(self, d: Mapping[str, Any], key: str) -> tuple[str, ...]:
         if key not in d:
@@ -341,41 +309,26 @@ class _ImageSchema(ImageContentsChecker):
         return tuple(words_t)
 
     def _string_map(
-        self, d: Mapping[str, Any], key: str, *, key_check: Callable[[str, str], None]
+        self, d: Mapping[str, Any], key: str, *, key_check: Callable[[str, str], bool]
     ) -> tuple[tuple[str, str], ...]:
         if key not in d:
             return ()
-        m = self.mapping(d[key], key)
-        if m is None:
-            return ()
-        out: list[tuple[str, str]] = []
-        for k, v in m.items():
-            where = join_key(key, k)
-            key_check(k, where)
-            value = self.string(v, where)
-            if value is None:
-                continue
-            if "\x00" in value:
-                self.report(where, "contains a NUL character")
-                continue
-            out.append((k, value))
-        return tuple(sorted(out))
+        return self.string_map(d[key], key, key_check=key_check)
 
-    def _env_key(self, k: str, where: str) -> None:
-        if not k or "=" in k or CONTROL_CHARS.search(k) or " " in k:
-            self.report(where, "invalid environment variable name", "no '=', spaces or control characters")
-
-    def _label_key(self, k: str, where: str) -> None:
+    def _label_key(self, k: str, where: str) -> bool:
         if not k or CONTROL_CHARS.search(k):
             self.report(
                 where, "invalid label key", "use reverse-DNS keys such as org.opencontainers.image.source"
             )
-        elif k.startswith(RESERVED_LABEL_PREFIX):
+            return False
+        if k.startswith(RESERVED_LABEL_PREFIX):
             self.report(
                 where,
                 "the dev.kiln. prefix is reserved for the run-time policy kiln records",
                 "set writable, volumes, health, ports or accounts instead, or choose another label name",
             )
+            return False
+        return True
 
     def _ports(self, d: Mapping[str, Any]) -> tuple[Port, ...]:
         if "ports" not in d:
@@ -383,19 +336,9 @@ class _ImageSchema(ImageContentsChecker):
         items = self.sequence(d["ports"], "ports", of=' of ports ("8080/tcp")')
         if items is None:
             return ()
-        out: list[Port] = []
-        seen: dict[Port, str] = {}
-        for i, raw in enumerate(items):
-            where = join_index("ports", i)
-            port = self._port(raw, where)
-            if port is None:
-                continue
-            if port in seen:
-                self.report(where, f"duplicate port {port} (first at {seen[port]})", "remove one of them")
-                continue
-            seen[port] = where
-            out.append(port)
-        return tuple(out)
+        return tuple(
+            self.distinct(items, "ports", self._port, duplicate=lambda port: f"duplicate port {port}")
+        )
 
     def _port(self, raw: object, where: str) -> Port | None:
         protocol = "tcp"
@@ -404,8 +347,7 @@ class _ImageSchema(ImageContentsChecker):
         elif isinstance(raw, str):
             m = _PORT.match(raw)
             if m is None:
-                shown = json.dumps(raw, ensure_ascii=False)[1:-1]
-                self.report(where, f"invalid port '{shown}'", 'write N, "N/tcp" or "N/udp"')
+                self.invalid(where, "port", raw, 'write N, "N/tcp" or "N/udp"')
                 return None
             number = int(m.group(1))
             if m.group(2) is not None:
@@ -421,40 +363,25 @@ class _ImageSchema(ImageContentsChecker):
             return None
         return Port(number=number, protocol=protocol)
 
-    def _port_number(self, m: Mapping[str, Any], path: str) -> int | None:
-        where = join_key(path, "port")
-        number = self.integer(m["port"], where)
-        if number is not None and not 1 <= number <= 65535:
-            self.report(where, f"port {number} is out of range (1 to 65535)")
-            return None
-        return number
-
     def _dirs(self, d: Mapping[str, Any], key: str, what: str) -> tuple[str, ...]:
         if key not in d:
             return ()
         items = self.sequence(d[key], key, of=" of absolute paths")
         if items is None:
             return ()
-        out: list[str] = []
-        seen: dict[str, str] = {}
-        for i, raw in enumerate(items):
-            where = join_index(key, i)
+
+        def directory(raw: object, where: str) -> str | None:
             p = self.image_path(raw, where, allow_root=True)
-            if p is None:
-                continue
             if p == "/":
                 self.report(
                     where,
                     f"the root directory cannot be {what}",
                     "the root is read-only by design; list the directories that need writes",
                 )
-                continue
-            if p in seen:
-                self.report(where, f"listed twice (first at {seen[p]})", "remove one of them")
-                continue
-            seen[p] = where
-            out.append(p)
-        return tuple(out)
+                return None
+            return p
+
+        return tuple(self.distinct(items, key, directory))
 
     # -- health, layers, compression
 
@@ -466,16 +393,7 @@ class _ImageSchema(ImageContentsChecker):
             return None
         checks = ("http", "tcp", "exec")
         self.keys(m, "health", optional=(*checks, "interval", "timeout", "retries"))
-        present = [k for k in checks if k in m]
-        check: HttpCheck | TcpCheck | ExecCheck | None = None
-        if not present:
-            self.report("health", "expected exactly one of: http, tcp, exec", "say how to probe the service")
-        else:
-            checks_found = [self._check(k, m[k]) for k in present]
-            if len(present) > 1:
-                self.report("health", f"has both '{present[0]}' and '{present[1]}'", "keep one check")
-            else:
-                check = checks_found[0]
+        check = self.one_probe(m, "health", checks, self._check, probe_all=True)
         interval = self._duration(m, "interval", 2.0)
         timeout = self._duration(m, "timeout", 1.0)
         retries = 3
@@ -489,34 +407,15 @@ class _ImageSchema(ImageContentsChecker):
             return None
         return HealthCheck(check=check, interval=interval, timeout=timeout, retries=retries)
 
-    def _check(self, kind: str, value: object) -> HttpCheck | TcpCheck | ExecCheck | None:
-        path = join_key("health", kind)
-        if kind == "exec" and isinstance(value, list):
+    def _check(self, kind: str, value: object, path: str) -> HttpCheck | TcpCheck | ExecCheck | None:
+        if kind != "exec":
+            return self.probe(kind, value, path)
+        if isinstance(value, list):
             self.wrong_type(path, value, "a mapping", "write exec: {command: [...]}")
             return None
         m = self.mapping(value, path)
         if m is None:
             return None
-        if kind == "http":
-            complete = self.keys(m, path, required=("port",), optional=("path",))
-            port = self._port_number(m, path) if "port" in m else None
-            http_path = "/"
-            if "path" in m:
-                where = join_key(path, "path")
-                text = self.string(m["path"], where)
-                if text is not None and (
-                    not text.startswith("/") or CONTROL_CHARS.search(text) or " " in text
-                ):
-                    self.report(
-                        where, "must start with '/' and contain no spaces", f"write '/{text.lstrip('/')}'"
-                    )
-                elif text is not None:
-                    http_path = text
-            return HttpCheck(port=port, path=http_path) if complete and port is not None else None
-        if kind == "tcp":
-            complete = self.keys(m, path, required=("port",))
-            port = self._port_number(m, path) if "port" in m else None
-            return TcpCheck(port=port) if complete and port is not None else None
         self.keys(m, path, required=("command",))
         if "command" not in m:
             return None
@@ -532,28 +431,8 @@ class _ImageSchema(ImageContentsChecker):
     def _duration(self, m: Mapping[str, Any], key: str, default: float) -> float:
         if key not in m:
             return default
-        where = join_key("health", key)
-        value = m[key]
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            raw = self.doc.raw.get(where, str(value))
-            hint = f'add a unit and quote it: {self.assignment(key)} "{raw}s"'
-            self.wrong_type(where, value, "a duration such as 2s", hint)
-            return default
-        text = self.string(value, where)
-        if text is None:
-            return default
-        try:
-            seconds = parse_duration(text)
-        except DurationError:
-            shown = json.dumps(text, ensure_ascii=False)[1:-1]
-            self.report(
-                where, f"invalid duration '{shown}'", "use NUMBER UNIT pairs such as 500ms, 2s, 1m30s or 1h"
-            )
-            return default
-        if seconds <= 0:
-            self.report(where, "must be greater than 0")
-            return default
-        return seconds
+        seconds = self.duration(m[key], join_key("health", key))
+        return default if seconds is None else seconds
 
     def _layers(self, d: Mapping[str, Any]) -> LayerPolicy:
         default = LayerPolicy()
@@ -570,11 +449,7 @@ class _ImageSchema(ImageContentsChecker):
                 strategy = LayerStrategy(chosen)
         most = default.max
         if "max" in m:
-            value = self.integer(m["max"], "layers.max")
-            if value is not None and not 1 <= value <= 127:
-                self.report("layers.max", "out of range (1 to 127)")
-            elif value is not None:
-                most = value
+            most = self.bounded(m["max"], "layers.max", 1, 127) or most
         return LayerPolicy(strategy=strategy, max=most)
 
     def _compression(self, d: Mapping[str, Any]) -> tuple[Compression, int | None]:

@@ -1,6 +1,6 @@
 """Paths in an image manifest: how they are written, and what may be declared at each one.
 
-:class:`ImagePathChecker` is the :class:`~manifests.source.Checker` that the image manifest schema
+:class:`ImagePathChecker` is the :class:`~manifests.fields.FieldChecker` that the image manifest schema
 (:mod:`manifests.image_contents`, :mod:`manifests.image_parse`) is built on. It adds three things:
 
 - Path rules. Image paths (``dst``, ``path``, ``workdir``, ``writable``...) are absolute, have no
@@ -21,13 +21,13 @@
 from __future__ import annotations
 
 import enum
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from manifests.source import Checker, SourceDocument, join_index, join_key
+from manifests.fields import CONTROL_CHARS, FieldChecker
+from manifests.source import SourceDocument, join_index, join_key
 
 __all__ = [
     "MAX_ID",
@@ -43,7 +43,6 @@ __all__ = [
 
 MAX_ID = 2**32 - 2  # 2**32 - 1 is (uid_t)-1, "no change" to chown
 MAX_PATH = 4096
-CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 GLOB_MAGIC = re.compile(r"[*?\[]")
 _MODE = re.compile(r"0?[0-7]{3,4}\Z")
 
@@ -99,8 +98,8 @@ def normalize_host_path(text: str, *, keep_slash: bool) -> str:
     return norm
 
 
-class ImagePathChecker(Checker):
-    """A Checker with the path accessors and the declaration bookkeeping of image manifests."""
+class ImagePathChecker(FieldChecker):
+    """A FieldChecker with the path accessors and the declaration bookkeeping of image manifests."""
 
     def __init__(self, doc: SourceDocument) -> None:
         super().__init__(doc)
@@ -193,21 +192,15 @@ class ImagePathChecker(Checker):
             return None
         mode = parse_mode(text)
         if mode is None:
-            shown = json.dumps(text, ensure_ascii=False)[1:-1]
-            self.report(where, f"invalid mode '{shown}'", 'write an octal string such as "0644" or "0755"')
+            self.invalid(where, "mode", text, 'write an octal string such as "0644" or "0755"')
         return mode
 
     def owner_id(self, m: Mapping[str, Any], path: str, key: str) -> int:
         """``m[key]`` as a uid or gid (0 when absent or not an integer)."""
         if key not in m:
             return 0
-        where = join_key(path, key)
-        value = self.integer(m[key], where)
-        if value is None:
-            return 0
-        if not 0 <= value <= MAX_ID:
-            self.report(where, f"out of range (0 to {MAX_ID})")
-        return value
+        value = self.bounded(m[key], join_key(path, key), 0, MAX_ID)
+        return 0 if value is None else value
 
     # -- declarations
 

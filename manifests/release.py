@@ -36,31 +36,29 @@ always written out, ``env`` sorted and omitted when empty, absent optional value
 from __future__ import annotations
 
 import enum
-import ipaddress
-import json
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
-from manifests.durations import DurationError, format_duration, parse_duration
-from manifests.errors import DocumentError, ManifestError, VerificationError
-from manifests.image import API_VERSION, HttpCheck, TcpCheck
-from manifests.oci import parse_json_object
-from manifests.source import (
-    Checker,
-    DocumentFormat,
-    SourceDocument,
-    join_index,
-    join_key,
-    load_document,
-    parse_document,
+from manifests.durations import format_duration
+from manifests.errors import ManifestError, VerificationError
+from manifests.fields import (
+    LOWER_NAME,
+    FieldChecker,
+    ListenAddress,
+    format_utc_time,
+    parse_utc_time,
+    shown,
 )
+from manifests.image import API_VERSION, HttpCheck, TcpCheck
+from manifests.payload import payload_document, require_canonical
+from manifests.source import SourceDocument, join_index, join_key, load_document, parse_document
 
 __all__ = [
     "KIND",
@@ -97,47 +95,13 @@ _SERVICE_OPTIONAL = ("replicas", "listen", "strategy", "health", "max_lifetime",
 _HEALTH_CHECKS = ("http", "tcp")
 _HEALTH_OPTIONAL = ("interval", "grace", "timeout", "retries")
 
-_CHANNEL = re.compile(r"[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?\Z")
 _SERVICE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
-_UTC_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d+)?(Z|[+-]\d{2}:\d{2})\Z")
 _DOMAIN_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
 _DOMAIN = re.compile(rf"(?:{_DOMAIN_LABEL})(?:\.{_DOMAIN_LABEL})*(?::[0-9]{{1,5}})?\Z")
 _PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*\Z")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
 _PERCENT = re.compile(r"([0-9]{1,3})%\Z")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PIN_HINT = "write REPOSITORY@sha256:<64 hex digits>: a tag can move, a digest cannot"
-
-
-# --------------------------------------------------------------------------------------------
-# Times
-
-
-def parse_utc_time(text: str) -> datetime | None:
-    """An RFC 3339 time in UTC (``Z`` or ``+00:00``, whole seconds) as an aware datetime, or None."""
-    m = _UTC_TIME.match(text)
-    if m is None or m.group(7) is not None or m.group(8) not in ("Z", "+00:00"):
-        return None
-    year, month, day, hour, minute, second = (int(m.group(i)) for i in range(1, 7))
-    try:
-        return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
-    except ValueError:
-        return None
-
-
-def format_utc_time(when: datetime) -> str:
-    """The canonical spelling: ``2026-12-31T00:00:00Z``."""
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _time_problem(text: str) -> tuple[str, str]:
-    shown = json.dumps(text, ensure_ascii=False)[1:-1]
-    m = _UTC_TIME.match(text)
-    if m is not None and m.group(8) not in ("Z", "+00:00"):
-        return f"time '{shown}' is not in UTC", "write it in UTC with a Z, e.g. 2026-12-31T00:00:00Z"
-    if m is not None and m.group(7) is not None:
-        return f"time '{shown}' has fractional seconds", "write whole seconds, e.g. 2026-12-31T00:00:00Z"
-    return f"invalid time '{shown}'", "write an RFC 3339 UTC time such as 2026-12-31T00:00:00Z"
 
 
 # --------------------------------------------------------------------------------------------
@@ -227,28 +191,6 @@ class ImagePin:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class ListenAddress:
-    """An IP address and TCP port (``127.0.0.1:8080``, ``[::1]:8080``)."""
-
-    host: str
-    port: int
-
-    @property
-    def unspecified(self) -> bool:
-        return ipaddress.ip_address(self.host).is_unspecified
-
-    def conflicts(self, other: ListenAddress) -> bool:
-        """Two addresses that cannot both be bound: same port, and same host or a wildcard."""
-        if self.port != other.port:
-            return False
-        return self.host == other.host or self.unspecified or other.unspecified
-
-    def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
 class Service:
     name: str
     image: ImagePin
@@ -324,20 +266,7 @@ class Release:
         Raises :class:`VerificationError`: reason ``digest`` if an image is not pinned by digest,
         ``parse`` for anything else (size, JSON, schema, or bytes that are not the canonical form).
         """
-        if len(data) > limit:
-            raise VerificationError(
-                f"release payload: {len(data)} bytes exceeds the {limit}-byte cap", reason="parse"
-            )
-        try:
-            obj = parse_json_object(data, what="release payload", limit=limit)
-        except DocumentError as exc:
-            message = (
-                exc.message
-                if exc.message.startswith("release payload")
-                else f"release payload: {exc.message}"
-            )
-            raise VerificationError(message, reason="parse") from None
-        doc = SourceDocument(source="release payload", fmt=DocumentFormat.YAML, data=obj)
+        doc = payload_document(data, what="release payload", limit=limit)
         schema = _ReleaseSchema(doc)
         try:
             release = schema.release()
@@ -348,12 +277,12 @@ class Release:
                 reason=reason,
                 hint="sign releases with kiln release sign" if reason == "parse" else _PIN_HINT,
             ) from None
-        if release.to_bytes() != data:
-            raise VerificationError(
-                "release payload is not in canonical form",
-                reason="parse",
-                hint="kiln signs the canonical JSON of a release; re-sign it with kiln release sign",
-            )
+        require_canonical(
+            data,
+            release.to_bytes(),
+            what="release payload",
+            hint="kiln signs the canonical JSON of a release; re-sign it with kiln release sign",
+        )
         return release
 
 
@@ -377,18 +306,21 @@ def release_from_document(doc: SourceDocument) -> Release:
 
 def parse_image_pin(text: str) -> tuple[ImagePin | None, str, str | None]:
     """``(pin, "", None)`` for ``REPOSITORY@sha256:HEX``; otherwise ``(None, message, hint)``."""
-    shown = json.dumps(text, ensure_ascii=False)[1:-1]
     repo, at, digest = text.rpartition("@")
     if not at:
-        return None, _no_digest(text, shown), _PIN_HINT
+        return None, _no_digest(text), _PIN_HINT
     if not _DIGEST.match(digest):
         return (
             None,
-            f"invalid digest '{json.dumps(digest, ensure_ascii=False)[1:-1]}'",
-            ("expected sha256: followed by 64 lowercase hex digits"),
+            f"invalid digest '{shown(digest)}'",
+            "expected sha256: followed by 64 lowercase hex digits",
         )
     if ":" in repo.rsplit("/", 1)[-1]:
-        return None, f"has both a tag and a digest ('{shown}')", "drop the ':TAG': the digest names the image"
+        return (
+            None,
+            f"has both a tag and a digest ('{shown(text)}')",
+            "drop the ':TAG': the digest names the image",
+        )
     problem = _repository_problem(repo)
     if problem is not None:
         return (
@@ -399,15 +331,14 @@ def parse_image_pin(text: str) -> tuple[ImagePin | None, str, str | None]:
     return ImagePin(repository=repo, digest=Digest.parse(digest)), "", None
 
 
-def _no_digest(text: str, shown: str) -> str:
+def _no_digest(text: str) -> str:
     last = text.rsplit("/", 1)[-1]
     if ":" in last:
-        return f"pins a tag, not a digest ('{shown}')"
-    return f"no digest ('{shown}')"
+        return f"pins a tag, not a digest ('{shown(text)}')"
+    return f"no digest ('{shown(text)}')"
 
 
 def _repository_problem(repo: str) -> str | None:
-    shown = json.dumps(repo, ensure_ascii=False)[1:-1]
     if not repo:
         return "empty repository"
     if len(repo) > _MAX_REPOSITORY:
@@ -416,41 +347,18 @@ def _repository_problem(repo: str) -> str | None:
     first = parts[0]
     if len(parts) > 1 and ("." in first or ":" in first or first == "localhost"):
         if not _DOMAIN.match(first):
-            return f"invalid registry host '{json.dumps(first, ensure_ascii=False)[1:-1]}'"
+            return f"invalid registry host '{shown(first)}'"
         parts = parts[1:]
     if not all(_PATH_COMPONENT.match(p) for p in parts):
-        return f"invalid repository '{shown}'"
+        return f"invalid repository '{shown(repo)}'"
     return None
-
-
-def _parse_listen(text: str) -> tuple[ListenAddress | None, str, str | None]:
-    shown = json.dumps(text, ensure_ascii=False)[1:-1]
-    hint = "write IP:PORT, e.g. 127.0.0.1:8080 or [::1]:8080"
-    host, sep, port_text = text.rpartition(":")
-    if not sep or not port_text.isdigit() or not port_text.isascii() or len(port_text) > 5:
-        return None, f"invalid address '{shown}'", hint
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-        want_v6 = True
-    else:
-        want_v6 = False
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        return None, f"invalid address '{shown}'", hint + " (a host name is not an address)"
-    if (ip.version == 6) != want_v6:
-        return None, f"invalid address '{shown}'", "write an IPv6 address in brackets: [::1]:8080"
-    port = int(port_text)
-    if not 1 <= port <= 65535:
-        return None, f"port {port} is out of range (1 to 65535)", None
-    return ListenAddress(host=ip.compressed, port=port), "", None
 
 
 # --------------------------------------------------------------------------------------------
 # The schema, shared by documents people write and received payloads
 
 
-class _ReleaseSchema(Checker):
+class _ReleaseSchema(FieldChecker):
     def __init__(self, doc: SourceDocument) -> None:
         super().__init__(doc)
         self.unpinned = False  # an image reference without a (valid) digest was found
@@ -458,8 +366,7 @@ class _ReleaseSchema(Checker):
     def release(self) -> Release:
         d = self.doc.data
         self.keys(d, "", required=_TOP_REQUIRED)
-        self._exact(d, "apiVersion", API_VERSION)
-        self._exact(d, "kind", KIND)
+        self.header(d, KIND, escape=False)
         channel = self._channel(d)
         version = self._version(d)
         expires = self._expires(d)
@@ -468,28 +375,11 @@ class _ReleaseSchema(Checker):
         assert expires is not None  # noqa: S101 - finish() raised otherwise
         return Release(channel=channel, version=version, expires=expires, services=services)
 
-    def _exact(self, d: Mapping[str, Any], key: str, expected: str) -> None:
-        if key not in d:
-            return
-        value = self.string(d[key], key)
-        if value is not None and value != expected:
-            what = "unsupported apiVersion" if key == "apiVersion" else "wrong kind"
-            self.report(key, f"{what} '{value}'", f"expected '{expected}'")
-
     def _channel(self, d: Mapping[str, Any]) -> str:
         if "channel" not in d:
             return ""
-        text = self.string(d["channel"], "channel")
-        if text is None:
-            return ""
-        if not _CHANNEL.match(text):
-            shown = json.dumps(text, ensure_ascii=False)[1:-1]
-            self.report(
-                "channel",
-                f"invalid channel '{shown}'",
-                "lowercase letters, digits, '.', '_' and '-', at most 64 characters",
-            )
-        return text
+        hint = "lowercase letters, digits, '.', '_' and '-', at most 64 characters"
+        return self.matching(d["channel"], "channel", LOWER_NAME, "channel", hint) or ""
 
     def _version(self, d: Mapping[str, Any]) -> int:
         if "version" not in d:
@@ -498,27 +388,12 @@ class _ReleaseSchema(Checker):
         if isinstance(value, str) and value.isdigit():
             self.wrong_type("version", value, "an integer", f"drop the quotes: version: {value}")
             return 0
-        number = self.integer(value, "version")
-        if number is None:
-            return 0
-        if not 1 <= number <= MAX_VERSION:
-            self.report("version", f"out of range (1 to {MAX_VERSION})", "versions start at 1")
-            return 0
-        return number
+        return self.bounded(value, "version", 1, MAX_VERSION, "versions start at 1") or 0
 
     def _expires(self, d: Mapping[str, Any]) -> datetime | None:
         if "expires" not in d:
             return None
-        return self._time(d["expires"], "expires")
-
-    def _time(self, value: object, where: str) -> datetime | None:
-        text = self.string(value, where)
-        if text is None:
-            return None
-        when = parse_utc_time(text)
-        if when is None:
-            self.report(where, *_time_problem(text))
-        return when
+        return self.utc_time(d["expires"], "expires")
 
     # -- services
 
@@ -580,7 +455,7 @@ class _ReleaseSchema(Checker):
         health = self._health(m, path)
         lifetime = None
         if "max_lifetime" in m:
-            lifetime = self._duration(m["max_lifetime"], join_key(path, "max_lifetime"), positive=True)
+            lifetime = self._duration(m["max_lifetime"], join_key(path, "max_lifetime"))
         env = self._env(m, path)
         if len(self._problems) != before or name is None or image is None:
             return name, listen, None
@@ -602,17 +477,8 @@ class _ReleaseSchema(Checker):
     def _service_name(self, m: Mapping[str, Any], path: str) -> str | None:
         if "name" not in m:
             return None
-        where = join_key(path, "name")
-        name = self.string(m["name"], where)
-        if name is not None and not _SERVICE_NAME.match(name):
-            shown = json.dumps(name, ensure_ascii=False)[1:-1]
-            self.report(
-                where,
-                f"invalid service name '{shown}'",
-                "lowercase letters, digits and '-', at most 63 characters (a DNS label)",
-            )
-            return None
-        return name
+        hint = "lowercase letters, digits and '-', at most 63 characters (a DNS label)"
+        return self.matching(m["name"], join_key(path, "name"), _SERVICE_NAME, "service name", hint)
 
     def _image(self, m: Mapping[str, Any], path: str) -> ImagePin | None:
         if "image" not in m:
@@ -630,26 +496,13 @@ class _ReleaseSchema(Checker):
     def _replicas(self, m: Mapping[str, Any], path: str) -> int:
         if "replicas" not in m:
             return 1
-        where = join_key(path, "replicas")
-        number = self.integer(m["replicas"], where)
-        if number is None:
-            return 1
-        if not 1 <= number <= _MAX_REPLICAS:
-            self.report(where, f"out of range (1 to {_MAX_REPLICAS})", "a service runs at least one instance")
-            return 1
-        return number
+        hint = "a service runs at least one instance"
+        return self.bounded(m["replicas"], join_key(path, "replicas"), 1, _MAX_REPLICAS, hint) or 1
 
     def _listen(self, m: Mapping[str, Any], path: str) -> ListenAddress | None:
         if "listen" not in m:
             return None
-        where = join_key(path, "listen")
-        text = self.string(m["listen"], where)
-        if text is None:
-            return None
-        address, message, hint = _parse_listen(text)
-        if address is None:
-            self.report(where, message, hint)
-        return address
+        return self.listen_address(m["listen"], join_key(path, "listen"))
 
     def _strategy(self, m: Mapping[str, Any], path: str, replicas: int) -> Strategy:
         default = Strategy()
@@ -727,10 +580,7 @@ class _ReleaseSchema(Checker):
         if isinstance(raw, str):
             m = _PERCENT.match(raw)
             if m is None or not 1 <= int(m.group(1)) <= 100 or m.group(1) != str(int(m.group(1))):
-                shown = json.dumps(raw, ensure_ascii=False)[1:-1]
-                self.report(
-                    where, f"invalid step '{shown}'", "an instance count (1) or a percentage (1% to 100%)"
-                )
+                self.invalid(where, "step", raw, "an instance count (1) or a percentage (1% to 100%)")
                 return None
             return CanaryStep(value=int(m.group(1)), percent=True)
         self.wrong_type(where, raw, 'an instance count or a percentage ("50%")')
@@ -746,111 +596,32 @@ class _ReleaseSchema(Checker):
         if h is None:
             return None
         self.keys(h, where, optional=(*_HEALTH_CHECKS, *_HEALTH_OPTIONAL))
-        present = [k for k in _HEALTH_CHECKS if k in h]
-        check: HttpCheck | TcpCheck | None = None
-        if not present:
-            self.report(where, "expected exactly one of: http, tcp", "say how to probe the service")
-        elif len(present) > 1:
-            self.report(where, f"has both '{present[0]}' and '{present[1]}'", "keep one check")
-        else:
-            check = self._check(present[0], h[present[0]], join_key(where, present[0]))
-        interval = self._opt_duration(h, where, "interval", 2.0, positive=True)
+        check = self.one_probe(h, where, _HEALTH_CHECKS, self.probe)
+        interval = self._opt_duration(h, where, "interval", 2.0)
         grace = self._opt_duration(h, where, "grace", 0.0, positive=False)
-        timeout = self._opt_duration(h, where, "timeout", 1.0, positive=True)
+        timeout = self._opt_duration(h, where, "timeout", 1.0)
         retries = 3
         if "retries" in h:
-            value = self.integer(h["retries"], join_key(where, "retries"))
-            if value is not None and not 1 <= value <= 100:
-                self.report(join_key(where, "retries"), "out of range (1 to 100)")
-            elif value is not None:
-                retries = value
+            retries = self.bounded(h["retries"], join_key(where, "retries"), 1, 100) or retries
         if check is None:
             return None
         return ServiceHealth(check=check, interval=interval, grace=grace, timeout=timeout, retries=retries)
 
-    def _check(self, kind: str, value: object, where: str) -> HttpCheck | TcpCheck | None:
-        c = self.mapping(value, where)
-        if c is None:
-            return None
-        if kind == "tcp":
-            complete = self.keys(c, where, required=("port",))
-            port = self._port(c, where) if "port" in c else None
-            return TcpCheck(port=port) if complete and port is not None else None
-        complete = self.keys(c, where, required=("port",), optional=("path",))
-        port = self._port(c, where) if "port" in c else None
-        http_path = "/"
-        if "path" in c:
-            sub = join_key(where, "path")
-            text = self.string(c["path"], sub)
-            if text is not None and (not text.startswith("/") or _CONTROL.search(text) or " " in text):
-                self.report(sub, "must start with '/' and contain no spaces", f"write '/{text.lstrip('/')}'")
-                return None
-            if text is not None:
-                http_path = text
-        return HttpCheck(port=port, path=http_path) if complete and port is not None else None
-
-    def _port(self, c: Mapping[str, Any], where: str) -> int | None:
-        sub = join_key(where, "port")
-        number = self.integer(c["port"], sub)
-        if number is not None and not 1 <= number <= 65535:
-            self.report(sub, f"port {number} is out of range (1 to 65535)")
-            return None
-        return number
-
     def _opt_duration(
-        self, h: Mapping[str, Any], where: str, key: str, default: float, *, positive: bool
+        self, h: Mapping[str, Any], where: str, key: str, default: float, *, positive: bool = True
     ) -> float:
         if key not in h:
             return default
         got = self._duration(h[key], join_key(where, key), positive=positive)
         return default if got is None else got
 
-    def _duration(self, value: object, where: str, *, positive: bool) -> float | None:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            key = where.rsplit(".", 1)[-1]
-            raw = self.doc.raw.get(where, str(value))
-            hint = f'add a unit and quote it: {self.assignment(key)} "{raw}s"'
-            self.wrong_type(where, value, "a duration such as 5s", hint)
-            return None
-        text = self.string(value, where)
-        if text is None:
-            return None
-        try:
-            seconds = parse_duration(text)
-        except DurationError:
-            shown = json.dumps(text, ensure_ascii=False)[1:-1]
-            self.report(
-                where, f"invalid duration '{shown}'", "use NUMBER UNIT pairs such as 500ms, 2s, 1m30s or 24h"
-            )
-            return None
-        if positive and seconds <= 0:
-            self.report(where, "must be greater than 0")
-            return None
-        if abs(seconds * 1000 - round(seconds * 1000)) > 1e-6:
-            self.report(where, "finer than a millisecond", "round it to whole milliseconds")
-            return None
-        return seconds
+    def _duration(self, value: object, where: str, *, positive: bool = True) -> float | None:
+        examples = "500ms, 2s, 1m30s or 24h"
+        return self.duration(value, where, example="5s", examples=examples, positive=positive, whole_ms=True)
 
     # -- env
 
     def _env(self, m: Mapping[str, Any], path: str) -> tuple[tuple[str, str], ...]:
         if "env" not in m:
             return ()
-        where = join_key(path, "env")
-        e = self.mapping(m["env"], where)
-        if e is None:
-            return ()
-        out: list[tuple[str, str]] = []
-        for k, v in e.items():
-            sub = join_key(where, k)
-            if not k or "=" in k or _CONTROL.search(k) or " " in k:
-                self.report(sub, "invalid environment variable name", "no '=', spaces or control characters")
-                continue
-            value = self.string(v, sub)
-            if value is None:
-                continue
-            if "\x00" in value:
-                self.report(sub, "contains a NUL character")
-                continue
-            out.append((k, value))
-        return tuple(sorted(out))
+        return self.string_map(m["env"], join_key(path, "env"), key_check=self.env_key, skip_bad_keys=True)

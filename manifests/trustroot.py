@@ -40,7 +40,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import re
 import textwrap
 from collections.abc import Mapping
@@ -54,18 +53,10 @@ import yaml
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import DocumentError, ManifestError, VerificationError
+from manifests.fields import CONTROL_CHARS, FieldChecker, format_utc_time
 from manifests.image import API_VERSION
-from manifests.oci import parse_json_object
-from manifests.release import format_utc_time, parse_utc_time
-from manifests.source import (
-    Checker,
-    DocumentFormat,
-    SourceDocument,
-    join_index,
-    join_key,
-    load_document,
-    parse_document,
-)
+from manifests.payload import payload_document, require_canonical
+from manifests.source import SourceDocument, join_index, join_key, load_document, parse_document
 
 __all__ = [
     "KIND",
@@ -99,7 +90,6 @@ _PEM_BEGIN = "-----BEGIN PUBLIC KEY-----"
 _PEM_END = "-----END PUBLIC KEY-----"
 _KEY_ID = re.compile(r"[0-9a-f]{64}\Z")
 _GLOB = re.compile(r"[a-z0-9*?._-]{1,64}\Z")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _MAX_PEM = 16 * 1024
 _KEY_HINT = "write a PEM public key (-----BEGIN PUBLIC KEY-----) or the 64-hex id of a key given elsewhere"
 
@@ -254,25 +244,14 @@ class TrustRoot:
     @classmethod
     def from_payload(cls, data: bytes, *, limit: int = MAX_ROOT_BYTES) -> TrustRoot:
         """Strictly parse a received canonical root; VerificationError (reason ``parse``)."""
-        if len(data) > limit:
-            raise VerificationError(
-                f"trust root payload: {len(data)} bytes exceeds the {limit}-byte cap", reason="parse"
-            )
-        try:
-            obj = parse_json_object(data, what="trust root payload", limit=limit)
-        except DocumentError as exc:
-            raise VerificationError(exc.message, reason="parse") from None
-        doc = SourceDocument(source="trust root payload", fmt=DocumentFormat.YAML, data=obj)
+        doc = payload_document(data, what="trust root payload", limit=limit, name_errors=False)
         try:
             root = trust_root_from_document(doc)
         except ManifestError as exc:
             raise VerificationError("; ".join(str(p) for p in exc.problems), reason="parse") from None
-        if root.to_bytes() != data:
-            raise VerificationError(
-                "trust root payload is not in canonical form",
-                reason="parse",
-                hint="sign trust roots with kiln root sign",
-            )
+        require_canonical(
+            data, root.to_bytes(), what="trust root payload", hint="sign trust roots with kiln root sign"
+        )
         return root
 
 
@@ -316,7 +295,7 @@ def trust_root_from_document(doc: SourceDocument) -> TrustRoot:
 # The schema
 
 
-class _RootSchema(Checker):
+class _RootSchema(FieldChecker):
     def __init__(self, doc: SourceDocument) -> None:
         super().__init__(doc)
         self._pems: dict[str, str] = {}  # every key id given as PEM anywhere -> normalized PEM
@@ -325,12 +304,7 @@ class _RootSchema(Checker):
     def root(self) -> TrustRoot:
         d = self.doc.data
         self.keys(d, "", required=_TOP_REQUIRED, optional=_TOP_OPTIONAL)
-        for key, expected in (("apiVersion", API_VERSION), ("kind", KIND)):
-            if key in d:
-                value = self.string(d[key], key)
-                if value is not None and value != expected:
-                    what = "unsupported apiVersion" if key == "apiVersion" else "wrong kind"
-                    self.report(key, f"{what} '{value}'", f"expected '{expected}'")
+        self.header(d, KIND, escape=False)
         version = self._version(d)
         expires = self._time(d["expires"], "expires") if "expires" in d else None
         self._key_table(d)
@@ -364,16 +338,7 @@ class _RootSchema(Checker):
         return number or 0
 
     def _time(self, value: object, where: str) -> datetime | None:
-        text = self.string(value, where)
-        if text is None:
-            return None
-        when = parse_utc_time(text)
-        if when is None:
-            shown = json.dumps(text, ensure_ascii=False)[1:-1]
-            self.report(
-                where, f"invalid time '{shown}'", "write an RFC 3339 UTC time such as 2027-01-01T00:00:00Z"
-            )
-        return when
+        return self.utc_time(value, where, example="2027-01-01T00:00:00Z", specific=False)
 
     def _pem(self, value: object, where: str) -> str | None:
         text = self.string(value, where)
@@ -471,10 +436,7 @@ class _RootSchema(Checker):
             return ("*",)
         for i, g in enumerate(globs):
             if not _GLOB.match(g):
-                shown = json.dumps(g, ensure_ascii=False)[1:-1]
-                self.report(
-                    join_index(where, i), f"invalid channel glob '{shown}'", "channel names with * and ?"
-                )
+                self.invalid(join_index(where, i), "channel glob", g, "channel names with * and ?")
         return globs
 
     # -- images (the trust policy format)
@@ -496,7 +458,7 @@ class _RootSchema(Checker):
         out: list[ImageKey] = []
         for name, raw in table.items():
             where = join_key("images.keys", name)
-            if not name or _CONTROL.search(name):
+            if not name or CONTROL_CHARS.search(name):
                 self.report(where, "invalid key name")
                 continue
             k = self.mapping(raw, where)
