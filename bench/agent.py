@@ -280,6 +280,23 @@ def wait_settled(host: Host, version: int, proc: subprocess.Popen[bytes], timeou
     raise SystemExit(f"the agent did not settle on release v{version}; see {host.work / 'agent.log'}")
 
 
+def agent_phases(host: Host, version: int, since: float) -> str:
+    """Where the agent's time went, from its event log: ``accepted`` comes after the poll, the
+    fetch, the verification, the pull and the unpack; ``started`` after runc started the instance."""
+    seen: dict[str, float] = {}
+    for line in (host.work / "agent.log").read_text(errors="replace").splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and version in (event.get("version"), event.get("release")):
+            seen.setdefault(str(event.get("event")), float(event.get("time", 0.0)))
+    if "accepted" not in seen or "started" not in seen:
+        return "no events"
+    accepted, started = seen["accepted"] - since, seen["started"] - seen["accepted"]
+    return f"poll+verify+pull+unpack {accepted:.2f} s, runc start {started:.2f} s, then health+switch"
+
+
 def stop_instances(host: Host) -> list[str]:
     """Stop every instance of the bench's agent (journal and runc), with their namespaces."""
     from agent.reconcile import Agent
@@ -446,7 +463,7 @@ def main() -> int:
                     v = image.version
                     envelope = sign_release(host, v, image)
                     publish_times.append(publish_release(host, envelope))
-                    t0 = time.monotonic()
+                    t0, wall0 = time.monotonic(), time.time()
                     kiln_deploy.append(wait_answer(f"http://{host.listen}/", greeting(v)) - t0)
                     wait_settled(host, v, proc)
 
@@ -457,7 +474,10 @@ def main() -> int:
                     docker_run(engine, ref, f"web-{v}", port)
                     docker_deploy.append(wait_answer(f"http://127.0.0.1:{port}/", greeting(v)) - t0)
                     engine.cli("rm", "-f", f"web-{v - 1}")
-                    print(f"  release {v}: kiln {kiln_deploy[-1]:.3f} s, docker {docker_deploy[-1]:.3f} s")
+                    print(
+                        f"  release {v}: kiln {kiln_deploy[-1]:.3f} s ({agent_phases(host, v, wall0)}), "
+                        f"docker {docker_deploy[-1]:.3f} s"
+                    )
 
             verify = measure_verification(host, images[-1], args.verify_runs)
 
