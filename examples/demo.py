@@ -3,8 +3,18 @@
 Builds both examples reproducibly and prints their digests and sizes; signs them and attests their
 SBOM and provenance with a demo key (cosign format), verifies both; publishes python-web (with its
 signatures) to the embedded default registry, an ``oci:`` directory, twice (the second is a no-op)
-and prints the pinned reference; then loads python-web into a private Docker engine, runs it
-read-only as uid 65532 with no capabilities, and curls /healthz.
+and prints the pinned reference; loads python-web into a private Docker engine, runs it read-only
+as uid 65532 with no capabilities, and curls /healthz.
+
+Then the deploy side, everything under demo-out/: release keys and a trust root (a release needs
+both release keys); release v1 (examples/release/release.yaml.in) pins the published digest, is
+signed, verified and published to ``oci:demo-out/releases``; the agent (examples/release/agent.yaml,
+runtime runc) deploys it with one ``kiln agent reconcile --once``, and ``kiln agent run`` in the
+background keeps the service address open while the demo curls it. Release v2 has a failing health
+check: the agent returns to v1 by itself and ``kiln agent status`` shows it. Release v3 pins
+python-web 1.1.0, one of whose layer blobs is altered in the registry after signing:
+``kiln agent reconcile --once`` refuses it (exit 3, reason ``digest``). Last, every instance is
+stopped with its network namespace; the demo leaves nothing running.
 """
 
 from __future__ import annotations
