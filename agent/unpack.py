@@ -59,6 +59,7 @@ from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import DocumentError, UnavailableError, VerificationError
 from manifests.mediatypes import MediaType
+from manifests.tarformat import TarCaps, TarContent, TarFormatError, TarHeader, TarWording, read_tar
 
 __all__ = [
     "UnpackLimits",
@@ -71,7 +72,6 @@ __all__ = [
     "remove_root",
 ]
 
-_BLOCK = 512
 _CHUNK = 1 << 20
 _NOFOLLOW_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_ID = 0xFFFFFFFE
@@ -155,17 +155,6 @@ class _Hashing:
     def readable(self) -> bool:
         return True
 
-    def exact(self, n: int) -> bytes:
-        parts: list[bytes] = []
-        left = n
-        while left:
-            chunk = self.read(min(left, _CHUNK))
-            if not chunk:
-                raise _Refused("tar stream is truncated")
-            parts.append(chunk)
-            left -= len(chunk)
-        return b"".join(parts)
-
     def drain(self) -> None:
         while self.read(_CHUNK):
             pass
@@ -186,159 +175,38 @@ def _decompressor(media_type: str, raw: _Hashing) -> _Readable:
 
 # -- the tar reader -----------------------------------------------------------------------------
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _Member:
-    name: str
-    kind: str  # file | dir | symlink | hardlink | char | block | fifo | other:<flag>
-    mode: int
-    uid: int
-    gid: int
-    size: int
-    link: str
-
-
-class _Content:
-    """The content of the current member, at most ``size`` bytes."""
-
-    def __init__(self, stream: _Hashing, size: int) -> None:
-        self.stream = stream
-        self.left = size
-
-    def read(self, n: int) -> bytes:
-        n = min(n, self.left)
-        if n <= 0:
-            return b""
-        data = self.stream.read(n)
-        if not data:
-            raise _Refused("tar stream is truncated inside a file")
-        self.left -= len(data)
-        return data
+_TAR_WORDING = TarWording(
+    checksum="tar header checksum mismatch",
+    truncated_header="tar stream is truncated",
+    truncated_extended="tar stream is truncated",
+    truncated_skip="tar stream is truncated",
+    truncated_content="tar stream is truncated inside a file",
+    bad_number="bad {what} field in a tar header",
+    negative="negative {what} in a tar header",
+    extended="extended header of {size} bytes exceeds the {max}-byte cap",
+    pax_malformed="malformed PAX record",
+    pax_length="PAX record length out of range",
+    pax_equals="PAX record without '='",
+    pax_number="bad PAX {key} {value!r}",
+    name="name or link target longer than {max} characters",
+)
 
 
-_KINDS = {
-    b"0": "file",
-    b"\0": "file",
-    b"7": "file",
-    b"5": "dir",
-    b"2": "symlink",
-    b"1": "hardlink",
-    b"3": "char",
-    b"4": "block",
-    b"6": "fifo",
-}
-
-
-def _number(field: bytes, what: str) -> int:
-    if field and field[0] & 0x80:  # GNU base-256
-        if field[0] & 0x40:
-            raise _Refused(f"negative {what} in a tar header")
-        return int.from_bytes(bytes([field[0] & 0x3F]) + field[1:], "big")
-    text = field.split(b"\0", 1)[0].strip(b" \0")
-    if not text:
-        return 0
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise _Refused(f"bad {what} field in a tar header") from None
-
-
-def _pax(data: bytes) -> dict[str, str]:
-    out: dict[str, str] = {}
-    pos = 0
-    while pos < len(data):
-        sp = data.find(b" ", pos, pos + 21)
-        if sp < 0 or not data[pos:sp].isdigit():
-            raise _Refused("malformed PAX record")
-        length = int(data[pos:sp])
-        if length <= sp - pos or pos + length > len(data) or data[pos + length - 1 : pos + length] != b"\n":
-            raise _Refused("PAX record length out of range")
-        key, eq, value = data[sp + 1 : pos + length - 1].partition(b"=")
-        if not eq:
-            raise _Refused("PAX record without '='")
-        out[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
-        pos += length
-    return out
-
-
-def _pax_number(pax: dict[str, str], key: str, default: int) -> int:
-    value = pax.get(key)
-    if value is None:
-        return default
-    if not value.isascii() or not value.isdigit() or len(value) > 20:
-        raise _Refused(f"bad PAX {key} {value[:40]!r}")
-    return int(value)
-
-
-def _text(field: bytes) -> str:
-    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-
-
-def _members(stream: _Hashing, budget: _Budget) -> Iterator[tuple[_Member, _Content]]:
-    """Each member with a reader for its content; what the caller leaves unread is skipped."""
+def _members(stream: _Hashing, budget: _Budget) -> Iterator[tuple[TarHeader, TarContent]]:
+    """Each member with a reader for its content (:mod:`manifests.tarformat`), entries counted
+    in the image's budget; a malformed stream is refused like any other rule breach."""
     limits = budget.limits
-    pax: dict[str, str] = {}
-    long_name: str | None = None
-    long_link: str | None = None
-    while True:
-        block = stream.read(_BLOCK)
-        if not block:
-            return  # no end-of-archive blocks: tolerated
-        if len(block) < _BLOCK:
-            block += stream.exact(_BLOCK - len(block))
-        if block == b"\0" * _BLOCK:
-            stream.drain()
-            return
-        stored = _number(block[148:156], "checksum")
-        unsigned = sum(block[:148]) + 256 + sum(block[156:])
-        signed = unsigned - 2 * (
-            sum(b for b in block[:148] if b > 127) + sum(b for b in block[156:] if b > 127)
-        )
-        if stored not in (unsigned, signed):
-            raise _Refused("tar header checksum mismatch")
+
+    def count(flag: bytes) -> None:
         budget.entries += 1
         if budget.entries > limits.max_entries:
             raise _Refused(f"more than {limits.max_entries} tar entries")
-        flag = block[156:157]
-        size = _number(block[124:136], "size")
-        if flag in (b"x", b"g", b"L", b"K"):
-            if size > limits.max_extended:
-                raise _Refused(f"extended header of {size} bytes exceeds the {limits.max_extended}-byte cap")
-            data = stream.exact(size + (-size % _BLOCK))[:size]
-            if flag == b"x":
-                pax = _pax(data)
-            elif flag == b"L":
-                long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            elif flag == b"K":
-                long_link = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-            continue  # global PAX headers ('g') are read and ignored
-        name = _text(block[0:100])
-        if block[257:263] == b"ustar\x00" and block[345:500].strip(b"\0"):
-            name = _text(block[345:500]) + "/" + name
-        name = pax.get("path", long_name if long_name is not None else name)
-        link = pax.get("linkpath", long_link if long_link is not None else _text(block[157:257]))
-        size = _pax_number(pax, "size", size)
-        kind = _KINDS.get(flag, f"other:{flag!r}")
-        member = _Member(
-            name=name,
-            kind=kind,
-            mode=_number(block[100:108], "mode") & 0o7777,
-            uid=_pax_number(pax, "uid", _number(block[108:116], "uid")),
-            gid=_pax_number(pax, "gid", _number(block[116:124], "gid")),
-            size=size if kind == "file" else 0,
-            link=link,
-        )
-        if len(name) > limits.max_name or len(link) > limits.max_name:
-            raise _Refused(f"name or link target longer than {limits.max_name} characters")
-        pax, long_name, long_link = {}, None, None
-        content = _Content(stream, size)
-        yield member, content
-        left = content.left + (-size % _BLOCK)
-        while left:
-            chunk = stream.read(min(left, _CHUNK))
-            if not chunk:
-                raise _Refused("tar stream is truncated")
-            left -= len(chunk)
+
+    caps = TarCaps(max_name=limits.max_name, max_extended=limits.max_extended)
+    try:
+        yield from read_tar(stream, wording=_TAR_WORDING, caps=caps, on_header=count)
+    except TarFormatError as exc:
+        raise _Refused(exc.message) from None
 
 
 # -- names --------------------------------------------------------------------------------------
@@ -433,7 +301,7 @@ class _Tree:
         else:
             os.unlink(name, dir_fd=dir_fd)
 
-    def apply(self, m: _Member, content: _Content) -> None:
+    def apply(self, m: TarHeader, content: TarContent) -> None:
         parts = _parts(m.name)
         if not parts:
             return  # the root itself: its mode stays kiln's
@@ -471,7 +339,7 @@ class _Tree:
         finally:
             os.close(dfd)
 
-    def _dir(self, dfd: int, parts: tuple[str, ...], base: str, m: _Member) -> None:
+    def _dir(self, dfd: int, parts: tuple[str, ...], base: str, m: TarHeader) -> None:
         try:
             st = os.stat(base, dir_fd=dfd, follow_symlinks=False)
             is_dir = stat.S_ISDIR(st.st_mode)
@@ -485,7 +353,7 @@ class _Tree:
         self._own(dfd, base, m.uid, m.gid)
         self.dir_modes[parts] = m.mode
 
-    def _file(self, dfd: int, base: str, m: _Member, content: _Content) -> None:
+    def _file(self, dfd: int, base: str, m: TarHeader, content: TarContent) -> None:
         if m.size > self.limits.max_file_bytes:
             raise _Refused(f"file of {m.size} bytes exceeds the {self.limits.max_file_bytes}-byte cap")
         self._clear(dfd, base)
@@ -501,7 +369,7 @@ class _Tree:
         finally:
             os.close(fd)
 
-    def _symlink(self, dfd: int, parent: tuple[str, ...], base: str, m: _Member) -> None:
+    def _symlink(self, dfd: int, parent: tuple[str, ...], base: str, m: TarHeader) -> None:
         target = m.link
         if not target or "\x00" in target:
             raise _Refused("symlink with an empty or NUL target")
@@ -511,7 +379,7 @@ class _Tree:
         os.symlink(target, base, dir_fd=dfd)
         self._own(dfd, base, m.uid, m.gid)
 
-    def _hardlink(self, dfd: int, parts: tuple[str, ...], base: str, m: _Member) -> None:
+    def _hardlink(self, dfd: int, parts: tuple[str, ...], base: str, m: TarHeader) -> None:
         tparts = _parts(m.link, "hardlink target")
         if not tparts:
             raise _Refused("hardlink to the root")
@@ -595,7 +463,7 @@ def _unpack_one(tree: _Tree, layer: Layer, budget: _Budget) -> None:
         for member, content in _members(plain, budget):
             try:
                 tree.apply(member, content)
-            except _Refused as exc:
+            except (_Refused, TarFormatError) as exc:
                 raise _Refused(f"member {member.name!r}: {exc}") from None
             except OSError as exc:
                 if exc.errno in _ENV_ERRNOS:

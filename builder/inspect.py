@@ -27,10 +27,10 @@ from manifests.errors import DocumentError, VerificationError
 from manifests.layout import REF_NAME, OCILayout, is_cosign_tag
 from manifests.mediatypes import MediaType
 from manifests.oci import MAX_DOCUMENT_BYTES, OCIManifest, parse_json_object
+from manifests.tarformat import EXTENDED_FLAGS, TarCaps, TarWording, read_tar
 
 __all__ = ["TarMember", "Caps", "iter_tar", "inspect_image", "format_tree"]
 
-_BLOCK = 512
 _CHUNK = 1 << 20
 
 
@@ -82,73 +82,27 @@ class _Counting:
     def readable(self) -> bool:
         return True
 
-    def readexact(self, n: int) -> bytes:
-        parts: list[bytes] = []
-        left = n
-        while left:
-            chunk = self.read(min(left, _CHUNK))
-            if not chunk:
-                raise DocumentError("layer tar is truncated")
-            parts.append(chunk)
-            left -= len(chunk)
-        return b"".join(parts)
-
     def drain(self) -> None:
         while self.read(_CHUNK):
             pass
 
 
-def _octal(field: bytes, what: str) -> int:
-    if field and field[0] & 0x80:  # GNU base-256
-        value = int.from_bytes(field[1:], "big")
-        if field[0] & 0x40:
-            raise DocumentError(f"layer tar: negative {what}")
-        return value
-    text = field.split(b"\0", 1)[0].strip(b" \0")
-    if not text:
-        return 0
-    try:
-        return int(text, 8)
-    except ValueError:
-        raise DocumentError(f"layer tar: bad {what} field {field!r}") from None
-
-
-def _pax_int(pax: dict[str, str], key: str, default: int) -> int:
-    value = pax.get(key)
-    if value is None:
-        return default
-    if not value.isascii() or not value.isdigit() or len(value) > 20:
-        raise DocumentError(f"layer tar: bad PAX {key} {value[:40]!r}")
-    return int(value)
-
-
-def _text(field: bytes) -> str:
-    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-
-
-def _parse_pax(data: bytes) -> dict[str, str]:
-    out: dict[str, str] = {}
-    pos = 0
-    while pos < len(data):
-        sp = data.find(b" ", pos)
-        if sp < 0:
-            raise DocumentError("layer tar: malformed PAX record")
-        try:
-            length = int(data[pos:sp])
-        except ValueError:
-            raise DocumentError("layer tar: malformed PAX record length") from None
-        if length <= sp - pos or pos + length > len(data):
-            raise DocumentError("layer tar: PAX record length out of range")
-        record = data[sp + 1 : pos + length - 1]
-        key, eq, value = record.partition(b"=")
-        if not eq:
-            raise DocumentError("layer tar: PAX record without '='")
-        out[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
-        pos += length
-    return out
-
-
-_TYPES = {b"0": "file", b"\0": "file", b"7": "file", b"5": "dir", b"2": "symlink", b"1": "hardlink"}
+_TAR_WORDING = TarWording(
+    checksum="layer tar: header checksum mismatch",
+    truncated_header="layer tar: truncated header",
+    truncated_extended="layer tar is truncated",
+    truncated_skip="layer tar: truncated file content",
+    truncated_content="layer tar: truncated file content",
+    bad_number="layer tar: bad {what} field {field!r}",
+    negative="layer tar: negative {what}",
+    extended="layer tar: extended header of {size} bytes exceeds the cap",
+    pax_malformed="layer tar: malformed PAX record",
+    pax_length="layer tar: PAX record length out of range",
+    pax_equals="layer tar: PAX record without '='",
+    pax_number="layer tar: bad PAX {key} {value!r}",
+    name="layer tar: entry name too long or invalid ({length} chars)",
+)
+_TYPES = ("file", "dir", "symlink", "hardlink")
 
 
 def _norm(name: str, caps: Caps) -> str:
@@ -160,65 +114,31 @@ def _norm(name: str, caps: Caps) -> str:
 
 
 def iter_tar(stream: _Counting, caps: Caps) -> Iterator[TarMember]:
-    """Headers of an uncompressed tar stream; contents are skipped (and hashed by ``stream``)."""
-    pax: dict[str, str] = {}
-    gnu_name: str | None = None
-    gnu_link: str | None = None
+    """Headers of an uncompressed tar stream (:mod:`manifests.tarformat`); contents are skipped
+    (and hashed by ``stream``)."""
     count = 0
-    while True:
-        block = stream.read(_BLOCK)
-        if len(block) < _BLOCK:
-            if not block:
-                return  # tolerated: no end-of-archive blocks
-            raise DocumentError("layer tar: truncated header")
-        if block == b"\0" * _BLOCK:
-            stream.drain()
+
+    def counted(flag: bytes) -> None:
+        nonlocal count
+        if flag in EXTENDED_FLAGS:
             return
-        stored = _octal(block[148:156], "checksum")
-        if stored != sum(block[:148]) + 256 + sum(block[156:]):
-            raise DocumentError("layer tar: header checksum mismatch")
-        typ = block[156:157]
-        size = _octal(block[124:136], "size")
-        padded = size + (-size % _BLOCK)
-        if typ in (b"x", b"g", b"L", b"K"):
-            if size > caps.max_extended:
-                raise DocumentError(f"layer tar: extended header of {size} bytes exceeds the cap")
-            data = stream.readexact(padded)[:size]
-            if typ == b"x":
-                pax = _parse_pax(data)
-            elif typ == b"L":
-                gnu_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
-            elif typ == b"K":
-                gnu_link = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
-            continue
         count += 1
         if count > caps.max_entries:
             raise DocumentError(f"layer tar: more than {caps.max_entries} entries")
-        name = _text(block[0:100])
-        if block[257:262] == b"ustar" and block[345:500].strip(b"\0"):
-            name = _text(block[345:500]) + "/" + name
-        name = pax.get("path", gnu_name or name)
-        link = pax.get("linkpath", gnu_link or _text(block[157:257]))
-        if "size" in pax:
-            size = _pax_int(pax, "size", size)
-            padded = size + (-size % _BLOCK)
-        kind = _TYPES.get(typ, "other")
+
+    tar_caps = TarCaps(max_name=caps.max_name, max_extended=caps.max_extended)
+    for header, _content in read_tar(stream, wording=_TAR_WORDING, caps=tar_caps, on_header=counted):
+        kind = header.kind if header.kind in _TYPES else "other"
+        link = header.link
         yield TarMember(
-            path=_norm(name, caps),
+            path=_norm(header.name, caps),
             type=kind,
-            mode=_octal(block[100:108], "mode") & 0o7777,
-            uid=_pax_int(pax, "uid", _octal(block[108:116], "uid")),
-            gid=_pax_int(pax, "gid", _octal(block[116:124], "gid")),
-            size=size if kind == "file" else 0,
+            mode=header.mode,
+            uid=header.uid,
+            gid=header.gid,
+            size=header.size,
             target=_norm(link, caps) if kind == "hardlink" else link if kind == "symlink" else None,
         )
-        pax, gnu_name, gnu_link = {}, None, None
-        left = padded
-        while left:
-            chunk = stream.read(min(left, _CHUNK))
-            if not chunk:
-                raise DocumentError("layer tar: truncated file content")
-            left -= len(chunk)
 
 
 class _Source:
