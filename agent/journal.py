@@ -23,11 +23,17 @@ stopped, and an interrupted rollout is rolled back (see :mod:`agent.reconcile`).
     known             every instance id that may exist in the runtime
     failures          per release version: attempts and the last reason
     last_refusal      the last refused release: reason, detail, version, time
+
+Test instrumentation (off unless set): with ``KILN_AGENT_TEST_FREEZE_AFTER_COMMIT=N`` in its
+environment, a process stops itself with ``SIGSTOP`` right after its N-th commit, so that a crash
+test can ``SIGKILL`` it at exactly that point (``tests/agent/test_crash*.py``).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -38,6 +44,7 @@ from manifests.atomic import atomic_write
 from manifests.canonical import canonical_json
 
 __all__ = [
+    "FREEZE_AFTER_COMMIT_ENV",
     "JOURNAL_FILE",
     "MAX_JOURNAL_BYTES",
     "JournalError",
@@ -52,6 +59,7 @@ __all__ = [
 JOURNAL_FILE = "journal.json"
 MAX_JOURNAL_BYTES = 16 * 1024 * 1024
 _FORMAT = 1
+FREEZE_AFTER_COMMIT_ENV = "KILN_AGENT_TEST_FREEZE_AFTER_COMMIT"
 
 
 class JournalError(AgentError):
@@ -264,6 +272,8 @@ class Journal:
         self.path = Path(state_dir) / JOURNAL_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.state = self._load()
+        self._commits = 0
+        self._freeze_after = _freeze_point(os.environ.get(FREEZE_AFTER_COMMIT_ENV))
 
     def _load(self) -> JournalState:
         try:
@@ -292,4 +302,14 @@ class Journal:
         new = replace(state, seq=self.state.seq + 1)
         atomic_write(self.path, new.to_bytes(), mode=0o600)
         self.state = new
+        self._commits += 1
+        if self._commits == self._freeze_after:  # test instrumentation (module docstring)
+            os.kill(os.getpid(), signal.SIGSTOP)
         return new
+
+
+def _freeze_point(text: str | None) -> int | None:
+    """The commit to stop after, from ``KILN_AGENT_TEST_FREEZE_AFTER_COMMIT`` (unset or bad: never)."""
+    if text is None or not text.isascii() or not text.isdigit():
+        return None
+    return int(text) if int(text) > 0 else None
