@@ -23,8 +23,11 @@ Every refusal is an event ``refused`` with its reason (``signature``, ``threshol
 the journal's ``last_refusal``; the previous state keeps serving.
 
 :meth:`Agent.start` recovers from a crash: instances the runtime has (or the journal knows) that
-are not serving are stopped, and an interrupted rollout is rolled back to the release it started
-from. The journal (:mod:`agent.journal`) records intent before every action.
+are not serving are stopped, unpacks the crash interrupted are removed, and an interrupted rollout
+is rolled back to the release it started from. Every reconcile stops such strays again first (a
+stop that failed, or a ``runc run`` orphaned by the crash that finished after the recovery). The
+journal (:mod:`agent.journal`) records intent before every action; an id leaves ``known`` only
+once the runtime confirmed it stopped.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from agent.rollout import (
 from agent.runtime import InstanceStatus, Runtime
 from agent.sources import open_image_location
 from agent.store import ContentStore, PulledImage
-from agent.unpack import remove_root, root_fingerprint, unpack_image
+from agent.unpack import remove_interrupted, remove_root, root_fingerprint, unpack_image
 from manifests.agentconfig import AgentConfig, RuntimeKind
 from manifests.atomic import atomic_write
 from manifests.digest import Digest
@@ -277,19 +280,11 @@ class Agent:
 
     def start(self) -> None:
         """Re-attach after a (re)start: stop what does not serve, finish or undo a rollout."""
+        self._stop_strays("recover")
+        with contextlib.suppress(OSError):
+            remove_interrupted(self.roots_dir)
         st = self.journal.state
         serving = {r.id for r in st.instances}
-        try:
-            live = set(self.runtime.list())
-        except KilnError as exc:
-            self.events.emit("error", what="list instances", detail=exc.message)
-            live = set()
-        for iid in sorted((live | set(st.known)) - serving):
-            self.events.emit("recover", action="stop", instance=iid)
-            with contextlib.suppress(KilnError):
-                self.runtime.stop(iid, grace=self.deployer.stop_grace)
-            self.journal.commit(self.journal.state.without_known(iid))
-        st = self.journal.state
         missing = [iid for iid in serving if iid not in st.known]
         if missing:
             self.journal.commit(st.with_known(*missing))
@@ -310,6 +305,24 @@ class Agent:
             self._return_to(st.rollout_from, failed=st.rollout_to)
         self.metrics.set_instances(len(self.journal.state.instances))
 
+    def _stop_strays(self, event: str) -> None:
+        """Stop every instance the runtime has, or the journal knows, that does not serve.
+
+        Run at start (``recover``) and before each reconcile (``stray``: an orphaned ``runc run``
+        of a killed agent can finish after the recovery). An id leaves ``known`` only once the
+        runtime confirmed the stop; a failed stop is retried by the next reconcile.
+        """
+        st = self.journal.state
+        serving = {r.id for r in st.instances}
+        try:
+            live = set(self.runtime.list())
+        except KilnError as exc:
+            self.events.emit("error", what="list instances", detail=exc.message)
+            live = set()
+        for iid in sorted((live | set(st.known)) - serving):
+            self.events.emit(event, action="stop", instance=iid)
+            self.deployer.forget(iid)
+
     def _release_or_none(self, ref: ReleaseRef | None) -> Release | None:
         if ref is None:
             return None
@@ -324,6 +337,7 @@ class Agent:
     def reconcile_once(self) -> ReconcileResult:
         with self.busy:
             self.metrics.count_reconcile()
+            self._stop_strays("stray")
             result = self._consider()
             replaced = self._enforce()
             return replace(result, replaced=replaced)
@@ -625,6 +639,7 @@ class Agent:
                     manifests.add(str(self.store.image(pin.digest).manifest_digest))
         with contextlib.suppress(OSError, KilnError):
             self.store.gc(keep)
+            remove_interrupted(self.roots_dir)
             for entry in os.scandir(self.roots_dir):
                 name = entry.name.removesuffix(".json")
                 if len(name) == 64 and f"sha256:{name}" not in manifests:

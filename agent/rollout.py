@@ -249,15 +249,21 @@ class Deployer:
         self.events.emit("started", service=prep.name, instance=iid, release=prep.release)
         return rec
 
-    def _forget(self, iid: str) -> None:
+    def forget(self, iid: str) -> bool:
+        """Stop an instance, then drop it from ``known``. If the runtime could not stop it, the id
+        stays known (an ``error`` event; a later reconcile retries) and this returns False."""
+        return self._forget(iid)
+
+    def _forget(self, iid: str) -> bool:
         try:
             self.runtime.stop(iid, grace=self.stop_grace)
         except KilnError as exc:
             self.events.emit("error", what=f"stop {iid}", detail=exc.message)
-            return
+            return False
         self._netns.pop(iid, None)
         self.watches.pop(iid, None)
         self.journal.commit(self.journal.state.without_known(iid))
+        return True
 
     def wait_healthy(self, prep: Prepared, rec: InstanceRecord) -> HealthResult:
         if prep.health is None:

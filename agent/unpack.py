@@ -70,6 +70,7 @@ __all__ = [
     "root_fingerprint",
     "layers_of",
     "remove_root",
+    "remove_interrupted",
 ]
 
 _CHUNK = 1 << 20
@@ -620,6 +621,19 @@ def _read_meta(path: Path) -> str:
     if not isinstance(fp, str):
         raise DocumentError(f"{path}: unreadable root record")
     return fp
+
+
+def remove_interrupted(roots_dir: Path) -> tuple[str, ...]:
+    """Remove the ``ROOTS/<hex>.tmp`` trees of unpacks that were interrupted (a killed agent);
+    returns their names. Call it only when no unpack is running (the agent holds its lock and
+    is between steps)."""
+    removed = []
+    with os.scandir(roots_dir) as entries:
+        for entry in entries:
+            if entry.name.endswith(".tmp") and entry.is_dir(follow_symlinks=False):
+                _remove_tree(Path(entry.path))
+                removed.append(entry.name)
+    return tuple(sorted(removed))
 
 
 def remove_root(roots_dir: Path, manifest_digest: Digest) -> None:
