@@ -11,7 +11,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypedDict
 
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
@@ -165,8 +165,72 @@ class Descriptor:
         )
 
 
+class _EnvelopeFields(TypedDict):
+    annotations: Mapping[str, str]
+    subject: Descriptor | None
+    artifact_type: str | None
+    extra: Mapping[str, Any]
+
+
+def _schema_version(d: Mapping[str, Any], what: str) -> None:
+    if d.get("schemaVersion") != 2:
+        raise DocumentError(f"{what}: schemaVersion must be 2")
+
+
+def _envelope(d: Mapping[str, Any], what: str, body: tuple[str, ...]) -> _EnvelopeFields:
+    """The fields manifests and indexes share; every key not in ``body`` or shared is kept as is."""
+    subject = d.get("subject")
+    known = {"schemaVersion", "mediaType", "annotations", "subject", "artifactType", *body}
+    return {
+        "annotations": _annotations(d, what),
+        "subject": Descriptor.from_dict(subject, what=f"{what} subject") if subject else None,
+        "artifact_type": _str(d, "artifactType", what, required=False),
+        "extra": _frozen({k: v for k, v in d.items() if k not in known}),
+    }
+
+
+class _Envelope:
+    """What image manifests and indexes share: ``schemaVersion`` 2, ``mediaType``,
+    ``artifactType``, ``subject``, ``annotations``, unknown fields kept in ``extra``, and the exact
+    bytes a parsed document came from in ``raw``."""
+
+    __slots__ = ()
+
+    media_type: str | None
+    annotations: Mapping[str, str]
+    subject: Descriptor | None
+    artifact_type: str | None
+    extra: Mapping[str, Any]
+    raw: bytes | None
+
+    def _to_dict(self, body: Mapping[str, Any]) -> dict[str, Any]:
+        d: dict[str, Any] = dict(self.extra)
+        d["schemaVersion"] = 2
+        if self.media_type is not None:
+            d["mediaType"] = self.media_type
+        if self.artifact_type is not None:
+            d["artifactType"] = self.artifact_type
+        d.update(body)
+        if self.subject is not None:
+            d["subject"] = self.subject.to_dict()
+        if self.annotations:
+            d["annotations"] = dict(self.annotations)
+        return d
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError  # pragma: no cover - every document defines its body
+
+    def to_bytes(self) -> bytes:
+        """The exact bytes: those parsed, or the canonical serialization of a new document."""
+        return self.raw if self.raw is not None else canonical_json(self.to_dict())
+
+    @property
+    def digest(self) -> Digest:
+        return Digest.of(self.to_bytes())
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
-class OCIManifest:
+class OCIManifest(_Envelope):
     """An OCI image manifest (schemaVersion 2)."""
 
     config: Descriptor
@@ -179,26 +243,7 @@ class OCIManifest:
     raw: bytes | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = dict(self.extra)
-        d["schemaVersion"] = 2
-        d["mediaType"] = self.media_type
-        if self.artifact_type is not None:
-            d["artifactType"] = self.artifact_type
-        d["config"] = self.config.to_dict()
-        d["layers"] = [layer.to_dict() for layer in self.layers]
-        if self.subject is not None:
-            d["subject"] = self.subject.to_dict()
-        if self.annotations:
-            d["annotations"] = dict(self.annotations)
-        return d
-
-    def to_bytes(self) -> bytes:
-        """The exact bytes: those parsed, or the canonical serialization of a new manifest."""
-        return self.raw if self.raw is not None else canonical_json(self.to_dict())
-
-    @property
-    def digest(self) -> Digest:
-        return Digest.of(self.to_bytes())
+        return self._to_dict({"config": self.config.to_dict(), "layers": [x.to_dict() for x in self.layers]})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> OCIManifest:
@@ -208,8 +253,7 @@ class OCIManifest:
     @classmethod
     def _from_dict(cls, d: Mapping[str, Any], *, raw: bytes | None) -> OCIManifest:
         what = "image manifest"
-        if d.get("schemaVersion") != 2:
-            raise DocumentError(f"{what}: schemaVersion must be 2")
+        _schema_version(d, what)
         mt = d.get("mediaType", "application/vnd.oci.image.manifest.v1+json")
         if mt not in (
             "application/vnd.oci.image.manifest.v1+json",
@@ -222,22 +266,17 @@ class OCIManifest:
             raise DocumentError(f"{what}: missing 'config'")
         if not isinstance(layers, list):
             raise DocumentError(f"{what}: 'layers' must be a list")
-        subject = d.get("subject")
-        known = {"schemaVersion", "mediaType", "config", "layers", "annotations", "subject", "artifactType"}
         return cls(
             config=Descriptor.from_dict(cfg, what=f"{what} config"),
             layers=tuple(Descriptor.from_dict(x, what=f"{what} layers[{i}]") for i, x in enumerate(layers)),
             media_type=mt,
-            annotations=_annotations(d, what),
-            subject=Descriptor.from_dict(subject, what=f"{what} subject") if subject else None,
-            artifact_type=_str(d, "artifactType", what, required=False),
-            extra=_frozen({k: v for k, v in d.items() if k not in known}),
+            **_envelope(d, what, ("config", "layers")),
             raw=raw,
         )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class OCIIndex:
+class OCIIndex(_Envelope):
     """An OCI image index (also the ``index.json`` of an image layout)."""
 
     manifests: tuple[Descriptor, ...]
@@ -249,48 +288,24 @@ class OCIIndex:
     raw: bytes | None = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = dict(self.extra)
-        d["schemaVersion"] = 2
-        if self.media_type is not None:
-            d["mediaType"] = self.media_type
-        if self.artifact_type is not None:
-            d["artifactType"] = self.artifact_type
-        d["manifests"] = [m.to_dict() for m in self.manifests]
-        if self.subject is not None:
-            d["subject"] = self.subject.to_dict()
-        if self.annotations:
-            d["annotations"] = dict(self.annotations)
-        return d
-
-    def to_bytes(self) -> bytes:
-        return self.raw if self.raw is not None else canonical_json(self.to_dict())
-
-    @property
-    def digest(self) -> Digest:
-        return Digest.of(self.to_bytes())
+        return self._to_dict({"manifests": [m.to_dict() for m in self.manifests]})
 
     @classmethod
     def from_bytes(cls, data: bytes) -> OCIIndex:
         what = "image index"
         d = parse_json_object(data, what=what)
-        if d.get("schemaVersion") != 2:
-            raise DocumentError(f"{what}: schemaVersion must be 2")
+        _schema_version(d, what)
         mans = d.get("manifests")
         if not isinstance(mans, list):
             raise DocumentError(f"{what}: 'manifests' must be a list")
         mt = d.get("mediaType")
         if mt is not None and not isinstance(mt, str):
             raise DocumentError(f"{what}: 'mediaType' must be a string")
-        subject = d.get("subject")
-        known = {"schemaVersion", "mediaType", "manifests", "annotations", "subject", "artifactType"}
         return cls(
             manifests=tuple(
                 Descriptor.from_dict(x, what=f"{what} manifests[{i}]") for i, x in enumerate(mans)
             ),
             media_type=mt,
-            annotations=_annotations(d, what),
-            subject=Descriptor.from_dict(subject, what=f"{what} subject") if subject else None,
-            artifact_type=_str(d, "artifactType", what, required=False),
-            extra=_frozen({k: v for k, v in d.items() if k not in known}),
+            **_envelope(d, what, ("manifests",)),
             raw=data,
         )
