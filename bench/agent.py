@@ -21,7 +21,14 @@ previous release (cached) against `docker run` of the previous image (cached), e
 answers. Everything started is stopped again: instances, namespaces, the agent, the registry and
 dockerd. Nothing here asserts a time: read the numbers.
 
-    .venv/bin/python bench/agent.py [--runs N] [--poll SECONDS] [--verify-runs N]
+Measured on the shared 2-core machine (``--runs 5``, other jobs running): new release to serving
+0.84 s for kiln against 0.48 s for docker pull + run (the pull fetches one small layer; kiln also
+verifies two signatures, unpacks a whole fresh read-only root, about 0.23 s, and health-checks
+before it switches the address); verifying the running release 0.060 s (target < 0.2 s);
+rollback until the address answers 0.75 s (target < 2 s) against 0.41 s for docker run of the
+cached image.
+
+    .venv/bin/python bench/agent.py [--runs N] [--poll SECONDS] [--verify-runs N] [--rollbacks N]
 """
 
 from __future__ import annotations
@@ -429,6 +436,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3, help="new releases to roll out (default 3)")
     ap.add_argument("--poll", type=float, default=0.25, help="the agent's poll_interval (default 0.25 s)")
     ap.add_argument("--verify-runs", type=int, default=20, help="reconciles with nothing to do (20)")
+    ap.add_argument("--rollbacks", type=int, default=3, help="rollbacks to the cached previous release (3)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/agent.py runs as root (runc, network namespaces, dockerd)")
@@ -441,7 +449,7 @@ def main() -> int:
     docker_deploy: list[float] = []
     publish_times: list[float] = []
     verify: dict[str, list[float]] = {}
-    rollback: dict[str, float] = {}
+    rollback: dict[str, list[float]] = {}
     host: Host | None = None
     leftovers: list[str] | None = None
     try:
@@ -481,30 +489,40 @@ def main() -> int:
 
             verify = measure_verification(host, images[-1], args.verify_runs)
 
-            previous = images[-2]
+            previous, newest = images[-2], images[-1]
+            back_to = previous.version  # the release that runs `previous` (release N pins image N)
+            next_release = newest.version + 1
             with running_agent(host) as proc:
-                wait_settled(host, images[-1].version, proc)
+                wait_settled(host, newest.version, proc)
+                for i in range(args.rollbacks):
+                    if i:  # forward again: a new release of the newest image, so there is a previous
+                        publish_release(host, sign_release(host, next_release, newest))
+                        wait_answer(f"http://{host.listen}/", greeting(newest.version))
+                        wait_settled(host, next_release, proc)
+                        next_release += 1
+                    t0 = time.monotonic()
+                    done = subprocess.Popen(
+                        [sys.executable, "-m", "kiln", "agent", "rollback", "--config", str(host.config)],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.PIPE,
+                        env=kiln_env(),
+                    )
+                    answered = wait_answer(f"http://{host.listen}/", greeting(previous.version)) - t0
+                    _, err = done.communicate(timeout=120)
+                    returned = time.monotonic() - t0
+                    if done.returncode != 0:
+                        raise SystemExit(f"kiln agent rollback failed: {err.decode(errors='replace')}")
+                    rollback.setdefault("kiln agent rollback: until the address answers", []).append(answered)
+                    rollback.setdefault("kiln agent rollback: the command returns", []).append(returned)
+                    wait_settled(host, back_to, proc)
+            for i in range(args.rollbacks):
+                port = free_port()
                 t0 = time.monotonic()
-                done = subprocess.Popen(
-                    [sys.executable, "-m", "kiln", "agent", "rollback", "--config", str(host.config)],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.PIPE,
-                    env=kiln_env(),
+                docker_run(engine, f"{host.repository}@{previous.digest}", f"web-rollback-{i}", port)
+                rollback.setdefault("docker run of the cached image: until it answers", []).append(
+                    wait_answer(f"http://127.0.0.1:{port}/", greeting(previous.version)) - t0
                 )
-                rollback["kiln: until the address answers"] = (
-                    wait_answer(f"http://{host.listen}/", greeting(previous.version)) - t0
-                )
-                _, err = done.communicate(timeout=120)
-                rollback["kiln: the rollback command returns"] = time.monotonic() - t0
-                if done.returncode != 0:
-                    raise SystemExit(f"kiln agent rollback failed: {err.decode(errors='replace')}")
-                wait_settled(host, previous.version, proc)
-            port = free_port()
-            t0 = time.monotonic()
-            docker_run(engine, f"{host.repository}@{previous.digest}", "web-rollback", port)
-            rollback["docker run of the cached image"] = (
-                wait_answer(f"http://127.0.0.1:{port}/", greeting(previous.version)) - t0
-            )
+                engine.cli("rm", "-f", f"web-rollback-{i}")
             leftovers = stop_instances(host)
     finally:
         if host is not None and leftovers is None:
@@ -528,9 +546,11 @@ def main() -> int:
     for name, values in verify.items():
         print(f"  {name:<58}{fmt(values)}")
     print("\nrollback to the previous release, cached (target < 2 s until it serves)")
-    for name, value in rollback.items():
-        print(f"  {name:<58}{value:.3f} s")
-    ratio = rollback["docker run of the cached image"] / rollback["kiln: until the address answers"]
+    for name, values in rollback.items():
+        print(f"  {name:<58}{fmt(values)}")
+    ratio = statistics.median(
+        rollback["docker run of the cached image: until it answers"]
+    ) / statistics.median(rollback["kiln agent rollback: until the address answers"])
     print(f"  {'ratio docker run / kiln (until it answers)':<58}{ratio:.2f}x")
     print(f"\nleft running: {', '.join(leftovers) if leftovers else 'nothing'}")
     return 1 if leftovers else 0
