@@ -123,7 +123,22 @@ def private_dockerd(*, start_timeout: float = 30.0) -> Iterator[PrivateDockerd]:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
         subprocess.run(["umount", "-R", str(root / "data")], check=False, capture_output=True)
+        # dockerd bind-mounts its default network namespace under the exec root and leaves it
+        # there on exit: unmount it too, or every engine leaks a namespace and this directory.
+        for mount in _mounts_under(root):
+            subprocess.run(["umount", mount], check=False, capture_output=True)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def _mounts_under(root: Path) -> list[str]:
+    """Mount points below ``root`` (deepest first), from /proc/self/mountinfo."""
+    prefix = f"{root}/"
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return []
+    points = [line.split()[4] for line in lines if len(line.split()) > 4]
+    return sorted({p for p in points if p.startswith(prefix)}, key=len, reverse=True)
 
 
 @contextlib.contextmanager
