@@ -17,7 +17,7 @@ DEBS_TEST := $(DEBS_DEMO) gcc libc6-dev skopeo umoci oci-image-tool buildah dock
 help:
 	@echo "make demo   build the examples, load python-web into a private Docker engine and curl it"
 	@echo "make test   lint, type-check and run the whole test suite (unit + integration)"
-	@echo "make bench  run the benchmarks against the peer tools"
+	@echo "make bench  run the benchmarks (build, verify, push, agent) against the peer tools"
 
 debs-demo:
 	@.ci/ensure-debs $(DEBS_DEMO)
@@ -49,8 +49,12 @@ test: debs-test venv lint typecheck
 demo: debs-demo venv
 	$(BIN)/python examples/demo.py
 
+# Each bench runs the peer tool in the same run and prints ratios (nothing is asserted).
 bench: debs-test venv
 	$(BIN)/python bench/build.py
+	$(BIN)/python bench/verify.py
+	$(BIN)/python bench/push.py
+	$(BIN)/python bench/agent.py
 
 clean:
 	rm -rf out demo-out .pytest_cache .mypy_cache .ruff_cache

@@ -126,6 +126,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 128 + signal.SIGPIPE
+    except OSError as exc:
+        # The filesystem or a tool said no (a missing directory, no permission, a full disk):
+        # the user's to fix, so one clear line naming the file, not an "internal error".
+        if args.debug:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"kiln: error: {where}{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAIL
     except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, traceback only with --debug
         if args.debug:
             traceback.print_exc()

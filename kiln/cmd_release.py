@@ -407,6 +407,7 @@ def cmd_root_init(args: argparse.Namespace, out: Output) -> int:
     # Through the parser once: what is written is exactly what hosts will load.
     text = root.to_yaml()
     parsed = load_root(text.encode("utf-8"), source=str(args.output))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.output, text.encode("utf-8"))
     out.result(
         f"Trust root v{parsed.version} written to {args.output} (expires {format_utc_time(parsed.expires)})",

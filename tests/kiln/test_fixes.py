@@ -96,3 +96,18 @@ def test_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     assert proc.returncode in (0, 141)  # 0 when everything fit in the pipe before it closed
     assert b"internal error" not in err
     assert b"Traceback" not in err
+
+
+def test_a_filesystem_error_is_one_clean_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KILN_PASSWORD", "pw")
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("")
+    assert main(["key", "generate", "--out", str(blocker / "demo")]) == 1
+    err = capsys.readouterr().err
+    assert "internal error" not in err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.startswith("kiln: error:")]
+    assert len(lines) == 1
+    assert str(blocker) in lines[0]
