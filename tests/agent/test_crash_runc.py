@@ -259,7 +259,9 @@ def test_sigkill_at_random_points_of_a_rollout_leaves_one_release_and_no_leaks(c
             and len(snap.serving) == REPLICAS
         ):
             break
-        assert time.monotonic() - t0 < CONVERGE_TIMEOUT, f"no convergence to v{target}: {doc}"
+        assert time.monotonic() - t0 < CONVERGE_TIMEOUT, (
+            f"no convergence to v{target}: runc {snap.runc}, serving {snap.serving}, status {doc}"
+        )
         time.sleep(0.1)
     serving = set(snap.serving)
     for _ in range(10):
