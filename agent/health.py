@@ -292,6 +292,8 @@ class HealthResult:
     ok: bool
     detail: str  # one line: "HTTP 200 OK", "connect failed: ...", "timed out after 1s ..."
     latency: float  # seconds the probe took
+    # The HTTP status the instance answered with, when it answered one.
+    status: int | None = None
 
 
 class Probe(Protocol):
@@ -318,8 +320,8 @@ def check_once(
     start = clock()
     deadline = start + max(0.0, budget)
 
-    def result(ok: bool, detail: str) -> HealthResult:
-        return HealthResult(ok=ok, detail=detail, latency=max(0.0, clock() - start))
+    def result(ok: bool, detail: str, *, status: int | None = None) -> HealthResult:
+        return HealthResult(ok=ok, detail=detail, latency=max(0.0, clock() - start), status=status)
 
     if budget <= 0:
         return result(False, "no time left for the check")
@@ -330,8 +332,8 @@ def check_once(
     try:
         if spec.kind is ProbeKind.TCP:
             return result(True, "tcp connect ok")
-        ok, detail = _http_get(sock, spec, budget, deadline, clock)
-        return result(ok, detail)
+        ok, detail, status = _http_get(sock, spec, budget, deadline, clock)
+        return result(ok, detail, status=status)
     finally:
         sock.close()
 
@@ -349,7 +351,7 @@ def _remaining(deadline: float, clock: Clock) -> float:
 
 def _http_get(
     sock: socket.socket, spec: HealthSpec, budget: float, deadline: float, clock: Clock
-) -> tuple[bool, str]:
+) -> tuple[bool, str, int | None]:
     host = spec.host if spec.port in (None, 80) else f"{spec.host}:{spec.port}"
     request = (
         f"GET {spec.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: {_USER_AGENT}\r\n"
@@ -366,20 +368,20 @@ def _http_get(
             if end is not None:
                 return _judge(bytes(head[:end]))
             if len(head) >= MAX_RESPONSE_HEAD:
-                return False, f"response head is larger than {MAX_RESPONSE_HEAD} bytes"
+                return False, f"response head is larger than {MAX_RESPONSE_HEAD} bytes", None
             if not _plausible_start(head):
-                return False, f"not an HTTP response: {_show(head)}"
+                return False, f"not an HTTP response: {_show(head)}", None
             sock.settimeout(_remaining(deadline, clock))
             chunk = sock.recv(MAX_RESPONSE_HEAD - len(head))
             if not chunk:
                 if not head:
-                    return False, "connection closed without a response"
-                return False, f"connection closed before the end of the response head: {_show(head)}"
+                    return False, "connection closed without a response", None
+                return False, f"connection closed before the end of the response head: {_show(head)}", None
             head += chunk
     except (_CheckTimeout, TimeoutError):
-        return False, f"timed out after {budget:g}s waiting for the response"
+        return False, f"timed out after {budget:g}s waiting for the response", None
     except OSError as exc:
-        return False, f"connection failed: {_describe(exc)}"
+        return False, f"connection failed: {_describe(exc)}", None
 
 
 def _end_of_head(buf: bytearray) -> int | None:
@@ -398,19 +400,19 @@ def _plausible_start(buf: bytearray) -> bool:
     return bytes(buf[:n]) == prefix[:n]
 
 
-def _judge(head: bytes) -> tuple[bool, str]:
+def _judge(head: bytes) -> tuple[bool, str, int | None]:
     lines = head.replace(b"\r\n", b"\n").split(b"\n")
     m = _STATUS_LINE.fullmatch(lines[0])
     if m is None:
-        return False, f"malformed status line: {_show(lines[0])}"
+        return False, f"malformed status line: {_show(lines[0])}", None
+    status = int(m.group(1))
     for line in lines[1:]:
         name, colon, _ = line.partition(b":")
         if not colon or not _TOKEN.fullmatch(name):
-            return False, f"malformed header line: {_show(line)}"
-    status = int(m.group(1))
+            return False, f"malformed header line: {_show(line)}", None
     reason = (m.group(2) or b"").decode("latin-1").strip()
     detail = f"HTTP {status} {reason}".rstrip()
-    return 200 <= status <= 399, detail
+    return 200 <= status <= 399, detail, status
 
 
 def _show(data: bytes | bytearray, limit: int = 60) -> str:
@@ -443,12 +445,18 @@ def wait_healthy(
     clock: Clock = time.monotonic,
     sleep: Sleep = time.sleep,
     probe: Probe | None = None,
+    alive: Callable[[], bool] | None = None,
 ) -> HealthResult:
     """Wait ``grace`` seconds, then probe every ``interval`` until ``retries`` consecutive passes.
 
     Gives up (``ok=False``, the last failure in ``detail``) when the next probe could not finish
-    within ``deadline`` seconds of the call. ``interval``, ``timeout`` and ``retries`` default to
-    the spec's. The number of probes is bounded even if ``clock`` stands still.
+    within ``deadline`` seconds of the call; sooner when the instance has answered with a 4xx
+    status ``retries`` times in a row (it is up and the check itself is refused, as with a wrong
+    path: no amount of waiting fixes that), or when ``alive`` says it stopped running. An
+    instance that does not answer yet, or answers 5xx (503 while warming up), is still starting
+    and gets the whole ``deadline``.
+    ``interval``, ``timeout`` and ``retries`` default to the spec's. The number of probes is
+    bounded even if ``clock`` stands still.
     """
     interval = spec.interval if interval is None else interval
     timeout = spec.timeout if timeout is None else timeout
@@ -464,14 +472,25 @@ def wait_healthy(
         sleep(min(grace, deadline))
     max_probes = math.ceil(deadline / interval) + 1
     passes = 0
+    refusals = 0
     probes = 0
     last: HealthResult | None = None
+
+    def failed(why: str) -> HealthResult:
+        return HealthResult(ok=False, detail=why, latency=max(0.0, clock() - start))
+
     while probes < max_probes:
         left = end - clock()
         if left <= 0:
             break
+        if alive is not None and not alive():
+            return failed(f"the instance stopped running after {probes} checks")
         last = run(spec, connect, min(timeout, left))
         probes += 1
+        refused = last.status is not None and 400 <= last.status <= 499
+        refusals = refusals + 1 if refused else 0
+        if refusals >= retries:
+            return failed(f"answered {last.detail} {refusals} times in a row")
         if last.ok:
             passes += 1
             if passes >= retries:
@@ -488,11 +507,7 @@ def wait_healthy(
     why = last.detail if last is not None else "no check could run"
     if last is not None and last.ok:
         why = f"only {passes} of {retries} consecutive passes"
-    return HealthResult(
-        ok=False,
-        detail=f"not healthy within {deadline:g}s after {probes} checks: {why}",
-        latency=max(0.0, clock() - start),
-    )
+    return failed(f"not healthy within {deadline:g}s after {probes} checks: {why}")
 
 
 # -- continuous checking ----------------------------------------------------------------------------------

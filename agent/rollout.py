@@ -278,6 +278,7 @@ class Deployer:
             clock=self._clock,
             sleep=self._sleep,
             probe=self._probe,
+            alive=lambda: self.runtime.state(rec.id).status is InstanceStatus.RUNNING,
         )
 
     def _wait_running(self, rec: InstanceRecord) -> HealthResult:
