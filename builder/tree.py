@@ -138,7 +138,8 @@ class FileTree:
         path = normalize_path(entry.path, what=entry.origin)
         if path == "/":
             raise SourceError(f"{entry.origin}: cannot replace the image root '/'")
-        entry = replace(entry, path=path, mode=entry.mode & _PERM_MASK)
+        if path != entry.path or entry.mode & ~_PERM_MASK:
+            entry = replace(entry, path=path, mode=entry.mode & _PERM_MASK)
         if entry.kind is EntryKind.FILE and (entry.host_path is None) == (entry.data is None):
             raise ValueError("a file entry needs exactly one of host_path and data")
         if entry.kind in (EntryKind.SYMLINK, EntryKind.HARDLINK) and not entry.target:
@@ -163,6 +164,9 @@ class FileTree:
         parent = posixpath.dirname(path)
         chain: list[str] = []
         while parent != "/":
+            known = self._entries.get(parent)
+            if known is not None and known.kind is EntryKind.DIR:
+                break  # a directory in the tree already has all of its parents
             chain.append(parent)
             parent = posixpath.dirname(parent)
         for p in reversed(chain):
