@@ -20,11 +20,9 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.archive import docker_manifest, write_layout_tar
 from builder.bom import OwnerLookup, attestation_documents, collect_inputs
 from builder.cache import BuildCache, CacheKey, StatEntry
 from builder.compress import ANNOTATION, BackgroundSink, Compressor
@@ -174,6 +172,8 @@ def build_image(
             manifest.version,
         )
         if fmt is OutputFormat.DOCKER_ARCHIVE:
+            from builder.archive import docker_manifest  # archives only: kept off the common path
+
             (layout.root / "manifest.json").write_bytes(
                 docker_manifest(
                     config=config_digest,
@@ -215,8 +215,13 @@ def _write_layers(
         return _write_layer(plan, layout, comp, cache, mtime)
 
     workers = max(1, min(len(plans), os.cpu_count() or 1, 4))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kiln-layer") as pool:
-        results = list(pool.map(one, plans))
+    if workers == 1:
+        results = [one(plan) for plan in plans]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kiln-layer") as pool:
+            results = list(pool.map(one, plans))
     for i, (info, _stats) in enumerate(results, start=1):
         how = "cached" if info.cached else comp.tag
         say(f"layer {i}/{len(results)} {info.category}: {info.files} files, {info.size} bytes ({how})")
@@ -340,6 +345,8 @@ def _install(layout_dir: Path, output: Path, *, fmt: OutputFormat, mtime: int, s
     else:
         new = stage / "archive.tar"
         with open(new, "wb") as fh:
+            from builder.archive import write_layout_tar  # archives only: kept off the common path
+
             write_layout_tar(layout_dir, fh, mtime=mtime)
             fh.flush()
             os.fsync(fh.fileno())
