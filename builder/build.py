@@ -29,18 +29,22 @@ from builder.compress import ANNOTATION, BackgroundSink, Compressor
 from builder.errors import BuildError, SourceError
 from builder.imageconfig import image_config, manifest_annotations
 from builder.layers import LayerPlan, plan_layers
-from builder.sources import InputRecord, assemble
+from builder.sources import Assembly, InputRecord, assemble
 from builder.tarwriter import FileRecord, TarStats, check_epoch, tar_size, write_tar
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
+from manifests.errors import KilnError
 from manifests.image import ImageManifest
 from manifests.layout import OCILayout
 from manifests.mediatypes import Compression, MediaType
 from manifests.oci import Descriptor, OCIManifest
+from manifests.version import VERSION
 
 __all__ = ["OutputFormat", "LayerInfo", "BuildResult", "build_image", "docker_repo_tag"]
 
 Progress = Callable[[str], None]
+
+_MAX_SMALL_BLOB = 64 << 20  # a config, manifest, SBOM or provenance kept in the cache
 
 SBOM_ANNOTATION = "dev.kiln.sbom"
 PROVENANCE_ANNOTATION = "dev.kiln.provenance"
@@ -116,68 +120,39 @@ def build_image(
     assembly = assemble(manifest)
     plans = plan_layers(assembly.tree.entries(), manifest.layers)
     say(f"{manifest.name} {manifest.version}: {len(assembly.tree)} paths in {len(plans)} layers")
+    stat_keys = [_stat_key(plan, comp, mtime) if cache is not None else None for plan in plans]
+    build_key = _build_key(manifest, fmt, comp, mtime, stat_keys) if cache is not None else None
 
     output.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.kiln-"))
     try:
         layout = OCILayout.create(stage / "layout")
-        results = _write_layers(plans, layout=layout, comp=comp, cache=cache, mtime=mtime, say=say)
-        layers = tuple(r[0] for r in results)
-
-        config = image_config(
-            manifest,
-            diff_ids=[layer.diff_id for layer in layers],
-            layer_labels=[layer.category for layer in layers],
-            source_date_epoch=mtime,
-        )
-        config_bytes = canonical_json(config)
-        config_digest = layout.write_blob(config_bytes)
-        oci_manifest = OCIManifest(
-            config=Descriptor(media_type=MediaType.OCI_CONFIG, digest=config_digest, size=len(config_bytes)),
-            layers=tuple(
-                Descriptor(
-                    media_type=layer.media_type,
-                    digest=layer.digest,
-                    size=layer.size,
-                    annotations={ANNOTATION: comp.tag},
-                )
-                for layer in layers
-            ),
-            annotations=manifest_annotations(manifest, source_date_epoch=mtime, compression=comp.tag),
-        )
-        manifest_bytes = oci_manifest.to_bytes()
-        digest = layout.write_blob(manifest_bytes)
-        files = tuple(sorted((f for r in results for f in r[1].files), key=lambda f: f.path))
-        inputs = collect_inputs(
-            manifest,
-            assembly.tree.entries(),
-            files,
-            OwnerLookup(cache.root if cache is not None else None),
-        )
-        sbom, provenance = attestation_documents(
-            manifest, image_digest=digest, files=files, inputs=inputs, source_date_epoch=mtime
-        )
-        layout.tag(
-            Descriptor(
-                media_type=MediaType.OCI_MANIFEST,
-                digest=digest,
-                size=len(manifest_bytes),
-                platform=manifest.platform,
-                # Unsigned build records, kept beside the image for `kiln attest` to sign.
-                annotations={
-                    SBOM_ANNOTATION: str(layout.write_blob(sbom)),
-                    PROVENANCE_ANNOTATION: str(layout.write_blob(provenance)),
-                },
-            ),
-            manifest.version,
-        )
+        built = None
+        if cache is not None and build_key is not None:
+            built = _reuse_build(cache, build_key, layout, manifest.version)
+        if built is None:
+            built = _build_layout(
+                manifest,
+                assembly,
+                plans,
+                stat_keys,
+                layout=layout,
+                comp=comp,
+                cache=cache,
+                mtime=mtime,
+                say=say,
+            )
+            if cache is not None and build_key is not None:
+                _remember_build(cache, build_key, layout, built)
+        else:
+            say("unchanged since the last build: its result is reused from the cache")
         if fmt is OutputFormat.DOCKER_ARCHIVE:
             from builder.archive import docker_manifest  # archives only: kept off the common path
 
             (layout.root / "manifest.json").write_bytes(
                 docker_manifest(
-                    config=config_digest,
-                    layers=[layer.digest for layer in layers],
+                    config=built.config_digest,
+                    layers=[layer.digest for layer in built.layers],
                     repo_tag=docker_repo_tag(manifest.name, manifest.version),
                 )
             )
@@ -185,25 +160,192 @@ def build_image(
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
-    size = len(manifest_bytes) + len(config_bytes) + sum(layer.size for layer in layers)
-    say(f"{manifest.name} {manifest.version}: {digest} -> {output}")
+    say(f"{manifest.name} {manifest.version}: {built.digest} -> {output}")
     return BuildResult(
         name=manifest.name,
         image_version=manifest.version,
-        digest=digest,
-        config_digest=config_digest,
-        size=size,
-        layers=layers,
+        digest=built.digest,
+        config_digest=built.config_digest,
+        size=built.size,
+        layers=built.layers,
         output=output,
         format=fmt,
         compression=comp.tag,
-        files=files,
+        files=built.files,
         inputs=assembly.inputs,
     )
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Built:
+    """What a build put in its layout, apart from the layers' bytes."""
+
+    digest: Digest
+    config_digest: Digest
+    size: int
+    layers: tuple[LayerInfo, ...]
+    files: tuple[FileRecord, ...]
+    index_entry: Descriptor
+
+
+def _build_layout(
+    manifest: ImageManifest,
+    assembly: Assembly,
+    plans: tuple[LayerPlan, ...],
+    stat_keys: list[str | None],
+    *,
+    layout: OCILayout,
+    comp: Compressor,
+    cache: BuildCache | None,
+    mtime: int,
+    say: Progress,
+) -> _Built:
+    results = _write_layers(plans, stat_keys, layout=layout, comp=comp, cache=cache, mtime=mtime, say=say)
+    layers = tuple(r[0] for r in results)
+    config = image_config(
+        manifest,
+        diff_ids=[layer.diff_id for layer in layers],
+        layer_labels=[layer.category for layer in layers],
+        source_date_epoch=mtime,
+    )
+    config_bytes = canonical_json(config)
+    config_digest = layout.write_blob(config_bytes)
+    oci_manifest = OCIManifest(
+        config=Descriptor(media_type=MediaType.OCI_CONFIG, digest=config_digest, size=len(config_bytes)),
+        layers=tuple(
+            Descriptor(
+                media_type=layer.media_type,
+                digest=layer.digest,
+                size=layer.size,
+                annotations={ANNOTATION: comp.tag},
+            )
+            for layer in layers
+        ),
+        annotations=manifest_annotations(manifest, source_date_epoch=mtime, compression=comp.tag),
+    )
+    manifest_bytes = oci_manifest.to_bytes()
+    digest = layout.write_blob(manifest_bytes)
+    files = tuple(sorted((f for r in results for f in r[1].files), key=lambda f: f.path))
+    inputs = collect_inputs(
+        manifest,
+        assembly.tree.entries(),
+        files,
+        OwnerLookup(cache.root if cache is not None else None),
+    )
+    sbom, provenance = attestation_documents(
+        manifest, image_digest=digest, files=files, inputs=inputs, source_date_epoch=mtime
+    )
+    entry = Descriptor(
+        media_type=MediaType.OCI_MANIFEST,
+        digest=digest,
+        size=len(manifest_bytes),
+        platform=manifest.platform,
+        # Unsigned build records, kept beside the image for `kiln attest` to sign.
+        annotations={
+            SBOM_ANNOTATION: str(layout.write_blob(sbom)),
+            PROVENANCE_ANNOTATION: str(layout.write_blob(provenance)),
+        },
+    )
+    layout.tag(entry, manifest.version)
+    return _Built(
+        digest=digest,
+        config_digest=config_digest,
+        size=len(manifest_bytes) + len(config_bytes) + sum(layer.size for layer in layers),
+        layers=layers,
+        files=files,
+        index_entry=entry,
+    )
+
+
+def _build_key(
+    manifest: ImageManifest, fmt: OutputFormat, comp: Compressor, mtime: int, stat_keys: list[str | None]
+) -> str | None:
+    """Everything that decides a build's output: the manifest as written, every layer's inputs (by
+    stat identity), the format, compressor, timestamp and kiln's version. ``None``: not cacheable."""
+    if not all(stat_keys):
+        return None
+    try:
+        manifest_bytes = Path(manifest.source).read_bytes()
+    except OSError:
+        return None  # a manifest that is not a file (built in memory): nothing stable to key on
+    material = [VERSION, hashlib.sha256(manifest_bytes).hexdigest(), str(fmt), comp.tag, mtime, stat_keys]
+    return hashlib.sha256(canonical_json(material)).hexdigest()
+
+
+def _remember_build(cache: BuildCache, build_key: str, layout: OCILayout, built: _Built) -> None:
+    """Keep the small blobs and the record of a finished build (a cache that cannot be written
+    only costs time)."""
+    entry = built.index_entry
+    small = [built.config_digest, built.digest]
+    small += [Digest.parse(entry.annotations[a]) for a in (SBOM_ANNOTATION, PROVENANCE_ANNOTATION)]
+    record = {
+        "index_entry": entry.to_dict(),
+        "config": str(built.config_digest),
+        "size": built.size,
+        "small_blobs": [str(d) for d in small],
+        "layers": [
+            {
+                "digest": str(x.digest),
+                "diff_id": str(x.diff_id),
+                "size": x.size,
+                "media_type": x.media_type,
+                "files": x.files,
+                "category": x.category,
+            }
+            for x in built.layers
+        ],
+        "files": [[f.path, str(f.sha256), f.size] for f in built.files],
+    }
+    with contextlib.suppress(OSError, KilnError):
+        for d in small:
+            cache.store_blob(layout.read_blob(d, limit=_MAX_SMALL_BLOB))
+        cache.store_build(build_key, record)
+
+
+def _reuse_build(cache: BuildCache, build_key: str, layout: OCILayout, tag: str) -> _Built | None:
+    """Put a recorded build's blobs (re-hashed while linked) and index entry into ``layout``;
+    ``None`` if there is no usable record, and the caller builds normally."""
+    record = cache.lookup_build(build_key)
+    if record is None:
+        return None
+    try:
+        layers = tuple(
+            LayerInfo(
+                digest=Digest.parse(x["digest"]),
+                diff_id=Digest.parse(x["diff_id"]),
+                size=int(x["size"]),
+                media_type=str(x["media_type"]),
+                files=int(x["files"]),
+                category=str(x["category"]),
+                cached=True,
+            )
+            for x in record["layers"]
+        )
+        for layer in layers:
+            layout.link_blob(cache.blob_path(layer.digest), layer.digest, size=layer.size)
+        for text in record["small_blobs"]:
+            d = Digest.parse(text)
+            layout.link_blob(cache.blob_path(d), d)
+        entry = Descriptor.from_dict(record["index_entry"])
+        files = tuple(FileRecord(path=p, sha256=Digest.parse(h), size=int(n)) for p, h, n in record["files"])
+        built = _Built(
+            digest=entry.digest,
+            config_digest=Digest.parse(record["config"]),
+            size=int(record["size"]),
+            layers=layers,
+            files=files,
+            index_entry=entry,
+        )
+    except (OSError, KilnError, KeyError, TypeError, ValueError):
+        cache.forget_build(build_key)
+        return None
+    layout.tag(built.index_entry, tag)
+    return built
+
+
 def _write_layers(
     plans: tuple[LayerPlan, ...],
+    stat_keys: list[str | None],
     *,
     layout: OCILayout,
     comp: Compressor,
@@ -211,17 +353,18 @@ def _write_layers(
     mtime: int,
     say: Progress,
 ) -> list[tuple[LayerInfo, TarStats]]:
-    def one(plan: LayerPlan) -> tuple[LayerInfo, TarStats]:
-        return _write_layer(plan, layout, comp, cache, mtime)
+    def one(item: tuple[LayerPlan, str | None]) -> tuple[LayerInfo, TarStats]:
+        return _write_layer(item[0], item[1], layout=layout, comp=comp, cache=cache, mtime=mtime)
 
     workers = max(1, min(len(plans), os.cpu_count() or 1, 4))
+    items = list(zip(plans, stat_keys, strict=True))
     if workers == 1:
-        results = [one(plan) for plan in plans]
+        results = [one(item) for item in items]
     else:
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kiln-layer") as pool:
-            results = list(pool.map(one, plans))
+            results = list(pool.map(one, items))
     for i, (info, _stats) in enumerate(results, start=1):
         how = "cached" if info.cached else comp.tag
         say(f"layer {i}/{len(results)} {info.category}: {info.files} files, {info.size} bytes ({how})")
@@ -248,14 +391,18 @@ def _stat_key(plan: LayerPlan, comp: Compressor, mtime: int) -> str | None:
 
 
 def _write_layer(
-    plan: LayerPlan, layout: OCILayout, comp: Compressor, cache: BuildCache | None, mtime: int
+    plan: LayerPlan,
+    stat_key: str | None,
+    *,
+    layout: OCILayout,
+    comp: Compressor,
+    cache: BuildCache | None,
+    mtime: int,
 ) -> tuple[LayerInfo, TarStats]:
     first: TarStats | None = None
     key: CacheKey | None = None
-    stat_key: str | None = None
     if cache is not None:
         # 1. Unchanged inputs (same stat identity): nothing is read, the blob is linked out.
-        stat_key = _stat_key(plan, comp, mtime)
         known = cache.lookup_stat(stat_key) if stat_key is not None else None
         if known is not None:
             hit = cache.fetch(_cache_key(known.diff_id, comp), layout)

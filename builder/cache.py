@@ -7,6 +7,8 @@ Layout under the cache root::
     blobs/sha256/<hex>          compressed layer blobs, named by their digest
     layers/<key-hash>.json      {"key": {...}, "digest": "sha256:...", "size": N}
     stat/<stat-key>.json        {"diff_id", "tar_size", "entries", "files": [[path, sha256, size]...]}
+    builds/<build-key>.json     a whole build's result: its index entry, config, manifest, SBOM and
+                                provenance blobs (kept in blobs/ too), layers and files
 
 The ``stat/`` entries let an unchanged rebuild skip reading its inputs at all, as git's index does:
 a stat key hashes every entry's metadata and, for host files, their device, inode, size, mtime and
@@ -27,6 +29,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from manifests.atomic import atomic_write
 from manifests.canonical import canonical_json
@@ -198,6 +201,39 @@ class BuildCache:
         }
         (self.root / "stat").mkdir(parents=True, exist_ok=True)
         atomic_write(self._stat_path(stat_key), canonical_json(doc), durable=False)
+
+    def store_blob(self, data: bytes) -> Digest:
+        """Keep a small blob (a config, a manifest, an SBOM) by its digest."""
+        digest = Digest.of(data)
+        dest = self.blob_path(digest)
+        if not dest.exists():
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(dest, data, durable=False)
+        return digest
+
+    def _build_path(self, build_key: str) -> Path:
+        return self.root / "builds" / f"{build_key}.json"
+
+    def lookup_build(self, build_key: str) -> dict[str, Any] | None:
+        """A whole build's recorded result, or ``None`` (missing or unreadable: then it is removed)."""
+        path = self._build_path(build_key)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(_MAX_STAT_ENTRY_BYTES + 1)
+            return parse_json_object(data, what=str(path), limit=_MAX_STAT_ENTRY_BYTES)
+        except FileNotFoundError:
+            return None
+        except (OSError, KilnError):
+            self.forget_build(build_key)
+            return None
+
+    def store_build(self, build_key: str, record: dict[str, Any]) -> None:
+        (self.root / "builds").mkdir(parents=True, exist_ok=True)
+        atomic_write(self._build_path(build_key), canonical_json(record), durable=False)
+
+    def forget_build(self, build_key: str) -> None:
+        with contextlib.suppress(OSError):
+            self._build_path(build_key).unlink()
 
     def evict(self, key: CacheKey) -> None:
         with contextlib.suppress(FileNotFoundError):

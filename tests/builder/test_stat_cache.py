@@ -142,3 +142,62 @@ def test_abort_stops_the_second_thread() -> None:
     sink.write(b"y" * 100)
     sink.abort()
     assert not sink._thread.is_alive()
+
+
+# -- the whole-build record ------------------------------------------------------------------------
+
+
+def _layout_bytes(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_an_unchanged_build_is_reused_whole_and_byte_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _tree(tmp_path)
+    cache = BuildCache(tmp_path / "cache")
+    first = _build(tmp_path, cache, "a")
+
+    def refuse(*_a: object, **_k: object) -> None:
+        raise AssertionError("the SBOM was generated again for an unchanged build")
+
+    monkeypatch.setattr(builder.build, "attestation_documents", refuse)
+    second = _build(tmp_path, cache, "b")
+    assert second.digest == first.digest
+    assert second.files == first.files
+    assert second.size == first.size
+    assert _layout_bytes(tmp_path / "a") == _layout_bytes(tmp_path / "b")
+
+
+def test_a_manifest_edit_is_not_served_from_the_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _tree(tmp_path)
+    cache = BuildCache(tmp_path / "cache")
+    first = _build(tmp_path, cache, "a")
+    (tmp_path / "image.yaml").write_text(MANIFEST + "labels: {team: blue}\n")
+    _no_reads(monkeypatch)  # a new build, but its unchanged layer comes from the stat cache
+    second = build_image(
+        load_image_manifest(tmp_path / "image.yaml"), output=tmp_path / "b", cache=cache, force=True
+    )
+    assert second.digest != first.digest
+    assert second.layers[0].digest == first.layers[0].digest  # the layer itself still comes from the cache
+
+
+@pytest.mark.parametrize("damage", ["garbage record", "missing small blob", "corrupt small blob"])
+def test_a_damaged_record_falls_back_to_a_real_build(tmp_path: Path, damage: str) -> None:
+    _tree(tmp_path)
+    cache = BuildCache(tmp_path / "cache")
+    first = _build(tmp_path, cache, "a")
+    (record,) = (tmp_path / "cache" / "builds").glob("*.json")
+    config = cache.blob_path(first.config_digest)
+    if damage == "garbage record":
+        record.write_text('{"layers": 7}')
+    elif damage == "missing small blob":
+        config.unlink()
+    else:
+        config.chmod(0o644)
+        config.write_bytes(b"{}")
+    second = _build(tmp_path, cache, "b")
+    assert second.digest == first.digest
+    assert _layout_bytes(tmp_path / "a") == _layout_bytes(tmp_path / "b")
