@@ -18,7 +18,6 @@ import base64
 import json
 import os
 import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -199,6 +198,8 @@ def _docker_config_path(env: Mapping[str, str]) -> Path:
 
 
 def _run_helper(helper: str, registry: str, env: Mapping[str, str]) -> Credentials | None:
+    import subprocess  # only for a configured helper: not every publish pays for it
+
     program = f"docker-credential-{helper}"
     exe = shutil.which(program, path=env.get("PATH"))
     if exe is None:

@@ -33,14 +33,6 @@ from manifests.oci import Descriptor, OCIIndex, OCIManifest
 from publisher.endpoint import Endpoint
 from publisher.errors import PublishError
 from publisher.transfer import BlobAction, BlobResult, BlobSource, Manifest
-from signing.cosign import (
-    MAX_LAYER_BYTES,
-    append_layer,
-    attestation_tag,
-    build_artifact,
-    read_layers,
-    signature_tag,
-)
 
 __all__ = [
     "ImageClosure",
@@ -59,6 +51,13 @@ _INDEX_TYPES = (MediaType.OCI_INDEX, MediaType.DOCKER_MANIFEST_LIST)
 _MANIFEST_TYPES = (MediaType.OCI_MANIFEST, MediaType.DOCKER_MANIFEST)
 
 Progress = Callable[[str], None]
+
+
+def _cosign_tags(digest: Digest) -> tuple[str, str]:
+    """cosign's signature and attestation tags of ``digest`` (``signing.cosign.signature_tag`` and
+    ``attestation_tag``), spelled here so that copying an unsigned image never loads the signing
+    package: it is imported only to merge signatures (:func:`_merge_cosign`)."""
+    return f"{digest.tag_form}.sig", f"{digest.tag_form}.att"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -181,7 +180,7 @@ def collect_closure(src: Endpoint, root: Manifest) -> ImageClosure:
 
     cosign: list[tuple[str, Manifest]] = []
     for node in nodes:
-        for tag in (signature_tag(node.digest), attestation_tag(node.digest)):
+        for tag in _cosign_tags(node.digest):
             found = src.get_manifest(tag)
             if found is None:
                 continue
@@ -216,6 +215,8 @@ def _merge_cosign(
     src: Endpoint, dest: Endpoint, tag: str, ours: Manifest, theirs: Descriptor, *, jobs: int
 ) -> Manifest | None:
     """The manifest ``tag`` should hold at ``dest``: theirs plus our layers (``None``: keep theirs)."""
+    from signing.cosign import MAX_LAYER_BYTES, append_layer, build_artifact, read_layers
+
     current = dest.get_manifest(theirs.digest)
     if current is None:  # moved away meanwhile: ours is as good as any
         return ours

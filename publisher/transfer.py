@@ -3,6 +3,9 @@
 ``BlobSource`` says where a blob's bytes are; a body factory streams a byte range of it afresh
 for each attempt; ``Download`` hashes a blob into a temporary file as it arrives and verifies it
 at the end. Header checks refuse a ``Docker-Content-Digest`` that contradicts what was asked for.
+
+httpx is imported only where a response is read (``Download.take``), so the values here cost
+nothing to a caller that never talks to a registry (``kiln publish`` to ``oci:DIR``).
 """
 
 from __future__ import annotations
@@ -12,15 +15,15 @@ import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
-
-import httpx
+from typing import TYPE_CHECKING, BinaryIO
 
 from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
 from manifests.oci import Descriptor
 from publisher.errors import PublishError
-from publisher.session import TransientFailure
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = [
     "Opener",
@@ -160,6 +163,10 @@ class Download:
 
     def take(self, resp: httpx.Response) -> None:
         """Append the response's bytes; a short or broken body is a :class:`TransientFailure`."""
+        import httpx  # loaded already (the response came from it); not at the top: see above
+
+        from publisher.session import TransientFailure
+
         try:
             length = resp.headers.get("content-length", "")
             expected = self.received + int(length) if length.isdigit() else None
