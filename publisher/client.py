@@ -382,9 +382,11 @@ class RegistryClient:
         if workers == 1:
             done = {d: self.push_source(repo, b) for d, b in unique.items()}
             return [done[b.digest] for b in blobs]
+        # Largest first: the biggest blob is the critical path, so it starts before the small ones.
+        order = sorted(unique.items(), key=lambda item: item[1].size, reverse=True)
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kiln-push") as pool:
             futures: dict[Digest, Future[BlobResult]] = {
-                d: pool.submit(self.push_source, repo, b) for d, b in unique.items()
+                d: pool.submit(self.push_source, repo, b) for d, b in order
             }
             finished, pending = wait(futures.values(), return_when=FIRST_EXCEPTION)
             for fut in pending:

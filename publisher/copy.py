@@ -204,8 +204,15 @@ def collect_closure(src: Endpoint, root: Manifest) -> ImageClosure:
     )
 
 
-def _put_manifest(dest: Endpoint, man: Manifest) -> bool:
-    if dest.has_manifest(man.digest):
+def _put_manifest(dest: Endpoint, man: Manifest, *, new: bool = False) -> bool:
+    """Store ``man`` at ``dest`` unless it is there already; ``True`` if it was written.
+
+    ``new`` says it cannot be there, so the ``HEAD`` that would tell is not sent: a blob it
+    references was just uploaded (a ``HEAD`` found it missing moments ago) or a manifest it lists
+    was just written, and a registry accepts a manifest only once everything it references is in
+    the repository. Storing it again would be harmless anyway: the same bytes, the same digest.
+    """
+    if not new and dest.has_manifest(man.digest):
         return False
     dest.put_manifest(man)
     return True
@@ -268,9 +275,18 @@ def copy_closure(
         f"{dest.display}: blobs uploaded {counts.uploaded}, existed {counts.existed}, "
         f"mounted {counts.mounted}"
     )
+    uploaded = {r.digest for r in results if r.action is BlobAction.UPLOADED}
+
+    def has_new_blob(man: Manifest) -> bool:
+        if not uploaded:
+            return False
+        return any(d.digest in uploaded for d in _manifest_blobs(man, what=f"{dest.display}@{man.digest}"))
+
     written = 0
-    for man in (*closure.children, closure.root):
-        written += _put_manifest(dest, man)
+    for man in closure.children:
+        written += _put_manifest(dest, man, new=has_new_blob(man))
+    root_new = bool(written) if closure.root.media_type in _INDEX_TYPES else has_new_blob(closure.root)
+    written += _put_manifest(dest, closure.root, new=root_new)
     cosign_tags: list[str] = []
     with dest.locked():
         for tag, man in closure.cosign:

@@ -235,7 +235,8 @@ class Session:
         )
         self.tokens = TokenCache(clock=clock)
         self._auth = _AuthState()
-        self._host = httpx.URL(self.base_url).netloc
+        self._base = httpx.URL(self.base_url)  # parsed once: httpx's URL parsing is not free
+        self._host = self._base.netloc
 
     def close(self) -> None:
         if self._own_client:
@@ -245,12 +246,12 @@ class Session:
 
     def url(self, path_or_url: str) -> httpx.URL:
         """Resolve a path or a registry-supplied ``Location`` against the base URL."""
-        return httpx.URL(self.base_url).join(path_or_url)
+        return self._base.join(path_or_url)
 
     # ------------------------------------------------------------------------------------------ auth
 
     def _same_origin(self, url: httpx.URL) -> bool:
-        return url.netloc == self._host and url.scheme == httpx.URL(self.base_url).scheme
+        return url.netloc == self._host and url.scheme == self._base.scheme
 
     def _auth_header(self, scopes: tuple[str, ...]) -> str | None:
         with self._auth.lock:
