@@ -281,7 +281,7 @@ class _Assembler:
                 )
             )
 
-        groups: dict[tuple[int, int], list[tuple[str, os.stat_result, Path]]] = {}
+        groups: dict[tuple[int, int] | str, list[tuple[str, os.stat_result, Path]]] = {}
         for rel, kind, st, host in selected:
             if kind == "dir":
                 continue
@@ -300,22 +300,11 @@ class _Assembler:
                         source_index=index,
                     )
                 )
-            elif st.st_nlink > 1:
-                groups.setdefault((st.st_dev, st.st_ino), []).append((path, st, host))
             else:
-                self.tree.add(
-                    self._file(
-                        path=path,
-                        st=st,
-                        host=host,
-                        fmode=mode,
-                        uid=uid,
-                        gid=gid,
-                        cat=category,
-                        origin=origin,
-                        index=index,
-                    )
-                )
+                # Files sharing an inode become one file and hard links to it; a lone file is a
+                # group of one.
+                key = (st.st_dev, st.st_ino) if st.st_nlink > 1 else path
+                groups.setdefault(key, []).append((path, st, host))
         for members in groups.values():
             members.sort(key=lambda m: sort_key(m[0]))
             leader, st, host = members[0]
