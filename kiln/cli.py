@@ -9,6 +9,8 @@ Exit codes: 0 ok, 1 failure, 2 usage, 3 verification or policy refused.
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import importlib
 import os
 import signal
@@ -98,6 +100,18 @@ def _all_subparsers(action: argparse._SubParsersAction) -> list[argparse.Argumen
     return found
 
 
+def _skip_final_collection() -> None:
+    """Have the interpreter's exit skip its last garbage collection over every object still alive.
+
+    That pass freed nothing and took 20-40 ms of a 0.2 s command once httpx was loaded. At exit
+    the objects are frozen (``gc.freeze``) so the collector passes over them; files and temporary
+    directories are closed by their own ``with`` blocks and ``atexit`` finalizers, not by it.
+    Registered once, however often ``main`` runs in one process.
+    """
+    atexit.unregister(gc.freeze)
+    atexit.register(gc.freeze)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
@@ -107,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     out = Output(json_mode=args.json, quiet=args.quiet)
+    _skip_final_collection()
     try:
         return int(handler(args, out))
     except KilnError as exc:

@@ -9,7 +9,6 @@ http, and only to a registry on loopback. Credentials come from ``KILN_REGISTRY_
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import gc
 import os
@@ -85,19 +84,6 @@ def _jobs(text: str) -> int:
     if not 1 <= n <= 64:
         raise argparse.ArgumentTypeError("--jobs must be between 1 and 64")
     return n
-
-
-def _skip_final_collection() -> None:
-    """Have the interpreter's exit skip its last garbage collection over every object still alive.
-
-    With httpx and its dependencies loaded, that collection took 20-40 ms of a 0.2 s no-change
-    republish. At exit the objects are frozen (``gc.freeze``), so the collector passes over them;
-    the process ends right after, and files and temporary directories are closed by their own
-    ``with`` blocks and ``atexit`` finalizers, not by that collection. Registered once, however
-    often a verb runs in one process.
-    """
-    atexit.unregister(gc.freeze)
-    atexit.register(gc.freeze)
 
 
 # -- endpoints --------------------------------------------------------------------------------------
@@ -176,7 +162,6 @@ def _blobs_line(counts: BlobCounts) -> str:
 
 
 def cmd_publish(args: argparse.Namespace, out: Output) -> int:
-    _skip_final_collection()
     try:
         src_loc = parse_location(args.src, bare_directory=True)
     except InvalidReference:
@@ -267,7 +252,6 @@ def _staged_output(out_dir: Path, *, force: bool) -> Iterator[Path]:
 
 
 def cmd_pull(args: argparse.Namespace, out: Output) -> int:
-    _skip_final_collection()
     loc = parse_location(args.ref)
     if isinstance(loc, Reference) and loc.tag is None and loc.digest is None:
         loc = Reference(registry=loc.registry, repository=loc.repository, tag="latest")
@@ -321,7 +305,6 @@ def _check_tag_free(dest: Endpoint, tag: str, digest: Digest, *, force: bool) ->
 
 
 def cmd_copy(args: argparse.Namespace, out: Output) -> int:
-    _skip_final_collection()
     src_loc = parse_location(args.src)
     dest_loc = parse_location(args.dest)
     if dest_loc.digest is not None:
