@@ -6,6 +6,7 @@ import gzip
 import hashlib
 import io
 import tarfile
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import zstandard
 
+from agent.netns import connect_in_netns
 from agent.unpack import Layer
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
@@ -150,3 +152,23 @@ def write_index(layout: OCILayout, entries: Sequence[tuple[Digest, int, Platform
         )
     )
     return layout.write_blob(index.to_bytes())
+
+
+def http_in_netns(netns: str, port: int, path: str, *, attempts: int = 100) -> bytes:
+    """GET ``path`` from 127.0.0.1:``port`` inside ``netns`` (HTTP/1.0), retrying a bounded number
+    of times while nothing listens yet; the whole raw response."""
+    last: OSError | None = None
+    for _ in range(attempts):
+        try:
+            sock = connect_in_netns(netns, "127.0.0.1", port, timeout=2)
+        except OSError as exc:
+            last = exc
+            time.sleep(0.05)
+            continue
+        with sock:
+            sock.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks)
+    raise AssertionError(f"nothing answered on {port} in {netns}: {last}")

@@ -5,37 +5,18 @@ from __future__ import annotations
 import io
 import json
 import tarfile
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from agent.docker_runtime import LABEL, DockerRuntime, write_docker_archive
 from agent.errors import InstanceError
-from agent.netns import connect_in_netns
 from agent.runtime import InstanceSpec, InstanceStatus, new_instance_id
 from agent.store import ContentStore, LayoutSource
 from kiln.testing import PrivateDockerd, free_port
 from manifests.errors import VerificationError
 from tests.agent.conftest import WebImage
-
-
-def _http(netns: str, port: int, path: str) -> bytes:
-    last: OSError | None = None
-    for _ in range(100):
-        try:
-            sock = connect_in_netns(netns, "127.0.0.1", port, timeout=2)
-        except OSError as exc:
-            last = exc
-            time.sleep(0.05)
-            continue
-        with sock:
-            sock.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks)
-    raise AssertionError(f"nothing answered on {port} in {netns}: {last}")
+from tests.agent.imagekit import http_in_netns
 
 
 def test_docker_archive_lists_the_stored_blobs(python_web: WebImage) -> None:
@@ -99,7 +80,7 @@ def test_python_web_runs_confined_on_the_engine(
         assert state.started_at is not None
         assert docker_rt.netns_path(iid) == handle.netns_path
 
-        reply = _http(handle.netns_path, port, "/healthz")
+        reply = http_in_netns(handle.netns_path, port, "/healthz")
         assert reply.startswith(b"HTTP/1.0 200"), reply[:200]
 
         info = json.loads(dockerd.cli("inspect", iid).stdout)[0]

@@ -10,31 +10,14 @@ from collections.abc import Iterator
 import pytest
 
 from agent.errors import InstanceError, RuntimeFailure
-from agent.netns import connect_in_netns, list_netns
+from agent.netns import list_netns
 from agent.runc import RuncRuntime, parse_runc_time
 from agent.runtime import InstanceSpec, InstanceStatus, new_instance_id
 from agent.unpack import root_fingerprint
 from kiln.testing import free_port
 from tests.agent.conftest import WebImage
+from tests.agent.imagekit import http_in_netns
 from tests.support import require_root, require_tool
-
-
-def _http(netns: str, port: int, path: str, *, attempts: int = 100) -> bytes:
-    last: OSError | None = None
-    for _ in range(attempts):
-        try:
-            sock = connect_in_netns(netns, "127.0.0.1", port, timeout=2)
-        except OSError as exc:
-            last = exc
-            time.sleep(0.05)
-            continue
-        with sock:
-            sock.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
-        return b"".join(chunks)
-    raise AssertionError(f"nothing answered on {port} in {netns}: {last}")
 
 
 @pytest.fixture
@@ -72,7 +55,7 @@ def test_python_web_runs_confined_and_stops_clean(runc: RuncRuntime, python_web:
         assert state.started_at is not None
         assert runc.netns_path(iid) == handle.netns_path
 
-        reply = _http(handle.netns_path, port, "/healthz")
+        reply = http_in_netns(handle.netns_path, port, "/healthz")
         assert reply.startswith(b"HTTP/1.0 200"), reply[:200]
         assert reply.endswith(b"\r\n\r\nok\n")
 
