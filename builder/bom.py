@@ -44,9 +44,16 @@ class OwnerLookup:
         self._cache_dir = cache_dir
         self._tables: dict[str, tuple[Path | None, dict[str, str | None], DpkgIndex]] = {}
         self._dirty: set[str] = set()
+        self._real: dict[Path, str] = {}  # sysroot as given -> its real path (asked per file)
+
+    def _key(self, sysroot: Path) -> str:
+        key = self._real.get(sysroot)
+        if key is None:
+            key = self._real[sysroot] = os.path.realpath(sysroot)
+        return key
 
     def _table(self, sysroot: Path) -> tuple[Path | None, dict[str, str | None], DpkgIndex]:
-        key = os.path.realpath(sysroot)
+        key = self._key(sysroot)
         if key in self._tables:
             return self._tables[key]
         answers: dict[str, str | None] = {}
@@ -87,14 +94,14 @@ class OwnerLookup:
             found = index.owning_packages(missing.values())
             for name, image_path in missing.items():
                 answers[name] = found[image_path]
-            self._dirty.add(os.path.realpath(sysroot))
+            self._dirty.add(self._key(sysroot))
 
     def owner(self, host_path: Path, sysroot: Path) -> str | None:
         _, answers, index = self._table(sysroot)
         name = str(host_path)
         if name not in answers:
             answers[name] = index.owning_package_of_host_path(host_path)
-            self._dirty.add(os.path.realpath(sysroot))
+            self._dirty.add(self._key(sysroot))
         return answers[name]
 
     def save(self) -> None:
