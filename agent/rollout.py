@@ -36,7 +36,7 @@ from agent.forwarder import Backend, Forwarder
 from agent.health import HealthResult, HealthSpec, HealthState, HealthWatch, Probe, check_once, wait_healthy
 from agent.journal import InstanceRecord, Journal
 from agent.metrics import Metrics
-from agent.runtime import InstanceSpec, InstanceStatus, Runtime, new_instance_id
+from agent.runtime import InstanceSpec, InstanceStatus, ResourceLimits, Runtime, new_instance_id
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import KilnError
@@ -227,6 +227,8 @@ class Deployer:
             image_config=prep.image_config,
             rootfs=prep.rootfs,
             env=dict(prep.service.env),
+            limits=ResourceLimits().with_release(prep.service.resources),
+            user_namespace=prep.service.user_namespace,
         )
         try:
             handle = self.runtime.start(spec)

@@ -1,0 +1,258 @@
+"""The instance sandbox, seen from inside a running instance on real runc and on a private dockerd.
+
+A small image (busybox-static and a static C probe, tests/data/sandbox/probe.c) runs with a
+release's ``resources``; from inside, the tests read /proc/self/status (seccomp in filter mode),
+the instance's own cgroup files (memory, pids and CPU caps), try system calls the seccomp
+allowlist refuses, allocate past the memory cap and fork past the pids cap (both bounded). The
+same probe run on the host, unconfined, is the control: every refusal seen inside is the sandbox's.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent.bundle import USERNS_SIZE, userns_base
+from agent.docker_runtime import DockerRuntime
+from agent.runc import RuncRuntime
+from agent.runtime import InstanceSpec, InstanceStatus, ResourceLimits, new_instance_id
+from agent.store import ContentStore, LayoutSource, PulledImage
+from agent.unpack import UnpackedRoot, root_fingerprint, unpack_image
+from kiln.testing import PrivateDockerd
+from manifests.release import Resources
+from tests.agent.imagekit import M, tar_bytes, write_image
+from tests.support import require_root, require_tool
+
+PROBE_C = Path(__file__).resolve().parents[1] / "data" / "sandbox" / "probe.c"
+APPLETS = ("sh", "cat", "sleep", "grep", "id", "ls", "touch")
+UID = 1000
+MEMORY = 32 << 20
+PIDS = 24
+RESOURCES = Resources(memory=MEMORY, cpu_millis=500, pids=PIDS)
+
+
+@dataclass(frozen=True)
+class ProbeImage:
+    state: Path
+    store: ContentStore
+    image: PulledImage
+    root: UnpackedRoot
+    probe: Path  # the probe binary on the host (the unconfined control)
+
+
+@pytest.fixture(scope="module")
+def probe_image(tmp_path_factory: pytest.TempPathFactory) -> ProbeImage:
+    require_tool("gcc", "gcc")
+    busybox = Path(require_tool("busybox", "busybox-static")).resolve()
+    base = tmp_path_factory.mktemp("sandbox")
+    probe = base / "probe"
+    subprocess.run(["gcc", "-static", "-O1", "-o", str(probe), str(PROBE_C)], check=True, timeout=300)
+    members = [M(d, "dir") for d in ("bin", "dev", "proc", "sys", "data", "etc")]
+    members.append(M("tmp", "dir", mode=0o1777))  # runc gives a tmpfs the mode of its mountpoint
+    members += [
+        M("bin/busybox", data=busybox.read_bytes(), mode=0o755),
+        M("bin/probe", data=probe.read_bytes(), mode=0o755),
+        M("etc/passwd", data=f"app:x:{UID}:{UID}::/:/bin/sh\n".encode()),
+    ]
+    members += [M(f"bin/{name}", "symlink", target="busybox") for name in APPLETS]
+    built = write_image(
+        base / "layout",
+        [tar_bytes(members)],
+        user=f"{UID}:{UID}",
+        entrypoint=("/bin/sleep", "3600"),
+        labels={"dev.kiln.writable": '["/tmp"]', "dev.kiln.volumes": '["/data"]'},
+    )
+    state = base / "state"
+    store = ContentStore(state)
+    image = store.pull_image(LayoutSource.open(built.layout.root), built.digest)
+    root = unpack_image(store, image, state / "roots")
+    return ProbeImage(state=state, store=store, image=image, root=root, probe=probe)
+
+
+def spec_for(img: ProbeImage, *, user_namespace: bool = False) -> InstanceSpec:
+    return InstanceSpec(
+        instance_id=new_instance_id("sbx"),
+        service="sbx",
+        image_digest=img.image.manifest_digest,
+        image_config=img.image.config,
+        rootfs=img.root.path,
+        limits=ResourceLimits().with_release(RESOURCES),
+        user_namespace=user_namespace,
+    )
+
+
+def words(line: str) -> dict[str, str]:
+    return dict(w.split("=", 1) for w in line.split())
+
+
+def test_the_control_probe_is_unconfined_on_the_host(probe_image: ProbeImage) -> None:
+    """Without the sandbox every call the sandbox refuses works (as an unprivileged user too)."""
+    proc = subprocess.run(
+        ["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups", str(probe_image.probe), "syscalls"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    seen = words(proc.stdout)
+    assert seen["keyctl"] == "ok"
+    assert seen["unshare_user"] == "ok"
+    assert seen["personality_norandom"] == "ok"
+    assert seen["clone3"] == "EINVAL"
+    assert seen["fork"] == "ok"
+
+
+# -- what every runtime must show from inside ----------------------------------------------------------
+
+
+def check_inside(run: Exec, *, cgroup_dirs: tuple[str, str, str]) -> None:
+    memory_dir, pids_dir, cpu_dir = cgroup_dirs
+    status = run("cat", "/proc/self/status").stdout
+    assert "\nSeccomp:\t2\n" in status  # 2 = SECCOMP_MODE_FILTER
+    assert "\nNoNewPrivs:\t1\n" in status
+    assert "\nCapEff:\t0000000000000000\n" in status
+
+    limit = int(run("cat", f"{memory_dir}/memory.limit_in_bytes").stdout)
+    assert limit == MEMORY
+    assert run("cat", f"{pids_dir}/pids.max").stdout.strip() == str(PIDS)
+    quota = int(run("cat", f"{cpu_dir}/cpu.cfs_quota_us").stdout)
+    period = int(run("cat", f"{cpu_dir}/cpu.cfs_period_us").stdout)
+    assert quota * 2 == period  # cpus: 0.5
+
+    seen = words(run("/bin/probe", "syscalls").stdout)
+    assert seen == {
+        "keyctl": "EPERM",  # not in the allowlist
+        "unshare_user": "EPERM",  # not in the allowlist (it needs a capability kiln never grants)
+        "personality_query": "ok",  # an allowed argument
+        "personality_norandom": "EPERM",  # a refused argument
+        "clone3": "ENOSYS",  # so the C library falls back to the filtered clone
+        "fork": "ok",  # clone without namespace flags
+    }
+
+    # A memory hog is killed by the cgroup's OOM killer (SIGKILL: 137), well before its goal.
+    hog = run("/bin/probe", "hog", str(4 * MEMORY >> 20), check=False)
+    assert hog.returncode == 137, (hog.returncode, hog.stdout, hog.stderr)
+    assert "survived" not in hog.stdout
+
+    # A fork bomb (bounded at 200) stops at the pids cap: fork fails with EAGAIN.
+    forks = words(run("/bin/probe", "forks", "200").stdout)
+    assert forks["failed"] == "EAGAIN"
+    assert 1 <= int(forks["forked"]) < PIDS
+    # ... and the instance is still there afterwards, with its children gone.
+    assert int(run("cat", f"{pids_dir}/pids.current").stdout) <= 3
+
+
+class Exec:
+    """Run a command inside an instance (runc exec / docker exec) and return the finished process."""
+
+    def __init__(self, argv: Sequence[str]) -> None:
+        self.argv = list(argv)
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([*self.argv, *args], capture_output=True, text=True, timeout=120, check=False)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"{args} failed ({proc.returncode}): {proc.stdout} {proc.stderr}")
+        return proc
+
+
+# -- runc ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def runc(probe_image: ProbeImage) -> Iterator[RuncRuntime]:
+    require_root("runc runs containers as root here")
+    require_tool("runc", "runc")
+    require_tool("ip", "iproute2")
+    runtime = RuncRuntime(probe_image.state)
+    before = set(runtime.list())
+    yield runtime
+    for iid in set(runtime.list()) - before:
+        runtime.stop(iid, grace=1)
+
+
+@pytest.mark.integration
+def test_runc_instance_is_confined_from_inside(runc: RuncRuntime, probe_image: ProbeImage) -> None:
+    spec = spec_for(probe_image)
+    runc.start(spec)
+    try:
+        run = Exec(["runc", "--root", str(runc.root), "exec", spec.instance_id])
+        # Its own cgroup namespace: the instance's cgroup is the root of what it sees.
+        cgroups = run("cat", "/proc/self/cgroup").stdout.splitlines()
+        assert cgroups, "no cgroups listed"
+        assert all(line.endswith(":/") for line in cgroups), cgroups
+        check_inside(run, cgroup_dirs=("/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu"))
+        assert runc.state(spec.instance_id).status is InstanceStatus.RUNNING
+        config = json.loads((runc.bundle_dir(spec.instance_id) / "config.json").read_bytes())
+        assert {"type": "cgroup"} in config["linux"]["namespaces"]
+        assert config["linux"]["seccomp"]["defaultAction"] == "SCMP_ACT_ERRNO"
+    finally:
+        runc.stop(spec.instance_id, grace=1)
+    assert root_fingerprint(probe_image.root.path) == probe_image.root.fingerprint
+
+
+@pytest.mark.integration
+def test_runc_user_namespace_maps_the_image_user_to_the_service_slot(
+    runc: RuncRuntime, probe_image: ProbeImage
+) -> None:
+    spec = spec_for(probe_image, user_namespace=True)
+    base = userns_base("sbx")
+    handle = runc.start(spec)
+    try:
+        run = Exec(["runc", "--root", str(runc.root), "exec", spec.instance_id])
+        uid_map = [line.split() for line in run("cat", "/proc/self/uid_map").stdout.splitlines()]
+        assert uid_map == [["0", "0", "1"], ["1", str(base + 1), str(USERNS_SIZE - 1)]]
+        assert run("id", "-u").stdout.strip() == str(UID)
+        # Seen from the host, the service runs as an unprivileged id of its slot.
+        host_status = Path(f"/proc/{handle.pid}/status").read_text()
+        uid_line = next(line for line in host_status.splitlines() if line.startswith("Uid:"))
+        assert uid_line.split()[1:] == [str(base + UID)] * 4
+        # The read-only root still serves (world-readable files), tmpfs and volume are writable.
+        assert run("cat", "/etc/passwd").stdout.startswith("app:x:")
+        run("touch", "/tmp/x", "/data/x")
+        volume = probe_image.state / "volumes" / "sbx" / "data" / "x"
+        assert (volume.stat().st_uid, volume.stat().st_gid) == (base + UID, base + UID)
+        assert "Read-only file system" in run("touch", "/bin/x", check=False).stderr
+        assert "\nSeccomp:\t2\n" in run("cat", "/proc/self/status").stdout
+    finally:
+        runc.stop(spec.instance_id, grace=1)
+    assert root_fingerprint(probe_image.root.path) == probe_image.root.fingerprint
+
+
+# -- docker ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def docker_rt(dockerd: PrivateDockerd, probe_image: ProbeImage) -> Iterator[DockerRuntime]:
+    runtime = DockerRuntime(probe_image.store, probe_image.state, base_url=dockerd.host)
+    yield runtime
+    for iid in runtime.list():
+        runtime.stop(iid, grace=1)
+    runtime.close()
+
+
+@pytest.mark.integration
+def test_docker_instance_is_confined_from_inside(
+    docker_rt: DockerRuntime, dockerd: PrivateDockerd, probe_image: ProbeImage
+) -> None:
+    spec = spec_for(probe_image)
+    docker_rt.start(spec)
+    try:
+        run = Exec(["docker", "-H", dockerd.host, "exec", spec.instance_id])
+        cgroups = run("cat", "/proc/self/cgroup").stdout.splitlines()
+        assert all(line.endswith(":/") for line in cgroups), cgroups  # a private cgroup namespace
+        check_inside(run, cgroup_dirs=("/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids", "/sys/fs/cgroup/cpu"))
+        info = json.loads(dockerd.cli("inspect", spec.instance_id).stdout)[0]["HostConfig"]
+        assert info["Memory"] == MEMORY
+        assert info["NanoCpus"] == 500_000_000
+        assert info["PidsLimit"] == PIDS
+        assert info["CgroupnsMode"] == "private"
+        seccomp = [o for o in info["SecurityOpt"] if o.startswith("seccomp=")]
+        assert len(seccomp) == 1
+        assert "unconfined" not in seccomp[0]
+    finally:
+        docker_rt.stop(spec.instance_id, grace=1)
