@@ -12,24 +12,25 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 
 from agent.bundle import USERNS_SIZE, userns_base
 from agent.docker_runtime import DockerRuntime
+from agent.netns import list_netns
 from agent.runc import RuncRuntime
 from agent.runtime import InstanceSpec, InstanceStatus, ResourceLimits, new_instance_id
 from agent.store import ContentStore, LayoutSource, PulledImage
 from agent.unpack import UnpackedRoot, root_fingerprint, unpack_image
-from kiln.testing import PrivateDockerd
+from kiln.testing import PrivateDockerd, free_port
 from manifests.release import Resources
-from tests.agent.imagekit import M, tar_bytes, write_image
+from tests.agent.imagekit import M, http_in_netns, tar_bytes, write_image
 from tests.support import require_root, require_tool
 
 PROBE_C = Path(__file__).resolve().parents[1] / "data" / "sandbox" / "probe.c"
-APPLETS = ("sh", "cat", "sleep", "grep", "id", "ls", "touch")
+APPLETS = ("sh", "cat", "sleep", "grep", "id", "ls", "touch", "httpd")
 UID = 1000
 MEMORY = 32 << 20
 PIDS = 24
@@ -199,7 +200,10 @@ def test_runc_instance_is_confined_from_inside(runc: RuncRuntime, probe_image: P
 def test_runc_user_namespace_maps_the_image_user_to_the_service_slot(
     runc: RuncRuntime, probe_image: ProbeImage
 ) -> None:
-    spec = spec_for(probe_image, user_namespace=True)
+    port = free_port()
+    config = json.loads(json.dumps(probe_image.image.config))
+    config["config"]["Entrypoint"] = ["/bin/httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", "/etc"]
+    spec = replace(spec_for(probe_image, user_namespace=True), image_config=config)
     base = userns_base("sbx")
     handle = runc.start(spec)
     try:
@@ -218,8 +222,15 @@ def test_runc_user_namespace_maps_the_image_user_to_the_service_slot(
         assert (volume.stat().st_uid, volume.stat().st_gid) == (base + UID, base + UID)
         assert "Read-only file system" in run("touch", "/bin/x", check=False).stderr
         assert "\nSeccomp:\t2\n" in run("cat", "/proc/self/status").stdout
+        # runc made the network namespace (the user namespace owns it); kiln named it after the id,
+        # so the agent reaches the service the usual way.
+        assert handle.netns_path == f"/run/netns/{spec.instance_id}" == runc.netns_path(spec.instance_id)
+        reply = http_in_netns(handle.netns_path, port, "/passwd")
+        assert reply.split(b"\r\n", 1)[0].split()[1] == b"200", reply[:200]
+        assert reply.endswith(f"app:x:{UID}:{UID}::/:/bin/sh\n".encode())
     finally:
         runc.stop(spec.instance_id, grace=1)
+    assert spec.instance_id not in list_netns()
     assert root_fingerprint(probe_image.root.path) == probe_image.root.fingerprint
 
 
