@@ -1,4 +1,4 @@
-/* A static probe run inside kiln instances by tests/agent/test_sandbox.py: it tries system calls
+/* A static probe run inside kiln instances by tests/agent/test_instance_sandbox.py: it tries system calls
  * the seccomp profile refuses (or filters by argument) and reports what the kernel answered, and it
  * can allocate memory or fork up to a bound. Every mode prints one line of "key=value" words. */
 #define _GNU_SOURCE
