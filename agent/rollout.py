@@ -136,6 +136,11 @@ def config_digest(service: Service, image_digest: Digest, manifest_digest: Diges
         "env": dict(service.env),
         "port": port,
     }
+    # Only when set, so a digest (and the instances it keeps) survives an agent upgrade unchanged.
+    if service.resources is not None:
+        doc["resources"] = service.resources.to_dict()
+    if service.user_namespace:
+        doc["user_namespace"] = True
     return f"sha256:{hashlib.sha256(canonical_json(doc)).hexdigest()}"
 
 
