@@ -19,6 +19,7 @@ import pytest
 
 from agent.bundle import USERNS_SIZE, userns_base
 from agent.docker_runtime import DockerRuntime
+from agent.errors import InstanceError
 from agent.netns import list_netns
 from agent.runc import RuncRuntime
 from agent.runtime import InstanceSpec, InstanceStatus, ResourceLimits, new_instance_id
@@ -291,3 +292,13 @@ def test_docker_instance_is_confined_from_inside(
         assert "unconfined" not in seccomp[0]
     finally:
         docker_rt.stop(spec.instance_id, grace=1)
+
+
+@pytest.mark.integration
+def test_docker_refuses_a_user_namespace_rather_than_ignoring_it(
+    docker_rt: DockerRuntime, probe_image: ProbeImage
+) -> None:
+    spec = spec_for(probe_image, user_namespace=True)
+    with pytest.raises(InstanceError, match="the docker runtime cannot give one instance a user namespace"):
+        docker_rt.start(spec)
+    assert docker_rt.list() == ()
