@@ -36,7 +36,7 @@ from agent.forwarder import Backend, Forwarder
 from agent.health import HealthResult, HealthSpec, HealthState, HealthWatch, Probe, check_once, wait_healthy
 from agent.journal import InstanceRecord, Journal
 from agent.metrics import Metrics
-from agent.runtime import InstanceSpec, InstanceStatus, Runtime, new_instance_id
+from agent.runtime import InstanceSpec, InstanceStatus, ResourceLimits, Runtime, new_instance_id
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import KilnError
@@ -136,6 +136,11 @@ def config_digest(service: Service, image_digest: Digest, manifest_digest: Diges
         "env": dict(service.env),
         "port": port,
     }
+    # Only when set, so a digest (and the instances it keeps) survives an agent upgrade unchanged.
+    if service.resources is not None:
+        doc["resources"] = service.resources.to_dict()
+    if service.user_namespace:
+        doc["user_namespace"] = True
     return f"sha256:{hashlib.sha256(canonical_json(doc)).hexdigest()}"
 
 
@@ -227,6 +232,8 @@ class Deployer:
             image_config=prep.image_config,
             rootfs=prep.rootfs,
             env=dict(prep.service.env),
+            limits=ResourceLimits().with_release(prep.service.resources),
+            user_namespace=prep.service.user_namespace,
         )
         try:
             handle = self.runtime.start(spec)
