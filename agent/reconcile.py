@@ -69,7 +69,7 @@ from manifests.release import Release, Strategy
 from manifests.trustroot import MAX_ROOT_BYTES, TrustRoot
 from signing.cosign import attestation_tag, signature_tag
 from signing.image import stored_layers
-from signing.release import check_release
+from signing.release import check_release, claimed_version
 from signing.root import envelope_cap, image_policy, load_root, verify_root_update
 
 __all__ = ["ROOT_FILE", "AgentBusy", "ReconcileResult", "Agent", "make_runtime"]
@@ -731,13 +731,4 @@ def _map_reason(reason: str) -> str:
 
 def _claimed_version(envelope: bytes) -> int | None:
     """The version a refused envelope claims (for the log only; never trusted)."""
-    import base64
-    import json
-
-    try:
-        doc = json.loads(envelope[: 4 << 20])
-        payload = json.loads(base64.b64decode(doc["payload"]))
-        version = payload.get("version")
-    except (ValueError, KeyError, TypeError):
-        return None
-    return version if isinstance(version, int) and not isinstance(version, bool) else None
+    return claimed_version(envelope)

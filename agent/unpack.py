@@ -40,7 +40,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import os
 import shutil
 import stat
@@ -55,9 +54,10 @@ from isal import igzip, isal_zlib
 from agent.bundle import ImagePolicy
 from agent.store import ContentStore, PulledImage
 from manifests.atomic import atomic_write, fsync_dir
+from manifests.bounded import JsonCaps, read_json_object
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
-from manifests.errors import DocumentError, UnavailableError, VerificationError
+from manifests.errors import DocumentError, ParseError, UnavailableError, VerificationError
 from manifests.mediatypes import MediaType
 from manifests.tarformat import TarCaps, TarContent, TarFormatError, TarHeader, TarWording, read_tar
 
@@ -614,10 +614,11 @@ def unpack_image(
 
 def _read_meta(path: Path) -> str:
     try:
-        doc = json.loads(path.read_bytes()[:4096])
-        fp = doc["fingerprint"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DocumentError(f"{path}: unreadable root record: {exc}") from exc
+        with open(path, "rb") as fh:
+            doc = read_json_object(fh.read(4097), what=f"{path}", caps=JsonCaps(max_bytes=4096, max_depth=4))
+    except ParseError as exc:
+        raise DocumentError(f"{path}: unreadable root record: {exc.message}") from None
+    fp = doc.get("fingerprint")
     if not isinstance(fp, str):
         raise DocumentError(f"{path}: unreadable root record")
     return fp

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import httpx
 
 from publisher.auth import (
+    MAX_TOKEN_RESPONSE,
     Challenge,
     Credentials,
     TokenCache,
@@ -43,6 +44,7 @@ from publisher.errors import (
     AuthError,
     PublishError,
     RegistryUnavailable,
+    TokenAnswerError,
     registry_error,
 )
 from publisher.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
@@ -322,7 +324,12 @@ class Session:
             return self.client.build_request("GET", realm_url, params=params, headers=headers)
 
         resp = self._send_with_retries(attempt, what=f"token from {realm_url.host}", retry_transient=True)
-        body = read_capped(resp, 1024 * 1024, what="token response")
+        try:
+            body = read_capped(resp, MAX_TOKEN_RESPONSE, what="token response")
+        except TransientFailure:
+            raise
+        except PublishError as exc:  # larger than the cap: a hostile answer, not a network failure
+            raise TokenAnswerError(exc.message) from None
         if resp.status_code != 200:
             err = registry_error(resp.status_code, body, what=f"token endpoint {realm_url.host}")
             raise AuthError(err.message, code=err.code, status=resp.status_code, hint=err.hint)
