@@ -59,8 +59,8 @@ from agent.rollout import (
 )
 from agent.runtime import InstanceStatus, Runtime
 from agent.sources import open_image_location
-from agent.store import ContentStore, PulledImage
-from agent.unpack import remove_interrupted, remove_root, root_fingerprint, unpack_image
+from agent.store import ContentStore, PulledImage, StoreLimits
+from agent.unpack import UnpackLimits, remove_interrupted, remove_root, root_fingerprint, unpack_image
 from manifests.agentconfig import AgentConfig, RuntimeKind
 from manifests.atomic import atomic_write
 from manifests.digest import Digest
@@ -150,7 +150,7 @@ class Agent:
         self.journal = Journal(self.state_dir)
         self.events = EventLog(self.state_dir, sink=event_sink, clock=lambda: wall().timestamp())
         self.metrics = Metrics()
-        self.store = ContentStore(self.state_dir)
+        self.store = ContentStore(self.state_dir, limits=StoreLimits.from_agent(config.limits))
         self.roots_dir = self.state_dir / "roots"
         self.releases_dir = self.state_dir / "releases"
         self.releases_dir.mkdir(exist_ok=True, mode=0o700)
@@ -345,7 +345,9 @@ class Agent:
     def _fetch(self) -> bytes:
         from publisher.release_artifact import fetch_release, open_release_endpoint
 
-        with open_release_endpoint(self.config.source, insecure=self.config.insecure) as endpoint:
+        with open_release_endpoint(
+            self.config.source, insecure=self.config.insecure, timeouts=_timeouts(self.config)
+        ) as endpoint:
             return fetch_release(endpoint, self.config.channel)
 
     def _consider(self) -> ReconcileResult:
@@ -412,7 +414,10 @@ class Agent:
                 assert policy is not None  # noqa: S101 - set above when fetching
                 location = self.config.location_for(pin.repository)
                 with open_image_location(
-                    location, staging=self.state_dir / "tmp", insecure=self.config.insecure
+                    location,
+                    staging=self.state_dir / "tmp",
+                    insecure=self.config.insecure,
+                    timeouts=_timeouts(self.config),
                 ) as loc:
                     policy.evaluate(
                         repository=pin.repository,
@@ -436,7 +441,9 @@ class Agent:
         self.metrics.set_verify_rate(fetched, seconds)
 
     def _unpacked(self, service: Any, version: int, pin: Digest, image: PulledImage) -> Prepared:
-        root = unpack_image(self.store, image, self.roots_dir)
+        root = unpack_image(
+            self.store, image, self.roots_dir, limits=UnpackLimits.from_agent(self.config.limits)
+        )
         port = service_port(service, image.config)
         health, grace = health_spec_for(service, image.config)
         return Prepared(
@@ -727,6 +734,12 @@ def _map_reason(reason: str) -> str:
         "attestation": "policy",  # a required attestation is missing or unreadable
     }
     return folded.get(reason, reason)
+
+
+def _timeouts(config: AgentConfig) -> Any:
+    from publisher.session import Timeouts  # loads httpx: only when a registry is used
+
+    return Timeouts.from_limits(config.limits)
 
 
 def _claimed_version(envelope: bytes) -> int | None:

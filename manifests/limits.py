@@ -6,7 +6,7 @@ read has a bound: a size, a depth, a number length, a count, a time. They are ga
 agent configuration may override any of them in its ``limits:`` section::
 
     limits:
-      document_bytes: 4Mi          # one manifest, index, image config, tag list, token answer
+      document_bytes: 4Mi          # one manifest, index or image config (4Ki to 4Mi)
       json_depth: 64               # nested arrays/objects in one JSON document
       number_chars: 64             # characters of one JSON number literal
       blob_bytes: 16Gi             # one blob in the content store
@@ -102,7 +102,7 @@ class AgentLimits:
 
 # name -> (lowest, highest, kind); kind is "size" (bytes), "count" or "duration" (seconds)
 LIMIT_RANGES: Mapping[str, tuple[float, float, str]] = {
-    "document_bytes": (4 * KI, 256 * MI, "size"),
+    "document_bytes": (4 * KI, 4 * MI, "size"),  # at most the OCI parsers' own cap
     "json_depth": (8, 1000, "count"),
     "number_chars": (20, 1000, "count"),
     "blob_bytes": (1 * MI, 1 * TI, "size"),
