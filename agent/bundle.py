@@ -26,7 +26,6 @@ owned by the image user; :func:`write_bundle` writes ``BUNDLE/config.json`` atom
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import posixpath
 import urllib.parse
@@ -40,8 +39,9 @@ from agent.errors import BundleError
 from agent.runtime import InstanceSpec, ResourceLimits
 from agent.seccomp import seccomp_profile
 from manifests.atomic import atomic_write
+from manifests.bounded import read_json
 from manifests.canonical import canonical_json
-from manifests.errors import DocumentError, VerificationError
+from manifests.errors import DocumentError, ParseError, VerificationError
 
 __all__ = [
     "ImagePolicy",
@@ -115,8 +115,8 @@ def _paths(labels: Mapping[str, Any], key: str) -> tuple[str, ...]:
     if text is None:
         return ()
     try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
+        value = read_json(str(text).encode("utf-8", "surrogatepass"), what=f"label {key}")
+    except ParseError:
         raise DocumentError(f"image config: label {key}: not valid JSON") from None
     if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
         raise DocumentError(f"image config: label {key}: expected a JSON list of paths")
@@ -191,8 +191,8 @@ class ImagePolicy:
         ports: tuple[str, ...] = ()
         if "dev.kiln.ports" in labels:
             try:
-                raw_ports = json.loads(labels["dev.kiln.ports"])
-            except (ValueError, RecursionError):
+                raw_ports = read_json(_utf8(labels["dev.kiln.ports"]), what="label dev.kiln.ports")
+            except ParseError:
                 raise DocumentError("image config: label dev.kiln.ports: not valid JSON") from None
             if not isinstance(raw_ports, list) or not all(isinstance(p, str) for p in raw_ports):
                 raise DocumentError("image config: label dev.kiln.ports: expected a JSON list of strings")
@@ -200,8 +200,8 @@ class ImagePolicy:
         health: Mapping[str, Any] | None = None
         if "dev.kiln.health" in labels:
             try:
-                raw_health = json.loads(labels["dev.kiln.health"])
-            except (ValueError, RecursionError):
+                raw_health = read_json(_utf8(labels["dev.kiln.health"]), what="label dev.kiln.health")
+            except ParseError:
                 raise DocumentError("image config: label dev.kiln.health: not valid JSON") from None
             if not isinstance(raw_health, dict):
                 raise DocumentError("image config: label dev.kiln.health: expected a JSON object")
@@ -501,3 +501,7 @@ def env_pairs(env: Sequence[str]) -> dict[str, str]:
         k, _, v = e.partition("=")
         out[k] = v
     return out
+
+
+def _utf8(text: object) -> bytes:
+    return str(text).encode("utf-8", "surrogatepass")

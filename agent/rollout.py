@@ -37,9 +37,10 @@ from agent.health import HealthResult, HealthSpec, HealthState, HealthWatch, Pro
 from agent.journal import InstanceRecord, Journal
 from agent.metrics import Metrics
 from agent.runtime import InstanceSpec, InstanceStatus, ResourceLimits, Runtime, new_instance_id
+from manifests.bounded import read_json
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
-from manifests.errors import KilnError
+from manifests.errors import KilnError, ParseError
 from manifests.image import HttpCheck
 from manifests.release import Service, Strategy, StrategyKind
 
@@ -90,15 +91,13 @@ class Prepared:
 def service_port(service: Service, image_config: Mapping[str, Any]) -> int | None:
     """The port the service listens on inside its instance: the image's first ``dev.kiln.ports``
     entry, else the release health check's port."""
-    import json
-
     cfg = image_config.get("config") or {}
     labels = cfg.get("Labels") or {} if isinstance(cfg, Mapping) else {}
     text = labels.get("dev.kiln.ports") if isinstance(labels, Mapping) else None
     if isinstance(text, str):
         try:
-            ports = json.loads(text)
-        except ValueError:
+            ports = read_json(text.encode("utf-8", "surrogatepass"), what="label dev.kiln.ports")
+        except ParseError:
             ports = []
         for p in ports if isinstance(ports, list) else []:
             head = str(p).split("/", 1)[0]
