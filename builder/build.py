@@ -299,6 +299,8 @@ def _build_key(
     except OSError:
         return None  # a manifest that is not a file (built in memory): nothing stable to key on
     material = [VERSION, hashlib.sha256(manifest_bytes).hexdigest(), str(fmt), comp.tag, mtime, stat_keys]
+    if manifest.platforms:  # one manifest, several platforms: each build is its own
+        material.append(str(manifest.platform))
     return hashlib.sha256(canonical_json(material)).hexdigest()
 
 

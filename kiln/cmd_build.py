@@ -109,6 +109,8 @@ def cmd_build(args: argparse.Namespace, out: Output) -> int:
     from kiln.cmd_debian import prepare_debian
 
     debian = prepare_debian(args, manifest, out)
+    if len(manifest.platforms) > 1:
+        from builder.platforms import build_platforms as build_image
     result = build_image(
         manifest,
         output=output,

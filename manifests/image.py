@@ -186,6 +186,8 @@ class ImageManifest:
     version: str
     platform: Platform
     contents: tuple[ContentItem, ...]
+    # ``platforms: [...]``: one image per platform under one OCI index (``platform`` is the first).
+    platforms: tuple[Platform, ...] = ()
     accounts: Accounts | None = None
     entrypoint: tuple[str, ...] = ()
     cmd: tuple[str, ...] = ()
