@@ -55,6 +55,7 @@ bench: debs-test venv
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/push.py
 	$(BIN)/python bench/agent.py
+	$(BIN)/python bench/debian.py
 
 clean:
 	rm -rf out demo-out .pytest_cache .mypy_cache .ruff_cache
