@@ -245,7 +245,7 @@ class _Assembler:
                     host_path=root.path / e.path.lstrip("/") if kind is EntryKind.FILE else None,
                     target=e.target if kind is EntryKind.SYMLINK else None,
                     category=Category.RUNTIME if e.package is not None else Category.SYSTEM,
-                    origin=origin,
+                    origin=f"{origin}:{e.package}" if e.package is not None else origin,
                     source_index=index,
                 )
             )

@@ -47,10 +47,11 @@ from manifests.errors import VerificationError
 
 __all__ = ["EXTRACT_FORMAT", "RootEntry", "PackageInfo", "DebianRoot", "materialize", "MERGED_USR"]
 
-EXTRACT_FORMAT = 1
+EXTRACT_FORMAT = 2
 MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
 _CHUNK = 1 << 20
 _KINDS = ("file", "dir", "symlink")
+_KILN = "kiln"  # the owner of what the declarative effects add (not a package)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -160,7 +161,8 @@ class _Extractor:
         for p in reversed(chain):
             os.mkdir(self.host(p), 0o755)
             self.kinds[p] = ("dir", package)
-            self.entries[p] = RootEntry(path=p, kind="dir", mode=0o755, package=package)
+            owner = None if package == _KILN else package
+            self.entries[p] = RootEntry(path=p, kind="dir", mode=0o755, package=owner)
 
     def claim(self, path: str, kind: str, package: str, what: str) -> bool:
         """False when ``path`` is a directory already there (kept as it is)."""
@@ -276,14 +278,14 @@ class _Extractor:
         return _info(pkg, control, copyright_text)
 
     def add_generated(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        self.claim(path, "file", "kiln", f"kiln effect {path}")
+        self.claim(path, "file", _KILN, f"kiln effect {path}")
         fd = os.open(self.host(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         with os.fdopen(fd, "wb") as out:
             out.write(data)
         self.entries[path] = RootEntry(path=path, kind="file", mode=mode, size=len(data), package=None)
 
     def add_symlink(self, path: str, target: str) -> None:
-        self.claim(path, "symlink", "kiln", f"kiln effect {path}")
+        self.claim(path, "symlink", _KILN, f"kiln effect {path}")
         os.symlink(target, self.host(path))
         self.entries[path] = RootEntry(path=path, kind="symlink", mode=0o777, target=target, package=None)
 

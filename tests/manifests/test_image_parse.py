@@ -349,8 +349,8 @@ INVALID = [
         HEAD + RUN + "extra: 1\nversoin: 2\n",
         [
             "m.yaml:8:1: extra: unknown key (expected one of: apiVersion, kind, name, version, contents, "
-            "platform, platforms, accounts, entrypoint, cmd, env, workdir, ports, writable, volumes, health, labels, "
-            "layers, compression)",
+            "platform, platforms, accounts, entrypoint, cmd, env, workdir, ports, writable, volumes, health, "
+            "labels, layers, compression)",
             "m.yaml:9:1: versoin: unknown key (did you mean 'version'?)",
         ],
     ),

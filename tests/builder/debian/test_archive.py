@@ -15,6 +15,7 @@ from kiln.cli import main
 from manifests.debianlock import DebianLock
 from manifests.digest import Digest
 from manifests.layout import OCILayout
+from manifests.oci import OCIManifest
 from tests.builder.debian.debkit import F, LocalArchive, manifest_yaml, serve
 
 HELLO = b"#!/bin/sh\necho hello\n"
@@ -294,3 +295,31 @@ def test_sbom_lists_every_package_with_purl_and_owns_its_files(env: Env, tmp_pat
     }
     hello = next(f for f in sbom["files"] if f["fileName"] == "./usr/bin/hello")
     assert hello["SPDXID"] in owned
+
+
+def test_layers_follow_packages_within_max(
+    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _mk(env, ["app"])
+    assert env.lock() == 0
+    for out, limit in ((tmp_path / "eight", None), (tmp_path / "two", 2)):
+        if limit is None:
+            env.write(["app"])
+        else:
+            env.manifest.write_text(env.manifest.read_text() + f"layers: {{max: {limit}}}\n")
+        assert env.build(out) == 0
+        layout = OCILayout.open(out)
+        man = OCIManifest.from_bytes(layout.read_blob(layout.resolve("1.0.0").digest))
+        config = json.loads(layout.read_blob(man.config.digest))
+        labels = [h["created_by"] for h in config["history"]]
+        if limit is None:
+            # system (accounts, status.d), then one layer per package that ships files, by name
+            assert labels == [
+                "kiln: system layer",
+                "kiln: deb:app layer",
+                "kiln: deb:libfoo layer",
+                "kiln: deb:shared-all layer",
+            ]
+        else:
+            assert len(labels) == 2
+            assert all("deb:" in label or "system" in label for label in labels)
