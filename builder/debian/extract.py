@@ -161,8 +161,8 @@ class _Extractor:
         for p in reversed(chain):
             os.mkdir(self.host(p), 0o755)
             self.kinds[p] = ("dir", package)
-            owner = None if package == _KILN else package
-            self.entries[p] = RootEntry(path=p, kind="dir", mode=0o755, package=owner)
+            shipped_by = None if package == _KILN else package
+            self.entries[p] = RootEntry(path=p, kind="dir", mode=0o755, package=shipped_by)
 
     def claim(self, path: str, kind: str, package: str, what: str) -> bool:
         """False when ``path`` is a directory already there (kept as it is)."""
