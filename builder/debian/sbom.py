@@ -41,11 +41,11 @@ def _supplier(maintainer: str) -> str:
     return f"Organization: {m.group(1)} ({m.group(2)})"
 
 
-def file_packages(entries: Iterable[Entry], root: DebianRoot) -> dict[str, str]:
-    """Image path -> Debian package, for every regular file of the image from the root."""
+def file_packages(entries: Iterable[Entry], root: DebianRoot) -> dict[str, tuple[str, str]]:
+    """Image path -> (Debian package, host path) for every regular file of the image from the root."""
     owner = root.owner_of()
     base = os.path.realpath(root.path)
-    out: dict[str, str] = {}
+    out: dict[str, tuple[str, str]] = {}
     for e in entries:
         if e.kind is not EntryKind.FILE or e.host_path is None:
             continue
@@ -54,8 +54,23 @@ def file_packages(entries: Iterable[Entry], root: DebianRoot) -> dict[str, str]:
             continue
         pkg = owner.get("/" + host[len(base) + 1 :])
         if pkg is not None:
-            out[e.path] = pkg
+            out[e.path] = (pkg, host)
     return out
+
+
+def _sha1_of(spdx_file: dict[str, Any], host: str) -> str:
+    """The file's SHA1 (SPDX 2.3 wants one per file and derives verification codes from them),
+    added to its checksums when the document does not have it yet."""
+    for c in spdx_file.get("checksums", []):
+        if c.get("algorithm") == "SHA1":
+            return str(c["checksumValue"])
+    h = hashlib.sha1(usedforsecurity=False)
+    with open(host, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    digest = h.hexdigest()
+    spdx_file.setdefault("checksums", []).insert(0, {"algorithm": "SHA1", "checksumValue": digest})
+    return digest
 
 
 def add_debian_packages(
@@ -64,50 +79,59 @@ def add_debian_packages(
     """``sbom`` and ``provenance`` with the Debian packages added (see the module docstring)."""
     root = prepared.root_for(platform)
     locked: dict[str, LockedPackage] = {p.name: p for p in prepared.lock.packages.get(root.architecture, ())}
-    files = file_packages(entries, root)
     doc: dict[str, Any] = json.loads(sbom)
-    image_id = "SPDXRef-Image"
     distro = prepared.lock.distro
-    file_ids = {f["fileName"].removeprefix("."): f["SPDXID"] for f in doc.get("files", [])}
+    spdx_files = {f["fileName"].removeprefix("."): f for f in doc.get("files", [])}
+    owned: dict[str, list[str]] = {}  # package -> the SHA1 of each file it put into the image
+    contains: list[dict[str, str]] = []
+    for path, (name, host) in sorted(file_packages(entries, root).items()):
+        spdx_file = spdx_files.get(path)
+        pkg = locked.get(name)
+        if spdx_file is None or pkg is None:
+            continue
+        owned.setdefault(name, []).append(_sha1_of(spdx_file, host))
+        contains.append(
+            {
+                "spdxElementId": _id(pkg.name, pkg.version, pkg.architecture),
+                "relationshipType": "CONTAINS",
+                "relatedSpdxElement": spdx_file["SPDXID"],
+            }
+        )
     for info in root.packages:
         pkg = locked.get(info.name)
         if pkg is None:
             continue
         pid = _id(info.name, info.version, info.architecture)
-        doc["packages"].append(
-            {
-                "SPDXID": pid,
-                "name": info.name,
-                "versionInfo": info.version,
-                "supplier": _supplier(info.maintainer),
-                "downloadLocation": f"{prepared.mirror}/{pkg.filename}",
-                "filesAnalyzed": False,
-                "checksums": [{"algorithm": "SHA256", "checksumValue": pkg.sha256}],
-                "licenseConcluded": "NOASSERTION",
-                "licenseDeclared": spdx_expression(info.licenses),
-                "copyrightText": "NOASSERTION",
-                "sourceInfo": f"built from Debian source package {info.source} {info.source_version}",
-                "externalRefs": [
-                    {
-                        "referenceCategory": "PACKAGE-MANAGER",
-                        "referenceType": "purl",
-                        "referenceLocator": pkg.purl(distro),
-                    }
-                ],
-            }
-        )
+        sha1s = owned.get(info.name)
+        entry: dict[str, Any] = {
+            "SPDXID": pid,
+            "name": info.name,
+            "versionInfo": info.version,
+            "supplier": _supplier(info.maintainer),
+            "downloadLocation": f"{prepared.mirror}/{pkg.filename}",
+            # Analyzed where the image holds files of the package: the ones it CONTAINS.
+            "filesAnalyzed": bool(sha1s),
+            "checksums": [{"algorithm": "SHA256", "checksumValue": pkg.sha256}],
+            "licenseConcluded": "NOASSERTION",
+            "licenseDeclared": spdx_expression(info.licenses),
+            "copyrightText": "NOASSERTION",
+            "sourceInfo": f"built from Debian source package {info.source} {info.source_version}",
+            "externalRefs": [
+                {
+                    "referenceCategory": "PACKAGE-MANAGER",
+                    "referenceType": "purl",
+                    "referenceLocator": pkg.purl(distro),
+                }
+            ],
+        }
+        if sha1s:
+            code = hashlib.sha1("".join(sorted(sha1s)).encode(), usedforsecurity=False).hexdigest()
+            entry["packageVerificationCode"] = {"packageVerificationCodeValue": code}
+        doc["packages"].append(entry)
         doc["relationships"].append(
-            {"spdxElementId": image_id, "relationshipType": "CONTAINS", "relatedSpdxElement": pid}
+            {"spdxElementId": "SPDXRef-Image", "relationshipType": "CONTAINS", "relatedSpdxElement": pid}
         )
-    for path, name in sorted(files.items()):
-        info_pkg = locked.get(name)
-        fid = file_ids.get(path)
-        if info_pkg is None or fid is None:
-            continue
-        pid = _id(info_pkg.name, info_pkg.version, info_pkg.architecture)
-        doc["relationships"].append(
-            {"spdxElementId": pid, "relationshipType": "CONTAINS", "relatedSpdxElement": fid}
-        )
+    doc["relationships"].extend(contains)
     prov: dict[str, Any] = json.loads(provenance)
     deps = prov["predicate"]["buildDefinition"]["resolvedDependencies"]
     for pkg in sorted(locked.values(), key=lambda p: p.name):

@@ -200,3 +200,26 @@ def test_offline_rebuild_and_a_second_checkout_give_the_same_digest(
     shutil.copytree(NGINX.parent, checkout)
     monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "build-cache"))
     assert _build(checkout / NGINX.name, tmp_path / "second", "--offline") == nginx.digest
+
+
+@pytest.mark.parametrize("example", ["pyweb", "nginx"])
+def test_spdx_tools_finds_nothing_wrong_with_the_debian_packages(
+    example: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """The Debian package entries are valid SPDX 2.3 (the rest of the document is the SBOM
+    writer's business and has its own validation test)."""
+    pytest.importorskip("spdx_tools")
+    from spdx_tools.spdx.parser.parse_anything import parse_file
+    from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
+
+    built: Built = request.getfixturevalue(example)
+    path = tmp_path / "sbom.spdx.json"
+    path.write_text(json.dumps(_sbom(built.layout)))
+    messages = validate_full_spdx_document(parse_file(str(path)))
+    ours = [
+        m.validation_message
+        for m in messages
+        if "DebianPackage" in m.validation_message
+        or (m.context is not None and "DebianPackage" in (m.context.spdx_id or ""))
+    ]
+    assert ours == []
