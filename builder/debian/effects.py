@@ -18,9 +18,11 @@ The list (docs/debian.md repeats it):
    (written by the builder as for every image), not from ``base-passwd``'s scripts.
 
 Not done (and why): ``ldconfig`` (``/etc/ld.so.cache``; glibc searches the default directories
-without it), byte-compiling Python (``py3compile``; a read-only root simply runs from source),
-``systemd``/``init`` hooks, ``debconf`` questions, users created by ``adduser`` in postinst (the
-image runs as the manifest's account).
+without it); byte-compiling Python (``py3compile``): a ``.pyc`` is specific to the interpreter
+version, so kiln would run either the build host's interpreter (its version varies by machine) or
+the image's (code from the packages at build time), and either breaks "same lock, same digest";
+a read-only root runs from source. ``systemd``/``init`` hooks, ``debconf`` questions, users
+created by ``adduser`` in postinst (the image runs as the manifest's account).
 """
 
 from __future__ import annotations
