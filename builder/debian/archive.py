@@ -17,6 +17,7 @@ A refusal is a :class:`~manifests.errors.VerificationError` whose message names 
 from __future__ import annotations
 
 import contextlib
+import email.utils
 import gzip
 import hashlib
 import io
@@ -29,6 +30,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
@@ -151,7 +153,18 @@ def verify_inrelease(data: bytes, keyring: Path) -> str:
         return out.read_bytes().decode("utf-8", "replace")
 
 
-def _release(text: str, inrelease_sha256: str, suite: str) -> Release:
+def release_time(text: str, what: str) -> datetime:
+    """A Release date field (RFC 2822, UTC) as an aware datetime; refused when unreadable."""
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        when = None
+    if when is None or when.tzinfo is None:
+        raise VerificationError(f"InRelease: {what} {text[:60]!r} is not a date", reason="signature")
+    return when
+
+
+def _release(text: str, inrelease_sha256: str, suite: str, now: datetime) -> Release:
     fields = parse_stanza(text)
     codename, name = fields.get("Codename", ""), fields.get("Suite", "")
     if suite not in (codename, name):
@@ -160,6 +173,13 @@ def _release(text: str, inrelease_sha256: str, suite: str) -> Release:
             reason="signature",
             hint="a mirror may not answer one suite with another's signed Release",
         )
+    if "Valid-Until" in fields and release_time(fields["Valid-Until"], "Valid-Until") < now:
+        raise VerificationError(
+            f"InRelease: expired (Valid-Until {fields['Valid-Until']})",
+            reason="expired",
+            hint="the mirror serves an outdated Release (a freeze or replay); try another mirror",
+        )
+    release_time(fields.get("Date", ""), "Date")
     table: dict[str, tuple[int, str]] = {}
     for line in fields.get("SHA256", "").splitlines():
         parts = line.split()
@@ -177,12 +197,18 @@ def _release(text: str, inrelease_sha256: str, suite: str) -> Release:
 
 
 def fetch_release(
-    fetcher: Fetcher, mirror: str, suite: str, *, keyring: Path, limits: DebianLimits = DebianLimits()
+    fetcher: Fetcher,
+    mirror: str,
+    suite: str,
+    *,
+    keyring: Path,
+    limits: DebianLimits = DebianLimits(),
+    now: datetime | None = None,
 ) -> Release:
-    """Download ``dists/SUITE/InRelease`` and verify it (stage 1)."""
+    """Download ``dists/SUITE/InRelease`` and verify it (stage 1): signature, suite, dates."""
     data = fetch_bytes(fetcher, f"{mirror.rstrip('/')}/dists/{suite}/InRelease", limits.max_inrelease)
     text = verify_inrelease(data, keyring)
-    return _release(text, hashlib.sha256(data).hexdigest(), suite)
+    return _release(text, hashlib.sha256(data).hexdigest(), suite, now or datetime.now(UTC))
 
 
 def fetch_index(
@@ -214,11 +240,14 @@ def fetch_index(
             raise UnavailableError(f"Packages index {choice}: {size} bytes is over the cap")
         data = _cached(cache, sha)
         if data is None:
-            url = f"{base}/{choice}"
-            if release.by_hash:
-                url = f"{base}/{component}/binary-{architecture}/by-hash/SHA256/{sha}"
             progress(f"fetching {choice} ({size} bytes)")
-            data = fetch_bytes(fetcher, url, limits.max_index)
+            data = None
+            if release.by_hash:  # immune to the index changing between the Release and the fetch
+                with contextlib.suppress(UnavailableError):
+                    by_hash = f"{base}/{component}/binary-{architecture}/by-hash/SHA256/{sha}"
+                    data = fetch_bytes(fetcher, by_hash, limits.max_index)
+            if data is None:
+                data = fetch_bytes(fetcher, f"{base}/{choice}", limits.max_index)
             got = hashlib.sha256(data).hexdigest()
             if len(data) != size or got != sha:
                 raise VerificationError(

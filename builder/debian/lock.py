@@ -18,10 +18,11 @@ from builder.debian.archive import (
     Fetcher,
     fetch_index,
     fetch_release,
+    release_time,
 )
 from builder.debian.resolve import resolve
 from manifests.debianlock import DebianLock, LockedPackage, LockRequest
-from manifests.errors import KilnError
+from manifests.errors import KilnError, VerificationError
 
 __all__ = ["StaleLockError", "make_lock", "check_lock", "why", "lock_path_for", "load_lock"]
 
@@ -57,8 +58,23 @@ def make_lock(
     cache: Path | None = None,
     limits: DebianLimits = DEFAULT_LIMITS,
     progress: Callable[[str], None] = lambda _m: None,
+    previous: DebianLock | None = None,
 ) -> DebianLock:
+    """Resolve ``request`` from the archive. ``previous``: the lock being replaced; a Release
+    dated before it (same suite and mirror) is refused as a rollback."""
     release = fetch_release(fetcher, request.mirror, request.suite, keyring=keyring, limits=limits)
+    if previous is not None and (previous.request.suite, previous.request.mirror) == (
+        request.suite,
+        request.mirror,
+    ):
+        before = release_time(previous.release_date, "Date")
+        if release_time(release.date, "Date") < before:
+            raise VerificationError(
+                f"InRelease: dated {release.date}, older than the Release the lock was made from "
+                f"({previous.release_date})",
+                reason="rollback",
+                hint="the mirror serves an older archive state; use an up-to-date mirror",
+            )
     progress(f"{request.suite}: InRelease verified ({release.date})")
     packages: dict[str, tuple[LockedPackage, ...]] = {}
     for arch in request.architectures:

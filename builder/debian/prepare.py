@@ -8,6 +8,7 @@ and extracts one root per architecture. The build then reads files from those ro
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from builder.debian.lock import check_lock, load_lock, lock_path_for, make_lock
 from builder.errors import SourceError
 from manifests.atomic import atomic_write
 from manifests.debianlock import DebianLock, LockRequest
+from manifests.errors import KilnError
 from manifests.image import DebianSource, ImageManifest
 from manifests.oci import Platform
 
@@ -95,14 +97,19 @@ def lock_manifest(
     request = request_for(manifest)
     if request is None:
         raise SourceError(f"{manifest_path}: the manifest has no debian source to lock")
+    path = lock_path_for(manifest_path)
+    previous = None
+    if path.exists():
+        with contextlib.suppress(KilnError):
+            previous = load_lock(path)
     lock = make_lock(
         request,
         fetcher=fetcher or HttpFetcher(),
         keyring=keyring,
         cache=cache if cache is not None else default_cache(),
         progress=progress,
+        previous=previous,
     )
-    path = lock_path_for(manifest_path)
     atomic_write(path, lock.to_bytes())
     return path, lock
 

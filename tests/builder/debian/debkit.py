@@ -160,7 +160,13 @@ class LocalArchive:
         self.stanzas.append(stanza)
         return data
 
-    def publish(self, *, packages_override: bytes | None = None) -> None:
+    def publish(
+        self,
+        *,
+        packages_override: bytes | None = None,
+        date: str = "Thu, 01 Jan 2026 00:00:00 UTC",
+        extra: Sequence[str] = (),
+    ) -> None:
         for path, data in self.debs.items():
             p = self.root / path
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +183,8 @@ class LocalArchive:
             f"Suite: {self.suite}",
             f"Codename: {self.suite}",
             "Version: 99.1",
-            "Date: Thu, 01 Jan 2026 00:00:00 UTC",
+            f"Date: {date}",
+            *extra,
             "Architectures: amd64",
             "Components: main",
             "SHA256:",

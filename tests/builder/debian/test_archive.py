@@ -323,3 +323,29 @@ def test_layers_follow_packages_within_max(
         else:
             assert len(labels) == 2
             assert all("deb:" in label or "system" in label for label in labels)
+
+
+def test_an_expired_release_is_refused(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
+    env.archive.publish(extra=["Valid-Until: Fri, 02 Jan 2026 00:00:00 UTC"])
+    _mk(env, ["app"])
+    assert env.lock() == 3
+    assert "InRelease: expired (Valid-Until Fri, 02 Jan 2026 00:00:00 UTC)" in capsys.readouterr().err
+
+
+def test_an_older_release_than_the_lock_is_refused_as_a_rollback(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _mk(env, ["app"])
+    assert env.lock() == 0
+    first = env.lockfile.read_bytes()
+    env.archive.publish(date="Mon, 01 Dec 2025 00:00:00 UTC")
+    assert env.lock() == 3
+    err = capsys.readouterr().err
+    assert (
+        "InRelease: dated Mon, 01 Dec 2025 00:00:00 UTC, older than the Release the lock was made from" in err
+    )
+    assert env.lockfile.read_bytes() == first
+    # A newer one (with Acquire-By-Hash, which this mirror does not serve: the plain path is used).
+    env.archive.publish(date="Fri, 02 Jan 2026 00:00:00 UTC", extra=["Acquire-By-Hash: yes"])
+    assert env.lock() == 0
+    assert DebianLock.from_bytes(env.lockfile.read_bytes()).release_date == "Fri, 02 Jan 2026 00:00:00 UTC"
