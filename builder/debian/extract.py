@@ -27,7 +27,7 @@ No maintainer script runs. Their effects that matter in an image are applied dec
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -341,9 +341,15 @@ def materialize(
             infos.append(ex.package(pkg, debs[pkg.sha256]))
         effects = apply_effects(ex, infos, architecture)
         entries = tuple(ex.entries[p] for p in sorted(ex.entries))
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        try:
+            os.rename(tmp, final)
+        except OSError as exc:
+            if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+                raise
+            # Another build extracted the same packages meanwhile (a root only ever appears
+            # whole, by this rename, and its content is decided by the packages): use that one,
+            # never delete a root a concurrent build may be reading.
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

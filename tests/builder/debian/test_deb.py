@@ -7,6 +7,7 @@ import contextlib
 import hashlib
 import io
 import lzma
+import os
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,16 @@ def test_a_plain_deb_extracts_into_merged_usr(tmp_path: Path) -> None:
     again = _extract(tmp_path, ("p", deb))
     assert again.path == root.path
     assert again.entries == root.entries
+    # A root without its record (another build raced this one, or a crash in between): extracted
+    # again, and the root already there is kept as it is (a concurrent build may be reading it).
+    inode = os.stat(root.path).st_ino
+    root.path.with_suffix(".json").unlink()
+    third = _extract(tmp_path, ("p", deb))
+    assert third.entries == root.entries
+    assert os.stat(third.path).st_ino == inode
+    assert sorted(p.name for p in root.path.parent.iterdir()) == sorted(
+        [root.path.name, root.path.name + ".json"]
+    )
 
 
 @pytest.mark.parametrize(
