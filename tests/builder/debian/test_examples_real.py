@@ -7,6 +7,7 @@ the download cache alone, and a build from a second checkout, give the same dige
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -179,6 +180,12 @@ def test_every_file_comes_from_a_listed_package_or_the_app(
     ]
     assert orphans == []
     assert len(owned) > 300
+    # Nothing in the records names where this machine keeps its caches.
+    lay = OCILayout.open(built.layout)
+    provenance = lay.read_blob(Digest.parse(lay.index().manifests[0].annotations["dev.kiln.provenance"]))
+    cache = os.path.realpath(default_cache())
+    assert cache not in json.dumps(sbom)
+    assert cache.encode() not in provenance
 
 
 def _copy_cache(src: Path, dst: Path, lock: DebianLock) -> None:
@@ -195,6 +202,11 @@ def test_offline_rebuild_and_a_second_checkout_give_the_same_digest(
     _copy_cache(default_cache(), tmp_path / "cache", lock)
     monkeypatch.setenv("KILN_CACHE", str(tmp_path / "cache"))
     assert _build(NGINX, tmp_path / "offline", "--no-cache", "--offline") == nginx.digest
+    # The SBOM and provenance do not depend on where the caches live either.
+    first = OCILayout.open(nginx.layout).index().manifests[0].annotations
+    again = OCILayout.open(tmp_path / "offline").index().manifests[0].annotations
+    assert again["dev.kiln.sbom"] == first["dev.kiln.sbom"]
+    assert again["dev.kiln.provenance"] == first["dev.kiln.provenance"]
     # A second checkout somewhere else, through the build cache this time.
     checkout = tmp_path / "elsewhere" / "nginx-debian"
     shutil.copytree(NGINX.parent, checkout)
