@@ -153,8 +153,12 @@ class PackageIndex:
         arch = f.get("Architecture", "")
         if arch not in (self.architecture, "all"):
             return None
-        if not _NAME.match(name) or "Version" not in f or "Filename" not in f or "SHA256" not in f:
-            raise SourceError(f"{where}: a stanza ({name[:60] or 'no Package'}) lacks a required field")
+        missing = [k for k in ("Package", "Version", "Filename", "SHA256") if not f.get(k)]
+        if missing:
+            what = name[:60] or "no Package"
+            raise SourceError(f"{where}: a stanza ({what}) lacks {', '.join(missing)}")
+        if not _NAME.match(name):
+            raise SourceError(f"{where}: invalid package name {name[:60]!r}")
         size = f.get("Size", "")
         if not size.isdigit() or len(size) > 15:
             raise SourceError(f"{where}: {name}: Size {size[:40]!r} is not a number")

@@ -155,10 +155,10 @@ def test_unresolvable(
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("Package: a\nArchitecture: amd64\n", "lacks a required field"),
+        ("Package: a\nArchitecture: amd64\n", "a stanza (a) lacks Version, Filename, SHA256"),
         (stanza("a").replace("Size: 10", "Size: ten"), "Size 'ten' is not a number"),
         (stanza("a").replace(SHA, "xyz"), "SHA256 is not 64 hex digits"),
-        (stanza("a").replace("Package: a", "Package: ../a"), "lacks a required field"),
+        (stanza("a").replace("Package: a", "Package: ../a"), "invalid package name '../a'"),
     ],
 )
 def test_malformed_index_stanzas(text: str, message: str) -> None:
