@@ -90,7 +90,16 @@ def download_deb(
         with os.fdopen(fd, "wb") as fh:
             sink = _HashingSink(fh, pkg)
             url = f"{mirror.rstrip('/')}/{pkg.filename}"
-            fetcher.fetch(url, sink, limit=limits.max_deb)  # type: ignore[arg-type]
+            try:
+                fetcher.fetch(url, sink, limit=limits.max_deb)  # type: ignore[arg-type]
+            except UnavailableError as exc:
+                if "HTTP 404" not in exc.message:
+                    raise
+                raise UnavailableError(
+                    f".deb {pkg.name} {pkg.version}: the mirror no longer has {pkg.filename}",
+                    hint="archives drop superseded versions at point releases: run kiln lock on the "
+                    "manifest again, or pin a snapshot mirror",
+                ) from exc
         _check(pkg, sink)
         os.chmod(tmp, 0o644)
         os.replace(tmp, dest)

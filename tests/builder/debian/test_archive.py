@@ -349,3 +349,15 @@ def test_an_older_release_than_the_lock_is_refused_as_a_rollback(
     env.archive.publish(date="Fri, 02 Jan 2026 00:00:00 UTC", extra=["Acquire-By-Hash: yes"])
     assert env.lock() == 0
     assert DebianLock.from_bytes(env.lockfile.read_bytes()).release_date == "Fri, 02 Jan 2026 00:00:00 UTC"
+
+
+def test_a_pinned_deb_the_mirror_dropped_is_named(
+    env: Env, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _mk(env, ["app"])
+    assert env.lock() == 0
+    (env.archive.root / "pool/main/p/pre/pre_1.5_amd64.deb").unlink()
+    assert env.build(tmp_path / "out") == 1
+    err = capsys.readouterr().err
+    assert ".deb pre 1.5: the mirror no longer has pool/main/p/pre/pre_1.5_amd64.deb" in err
+    assert "run kiln lock" in err
