@@ -494,18 +494,18 @@ class Agent:
         return check
 
     def _on_unhealthy(self, iid: str, result: HealthResult | None) -> None:
-        out = self.deployer.set_rotation(iid, False)
+        self.deployer.set_rotation(iid, False)
         self.events.emit(
             "unhealthy",
             instance=iid,
-            out_of_rotation=out,
+            out_of_rotation=not self.deployer.in_rotation(iid),
             detail=result.detail if result is not None else "",
         )
         self.wake.set()
 
     def _on_healthy(self, iid: str) -> None:
-        back = self.deployer.set_rotation(iid, True)
-        self.events.emit("healthy", instance=iid, in_rotation=back)
+        self.deployer.set_rotation(iid, True)
+        self.events.emit("healthy", instance=iid, in_rotation=self.deployer.in_rotation(iid))
 
     # -- one reconcile ---------------------------------------------------------------------------
 

@@ -394,7 +394,13 @@ class Deployer:
             return True
 
     def in_rotation(self, instance_id: str) -> bool:
-        return instance_id not in self._out
+        """Whether the instance gets traffic (an unhealthy one does when all of its service's are)."""
+        if instance_id not in self._out:
+            return True
+        rec = next((r for r in self.journal.state.instances if r.id == instance_id), None)
+        if rec is None:
+            return False
+        return all(r.id in self._out for r in self.journal.state.serving(rec.service))
 
     def adopt(self, service: Service, records: Sequence[InstanceRecord]) -> None:
         """After a restart: recreate the service's traffic switch over its serving instances."""

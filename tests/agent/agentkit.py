@@ -299,8 +299,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
 
     def do_GET(self) -> None:
-        while self.server.frozen.is_set() and not self.server.closing.is_set():  # "SIGSTOPped"
-            self.server.closing.wait(0.05)
+        if self.server.frozen.is_set():  # "SIGSTOPped": never answers
+            self.server.closing.wait(60)
+            self.close_connection = True
+            return
         if self.path == "/healthz":
             status = 500 if self.server.fail_health.is_set() else 200
             body = b"ok\n" if status == 200 else b"failing\n"
