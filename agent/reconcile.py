@@ -380,12 +380,16 @@ class Agent:
             raise InternalFault(step, exc) from exc
 
     @contextlib.contextmanager
-    def _step(self, step: str) -> Iterator[None]:
+    def _step(self, step: str, *, io: bool = False) -> Iterator[None]:
+        """The guard as a block; ``io=True``: an OSError is the network's or the disk's fault
+        (the step reports it as unavailable), not an internal one."""
         try:
             yield
         except (KilnError, RolloutFailed, InternalFault):
             raise
         except Exception as exc:
+            if io and isinstance(exc, OSError):
+                raise
             raise InternalFault(step, exc) from exc
 
     # -- start and recovery ----------------------------------------------------------------------
@@ -548,7 +552,7 @@ class Agent:
     def _fetch(self) -> bytes:
         source = self.source
         try:
-            with self._step("fetch"):
+            with self._step("fetch", io=True):
                 data = source.fetch_release(self.config.channel)
         except (KilnError, OSError) as exc:
             detail = exc.message if isinstance(exc, KilnError) else str(exc)
@@ -607,7 +611,7 @@ class Agent:
         if failure is not None and failure.attempts >= self.config.max_attempts:
             return ReconcileResult(outcome="skipped", version=release.version, detail=failure.reason)
         try:
-            with self._step("prepare"):
+            with self._step("prepare", io=True):
                 prepared = self._prepare(release, fetch=True)
         except VerificationError as exc:
             reason = self._refuse(exc, version=release.version)
