@@ -166,7 +166,7 @@ class DockerRuntime:
         policy = ImagePolicy.from_config(spec.image_config)
         check_user(policy, allow_root=spec.allow_root)
         image_id = self.ensure_image(spec.image_digest)
-        volumes = prepare_volumes(self.state_dir, spec.service, policy)
+        volumes = prepare_volumes(self.state_dir, spec.volume_owner, policy)
         limits = spec.limits
         tmpfs = {}
         for p in policy.writable:

@@ -97,12 +97,14 @@ class Preparer:
 
     def unpacked(self, service: Any, version: int, pin: Digest, image: PulledImage) -> Prepared:
         volumes = ImagePolicy.from_config(image.config).volumes
-        if volumes and service.replicas > 1:
+        shared = bool(volumes) and not service.volume_per_instance
+        if shared and service.replicas > 1:
             raise VerificationError(
                 f"service {service.name}: its image declares volumes ({', '.join(volumes)}), "
-                f"so it cannot run {service.replicas} replicas on them at once",
+                f"so {service.replicas} replicas cannot share them (volume_per_instance: true gives "
+                "each instance its own)",
                 reason="policy",
-                hint="run one replica of a service with volumes",
+                hint="run one replica, or give each instance its own volumes (volume_per_instance: true)",
             )
         root = unpack_image(self.store, image, self.roots_dir)
         port = service_port(service, image.config)
@@ -119,5 +121,5 @@ class Preparer:
             health=health,
             grace=grace,
             config=config_digest(service, pin, image.manifest_digest, port),
-            exclusive=bool(volumes),
+            exclusive=shared,
         )

@@ -83,8 +83,8 @@ from agent.prepare import Preparer
 from agent.releases import ReleaseStore
 from agent.releasesource import ConfigReleaseSource, ReleaseSource, source_reason
 from agent.rollout import ConnectorFactory, Deployer, Prepared, RolloutFailed
-from agent.runtime import InstanceStatus, Runtime
-from agent.statedir import AgentBusy, StateLock
+from agent.runtime import INSTANCE_PREFIX, InstanceStatus, Runtime
+from agent.statedir import AgentBusy, StateLock, remove_tree
 from agent.status import status_document
 from agent.store import ContentStore
 from agent.trust import ROOT_FILE, TrustKeeper
@@ -532,6 +532,10 @@ class Agent:
                 replaced = self._guard("enforce", self.enforcer.enforce)
             except InternalFault as fault:
                 self._internal(fault)
+            try:
+                self._guard("gc", self._gc_volumes)
+            except InternalFault as fault:
+                self._internal(fault)
             if result is None or (self._faults and result.outcome not in ("rolled-out", "failed")):
                 first = self._faults[0]
                 version = result.version if result is not None else None
@@ -770,6 +774,25 @@ class Agent:
                         remove_root(self.roots_dir, Digest(name))
         with contextlib.suppress(OSError, KilnError):
             self.enforcer.remove_set_aside()
+
+    def _gc_volumes(self) -> None:
+        """Remove the volumes of instances that had their own (``volume_per_instance``) once the
+        instance is gone (not even ``known``): ``STATE/volumes/<service>/<instance id>``."""
+        base = self.state_dir / "volumes"
+        if not base.is_dir():
+            return
+        known = set(self.journal.state.known)
+        for service in os.scandir(base):
+            if not service.is_dir(follow_symlinks=False):
+                continue
+            for entry in os.scandir(service.path):
+                if entry.name.startswith(INSTANCE_PREFIX) and entry.name not in known:
+                    try:
+                        remove_tree(Path(entry.path))
+                    except OSError as exc:
+                        self.events.emit("error", what=f"remove volumes of {entry.name}", detail=str(exc))
+                    else:
+                        self.events.emit("volumes_removed", instance=entry.name)
 
     # -- status ----------------------------------------------------------------------------------
 

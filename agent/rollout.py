@@ -145,6 +145,8 @@ def config_digest(service: Service, image_digest: Digest, manifest_digest: Diges
         "env": dict(service.env),
         "port": port,
     }
+    if service.volume_per_instance:  # only when set: the digests of instances without it stay
+        doc["volume_per_instance"] = True
     return f"sha256:{hashlib.sha256(canonical_json(doc)).hexdigest()}"
 
 
@@ -238,6 +240,7 @@ class Deployer:
             image_config=prep.image_config,
             rootfs=prep.rootfs,
             env=dict(prep.service.env),
+            volume_per_instance=prep.service.volume_per_instance,
         )
         try:
             handle = self.runtime.start(spec)

@@ -125,7 +125,7 @@ class RuncRuntime:
         if self.state(iid).status is not InstanceStatus.MISSING or self.bundle_dir(iid).exists():
             raise InstanceError(f"instance {iid} already exists", hint="stop it first or use a new id")
         policy = ImagePolicy.from_config(spec.image_config)
-        volumes = prepare_volumes(self.state_dir, spec.service, policy)
+        volumes = prepare_volumes(self.state_dir, spec.volume_owner, policy)
         owned = spec.netns is None
         bundle = self.bundle_dir(iid)
         try:

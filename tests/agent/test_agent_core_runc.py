@@ -5,6 +5,8 @@
 - Acceptance 5: repairing a modified root while a client polls throughout: 0 failed requests.
 - A service whose image declares volumes: the old instance stops before the new one starts
   (never two on one volume); the downtime is measured and printed (docs/agent.md quotes it).
+  With ``volume_per_instance: true`` each instance has its own volumes, the rollout is blue-green
+  with no failed request, and a gone instance's volumes are removed.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class Host:
         agent.start()
         return agent
 
-    def publish(self, version: int, **kw: Any) -> None:
+    def publish(self, version: int, *, volume_per_instance: bool = False, **kw: Any) -> None:
         svc = service_yaml(
             "web",
             f"{REPO}@{self.digest}",
@@ -72,6 +74,8 @@ class Host:
             retries=RETRIES,
             **kw,
         )
+        if volume_per_instance:
+            svc["volume_per_instance"] = True
         publish_release(
             LayoutRepository(self.base / "releases", create=True), signed(make_release(version, [svc]))
         )
@@ -285,3 +289,29 @@ def test_a_service_with_volumes_stops_the_old_instance_before_starting_the_new(s
     downtime = max(failed) - min(failed)
     print(f"\nstop-then-start downtime: {downtime:.2f} s ({len(failed)} failed polls)")
     assert times[-1][1]
+
+
+def test_volume_per_instance_gives_each_instance_its_own_volumes(stateful: Host) -> None:
+    stateful.publish(1, replicas=2, volume_per_instance=True)
+    agent = stateful.agent()
+    assert agent.reconcile_once().outcome == "rolled-out"
+    base = Path(agent.config.state) / "volumes" / "web"
+    old = ids(agent)
+    assert sorted(p.name for p in base.iterdir()) == old
+    assert all((base / i / "var%2Flib%2Fweb").is_dir() for i in old)
+    stateful.publish(2, replicas=2, volume_per_instance=True, env={"V": "2"})
+    with Poller(stateful.port, limit=120) as poller:
+        assert agent.reconcile_once().outcome == "rolled-out"
+    assert poller.failures == [], poller.failures[:5]
+    assert poller.ok > 10
+    new = ids(agent)
+    assert not set(new) & set(old)
+    assert sorted(p.name for p in base.iterdir()) == new  # the old instances' volumes went with them
+    assert not any(e["event"] == "stop_first" for e in read_events(agent.config.state))
+    # Two replicas on the service's one set of volumes: refused before anything starts.
+    stateful.publish(3, replicas=2, env={"V": "3"})
+    result = agent.reconcile_once()
+    assert (result.outcome, result.reason) == ("refused", "policy")
+    assert "volume_per_instance: true" in result.detail
+    assert ids(agent) == new
+    assert http_get("127.0.0.1", stateful.port)[0] == 200
