@@ -213,6 +213,7 @@ class Agent:
         self._stop_grace = stop_grace
         self._opened = False
         self._faults: list[InternalFault] = []
+        self._pending_refusal: Refusal | None = None  # from a thread that may not commit
         self.source_state = SourceState()
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -257,7 +258,7 @@ class Agent:
                 targets=self._monitor_targets,
                 on_unhealthy=self._on_unhealthy,
                 on_healthy=self._on_healthy,
-                on_error=lambda what, exc: self._internal(InternalFault(f"health {what}", exc)),
+                on_error=lambda what, exc: self._internal(InternalFault(f"health {what}", exc), loop=False),
                 clock=self._clock,
             )
             self.enforcer = Enforcer(
@@ -357,9 +358,12 @@ class Agent:
         refusal = Refusal(reason=reason, detail=detail, version=version, at=self.wall().timestamp())
         self.journal.commit(replace(self.journal.state, last_refusal=refusal))
 
-    def _internal(self, fault: InternalFault, *, version: int | None = None) -> None:
-        """The last-resort guard's refusal: event, metric, journal (never raises)."""
-        self._faults.append(fault)
+    def _internal(self, fault: InternalFault, *, version: int | None = None, loop: bool = True) -> None:
+        """The last-resort guard's refusal: event, metric, journal (never raises).
+
+        Only the loop's thread commits the journal; a fault in another thread (the health
+        monitor, the status endpoint) is committed by the next reconcile.
+        """
         with contextlib.suppress(Exception):
             self.metrics.count_refusal("internal")
             self.events.emit(
@@ -368,7 +372,11 @@ class Agent:
             refusal = Refusal(
                 reason="internal", detail=fault.detail, version=version, at=self.wall().timestamp()
             )
-            self.journal.commit(replace(self.journal.state, last_refusal=refusal))
+            if loop:
+                self._faults.append(fault)
+                self.journal.commit(replace(self.journal.state, last_refusal=refusal))
+            else:
+                self._pending_refusal = refusal
 
     def _guard(self, step: str, fn: Callable[[], T]) -> T:
         """Run ``fn``; kiln errors and failed rollouts pass, anything else becomes InternalFault."""
@@ -517,6 +525,9 @@ class Agent:
         with self.busy:
             self.metrics.count_reconcile()
             self._faults = []
+            pending, self._pending_refusal = self._pending_refusal, None
+            if pending is not None:
+                self.journal.commit(replace(self.journal.state, last_refusal=pending))
             result: ReconcileResult | None = None
             try:
                 self._guard("strays", lambda: self._stop_strays("stray"))
@@ -809,7 +820,7 @@ class Agent:
         try:
             return self._guard("status", self._status)
         except InternalFault as fault:
-            self._internal(fault)
+            self._internal(fault, loop=False)
             return {"error": "internal", "detail": fault.detail}
 
     def _status(self) -> dict[str, Any]:
@@ -849,7 +860,8 @@ class Agent:
             except KilnError as exc:
                 self.events.emit("error", what="reconcile", detail=exc.message)
             except Exception as exc:  # noqa: BLE001 - the loop never dies
-                self._internal(InternalFault("reconcile", exc))
+                with self.busy:
+                    self._internal(InternalFault("reconcile", exc))
                 internal += 1
             else:
                 internal = internal + 1 if result.reason == "internal" else 0

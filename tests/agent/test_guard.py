@@ -203,6 +203,11 @@ def test_an_exception_building_the_status_is_an_internal_refusal(
     assert internal_refusals(env)[-1]["what"] == "status"
     assert env.agent.status()["release"]["version"] == 1
     env.serving()
+    # The endpoint's thread does not write the journal; the next reconcile records the refusal.
+    assert env.agent.reconcile_once().outcome == "current"
+    refusal = env.agent.journal.state.last_refusal
+    assert refusal is not None
+    assert (refusal.reason, refusal.detail.split(":")[0]) == ("internal", "status")
 
 
 def test_an_exception_in_the_health_monitor_does_not_stop_it(
