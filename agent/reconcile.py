@@ -11,7 +11,8 @@
     agent.prepare        verify image signatures, pull by digest, unpack read-only roots
     agent.rollout        instances and traffic switches (converge, replace, retire)
     agent.enforce        drift detection and repair
-    agent.health         the health monitor that watches every serving instance
+    agent.watch          the health monitor over every serving instance (agent.health probes)
+    agent.gc             blobs, roots and per-instance volumes nothing uses any more
     agent.journal        crash-safe state;  agent.events / agent.metrics  what happened
 
 Its lifecycle is explicit: ``Agent(config, ...)`` only stores what it is given (no I/O);
@@ -54,7 +55,6 @@ is rolled back to the release it started from. Every reconcile stops such strays
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -63,12 +63,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.enforce import QUARANTINE, Enforcer, root_of
+from agent.enforce import Enforcer
 from agent.errors import AgentError
 from agent.events import EventLog
-from agent.health import HealthMonitor, HealthResult, HealthSpec, MonitorTarget
+from agent.gc import Collector
 from agent.journal import (
-    InstanceRecord,
     Journal,
     JournalState,
     Refusal,
@@ -83,14 +82,14 @@ from agent.prepare import Preparer
 from agent.releases import ReleaseStore
 from agent.releasesource import ConfigReleaseSource, ReleaseSource, source_reason
 from agent.rollout import ConnectorFactory, Deployer, Prepared, RolloutFailed
-from agent.runtime import INSTANCE_PREFIX, InstanceStatus, Runtime
-from agent.statedir import AgentBusy, StateLock, remove_tree
+from agent.runtime import Runtime
+from agent.statedir import AgentBusy, StateLock
 from agent.status import status_document
 from agent.store import ContentStore
 from agent.trust import ROOT_FILE, TrustKeeper
-from agent.unpack import remove_interrupted, remove_root
+from agent.unpack import remove_interrupted
+from agent.watch import InstanceWatch
 from manifests.agentconfig import AgentConfig, RuntimeKind
-from manifests.digest import Digest
 from manifests.errors import DocumentError, KilnError, VerificationError
 from manifests.release import Release, Strategy
 from manifests.trustroot import TrustRoot
@@ -174,7 +173,8 @@ class Agent:
     enforcer: Enforcer
     trust: TrustKeeper
     root: TrustRoot
-    monitor: HealthMonitor
+    monitor: InstanceWatch
+    collector: Collector
 
     def __init__(
         self,
@@ -254,10 +254,12 @@ class Agent:
                 wall=self.wall,
                 source=lambda: self.source,
             )
-            self.monitor = HealthMonitor(
-                targets=self._monitor_targets,
-                on_unhealthy=self._on_unhealthy,
-                on_healthy=self._on_healthy,
+            self.monitor = InstanceWatch(
+                journal=self.journal,
+                deployer=self.deployer,
+                runtime=self.runtime,
+                events=self.events,
+                wake=self.wake,
                 on_error=lambda what, exc: self._internal(InternalFault(f"health {what}", exc), loop=False),
                 clock=self._clock,
             )
@@ -271,6 +273,15 @@ class Agent:
                 roots_dir=self.roots_dir,
                 wall=lambda: self.wall().timestamp(),
                 health_state=self.monitor.state,
+            )
+            self.collector = Collector(
+                state_dir=self.state_dir,
+                roots_dir=self.roots_dir,
+                store=self.store,
+                releases=self.releases,
+                journal=self.journal,
+                enforcer=self.enforcer,
+                events=self.events,
             )
             self.trust = TrustKeeper(self.state_dir, first_root=self.config.trust_root, journal=self.journal)
             self.root = self.trust.load()
@@ -460,65 +471,6 @@ class Agent:
             self.events.emit(event, action="stop", instance=iid)
             self.deployer.forget(iid)
 
-    # -- health monitoring -----------------------------------------------------------------------
-
-    def _monitor_targets(self) -> list[MonitorTarget]:
-        out = []
-        for rec in self.journal.state.instances:
-            spec = _spec_of(rec)
-            if spec is not None and spec.kind.uses_connector and rec.port is not None:
-                out.append(
-                    MonitorTarget(
-                        id=rec.id,
-                        interval=spec.interval,
-                        timeout=spec.timeout,
-                        retries=spec.retries,
-                        check=self._probe_for(rec, spec),
-                    )
-                )
-            else:
-                out.append(
-                    MonitorTarget(id=rec.id, interval=2.0, timeout=2.0, retries=2, check=self._alive_for(rec))
-                )
-        return out
-
-    def _probe_for(self, rec: InstanceRecord, spec: HealthSpec) -> Callable[[float], HealthResult]:
-        def check(timeout: float) -> HealthResult:
-            try:
-                connect = self.deployer.connect_for(rec)
-            except (KilnError, RolloutFailed) as exc:
-                detail = exc.message if isinstance(exc, KilnError) else exc.reason
-                return HealthResult(ok=False, detail=f"cannot reach: {detail}", latency=0.0)
-            return self.deployer.probe(spec, connect, timeout)
-
-        return check
-
-    def _alive_for(self, rec: InstanceRecord) -> Callable[[float], HealthResult]:
-        def check(timeout: float) -> HealthResult:
-            del timeout
-            try:
-                status = self.runtime.state(rec.id).status
-            except KilnError as exc:
-                return HealthResult(ok=False, detail=exc.message, latency=0.0)
-            ok = status is InstanceStatus.RUNNING
-            return HealthResult(ok=ok, detail=f"no health check; instance is {status}", latency=0.0)
-
-        return check
-
-    def _on_unhealthy(self, iid: str, result: HealthResult | None) -> None:
-        self.deployer.set_rotation(iid, False)
-        self.events.emit(
-            "unhealthy",
-            instance=iid,
-            out_of_rotation=not self.deployer.in_rotation(iid),
-            detail=result.detail if result is not None else "",
-        )
-        self.wake.set()
-
-    def _on_healthy(self, iid: str) -> None:
-        self.deployer.set_rotation(iid, True)
-        self.events.emit("healthy", instance=iid, in_rotation=self.deployer.in_rotation(iid))
-
     # -- one reconcile ---------------------------------------------------------------------------
 
     def reconcile_once(self) -> ReconcileResult:
@@ -544,7 +496,7 @@ class Agent:
             except InternalFault as fault:
                 self._internal(fault)
             try:
-                self._guard("gc", self._gc_volumes)
+                self._guard("gc", self.collector.volumes)
             except InternalFault as fault:
                 self._internal(fault)
             if result is None or (self._faults and result.outcome not in ("rolled-out", "failed")):
@@ -691,7 +643,7 @@ class Agent:
         self.metrics.count_rollout("success")
         self.events.emit("rolled_out", version=release.version, payload_digest=ref.payload_digest)
         try:
-            self._guard("gc", self._gc)
+            self._guard("gc", self.collector.releases_and_roots)
         except InternalFault as fault:
             self._internal(fault, version=release.version)
         return ReconcileResult(outcome="rolled-out", version=release.version)
@@ -754,56 +706,6 @@ class Agent:
             self.metrics.count_rollback()
             self.events.emit("rollback", to=target.version, left=left.version, by="operator")
             return target
-
-    # -- garbage collection ----------------------------------------------------------------------
-
-    def _gc(self) -> None:
-        """Keep the blobs and roots of the good and previous releases (and what serves) only."""
-        st = self.journal.state
-        keep: list[Digest] = []
-        manifests: set[str] = {r.manifest for r in st.instances}
-        for ref in (st.good, st.previous):
-            release = self._release_or_none(ref)
-            if release is None:
-                continue
-            for pin in release.images:
-                keep.append(pin.digest)
-                with contextlib.suppress(KilnError):
-                    manifests.add(str(self.store.image(pin.digest).manifest_digest))
-        with contextlib.suppress(OSError, KilnError):
-            self.store.gc(keep)
-            remove_interrupted(self.roots_dir)
-            used = {root_of(self.roots_dir, r) for r in st.instances}
-            for entry in os.scandir(self.roots_dir):
-                if entry.name == QUARANTINE:
-                    continue
-                name = entry.name.removesuffix(".json")
-                if len(name) == 64 and f"sha256:{name}" not in manifests:
-                    if self.roots_dir / name in used:
-                        continue
-                    with contextlib.suppress(KilnError, OSError):
-                        remove_root(self.roots_dir, Digest(name))
-        with contextlib.suppress(OSError, KilnError):
-            self.enforcer.remove_set_aside()
-
-    def _gc_volumes(self) -> None:
-        """Remove the volumes of instances that had their own (``volume_per_instance``) once the
-        instance is gone (not even ``known``): ``STATE/volumes/<service>/<instance id>``."""
-        base = self.state_dir / "volumes"
-        if not base.is_dir():
-            return
-        known = set(self.journal.state.known)
-        for service in os.scandir(base):
-            if not service.is_dir(follow_symlinks=False):
-                continue
-            for entry in os.scandir(service.path):
-                if entry.name.startswith(INSTANCE_PREFIX) and entry.name not in known:
-                    try:
-                        remove_tree(Path(entry.path))
-                    except OSError as exc:
-                        self.events.emit("error", what=f"remove volumes of {entry.name}", detail=str(exc))
-                    else:
-                        self.events.emit("volumes_removed", instance=entry.name)
 
     # -- status ----------------------------------------------------------------------------------
 
@@ -881,15 +783,6 @@ class Agent:
                     if stop.is_set():
                         break
                     self.enforce_once()
-
-
-def _spec_of(rec: InstanceRecord) -> HealthSpec | None:
-    if rec.health is None:
-        return None
-    try:
-        return HealthSpec.from_dict(rec.health)
-    except KilnError:
-        return None
 
 
 def _services_of(*releases: Release | None) -> list[Any]:

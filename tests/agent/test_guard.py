@@ -173,9 +173,9 @@ def test_an_exception_at_a_step_is_an_internal_refusal_and_the_agent_keeps_servi
     if outcome == "refused":
         assert result.reason == "internal"
         assert "Boom: injected" in result.detail
-    refusals = internal_refusals(env)
+    # (the health monitor's own probes may hit the same fault: look for the step's refusal)
+    refusals = [r for r in internal_refusals(env) if r["what"] == step]
     assert refusals, name
-    assert refusals[-1]["what"] == step
     assert "Boom" in refusals[-1]["detail"]
     assert a.metrics.refusals["internal"] >= 1
     assert a.journal.state.last_refusal is not None
