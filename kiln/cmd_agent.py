@@ -23,17 +23,19 @@ printed once per process, however often the loop polls.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from kiln.output import Output
 from manifests.errors import KilnError, VerificationError
 
-__all__ = ["register", "DEFAULT_CONFIG", "RECONCILE_EXIT", "OncePerProcess"]
+__all__ = ["register", "DEFAULT_CONFIG", "RECONCILE_EXIT", "OncePerProcess", "notices_once"]
 
 DEFAULT_CONFIG = Path("/etc/kiln/agent.yaml")
 #: ``kiln agent reconcile --once``: outcome -> exit code (see the module docstring).
@@ -70,10 +72,17 @@ class OncePerProcess(logging.Filter):
             return True
 
 
-def _notices_once() -> None:
+@contextlib.contextmanager
+def notices_once() -> Iterator[None]:
+    """While an agent command runs (for ``kiln agent run``: the whole process), each distinct
+    notice of the registry client is printed once."""
     logger = logging.getLogger("kiln.publisher")
-    if not any(isinstance(f, OncePerProcess) for f in logger.filters):
-        logger.addFilter(OncePerProcess())
+    once = OncePerProcess()
+    logger.addFilter(once)
+    try:
+        yield
+    finally:
+        logger.removeFilter(once)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -118,11 +127,15 @@ def _printer(out: Output) -> Any:
 
 
 def cmd_agent_run(args: argparse.Namespace, out: Output) -> int:
+    with notices_once():
+        return _agent_run(args, out)
+
+
+def _agent_run(args: argparse.Namespace, out: Output) -> int:
     from agent.reconcile import Agent
     from agent.status import StatusServer
 
     config = _config(args)
-    _notices_once()
     stop = threading.Event()
     agent = Agent(config, event_sink=_printer(out))
 
@@ -154,10 +167,14 @@ def cmd_agent_run(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_agent_reconcile(args: argparse.Namespace, out: Output) -> int:
+    with notices_once():
+        return _agent_reconcile(args, out)
+
+
+def _agent_reconcile(args: argparse.Namespace, out: Output) -> int:
     from agent.reconcile import Agent
 
     config = _config(args)
-    _notices_once()
     agent = Agent(config, event_sink=_printer(out))
     try:
         agent.start(monitor=False)

@@ -243,14 +243,29 @@ def test_reconcile_help_documents_the_exit_codes(capsys: pytest.CaptureFixture[s
 
 @pytest.mark.integration
 def test_the_plain_http_notice_is_printed_once_per_process(
-    tmp_path: Path, no_credentials: None, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+    tmp_path: Path, no_credentials: None, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """An agent polling a loopback registry three times says "plain http" once; outside an agent
+    command the registry client says it every time, as before."""
+    from kiln.cmd_agent import notices_once
+    from manifests.agentconfig import load_agent_config
+
     require_tool("docker-registry", "docker-registry")
     with RegistryProcess(root=tmp_path / "registry") as reg:
-        config = write_config(tmp_path, f"{reg.host}/team/releases", insecure="true")
-        with caplog.at_level(logging.WARNING, logger="kiln.publisher"):
-            for _ in range(3):
-                code, doc = reconcile(config, capsys)
-                assert (code, doc["source_reason"]) == (4, "not-found")
-    notices = [r for r in caplog.records if "plain http" in r.getMessage()]
-    assert len(notices) == 1
+        config = load_agent_config(write_config(tmp_path, f"{reg.host}/team/releases", insecure="true"))
+        a = Agent(config, runtime=FakeRuntime(), connector=loopback_connector, wall=Clock(NOW))
+        a.start(monitor=False)
+        try:
+            with caplog.at_level(logging.WARNING, logger="kiln.publisher"):
+                with notices_once():
+                    for _ in range(3):
+                        assert a.reconcile_once().outcome == "unavailable"
+                        assert a.source_state.last_error_reason == "not-found"
+                inside = [r for r in caplog.records if "plain http" in r.getMessage()]
+                caplog.clear()
+                assert a.reconcile_once().outcome == "unavailable"
+                outside = [r for r in caplog.records if "plain http" in r.getMessage()]
+        finally:
+            a.close(stop_instances=True)
+    assert len(inside) == 1
+    assert len(outside) == 1
