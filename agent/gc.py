@@ -19,13 +19,15 @@ from agent.events import EventLog
 from agent.journal import Journal
 from agent.releases import ReleaseStore
 from agent.runtime import INSTANCE_PREFIX
-from agent.statedir import remove_tree
 from agent.store import ContentStore
-from agent.unpack import remove_interrupted, remove_root
+from agent.unpack import remove_interrupted, remove_root, remove_tree
 from manifests.digest import Digest
 from manifests.errors import KilnError
 
 __all__ = ["Collector"]
+
+#: What :func:`agent.unpack.remove_tree` renames a tree it could not remove to (``.trash-<name>-<rnd>``).
+TRASH_PREFIX = ".trash-"
 
 
 class Collector:
@@ -87,10 +89,8 @@ class Collector:
             if not service.is_dir(follow_symlinks=False):
                 continue
             for entry in os.scandir(service.path):
-                if entry.name.startswith(INSTANCE_PREFIX) and entry.name not in known:
-                    try:
-                        remove_tree(Path(entry.path))
-                    except OSError as exc:
-                        self.events.emit("error", what=f"remove volumes of {entry.name}", detail=str(exc))
-                    else:
+                gone = entry.name.startswith(INSTANCE_PREFIX) and entry.name not in known
+                if gone or entry.name.startswith(TRASH_PREFIX):  # (a removal that failed before)
+                    remove_tree(Path(entry.path))  # never raises: what stays is renamed .trash-
+                    if gone:
                         self.events.emit("volumes_removed", instance=entry.name)

@@ -20,7 +20,7 @@ from agent.metrics import Metrics
 from agent.releasesource import ReleaseSource
 from agent.rollout import Prepared, config_digest, health_spec_for, service_port
 from agent.store import ContentStore, PulledImage
-from agent.unpack import unpack_image
+from agent.unpack import UnpackLimits, unpack_image
 from manifests.digest import Digest
 from manifests.errors import VerificationError
 from manifests.release import Release
@@ -40,12 +40,14 @@ class Preparer:
         *,
         store: ContentStore,
         roots_dir: Path,
+        limits: Callable[[], UnpackLimits | None] = lambda: None,
         metrics: Metrics,
         wall: Callable[[], datetime],
         source: Callable[[], ReleaseSource],
     ) -> None:
         self.store = store
         self.roots_dir = roots_dir
+        self.limits = limits
         self.metrics = metrics
         self.wall = wall
         self.source = source
@@ -106,7 +108,7 @@ class Preparer:
                 reason="policy",
                 hint="run one replica, or give each instance its own volumes (volume_per_instance: true)",
             )
-        root = unpack_image(self.store, image, self.roots_dir)
+        root = unpack_image(self.store, image, self.roots_dir, limits=self.limits())
         port = service_port(service, image.config)
         health, grace = health_spec_for(service, image.config)
         return Prepared(

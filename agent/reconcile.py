@@ -85,15 +85,15 @@ from agent.rollout import ConnectorFactory, Deployer, Prepared, RolloutFailed
 from agent.runtime import Runtime
 from agent.statedir import AgentBusy, StateLock
 from agent.status import status_document
-from agent.store import ContentStore
+from agent.store import ContentStore, StoreLimits
 from agent.trust import ROOT_FILE, TrustKeeper
-from agent.unpack import remove_interrupted
+from agent.unpack import UnpackLimits, remove_interrupted
 from agent.watch import InstanceWatch
 from manifests.agentconfig import AgentConfig, RuntimeKind
 from manifests.errors import DocumentError, KilnError, VerificationError
 from manifests.release import Release, Strategy
 from manifests.trustroot import TrustRoot
-from signing.release import check_release
+from signing.release import check_release, claimed_version
 
 __all__ = [
     "ROOT_FILE",
@@ -227,7 +227,7 @@ class Agent:
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.journal = Journal(self.state_dir)
-            self.store = ContentStore(self.state_dir)
+            self.store = ContentStore(self.state_dir, limits=StoreLimits.from_agent(self.config.limits))
             self.releases.open()
             self.runtime = (
                 self._runtime_arg if self._runtime_arg is not None else make_runtime(self.config, self.store)
@@ -250,6 +250,7 @@ class Agent:
             self.preparer = Preparer(
                 store=self.store,
                 roots_dir=self.roots_dir,
+                limits=lambda: UnpackLimits.from_agent(self.config.limits),  # the config in force
                 metrics=self.metrics,
                 wall=self.wall,
                 source=lambda: self.source,
@@ -809,13 +810,4 @@ def _map_reason(reason: str) -> str:
 
 def _claimed_version(envelope: bytes) -> int | None:
     """The version a refused envelope claims (for the log only; never trusted)."""
-    import base64
-    import json
-
-    try:
-        doc = json.loads(envelope[: 4 << 20])
-        payload = json.loads(base64.b64decode(doc["payload"]))
-        version = payload.get("version")
-    except (ValueError, KeyError, TypeError, RecursionError, AttributeError):
-        return None
-    return version if isinstance(version, int) and not isinstance(version, bool) else None
+    return claimed_version(envelope)

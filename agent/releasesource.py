@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent.sources import ImageLocation, open_image_location
 from manifests.agentconfig import AgentConfig
@@ -67,12 +67,22 @@ class ConfigReleaseSource:
     def fetch_release(self, channel: str) -> bytes:
         from publisher.release_artifact import fetch_release, open_release_endpoint
 
-        with open_release_endpoint(self.config.source, insecure=self.config.insecure) as endpoint:
+        with open_release_endpoint(
+            self.config.source, insecure=self.config.insecure, timeouts=_timeouts(self.config)
+        ) as endpoint:
             return fetch_release(endpoint, channel)
 
     def open_images(self, repository: str) -> AbstractContextManager[ImageLocation]:
         location = self.config.location_for(repository)
-        return open_image_location(location, staging=self.staging, insecure=self.config.insecure)
+        return open_image_location(
+            location, staging=self.staging, insecure=self.config.insecure, timeouts=_timeouts(self.config)
+        )
+
+
+def _timeouts(config: AgentConfig) -> Any:
+    from publisher.session import Timeouts  # loads httpx: only when a registry is used
+
+    return Timeouts.from_limits(config.limits)
 
 
 def source_reason(exc: BaseException) -> str:

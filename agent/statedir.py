@@ -16,7 +16,7 @@ from pathlib import Path
 
 from agent.errors import AgentError
 
-__all__ = ["LOCK_FILE", "AgentBusy", "StateLock", "remove_tree"]
+__all__ = ["LOCK_FILE", "AgentBusy", "StateLock"]
 
 LOCK_FILE = "agent.lock"
 
@@ -56,39 +56,3 @@ class StateLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-
-def remove_tree(path: Path) -> None:
-    """Remove ``path`` and everything below it, iteratively (no recursion, whatever the depth) and
-    through directory descriptors (no path grows past PATH_MAX); symlinks are removed, never
-    followed. A missing ``path`` is fine."""
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        top = os.open(path, flags)
-    except FileNotFoundError:
-        return
-    except NotADirectoryError:
-        os.unlink(path)
-        return
-    stack: list[tuple[int, str | None]] = [(top, None)]  # (fd of a directory, its name in the parent)
-    try:
-        while stack:
-            fd, _name = stack[-1]
-            child = None
-            with os.scandir(fd) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        child = entry.name
-                        break
-                    os.unlink(entry.name, dir_fd=fd)
-            if child is not None:
-                stack.append((os.open(child, flags, dir_fd=fd), child))
-                continue
-            stack.pop()
-            os.close(fd)
-            if stack and _name is not None:
-                os.rmdir(_name, dir_fd=stack[-1][0])
-    finally:
-        for fd, _name in stack:
-            os.close(fd)
-    os.rmdir(path)
