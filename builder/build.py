@@ -20,8 +20,9 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 
 from builder.bom import OwnerLookup, attestation_documents, collect_inputs
 from builder.cache import BuildCache, CacheKey, StatEntry
@@ -35,16 +36,29 @@ from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import KilnError
 from manifests.image import ImageManifest
-from manifests.layout import OCILayout
+from manifests.layout import REF_NAME, OCILayout
 from manifests.mediatypes import Compression, MediaType
 from manifests.oci import Descriptor, OCIManifest
 from manifests.version import VERSION
 
-__all__ = ["OutputFormat", "LayerInfo", "BuildResult", "build_image", "docker_repo_tag"]
+__all__ = [
+    "OutputFormat",
+    "LayerInfo",
+    "BuildResult",
+    "build_image",
+    "docker_repo_tag",
+    "image_reference",
+    "name_annotations",
+    "CONTAINERD_NAME",
+]
 
 Progress = Callable[[str], None]
 
 _MAX_SMALL_BLOB = 64 << 20  # a config, manifest, SBOM or provenance kept in the cache
+
+# The image's name in an index entry, as Docker 25+ writes it: containerd (ctr, nerdctl) and podman
+# read it on import; the full reference also goes into ref.name.
+CONTAINERD_NAME = "io.containerd.image.name"
 
 SBOM_ANNOTATION = "dev.kiln.sbom"
 PROVENANCE_ANNOTATION = "dev.kiln.provenance"
@@ -93,6 +107,33 @@ def docker_repo_tag(name: str, version: str) -> str:
     return f"{name.lower()}:{tag}"
 
 
+_REFERENCE = re.compile(
+    r"^(?P<name>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
+    r":(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$"
+)
+
+
+def image_reference(name: str, version: str, override: str | None = None) -> str:
+    """The image's full reference ``NAME:TAG`` written into archives and layouts.
+
+    ``override`` (``kiln build --name``) replaces it; it must be ``NAME:TAG`` in Docker's grammar
+    (a registry host with a port is allowed in the name, ``[A-Z]`` only in the tag).
+    """
+    if override is None:
+        return docker_repo_tag(name, version)
+    if _REFERENCE.match(override) is None:
+        raise BuildError(
+            f"--name {override!r} is not a NAME:TAG image reference",
+            hint="e.g. registry.example:5000/team/app:1.2.0 (lowercase name, then a tag)",
+        )
+    return override
+
+
+def name_annotations(reference: str) -> dict[str, str]:
+    """The index-entry annotations that name an image as Docker 25+ does."""
+    return {CONTAINERD_NAME: reference, REF_NAME: reference}
+
+
 def build_image(
     manifest: ImageManifest,
     *,
@@ -102,9 +143,15 @@ def build_image(
     source_date_epoch: int = 0,
     force: bool = False,
     progress: Progress | None = None,
+    name: str | None = None,
 ) -> BuildResult:
-    """Build ``manifest`` into ``output``; see the module docstring for the guarantees."""
+    """Build ``manifest`` into ``output``; see the module docstring for the guarantees.
+
+    The image is named ``name`` (a full ``NAME:TAG`` reference) or, by default, the manifest's
+    ``name:version``, in ``index.json`` and in a docker-archive's ``RepoTags``.
+    """
     fmt = OutputFormat(fmt)
+    reference = image_reference(manifest.name, manifest.version, name)
     mtime = check_epoch(source_date_epoch)
     say = progress or (lambda _msg: None)
     output = Path(output)
@@ -129,7 +176,7 @@ def build_image(
         layout = OCILayout.create(stage / "layout")
         built = None
         if cache is not None and build_key is not None:
-            built = _reuse_build(cache, build_key, layout, manifest.version)
+            built = _reuse_build(cache, build_key, layout, reference)
         if built is None:
             built = _build_layout(
                 manifest,
@@ -141,6 +188,7 @@ def build_image(
                 cache=cache,
                 mtime=mtime,
                 say=say,
+                reference=reference,
             )
             if cache is not None and build_key is not None:
                 _remember_build(cache, build_key, layout, built)
@@ -153,7 +201,7 @@ def build_image(
                 docker_manifest(
                     config=built.config_digest,
                     layers=[layer.digest for layer in built.layers],
-                    repo_tag=docker_repo_tag(manifest.name, manifest.version),
+                    repo_tag=reference,
                 )
             )
         _install(layout.root, output, fmt=fmt, mtime=mtime, stage=stage)
@@ -199,6 +247,7 @@ def _build_layout(
     cache: BuildCache | None,
     mtime: int,
     say: Progress,
+    reference: str,
 ) -> _Built:
     results = _write_layers(plans, stat_keys, layout=layout, comp=comp, cache=cache, mtime=mtime, say=say)
     layers = tuple(r[0] for r in results)
@@ -246,7 +295,7 @@ def _build_layout(
             PROVENANCE_ANNOTATION: str(layout.write_blob(provenance)),
         },
     )
-    layout.tag(entry, manifest.version)
+    _tag_named(layout, entry, reference)
     return _Built(
         digest=digest,
         config_digest=config_digest,
@@ -302,7 +351,7 @@ def _remember_build(cache: BuildCache, build_key: str, layout: OCILayout, built:
         cache.store_build(build_key, record)
 
 
-def _reuse_build(cache: BuildCache, build_key: str, layout: OCILayout, tag: str) -> _Built | None:
+def _reuse_build(cache: BuildCache, build_key: str, layout: OCILayout, reference: str) -> _Built | None:
     """Put a recorded build's blobs (re-hashed while linked) and index entry into ``layout``;
     ``None`` if there is no usable record, and the caller builds normally."""
     record = cache.lookup_build(build_key)
@@ -339,8 +388,14 @@ def _reuse_build(cache: BuildCache, build_key: str, layout: OCILayout, tag: str)
     except (OSError, KilnError, KeyError, TypeError, ValueError):
         cache.forget_build(build_key)
         return None
-    layout.tag(built.index_entry, tag)
+    _tag_named(layout, built.index_entry, reference)
     return built
+
+
+def _tag_named(layout: OCILayout, entry: Descriptor, reference: str) -> None:
+    ann = {k: v for k, v in entry.annotations.items() if k not in (CONTAINERD_NAME, REF_NAME)}
+    ann.update(name_annotations(reference))
+    layout.tag(replace(entry, annotations=MappingProxyType(ann)), reference)
 
 
 def _write_layers(

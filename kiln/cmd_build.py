@@ -27,6 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-o", "--output", type=Path, help="output path (default: out/NAME[.tar])")
     p.add_argument("--format", choices=FORMATS, default="oci", help="output format (default: oci)")
     p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument(
+        "--name",
+        metavar="NAME:TAG",
+        help="the image's name in the output (default: the manifest's name:version), "
+        "e.g. registry.example/team/app:1.2.0",
+    )
     p.add_argument("--cache-dir", type=Path, help="build cache (default: $KILN_CACHE_DIR or ~/.cache/kiln)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the build cache")
     p.add_argument(
@@ -111,6 +117,7 @@ def cmd_build(args: argparse.Namespace, out: Output) -> int:
         source_date_epoch=epoch,
         force=args.force,
         progress=out.progress,
+        name=args.name,
     )
     layers: list[dict[str, Any]] = [
         {

@@ -300,6 +300,11 @@ class OCILayout:
         for desc in manifests:
             if desc.annotations.get(REF_NAME) == ref:
                 return desc
+        # A build names its image with a full reference (``name:1.0.0``, as Docker 25+ does): its
+        # tag alone finds it too, when only one reference has that tag.
+        named = [d for d in manifests if _reference_tag(d.annotations.get(REF_NAME, "")) == ref]
+        if len(named) == 1:
+            return named[0]
         known = sorted(n for d in manifests if (n := d.annotations.get(REF_NAME)) is not None)
         raise DocumentError(
             f"{self.root}: no tag {ref!r}",
@@ -330,6 +335,14 @@ class OCILayout:
         if len(kept) == len(index.manifests):
             raise DocumentError(f"{self.root}: no tag {name!r}")
         self.write_index(replace(index, manifests=kept, raw=None))
+
+
+def _reference_tag(name: str) -> str | None:
+    """The tag of a full ``NAME:TAG`` reference in ref.name (``None`` for a bare tag)."""
+    head, sep, tag = name.rpartition(":")
+    if not sep or not head or "/" in tag:
+        return None
+    return tag
 
 
 def _check_expected(digest: Digest, expected: Digest | None) -> None:
