@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kiln.output import Output
+from kiln.output import Output, UsageError
 from manifests.errors import KilnError
 
 __all__ = ["register", "source_date_epoch", "default_cache_dir"]
@@ -58,13 +58,17 @@ def source_date_epoch(value: str | None) -> int:
     if value is None or value == "":
         return 0
     if not value.isascii() or not value.isdigit():
-        raise KilnError(
+        # A bad flag is a usage error (2); a bad environment variable a failure (1).
+        error = UsageError if origin.startswith("--") else KilnError
+        raise error(
             f"{origin}={value!r} is not a non-negative integer",
             hint="use seconds since 1970-01-01T00:00:00Z, e.g. $(git log -1 --format=%ct)",
         )
     epoch = int(value)
     if epoch > _MAX_EPOCH:
-        raise KilnError(f"{origin}={value} is too large (max {_MAX_EPOCH})")
+        raise (UsageError if origin.startswith("--") else KilnError)(
+            f"{origin}={value} is too large (max {_MAX_EPOCH})"
+        )
     return epoch
 
 

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln.output import Output
+from kiln.output import Output, UsageError
 from manifests.digest import Digest
 from manifests.errors import KilnError
 from manifests.oci import Descriptor, OCIManifest
@@ -169,13 +169,13 @@ def cmd_publish(args: argparse.Namespace, out: Output) -> int:
             raise
         src_loc = LayoutLocation(directory=Path(args.src))  # a missing directory: say so below
     if not isinstance(src_loc, LayoutLocation):
-        raise KilnError(
+        raise UsageError(
             f"publish takes a built OCI layout, not {args.src}",
             hint="use kiln copy to move an image between registries",
         )
     dest_loc = parse_location(args.dest)
     if dest_loc.tag is not None or dest_loc.digest is not None:
-        raise KilnError(
+        raise UsageError(
             f"publish names the repository only, not a tag or digest: {args.dest}",
             hint="the version tag comes from the image; add moving names with --channel",
         )
@@ -308,7 +308,7 @@ def cmd_copy(args: argparse.Namespace, out: Output) -> int:
     src_loc = parse_location(args.src)
     dest_loc = parse_location(args.dest)
     if dest_loc.digest is not None:
-        raise KilnError(
+        raise UsageError(
             f"DEST names a digest: {args.dest}", hint="the digest is the source's; name a tag or nothing"
         )
     tag = dest_loc.tag or src_loc.tag

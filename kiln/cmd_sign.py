@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from builder.build import PROVENANCE_ANNOTATION, SBOM_ANNOTATION
-from kiln.output import Output
+from kiln.output import Output, UsageError
 from manifests.atomic import atomic_write
 from manifests.canonical import canonical_json, pretty_json
 from manifests.digest import Digest
@@ -130,7 +130,7 @@ def parse_image_ref(text: str) -> ImageRef:
     """``oci:DIR``, ``oci:DIR:TAG``, ``oci:DIR@sha256:HEX``; a bare directory is ``oci:DIR``."""
     body = text[4:] if text.startswith("oci:") else text
     if not body:
-        raise KilnError(f"invalid image reference {text!r}", hint="use oci:DIR[:TAG]")
+        raise UsageError(f"invalid image reference {text!r}", hint="use oci:DIR[:TAG]")
     if "@" in body:
         directory, _, dig = body.rpartition("@")
         return ImageRef(directory=Path(directory), digest=Digest.parse(dig))
@@ -271,7 +271,7 @@ def _optional(pairs: list[str]) -> dict[str, str] | None:
     for pair in pairs:
         k, sep, v = pair.partition("=")
         if not sep or not k:
-            raise KilnError(f"invalid annotation {pair!r}", hint="use KEY=VALUE")
+            raise UsageError(f"invalid annotation {pair!r}", hint="use KEY=VALUE")
         out[k] = v
     return out
 
@@ -282,7 +282,7 @@ def cmd_sign(args: argparse.Namespace, out: Output) -> int:
     with open_image(args.image, insecure=args.insecure) as image:
         identity = args.identity or image.registry_name
         if identity is None:
-            raise KilnError("sign needs --identity REPO", hint="the repository the image is published as")
+            raise UsageError("sign needs --identity REPO", hint="the repository the image is published as")
         signer = _signer(args)
         reference = f"{identity}:{image.tag}" if image.tag else identity
         signed = sign_image(
@@ -317,7 +317,7 @@ def _verify(args: argparse.Namespace, image: OpenedImage) -> list[Digest]:
         from signing.policy import MAX_POLICY_BYTES, TrustPolicy
 
         if repository is None:
-            raise KilnError("--policy needs --identity REPO")
+            raise UsageError("--policy needs --identity REPO")
         policy = TrustPolicy.from_bytes(
             read_capped(args.policy, limit=MAX_POLICY_BYTES, what="trust policy"), source=str(args.policy)
         )
@@ -337,9 +337,9 @@ def _verify(args: argparse.Namespace, image: OpenedImage) -> list[Digest]:
         verify_blobs_only(store, root)
         return verified
     if not args.key:
-        raise KilnError("verify needs --key PUB (or --policy FILE)")
+        raise UsageError("verify needs --key PUB (or --policy FILE)")
     if repository is None:
-        raise KilnError("verify needs --identity REPO", hint="the repository the image was signed for")
+        raise UsageError("verify needs --identity REPO", hint="the repository the image was signed for")
     identity = Identity(repository=repository, tag=image.tag)
     return list(
         verify_image(store, root, identity=identity, keys=_public_keys(args.key), threshold=args.threshold)

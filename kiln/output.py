@@ -7,9 +7,41 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-__all__ = ["Output", "JSON_VERSION"]
+from manifests.errors import KilnError, ManifestError
+
+__all__ = ["Output", "JSON_VERSION", "UsageError", "error_document"]
 
 JSON_VERSION = 1
+
+
+class UsageError(KilnError):
+    """The command line itself is wrong (a missing or conflicting option): exit 2, like argparse."""
+
+    exit_code = 2
+
+
+def error_document(
+    message: str, *, hint: str | None, exit_code: int, exc: BaseException | None = None
+) -> str:
+    """The one JSON object a failed ``--json`` command prints on stdout.
+
+    ``{"version": 1, "error": {"message", "hint", "exit_code", "problems": [...]}}``; each problem
+    is ``{"file", "line", "column", "path", "message"}`` (a manifest's every problem; otherwise none).
+    """
+    problems: list[dict[str, Any]] = []
+    if isinstance(exc, ManifestError):
+        problems = [
+            {
+                "file": p.file,
+                "line": p.line,
+                "column": p.col,
+                "path": p.path,
+                "message": p.message if p.hint is None else f"{p.message} ({p.hint})",
+            }
+            for p in exc.problems
+        ]
+    error = {"message": message, "hint": hint, "exit_code": exit_code, "problems": problems}
+    return json.dumps({"version": JSON_VERSION, "error": error}, sort_keys=True, indent=2)
 
 
 @dataclass(slots=True)

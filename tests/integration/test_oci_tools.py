@@ -54,7 +54,7 @@ def test_oci_image_tool_validates_the_layout(built: dict[str, dict[str, object]]
 def test_skopeo_reads_the_layout_with_our_digest(built: dict[str, dict[str, object]]) -> None:
     require_tool("skopeo", "skopeo")
     info = built["python-web"]
-    ref = f"oci:{info['output']}:{info['image_version']}"
+    ref = f"oci:{info['output']}:{info['name']}:{info['image_version']}"  # the full reference
     proc = subprocess.run(["skopeo", "inspect", ref], capture_output=True, text=True, timeout=120, check=True)
     data = json.loads(proc.stdout)
     assert data["Digest"] == info["digest"]
@@ -68,7 +68,13 @@ def test_umoci_unpacks_python_web(built: dict[str, dict[str, object]], tmp_path:
     info = built["python-web"]
     bundle = tmp_path / "bundle"
     subprocess.run(
-        ["umoci", "unpack", "--image", f"{info['output']}:{info['image_version']}", str(bundle)],
+        [
+            "umoci",
+            "unpack",
+            "--image",
+            f"{info['output']}:{info['name']}:{info['image_version']}",
+            str(bundle),
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -133,7 +139,13 @@ def test_runc_runs_hello_static(built: dict[str, dict[str, object]], tmp_path: P
     info = built["hello-static"]
     bundle = tmp_path / "bundle"
     subprocess.run(
-        ["umoci", "unpack", "--image", f"{info['output']}:{info['image_version']}", str(bundle)],
+        [
+            "umoci",
+            "unpack",
+            "--image",
+            f"{info['output']}:{info['name']}:{info['image_version']}",
+            str(bundle),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
