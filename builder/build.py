@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 
+from builder.attestations import timestamp
 from builder.bom import OwnerLookup, attestation_documents, collect_inputs
 from builder.cache import BuildCache, CacheKey, StatEntry
 from builder.compress import ANNOTATION, BackgroundSink, Compressor
@@ -50,6 +51,10 @@ __all__ = [
     "image_reference",
     "name_annotations",
     "CONTAINERD_NAME",
+    "SBOM_ARTIFACT_TYPE",
+    "PROVENANCE_ARTIFACT_TYPE",
+    "RECORD_ARTIFACT_TYPES",
+    "record_artifact",
 ]
 
 Progress = Callable[[str], None]
@@ -60,8 +65,13 @@ _MAX_SMALL_BLOB = 64 << 20  # a config, manifest, SBOM or provenance kept in the
 # read it on import; the full reference also goes into ref.name.
 CONTAINERD_NAME = "io.containerd.image.name"
 
-SBOM_ANNOTATION = "dev.kiln.sbom"
-PROVENANCE_ANNOTATION = "dev.kiln.provenance"
+# The unsigned build records, stored as OCI 1.1 artifacts whose ``subject`` is the image and listed
+# (untagged) in index.json: reachable, so `umoci gc` keeps them, found through the referrers of the
+# image, and pushed as referrers by `kiln publish` (ADR 0018). `kiln attest` signs them.
+SBOM_ARTIFACT_TYPE = str(MediaType.SPDX_JSON)
+PROVENANCE_ARTIFACT_TYPE = str(MediaType.IN_TOTO)
+RECORD_ARTIFACT_TYPES = (SBOM_ARTIFACT_TYPE, PROVENANCE_ARTIFACT_TYPE)
+_EMPTY_CONFIG = b"{}"
 
 
 class OutputFormat(enum.StrEnum):
@@ -194,6 +204,8 @@ def build_image(
                 _remember_build(cache, build_key, layout, built)
         else:
             say("unchanged since the last build: its result is reused from the cache")
+        if fmt is not OutputFormat.OCI:
+            _drop_referrers(layout, built)
         if fmt is OutputFormat.DOCKER_ARCHIVE:
             from builder.archive import docker_manifest  # archives only: kept off the common path
 
@@ -234,6 +246,7 @@ class _Built:
     layers: tuple[LayerInfo, ...]
     files: tuple[FileRecord, ...]
     index_entry: Descriptor
+    referrers: tuple[Descriptor, ...]  # the build records (SBOM, provenance) as artifacts
 
 
 def _build_layout(
@@ -289,12 +302,14 @@ def _build_layout(
         digest=digest,
         size=len(manifest_bytes),
         platform=manifest.platform,
-        # Unsigned build records, kept beside the image for `kiln attest` to sign.
-        annotations={
-            SBOM_ANNOTATION: str(layout.write_blob(sbom)),
-            PROVENANCE_ANNOTATION: str(layout.write_blob(provenance)),
-        },
     )
+    subject = Descriptor(media_type=MediaType.OCI_MANIFEST, digest=digest, size=len(manifest_bytes))
+    referrers = tuple(
+        record_artifact(layout, subject, data, artifact_type, created=timestamp(mtime))
+        for data, artifact_type in ((sbom, SBOM_ARTIFACT_TYPE), (provenance, PROVENANCE_ARTIFACT_TYPE))
+    )
+    for ref in referrers:
+        layout.add(ref)
     _tag_named(layout, entry, reference)
     return _Built(
         digest=digest,
@@ -303,6 +318,35 @@ def _build_layout(
         layers=layers,
         files=files,
         index_entry=entry,
+        referrers=referrers,
+    )
+
+
+def record_artifact(
+    layout: OCILayout, subject: Descriptor, data: bytes, artifact_type: str, *, created: str
+) -> Descriptor:
+    """Store ``data`` as an OCI 1.1 artifact about ``subject``; returns its index descriptor.
+
+    The manifest is an image manifest with ``artifactType``, the empty config, one layer holding
+    the bytes, and ``subject``: what the image-spec recommends, what registries without artifact
+    support still accept, and what `oras discover`/`cosign tree` list.
+    """
+    blob = layout.write_blob(data)
+    empty = layout.write_blob(_EMPTY_CONFIG)
+    man = OCIManifest(
+        config=Descriptor(media_type=MediaType.OCI_EMPTY, digest=empty, size=len(_EMPTY_CONFIG)),
+        layers=(Descriptor(media_type=artifact_type, digest=blob, size=len(data)),),
+        subject=subject,
+        artifact_type=artifact_type,
+        annotations={"org.opencontainers.image.created": created},
+    )
+    raw = man.to_bytes()
+    return Descriptor(
+        media_type=MediaType.OCI_MANIFEST,
+        digest=layout.write_blob(raw),
+        size=len(raw),
+        artifact_type=artifact_type,
+        annotations={"org.opencontainers.image.created": created},
     )
 
 
@@ -326,9 +370,12 @@ def _remember_build(cache: BuildCache, build_key: str, layout: OCILayout, built:
     only costs time)."""
     entry = built.index_entry
     small = [built.config_digest, built.digest]
-    small += [Digest.parse(entry.annotations[a]) for a in (SBOM_ANNOTATION, PROVENANCE_ANNOTATION)]
+    for ref in built.referrers:
+        small.append(ref.digest)
+        small += [d.digest for d in _artifact_blobs(layout, ref)]
     record = {
         "index_entry": entry.to_dict(),
+        "referrers": [r.to_dict() for r in built.referrers],
         "config": str(built.config_digest),
         "size": built.size,
         "small_blobs": [str(d) for d in small],
@@ -343,7 +390,7 @@ def _remember_build(cache: BuildCache, build_key: str, layout: OCILayout, built:
             }
             for x in built.layers
         ],
-        "files": [[f.path, str(f.sha256), f.size] for f in built.files],
+        "files": [[f.path, str(f.sha256), f.size, f.sha1] for f in built.files],
     }
     with contextlib.suppress(OSError, KilnError):
         for d in small:
@@ -376,7 +423,11 @@ def _reuse_build(cache: BuildCache, build_key: str, layout: OCILayout, reference
             d = Digest.parse(text)
             layout.link_blob(cache.blob_path(d), d)
         entry = Descriptor.from_dict(record["index_entry"])
-        files = tuple(FileRecord(path=p, sha256=Digest.parse(h), size=int(n)) for p, h, n in record["files"])
+        referrers = tuple(Descriptor.from_dict(r) for r in record["referrers"])
+        files = tuple(
+            FileRecord(path=p, sha256=Digest.parse(h), size=int(n), sha1=str(s1))
+            for p, h, n, s1 in record["files"]
+        )
         built = _Built(
             digest=entry.digest,
             config_digest=Digest.parse(record["config"]),
@@ -384,12 +435,36 @@ def _reuse_build(cache: BuildCache, build_key: str, layout: OCILayout, reference
             layers=layers,
             files=files,
             index_entry=entry,
+            referrers=referrers,
         )
     except (OSError, KilnError, KeyError, TypeError, ValueError):
         cache.forget_build(build_key)
         return None
+    for ref in built.referrers:
+        layout.add(ref)
     _tag_named(layout, built.index_entry, reference)
     return built
+
+
+def _drop_referrers(layout: OCILayout, built: _Built) -> None:
+    """An archive is for engines: ``podman load`` refuses an oci-archive whose index lists more
+    than one manifest, so archives carry the image alone (the records stay in the cache and in
+    the ``oci`` format, ADR 0018)."""
+    keep = {built.digest, built.config_digest, *(layer.digest for layer in built.layers)}
+    for ref in built.referrers:
+        for d in (ref, *_artifact_blobs(layout, ref)):
+            if d.digest not in keep:
+                with contextlib.suppress(FileNotFoundError):
+                    layout.blob_path(d.digest).unlink()
+    index = layout.index()
+    layout.write_index(
+        replace(index, manifests=tuple(d for d in index.manifests if d.artifact_type is None), raw=None)
+    )
+
+
+def _artifact_blobs(layout: OCILayout, ref: Descriptor) -> tuple[Descriptor, ...]:
+    man = OCIManifest.from_bytes(layout.read_blob(ref.digest))
+    return (man.config, *man.layers)
 
 
 def _tag_named(layout: OCILayout, entry: Descriptor, reference: str) -> None:
@@ -466,7 +541,7 @@ def _write_layer(
                     diff_id=known.diff_id,
                     size=known.tar_size,
                     entries=known.entries,
-                    files=tuple(FileRecord(path=p, sha256=d, size=n) for p, d, n in known.files),
+                    files=tuple(FileRecord(path=p, sha256=d, size=n, sha1=s1) for p, d, n, s1 in known.files),
                 )
                 return _info(plan, comp, hit.digest, hit.size, stats, cached=True), stats
         # 2. Same content under another identity (a new checkout, a touched file): hash the tar
@@ -520,7 +595,7 @@ def _remember(cache: BuildCache, stat_key: str | None, stats: TarStats) -> None:
                 diff_id=stats.diff_id,
                 tar_size=stats.size,
                 entries=stats.entries,
-                files=tuple((f.path, f.sha256, f.size) for f in stats.files),
+                files=tuple((f.path, f.sha256, f.size, f.sha1) for f in stats.files),
             ),
         )
 

@@ -23,13 +23,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from builder.build import PROVENANCE_ANNOTATION, SBOM_ANNOTATION
+from builder.build import PROVENANCE_ARTIFACT_TYPE, SBOM_ARTIFACT_TYPE
 from kiln.output import Output, UsageError
 from manifests.atomic import atomic_write
 from manifests.canonical import canonical_json, pretty_json
 from manifests.digest import Digest
 from manifests.errors import DocumentError, KilnError, VerificationError
-from manifests.oci import Descriptor, parse_json_object
+from manifests.layout import OCILayout
+from manifests.mediatypes import MediaType
+from manifests.oci import Descriptor, OCIManifest, parse_json_object
 from signing.attestation import STATEMENT_V1, PredicateKind
 from signing.cosign import attestation_tag, signature_tag
 from signing.errors import PassphraseError
@@ -39,7 +41,7 @@ from signing.signer import PassphraseCallback, Signer, load_signer, read_capped
 from signing.store import ArtifactStore, LayoutStore
 from signing.verify import Identity
 
-__all__ = ["register", "ImageRef", "parse_image_ref", "SBOM_ANNOTATION", "PROVENANCE_ANNOTATION"]
+__all__ = ["register", "ImageRef", "parse_image_ref", "build_records"]
 
 _PASSWORD_ENV = ("KILN_PASSWORD", "COSIGN_PASSWORD")
 _MAX_ATTESTATION_BYTES = 64 * 1024 * 1024
@@ -378,46 +380,57 @@ def _statement_for(kind: PredicateKind, blob: bytes, root: Descriptor, name: str
     return canonical_json(statement)
 
 
-def _build_records(args: argparse.Namespace, image: OpenedImage) -> tuple[ArtifactStore, Descriptor]:
-    """Where the unsigned SBOM and provenance are: the image's own layout, or ``--build DIR``."""
+def build_records(layout: OCILayout, digest: Digest) -> dict[PredicateKind, bytes]:
+    """The unsigned SBOM and provenance a build stored about ``digest``: OCI 1.1 artifacts in the
+    layout's index whose ``subject`` is the image (ADR 0018)."""
+    kinds = {SBOM_ARTIFACT_TYPE: PredicateKind.SPDX, PROVENANCE_ARTIFACT_TYPE: PredicateKind.SLSAPROVENANCE}
+    found: dict[PredicateKind, bytes] = {}
+    for desc in layout.index().manifests:
+        kind = kinds.get(desc.artifact_type or "")
+        if kind is None or kind in found or desc.media_type != MediaType.OCI_MANIFEST:
+            continue
+        man = OCIManifest.from_bytes(layout.read_blob(desc.digest))
+        if man.subject is None or man.subject.digest != digest or len(man.layers) != 1:
+            continue
+        found[kind] = layout.read_blob(man.layers[0].digest, limit=_MAX_ATTESTATION_BYTES)
+    return found
+
+
+def _build_records(args: argparse.Namespace, image: OpenedImage) -> dict[PredicateKind, bytes]:
+    """The records to sign: from the image's own layout, or ``--build DIR``."""
     if args.build is None:
         if image.layout is None:
-            raise KilnError(
+            raise UsageError(
                 f"{image.name}: attesting an image in a registry needs the build's records",
                 hint="pass --build DIR: the OCI layout kiln build wrote for this image",
             )
-        return image.store, image.root
-    build = parse_image_ref(args.build)
-    store = LayoutStore.open(build.directory)
-    for desc in store.layout.index().manifests:
-        if desc.digest == image.root.digest and (SBOM_ANNOTATION in desc.annotations):
-            return store, desc
-    raise KilnError(
-        f"{build.directory}: holds no build records for {image.root.digest}",
-        hint="name the layout kiln build wrote for exactly this image",
-    )
+        layout = OCILayout.open(image.layout.directory)
+    else:
+        layout = OCILayout.open(parse_image_ref(args.build).directory)
+    records = build_records(layout, image.root.digest)
+    if not records and args.build is not None:
+        raise KilnError(
+            f"{args.build}: holds no build records for {image.root.digest}",
+            hint="name the layout kiln build wrote for exactly this image",
+        )
+    return records
 
 
 def cmd_attest(args: argparse.Namespace, out: Output) -> int:
     from signing.image import attest_image
 
     with open_image(args.image, insecure=args.insecure) as image:
-        records, described = _build_records(args, image)
+        records = _build_records(args, image)
         root = image.root
         kinds = [PredicateKind(t) for t in (args.types or [k.value for k in PredicateKind])]
-        annotation = {
-            PredicateKind.SPDX: SBOM_ANNOTATION,
-            PredicateKind.SLSAPROVENANCE: PROVENANCE_ANNOTATION,
-        }
         statements = []
         for kind in kinds:
-            dig = described.annotations.get(annotation[kind])
-            if dig is None:
+            blob = records.get(kind)
+            if blob is None:
                 raise KilnError(
-                    f"{image.name}: the image has no {kind} recorded ({annotation[kind]} annotation)",
-                    hint="rebuild it with a kiln that records attestations",
+                    f"{image.name}: the image has no {kind} recorded (no {kind} artifact refers to it)",
+                    hint="rebuild it with this kiln (it stores SBOM and provenance as referrers)",
                 )
-            blob = records.read_blob(Digest.parse(dig), limit=_MAX_ATTESTATION_BYTES)
             statements.append((kind, _statement_for(kind, blob, root, image.name)))
         signer = _signer(args)
         for kind, statement in statements:

@@ -29,7 +29,15 @@ from manifests.errors import DocumentError, VerificationError
 from manifests.mediatypes import MediaType
 from manifests.oci import MAX_DOCUMENT_BYTES, Descriptor, OCIIndex, parse_json_object
 
-__all__ = ["OCILayout", "BlobSink", "REF_NAME", "LAYOUT_FILE", "INDEX_FILE", "is_cosign_tag"]
+__all__ = [
+    "OCILayout",
+    "BlobSink",
+    "REF_NAME",
+    "LAYOUT_FILE",
+    "INDEX_FILE",
+    "is_cosign_tag",
+    "select_manifest",
+]
 
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_FILE = "oci-layout"
@@ -280,36 +288,10 @@ class OCILayout:
         """Find a manifest by tag, by ``sha256:`` digest, or (``None``) the only image in the index.
 
         With ``None``, signatures and attestations stored beside an image (cosign's
-        ``sha256-<hex>.sig``/``.att`` tags) do not count: a signed layout still has one image.
+        ``sha256-<hex>.sig``/``.att`` tags, artifacts whose subject is the image) do not count: a
+        signed layout still has one image.
         """
-        manifests = self.index().manifests
-        if ref is None:
-            images = [d for d in manifests if not is_cosign_tag(d.annotations.get(REF_NAME, ""))]
-            if len(images) != 1:
-                raise DocumentError(
-                    f"{self.root}: holds {len(images)} images; name one",
-                    hint="give a tag or a sha256: digest",
-                )
-            return images[0]
-        if ref.startswith("sha256:"):
-            digest = Digest.parse(ref)
-            for desc in manifests:
-                if desc.digest == digest:
-                    return desc
-            raise DocumentError(f"{self.root}: no manifest {ref} in the index")
-        for desc in manifests:
-            if desc.annotations.get(REF_NAME) == ref:
-                return desc
-        # A build names its image with a full reference (``name:1.0.0``, as Docker 25+ does): its
-        # tag alone finds it too, when only one reference has that tag.
-        named = [d for d in manifests if _reference_tag(d.annotations.get(REF_NAME, "")) == ref]
-        if len(named) == 1:
-            return named[0]
-        known = sorted(n for d in manifests if (n := d.annotations.get(REF_NAME)) is not None)
-        raise DocumentError(
-            f"{self.root}: no tag {ref!r}",
-            hint=f"tags: {', '.join(known)}" if known else "the index has no tags",
-        )
+        return select_manifest(self.index().manifests, ref, where=str(self.root))
 
     def tag(self, descriptor: Descriptor, name: str) -> None:
         """Point ``name`` at ``descriptor`` (an existing tag of that name is moved)."""
@@ -335,6 +317,41 @@ class OCILayout:
         if len(kept) == len(index.manifests):
             raise DocumentError(f"{self.root}: no tag {name!r}")
         self.write_index(replace(index, manifests=kept, raw=None))
+
+
+def select_manifest(manifests: tuple[Descriptor, ...], ref: str | None, *, where: str) -> Descriptor:
+    """The index entry ``ref`` names (see :meth:`OCILayout.resolve`); an archive's index too."""
+    if ref is None:
+        # Artifacts about an image (its SBOM and provenance: ``artifactType`` set) are not images.
+        images = [
+            d
+            for d in manifests
+            if not is_cosign_tag(d.annotations.get(REF_NAME, "")) and d.artifact_type is None
+        ]
+        if len(images) != 1:
+            raise DocumentError(
+                f"{where}: holds {len(images)} images; name one", hint="give a tag or a sha256: digest"
+            )
+        return images[0]
+    if ref.startswith("sha256:"):
+        digest = Digest.parse(ref)
+        for desc in manifests:
+            if desc.digest == digest:
+                return desc
+        raise DocumentError(f"{where}: no manifest {ref} in the index")
+    for desc in manifests:
+        if desc.annotations.get(REF_NAME) == ref:
+            return desc
+    # A build names its image with a full reference (``name:1.0.0``, as Docker 25+ does): its
+    # tag alone finds it too, when only one reference has that tag.
+    named = [d for d in manifests if _reference_tag(d.annotations.get(REF_NAME, "")) == ref]
+    if len(named) == 1:
+        return named[0]
+    known = sorted(n for d in manifests if (n := d.annotations.get(REF_NAME)) is not None)
+    raise DocumentError(
+        f"{where}: no tag {ref!r}",
+        hint=f"tags: {', '.join(known)}" if known else "the index has no tags",
+    )
 
 
 def _reference_tag(name: str) -> str | None:

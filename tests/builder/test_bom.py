@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 import builder.bom
-from builder.build import PROVENANCE_ANNOTATION, SBOM_ANNOTATION, BuildResult, build_image
+from builder.build import BuildResult, build_image
 from builder.cache import BuildCache
-from manifests.digest import Digest
+from kiln.cmd_sign import build_records
 from manifests.image_parse import load_image_manifest
 from manifests.layout import OCILayout
+from signing.attestation import PredicateKind
 
 MANIFEST = """\
 apiVersion: kiln.dev/v1
@@ -39,11 +40,11 @@ def _build(tmp: Path, out: str, *, cache: BuildCache | None = None, epoch: int =
 
 def _records(result: BuildResult) -> tuple[dict[str, object], dict[str, object], dict[str, str]]:
     layout = OCILayout.open(result.output)
-    (desc,) = layout.index().manifests
-    ann = dict(desc.annotations)
-    sbom = json.loads(layout.read_blob(Digest.parse(ann[SBOM_ANNOTATION]), limit=1 << 24))
-    prov = json.loads(layout.read_blob(Digest.parse(ann[PROVENANCE_ANNOTATION]), limit=1 << 24))
-    return sbom, prov, ann
+    desc = layout.resolve(None)
+    records = build_records(layout, desc.digest)  # the referrers of the image (ADR 0018)
+    sbom = json.loads(records[PredicateKind.SPDX])
+    prov = json.loads(records[PredicateKind.SLSAPROVENANCE])
+    return sbom, prov, dict(desc.annotations)
 
 
 def test_sbom_lists_every_file_and_the_host_packages(tmp_path: Path) -> None:
