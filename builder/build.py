@@ -295,7 +295,12 @@ def _build_layout(
         OwnerLookup(cache.root if cache is not None else None),
     )
     sbom, provenance = attestation_documents(
-        manifest, image_digest=digest, files=files, inputs=inputs, source_date_epoch=mtime
+        manifest,
+        image_digest=digest,
+        files=files,
+        inputs=inputs,
+        source_date_epoch=mtime,
+        reference=reference,
     )
     entry = Descriptor(
         media_type=MediaType.OCI_MANIFEST,

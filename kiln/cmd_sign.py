@@ -396,6 +396,18 @@ def build_records(layout: OCILayout, digest: Digest) -> dict[PredicateKind, byte
     return found
 
 
+def _subject_name(records: Mapping[PredicateKind, bytes]) -> str | None:
+    """The image's name in the build's provenance: the SBOM's statement gets the same subject name."""
+    blob = records.get(PredicateKind.SLSAPROVENANCE)
+    if blob is None:
+        return None
+    subjects = parse_json_object(blob, what="provenance", limit=_MAX_ATTESTATION_BYTES).get("subject")
+    if isinstance(subjects, list) and subjects and isinstance(subjects[0], dict):
+        name = subjects[0].get("name")
+        return name if isinstance(name, str) and name else None
+    return None
+
+
 def _build_records(args: argparse.Namespace, image: OpenedImage) -> dict[PredicateKind, bytes]:
     """The records to sign: from the image's own layout, or ``--build DIR``."""
     if args.build is None:
@@ -423,6 +435,7 @@ def cmd_attest(args: argparse.Namespace, out: Output) -> int:
         records = _build_records(args, image)
         root = image.root
         kinds = [PredicateKind(t) for t in (args.types or [k.value for k in PredicateKind])]
+        subject = _subject_name(records) or image.name
         statements = []
         for kind in kinds:
             blob = records.get(kind)
@@ -431,7 +444,7 @@ def cmd_attest(args: argparse.Namespace, out: Output) -> int:
                     f"{image.name}: the image has no {kind} recorded (no {kind} artifact refers to it)",
                     hint="rebuild it with this kiln (it stores SBOM and provenance as referrers)",
                 )
-            statements.append((kind, _statement_for(kind, blob, root, image.name)))
+            statements.append((kind, _statement_for(kind, blob, root, subject)))
         signer = _signer(args)
         for kind, statement in statements:
             attest_image(image.store, root, [signer], statement)

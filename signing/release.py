@@ -88,7 +88,7 @@ def add_signature(envelope: Envelope, signer: Signer) -> Envelope:
             f"the envelope is already signed by key {key.key_id}",
             hint="a threshold counts distinct keys: another signer must sign",
         )
-    signature = DsseSignature(keyid=key.key_id, sig=signer.sign(message))
+    signature = DsseSignature(keyid=key.dsse_key_id, sig=signer.sign(message))
     return Envelope(
         payload_type=envelope.payload_type,
         payload=envelope.payload,

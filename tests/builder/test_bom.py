@@ -73,11 +73,14 @@ def test_provenance_names_the_image_the_manifest_and_relative_file_inputs(tmp_pa
         "uri": "image.yaml",
         "digest": {"sha256": manifest_sha},
     }
-    uris = {d["uri"]: d for d in definition["resolvedDependencies"]}
-    assert "app/run.sh" in uris  # relative to the manifest: no checkout path in the record
+    names = {d["name"]: d for d in definition["resolvedDependencies"]}
+    assert "app/run.sh" in names  # relative to the manifest: no checkout path in the record
+    assert "uri" not in names["app/run.sh"]
     assert str(tmp_path) not in json.dumps(prov)
-    assert uris["/usr/bin/true"]["annotations"]["kind"] == "closure"
-    assert uris["/usr/bin/true"]["annotations"]["package"].startswith("coreutils")
+    assert names["/usr/bin/true"]["uri"] == "file:///usr/bin/true"
+    assert names["/usr/bin/true"]["annotations"]["kind"] == "closure"
+    assert names["/usr/bin/true"]["annotations"]["package"].startswith("coreutils")
+    assert names["/usr/bin/true"]["annotations"]["purl"].startswith("pkg:deb/debian/coreutils@")
     meta = prov["predicate"]["runDetails"]["metadata"]  # type: ignore[index]
     assert meta["startedOn"] == "2023-11-14T22:13:20Z"
 
