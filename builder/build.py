@@ -313,8 +313,7 @@ def _build_layout(
         record_artifact(layout, subject, data, artifact_type, created=timestamp(mtime))
         for data, artifact_type in ((sbom, SBOM_ARTIFACT_TYPE), (provenance, PROVENANCE_ARTIFACT_TYPE))
     )
-    for ref in referrers:
-        layout.add(ref)
+    layout.add_referrers(referrers, digest)
     _tag_named(layout, entry, reference)
     return _Built(
         digest=digest,
@@ -445,8 +444,7 @@ def _reuse_build(cache: BuildCache, build_key: str, layout: OCILayout, reference
     except (OSError, KilnError, KeyError, TypeError, ValueError):
         cache.forget_build(build_key)
         return None
-    for ref in built.referrers:
-        layout.add(ref)
+    layout.add_referrers(built.referrers, built.digest)
     _tag_named(layout, built.index_entry, reference)
     return built
 
@@ -462,9 +460,15 @@ def _drop_referrers(layout: OCILayout, built: _Built) -> None:
                 with contextlib.suppress(FileNotFoundError):
                     layout.blob_path(d.digest).unlink()
     index = layout.index()
-    layout.write_index(
-        replace(index, manifests=tuple(d for d in index.manifests if d.artifact_type is None), raw=None)
+    fallback = f"sha256-{built.digest.hex}"
+    for d in index.manifests:
+        if d.annotations.get(REF_NAME) == fallback:
+            with contextlib.suppress(FileNotFoundError):
+                layout.blob_path(d.digest).unlink()
+    kept = tuple(
+        d for d in index.manifests if d.artifact_type is None and d.annotations.get(REF_NAME) != fallback
     )
+    layout.write_index(replace(index, manifests=kept, raw=None))
 
 
 def _artifact_blobs(layout: OCILayout, ref: Descriptor) -> tuple[Descriptor, ...]:

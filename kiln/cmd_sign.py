@@ -136,6 +136,11 @@ def parse_image_ref(text: str) -> ImageRef:
     if "@" in body:
         directory, _, dig = body.rpartition("@")
         return ImageRef(directory=Path(directory), digest=Digest.parse(dig))
+    # A build names its image with a full reference (``oci:out/app:app:1.0.0``, as skopeo and umoci
+    # address it): the first colon after which an existing layout ends the directory.
+    for i, char in enumerate(body):
+        if char == ":" and i and (Path(body[:i]) / "oci-layout").is_file() and body[i + 1 :]:
+            return ImageRef(directory=Path(body[:i]), tag=body[i + 1 :])
     directory, sep, tag = body.rpartition(":")
     if sep and directory and "/" not in tag and tag:
         return ImageRef(directory=Path(directory), tag=tag)
@@ -385,11 +390,15 @@ def build_records(layout: OCILayout, digest: Digest) -> dict[PredicateKind, byte
     layout's index whose ``subject`` is the image (ADR 0018)."""
     kinds = {SBOM_ARTIFACT_TYPE: PredicateKind.SPDX, PROVENANCE_ARTIFACT_TYPE: PredicateKind.SLSAPROVENANCE}
     found: dict[PredicateKind, bytes] = {}
-    for desc in layout.index().manifests:
-        kind = kinds.get(desc.artifact_type or "")
-        if kind is None or kind in found or desc.media_type != MediaType.OCI_MANIFEST:
+    for desc in layout.referrers(digest):
+        if desc.media_type != MediaType.OCI_MANIFEST:
             continue
         man = OCIManifest.from_bytes(layout.read_blob(desc.digest))
+        # The manifest's own artifactType: a copy by an older tool (skopeo 1.9) drops it from
+        # the index's descriptors.
+        kind = kinds.get(man.artifact_type or desc.artifact_type or "")
+        if kind is None or kind in found:
+            continue
         if man.subject is None or man.subject.digest != digest or len(man.layers) != 1:
             continue
         found[kind] = layout.read_blob(man.layers[0].digest, limit=_MAX_ATTESTATION_BYTES)

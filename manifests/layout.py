@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
@@ -27,7 +27,7 @@ from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
 from manifests.mediatypes import MediaType
-from manifests.oci import MAX_DOCUMENT_BYTES, Descriptor, OCIIndex, parse_json_object
+from manifests.oci import MAX_DOCUMENT_BYTES, Descriptor, OCIIndex, OCIManifest, parse_json_object
 
 __all__ = [
     "OCILayout",
@@ -310,6 +310,51 @@ class OCILayout:
         if any(d.digest == descriptor.digest and REF_NAME not in d.annotations for d in index.manifests):
             return
         self.write_index(replace(index, manifests=(*index.manifests, descriptor), raw=None))
+
+    def add_referrers(self, descriptors: Sequence[Descriptor], subject: Digest) -> None:
+        """Record artifacts about ``subject`` (their manifests name it as ``subject``) twice over:
+        as untagged index entries (OCI 1.1 layouts; `umoci gc` keeps what the index lists) and in
+        the referrers tag schema's ``sha256-<hex>`` index (what `skopeo copy --all` can carry)."""
+        for desc in descriptors:
+            self.add(desc)
+        tag = f"sha256-{subject.hex}"
+        current = self.tags().get(tag)
+        listed: tuple[Descriptor, ...] = ()
+        if current is not None:
+            listed = OCIIndex.from_bytes(self.read_blob(current.digest)).manifests
+        new = [d for d in descriptors if all(x.digest != d.digest for x in listed)]
+        if not new:
+            return
+        fallback = OCIIndex(manifests=(*listed, *new)).to_bytes()
+        digest = self.write_blob(fallback)
+        self.tag(Descriptor(media_type=MediaType.OCI_INDEX, digest=digest, size=len(fallback)), tag)
+        if current is not None and all(d.digest != current.digest for d in self.index().manifests):
+            # The superseded referrers index is garbage now: remove it as `umoci gc` would.
+            with contextlib.suppress(FileNotFoundError):
+                self.blob_path(current.digest).unlink()
+
+    def referrers(self, subject: Digest) -> tuple[Descriptor, ...]:
+        """Artifacts about ``subject``: untagged index entries whose manifest names it, and the
+        entries of its ``sha256-<hex>`` referrers index (one layout may hold either or both)."""
+        found: dict[Digest, Descriptor] = {}
+        index = self.index().manifests
+        for desc in index:
+            if desc.artifact_type is None or REF_NAME in desc.annotations:
+                continue
+            if desc.media_type != MediaType.OCI_MANIFEST or desc.digest in found:
+                continue
+            try:
+                man = OCIManifest.from_bytes(self.read_blob(desc.digest))
+            except DocumentError:
+                continue
+            if man.subject is not None and man.subject.digest == subject:
+                found[desc.digest] = desc
+        tag = f"sha256-{subject.hex}"
+        for desc in index:
+            if desc.annotations.get(REF_NAME) == tag and desc.media_type == MediaType.OCI_INDEX:
+                for listed in OCIIndex.from_bytes(self.read_blob(desc.digest)).manifests:
+                    found.setdefault(listed.digest, listed)
+        return tuple(found.values())
 
     def untag(self, name: str) -> None:
         index = self.index()

@@ -126,6 +126,17 @@ def _parse_index(man: Manifest, *, what: str) -> OCIIndex:
         raise VerificationError(f"{what}: {exc.message}", reason="manifest") from None
 
 
+def _referrer_descriptor(man: Manifest) -> Descriptor:
+    """A referrer's descriptor with its ``artifactType`` (the manifest's, else its config's media
+    type, as the distribution spec lists referrers), so the fallback index says what each one is."""
+    try:
+        parsed = OCIManifest.from_bytes(man.data)
+    except DocumentError:
+        return man.descriptor
+    kind = parsed.artifact_type or parsed.config.media_type
+    return dataclasses.replace(man.descriptor, artifact_type=kind)
+
+
 def _manifest_blobs(man: Manifest, *, what: str) -> tuple[Descriptor, ...]:
     parsed = _parse_manifest(man, what=what)
     return (parsed.config, *parsed.layers)
@@ -303,7 +314,7 @@ def copy_closure(
             cosign_tags.append(tag)
     for man in closure.referrers:
         written += _put_manifest(dest, man)
-        dest.add_referrer(closure.digest, man.descriptor)
+        dest.add_referrer(closure.digest, _referrer_descriptor(man))
     return CopyResult(
         digest=closure.digest,
         blobs=counts,
