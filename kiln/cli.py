@@ -133,6 +133,20 @@ def _skip_final_collection() -> None:
     atexit.register(gc.freeze)
 
 
+def _show_warnings() -> None:
+    """The publisher's warnings (``--insecure`` in force) as ``kiln: warning:`` lines on the current
+    stderr, every time. Only set up when ``--insecure`` is given: logging stays unloaded otherwise."""
+    import logging
+
+    class WarningLines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            print(f"kiln: warning: {record.getMessage()}", file=sys.stderr, flush=True)
+
+    logger = logging.getLogger("kiln.publisher")
+    if not any(type(h).__name__ == "WarningLines" for h in logger.handlers):
+        logger.addHandler(WarningLines(level=logging.WARNING))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Known before parsing, so a usage error is one JSON object too (``--`` ends the options).
@@ -147,6 +161,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     out = Output(json_mode=args.json, quiet=args.quiet)
     _skip_final_collection()
+    if getattr(args, "insecure", False):
+        _show_warnings()
 
     def fail(message: str, hint: str | None, code: int, exc: BaseException | None = None) -> int:
         if args.debug:

@@ -101,10 +101,6 @@ def test_conflicting_version_exits_1_naming_the_holder(
             ["publish", "SRC", "oci:DEST", "--channel", "1.0.0"],
             "kiln: error: channel '1.0.0' is the version tag",
         ),
-        (
-            ["publish", "SRC", "example.test/app", "--insecure"],
-            "kiln: error: --insecure is only allowed for a registry on loopback, not example.test",
-        ),
         (["publish", "SRC:nope", "oci:DEST"], "kiln: error: oci:SRC: no tag 'nope'"),
         (["publish", "MISSING", "oci:DEST"], "kiln: error: MISSING: not an OCI image layout"),
     ],
