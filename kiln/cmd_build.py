@@ -44,8 +44,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(handler=cmd_build)
 
     p = sub.add_parser("inspect", help="show an image's config, layers and files")
-    p.add_argument("image", type=Path, help="OCI layout directory, oci-archive or docker-archive")
+    p.add_argument(
+        "image",
+        help="a layout (DIR, oci:DIR[:TAG], DIR@sha256:HEX), an oci-archive or docker-archive, "
+        "or a registry image HOST[:PORT]/REPO[:TAG|@DIGEST]",
+    )
     p.add_argument("--no-files", action="store_true", help="omit the file listing")
+    p.add_argument("--insecure", action="store_true", help="plain http to the registry (warned about)")
     p.set_defaults(handler=cmd_inspect)
 
 
@@ -157,17 +162,56 @@ def cmd_build(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _inspect_target(text: str) -> tuple[Path, str | None] | None:
+    """(path, tag or digest) for a layout or archive on disk; ``None`` for a registry reference.
+
+    ``oci:DIR:TAG`` and ``DIR:TAG`` split at the first colon after which an existing path ends
+    (a tag may be a full ``name:version`` reference); ``DIR@sha256:HEX`` names a digest.
+    """
+    body = text.removeprefix("oci:")
+    if Path(body).exists():
+        return Path(body), None
+    head, at, digest = body.rpartition("@")
+    if at and digest.startswith("sha256:") and Path(head).exists():
+        return Path(head), digest
+    for i, char in enumerate(body):
+        if char == ":" and i and body[i + 1 :] and Path(body[:i]).exists():
+            return Path(body[:i]), body[i + 1 :]
+    if text.startswith("oci:") or "/" not in text:
+        return Path(body), None  # missing: the open below says so, naming it
+    return None
+
+
+def _readable(value: Any) -> str:
+    """A config value as a person reads it: strings bare, lists and objects as JSON."""
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
 def cmd_inspect(args: argparse.Namespace, out: Output) -> int:
+    import contextlib
+    import tempfile
+
     from builder.inspect import format_tree, inspect_image
 
-    info = inspect_image(args.image)
+    with contextlib.ExitStack() as stack:
+        target = _inspect_target(args.image)
+        if target is None:
+            from kiln.cmd_publish import fetch_image
+
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kiln-inspect-")))
+            digest = fetch_image(args.image, tmp / "image", insecure=args.insecure, progress=out.progress)
+            target = (tmp / "image", str(digest))
+        path, ref = target
+        info = inspect_image(path, ref=ref)
     if args.no_files:
         info.pop("files", None)
     lines = [f"{args.image}", f"  digest  {info['digest']}"]
     cfg = info.get("config", {})
     for key in ("user", "entrypoint", "cmd", "workdir", "env", "ports"):
         if cfg.get(key):
-            lines.append(f"  {key:<8}{cfg[key]}")
+            lines.append(f"  {key:<10} {_readable(cfg[key])}")
     lines.append(f"  layers  {len(info['layers'])}")
     for layer in info["layers"]:
         lines.append(f"    {layer['digest']}  {_human_size(layer['size'])}  {layer.get('files', '?')} files")

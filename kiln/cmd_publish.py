@@ -14,7 +14,7 @@ import gc
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -278,6 +278,25 @@ def cmd_pull(args: argparse.Namespace, out: Output) -> int:
     data["source"] = str(loc)
     out.result(f"{pinned}\n  pulled from {loc}\n  " + _blobs_line(copied.blobs), data)
     return 0
+
+
+def fetch_image(
+    text: str, out_dir: Path, *, insecure: bool, progress: Callable[[str], None] | None = None
+) -> Digest:
+    """Pull the image ``text`` names (a registry reference; ``:latest`` when it names none) into a
+    new layout ``out_dir``; returns its digest (``kiln inspect`` of a registry image)."""
+    loc = parse_location(text)
+    if isinstance(loc, Reference) and loc.tag is None and loc.digest is None:
+        loc = Reference(registry=loc.registry, repository=loc.repository, tag="latest")
+    ref = _selector(loc)
+    if ref is None:
+        raise UsageError(f"{text}: name a tag or a digest")
+    with open_endpoint(loc, insecure=insecure, jobs=4) as src:
+        dest = LayoutRepository(out_dir, create=True)
+        closure, _ = copy_image(src.endpoint, dest, ref, jobs=4, progress=progress)
+        with dest.locked():
+            dest.layout.add(closure.root.descriptor)
+    return closure.digest
 
 
 def _copy_data(reference: str, copied: CopyResult, tags: list[str]) -> dict[str, object]:

@@ -347,7 +347,9 @@ def _verify(args: argparse.Namespace, image: OpenedImage) -> list[Digest]:
         raise UsageError("verify needs --key PUB (or --policy FILE)")
     if repository is None:
         raise UsageError("verify needs --identity REPO", hint="the repository the image was signed for")
-    identity = Identity(repository=repository, tag=image.tag)
+    # As cosign: the signature's docker-reference must name the repository; the tag it was reached
+    # by (a moving channel such as :stable) is not compared, unless --identity names one itself.
+    identity = Identity.parse(repository)
     return list(
         verify_image(store, root, identity=identity, keys=_public_keys(args.key), threshold=args.threshold)
     )
