@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from builder.errors import SourceError
+from builder.errors import BuildError, ClosureError, SourceError
 from builder.tree import Category, Entry, EntryKind, FileTree, default_mode, normalize_path, sort_key
 from manifests.image import (
     ClosureSource,
@@ -166,8 +166,9 @@ class _Assembler:
             st = os.stat(src)
         except OSError as exc:
             raise SourceError(
-                f"{origin}.src: {src}: {exc.strerror.lower() if exc.strerror else exc}",
+                f"{src}: {exc.strerror.lower() if exc.strerror else exc}",
                 hint=f"paths in 'files' are relative to the manifest directory {self.base}",
+                at=f"{origin}.src",
             ) from exc
         self.inputs.append(InputRecord(origin=origin, kind="files", path=spec.src))
         if stat.S_ISDIR(st.st_mode):
@@ -187,7 +188,7 @@ class _Assembler:
             )
             return
         if not stat.S_ISREG(st.st_mode):
-            raise SourceError(f"{origin}.src: {src}: not a regular file or directory")
+            raise SourceError(f"{src}: not a regular file or directory", at=f"{origin}.src")
         dst_text = spec.dst
         if dst_text.endswith("/"):
             dst_text += src.name
@@ -214,8 +215,9 @@ class _Assembler:
         if not src.is_dir():
             what = "not a directory" if src.exists() else "no such directory"
             raise SourceError(
-                f"{origin}.src: {src}: {what}",
+                f"{src}: {what}",
                 hint=f"tree sources are directories, relative to the manifest directory {self.base}",
+                at=f"{origin}.src",
             )
         self.inputs.append(InputRecord(origin=origin, kind="tree", path=str(src.resolve())))
         dst = normalize_path(item.dst, what=f"{origin}.dst")
@@ -415,7 +417,14 @@ class _Assembler:
         from builder.elf import resolve_closure
 
         sysroot = self.host(item.sysroot)
-        closure = resolve_closure(item.paths, sysroot)
+        try:
+            closure = resolve_closure(item.paths, sysroot)
+        except ClosureError as exc:
+            if exc.at is None:
+                # The message names the path it is about first: point at that entry of paths.
+                k = next((k for k, p in enumerate(item.paths) if exc.message.startswith(f"{p}:")), None)
+                exc.at = f"{origin}.paths[{k}]" if k is not None else f"{origin}.paths"
+            raise
         for f in closure.files:
             try:
                 st = os.stat(f.host_path)
@@ -516,8 +525,23 @@ def _special_kind(mode: int) -> str:
 
 
 def assemble(manifest: ImageManifest) -> Assembly:
-    """Build the normalized tree for ``manifest`` (reads host metadata; file bytes are read later)."""
-    return _Assembler(manifest).run()
+    """Build the normalized tree for ``manifest`` (reads host metadata; file bytes are read later).
+
+    An input that is missing or unusable is reported where the manifest names it: the error keeps
+    its type, its text becomes ``FILE:LINE:COL: contents[0].files[1].src: ...`` and its
+    ``problems`` hold that one positioned problem (what ``--json`` lists).
+    """
+    try:
+        return _Assembler(manifest).run()
+    except BuildError as exc:
+        if exc.at is None or getattr(exc, "problems", None):
+            raise
+        problem = manifest.problem(exc.at, exc.message, exc.hint)
+        exc.problems = (problem,)
+        exc.message = str(problem)
+        exc.hint = None  # now inside the problem's text, as a manifest's own problems carry theirs
+        exc.args = (exc.message,)
+        raise
 
 
 def iter_regular(entries: Iterable[Entry]) -> Iterable[Entry]:

@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from manifests.errors import KilnError, ManifestError
+from manifests.errors import KilnError, ManifestError, Problem
 
 __all__ = ["Output", "JSON_VERSION", "UsageError", "error_document"]
 
@@ -29,7 +29,9 @@ def error_document(
     is ``{"file", "line", "column", "path", "message"}`` (a manifest's every problem; otherwise none).
     """
     problems: list[dict[str, Any]] = []
-    if isinstance(exc, ManifestError):
+    located = getattr(exc, "problems", None)  # a build error found at its place in the manifest
+    if isinstance(exc, ManifestError) or (located and all(isinstance(p, Problem) for p in located)):
+        assert exc is not None  # noqa: S101 - narrowed by the condition
         problems = [
             {
                 "file": p.file,
@@ -38,7 +40,7 @@ def error_document(
                 "path": p.path,
                 "message": p.message if p.hint is None else f"{p.message} ({p.hint})",
             }
-            for p in exc.problems
+            for p in getattr(exc, "problems", ())
         ]
     error = {"message": message, "hint": hint, "exit_code": exit_code, "problems": problems}
     return json.dumps({"version": JSON_VERSION, "error": error}, sort_keys=True, indent=2)
