@@ -58,6 +58,8 @@ __all__ = [
 ]
 
 Progress = Callable[[str], None]
+# A live view of bytes written: (key, description, bytes done, bytes in all); see kiln.progress.
+Meter = Callable[[str, str, int, int], None]
 
 _MAX_SMALL_BLOB = 64 << 20  # a config, manifest, SBOM or provenance kept in the cache
 
@@ -104,6 +106,24 @@ class BuildResult:
     compression: str
     files: tuple[FileRecord, ...]
     inputs: tuple[InputRecord, ...]
+
+
+class _MeteredSink:
+    """Counts the tar bytes on their way to the compressor, for a live view (every 1 MiB)."""
+
+    def __init__(self, inner: BackgroundSink, meter: Meter, key: str, label: str, total: int) -> None:
+        self._inner = inner
+        self._meter = meter
+        self._key, self._label, self._total = key, label, total
+        self._done = 0
+        self._shown = 0
+
+    def write(self, data: bytes, /) -> None:
+        self._inner.write(data)
+        self._done += len(data)
+        if self._done - self._shown >= 1 << 20:
+            self._shown = self._done
+            self._meter(self._key, self._label, self._done, self._total)
 
 
 class _NullSink:
@@ -154,6 +174,7 @@ def build_image(
     force: bool = False,
     progress: Progress | None = None,
     name: str | None = None,
+    meter: Meter | None = None,
 ) -> BuildResult:
     """Build ``manifest`` into ``output``; see the module docstring for the guarantees.
 
@@ -199,6 +220,7 @@ def build_image(
                 mtime=mtime,
                 say=say,
                 reference=reference,
+                meter=meter,
             )
             if cache is not None and build_key is not None:
                 _remember_build(cache, build_key, layout, built)
@@ -261,8 +283,11 @@ def _build_layout(
     mtime: int,
     say: Progress,
     reference: str,
+    meter: Meter | None = None,
 ) -> _Built:
-    results = _write_layers(plans, stat_keys, layout=layout, comp=comp, cache=cache, mtime=mtime, say=say)
+    results = _write_layers(
+        plans, stat_keys, layout=layout, comp=comp, cache=cache, mtime=mtime, say=say, meter=meter
+    )
     layers = tuple(r[0] for r in results)
     config = image_config(
         manifest,
@@ -491,9 +516,10 @@ def _write_layers(
     cache: BuildCache | None,
     mtime: int,
     say: Progress,
+    meter: Meter | None = None,
 ) -> list[tuple[LayerInfo, TarStats]]:
     def one(item: tuple[LayerPlan, str | None]) -> tuple[LayerInfo, TarStats]:
-        return _write_layer(item[0], item[1], layout=layout, comp=comp, cache=cache, mtime=mtime)
+        return _write_layer(item[0], item[1], layout=layout, comp=comp, cache=cache, mtime=mtime, meter=meter)
 
     workers = max(1, min(len(plans), os.cpu_count() or 1, 4))
     items = list(zip(plans, stat_keys, strict=True))
@@ -537,6 +563,7 @@ def _write_layer(
     comp: Compressor,
     cache: BuildCache | None,
     mtime: int,
+    meter: Meter | None = None,
 ) -> tuple[LayerInfo, TarStats]:
     first: TarStats | None = None
     key: CacheKey | None = None
@@ -564,9 +591,16 @@ def _write_layer(
                 return _info(plan, comp, hit.digest, hit.size, first, cached=True), first
     # 3. Write it: tar on this thread, compression and the blob's hash on a second one.
     with layout.blob_writer(durable=False) as blob:
-        sink = BackgroundSink(comp.sink(blob, size=tar_size(plan.entries, mtime=mtime)))
+        total = tar_size(plan.entries, mtime=mtime)
+        sink = BackgroundSink(comp.sink(blob, size=total))
         try:
-            stats = write_tar(plan.entries, sink, mtime=mtime)
+            if meter is None:
+                stats = write_tar(plan.entries, sink, mtime=mtime)
+            else:
+                label = f"layer {plan.category}: {plan.file_count} files"
+                bar = f"layer-{id(plan)}"
+                stats = write_tar(plan.entries, _MeteredSink(sink, meter, bar, label, total), mtime=mtime)
+                meter(bar, label, total, total)
         except BaseException:
             sink.abort()
             raise

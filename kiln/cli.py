@@ -43,6 +43,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "release": ("kiln.cmd_release", "sign, verify and publish release manifests"),
     "root": ("kiln.cmd_release", "create, sign and rotate trust roots"),
     "agent": ("kiln.cmd_agent", "run the host agent; its status, rollback and trust updates"),
+    "completion": ("kiln.cmd_completion", "print a shell completion script (bash or zsh)"),
 }
 VERB_MODULES: tuple[str, ...] = tuple(dict.fromkeys(module for module, _ in VERBS.values()))
 

@@ -128,16 +128,20 @@ def cmd_build(args: argparse.Namespace, out: Output) -> int:
         suffix = "" if args.format == "oci" else ".tar"
         output = Path("out") / f"{manifest.name.replace('/', '_')}{suffix}"
     cache = None if args.no_cache else BuildCache(args.cache_dir or default_cache_dir())
-    result = build_image(
-        manifest,
-        output=output,
-        fmt=args.format,
-        cache=cache,
-        source_date_epoch=epoch,
-        force=args.force,
-        progress=out.progress,
-        name=args.name,
-    )
+    from kiln.progress import live_progress
+
+    with live_progress(out) as live:
+        result = build_image(
+            manifest,
+            output=output,
+            fmt=args.format,
+            cache=cache,
+            source_date_epoch=epoch,
+            force=args.force,
+            progress=out.progress,
+            name=args.name,
+            meter=live.update if live is not None else None,
+        )
     layers: list[dict[str, Any]] = [
         {
             "digest": str(layer.digest),

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.output import Output, UsageError
+from kiln.progress import LiveProgress, live_progress
 from manifests.digest import Digest
 from manifests.errors import KilnError
 from manifests.oci import Descriptor, OCIManifest
@@ -189,7 +190,10 @@ def cmd_publish(args: argparse.Namespace, out: Output) -> int:
         root, layout_tag = built_image(src, src_loc.tag)
     version = image_version(src, root, layout_tag=layout_tag)
     check_channels(args.channel, version_tag(version))  # refuse before creating anything at DEST
-    with open_endpoint(dest_loc, insecure=args.insecure, jobs=args.jobs, create=True) as dest:
+    with (
+        open_endpoint(dest_loc, insecure=args.insecure, jobs=args.jobs, create=True) as dest,
+        live_progress(out) as live,
+    ):
         result = publish(
             src,
             root,
@@ -198,6 +202,7 @@ def cmd_publish(args: argparse.Namespace, out: Output) -> int:
             channels=args.channel,
             jobs=args.jobs,
             progress=out.progress,
+            watch=_blob_bars(live),
         )
     data = result.to_dict()
     lines = [result.reference]
@@ -265,7 +270,10 @@ def cmd_pull(args: argparse.Namespace, out: Output) -> int:
             assert isinstance(layout_src, LayoutRepository)  # noqa: S101 - a layout without a selector
             ref = built_image(layout_src, None)[0].digest
         dest = LayoutRepository(stage, create=True)
-        closure, copied = copy_image(src.endpoint, dest, ref, jobs=args.jobs, progress=out.progress)
+        with live_progress(out) as live:
+            closure, copied = copy_image(
+                src.endpoint, dest, ref, jobs=args.jobs, progress=out.progress, watch=_blob_bars(live)
+            )
         tag = _out_tag(loc, closure.root)
         if tag is not None:
             dest.set_tag(tag, closure.root)
@@ -278,6 +286,17 @@ def cmd_pull(args: argparse.Namespace, out: Output) -> int:
     data["source"] = str(loc)
     out.result(f"{pinned}\n  pulled from {loc}\n  " + _blobs_line(copied.blobs), data)
     return 0
+
+
+def _blob_bars(live: LiveProgress | None) -> Callable[[Digest, int, int], None] | None:
+    """One live bar per blob (bytes and rate), keyed by digest."""
+    if live is None:
+        return None
+
+    def watch(digest: Digest, done: int, size: int) -> None:
+        live.update(str(digest), f"blob {digest.hex[:12]}", done, size)
+
+    return watch
 
 
 def fetch_image(

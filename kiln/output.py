@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -54,10 +55,16 @@ class Output:
     quiet: bool = False
     stdout: TextIO = field(default_factory=lambda: sys.stdout)
     stderr: TextIO = field(default_factory=lambda: sys.stderr)
+    # While live bars are drawn (kiln.progress), progress lines go through them, above the bars.
+    progress_sink: Callable[[str], None] | None = None
 
     def progress(self, message: str) -> None:
         """A progress line on stderr (plain lines; never on stdout)."""
-        if not self.quiet:
+        if self.quiet:
+            return
+        if self.progress_sink is not None:
+            self.progress_sink(message)
+        else:
             print(message, file=self.stderr, flush=True)
 
     def warn(self, message: str) -> None:

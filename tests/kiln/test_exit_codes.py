@@ -107,6 +107,7 @@ TABLE: dict[str, list[tuple[Case, int]]] = {
             2,
         )
     ],
+    "completion": [(lambda p: ["completion", "fish"], 2)],
     "agent": [
         (lambda p: ["agent", "status", "--config", str(p["base"] / "no-agent.yaml")], 1),
         (lambda p: ["agent", "nope"], 2),
