@@ -12,7 +12,7 @@ DEBS_DEMO := python3.11 python3-venv busybox-static docker.io runc curl ca-certi
 DEBS_TEST := $(DEBS_DEMO) gcc libc6-dev skopeo umoci oci-image-tool buildah docker-registry openssl \
              cpio erofs-utils cryptsetup-bin util-linux iproute2 podman containerd tmux
 
-.PHONY: help debs-demo debs-test venv lint typecheck unit test demo bench clean
+.PHONY: help debs-demo debs-test venv lint typecheck unit test demo bench clean lock
 
 help:
 	@echo "make demo   build the examples, load python-web into a private Docker engine and curl it"
@@ -55,6 +55,14 @@ bench: debs-test venv
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/push.py
 	$(BIN)/python bench/agent.py
+
+# The Containerfile's hashed requirements (runtime and build backend), from PyPI, for the image's
+# Python 3.11 on x86_64 Linux.
+lock: venv
+	$(BIN)/python -m pip install -q uv
+	$(BIN)/uv pip compile pyproject.toml requirements-build.in --generate-hashes --python-version 3.11 \
+	    --python-platform x86_64-unknown-linux-gnu --index-url https://pypi.org/simple --no-header \
+	    --emit-index-url -o requirements.lock
 
 clean:
 	rm -rf out demo-out .pytest_cache .mypy_cache .ruff_cache
