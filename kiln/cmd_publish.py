@@ -366,14 +366,16 @@ def cmd_copy(args: argparse.Namespace, out: Output) -> int:
             raise PublishError(f"{src.endpoint.display}: no image {ref}", hint="check the tag or digest")
         if tag is not None:
             _check_tag_free(dest.endpoint, tag, root_man.digest, force=args.force)
-        closure, copied = copy_image(
-            src.endpoint,
-            dest.endpoint,
-            root_man.digest,
-            jobs=args.jobs,
-            mount_from=_mount_from(src, dest),
-            progress=out.progress,
-        )
+        with live_progress(out) as live:
+            closure, copied = copy_image(
+                src.endpoint,
+                dest.endpoint,
+                root_man.digest,
+                jobs=args.jobs,
+                mount_from=_mount_from(src, dest),
+                progress=out.progress,
+                watch=_blob_bars(live),
+            )
         with dest.endpoint.locked():
             if tag is not None:
                 current = _check_tag_free(dest.endpoint, tag, closure.digest, force=args.force)
