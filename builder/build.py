@@ -209,6 +209,7 @@ def build_image(
         if cache is not None and build_key is not None:
             built = _reuse_build(cache, build_key, layout, reference)
         if built is None:
+            _prewarm_record_libraries()
             built = _build_layout(
                 manifest,
                 assembly,
@@ -377,6 +378,34 @@ def record_artifact(
         artifact_type=artifact_type,
         annotations={"org.opencontainers.image.created": created},
     )
+
+
+_RECORD_LIBRARIES = (
+    "spdx_tools.spdx.model",
+    "spdx_tools.spdx.jsonschema.document_converter",
+    "google.protobuf.json_format",
+    "in_toto_attestation.v1.statement",
+    "in_toto_attestation.predicates.provenance.v1.provenance_pb2",
+)
+
+
+def _prewarm_record_libraries() -> None:
+    """Import the SBOM and provenance libraries on a side thread while the layers are written.
+
+    Loading spdx-tools (beartype) and in-toto-attestation (protobuf) takes 150-300 ms of Python
+    work; the layers' compressors and hashes release the GIL, so on a second core that time is
+    hidden behind them. The records are made after the layers; their imports then find the
+    modules loaded (or wait for the import in progress). A failure here is ignored: the import
+    where the records are made reports it."""
+    import importlib
+    import threading
+
+    def load() -> None:
+        for name in _RECORD_LIBRARIES:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+
+    threading.Thread(target=load, name="kiln-prewarm", daemon=True).start()
 
 
 def _build_key(

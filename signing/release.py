@@ -36,7 +36,7 @@ from manifests.digest import Digest
 from manifests.errors import VerificationError
 from manifests.release import MAX_RELEASE_BYTES, Release
 from manifests.trustroot import TrustRoot
-from signing.dsse import DsseSignature, Envelope, pae, sign_envelope
+from signing.dsse import DsseSignature, Envelope, sign_envelope, sslib_pae
 from signing.errors import SigningError
 from signing.policy import repository_glob
 from signing.root import count_signatures, image_policy, open_envelope, role_keys
@@ -81,7 +81,7 @@ def add_signature(envelope: Envelope, signer: Signer) -> Envelope:
 
     A key that already signed is refused: signing twice adds nothing towards a threshold.
     """
-    message = pae(envelope.payload_type, envelope.payload)
+    message = sslib_pae(envelope.payload_type, envelope.payload)
     key = signer.public_key
     if key.key_id in envelope.verified_key_ids([key]):
         raise SigningError(
