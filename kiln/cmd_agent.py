@@ -115,7 +115,7 @@ def cmd_agent_reconcile(args: argparse.Namespace, out: Output) -> int:
         result = agent.reconcile_once()
     finally:
         agent.close()
-    data = {
+    data: dict[str, Any] = {
         "outcome": result.outcome,
         "release_version": result.version,
         "reason": result.reason,
@@ -131,10 +131,14 @@ def cmd_agent_reconcile(args: argparse.Namespace, out: Output) -> int:
         human = f"reconcile: {release} refused ({result.reason}): {result.detail}"
     elif result.detail:
         human += f": {result.detail}"
+    code = (
+        VerificationError.exit_code if result.outcome == "refused" else 1 if result.outcome == "failed" else 0
+    )
+    if code:
+        # A refused or failed reconcile is a failure like any other: --json carries the error too.
+        data["error"] = {"message": human, "hint": None, "exit_code": code, "problems": []}
     out.result(human, data)
-    if result.outcome == "refused":
-        return VerificationError.exit_code
-    return 1 if result.outcome == "failed" else 0
+    return code
 
 
 def _status_from_journal(config: Any) -> dict[str, Any]:
