@@ -19,12 +19,12 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
 
-from builder.attestations import timestamp
+from builder.attestations import SbomPackage, timestamp
 from builder.bom import OwnerLookup, attestation_documents, collect_inputs
 from builder.cache import BuildCache, CacheKey, StatEntry
 from builder.compress import ANNOTATION, BackgroundSink, Compressor
@@ -175,11 +175,13 @@ def build_image(
     progress: Progress | None = None,
     name: str | None = None,
     meter: Meter | None = None,
+    sbom_packages: Sequence[SbomPackage] = (),
 ) -> BuildResult:
     """Build ``manifest`` into ``output``; see the module docstring for the guarantees.
 
     The image is named ``name`` (a full ``NAME:TAG`` reference) or, by default, the manifest's
-    ``name:version``, in ``index.json`` and in a docker-archive's ``RepoTags``.
+    ``name:version``, in ``index.json`` and in a docker-archive's ``RepoTags``. ``sbom_packages``
+    are packages the SBOM lists beside those dpkg names (the hook for locked Debian packages).
     """
     fmt = OutputFormat(fmt)
     reference = image_reference(manifest.name, manifest.version, name)
@@ -199,7 +201,11 @@ def build_image(
     plans = plan_layers(assembly.tree.entries(), manifest.layers)
     say(f"{manifest.name} {manifest.version}: {len(assembly.tree)} paths in {len(plans)} layers")
     stat_keys = [_stat_key(plan, comp, mtime) if cache is not None else None for plan in plans]
-    build_key = _build_key(manifest, fmt, comp, mtime, stat_keys) if cache is not None else None
+    extra: list[object] = [
+        reference,
+        [[p.name, p.version, p.purl, p.download_location, p.sha256] for p in sbom_packages],
+    ]
+    build_key = _build_key(manifest, fmt, comp, mtime, stat_keys, extra=extra) if cache is not None else None
 
     output.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.kiln-"))
@@ -222,6 +228,7 @@ def build_image(
                 say=say,
                 reference=reference,
                 meter=meter,
+                sbom_packages=sbom_packages,
             )
             if cache is not None and build_key is not None:
                 _remember_build(cache, build_key, layout, built)
@@ -285,6 +292,7 @@ def _build_layout(
     say: Progress,
     reference: str,
     meter: Meter | None = None,
+    sbom_packages: Sequence[SbomPackage] = (),
 ) -> _Built:
     results = _write_layers(
         plans, stat_keys, layout=layout, comp=comp, cache=cache, mtime=mtime, say=say, meter=meter
@@ -327,6 +335,7 @@ def _build_layout(
         inputs=inputs,
         source_date_epoch=mtime,
         reference=reference,
+        packages=sbom_packages,
     )
     entry = Descriptor(
         media_type=MediaType.OCI_MANIFEST,
@@ -409,17 +418,32 @@ def _prewarm_record_libraries() -> None:
 
 
 def _build_key(
-    manifest: ImageManifest, fmt: OutputFormat, comp: Compressor, mtime: int, stat_keys: list[str | None]
+    manifest: ImageManifest,
+    fmt: OutputFormat,
+    comp: Compressor,
+    mtime: int,
+    stat_keys: list[str | None],
+    *,
+    extra: list[object],
 ) -> str | None:
     """Everything that decides a build's output: the manifest as written, every layer's inputs (by
-    stat identity), the format, compressor, timestamp and kiln's version. ``None``: not cacheable."""
+    stat identity), the format, compressor, timestamp and kiln's version, and what the records
+    say beyond the manifest (the image's reference, extra SBOM packages). ``None``: not cacheable."""
     if not all(stat_keys):
         return None
     try:
         manifest_bytes = Path(manifest.source).read_bytes()
     except OSError:
         return None  # a manifest that is not a file (built in memory): nothing stable to key on
-    material = [VERSION, hashlib.sha256(manifest_bytes).hexdigest(), str(fmt), comp.tag, mtime, stat_keys]
+    material = [
+        VERSION,
+        hashlib.sha256(manifest_bytes).hexdigest(),
+        str(fmt),
+        comp.tag,
+        mtime,
+        stat_keys,
+        extra,
+    ]
     return hashlib.sha256(canonical_json(material)).hexdigest()
 
 

@@ -115,3 +115,25 @@ def test_an_image_without_accounts_still_runs_as_non_root(tmp_path: Path) -> Non
     config = json.loads(layout.read_blob(result.config_digest, limit=1 << 20))
     assert config["config"]["User"] == "65532:65532"
     assert config["config"]["Labels"]["dev.kiln.user"] == "65532:65532"
+
+
+def test_sbom_packages_hook_and_the_name_are_part_of_the_cached_build(tmp_path: Path) -> None:
+    """Extra SBOM packages (the Debian lock's hook) and --name change the records, so a cached
+    build is reused only when they are the same."""
+    from builder.attestations import SbomPackage
+
+    cache = BuildCache(tmp_path / "cache")
+    _build(tmp_path, "one", cache=cache)
+    (tmp_path / "app").mkdir(exist_ok=True)
+    manifest = load_image_manifest(tmp_path / "image.yaml")
+    extra = SbomPackage(name="zlib1g", version="1:1.2.13", purl="pkg:deb/debian/zlib1g@1:1.2.13?arch=amd64")
+    two = build_image(
+        manifest, output=tmp_path / "two", cache=cache, sbom_packages=[extra], name="reg.example/bom:9"
+    )
+    sbom, prov, _ = _records(two)
+    assert any(p["name"] == "zlib1g" for p in sbom["packages"])  # type: ignore[union-attr]
+    assert prov["subject"][0]["name"] == "reg.example/bom:9"  # type: ignore[index]
+    three = build_image(manifest, output=tmp_path / "three", cache=cache)
+    sbom, prov, _ = _records(three)
+    assert not any(p["name"] == "zlib1g" for p in sbom["packages"])  # type: ignore[union-attr]
+    assert prov["subject"][0]["name"] == "bom-test:0.3.0"  # type: ignore[index]
