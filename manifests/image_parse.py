@@ -183,6 +183,7 @@ class _ImageSchema(ImageContentsChecker):
             compression_level=level,
             source=self.doc.source,
             base_dir=base_dir,
+            positions=self.doc.positions,
         )
 
     @property
