@@ -13,6 +13,7 @@ from pathlib import Path
 
 from manifests.mediatypes import Compression
 from manifests.oci import Platform
+from manifests.vmspec import VMSpec
 
 __all__ = [
     "FileSpec",
@@ -176,5 +177,6 @@ class ImageManifest:
     layers: LayerPolicy = LayerPolicy()
     compression: Compression = Compression.GZIP
     compression_level: int | None = None  # None: the compression's default level
+    vm: VMSpec | None = None  # the `vm:` section: how to build a VM image of the same tree
     source: str = "<memory>"  # the manifest file's path, for messages
     base_dir: Path = Path()
