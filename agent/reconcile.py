@@ -61,6 +61,7 @@ from agent.runtime import InstanceStatus, Runtime
 from agent.sources import open_image_location
 from agent.store import ContentStore, PulledImage
 from agent.unpack import remove_interrupted, remove_root, root_fingerprint, unpack_image
+from agent.vmimage import is_vm_image, prepared_vm
 from manifests.agentconfig import AgentConfig, RuntimeKind
 from manifests.atomic import atomic_write
 from manifests.digest import Digest
@@ -108,11 +109,15 @@ class ReconcileResult:
 def make_runtime(config: AgentConfig, store: ContentStore) -> Runtime:
     if config.runtime is RuntimeKind.DOCKER:
         from agent.docker_runtime import DockerRuntime
+        from agent.qemu import QemuRuntime, RoutedRuntime
 
-        return DockerRuntime(store, config.state, base_url=config.docker_host)
+        return RoutedRuntime(
+            DockerRuntime(store, config.state, base_url=config.docker_host), QemuRuntime(config.state)
+        )
+    from agent.qemu import QemuRuntime, RoutedRuntime
     from agent.runc import RuncRuntime
 
-    return RuncRuntime(config.state)
+    return RoutedRuntime(RuncRuntime(config.state), QemuRuntime(config.state))
 
 
 def _netns_connector(path: str, port: int) -> Callable[[float], Any]:
@@ -436,6 +441,8 @@ class Agent:
         self.metrics.set_verify_rate(fetched, seconds)
 
     def _unpacked(self, service: Any, version: int, pin: Digest, image: PulledImage) -> Prepared:
+        if is_vm_image(image):  # a VM artifact: its parts are placed, the qemu runtime boots it
+            return prepared_vm(self.store, image, self.roots_dir, service=service, release=version, pin=pin)
         root = unpack_image(self.store, image, self.roots_dir)
         port = service_port(service, image.config)
         health, grace = health_spec_for(service, image.config)
