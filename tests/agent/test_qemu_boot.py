@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import struct
 import time
 from pathlib import Path
 
@@ -247,3 +248,40 @@ def test_agent_serves_a_container_and_a_vm_rolls_the_vm_forward_and_back_and_ref
 def _layers(repo: Path, desc: Descriptor) -> list[dict[str, str]]:
     doc = json.loads((repo / "blobs" / "sha256" / desc.digest.hex).read_bytes())
     return list(doc["layers"])
+
+
+HELLO_VM = Path(__file__).resolve().parents[2] / "examples" / "hello-vm" / "hello-vm.yaml"
+
+
+def _flip_in_root_partition(disk: Path, offset: int) -> None:
+    """Flip one bit ``offset`` bytes into the GPT disk's first partition (the EROFS root)."""
+    with open(disk, "r+b") as fh:
+        fh.seek(512)
+        header = fh.read(92)
+        (entries_lba,) = struct.unpack_from("<Q", header, 72)
+        fh.seek(entries_lba * 512)
+        (first,) = struct.unpack_from("<Q", fh.read(128), 32)
+        fh.seek(first * 512 + offset)
+        byte = fh.read(1)[0]
+        fh.seek(first * 512 + offset)
+        fh.write(bytes([byte ^ 0x01]))
+
+
+def test_a_flipped_verity_data_byte_is_refused_and_booted_unsafely_makes_the_guest_panic(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "hello-vm"
+    assert main(["build", str(HELLO_VM), "--format", "vm", "-o", str(out), "-q"]) == 0
+    capsys.readouterr()
+    _flip_in_root_partition(out / "disk.raw", 3000)  # in the EROFS image's first block: always read
+    assert main(["boot", str(out)]) == 3  # verified: refused before boot
+    err = capsys.readouterr().err
+    assert "part disk" in err
+    assert "kiln-exit" not in err
+    assert main(["boot", str(out), "--unsafe-skip-verify", "--timeout", "300"]) == 1
+    captured = capsys.readouterr()
+    assert "--unsafe-skip-verify" in captured.err
+    assert "warning" in captured.err
+    assert "dm-verity device corrupted" in captured.out
+    assert "kiln-exit" not in captured.out
+    assert "panicked" in captured.err
