@@ -8,7 +8,8 @@ STAMP := $(VENV)/.kiln-installed
 
 # Debian packages: real components the tests start (registry, runtimes, image tools) and the
 # host inputs the examples are built from (python3.11, busybox-static).
-DEBS_DEMO := python3.11 python3-venv busybox-static docker.io runc curl ca-certificates
+DEBS_DEMO := python3.11 python3-venv busybox-static docker.io runc curl ca-certificates \
+             qemu-system-x86 linux-image-cloud-amd64 erofs-utils
 DEBS_TEST := $(DEBS_DEMO) gcc libc6-dev skopeo umoci oci-image-tool buildah docker-registry openssl \
              cpio erofs-utils cryptsetup-bin util-linux iproute2
 
@@ -55,6 +56,7 @@ bench: debs-test venv
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/push.py
 	$(BIN)/python bench/agent.py
+	$(BIN)/python bench/vm.py
 
 clean:
 	rm -rf out demo-out .pytest_cache .mypy_cache .ruff_cache
