@@ -21,10 +21,10 @@ How a runner boots it (everything it needs is here, nothing is guessed):
 - memory (MiB) and cpus; the guest listens on ``ports`` at :data:`GUEST_ADDRESS` (user-mode
   networking: the host forwards a loopback port to it); ``health`` as in the image manifest;
 - when the entrypoint exits, the guest init prints ``kiln-exit: N`` (:data:`EXIT_LINE_PREFIX`) on
-  the serial console, writes N to the ``isa-debug-exit`` port :data:`DEBUG_EXIT_PORT` if the
-  runner attached one (qemu then exits with ``2*N+1``), and reboots, which with ``-no-reboot``
-  ends qemu. A guest panic (dm-verity corruption) reboots at once (``panic=-1 reboot=t``) without
-  an exit line: a failure.
+  the serial console and reboots, which with ``-no-reboot`` ends qemu. A setup failure or a guest
+  panic (dm-verity corruption) reboots at once (``panic=-1 reboot=t``) without an exit line: a
+  failure. (:data:`DEBUG_EXIT_PORT` is reserved for an ``isa-debug-exit`` device; Debian's cloud
+  kernel has no ``/dev/port``, so the guest init does not write it.)
 """
 
 from __future__ import annotations
