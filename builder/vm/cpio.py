@@ -2,9 +2,9 @@
 
 Every header field comes from the entry (mode, uid, gid, size) or from the order of the entries
 (inode numbers count from 1); mtime is the build's timestamp, device numbers and check are 0. A
-hard-link group shares one inode number and ``nlink``; its data travels with the first member and
-the later members have size 0 (the kernel's unpacker links them to the first). The archive ends
-with ``TRAILER!!!`` and is padded to a multiple of 512 bytes.
+hard-link group shares one inode number and ``nlink``; its data travels with the group's first
+member in the archive, later members have size 0 (the kernel's unpacker links them to the first).
+The archive ends with ``TRAILER!!!`` and is padded to a multiple of 512 bytes.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ def write_cpio(entries: Sequence[Entry] | Iterable[Entry], sink: Sink, *, mtime:
     for e in entries:
         if e.kind is EntryKind.HARDLINK:
             members[e.target or ""] = members.get(e.target or "", 1) + 1
-    inodes: dict[str, int] = {}
     written = 0
 
     def put(data: bytes) -> None:
@@ -63,49 +62,42 @@ def write_cpio(entries: Sequence[Entry] | Iterable[Entry], sink: Sink, *, mtime:
         written += len(data)
 
     put(cpio_header(".", ino=1, mode=stat.S_IFDIR | 0o755, uid=0, gid=0, nlink=2, mtime=mtime, size=0))
-    next_ino = 2
-    by_path = {e.path: e for e in entries}
+    by_path = {e.path: e for e in entries if e.kind is not EntryKind.HARDLINK}
+    inodes = {e.path: ino for ino, e in enumerate(by_path.values(), start=2)}
+    carried: set[str] = set()  # hard-link groups whose data is already in the archive
     for e in entries:
         name = e.path.lstrip("/")
+        leader = e
         if e.kind is EntryKind.HARDLINK:
-            leader = by_path.get(e.target or "")
-            if leader is None or e.target not in inodes:
-                raise BuildError(f"{e.path}: hard link to {e.target}, which is not earlier in the tree")
-            put(
-                cpio_header(
-                    name,
-                    ino=inodes[e.target or ""],
-                    mode=stat.S_IFREG | leader.mode,
-                    uid=leader.uid,
-                    gid=leader.gid,
-                    nlink=members[e.target or ""],
-                    mtime=mtime,
-                    size=0,
-                )
-            )
-            continue
-        ino = next_ino
-        next_ino += 1
-        inodes[e.path] = ino
-        link = e.target if e.kind is EntryKind.SYMLINK else None
+            found = by_path.get(e.target or "")
+            if found is None or found.kind is not EntryKind.FILE:
+                raise BuildError(f"{e.path}: hard link to {e.target}, which is not a file in the tree")
+            leader = found
+        ino = inodes[leader.path]
+        link = leader.target if leader.kind is EntryKind.SYMLINK else None
         body = (link or "").encode("utf-8", "surrogateescape")
-        size = e.size if e.kind is EntryKind.FILE else len(body)
-        nlink = members.get(e.path, 1) if e.kind is EntryKind.FILE else (2 if e.kind is EntryKind.DIR else 1)
-        put(
-            cpio_header(
-                name,
-                ino=ino,
-                mode=_kind_bits(e) | e.mode,
-                uid=e.uid,
-                gid=e.gid,
-                nlink=nlink,
-                mtime=mtime,
-                size=size,
-            )
+        if leader.kind is EntryKind.FILE:
+            nlink = members.get(leader.path, 1)
+            first = leader.path not in carried  # the group's first member carries the data
+            carried.add(leader.path)
+            size = leader.size if first else 0
+        else:
+            nlink = 2 if leader.kind is EntryKind.DIR else 1
+            first, size = False, len(body)
+        head = cpio_header(
+            name,
+            ino=ino,
+            mode=_kind_bits(leader) | leader.mode,
+            uid=leader.uid,
+            gid=leader.gid,
+            nlink=nlink,
+            mtime=mtime,
+            size=size,
         )
-        if e.kind is EntryKind.FILE:
-            _copy(e, put)
-            put(b"\0" * (-e.size % 4))
+        put(head)
+        if first:
+            _copy(leader, put)
+            put(b"\0" * (-leader.size % 4))
         elif body:
             put(body + b"\0" * (-len(body) % 4))
     put(cpio_header(TRAILER, ino=0, mode=0, uid=0, gid=0, nlink=1, mtime=0, size=0))

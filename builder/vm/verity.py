@@ -24,6 +24,7 @@ from builder.errors import BuildError
 __all__ = ["VerityTree", "build_verity", "derive_salt", "derive_uuid", "SUPERBLOCK_SIZE"]
 
 SUPERBLOCK_SIZE = 512
+_DIGEST = 32
 _SIGNATURE = b"verity\0\0"
 
 
@@ -102,16 +103,15 @@ def build_verity(
 
     levels: list[bytes] = []
     hashes = b"".join(digest(b) for b in _blocks(data, size, data_block_size))
-    while True:
-        pad = -len(hashes) % hash_block_size
-        level = hashes + b"\0" * pad
+    # Each level hashes the blocks below it until one hash is left: that is the root hash (a single
+    # data block has no tree at all, its own hash is the root).
+    while len(hashes) > _DIGEST:
+        level = hashes + b"\0" * (-len(hashes) % hash_block_size)
         levels.append(level)
-        if len(level) == hash_block_size:
-            break
         hashes = b"".join(
             digest(level[i : i + hash_block_size]) for i in range(0, len(level), hash_block_size)
         )
-    root = digest(levels[-1])
+    root = hashes
     tree = b"".join(reversed(levels))
     sb = _superblock(
         uuid=uuid, data_blocks=data_blocks, salt=salt, data_bs=data_block_size, hash_bs=hash_block_size
