@@ -155,10 +155,15 @@ def _run(argv: list[str], *, out: Output, timeout: float | None) -> GuestExit:
     assert proc.stdout is not None  # noqa: S101 - a pipe was asked for
     assert proc.stderr is not None  # noqa: S101 - a pipe was asked for
     timer = None
+    expired: list[bool] = []
     if timeout is not None:
         import threading
 
-        timer = threading.Timer(timeout, proc.terminate)
+        def expire() -> None:
+            expired.append(True)
+            proc.terminate()
+
+        timer = threading.Timer(timeout, expire)
         timer.start()
     try:
         for line in iter(proc.stdout.readline, b""):
@@ -177,6 +182,8 @@ def _run(argv: list[str], *, out: Output, timeout: float | None) -> GuestExit:
             timer.cancel()
         proc.stdout.close()
         proc.stderr.close()
+    if expired:
+        return GuestExit(status=None, detail=f"stopped after --timeout {timeout:g}s")
     result = guest_exit(rc, tail.decode("utf-8", "replace"))
     if result.status is None and errors.strip():
         out.warn(errors.decode("utf-8", "replace").strip()[-1500:])
