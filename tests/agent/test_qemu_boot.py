@@ -1,10 +1,11 @@
 """VMs booted for real under qemu (TCG here): the runtime, ``kiln boot``, and the agent with a VM service.
 
 The images are hand-made busybox initramfs images on the host's Debian cloud kernel
-(:mod:`tests.agent.vmkit`); each boot takes a few seconds under TCG, and this module boots six
-times in all: the runtime's lifecycle (one), ``kiln boot``'s exit status (one), the agent's release
-with a runc service and a VM service rolled forward and back (three), a part flipped in the
-published copy (none: refused before boot).
+(:mod:`tests.agent.vmkit`), and examples/hello-vm built by ``kiln build --format vm``. Each boot
+takes a few seconds under TCG; this module boots nine times in all: the runtime's lifecycle (one),
+``kiln boot``'s exit status (one), the agent's release with a runc service and a VM service rolled
+forward and back (three; the part flipped in the published copy is refused before boot), hello-vm
+with a flipped verity data byte (one), drift: qemu killed and a part changed (three).
 """
 
 from __future__ import annotations
@@ -285,3 +286,49 @@ def test_a_flipped_verity_data_byte_is_refused_and_booted_unsafely_makes_the_gue
     assert "dm-verity device corrupted" in captured.out
     assert "kiln-exit" not in captured.out
     assert "panicked" in captured.err
+
+
+def test_agent_replaces_a_vm_whose_qemu_died_and_one_whose_part_changed(tmp_path: Path) -> None:
+    repo = tmp_path / "vm-repo"
+    v1 = _publish_vm(tmp_path, repo, "vm drift\n", "1.0.0")
+    root_path = tmp_path / "root.yaml"
+    root_path.write_text(make_root().to_yaml())
+    vm_port = free_port()
+    config = AgentConfig(
+        source=f"oci:{tmp_path / 'releases'}",
+        channel="stable",
+        trust_root=root_path,
+        state=tmp_path / "state",
+        images=(ImageLocation(repository=VM_REPO, location=f"oci:{repo}"),),
+    )
+    releases = LayoutRepository(tmp_path / "releases", create=True)
+    publish_release(releases, signed(make_release(1, [_vm_svc(vm_port, v1.digest)])))
+    agent = Agent(config, wall=Clock(NOW), health_deadline=120.0, drain_timeout=2.0, stop_grace=1.0)
+    agent.start()
+    try:
+        assert agent.reconcile_once().outcome == "rolled-out"
+        (first,) = agent.journal.state.instances
+        # qemu killed from outside: "died", replaced by a fresh instance.
+        pid = QemuRuntime(config.state).state(first.id).pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        result = agent.reconcile_once()
+        assert result.replaced == 1
+        (second,) = agent.journal.state.instances
+        assert second.id != first.id
+        assert http_get("127.0.0.1", vm_port, timeout=10) == (200, b"vm drift\n")
+        # A part of the placed image changed on disk: "root", re-placed from the store and rebooted.
+        initrd = agent.roots_dir / second.manifest.split(":")[1] / "initrd"
+        original = initrd.read_bytes()
+        initrd.chmod(0o644)
+        initrd.write_bytes(original[:-1] + bytes([original[-1] ^ 0x01]))
+        result = agent.reconcile_once()
+        assert result.replaced == 1
+        (third,) = agent.journal.state.instances
+        assert third.id != second.id
+        assert initrd.read_bytes() == original
+        assert http_get("127.0.0.1", vm_port, timeout=10) == (200, b"vm drift\n")
+        assert QemuRuntime(config.state).list() == (third.id,)
+    finally:
+        agent.close(stop_instances=True)
+    assert QemuRuntime(config.state).list() == ()
