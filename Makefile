@@ -9,10 +9,10 @@ STAMP := $(VENV)/.kiln-installed
 # Debian packages: real components the tests start (registry, runtimes, image tools) and the
 # host inputs the examples are built from (python3.11, busybox-static).
 DEBS_DEMO := python3.11 python3-venv busybox-static docker.io runc curl ca-certificates \
-             qemu-system-x86 linux-image-cloud-amd64 erofs-utils
+             qemu-system-x86 linux-image-cloud-amd64 erofs-utils dmsetup
 DEBS_TEST := $(DEBS_DEMO) gcc libc6-dev skopeo umoci oci-image-tool buildah docker-registry openssl \
              cpio erofs-utils cryptsetup-bin util-linux iproute2 \
-             fdisk dmsetup
+             fdisk
 
 .PHONY: help debs-demo debs-test venv lint typecheck unit test demo bench clean
 
