@@ -590,7 +590,7 @@ class _ImageSchema(ImageContentsChecker):
 
 
 _MEMORY = re.compile(r"([1-9][0-9]{0,5})(M|Mi|G|Gi)\Z")
-_KERNEL_ARG = re.compile(r"[\x21-\x7e]+\Z")
+_KERNEL_ARG = re.compile(r"[\x21\x23-\x7e]+\Z")  # no spaces, no quotes (the kernel's own quoting)
 
 
 def _valid_name(name: str) -> bool:

@@ -69,7 +69,7 @@ EXIT_LINE_PREFIX = "kiln-exit: "
 DEBUG_EXIT_PORT = 0xF4
 
 _HEX = re.compile(r"[0-9a-f]*\Z")
-_ARG = re.compile(r"[\x21-\x7e]+\Z")  # one kernel argument: printable ASCII, no spaces or quotes
+_ARG = re.compile(r"[\x21\x23-\x7e]+\Z")  # one kernel argument: printable ASCII, no spaces or quotes
 _RELEASE = re.compile(r"[0-9A-Za-z._+~-]{1,64}\Z")
 _MAX_ITEMS = 4096
 
@@ -454,6 +454,10 @@ class VMConfig:
         if (self.profile is VMProfile.VERITY) != (self.layout is not None):
             raise DocumentError("vm.json: 'layout' is required by the verity profile and only there")
         for arg in self.cmdline:
+            if arg.startswith("kiln."):
+                raise DocumentError(
+                    f"vm.json: kernel argument {arg!r}: kiln.* arguments are derived, not recorded"
+                )
             if not _ARG.match(arg):
                 raise DocumentError(
                     f"vm.json: kernel argument {arg!r} is empty or has spaces or control characters"

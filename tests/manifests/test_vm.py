@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from manifests.digest import Digest
 from manifests.errors import DocumentError, ManifestError
@@ -132,6 +134,8 @@ def _mutate(path: list[str], value: object) -> bytes:
         (["verity", "dataBlockSize"], 3000, "'dataBlockSize' must be"),
         (["verity"], KeyError, "'verity' is required by the verity profile"),
         (["cmdline"], ["a b"], "kernel argument 'a b'"),
+        (["cmdline"], ['x="y'], "kernel argument 'x=\"y'"),
+        (["cmdline"], ["kiln.roothash=00"], "kiln.\\* arguments are derived"),
         (["cpus"], 0, "'cpus' must be an integer from 1"),
         (["config", "uid"], "0", "'uid' must be an integer"),
         (["health", "type"], "udp", "'type' must be http, tcp or exec"),
@@ -214,3 +218,36 @@ def test_vm_section_errors(body: str, expected: str) -> None:
     with pytest.raises(ManifestError) as info:
         parse_image_manifest((HEAD + body).encode(), source="m.yaml", base_dir=Path(), fmt="yaml")
     assert expected in str(info.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_fuzz_vm_json_only_raises_document_errors(data: st.DataObject) -> None:
+    """Untrusted vm.json bytes: a value anywhere replaced by junk is a DocumentError or a valid document."""
+    doc = json.loads(sample().to_bytes())
+    paths: list[list[str]] = []
+    stack: list[tuple[list[str], object]] = [([], doc)]
+    while stack:
+        path, node = stack.pop()
+        if isinstance(node, dict):
+            for k, v in node.items():
+                paths.append([*path, k])
+                stack.append(([*path, k], v))
+    path = data.draw(st.sampled_from(paths))
+    junk = data.draw(
+        st.one_of(
+            st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=20),
+            st.lists(st.integers(), max_size=3),
+            st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+        )
+    )  # fmt: skip
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = junk
+    raw = json.dumps(doc).encode()
+    try:
+        cfg = VMConfig.from_bytes(raw)
+    except DocumentError:
+        return
+    assert cfg.to_bytes() == raw
