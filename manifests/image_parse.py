@@ -499,7 +499,10 @@ class _ImageSchema(ImageContentsChecker):
         if m is None:
             return None
         complete = self.keys(
-            m, "vm", required=("kernel", "modules"), optional=("profile", "disk", "memory", "cpus", "cmdline")
+            m,
+            "vm",
+            required=("kernel",),
+            optional=("modules", "profile", "disk", "memory", "cpus", "cmdline"),
         )
         kernel = self._host_path(m, "kernel", "/boot/vmlinuz-6.1.0-28-cloud-amd64")
         modules = self._host_path(m, "modules", "/lib/modules/6.1.0-28-cloud-amd64")
@@ -522,7 +525,7 @@ class _ImageSchema(ImageContentsChecker):
         cmdline: tuple[str, ...] = ()
         if "cmdline" in m:
             cmdline = self._kernel_args(m["cmdline"])
-        if not complete or kernel is None or modules is None:
+        if not complete or kernel is None or ("modules" in m and modules is None):
             return None
         return VMSpec(
             kernel=kernel,

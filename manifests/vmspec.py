@@ -29,10 +29,11 @@ class DiskLayout(enum.StrEnum):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class VMSpec:
     """A validated ``vm:`` section. ``kernel`` and ``modules`` are host paths as written (relative
-    ones start at the manifest's directory)."""
+    ones start at the manifest's directory); no ``modules`` means ``/lib/modules/<the kernel's
+    release>``."""
 
     kernel: str
-    modules: str
+    modules: str | None = None
     profile: VMProfile = VMProfile.VERITY
     disk: DiskLayout = DiskLayout.GPT
     memory_mib: int = DEFAULT_MEMORY_MIB

@@ -137,7 +137,8 @@ def build_vm(
     kernel = _host(manifest, spec.kernel)
     release = kernel_release(kernel)
     verity = spec.profile is VMProfile.VERITY
-    modules = select_modules(_host(manifest, spec.modules), wanted_modules(verity=verity), release=release)
+    modules_dir = _host(manifest, spec.modules) if spec.modules else Path("/lib/modules") / release
+    modules = select_modules(modules_dir, wanted_modules(verity=verity), release=release)
     assembly = assemble(manifest)
     entries = assembly.tree.entries()
     tdigest = tree_digest(entries)

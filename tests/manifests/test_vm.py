@@ -181,13 +181,17 @@ def test_vm_section_parsed() -> None:
     )
     plain = parse_image_manifest(HEAD.encode(), source="m.yaml", base_dir=Path(), fmt="yaml")
     assert plain.vm is None
+    short = parse_image_manifest(
+        (HEAD + "vm: {kernel: k}\n").encode(), source="m.yaml", base_dir=Path(), fmt="yaml"
+    )
+    assert short.vm == VMSpec(kernel="k")
 
 
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
         ("vm: 3\n", "m.yaml:8:1: vm: expected a mapping, got integer"),
-        ("vm:\n  kernel: /k\n", "m.yaml:8:1: vm.modules: missing required key"),
+        ("vm:\n  modules: /m\n", "m.yaml:8:1: vm.kernel: missing required key"),
         (
             VM + "  memory: 256\n",
             "m.yaml:11:3: vm.memory: expected a size such as 256M",
