@@ -37,6 +37,7 @@ _FLAT_PLAIN = 0
 _FLAT_INLINE = 2
 _FT = {EntryKind.FILE: 1, EntryKind.DIR: 2, EntryKind.SYMLINK: 7}
 _CHUNK = 1 << 20
+_MAX_NAME = 255  # EROFS_NAME_LEN
 
 
 @dataclass(slots=True)
@@ -107,6 +108,8 @@ def write_erofs(entries: list[Entry] | tuple[Entry, ...], out: BinaryIO, *, mtim
         if parent is None or parent.kind is not EntryKind.DIR:
             raise BuildError(f"{e.path}: its parent directory is not in the tree before it")
         name = posixpath.basename(e.path).encode("utf-8", "surrogateescape")
+        if len(name) > _MAX_NAME:
+            raise BuildError(f"{e.path}: a file name longer than {_MAX_NAME} bytes does not fit EROFS")
         if e.kind is EntryKind.HARDLINK:
             links.append((parent, name, e))
             continue

@@ -329,3 +329,10 @@ def test_cpio_extracts_with_gnu_cpio(tree: FileTree, tmp_path_factory: pytest.Te
     again = io.BytesIO()
     write_cpio(tree.entries(), again, mtime=1_700_000_000)
     assert again.getvalue() == data
+
+
+def test_erofs_refuses_overlong_names() -> None:
+    tree = FileTree()
+    tree.add(Entry(path="/" + "n" * 256, kind=EntryKind.FILE, mode=0o644, size=0, data=b""))
+    with pytest.raises(Exception, match="longer than 255 bytes"):
+        write_erofs(tree.entries(), io.BytesIO(), mtime=0, uuid=UUID)
