@@ -15,6 +15,9 @@ How a VM boots (the same for the agent and for ``kiln boot``; :func:`boot_plan`,
   panic (dm-verity corruption) reboots, so qemu exits 0 without an exit line: a failure
   (:func:`guest_exit`);
 - the serial console goes to a file (the instance log) or to the caller;
+- confined: qemu's seccomp sandbox (``-sandbox on,obsolete=deny,resourcecontrol=deny``) and, when
+  started as root, ``-runas 65534:65534`` once the kernel, drives and log are open, so a guest
+  that escaped the emulator is an unprivileged, filtered process;
 - the command line is :meth:`VMConfig.boot_cmdline` with the host's ``tsc_early_khz``.
 
 Agent instances (:class:`QemuRuntime`) run in their own network namespace (``/run/netns/<id>``,
@@ -86,6 +89,7 @@ __all__ = [
 ]
 
 QEMU = "qemu-system-x86_64"
+UNPRIVILEGED = "65534:65534"  # nobody:nogroup
 _START_TIMEOUT = 60.0
 _EXIT_LINE = re.compile(re.escape(EXIT_LINE_PREFIX) + r"(\d{1,3})\b")
 _PANIC = re.compile(r"Kernel panic - not syncing: ?(.*)")
@@ -151,6 +155,7 @@ class BootPlan:
     serial: Path | None  # None: the serial console is qemu's stdout
     machine: Machine = Machine.MICROVM
     accel: Accel = Accel.TCG
+    run_as: str | None = None  # "uid:gid" qemu drops to once its files are open (when started as root)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -273,6 +278,7 @@ def boot_plan(
         serial=serial,
         machine=machine,
         accel=accel,
+        run_as=UNPRIVILEGED if os.geteuid() == 0 else None,
     )
 
 
@@ -311,7 +317,11 @@ def qemu_argv(plan: BootPlan, *, qemu: str = QEMU, pidfile: Path | None = None) 
         plan.cmdline,
         "-device",
         f"isa-debug-exit,iobase={DEBUG_EXIT_PORT:#x},iosize=0x04",
+        "-sandbox",
+        "on,obsolete=deny,resourcecontrol=deny",
     ]
+    if plan.run_as is not None:
+        argv += ["-runas", plan.run_as]
     for i, drive in enumerate(plan.drives):
         argv += [
             "-drive",

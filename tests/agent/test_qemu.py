@@ -82,6 +82,9 @@ def test_argv_microvm_read_only_drives_restricted_net_and_exit_device() -> None:
     assert _after(argv, "-chardev") == ["file,id=s0,path=/state/logs/kiln-web-0123abcd.log,append=on"]
     assert _after(argv, "-append") == ["console=ttyS0 panic=-1 reboot=t kiln.roothash=ab"]
     assert argv[-3:] == ["-daemonize", "-pidfile", "/state/qemu/x/qemu.pid"]
+    assert _after(argv, "-sandbox") == ["on,obsolete=deny,resourcecontrol=deny"]
+    assert "-runas" not in argv
+    assert _after(qemu_argv(_plan(run_as="65534:65534")), "-runas") == ["65534:65534"]
     assert "guest=kiln-web-0123abcd" in argv
 
 

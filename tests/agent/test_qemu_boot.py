@@ -97,6 +97,9 @@ def test_runtime_boots_serves_is_adopted_after_a_restart_and_stops(tmp_path: Pat
     handle = runtime.start(spec)
     try:
         assert b"served by a guest" in _get_in_netns(handle.netns_path, 8080)
+        status = Path(f"/proc/{handle.pid}/status").read_text()
+        assert "\nUid:\t65534\t65534\t65534\t65534\n" in status  # dropped to nobody
+        assert "\nSeccomp:\t2\n" in status  # filtered
         # A new runtime over the same state (the agent restarted) finds and controls it.
         again = QemuRuntime(tmp_path / "state")
         assert again.list() == ("kiln-hello-0000beef",)
