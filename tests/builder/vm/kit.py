@@ -4,6 +4,7 @@ minimal qemu runner (TCG, microvm, the issue's cmdline facts) until agent/qemu.p
 from __future__ import annotations
 
 import contextlib
+import http.client
 import re
 import socket
 import subprocess
@@ -118,7 +119,7 @@ def wait_http(guest: Guest, path: str, *, deadline: float = 240.0) -> tuple[byte
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 return resp.read(), time.monotonic() - start
-        except OSError:
+        except (OSError, http.client.HTTPException):  # slirp accepts before the guest listens
             time.sleep(0.1)
     raise AssertionError(f"no answer from {url} within {deadline} s:\n{guest.output()}")
 
