@@ -22,7 +22,7 @@ import pytest
 from agent.netns import connect_in_netns, list_netns
 from agent.qemu import QemuRuntime
 from agent.reconcile import Agent
-from agent.runtime import InstanceSpec, InstanceStatus
+from agent.runtime import InstanceSpec, InstanceStatus, new_instance_id
 from kiln.cli import main
 from manifests.agentconfig import AgentConfig, ImageLocation
 from manifests.oci import Descriptor
@@ -87,8 +87,9 @@ def test_runtime_boots_serves_is_adopted_after_a_restart_and_stops(tmp_path: Pat
     config = make_vm_dir(image, body="served by a guest\n")
     netns_before = set(list_netns())
     runtime = QemuRuntime(tmp_path / "state")
+    iid = new_instance_id("hello")  # unique: other runs may boot VMs on this host at the same time
     spec = InstanceSpec(
-        instance_id="kiln-hello-0000beef",
+        instance_id=iid,
         service="hello",
         image_digest=config.digest,
         image_config=json.loads(config.to_bytes()),
@@ -102,24 +103,24 @@ def test_runtime_boots_serves_is_adopted_after_a_restart_and_stops(tmp_path: Pat
         assert "\nSeccomp:\t2\n" in status  # filtered
         # A new runtime over the same state (the agent restarted) finds and controls it.
         again = QemuRuntime(tmp_path / "state")
-        assert again.list() == ("kiln-hello-0000beef",)
-        state = again.state("kiln-hello-0000beef")
+        assert again.list() == (iid,)
+        state = again.state(iid)
         assert state.status is InstanceStatus.RUNNING
         assert state.pid == handle.pid
-        assert again.netns_path("kiln-hello-0000beef") == handle.netns_path
-        assert again.bundle_digest("kiln-hello-0000beef") == runtime.bundle_digest("kiln-hello-0000beef")
+        assert again.netns_path(iid) == handle.netns_path
+        assert again.bundle_digest(iid) == runtime.bundle_digest(iid)
         # qemu killed from outside: the instance is known but not running (the agent's "died").
         os.kill(handle.pid, signal.SIGKILL)
         deadline = time.monotonic() + 30
-        while again.state("kiln-hello-0000beef").status is InstanceStatus.RUNNING:
+        while again.state(iid).status is InstanceStatus.RUNNING:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        assert again.state("kiln-hello-0000beef").status is InstanceStatus.STOPPED
-        log = runtime.log_path("kiln-hello-0000beef").read_text()
-        assert "Linux version" in log or "PCI" in log or log  # the serial console was captured
+        assert again.state(iid).status is InstanceStatus.STOPPED
+        log = runtime.log_path(iid).read_text()
+        assert "guest: serving on 8080" in log  # the serial console was captured
     finally:
-        runtime.stop("kiln-hello-0000beef", grace=1.0)
-    assert runtime.state("kiln-hello-0000beef").status is InstanceStatus.MISSING
+        runtime.stop(iid, grace=1.0)
+    assert runtime.state(iid).status is InstanceStatus.MISSING
     assert runtime.list() == ()
     assert set(list_netns()) == netns_before
 

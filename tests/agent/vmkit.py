@@ -93,7 +93,7 @@ def _initrd(work: Path, *, body: str, port: int, exit_status: int | None) -> byt
     (root / "www" / "index.html").write_text(body)
     (root / "www" / "healthz").write_text("ok\n")
     if exit_status is None:
-        run = f"httpd -f -p {port} -h /www; rc=$?"
+        run = f"echo 'guest: serving on {port}'; httpd -f -p {port} -h /www; rc=$?"
     else:
         run = f"echo 'guest: exiting with {exit_status}'; rc={exit_status}"
     insmods = "\n".join(f"insmod /lib/modules/{n}.ko" for n in names)
