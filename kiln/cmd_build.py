@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = sub.add_parser("build", help="build an image manifest into an OCI layout or archive")
     p.add_argument("manifest", type=Path, help="image manifest (.yaml, .yml or .toml)")
-    p.add_argument("-o", "--output", type=Path, help="output path (default: out/NAME[.tar])")
+    p.add_argument("-o", "--output", type=Path, help="output path (default: out/NAME[.tar|.vm])")
     p.add_argument("--format", choices=FORMATS, default="oci", help="output format (default: oci)")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument("--cache-dir", type=Path, help="build cache (default: $KILN_CACHE_DIR or ~/.cache/kiln)")
