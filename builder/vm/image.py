@@ -16,8 +16,10 @@ compressor's library, version and level are recorded in ``vm.json``.
 
 from __future__ import annotations
 
+import glob
 import io
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from builder.compress import Compressor
-from builder.errors import BuildError
+from builder.errors import BuildError, SourceError
 from builder.imageconfig import DEFAULT_PATH, DEFAULT_USER
 from builder.sources import assemble
 from builder.tree import Category, Entry, EntryKind, FileTree
@@ -98,6 +100,24 @@ def _host(m: ImageManifest, path: str) -> Path:
     return p if p.is_absolute() else m.base_dir / p
 
 
+def _version_key(path: Path) -> tuple[tuple[int, int | str], ...]:
+    return tuple((0, int(x)) if x.isdigit() else (1, x) for x in re.split(r"(\d+)", path.name) if x)
+
+
+def find_kernel(m: ImageManifest, pattern: str) -> Path:
+    """``vm.kernel`` on this host: a path, or a glob (``/boot/vmlinuz-*-cloud-amd64``) whose newest
+    match by version order is taken (the release it names is recorded in vm.json)."""
+    if not glob.has_magic(pattern):
+        return _host(m, pattern)
+    found = sorted((Path(p) for p in glob.glob(str(_host(m, pattern)))), key=_version_key)
+    if not found:
+        raise SourceError(
+            f"{m.source}: vm.kernel: nothing matches {pattern}",
+            hint="install the kernel (e.g. Debian's linux-image-cloud-amd64) or name its path",
+        )
+    return found[-1]
+
+
 def _copy_tree(entries: tuple[Entry, ...]) -> FileTree:
     tree = FileTree()
     for e in entries:
@@ -134,7 +154,7 @@ def build_vm(
     output = Path(output)
     if (output.exists() or output.is_symlink()) and not force:
         raise BuildError(f"{output} already exists", hint="pass --force to replace it")
-    kernel = _host(manifest, spec.kernel)
+    kernel = find_kernel(manifest, spec.kernel)
     release = kernel_release(kernel)
     verity = spec.profile is VMProfile.VERITY
     modules_dir = _host(manifest, spec.modules) if spec.modules else Path("/lib/modules") / release

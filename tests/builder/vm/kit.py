@@ -45,7 +45,8 @@ def point_at_kernel(manifest: Path, *, profile: str | None = None, disk: str | N
     kernel, modules = installed_kernel()
     text = manifest.read_text()
     text = re.sub(r"(?m)^  kernel: .*$", f"  kernel: {kernel}", text)
-    text = re.sub(r"(?m)^  modules: .*$", f"  modules: {modules}", text)
+    text = re.sub(r"(?m)^  modules: .*$\n?", "", text)
+    text = text.replace(f"  kernel: {kernel}\n", f"  kernel: {kernel}\n  modules: {modules}\n")
     if profile is not None:
         text = re.sub(r"(?m)^  profile: .*$", f"  profile: {profile}", text)
     if disk is not None:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from builder.errors import SourceError
 from builder.vm.image import build_vm
 from builder.vm.inspect import inspect_vm
 from kiln.cli import main
@@ -19,7 +20,7 @@ from manifests.layout import OCILayout
 from manifests.mediatypes import MediaType
 from manifests.oci import OCIManifest
 from manifests.vm import DiskLayout, PartName, VMConfig, VMProfile
-from tests.builder.vm.kit import REPO, point_at_kernel
+from tests.builder.vm.kit import REPO, installed_kernel, point_at_kernel
 from tests.support import require_tool
 
 pytestmark = pytest.mark.integration
@@ -158,3 +159,16 @@ def test_existing_output_needs_force_and_no_vm_section_is_an_error(
     assert main(["build", str(plain), "--format", "vm", "-o", str(tmp_path / "x")]) == 1
     assert "no vm: section" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_kernel_glob_takes_the_newest_installed(tmp_path: Path) -> None:
+    kernel, modules = installed_kernel()
+    shutil.copytree(REPO / "examples" / "hello-vm", tmp_path / "hello-vm")
+    manifest = tmp_path / "hello-vm" / "hello-vm.yaml"
+    assert "vmlinuz-*-cloud-amd64" in manifest.read_text()
+    result = build_vm(load_image_manifest(manifest), output=tmp_path / "vm")
+    assert result.config.kernel_release == modules.name == kernel.name.removeprefix("vmlinuz-")
+    manifest.write_text(manifest.read_text().replace("vmlinuz-*-cloud-amd64", "vmlinuz-*-no-such-flavour"))
+    with pytest.raises(SourceError, match=r"vm.kernel: nothing matches /boot/vmlinuz-\*-no-such-flavour"):
+        build_vm(load_image_manifest(manifest), output=tmp_path / "vm2")
+    assert not (tmp_path / "vm2").exists()
