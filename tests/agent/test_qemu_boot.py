@@ -2,10 +2,10 @@
 
 The images are hand-made busybox initramfs images on the host's Debian cloud kernel
 (:mod:`tests.agent.vmkit`), and examples/hello-vm built by ``kiln build --format vm``. Each boot
-takes a few seconds under TCG; this module boots nine times in all: the runtime's lifecycle (one),
+takes a few seconds under TCG; this module boots ten times in all: the runtime's lifecycle (one),
 ``kiln boot``'s exit status (one), the agent's release with a runc service and a VM service rolled
 forward and back (three; the part flipped in the published copy is refused before boot), hello-vm
-with a flipped verity data byte (one), drift: qemu killed and a part changed (three).
+with a flipped verity data byte (one), drift: qemu killed, a part changed, past max_lifetime (four).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import os
 import signal
 import struct
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -145,7 +146,7 @@ def test_kiln_boot_exits_with_the_guests_status_and_refuses_a_tampered_part(
     assert "kiln-exit" not in err
 
 
-def _vm_svc(port: int, digest: object) -> dict[str, object]:
+def _vm_svc(port: int, digest: object, *, max_lifetime: str | None = None) -> dict[str, object]:
     return service_yaml(
         "vm",
         f"{VM_REPO}@{digest}",
@@ -153,6 +154,7 @@ def _vm_svc(port: int, digest: object) -> dict[str, object]:
         grace="300ms",
         interval="300ms",
         retries=3,
+        max_lifetime=max_lifetime,
     )
 
 
@@ -292,7 +294,7 @@ def test_a_flipped_verity_data_byte_is_refused_and_booted_unsafely_makes_the_gue
     assert "panicked" in captured.err
 
 
-def test_agent_replaces_a_vm_whose_qemu_died_and_one_whose_part_changed(tmp_path: Path) -> None:
+def test_agent_replaces_a_vm_whose_qemu_died_whose_part_changed_and_past_its_lifetime(tmp_path: Path) -> None:
     repo = tmp_path / "vm-repo"
     v1 = _publish_vm(tmp_path, repo, "vm drift\n", "1.0.0")
     root_path = tmp_path / "root.yaml"
@@ -306,8 +308,9 @@ def test_agent_replaces_a_vm_whose_qemu_died_and_one_whose_part_changed(tmp_path
         images=(ImageLocation(repository=VM_REPO, location=f"oci:{repo}"),),
     )
     releases = LayoutRepository(tmp_path / "releases", create=True)
-    publish_release(releases, signed(make_release(1, [_vm_svc(vm_port, v1.digest)])))
-    agent = Agent(config, wall=Clock(NOW), health_deadline=120.0, drain_timeout=2.0, stop_grace=1.0)
+    publish_release(releases, signed(make_release(1, [_vm_svc(vm_port, v1.digest, max_lifetime="1h")])))
+    clock = Clock(NOW)
+    agent = Agent(config, wall=clock, health_deadline=120.0, drain_timeout=2.0, stop_grace=1.0)
     agent.start()
     try:
         assert agent.reconcile_once().outcome == "rolled-out"
@@ -333,6 +336,14 @@ def test_agent_replaces_a_vm_whose_qemu_died_and_one_whose_part_changed(tmp_path
         assert initrd.read_bytes() == original
         assert http_get("127.0.0.1", vm_port, timeout=10) == (200, b"vm drift\n")
         assert QemuRuntime(config.state).list() == (third.id,)
+        # Past max_lifetime: replaced, the address keeps answering.
+        clock.now = NOW + timedelta(hours=1, minutes=1)
+        result = agent.reconcile_once()
+        assert result.replaced == 1
+        (fourth,) = agent.journal.state.instances
+        assert fourth.id != third.id
+        assert http_get("127.0.0.1", vm_port, timeout=10) == (200, b"vm drift\n")
+        assert QemuRuntime(config.state).list() == (fourth.id,)
     finally:
         agent.close(stop_instances=True)
     assert QemuRuntime(config.state).list() == ()
