@@ -36,7 +36,7 @@ from typing import IO, Any
 from agent.health import HealthSpec
 from agent.rollout import Prepared, config_digest, health_spec_for
 from agent.store import ContentStore, PulledImage
-from agent.unpack import UnpackedRoot, root_fingerprint
+from agent.unpack import UnpackedRoot, remove_root, root_fingerprint
 from manifests.atomic import atomic_write, fsync_dir
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
@@ -242,12 +242,19 @@ def place_vm(store: ContentStore, image: PulledImage, roots_dir: Path) -> Unpack
 def prepared_vm(
     store: ContentStore, image: PulledImage, roots_dir: Path, *, service: Service, release: int, pin: Digest
 ) -> Prepared:
-    """The :class:`agent.rollout.Prepared` of a VM service: its parts placed (:func:`place_vm`), the
-    port and health from the release (first) or ``vm.json``."""
+    """The :class:`agent.rollout.Prepared` of a VM service: its parts placed (:func:`place_vm`) and
+    checked (a placed part that changed is placed again from the store, re-hashed; a store blob
+    that changed is refused, ``digest``), the port and health from the release (first) or
+    ``vm.json``."""
     from agent.qemu import guest_ports  # the runtime imports this module
 
-    root = place_vm(store, image, roots_dir)
     config = vm_config_of(image.config)
+    root = place_vm(store, image, roots_dir)
+    try:
+        check_vm_dir(root.path, config)
+    except VerificationError:  # a placed part changed on disk: place it again from the store
+        remove_root(roots_dir, image.manifest_digest)
+        root = place_vm(store, image, roots_dir)
     ports = guest_ports(config)
     port = ports[0] if ports else (service.health.check.port if service.health is not None else None)
     health, grace = health_spec_for(service, {})
