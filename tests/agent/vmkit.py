@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -24,7 +25,15 @@ from manifests.mediatypes import MediaType
 from manifests.oci import Descriptor, OCIManifest
 from manifests.vm import PartName, VMConfig, VMImageConfig, VMPart, VMProfile
 
-KERNEL_RELEASE = "6.1.0-57-cloud-amd64"
+
+def _newest_cloud_kernel() -> str:
+    """The release of the newest installed Debian cloud kernel (its version may differ per machine)."""
+    found = [p.name.removeprefix("vmlinuz-") for p in Path("/boot").glob("vmlinuz-*-cloud-amd64")]
+    key = [[(0, int(x), "") if x.isdigit() else (1, 0, x) for x in re.split(r"[.-]", r)] for r in found]
+    return max(zip(key, found, strict=True))[1] if found else "6.1.0-57-cloud-amd64"
+
+
+KERNEL_RELEASE = _newest_cloud_kernel()
 KERNEL = Path(f"/boot/vmlinuz-{KERNEL_RELEASE}")
 MODULES = Path(f"/lib/modules/{KERNEL_RELEASE}/kernel")
 BUSYBOX = Path("/bin/busybox")
