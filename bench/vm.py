@@ -174,12 +174,17 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="kiln-bench-vm-"))
     try:
         images = build_all(work)
+        # Round-robin (every image once per round): the load on the shared machine drifts, and
+        # each image should see the same drift.
+        times: dict[int, list[tuple[float, float]]] = {i: [] for i in range(len(images))}
+        for _ in range(args.runs):
+            for i, image in enumerate(images):
+                times[i].append(boot_once(image, work))
         rows = []
-        for image in images:
-            times = [boot_once(image, work) for _ in range(args.runs)]
-            answers = [t[1] for t in times]
+        for i, image in enumerate(images):
+            answers = [t[1] for t in times[i]]
             rows.append(
-                (image, statistics.median(t[0] for t in times), statistics.median(answers), min(answers))
+                (image, statistics.median(t[0] for t in times[i]), statistics.median(answers), min(answers))
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
