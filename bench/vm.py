@@ -14,15 +14,15 @@ manifest (compressed layers + config). Nothing is asserted; read the ratios.
 Targets (issue 9): the initramfs profile of the static hello within 1.2x of the baseline;
 python-web (verity) answering within 4 s under TCG here.
 
-Boot times swing by 2x between runs on the shared machine (a second run: baseline 7.46 s, hello-vm
-initramfs 2.12 s, python-web verity 8.80 s); the table shows the median and the best of the runs.
-Measured on the shared 2-core machine (TCG, ``--runs 3``, other jobs running), qemu start to the
-first health answer (medians): hello-vm verity 3.23 s, initramfs 3.15 s (0.74x the busybox baseline's
-4.27 s: kiln's init does less than the hand-made shell init); python-web verity 12.70 s,
-initramfs 9.37 s (the target of 4 s is missed: the kernel reaches user space in ~2.5 s, then
-python3.11 starting the service in the guest takes the rest under TCG). Pre-boot verification
-0.02-0.08 s. Sizes: hello-vm 20.2 MB (verity) / 15.3 MB (initramfs) against a 1.1 MB OCI image,
-python-web 38.2 / 21.2 MB against 7.4 MB: the kernel alone is 14.2 MB (Debian's cloud vmlinuz).
+Measured on the shared 2-core machine (TCG, ``--runs 3`` round-robin, load average ~9), qemu
+start to the first health answer, median (best): busybox baseline 3.16 s (3.14); hello-vm
+initramfs 2.17 s (2.12), 0.69x the baseline (kiln's init does less than the hand-made shell
+init); hello-vm verity 3.17 s (3.13), 1.00x; python-web verity 7.56 s (6.74), initramfs 8.57 s
+(7.73): the 4 s target is missed; the kernel reaches user space in ~2.5 s, the rest is python3.11
+starting in the guest (the tree has no .pyc: every imported module is compiled at each boot under
+TCG). Pre-boot verification 0.02-0.06 s. Sizes: hello-vm 20.2 MB (verity) / 15.3 MB (initramfs)
+against a 1.1 MB OCI image, python-web 38.2 / 21.2 MB against 7.4 MB; the kernel alone is
+14.2 MB. Under heavier load the same boots took 2-3x longer (runs are noisy: read the ratios).
 
     .venv/bin/python bench/vm.py [--runs N]
 """
