@@ -35,6 +35,8 @@ from builder.layers import LayerPlan, plan_layers
 from builder.sources import Assembly, InputRecord, assemble
 from builder.tarwriter import FileRecord, TarStats, check_epoch, tar_size, write_tar
 from builder.tree import EntryKind
+from builder.vm.treedigest import ANNOTATION as TREE_ANNOTATION
+from builder.vm.treedigest import tree_digest
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import KilnError
@@ -317,6 +319,11 @@ def _build_layout(
     )
     config_bytes = canonical_json(config)
     config_digest = layout.write_blob(config_bytes)
+    files = tuple(sorted((f for r in results for f in r[1].files), key=lambda f: f.path))
+    # The tree's own digest, equal to vm.json's treeDigest for a VM image of the same manifest.
+    tree = tree_digest(assembly.tree.entries(), {f.path: f.sha256 for f in files})
+    annotations = manifest_annotations(manifest, source_date_epoch=mtime, compression=comp.tag)
+    annotations[TREE_ANNOTATION] = str(tree)
     oci_manifest = OCIManifest(
         config=Descriptor(media_type=MediaType.OCI_CONFIG, digest=config_digest, size=len(config_bytes)),
         layers=tuple(
@@ -328,11 +335,10 @@ def _build_layout(
             )
             for layer in layers
         ),
-        annotations=manifest_annotations(manifest, source_date_epoch=mtime, compression=comp.tag),
+        annotations=annotations,
     )
     manifest_bytes = oci_manifest.to_bytes()
     digest = layout.write_blob(manifest_bytes)
-    files = tuple(sorted((f for r in results for f in r[1].files), key=lambda f: f.path))
     inputs = collect_inputs(
         manifest,
         assembly.tree.entries(),
