@@ -78,6 +78,9 @@ def _vm_dir(src: str, *, insecure: bool, out: Output) -> Iterator[Path]:
 
     if path.is_dir() and not src.startswith("oci:"):
         src = f"oci:{src}"
+    elif src.startswith(("/", "./", "../")) and not path.exists():
+        hint = "kiln build M --format vm -o DIR writes one"
+        raise KilnError(f"{src}: no such VM image directory", hint=hint)
     loc = parse_location(src)
     work = Path(tempfile.mkdtemp(prefix="kiln-boot-"))
     try:
