@@ -25,12 +25,12 @@ from pathlib import Path
 
 from builder.bom import OwnerLookup, attestation_documents, collect_inputs
 from builder.cache import BuildCache, CacheKey, StatEntry
-from builder.compress import ANNOTATION, BackgroundSink, Compressor
+from builder.compress import ANNOTATION, Compressor
 from builder.errors import BuildError, SourceError
 from builder.imageconfig import image_config, manifest_annotations
 from builder.layers import LayerPlan, plan_layers
 from builder.sources import Assembly, InputRecord, assemble
-from builder.tarwriter import FileRecord, TarStats, check_epoch, tar_size, write_tar
+from builder.tarwriter import FileRecord, TarStats, check_epoch, write_tar
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import KilnError
@@ -423,9 +423,10 @@ def _write_layer(
             if hit is not None:
                 _remember(cache, stat_key, first)
                 return _info(plan, comp, hit.digest, hit.size, first, cached=True), first
-    # 3. Write it: tar on this thread, compression and the blob's hash on a second one.
+    # 3. Write it: tar and its hash on this thread, fixed blocks compressed on every core, the
+    #    blob written and hashed on one more (builder.compress).
     with layout.blob_writer(durable=False) as blob:
-        sink = BackgroundSink(comp.sink(blob, size=tar_size(plan.entries, mtime=mtime)))
+        sink = comp.sink(blob)
         try:
             stats = write_tar(plan.entries, sink, mtime=mtime)
         except BaseException:
@@ -451,7 +452,10 @@ def _write_layer(
 
 def _cache_key(diff_id: Digest, comp: Compressor) -> CacheKey:
     return CacheKey(
-        diff_id=diff_id, compression=str(comp.compression), library=comp.library, level=comp.level
+        diff_id=diff_id,
+        compression=str(comp.compression),
+        library=f"{comp.library}/{comp.scheme}",  # a new block scheme must not reuse old blobs
+        level=comp.level,
     )
 
 
