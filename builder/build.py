@@ -230,7 +230,7 @@ def _build_layout(
         manifest,
         assembly.tree.entries(),
         files,
-        OwnerLookup(cache.root if cache is not None else None),
+        OwnerLookup(),  # dpkg's lists indexed once per machine (builder.dpkg)
     )
     sbom, provenance = attestation_documents(
         manifest, image_digest=digest, files=files, inputs=inputs, source_date_epoch=mtime
