@@ -50,8 +50,11 @@ demo: debs-demo venv
 	$(BIN)/python examples/demo.py
 
 # Each bench runs the peer tool in the same run and prints ratios (nothing is asserted).
+# bench/scale.py --large adds the 1 GB and 100,000-file cases (several minutes more).
 bench: debs-test venv
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/build.py
+	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/push.py
 	$(BIN)/python bench/agent.py

@@ -1,7 +1,9 @@
 """Build the same python-web-sized tree (~60 MB, ~1,400 files: the host's /usr/lib/python3.11 and
 the python3.11 binary) with kiln, with `buildah build` + `buildah push oci:`, and with `docker build` +
 `docker save` on a private engine, in the same run; cold (empty caches) and warm (unchanged rebuild).
-Prints wall times and the ratios. Nothing here asserts a time: read the numbers.
+Also in the same run: the floor (bench/floor.py: tar + ISA-L gzip + sha256 of the same tree in one
+Python process, on one thread and on two) and `python -c pass`, the cost of starting Python at all.
+Prints wall times (medians) and the ratios. Nothing here asserts a time: read the numbers.
 
     .venv/bin/python bench/build.py [--runs N] [--skip-docker] [--skip-buildah]
 """
@@ -115,6 +117,22 @@ def bench_kiln(ctx: Path, work: Path, runs: int) -> tuple[list[float], list[floa
     return cold, warm
 
 
+def bench_floor(ctx: Path, runs: int) -> dict[str, list[float]]:
+    """The in-process floor on one and two threads, and bare interpreter start-up."""
+    env = kiln_env()
+    floor = str(REPO / "bench" / "floor.py")
+    found: dict[str, list[float]] = {"floor (1 thread)": [], "floor (2 threads)": [], "python -c pass": []}
+    for _ in range(runs):
+        found["floor (1 thread)"].append(
+            timed(lambda: run(sys.executable, floor, str(ctx / "rootfs"), "--threads", "1", env=env))
+        )
+        found["floor (2 threads)"].append(
+            timed(lambda: run(sys.executable, floor, str(ctx / "rootfs"), "--threads", "2", env=env))
+        )
+        found["python -c pass"].append(timed(lambda: run(sys.executable, "-c", "pass", env=env)))
+    return found
+
+
 def bench_buildah(ctx: Path, work: Path, runs: int) -> tuple[list[float], list[float]]:
     cold, warm = [], []
     for i in range(runs):
@@ -173,7 +191,7 @@ def bench_docker(ctx: Path, work: Path, runs: int) -> tuple[list[float], list[fl
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--skip-docker", action="store_true")
     ap.add_argument("--skip-buildah", action="store_true")
     args = ap.parse_args()
@@ -181,6 +199,7 @@ def main() -> int:
     try:
         ctx = prepare(work)
         results: dict[str, tuple[list[float], list[float]]] = {"kiln": bench_kiln(ctx, work, args.runs)}
+        floors = bench_floor(ctx, args.runs)
         if not args.skip_buildah:
             results["buildah build+push"] = bench_buildah(ctx, work, args.runs)
         if not args.skip_docker:
@@ -195,6 +214,12 @@ def main() -> int:
         c, w = statistics.median(cold), statistics.median(warm)
         print(f"{tool:<22}{c:>14.3f}s{w:>14.3f}s{c / k_cold:>11.1f}x{w / k_warm:>11.1f}x")
     print("\nratio = the tool's time / kiln's time (higher means kiln is faster)")
+    print(f"\n{'reference':<22}{'median':>15}{'kiln cold / it':>16}{'kiln warm / it':>16}")
+    for name, times in floors.items():
+        m = statistics.median(times)
+        print(f"{name:<22}{m:>14.3f}s{k_cold / m:>15.2f}x{k_warm / m:>15.2f}x")
+    load = os.getloadavg()[0]
+    print(f"\nruns: {args.runs} each; load average at the end: {load:.2f} on {os.cpu_count()} cores")
     return 0
 
 

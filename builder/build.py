@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from builder.bom import OwnerLookup, attestation_documents, collect_inputs
 from builder.cache import BuildCache, CacheKey, StatEntry
 from builder.compress import ANNOTATION, Compressor
 from builder.errors import BuildError, SourceError
@@ -226,6 +225,9 @@ def _build_layout(
     manifest_bytes = oci_manifest.to_bytes()
     digest = layout.write_blob(manifest_bytes)
     files = tuple(sorted((f for r in results for f in r[1].files), key=lambda f: f.path))
+    # The SBOM's machinery is loaded by builds that write layers only, not by unchanged rebuilds.
+    from builder.bom import OwnerLookup, attestation_documents, collect_inputs
+
     inputs = collect_inputs(
         manifest,
         assembly.tree.entries(),
