@@ -308,7 +308,9 @@ def _read_json(path: Path | None) -> object:
         return None
     try:
         with open(path, "rb") as fh:
-            data = fh.read(MAX_INDEX_BYTES + 1)
+            if os.fstat(fh.fileno()).st_size > MAX_INDEX_BYTES:
+                return None
+            data = fh.read(MAX_INDEX_BYTES + 1)  # the file may have grown since
         if len(data) > MAX_INDEX_BYTES:
             return None
         return json.loads(data)

@@ -73,8 +73,61 @@ def _tar_name(entry: Entry) -> str:
     return name + "/" if entry.kind is EntryKind.DIR else name
 
 
+_TYPES = {
+    EntryKind.FILE: tarfile.REGTYPE,
+    EntryKind.DIR: tarfile.DIRTYPE,
+    EntryKind.SYMLINK: tarfile.SYMTYPE,
+    EntryKind.HARDLINK: tarfile.LNKTYPE,
+}
+# After the link name: magic "ustar\0" version "00", empty user and group names, empty device
+# numbers and an empty prefix, as tarfile writes them for a PAX-format archive.
+_USTAR_TAIL = b"ustar\x0000" + b"\0" * (32 + 32 + 8 + 8 + 155) + b"\0" * 12
+_SMALL_ID = 8**7  # uid/gid that fit 7 octal digits
+_SMALL_SIZE = 8**11
+
+
 def header_bytes(entry: Entry, *, mtime: int) -> bytes:
-    """The header block(s) for ``entry`` (a PAX header first only if a field needs one)."""
+    """The header block(s) for ``entry`` (a PAX header first only if a field needs one).
+
+    The common case (ASCII names and link targets of at most 100 bytes, ordinary ids and sizes) is
+    framed here directly, byte for byte what :mod:`tarfile` writes for it (a test holds the two
+    together) at a tenth of the cost; anything else goes through :mod:`tarfile`.
+    """
+    name = _tar_name(entry)
+    kind = entry.kind
+    if kind is EntryKind.SYMLINK:
+        link = entry.target or ""
+    elif kind is EntryKind.HARDLINK:
+        link = (entry.target or "").lstrip("/")
+    else:
+        link = ""
+    size = entry.size if kind is EntryKind.FILE else 0
+    if (
+        len(name) <= 100
+        and len(link) <= 100
+        and name.isascii()
+        and link.isascii()
+        and 0 <= entry.uid < _SMALL_ID
+        and 0 <= entry.gid < _SMALL_ID
+        and 0 <= size < _SMALL_SIZE
+        and 0 <= mtime < _SMALL_SIZE
+    ):
+        head = b"%s%s%07o\0%07o\0%07o\0%011o\0%011o\0" % (
+            name.encode("ascii"),
+            b"\0" * (100 - len(name)),
+            entry.mode & 0o7777,
+            entry.uid,
+            entry.gid,
+            size,
+            mtime,
+        )
+        tail = b"%s%s%s%s" % (_TYPES[kind], link.encode("ascii"), b"\0" * (100 - len(link)), _USTAR_TAIL)
+        checksum = sum(head) + sum(tail) + 8 * 0x20  # the checksum field counts as eight spaces
+        return b"%s%06o\0 %s" % (head, checksum, tail)
+    return _tarfile_header(entry, mtime=mtime)
+
+
+def _tarfile_header(entry: Entry, *, mtime: int) -> bytes:
     info = tarfile.TarInfo(_tar_name(entry))
     info.mode = entry.mode & 0o7777
     info.uid = entry.uid
