@@ -73,7 +73,7 @@ def prepare(work: Path, case: Case) -> Path:
     ctx = work / case.name.replace(" ", "-")
     rootfs = ctx / "rootfs"
     rnd = random.Random(case.x)
-    block = _content(rnd, case.file_size if case.file_size <= 1 << 20 else 1 << 20)
+    pool = _content(rnd, 8 << 20)  # every file and every MiB starts elsewhere in 8 MiB of content
     for i in range(case.files):
         d = rootfs / f"d{i // 1000:03d}"
         if i % 1000 == 0:
@@ -81,10 +81,10 @@ def prepare(work: Path, case: Case) -> Path:
         with open(d / f"f{i:06d}.bin", "wb") as fh:
             done = 0
             while done < case.file_size:
-                piece = block[: case.file_size - done]
-                # vary each MiB (and each small file) so nothing deduplicates across files
-                fh.write(i.to_bytes(8, "little") + piece[8:])
-                done += len(piece)
+                n = min(1 << 20, case.file_size - done)
+                start = rnd.randrange(len(pool) - n)
+                fh.write(pool[start : start + n])
+                done += n
     (ctx / "Containerfile").write_text("FROM scratch\nCOPY rootfs/ /data/\n")
     (ctx / "image.yaml").write_text(MANIFEST)
     return ctx
