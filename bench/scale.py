@@ -3,7 +3,7 @@ push oci:`, `docker build` + `docker save` (private engine) and the floor (bench
 and on two threads), on generated trees of 10 MB and 100 MB (a few large files) and of 1,000 and
 10,000 small files (1 KB each); with ``--large`` also 1 GB and 100,000 small files (minutes each).
 Every run is a separate process timed from outside, with its peak RSS (the largest resident set
-of it and any child it waited for). Prints a table of medians, writes them as JSON, and draws
+of it and any child it waited for, from GNU time). Prints a table of medians, writes them as JSON, and draws
 docs/performance-scaling.png (matplotlib, from the ``bench`` extra). Nothing is asserted.
 
     .venv/bin/python bench/scale.py [--runs N] [--large] [--skip-docker] [--skip-buildah]
@@ -17,6 +17,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -90,18 +91,25 @@ def prepare(work: Path, case: Case) -> Path:
     return ctx
 
 
+_TIME = shutil.which("time", path="/usr/bin:/bin")
+
+
 def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of one process (and the children it waited for)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
-    assert proc.stderr is not None
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{err.decode(errors='replace')[-2000:]}")
-    return wall, usage.ru_maxrss * 1024
+    """Wall seconds and peak RSS (bytes) of one process and the children it waited for.
+
+    The peak comes from GNU time, a small process that forks the command: a child forked from this
+    (larger) Python process would count this process's memory in its own peak."""
+    with tempfile.NamedTemporaryFile("r", prefix="kiln-bench-rss-") as rss:
+        wrapped = [_TIME, "-q", "-f", "%M", "-o", rss.name, *cmd] if _TIME else cmd
+        t0 = time.perf_counter()
+        proc = subprocess.run(
+            wrapped, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, check=False
+        )
+        wall = time.perf_counter() - t0
+        if proc.returncode != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr.decode(errors='replace')[-2000:]}")
+        text = rss.read().strip()
+    return wall, int(text.splitlines()[-1]) * 1024 if text else 0
 
 
 def kiln_env() -> dict[str, str]:
@@ -216,6 +224,7 @@ def chart(results: dict[str, dict[str, tuple[float, int]]], cases: list[Case], p
 
 
 def main() -> int:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up below on a kill
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--large", action="store_true", help="also 1 GB and 100,000 files (minutes)")
