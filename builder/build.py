@@ -425,16 +425,15 @@ def _write_layer(
             if hit is not None:
                 _remember(cache, stat_key, first)
                 return _info(plan, comp, hit.digest, hit.size, first, cached=True), first
-    # 3. Write it: tar and its hash on this thread, fixed blocks compressed on every core, the
-    #    blob written and hashed on one more (builder.compress).
+    # 3. Write it: the tar framed on this thread, fixed blocks compressed on every core, the tar
+    #    and the blob hashed and the blob written on one more (builder.compress).
     with layout.blob_writer(durable=False) as blob:
-        sink = comp.sink(blob)
+        sink = comp.sink(blob, hash_input=True)
         try:
-            stats = write_tar(plan.entries, sink, mtime=mtime)
+            stats = write_tar(plan.entries, sink, mtime=mtime, finish_hashed=sink.finish_hashed)
         except BaseException:
             sink.abort()
             raise
-        sink.finish()
     if first is not None and first.diff_id != stats.diff_id:
         raise SourceError(
             f"the {plan.category} layer's inputs changed while the image was being built",

@@ -17,11 +17,13 @@ puts it in the ``dev.kiln.compression`` annotation of every layer and of the man
 of library or scheme shows up as a visible, versioned change instead of silently different digests.
 
 The compressors release the GIL, so plain threads use every core. Writing the result (and hashing
-it, which the blob writer does) happens on one more thread, off the caller's critical path.
+it, which the blob writer does) happens on one more thread, off the caller's critical path; so
+does hashing the uncompressed stream (the layer's diff_id) when the caller asks for it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import queue
 import struct
@@ -35,6 +37,7 @@ from isal import isal_zlib
 
 from builder.errors import BuildError
 from builder.tarwriter import Sink
+from manifests.digest import Digest
 from manifests.mediatypes import Compression, MediaType
 
 __all__ = ["Compressor", "CompressingSink", "LEVELS", "ANNOTATION", "BLOCK_SIZE", "compress_block"]
@@ -93,12 +96,16 @@ class Compressor:
             return f"{self.library}/zstd-{self.level}/{self.scheme}"
         return "none"
 
-    def sink(self, out: Sink, *, size: int | None = None, workers: int | None = None) -> CompressingSink:
+    def sink(
+        self, out: Sink, *, size: int | None = None, workers: int | None = None, hash_input: bool = False
+    ) -> CompressingSink:
         """A sink that compresses into ``out``. ``size`` is accepted for callers that know it and
         unused (every frame records its own). ``workers``: ``None`` shares one pool of a thread per
-        core; a number gives this sink its own pool (1: compress on the writing thread)."""
+        core; a number gives this sink its own pool (1: compress on the writing thread).
+        ``hash_input``: also sha256 the uncompressed stream, on the writer thread
+        (:meth:`CompressingSink.finish_hashed`)."""
         del size
-        return CompressingSink(self, out, workers=workers)
+        return CompressingSink(self, out, workers=workers, hash_input=hash_input)
 
 
 def _size_name(n: int) -> str:
@@ -153,7 +160,8 @@ def _pool() -> ThreadPoolExecutor:
         return _shared_pool
 
 
-_Item = Future[bytes] | bytes | None  # a block being compressed, a block to compress here, the end
+# A block and its compression under way (None: compress it on the writer thread); None: the end.
+_Item = tuple[bytes, Future[bytes] | None] | None
 
 
 class CompressingSink:
@@ -164,9 +172,12 @@ class CompressingSink:
     re-raises whatever failed on another thread), or :meth:`abort` after a failure of your own.
     """
 
-    def __init__(self, comp: Compressor, out: Sink, *, workers: int | None = None) -> None:
+    def __init__(
+        self, comp: Compressor, out: Sink, *, workers: int | None = None, hash_input: bool = False
+    ) -> None:
         self._comp = comp
         self._out = out
+        self._input_hash = hashlib.sha256() if hash_input else None
         self._buf = bytearray()
         self._blocks = 0
         self._own_pool: ThreadPoolExecutor | None = None
@@ -186,24 +197,25 @@ class CompressingSink:
         self._thread.start()
 
     def _run(self) -> None:
-        comp, out = self._comp, self._out
+        comp, out, input_hash = self._comp, self._out, self._input_hash
         try:
             while (item := self._queue.get()) is not None:
-                out.write(item.result() if isinstance(item, Future) else compress_block(comp, item))
+                block, future = item
+                if input_hash is not None:
+                    input_hash.update(block)
+                out.write(future.result() if future is not None else compress_block(comp, block))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by finish()
             self._error = exc
             while (item := self._queue.get()) is not None:  # unblock the producer, then stop
-                if isinstance(item, Future):
-                    item.cancel()
+                if item[1] is not None:
+                    item[1].cancel()
 
     def _put(self, block: bytes) -> None:
         if self._error is not None:
             raise self._error
         self._blocks += 1
-        if self._pool is not None:
-            self._queue.put(self._pool.submit(compress_block, self._comp, block))
-        else:
-            self._queue.put(block)
+        future = self._pool.submit(compress_block, self._comp, block) if self._pool is not None else None
+        self._queue.put((block, future))
 
     def write(self, data: bytes) -> None:
         buf = self._buf
@@ -225,6 +237,13 @@ class CompressingSink:
             self._stop()
         if self._error is not None:
             raise self._error
+
+    def finish_hashed(self) -> Digest:
+        """:meth:`finish`, then the sha256 of everything written in (needs ``hash_input``)."""
+        if self._input_hash is None:
+            raise ValueError("this sink was not asked to hash its input")
+        self.finish()
+        return Digest(self._input_hash.hexdigest())
 
     def abort(self) -> None:
         """Stop the writer thread after a failure on the caller's side (the output is discarded)."""

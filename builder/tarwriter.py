@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -164,21 +164,33 @@ def tar_size(entries: Iterable[Entry], *, mtime: int) -> int:
 
 
 class _Hashing:
-    def __init__(self, sink: Sink) -> None:
+    def __init__(self, sink: Sink, *, hashing: bool = True) -> None:
         self.sink = sink
-        self.h = hashlib.sha256()
+        self.h = hashlib.sha256() if hashing else None
         self.size = 0
 
     def write(self, data: bytes) -> None:
-        self.h.update(data)
+        if self.h is not None:
+            self.h.update(data)
         self.size += len(data)
         self.sink.write(data)
 
 
-def write_tar(entries: Iterable[Entry], sink: Sink, *, mtime: int) -> TarStats:
-    """Write a tar of ``entries`` (in the given order) to ``sink``; returns its digest and stats."""
+def write_tar(
+    entries: Iterable[Entry],
+    sink: Sink,
+    *,
+    mtime: int,
+    finish_hashed: Callable[[], Digest] | None = None,
+) -> TarStats:
+    """Write a tar of ``entries`` (in the given order) to ``sink``; returns its digest and stats.
+
+    ``finish_hashed``: the sink hashes the stream itself (on another thread); called once after
+    the last write, it finishes the sink and returns the stream's sha256. Without it the stream is
+    hashed here.
+    """
     check_epoch(mtime)
-    out = _Hashing(sink)
+    out = _Hashing(sink, hashing=finish_hashed is None)
     records: list[FileRecord] = []
     by_path: dict[str, FileRecord] = {}
     count = 0
@@ -197,7 +209,8 @@ def write_tar(entries: Iterable[Entry], sink: Sink, *, mtime: int) -> TarStats:
                 )
             records.append(FileRecord(path=entry.path, sha256=leader.sha256, size=leader.size))
     out.write(_END)
-    return TarStats(diff_id=Digest(out.h.hexdigest()), size=out.size, entries=count, files=tuple(records))
+    diff_id = finish_hashed() if finish_hashed is not None else Digest(out.h.hexdigest())  # type: ignore[union-attr]
+    return TarStats(diff_id=diff_id, size=out.size, entries=count, files=tuple(records))
 
 
 def _write_content(entry: Entry, out: _Hashing) -> Digest:

@@ -5,6 +5,7 @@ stream is one valid gzip / zstd stream for the standard tools and for Python's r
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import random
@@ -129,3 +130,18 @@ def test_a_failing_block_reaches_the_caller(monkeypatch: pytest.MonkeyPatch) -> 
         feed()
     sink.abort()
     assert not sink._thread.is_alive()
+
+
+@pytest.mark.parametrize("compression", [Compression.GZIP, Compression.ZSTD, Compression.NONE])
+def test_the_writer_thread_hashes_the_uncompressed_stream(compression: Compression) -> None:
+    comp = Compressor.create(compression)
+    out = io.BytesIO()
+    sink = comp.sink(out, hash_input=True)
+    for i in range(0, len(PAYLOAD), 100_000):
+        sink.write(PAYLOAD[i : i + 100_000])
+    assert sink.finish_hashed().hex == hashlib.sha256(PAYLOAD).hexdigest()
+    assert out.getvalue() == _compress(comp, PAYLOAD, workers=1)  # hashing changes nothing
+    plain = comp.sink(io.BytesIO())
+    with pytest.raises(ValueError, match="not asked to hash"):
+        plain.finish_hashed()
+    plain.abort()
