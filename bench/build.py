@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -56,10 +57,21 @@ def prepare(work: Path) -> Path:
     return ctx
 
 
-def timed(fn: Callable[[], None]) -> float:
+CPU: dict[str, list[float]] = {}  # label -> CPU seconds (user + system) of the waited-for processes
+
+
+def timed(fn: Callable[[], None], label: str | None = None) -> float:
+    """Wall seconds of ``fn``; with ``label``, its children's CPU seconds are kept in CPU[label]
+    (a ratio of CPU times is steadier than one of wall times on a loaded machine)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     fn()
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    if label is not None:
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+        CPU.setdefault(label, []).append(cpu)
+    return wall
 
 
 def run(*cmd: str, env: dict[str, str] | None = None) -> None:
@@ -112,8 +124,8 @@ def bench_kiln(ctx: Path, work: Path, runs: int) -> tuple[list[float], list[floa
                 env=env,
             )
 
-        cold.append(timed(build))
-        warm.append(timed(build))
+        cold.append(timed(build, "kiln cold"))
+        warm.append(timed(build, "kiln warm"))
     return cold, warm
 
 
@@ -124,12 +136,16 @@ def bench_floor(ctx: Path, runs: int) -> dict[str, list[float]]:
     found: dict[str, list[float]] = {"floor (1 thread)": [], "floor (2 threads)": [], "python -c pass": []}
     for _ in range(runs):
         found["floor (1 thread)"].append(
-            timed(lambda: run(sys.executable, floor, str(ctx / "rootfs"), "--threads", "1", env=env))
+            timed(
+                lambda: run(sys.executable, floor, str(ctx / "rootfs"), "--threads", "1", env=env), "floor 1"
+            )
         )
         found["floor (2 threads)"].append(
-            timed(lambda: run(sys.executable, floor, str(ctx / "rootfs"), "--threads", "2", env=env))
+            timed(
+                lambda: run(sys.executable, floor, str(ctx / "rootfs"), "--threads", "2", env=env), "floor 2"
+            )
         )
-        found["python -c pass"].append(timed(lambda: run(sys.executable, "-c", "pass", env=env)))
+        found["python -c pass"].append(timed(lambda: run(sys.executable, "-c", "pass", env=env), "pass"))
     return found
 
 
@@ -218,6 +234,11 @@ def main() -> int:
     for name, times in floors.items():
         m = statistics.median(times)
         print(f"{name:<22}{m:>14.3f}s{k_cold / m:>15.2f}x{k_warm / m:>15.2f}x")
+    print("\nCPU seconds (user + system, medians):")
+    for label, cpus in CPU.items():
+        print(f"  {label:<12}{statistics.median(cpus):8.3f}s")
+    cold_cpu, floor_cpu = statistics.median(CPU["kiln cold"]), statistics.median(CPU["floor 2"])
+    print(f"  kiln cold / floor (2 threads), by CPU: {cold_cpu / floor_cpu:.2f}x")
     load = os.getloadavg()[0]
     print(f"\nruns: {args.runs} each; load average at the end: {load:.2f} on {os.cpu_count()} cores")
     return 0

@@ -94,13 +94,14 @@ def prepare(work: Path, case: Case) -> Path:
 _TIME = shutil.which("time", path="/usr/bin:/bin")
 
 
-def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int]:
-    """Wall seconds and peak RSS (bytes) of one process and the children it waited for.
+def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, int, float]:
+    """Wall seconds, peak RSS (bytes) and CPU seconds (user + system) of one process and the
+    children it waited for.
 
     The peak comes from GNU time, a small process that forks the command: a child forked from this
     (larger) Python process would count this process's memory in its own peak."""
     with tempfile.NamedTemporaryFile("r", prefix="kiln-bench-rss-") as rss:
-        wrapped = [_TIME, "-q", "-f", "%M", "-o", rss.name, *cmd] if _TIME else cmd
+        wrapped = [_TIME, "-q", "-f", "%M %U %S", "-o", rss.name, *cmd] if _TIME else cmd
         t0 = time.perf_counter()
         proc = subprocess.run(
             wrapped, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, check=False
@@ -108,8 +109,8 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, i
         wall = time.perf_counter() - t0
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr.decode(errors='replace')[-2000:]}")
-        text = rss.read().strip()
-    return wall, int(text.splitlines()[-1]) * 1024 if text else 0
+        fields = (rss.read().strip().splitlines() or ["0 0 0"])[-1].split()
+    return wall, int(fields[0]) * 1024, float(fields[1]) + float(fields[2])
 
 
 def kiln_env() -> dict[str, str]:
@@ -118,10 +119,10 @@ def kiln_env() -> dict[str, str]:
     return env
 
 
-Runner = Callable[[Path, Path, int], tuple[float, int]]
+Runner = Callable[[Path, Path, int], tuple[float, int, float]]  # wall, peak RSS, CPU
 
 
-def run_kiln(ctx: Path, work: Path, i: int) -> tuple[float, int]:
+def run_kiln(ctx: Path, work: Path, i: int) -> tuple[float, int, float]:
     out, cache = work / f"kiln-out-{i}", work / f"kiln-cache-{i}"
     result = measure(
         [sys.executable, "-m", "kiln", "-q", "build", str(ctx / "image.yaml"), "-o", str(out), "--force",
@@ -134,7 +135,7 @@ def run_kiln(ctx: Path, work: Path, i: int) -> tuple[float, int]:
 
 
 def run_floor(threads: int) -> Runner:
-    def run(ctx: Path, work: Path, i: int) -> tuple[float, int]:
+    def run(ctx: Path, work: Path, i: int) -> tuple[float, int, float]:
         del work, i
         floor = str(REPO / "bench" / "floor.py")
         return measure(
@@ -144,17 +145,17 @@ def run_floor(threads: int) -> Runner:
     return run
 
 
-def run_buildah(ctx: Path, work: Path, i: int) -> tuple[float, int]:
+def run_buildah(ctx: Path, work: Path, i: int) -> tuple[float, int, float]:
     store = work / f"buildah-{i}"
     base = ["buildah", "--root", str(store / "root"), "--runroot", str(store / "run"),
             "--storage-driver", "overlay"]  # fmt: skip
     out = work / f"buildah-out-{i}"
     try:
         t0 = time.perf_counter()
-        _, rss1 = measure([*base, "build", "--layers", "-q", "-f", str(ctx / "Containerfile"), "-t",
-                           "localhost/scale:1", str(ctx)])  # fmt: skip
-        _, rss2 = measure([*base, "push", "-q", "localhost/scale:1", f"oci:{out}:1.0.0"])
-        return time.perf_counter() - t0, max(rss1, rss2)
+        _, rss1, cpu1 = measure([*base, "build", "--layers", "-q", "-f", str(ctx / "Containerfile"), "-t",
+                                 "localhost/scale:1", str(ctx)])  # fmt: skip
+        _, rss2, cpu2 = measure([*base, "push", "-q", "localhost/scale:1", f"oci:{out}:1.0.0"])
+        return time.perf_counter() - t0, max(rss1, rss2), cpu1 + cpu2
     finally:
         subprocess.run([*base, "rmi", "-a", "-f"], capture_output=True, check=False)
         subprocess.run(["umount", "-R", str(store)], capture_output=True, check=False)
@@ -165,7 +166,7 @@ def run_buildah(ctx: Path, work: Path, i: int) -> tuple[float, int]:
 def docker_runner(host: str) -> Runner:
     env = {**os.environ, "DOCKER_HOST": host, "DOCKER_BUILDKIT": "0"}
 
-    def run(ctx: Path, work: Path, i: int) -> tuple[float, int]:
+    def run(ctx: Path, work: Path, i: int) -> tuple[float, int, float]:
         tag = f"scale-{i}:1"
         out = work / f"docker-{i}.tar"
         t0 = time.perf_counter()
@@ -175,7 +176,7 @@ def docker_runner(host: str) -> Runner:
         subprocess.run(["docker", "rmi", "-f", tag], env=env, capture_output=True, check=False)
         subprocess.run(["docker", "builder", "prune", "-af"], env=env, capture_output=True, check=False)
         out.unlink(missing_ok=True)
-        return wall, 0  # the work happens inside dockerd, not in the client: no RSS to report
+        return wall, 0, 0.0  # the work happens inside dockerd, not in the client: no RSS or CPU
 
     return run
 
@@ -188,16 +189,18 @@ def _dockerd(skip: bool) -> AbstractContextManager[object]:
     return private_dockerd()
 
 
-def median_of(runner: Runner, ctx: Path, work: Path, runs: int) -> tuple[float, int]:
-    walls, rss = [], []
+def median_of(runner: Runner, ctx: Path, work: Path, runs: int) -> tuple[float, int, float]:
+    """Median wall time, largest peak RSS, median CPU time."""
+    walls, rss, cpus = [], [], []
     for i in range(runs):
-        wall, peak = runner(ctx, work, i)
+        wall, peak, cpu = runner(ctx, work, i)
         walls.append(wall)
         rss.append(peak)
-    return statistics.median(walls), max(rss)
+        cpus.append(cpu)
+    return statistics.median(walls), max(rss), statistics.median(cpus)
 
 
-def chart(results: dict[str, dict[str, tuple[float, int]]], cases: list[Case], path: Path) -> None:
+def chart(results: dict[str, dict[str, tuple[float, int, float]]], cases: list[Case], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,7 +237,7 @@ def main() -> int:
     ap.add_argument("--chart", type=Path, default=REPO / "docs" / "performance-scaling.png")
     args = ap.parse_args()
     cases = [c for c in CASES if args.large or not c.large]
-    results: dict[str, dict[str, tuple[float, int]]] = {}
+    results: dict[str, dict[str, tuple[float, int, float]]] = {}
     work = Path(tempfile.mkdtemp(prefix="kiln-bench-scale-", dir="/var/tmp"))
     try:
         with _dockerd(args.skip_docker) as engine:
@@ -248,11 +251,10 @@ def main() -> int:
             for case in cases:
                 ctx = prepare(work, case)
                 for tool, runner in tools.items():
-                    wall, rss = median_of(runner, ctx, work, args.runs)
-                    results.setdefault(tool, {})[case.name] = (wall, rss)
-                    print(
-                        f"{case.name:<11} {tool:<20} {wall:8.3f}s  peak RSS {rss / 1e6:7.1f} MB", flush=True
-                    )
+                    wall, rss, cpu = median_of(runner, ctx, work, args.runs)
+                    results.setdefault(tool, {})[case.name] = (wall, rss, cpu)
+                    what = f"{wall:8.3f}s wall {cpu:8.3f}s CPU  peak RSS {rss / 1e6:7.1f} MB"
+                    print(f"{case.name:<11} {tool:<20} {what}", flush=True)
                 shutil.rmtree(ctx, ignore_errors=True)
     finally:
         subprocess.run(["umount", "-R", str(work)], capture_output=True, check=False)
@@ -260,14 +262,14 @@ def main() -> int:
     print(f"\n{'case':<11}" + "".join(f"{t[:18]:>20}" for t in results))
     for case in cases:
         print(f"{case.name:<11}" + "".join(f"{results[t][case.name][0]:>19.3f}s" for t in results))
-    print("\nkiln / floor (2 threads), kiln / floor (1 thread), buildah / kiln, kiln peak RSS:")
+    print("\nwall: kiln / floor(2t), kiln / floor(1t), buildah / kiln; CPU: kiln / floor(2t); kiln peak RSS")
     for case in cases:
         k = results["kiln"][case.name]
-        line = f"  {case.name:<11} {k[0] / results['floor (2 threads)'][case.name][0]:5.2f}x"
-        line += f" {k[0] / results['floor (1 thread)'][case.name][0]:5.2f}x"
+        f2, f1 = results["floor (2 threads)"][case.name], results["floor (1 thread)"][case.name]
+        line = f"  {case.name:<11} {k[0] / f2[0]:5.2f}x {k[0] / f1[0]:5.2f}x"
         if "buildah build+push" in results:
             line += f" {results['buildah build+push'][case.name][0] / k[0]:5.2f}x"
-        print(f"{line}  {k[1] / 1e6:6.1f} MB")
+        print(f"{line}  CPU {k[2] / f2[2]:5.2f}x  {k[1] / 1e6:6.1f} MB")
     print(
         f"\nruns: {args.runs} each; load average at the end: {os.getloadavg()[0]:.2f}, {os.cpu_count()} cores"
     )
