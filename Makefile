@@ -12,7 +12,7 @@ DEBS_DEMO := python3.11 python3-venv busybox-static docker.io runc curl ca-certi
              qemu-system-x86 linux-image-cloud-amd64 erofs-utils dmsetup
 DEBS_TEST := $(DEBS_DEMO) gcc libc6-dev skopeo umoci oci-image-tool buildah docker-registry openssl \
              cpio erofs-utils cryptsetup-bin util-linux iproute2 gpg gpgv debian-archive-keyring mmdebstrap \
-             podman containerd tmux fdisk
+             podman containerd tmux fdisk zstd time
 
 .PHONY: help debs-demo debs-test venv lint typecheck unit test demo bench clean lock
 
@@ -52,8 +52,11 @@ demo: debs-demo venv
 	$(BIN)/python examples/demo.py
 
 # Each bench runs the peer tool in the same run and prints ratios (nothing is asserted).
+# bench/scale.py --large adds the 1 GB and 100,000-file cases (several minutes more).
 bench: debs-test venv
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/build.py
+	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/push.py
 	$(BIN)/python bench/agent.py
