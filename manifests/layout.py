@@ -367,11 +367,13 @@ class OCILayout:
 def select_manifest(manifests: tuple[Descriptor, ...], ref: str | None, *, where: str) -> Descriptor:
     """The index entry ``ref`` names (see :meth:`OCILayout.resolve`); an archive's index too."""
     if ref is None:
-        # Artifacts about an image (its SBOM and provenance: ``artifactType`` set) are not images.
+        # Artifacts about an image (its SBOM and provenance: ``artifactType`` set, stored untagged
+        # beside it) are not images; a tagged artifact is one (a VM image: its artifactType names it).
         images = [
             d
             for d in manifests
-            if not is_cosign_tag(d.annotations.get(REF_NAME, "")) and d.artifact_type is None
+            if not is_cosign_tag(d.annotations.get(REF_NAME, ""))
+            and (d.artifact_type is None or REF_NAME in d.annotations)
         ]
         if len(images) != 1:
             raise DocumentError(

@@ -25,6 +25,9 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+import zstandard
 
 from builder.compress import Compressor
 from builder.errors import BuildError, SourceError
@@ -237,10 +240,13 @@ def build_vm(
 
         comp = Compressor.create(Compression.ZSTD, INITRD_LEVEL)
         with open(out / PartName.INITRD.file, "wb") as fh:
-            sink = comp.sink(fh)
-            write_cpio(initrd_tree.entries(), sink, mtime=source_date_epoch)
-            sink.finish()
-        parts.append(_part(out, PartName.INITRD, MediaType.KILN_VM_INITRD_ZSTD, compression=comp.tag))
+            frame = _OneZstdFrame(fh, INITRD_LEVEL)
+            write_cpio(initrd_tree.entries(), frame, mtime=source_date_epoch)
+            frame.finish()
+        # One zstd frame, not the layers' block scheme: Linux's initramfs reader takes a single frame
+        # (a second one is "junk at the end of compressed archive").
+        tag = f"{comp.library}/zstd-{INITRD_LEVEL}"
+        parts.append(_part(out, PartName.INITRD, MediaType.KILN_VM_INITRD_ZSTD, compression=tag))
         if verity:
             if layout is DiskLayout.GPT:
                 parts.append(_part(out, PartName.DISK, MediaType.KILN_VM_DISK))
@@ -278,6 +284,23 @@ def build_vm(
     total = sum(p.size for p in config.parts)
     say(f"{manifest.name} {manifest.version}: VM {digest} ({total} bytes) -> {output}")
     return VMBuildResult(config=config, digest=digest, output=output, size=total)
+
+
+class _OneZstdFrame:
+    """A sink that writes everything it is given as one zstd frame (checksummed) into ``out``."""
+
+    def __init__(self, out: BinaryIO, level: int) -> None:
+        cctx = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=True, threads=0)
+        self._obj = cctx.compressobj()
+        self._out = out
+
+    def write(self, data: bytes, /) -> None:
+        chunk = self._obj.compress(data)
+        if chunk:
+            self._out.write(chunk)
+
+    def finish(self) -> None:
+        self._out.write(self._obj.flush())
 
 
 def _part(out: Path, name: PartName, media_type: MediaType, *, compression: str | None = None) -> VMPart:
