@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
+from manifests.files import open_regular
 from manifests.oci import Descriptor
 from publisher.errors import PublishError
 
@@ -71,7 +72,7 @@ class BlobSource:
 
     def open(self) -> BinaryIO:
         if self.path is not None:
-            return self.path.open("rb")
+            return open_regular(self.path, follow=True)
         if self.opener is None:  # pragma: no cover - __post_init__ guarantees one of them
             raise ValueError("no source")
         return self.opener()
