@@ -166,11 +166,11 @@ class Download:
         """Append the response's bytes; a short or broken body is a :class:`TransientFailure`."""
         import httpx  # loaded already (the response came from it); not at the top: see above
 
-        from publisher.session import TransientFailure
+        from publisher.session import TransientFailure, header_int
 
         try:
-            length = resp.headers.get("content-length", "")
-            expected = self.received + int(length) if length.isdigit() else None
+            length = header_int(resp, "content-length")
+            expected = self.received + length if length is not None else None
             if expected is not None and expected > self.cap:
                 raise VerificationError(
                     f"{self.what}: the registry announces {expected} bytes, over the cap of {self.cap}",
