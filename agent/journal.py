@@ -44,7 +44,7 @@ from manifests.atomic import atomic_write
 from manifests.bounded import JsonCaps, read_json_object
 from manifests.canonical import canonical_json
 from manifests.errors import DocumentError
-from manifests.files import open_regular
+from manifests.files import open_regular, read_regular
 
 __all__ = [
     "FREEZE_AFTER_COMMIT_ENV",
@@ -425,12 +425,12 @@ class SourceState:
 
 def read_source_state(state_dir: Path) -> SourceState:
     """``STATE/source.json`` (an empty state when it is missing or unreadable: it is only shown)."""
+    path = Path(state_dir) / SOURCE_FILE
     try:
-        with (Path(state_dir) / SOURCE_FILE).open("rb") as fh:
-            doc = json.loads(fh.read(MAX_SOURCE_BYTES))
-    except (OSError, ValueError, RecursionError):
+        doc = read_json_object(read_regular(path, MAX_SOURCE_BYTES), what=str(path))
+    except (OSError, DocumentError):
         return SourceState()
-    return SourceState.from_dict(doc) if isinstance(doc, dict) else SourceState()
+    return SourceState.from_dict(doc)
 
 
 def write_source_state(state_dir: Path, state: SourceState) -> None:
