@@ -230,7 +230,8 @@ class Agent:
             self._lock.acquire()
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.journal = Journal(self.state_dir)
+            # a damaged journal is set aside (and said so below) rather than keeping the agent down
+            self.journal = Journal(self.state_dir, recover=True)
             self.store = ContentStore(self.state_dir, limits=StoreLimits.from_agent(self.config.limits))
             self.releases.open()
             self.runtime = (
@@ -288,6 +289,9 @@ class Agent:
                 enforcer=self.enforcer,
                 events=self.events,
             )
+            if self.journal.damaged is not None:
+                aside, why = self.journal.damaged
+                self.events.emit("journal_damaged", detail=why, moved_to=str(aside))
             self.trust = TrustKeeper(self.state_dir, first_root=self.config.trust_root, journal=self.journal)
             self.root = self.trust.load()
             self.source_state = read_source_state(self.state_dir)
