@@ -43,6 +43,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.dataplane import DataPlane, make_dataplane
+from agent.dataplane.inprocess import InProcessDataPlane
 from agent.errors import AgentError
 from agent.events import EventLog
 from agent.journal import InstanceRecord, Journal, JournalState, Refusal, ReleaseRef
@@ -122,6 +124,13 @@ def _netns_connector(path: str, port: int) -> Callable[[float], Any]:
     return connect
 
 
+def _dataplane_for(config: AgentConfig, connector: ConnectorFactory) -> DataPlane:
+    """The config's data plane; a test's injected connector keeps forwarding in this process."""
+    if connector is not _netns_connector:
+        return InProcessDataPlane(connector)
+    return make_dataplane(config.dataplane, config.state)
+
+
 class Agent:
     """One host agent over one state directory (see the module docstring)."""
 
@@ -139,6 +148,7 @@ class Agent:
         drain_timeout: float = 10.0,
         stop_grace: float = 5.0,
         lock: bool = True,
+        dataplane: DataPlane | None = None,
     ) -> None:
         self.config = config
         self.state_dir = Path(config.state)
@@ -169,6 +179,7 @@ class Agent:
             health_deadline=health_deadline,
             drain_timeout=drain_timeout,
             stop_grace=stop_grace,
+            dataplane=dataplane or _dataplane_for(config, connector),
         )
         self.root = self._load_root()
         self._prepared: dict[tuple[str, str], Prepared] = {}
@@ -197,6 +208,8 @@ class Agent:
                 with contextlib.suppress(KilnError):
                     self.runtime.stop(iid, grace=self.deployer.stop_grace)
             self.journal.commit(replace(self.journal.state, known=()))
+        if stop_instances:
+            self.deployer.dataplane.stop()
         self.deployer.close()
         close = getattr(self.runtime, "close", None)
         if callable(close) and stop_instances:
@@ -294,6 +307,7 @@ class Agent:
             older = self._release_or_none(st.rollout_from) if st.rollout_from is not None else None
             for service in _services_of(release, older):
                 self.deployer.adopt(service, st.serving(service.name))
+        self.deployer.dataplane.retain({r.service for r in st.instances})
         if st.rollout_to is not None:
             self.events.emit(
                 "recover",

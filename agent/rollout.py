@@ -16,7 +16,8 @@ serving set is committed before the forwarder is switched to it):
 - :meth:`Deployer.replace` swaps one instance for a fresh one of the same spec (drift, death,
   ``max_lifetime``): start, wait healthy, switch, drain, stop.
 - :meth:`Deployer.retire` drains and stops an instance and forgets it.
-- :meth:`Deployer.adopt` re-creates the traffic switch for instances found serving after a restart.
+- :meth:`Deployer.adopt` points the data plane (which outlived the agent, :mod:`agent.dataplane`)
+  at the instances the journal says serve, after a restart; equal sets change nothing.
 
 Time is injected (``clock``, ``sleep``, ``wall``), so the state machine runs in unit tests with a
 fake runtime and a fake probe, without waiting.
@@ -31,8 +32,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from agent.dataplane import DataPlane, Target
+from agent.dataplane.inprocess import InProcessDataPlane
 from agent.events import EventLog
-from agent.forwarder import Backend, Forwarder
 from agent.health import HealthResult, HealthSpec, HealthState, HealthWatch, Probe, check_once, wait_healthy
 from agent.journal import InstanceRecord, Journal
 from agent.metrics import Metrics
@@ -185,7 +187,7 @@ class Deployer:
         health_deadline: float = 60.0,
         drain_timeout: float = 10.0,
         stop_grace: float = 5.0,
-        forwarder_factory: Callable[[tuple[str, int], str], Forwarder] | None = None,
+        dataplane: DataPlane | None = None,
     ) -> None:
         self.runtime = runtime
         self.journal = journal
@@ -200,9 +202,9 @@ class Deployer:
         self.health_deadline = health_deadline
         self.drain_timeout = drain_timeout
         self.stop_grace = stop_grace
-        self._forwarder_factory = forwarder_factory or _default_forwarder
-        self.forwarders: dict[str, Forwarder] = {}
-        self._listens: dict[str, tuple[str, int]] = {}
+        # The default serves from this process (tests with injected connectors); the agent passes
+        # the data plane its config selects, which outlives it.
+        self.dataplane: DataPlane = dataplane if dataplane is not None else InProcessDataPlane(connector)
         self._netns: dict[str, str] = {}
         self.watches: dict[str, HealthWatch] = {}
 
@@ -320,55 +322,42 @@ class Deployer:
 
     # -- traffic ---------------------------------------------------------------------------------
 
-    def forwarder(self, service: Service) -> Forwarder | None:
+    def _point(self, service: Service, records: Sequence[InstanceRecord]) -> None:
+        """Tell the data plane which instances serve ``service``'s address (if it has one)."""
         if service.listen is None:
-            return None
-        listen = (service.listen.host, service.listen.port)
-        fw = self.forwarders.get(service.name)
-        if fw is not None and self._listens.get(service.name) == listen:
-            return fw
-        if fw is not None:
-            fw.stop()
-        fw = self._forwarder_factory(listen, service.name)
-        fw.start()
-        self.forwarders[service.name] = fw
-        self._listens[service.name] = listen
-        return fw
+            return
+        targets = []
+        for rec in records:
+            try:
+                targets.append(self.target_for(rec))
+            except KilnError as exc:
+                self.events.emit("error", what=f"backend {rec.id}", detail=exc.message)
+        self.dataplane.serve(service.name, (service.listen.host, service.listen.port), targets)
+
+    def target_for(self, rec: InstanceRecord) -> Target:
+        path = self._netns.get(rec.id)
+        if path is None:
+            path = self.runtime.netns_path(rec.id)
+            self._netns[rec.id] = path
+        if rec.port is None:
+            raise RolloutFailed(f"instance {rec.id}: the image declares no port to reach")
+        return Target(id=rec.id, netns=path, port=rec.port)
 
     def switch(self, service: Service, records: Sequence[InstanceRecord]) -> None:
         """Commit ``records`` as the service's serving set, then point its address at them."""
         st = self.journal.state
         self.journal.commit(st.with_service(service.name, tuple(records)))
-        fw = self.forwarder(service)
-        if fw is not None:
-            backends = []
-            for rec in records:
-                try:
-                    backends.append(Backend(id=rec.id, connect=self.connect_for(rec)))
-                except KilnError as exc:
-                    self.events.emit("error", what=f"backend {rec.id}", detail=exc.message)
-            fw.set_backends(backends)
+        self._point(service, records)
         self.metrics.set_instances(len(self.journal.state.instances))
 
     def adopt(self, service: Service, records: Sequence[InstanceRecord]) -> None:
-        """After a restart: recreate the service's traffic switch over its serving instances."""
-        fw = self.forwarder(service)
-        if fw is None:
-            return
-        backends = []
-        for rec in records:
-            try:
-                backends.append(Backend(id=rec.id, connect=self.connect_for(rec)))
-            except KilnError as exc:
-                self.events.emit("error", what=f"backend {rec.id}", detail=exc.message)
-        fw.set_backends(backends)
+        """After a restart: point the (running or new) data plane at the journal's serving set."""
+        self._point(service, records)
         self.metrics.set_instances(len(self.journal.state.instances))
 
     def retire(self, rec: InstanceRecord) -> None:
         """Drain an instance that no longer serves, then stop it and forget it."""
-        fw = self.forwarders.get(rec.service)
-        if fw is not None and not fw.drain(rec.id, self.drain_timeout):
-            fw.close_backend_connections(rec.id)
+        self.dataplane.drain(rec.service, rec.id, self.drain_timeout)
         self._forget(rec.id)
         self.events.emit("stopped", service=rec.service, instance=rec.id, release=rec.release)
 
@@ -376,20 +365,16 @@ class Deployer:
         """Stop every instance of a service the release no longer has, and its switch."""
         recs = self.journal.state.serving(name)
         self.journal.commit(self.journal.state.with_service(name, ()))
-        fw = self.forwarders.pop(name, None)
-        self._listens.pop(name, None)
-        if fw is not None:
-            fw.set_backends([])
+        view = self.dataplane.services().get(name)
+        if view is not None:
+            self.dataplane.serve(name, view.listen, [])
         for rec in recs:
             self.retire(rec)
-        if fw is not None:
-            fw.stop()
+        self.dataplane.remove(name)
 
     def close(self) -> None:
-        for fw in self.forwarders.values():
-            fw.stop()
-        self.forwarders.clear()
-        self._listens.clear()
+        """The agent goes away: the data plane keeps serving (an in-process one cannot)."""
+        self.dataplane.detach()
 
     # -- rollouts --------------------------------------------------------------------------------
 
@@ -479,7 +464,3 @@ class Deployer:
         self.metrics.count_replacement(cause)
         self.events.emit("replaced", service=service.name, instance=old.id, by=rec.id, cause=cause)
         return True
-
-
-def _default_forwarder(listen: tuple[str, int], name: str) -> Forwarder:
-    return Forwarder(listen, connect_timeout=1.0, max_attempts=4, name=f"kiln-fwd-{name}")
