@@ -292,10 +292,8 @@ class Agent:
     # -- start and recovery ----------------------------------------------------------------------
 
     def start(self) -> None:
-        """Re-attach after a (re)start: stop what does not serve, finish or undo a rollout."""
-        self._stop_strays("recover")
-        with contextlib.suppress(OSError):
-            remove_interrupted(self.roots_dir)
+        """Re-attach after a (re)start: point the data plane at what the journal says serves, stop
+        what does not serve, finish or undo a rollout."""
         st = self.journal.state
         serving = {r.id for r in st.instances}
         missing = [iid for iid in serving if iid not in st.known]
@@ -308,6 +306,12 @@ class Agent:
             for service in _services_of(release, older):
                 self.deployer.adopt(service, st.serving(service.name))
         self.deployer.dataplane.retain({r.service for r in st.instances})
+        # Only now: the data plane (which outlived the last agent) may still point at instances a
+        # switch committed away before the crash; stopping them first would fail its requests.
+        self._stop_strays("recover")
+        with contextlib.suppress(OSError):
+            remove_interrupted(self.roots_dir)
+        st = self.journal.state
         if st.rollout_to is not None:
             self.events.emit(
                 "recover",

@@ -224,6 +224,11 @@ class ProcessDataPlane:
         self._ready = False
         return running
 
+    def pid_alive(self) -> bool:
+        """The pid file names a live data plane process of this state directory."""
+        pid = self._pid()
+        return pid is not None and self._is_ours(pid) and _alive(pid)
+
     def _is_ours(self, pid: int) -> bool:
         """``pid`` is this state directory's data plane (not a stranger that reused the pid)."""
         try:

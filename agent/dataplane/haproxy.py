@@ -322,6 +322,13 @@ class HAProxyDataPlane:
     def detach(self) -> None:
         """HAProxy keeps serving; nothing is held by the agent."""
 
+    def running(self) -> bool:
+        """A master answers, or the pid file names a live HAProxy."""
+        if self._proc() is not None:
+            return True
+        pid = _read_pid(self.pidfile)
+        return pid is not None and _is_haproxy(pid)
+
     def stop(self) -> bool:
         state = self._proc()
         pid = state.master if state is not None else _read_pid(self.pidfile)
