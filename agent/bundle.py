@@ -12,8 +12,12 @@ out. The container gets a read-only root, the image's non-root user (uid 0 is a 
 unless the spec allows it), ``noNewPrivileges``, five EMPTY capability sets, an RLIMIT_NOFILE, tmpfs
 (nosuid, nodev, size-capped) on each writable path, bind mounts for volumes, ``/proc``, a tmpfs
 ``/dev`` with ``/dev/pts`` and ``/dev/shm``, a read-only ``/sys``, runc's masked and read-only paths,
-its own pid/ipc/uts/mount namespaces, the network namespace it was given, all devices denied in
-the device cgroup, and a cgroup under ``/kiln``.
+its own pid/ipc/uts/mount/cgroup namespaces, the network namespace it was given, kiln's seccomp
+allowlist (:mod:`agent.seccomp`), all devices denied in the device cgroup, a cgroup under ``/kiln``
+with the pids, memory and CPU caps of :class:`~agent.runtime.ResourceLimits` (a release's
+``resources:``), and ``/sys/fs/cgroup`` read-only, rooted at the instance's own cgroup. A spec with
+``user_namespace`` also gets a user namespace mapping ids 0-65535 to the service's slot of host ids
+(:func:`userns_base`).
 
 :func:`prepare_volumes` is the I/O half: ``STATE/volumes/<service>/<slug>`` directories, mode 0700,
 owned by the image user; :func:`write_bundle` writes ``BUNDLE/config.json`` atomically.
@@ -21,7 +25,7 @@ owned by the image user; :func:`write_bundle` writes ``BUNDLE/config.json`` atom
 
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import posixpath
 import urllib.parse
@@ -32,10 +36,12 @@ from types import MappingProxyType
 from typing import Any
 
 from agent.errors import BundleError
-from agent.runtime import InstanceSpec
+from agent.runtime import InstanceSpec, ResourceLimits
+from agent.seccomp import seccomp_profile
 from manifests.atomic import atomic_write
+from manifests.bounded import read_json
 from manifests.canonical import canonical_json
-from manifests.errors import DocumentError, VerificationError
+from manifests.errors import DocumentError, ParseError, VerificationError
 
 __all__ = [
     "ImagePolicy",
@@ -51,9 +57,23 @@ __all__ = [
     "READONLY_PATHS",
     "SYSTEM_MOUNTPOINTS",
     "CGROUP_PARENT",
+    "CPU_PERIOD_US",
+    "USERNS_BASE",
+    "USERNS_SIZE",
+    "USERNS_SLOTS",
+    "cgroup_resources",
+    "userns_base",
+    "host_ids",
+    "userns_mappings",
 ]
 
 CGROUP_PARENT = "/kiln"
+CPU_PERIOD_US = 100_000  # the CFS period the CPU quota is a share of (the kernel's default)
+# User namespaces: each service's 65536 ids map to one slot of systemd's range for container ids
+# (0x00080000-0x6fffffff); kiln takes its upper part, 0x40000000-0x6fffffff: 12288 slots.
+USERNS_BASE = 0x40000000
+USERNS_SIZE = 0x10000
+USERNS_SLOTS = 0x3000
 SYSTEM_MOUNTPOINTS = ("/proc", "/dev", "/sys")
 _RESERVED = ("/proc", "/dev", "/sys")
 MASKED_PATHS = (
@@ -95,8 +115,8 @@ def _paths(labels: Mapping[str, Any], key: str) -> tuple[str, ...]:
     if text is None:
         return ()
     try:
-        value = json.loads(text)
-    except (ValueError, RecursionError):
+        value = read_json(str(text).encode("utf-8", "surrogatepass"), what=f"label {key}")
+    except ParseError:
         raise DocumentError(f"image config: label {key}: not valid JSON") from None
     if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
         raise DocumentError(f"image config: label {key}: expected a JSON list of paths")
@@ -171,8 +191,8 @@ class ImagePolicy:
         ports: tuple[str, ...] = ()
         if "dev.kiln.ports" in labels:
             try:
-                raw_ports = json.loads(labels["dev.kiln.ports"])
-            except (ValueError, RecursionError):
+                raw_ports = read_json(_utf8(labels["dev.kiln.ports"]), what="label dev.kiln.ports")
+            except ParseError:
                 raise DocumentError("image config: label dev.kiln.ports: not valid JSON") from None
             if not isinstance(raw_ports, list) or not all(isinstance(p, str) for p in raw_ports):
                 raise DocumentError("image config: label dev.kiln.ports: expected a JSON list of strings")
@@ -180,8 +200,8 @@ class ImagePolicy:
         health: Mapping[str, Any] | None = None
         if "dev.kiln.health" in labels:
             try:
-                raw_health = json.loads(labels["dev.kiln.health"])
-            except (ValueError, RecursionError):
+                raw_health = read_json(_utf8(labels["dev.kiln.health"]), what="label dev.kiln.health")
+            except ParseError:
                 raise DocumentError("image config: label dev.kiln.health: not valid JSON") from None
             if not isinstance(raw_health, dict):
                 raise DocumentError("image config: label dev.kiln.health: expected a JSON object")
@@ -252,7 +272,13 @@ def volume_slug(path: str) -> str:
     return urllib.parse.quote(path.strip("/"), safe="")
 
 
-def check_user(policy: ImagePolicy, *, allow_root: bool) -> None:
+def check_user(policy: ImagePolicy, *, allow_root: bool, user_namespace: bool = False) -> None:
+    if user_namespace and (policy.uid == 0 or policy.gid == 0):
+        raise VerificationError(
+            f"image runs as {policy.uid}:{policy.gid}; a user namespace maps only non-root ids",
+            reason="policy",
+            hint="give the image a non-root user and group (accounts: in the manifest)",
+        )
     if policy.uid == 0 and not allow_root:
         raise VerificationError(
             "image runs as uid 0 (root); refused",
@@ -261,8 +287,11 @@ def check_user(policy: ImagePolicy, *, allow_root: bool) -> None:
         )
 
 
-def prepare_volumes(state_dir: Path, service: str, policy: ImagePolicy) -> dict[str, Path]:
-    """Create (or reuse) each volume's host directory, 0700, owned by the image user."""
+def prepare_volumes(
+    state_dir: Path, service: str, policy: ImagePolicy, *, owner: tuple[int, int] | None = None
+) -> dict[str, Path]:
+    """Create (or reuse) each volume's host directory, 0700, owned by the image user (or by
+    ``owner``, the host ids a user namespace maps it to)."""
     out: dict[str, Path] = {}
     if not policy.volumes:
         return out
@@ -275,7 +304,7 @@ def prepare_volumes(state_dir: Path, service: str, policy: ImagePolicy) -> dict[
         host.mkdir(mode=0o700, exist_ok=True)
         os.chmod(host, 0o700)
         if os.geteuid() == 0:
-            os.chown(host, policy.uid, policy.gid)
+            os.chown(host, *(owner or (policy.uid, policy.gid)))
         out[path] = host
     return out
 
@@ -289,6 +318,58 @@ def _tmpfs(path: str, policy: ImagePolicy, size: int) -> dict[str, Any]:
     return {"destination": path, "type": "tmpfs", "source": "tmpfs", "options": opts}
 
 
+def cgroup_resources(limits: ResourceLimits) -> dict[str, Any]:
+    """``linux.resources``: no devices; the pids, memory (swap included: none beyond it) and CPU caps."""
+    resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
+    if limits.pids is not None:
+        resources["pids"] = {"limit": limits.pids}
+    if limits.memory_bytes is not None:
+        resources["memory"] = {"limit": limits.memory_bytes, "swap": limits.memory_bytes}
+    if limits.cpu_millis is not None:
+        resources["cpu"] = {"quota": limits.cpu_millis * CPU_PERIOD_US // 1000, "period": CPU_PERIOD_US}
+    return resources
+
+
+def userns_base(service: str) -> int:
+    """The first host id of ``service``'s user namespace: ``USERNS_BASE + slot * USERNS_SIZE``.
+
+    The slot is derived from the service name (sha256, modulo ``USERNS_SLOTS``), so every instance
+    of a service, in every release and after every restart, maps ids the same way and finds its
+    volumes owned by the same host ids. Two services may share a slot (1 in 12288 per pair): they
+    then share host ids, as every service does without a user namespace.
+    """
+    digest = hashlib.sha256(service.encode()).digest()
+    return USERNS_BASE + int.from_bytes(digest[:4], "big") % USERNS_SLOTS * USERNS_SIZE
+
+
+def userns_mappings(service: str) -> list[dict[str, int]]:
+    """Ids 1-65535 to the service's slot; 0 (runc's own setup, never the service) to host root.
+
+    runc 1.1 prepares the root from inside the user namespace, so the namespace's root must be
+    able to reach the root's path under the agent's 0700 state directory; it has no idmapped
+    mounts either. Mapping 0 to 0 keeps that working; :func:`check_user` refuses root images
+    with a user namespace, so the service itself always runs as an unprivileged host id.
+    """
+    base = userns_base(service)
+    return [
+        {"containerID": 0, "hostID": 0, "size": 1},
+        {"containerID": 1, "hostID": base + 1, "size": USERNS_SIZE - 1},
+    ]
+
+
+def host_ids(spec: InstanceSpec, uid: int, gid: int) -> tuple[int, int]:
+    """The host ids behind the image's ``uid:gid`` (themselves unless the spec has a user namespace)."""
+    if not spec.user_namespace:
+        return uid, gid
+    if uid >= USERNS_SIZE or gid >= USERNS_SIZE:
+        raise BundleError(
+            f"{spec.instance_id}: image user {uid}:{gid} is outside the user namespace's {USERNS_SIZE} ids",
+            hint="give the image a uid and gid below 65536, or drop user_namespace",
+        )
+    base = userns_base(spec.service)
+    return base + uid, base + gid
+
+
 def runtime_config(
     spec: InstanceSpec,
     *,
@@ -300,7 +381,7 @@ def runtime_config(
     if spec.rootfs is None:
         raise BundleError(f"{spec.instance_id}: no unpacked root to run", hint="unpack the image first")
     policy = ImagePolicy.from_config(spec.image_config)
-    check_user(policy, allow_root=spec.allow_root)
+    check_user(policy, allow_root=spec.allow_root, user_namespace=spec.user_namespace)
     missing = [v for v in policy.volumes if v not in volumes]
     if missing:
         raise BundleError(f"{spec.instance_id}: no host directory for volume {missing[0]}")
@@ -342,14 +423,39 @@ def runtime_config(
         }
         for p in policy.volumes
     ]
+    mounts.append(
+        {
+            "destination": "/sys/fs/cgroup",
+            "type": "cgroup",
+            "source": "cgroup",
+            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
+        }
+    )
     network: dict[str, Any] = {"type": "network"}
     if netns_path is not None:
         network["path"] = netns_path
-    resources: dict[str, Any] = {"devices": [{"allow": False, "access": "rwm"}]}
-    if limits.pids is not None:
-        resources["pids"] = {"limit": limits.pids}
-    if limits.memory_bytes is not None:
-        resources["memory"] = {"limit": limits.memory_bytes}
+    namespaces: list[dict[str, Any]] = [
+        {"type": "pid"},
+        {"type": "ipc"},
+        {"type": "uts"},
+        {"type": "mount"},
+        {"type": "cgroup"},
+        network,
+    ]
+    linux: dict[str, Any] = {"namespaces": namespaces}
+    if spec.user_namespace:
+        namespaces.append({"type": "user"})
+        linux["uidMappings"] = userns_mappings(spec.service)
+        linux["gidMappings"] = userns_mappings(spec.service)
+    linux.update(
+        {
+            "resources": cgroup_resources(limits),
+            "cgroupsPath": f"{CGROUP_PARENT}/{spec.instance_id}",
+            "maskedPaths": list(MASKED_PATHS),
+            "readonlyPaths": list(READONLY_PATHS),
+            "seccomp": seccomp_profile(),
+        }
+    )
     caps: dict[str, list[str]] = {
         k: [] for k in ("bounding", "effective", "inheritable", "permitted", "ambient")
     }
@@ -375,13 +481,7 @@ def runtime_config(
         "hostname": spec.instance_id[:63],
         "mounts": mounts,
         "annotations": ann,
-        "linux": {
-            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, network],
-            "resources": resources,
-            "cgroupsPath": f"{CGROUP_PARENT}/{spec.instance_id}",
-            "maskedPaths": list(MASKED_PATHS),
-            "readonlyPaths": list(READONLY_PATHS),
-        },
+        "linux": linux,
     }
 
 
@@ -401,3 +501,7 @@ def env_pairs(env: Sequence[str]) -> dict[str, str]:
         k, _, v = e.partition("=")
         out[k] = v
     return out
+
+
+def _utf8(text: object) -> bytes:
+    return str(text).encode("utf-8", "surrogatepass")

@@ -4,14 +4,18 @@ The image reaches the engine the honest way: a docker-archive written from the a
 content store (``manifest.json`` + the config and layer blobs exactly as stored) and ``docker
 load``-ed; the engine recomputes every layer's diff_id against the config, and the loaded image's
 id must equal the config digest, so what runs is what was verified. Containers run with a
-read-only root, ``cap_drop=ALL``, ``no-new-privileges``, the image's numeric user (uid 0 refused
-unless allowed), tmpfs for ``dev.kiln.writable``, bind mounts for ``dev.kiln.volumes``,
+read-only root, ``cap_drop=ALL``, ``no-new-privileges``, kiln's seccomp profile (the same as on
+runc, :mod:`agent.seccomp`, never ``unconfined``), a private cgroup namespace, the memory (swap
+included), CPU and pids caps of the spec's limits, the image's numeric user (uid 0 refused unless
+allowed), tmpfs for ``dev.kiln.writable``, bind mounts for ``dev.kiln.volumes``,
 ``network_mode="none"`` (their own namespace with only loopback; the agent reaches it through
 ``/proc/<pid>/ns/net`` with :func:`agent.netns.connect_in_netns`) and the labels
 ``dev.kiln.instance``, ``dev.kiln.service`` and ``dev.kiln.image``. Only containers carrying
 ``dev.kiln.instance`` equal to their name are ever listed, stopped or removed.
 
-A spec's ``netns`` is not used here: the engine cannot join a named namespace by path.
+A spec's ``netns`` is not used here: the engine cannot join a named namespace by path. Nor can it give
+one container a user namespace (``userns-remap`` is engine-wide): a spec with ``user_namespace`` is
+refused.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from agent.runtime import (
     InstanceStatus,
     check_instance_id,
 )
+from agent.seccomp import seccomp_profile
 from agent.store import ContentStore, PulledImage
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
@@ -51,6 +56,11 @@ __all__ = ["DockerRuntime", "write_docker_archive", "LABEL"]
 
 LABEL = "dev.kiln.instance"
 _ENGINE_ERRORS = (docker.errors.DockerException, OSError)
+
+
+def seccomp_json() -> str:
+    """kiln's seccomp profile as the engine takes it in ``security_opt`` (the document, not a path)."""
+    return canonical_json(seccomp_profile()).decode()
 
 
 def _add(tar: tarfile.TarFile, name: str, size: int, fh: IO[bytes]) -> None:
@@ -165,6 +175,11 @@ class DockerRuntime:
             raise InstanceError(f"instance {iid} already exists", hint="stop it first or use a new id")
         policy = ImagePolicy.from_config(spec.image_config)
         check_user(policy, allow_root=spec.allow_root)
+        if spec.user_namespace:
+            raise InstanceError(
+                f"{spec.instance_id}: the docker runtime cannot give one instance a user namespace",
+                hint="run the service on runc, or configure the engine's userns-remap for all containers",
+            )
         image_id = self.ensure_image(spec.image_digest)
         volumes = prepare_volumes(self.state_dir, spec.service, policy)
         limits = spec.limits
@@ -177,7 +192,8 @@ class DockerRuntime:
             "detach": True,
             "read_only": True,
             "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges"],
+            "security_opt": ["no-new-privileges", f"seccomp={seccomp_json()}"],
+            "cgroupns": "private",
             "tmpfs": tmpfs,
             "user": f"{policy.uid}:{policy.gid}",
             "volumes": {str(host): {"bind": p, "mode": "rw"} for p, host in volumes.items()},
@@ -195,6 +211,9 @@ class DockerRuntime:
             kwargs["pids_limit"] = limits.pids
         if limits.memory_bytes is not None:
             kwargs["mem_limit"] = limits.memory_bytes
+            kwargs["memswap_limit"] = limits.memory_bytes  # memory + swap: no swap beyond the cap
+        if limits.cpu_millis is not None:
+            kwargs["nano_cpus"] = limits.cpu_millis * 1_000_000
         try:
             container = self.client.containers.run(image_id, **kwargs)
             pid = self._wait_pid(container)

@@ -61,8 +61,8 @@ from agent.rollout import (
 )
 from agent.runtime import InstanceStatus, Runtime
 from agent.sources import open_image_location
-from agent.store import ContentStore, PulledImage
-from agent.unpack import remove_interrupted, remove_root, root_fingerprint, unpack_image
+from agent.store import ContentStore, PulledImage, StoreLimits
+from agent.unpack import UnpackLimits, remove_interrupted, remove_root, root_fingerprint, unpack_image
 from manifests.agentconfig import AgentConfig, RuntimeKind
 from manifests.atomic import atomic_write
 from manifests.digest import Digest
@@ -71,7 +71,7 @@ from manifests.release import Release, Strategy
 from manifests.trustroot import MAX_ROOT_BYTES, TrustRoot
 from signing.cosign import attestation_tag, signature_tag
 from signing.image import stored_layers
-from signing.release import check_release
+from signing.release import check_release, claimed_version
 from signing.root import envelope_cap, image_policy, load_root, verify_root_update
 
 __all__ = ["ROOT_FILE", "AgentBusy", "ReconcileResult", "Agent", "make_runtime"]
@@ -160,7 +160,7 @@ class Agent:
         self.journal = Journal(self.state_dir)
         self.events = EventLog(self.state_dir, sink=event_sink, clock=lambda: wall().timestamp())
         self.metrics = Metrics()
-        self.store = ContentStore(self.state_dir)
+        self.store = ContentStore(self.state_dir, limits=StoreLimits.from_agent(config.limits))
         self.roots_dir = self.state_dir / "roots"
         self.releases_dir = self.state_dir / "releases"
         self.releases_dir.mkdir(exist_ok=True, mode=0o700)
@@ -363,7 +363,9 @@ class Agent:
     def _fetch(self) -> bytes:
         from publisher.release_artifact import fetch_release, open_release_endpoint
 
-        with open_release_endpoint(self.config.source, insecure=self.config.insecure) as endpoint:
+        with open_release_endpoint(
+            self.config.source, insecure=self.config.insecure, timeouts=_timeouts(self.config)
+        ) as endpoint:
             return fetch_release(endpoint, self.config.channel)
 
     def _consider(self) -> ReconcileResult:
@@ -430,7 +432,10 @@ class Agent:
                 assert policy is not None  # noqa: S101 - set above when fetching
                 location = self.config.location_for(pin.repository)
                 with open_image_location(
-                    location, staging=self.state_dir / "tmp", insecure=self.config.insecure
+                    location,
+                    staging=self.state_dir / "tmp",
+                    insecure=self.config.insecure,
+                    timeouts=_timeouts(self.config),
                 ) as loc:
                     policy.evaluate(
                         repository=pin.repository,
@@ -454,7 +459,9 @@ class Agent:
         self.metrics.set_verify_rate(fetched, seconds)
 
     def _unpacked(self, service: Any, version: int, pin: Digest, image: PulledImage) -> Prepared:
-        root = unpack_image(self.store, image, self.roots_dir)
+        root = unpack_image(
+            self.store, image, self.roots_dir, limits=UnpackLimits.from_agent(self.config.limits)
+        )
         port = service_port(service, image.config)
         health, grace = health_spec_for(service, image.config)
         return Prepared(
@@ -747,15 +754,12 @@ def _map_reason(reason: str) -> str:
     return folded.get(reason, reason)
 
 
+def _timeouts(config: AgentConfig) -> Any:
+    from publisher.session import Timeouts  # loads httpx: only when a registry is used
+
+    return Timeouts.from_limits(config.limits)
+
+
 def _claimed_version(envelope: bytes) -> int | None:
     """The version a refused envelope claims (for the log only; never trusted)."""
-    import base64
-    import json
-
-    try:
-        doc = json.loads(envelope[: 4 << 20])
-        payload = json.loads(base64.b64decode(doc["payload"]))
-        version = payload.get("version")
-    except (ValueError, KeyError, TypeError):
-        return None
-    return version if isinstance(version, int) and not isinstance(version, bool) else None
+    return claimed_version(envelope)

@@ -38,10 +38,11 @@ from agent.events import EventLog
 from agent.health import HealthResult, HealthSpec, HealthState, HealthWatch, Probe, check_once, wait_healthy
 from agent.journal import InstanceRecord, Journal
 from agent.metrics import Metrics
-from agent.runtime import InstanceSpec, InstanceStatus, Runtime, new_instance_id
+from agent.runtime import InstanceSpec, InstanceStatus, ResourceLimits, Runtime, new_instance_id
+from manifests.bounded import read_json
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
-from manifests.errors import KilnError
+from manifests.errors import KilnError, ParseError
 from manifests.image import HttpCheck
 from manifests.release import Service, Strategy, StrategyKind
 
@@ -92,15 +93,13 @@ class Prepared:
 def service_port(service: Service, image_config: Mapping[str, Any]) -> int | None:
     """The port the service listens on inside its instance: the image's first ``dev.kiln.ports``
     entry, else the release health check's port."""
-    import json
-
     cfg = image_config.get("config") or {}
     labels = cfg.get("Labels") or {} if isinstance(cfg, Mapping) else {}
     text = labels.get("dev.kiln.ports") if isinstance(labels, Mapping) else None
     if isinstance(text, str):
         try:
-            ports = json.loads(text)
-        except ValueError:
+            ports = read_json(text.encode("utf-8", "surrogatepass"), what="label dev.kiln.ports")
+        except ParseError:
             ports = []
         for p in ports if isinstance(ports, list) else []:
             head = str(p).split("/", 1)[0]
@@ -138,6 +137,11 @@ def config_digest(service: Service, image_digest: Digest, manifest_digest: Diges
         "env": dict(service.env),
         "port": port,
     }
+    # Only when set, so a digest (and the instances it keeps) survives an agent upgrade unchanged.
+    if service.resources is not None:
+        doc["resources"] = service.resources.to_dict()
+    if service.user_namespace:
+        doc["user_namespace"] = True
     return f"sha256:{hashlib.sha256(canonical_json(doc)).hexdigest()}"
 
 
@@ -229,6 +233,8 @@ class Deployer:
             image_config=prep.image_config,
             rootfs=prep.rootfs,
             env=dict(prep.service.env),
+            limits=ResourceLimits().with_release(prep.service.resources),
+            user_namespace=prep.service.user_namespace,
         )
         try:
             handle = self.runtime.start(spec)

@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.bundle import ImagePolicy, prepare_volumes, runtime_config, write_bundle
+from agent.bundle import ImagePolicy, host_ids, prepare_volumes, runtime_config, write_bundle
 from agent.errors import InstanceError, RuntimeFailure
-from agent.netns import NETNS_DIR, create_netns, delete_netns
+from agent.netns import NETNS_DIR, create_netns, delete_netns, netns_path
 from agent.runtime import (
     INSTANCE_PREFIX,
     InstanceHandle,
@@ -67,6 +67,17 @@ def parse_runc_time(text: str) -> dt.datetime | None:
         return dt.datetime.fromisoformat(main + frac + tz)
     except ValueError:
         return None
+
+
+def _attach_netns(name: str, pid: int) -> None:
+    """Name the network namespace of ``pid`` ``/run/netns/<name>`` (``ip netns attach``)."""
+    argv = ["ip", "netns", "attach", name, str(pid)]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=_TIMEOUT, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeFailure(f"ip netns attach {name}: {exc}", hint="is iproute2 installed?") from exc
+    if proc.returncode != 0:
+        raise RuntimeFailure(f"ip netns attach {name} failed: {proc.stderr.strip() or proc.returncode}")
 
 
 class RuncRuntime:
@@ -125,16 +136,26 @@ class RuncRuntime:
         if self.state(iid).status is not InstanceStatus.MISSING or self.bundle_dir(iid).exists():
             raise InstanceError(f"instance {iid} already exists", hint="stop it first or use a new id")
         policy = ImagePolicy.from_config(spec.image_config)
-        volumes = prepare_volumes(self.state_dir, spec.service, policy)
+        owner = host_ids(spec, policy.uid, policy.gid)
+        volumes = prepare_volumes(self.state_dir, spec.service, policy, owner=owner)
         owned = spec.netns is None
+        # A user namespace needs a network namespace it owns (sysfs is mounted only for the owner,
+        # and runc exec joins the user namespace first): runc creates that one, and kiln names it
+        # /run/netns/<id> after the start, so it is reached and deleted like every other.
+        by_runc = owned and spec.user_namespace
         bundle = self.bundle_dir(iid)
         try:
-            netns = create_netns(iid) if owned else str(spec.netns)
+            netns = netns_path(iid) if by_runc else create_netns(iid) if owned else str(spec.netns)
             config = runtime_config(
-                spec, volumes=volumes, netns_path=netns, annotations={_OWNED: "true" if owned else "false"}
+                spec,
+                volumes=volumes,
+                netns_path=None if by_runc else netns,
+                annotations={_OWNED: "true" if owned else "false"},
             )
             write_bundle(bundle, config)
             pid = self._run_detached(iid, bundle)
+            if by_runc:
+                _attach_netns(iid, pid)
         except BaseException:
             self._cleanup(iid, owned_hint=owned)
             raise
@@ -251,4 +272,6 @@ class RuncRuntime:
             for ns in config.get("linux", {}).get("namespaces", []):
                 if isinstance(ns, dict) and ns.get("type") == "network" and isinstance(ns.get("path"), str):
                     return str(ns["path"])
+            if config.get("annotations", {}).get(_OWNED) == "true":
+                return netns_path(iid)  # made by runc (a user namespace) and attached under its id
         raise InstanceError(f"instance {iid} is unknown to runc", hint="was it started by this agent?")

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from agent.errors import InstanceError
 from manifests.digest import Digest
+from manifests.release import Resources
 
 __all__ = [
     "INSTANCE_PREFIX",
@@ -87,6 +88,19 @@ class ResourceLimits:
     nofile: int = 1024  # RLIMIT_NOFILE soft and hard
     pids: int | None = 512
     memory_bytes: int | None = None
+    cpu_millis: int | None = None  # thousandths of a CPU (CFS quota); None: no CPU cap
+
+    def with_release(self, resources: Resources | None) -> ResourceLimits:
+        """These limits with whatever a release's ``resources:`` sets for the service."""
+        if resources is None:
+            return self
+        return ResourceLimits(
+            tmpfs_bytes=self.tmpfs_bytes,
+            nofile=self.nofile,
+            pids=resources.pids if resources.pids is not None else self.pids,
+            memory_bytes=resources.memory if resources.memory is not None else self.memory_bytes,
+            cpu_millis=resources.cpu_millis if resources.cpu_millis is not None else self.cpu_millis,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -97,6 +111,8 @@ class InstanceSpec:
     run-time policy). ``rootfs`` is the unpacked read-only root (runc); the docker runtime loads
     the layers from the content store instead. ``netns`` is the path of a network namespace the
     agent created; ``None`` lets the runtime create (and later delete) one named after the id.
+    ``user_namespace`` runs the instance in a user namespace of its own (runc; see
+    :func:`agent.bundle.userns_base`).
     """
 
     instance_id: str
@@ -108,6 +124,7 @@ class InstanceSpec:
     netns: str | None = None
     allow_root: bool = False
     limits: ResourceLimits = field(default_factory=ResourceLimits)
+    user_namespace: bool = False
 
     def __post_init__(self) -> None:
         check_instance_id(self.instance_id)

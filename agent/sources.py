@@ -20,7 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from agent.errors import StoreError
 from agent.store import BlobSource, LayoutSource
@@ -28,6 +28,9 @@ from manifests.digest import Digest
 from manifests.errors import DocumentError
 from publisher.endpoint import LayoutLocation, parse_location
 from signing.store import ArtifactStore, LayoutStore
+
+if TYPE_CHECKING:
+    from publisher.session import Timeouts
 
 __all__ = ["ImageLocation", "RegistryBlobSource", "open_image_location"]
 
@@ -68,7 +71,9 @@ class RegistryBlobSource:
 
 
 @contextlib.contextmanager
-def open_image_location(location: str, *, staging: Path, insecure: bool = False) -> Iterator[ImageLocation]:
+def open_image_location(
+    location: str, *, staging: Path, insecure: bool = False, timeouts: Timeouts | None = None
+) -> Iterator[ImageLocation]:
     """Open ``oci:DIR`` or ``HOST[:PORT]/REPO`` for reading images and their signatures."""
     loc = parse_location(location)
     if isinstance(loc, LayoutLocation):
@@ -86,7 +91,7 @@ def open_image_location(location: str, *, staging: Path, insecure: bool = False)
     staging.mkdir(parents=True, exist_ok=True, mode=0o700)
     with (
         RegistryClient(
-            loc.api_host, insecure=insecure, credentials=resolve_credentials(loc.registry)
+            loc.api_host, insecure=insecure, credentials=resolve_credentials(loc.registry), timeouts=timeouts
         ) as client,
         RegistryArtifactStore(client, loc.repository) as artifacts_store,
     ):

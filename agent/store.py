@@ -29,11 +29,13 @@ from typing import IO, Any, Protocol
 
 from agent.errors import StoreError
 from manifests.atomic import fsync_dir
+from manifests.bounded import JsonCaps, read_json_object
 from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
 from manifests.layout import OCILayout
+from manifests.limits import AgentLimits
 from manifests.mediatypes import MediaType
-from manifests.oci import MAX_DOCUMENT_BYTES, Descriptor, OCIIndex, OCIManifest, Platform, parse_json_object
+from manifests.oci import MAX_DOCUMENT_BYTES, Descriptor, OCIIndex, OCIManifest, Platform
 
 __all__ = [
     "BlobSource",
@@ -94,12 +96,29 @@ class LayoutSource:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StoreLimits:
-    """Caps on what the store accepts, in bytes."""
+    """Caps on what the store accepts: sizes in bytes, and the bounded reader's caps for the
+    manifests, indexes and configs it parses (defaults: :class:`~manifests.limits.AgentLimits`')."""
 
     max_manifest: int = MAX_DOCUMENT_BYTES
     max_config: int = MAX_DOCUMENT_BYTES
-    max_blob: int = 16 << 30
-    max_image: int = 64 << 30  # the sum of an image's layers
+    max_blob: int = AgentLimits().blob_bytes
+    max_image: int = AgentLimits().image_bytes  # the sum of an image's layers
+    json_depth: int = AgentLimits().json_depth
+    number_chars: int = AgentLimits().number_chars
+
+    @classmethod
+    def from_agent(cls, limits: AgentLimits) -> StoreLimits:
+        return cls(
+            max_manifest=limits.document_bytes,
+            max_config=limits.document_bytes,
+            max_blob=limits.blob_bytes,
+            max_image=limits.image_bytes,
+            json_depth=limits.json_depth,
+            number_chars=limits.number_chars,
+        )
+
+    def json(self, max_bytes: int) -> JsonCaps:
+        return JsonCaps(max_bytes=max_bytes, max_depth=self.json_depth, max_number=self.number_chars)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -233,7 +252,9 @@ class ContentStore:
         """
         fetched: list[Digest] = []
         raw = self._document(source, digest, fetched)
-        top = parse_json_object(raw, what=f"manifest {digest}")
+        top = read_json_object(
+            raw, what=f"manifest {digest}", caps=self.limits.json(self.limits.max_manifest)
+        )
         manifest_digest = digest
         if _is_index(top):
             index = OCIIndex.from_bytes(raw)
@@ -258,8 +279,10 @@ class ContentStore:
                     f"image {digest}: layer {desc.digest} has unsupported media type {desc.media_type!r}"
                 )
             self._blob(source, desc, fetched, verify=verify)
-        config = parse_json_object(
-            self.read(cfg.digest, limit=self.limits.max_config), what=f"image config {cfg.digest}"
+        config = read_json_object(
+            self.read(cfg.digest, limit=self.limits.max_config),
+            what=f"image config {cfg.digest}",
+            caps=self.limits.json(self.limits.max_config),
         )
         return PulledImage(
             digest=digest,
@@ -352,7 +375,9 @@ class ContentStore:
             if path.stat().st_size > self.limits.max_manifest:
                 return []
             data = self.read(digest, limit=self.limits.max_manifest)
-            doc = parse_json_object(data, what=f"blob {digest}")
+            doc = read_json_object(
+                data, what=f"blob {digest}", caps=self.limits.json(self.limits.max_manifest)
+            )
         except (OSError, StoreError, DocumentError, VerificationError):
             return []
         try:

@@ -21,7 +21,14 @@ naming the member and the layer digest, and the partly unpacked root is removed)
   ``dev.kiln.allow-setuid`` is ``"true"`` (setgid on directories, which grants nothing, is kept).
   Extended attributes (file capabilities among them) are never applied.
 - Caps: bytes per file, uncompressed bytes per image, entries per image, name and extended-header
-  lengths.
+  lengths, components (depth) and characters of a member's path.
+- A work budget per image: entries times path depth (every member's directories are opened one
+  component at a time, so a deep tree times many entries is the unpacker's real cost) and wall
+  time. Past either the unpack is refused (``reason="unpack"``) instead of running for hours.
+- Free space: the state filesystem keeps ``free_space_margin`` bytes free. A layer whose
+  compressed size already crosses the margin is refused before anything is written, and every
+  file's declared size is checked against what is left before it is written (statvfs is read
+  again when the estimate runs out), so a compression bomb stops before it fills the disk.
 - OCI whiteouts: ``.wh.NAME`` removes ``NAME`` from lower layers; ``.wh..wh..opq`` empties its
   directory of what lower layers put there. A whiteout's directory is found the no-follow way too,
   so it cannot delete anything outside the root.
@@ -33,6 +40,11 @@ naming the member and the layer digest, and the partly unpacked root is removed)
 detection), and makes sure the directories the runtime mounts over already exist so that runc never
 has to create anything in the root. The ``ROOTS`` directory is 0700: only root reaches the trees,
 and the runtimes mount them read-only.
+
+Nothing here recurses over a tree that came from an image: removal (:func:`remove_tree`) and
+:func:`root_fingerprint` walk iteratively, holding one or two directory descriptors whatever the
+depth, and removal that still fails quarantines the tree under a ``.trash-`` name so a restart
+is never blocked by a hostile leftover.
 """
 
 from __future__ import annotations
@@ -40,10 +52,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import os
-import shutil
+import secrets
 import stat
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,9 +67,11 @@ from isal import igzip, isal_zlib
 from agent.bundle import ImagePolicy
 from agent.store import ContentStore, PulledImage
 from manifests.atomic import atomic_write, fsync_dir
+from manifests.bounded import JsonCaps, read_json_object
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
-from manifests.errors import DocumentError, UnavailableError, VerificationError
+from manifests.errors import DocumentError, ParseError, UnavailableError, VerificationError
+from manifests.limits import AgentLimits
 from manifests.mediatypes import MediaType
 from manifests.tarformat import TarCaps, TarContent, TarFormatError, TarHeader, TarWording, read_tar
 
@@ -71,6 +85,7 @@ __all__ = [
     "layers_of",
     "remove_root",
     "remove_interrupted",
+    "remove_tree",
 ]
 
 _CHUNK = 1 << 20
@@ -81,15 +96,39 @@ _OPQ = ".wh..wh..opq"
 _ISAL_ERROR = cast("type[Exception]", isal_zlib.error)  # the stubs declare it as an instance
 
 
+_DEFAULTS = AgentLimits()
+_TRASH = ".trash-"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class UnpackLimits:
-    """Caps for one image (all layers together, except ``max_file_bytes``)."""
+    """Caps for one image (all layers together, except ``max_file_bytes``); the defaults are
+    :class:`~manifests.limits.AgentLimits`' (:meth:`from_agent` takes a configured one)."""
 
-    max_entries: int = 1_000_000
-    max_file_bytes: int = 8 << 30
-    max_total_bytes: int = 64 << 30
+    max_entries: int = _DEFAULTS.unpack_entries
+    max_file_bytes: int = _DEFAULTS.unpack_file_bytes
+    max_total_bytes: int = _DEFAULTS.unpack_bytes
     max_name: int = 4096
     max_extended: int = 1 << 20
+    max_path_depth: int = _DEFAULTS.unpack_path_depth
+    max_path_chars: int = _DEFAULTS.unpack_path_chars
+    max_work: int = _DEFAULTS.unpack_work
+    max_seconds: float = _DEFAULTS.unpack_time
+    free_space_margin: int = _DEFAULTS.free_space_margin
+
+    @classmethod
+    def from_agent(cls, limits: AgentLimits) -> UnpackLimits:
+        return cls(
+            max_entries=limits.unpack_entries,
+            max_file_bytes=limits.unpack_file_bytes,
+            max_total_bytes=limits.unpack_bytes,
+            max_name=max(4096, limits.unpack_path_chars),
+            max_path_depth=limits.unpack_path_depth,
+            max_path_chars=limits.unpack_path_chars,
+            max_work=limits.unpack_work,
+            max_seconds=limits.unpack_time,
+            free_space_margin=limits.free_space_margin,
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,11 +161,44 @@ class _Readable(Protocol):
 
 @dataclass(slots=True)
 class _Budget:
-    """Counters shared by every layer of one image."""
+    """Counters shared by every layer of one image: entries, bytes, work, time and disk space."""
 
     limits: UnpackLimits
     entries: int = 0
     total: int = 0
+    work: int = 0
+    started: float = field(default_factory=time.monotonic)
+    space_dir: str | None = None  # where statvfs is read (the root being written)
+    allowance: int | None = None  # bytes that may still be written before the margin
+
+    def spend(self, depth: int) -> None:
+        """One member at ``depth`` components: its cost in the work budget and the clock."""
+        self.work += depth + 1
+        if self.work > self.limits.max_work:
+            raise _Refused(
+                f"the image exceeds its unpack work budget ({self.limits.max_work} path components "
+                f"opened, after {self.entries} entries)"
+            )
+        if time.monotonic() - self.started > self.limits.max_seconds:
+            raise _Refused(f"unpacking took longer than its {self.limits.max_seconds:g}s budget")
+
+    def _free(self) -> int:
+        if self.space_dir is None:
+            return 1 << 62
+        st = os.statvfs(self.space_dir)
+        return st.f_bavail * st.f_frsize - self.limits.free_space_margin
+
+    def reserve(self, size: int, what: str) -> None:
+        """Refuse ``size`` more bytes if they would leave less than the free-space margin."""
+        if self.allowance is None or size > self.allowance:
+            self.allowance = self._free()
+        if size > self.allowance:
+            free = self.allowance + self.limits.free_space_margin
+            raise _Refused(
+                f"{what} of {size} bytes would leave less than the {self.limits.free_space_margin}-byte "
+                f"free-space margin ({max(free, 0)} bytes free)"
+            )
+        self.allowance -= size
 
 
 class _Hashing:
@@ -213,8 +285,11 @@ def _members(stream: _Hashing, budget: _Budget) -> Iterator[tuple[TarHeader, Tar
 # -- names --------------------------------------------------------------------------------------
 
 
-def _parts(name: str, what: str = "member name") -> tuple[str, ...]:
-    """A member name as path components below the root; refuses absolute names, '..' and NUL."""
+def _parts(name: str, what: str = "member name", limits: UnpackLimits | None = None) -> tuple[str, ...]:
+    """A member name as path components below the root; refuses absolute names, '..' and NUL,
+    and (with ``limits``) paths deeper or longer than the caps."""
+    if limits is not None and len(name) > limits.max_path_chars:
+        raise _Refused(f"{what} of {len(name)} characters exceeds the {limits.max_path_chars}-character cap")
     if "\x00" in name:
         raise _Refused(f"{what} contains a NUL byte")
     if name.startswith("/"):
@@ -222,6 +297,8 @@ def _parts(name: str, what: str = "member name") -> tuple[str, ...]:
     parts = tuple(p for p in name.split("/") if p not in ("", "."))
     if ".." in parts:
         raise _Refused(f"{what} has a '..' component")
+    if limits is not None and len(parts) > limits.max_path_depth:
+        raise _Refused(f"{what} is {len(parts)} directories deep, more than {limits.max_path_depth}")
     return parts
 
 
@@ -251,6 +328,7 @@ class _Tree:
     allow_setuid: bool
     chown: bool
     limits: UnpackLimits
+    budget: _Budget
     dir_modes: dict[tuple[str, ...], int] = field(default_factory=dict)
     layer_paths: set[tuple[str, ...]] = field(default_factory=set)
 
@@ -297,13 +375,13 @@ class _Tree:
         except FileNotFoundError:
             return
         if stat.S_ISDIR(st.st_mode):
-            os.chmod(name, 0o700, dir_fd=dir_fd, follow_symlinks=True)  # a dir: no link to follow
-            shutil.rmtree(name, dir_fd=dir_fd)
+            _remove_dir_at(dir_fd, name)
         else:
             os.unlink(name, dir_fd=dir_fd)
 
     def apply(self, m: TarHeader, content: TarContent) -> None:
-        parts = _parts(m.name)
+        parts = _parts(m.name, limits=self.limits)
+        self.budget.spend(len(parts))
         if not parts:
             return  # the root itself: its mode stays kiln's
         if m.uid > _MAX_ID or m.gid > _MAX_ID:
@@ -357,6 +435,7 @@ class _Tree:
     def _file(self, dfd: int, base: str, m: TarHeader, content: TarContent) -> None:
         if m.size > self.limits.max_file_bytes:
             raise _Refused(f"file of {m.size} bytes exceeds the {self.limits.max_file_bytes}-byte cap")
+        self.budget.reserve(m.size, "a file")
         self._clear(dfd, base)
         fd = os.open(
             base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd
@@ -374,6 +453,8 @@ class _Tree:
         target = m.link
         if not target or "\x00" in target:
             raise _Refused("symlink with an empty or NUL target")
+        if len(target) > self.limits.max_path_chars:
+            raise _Refused(f"symlink target of {len(target)} characters exceeds the cap")
         if not target.startswith("/") and _symlink_escapes(parent, target):
             raise _Refused(f"symlink target {target!r} escapes the root")
         self._clear(dfd, base)
@@ -381,7 +462,7 @@ class _Tree:
         self._own(dfd, base, m.uid, m.gid)
 
     def _hardlink(self, dfd: int, parts: tuple[str, ...], base: str, m: TarHeader) -> None:
-        tparts = _parts(m.link, "hardlink target")
+        tparts = _parts(m.link, "hardlink target", self.limits)
         if not tparts:
             raise _Refused("hardlink to the root")
         if tparts == parts:
@@ -458,6 +539,11 @@ def _write_all(fd: int, data: bytes) -> None:
 
 def _unpack_one(tree: _Tree, layer: Layer, budget: _Budget) -> None:
     tree.layer_paths = set()
+    # Before anything is written: the layer's compressed size is the least it can grow the root.
+    size = os.stat(layer.path).st_size
+    budget.allowance = None
+    budget.reserve(size, "the layer (at least its compressed size)")
+    budget.allowance = (budget.allowance or 0) + size  # only a floor: each file reserves what it declares
     with open(layer.path, "rb") as fh:
         raw = _Hashing(fh)
         plain = _Hashing(_decompressor(layer.media_type, raw), budget=budget)
@@ -497,13 +583,14 @@ def unpack_layers(
     limits = limits or UnpackLimits()
     os.mkdir(dest, 0o755)
     root_fd = os.open(dest, _NOFOLLOW_DIR)
+    budget = _Budget(limits=limits, space_dir=str(dest))
     tree = _Tree(
         root_fd=root_fd,
         allow_setuid=allow_setuid,
         chown=os.geteuid() == 0 if chown is None else chown,
         limits=limits,
+        budget=budget,
     )
-    budget = _Budget(limits=limits)
     current: Layer | None = None
     try:
         for layer in layers:
@@ -514,7 +601,7 @@ def unpack_layers(
     except BaseException as exc:
         os.close(root_fd)
         root_fd = -1
-        _remove_tree(dest)
+        remove_tree(dest)
         where = f"layer {current.digest}" if current is not None else f"{dest}"
         if isinstance(exc, _Refused):
             raise VerificationError(
@@ -524,6 +611,10 @@ def unpack_layers(
             raise VerificationError(f"{where}: cannot read the layer: {exc}", reason="unpack") from exc
         if isinstance(exc, OSError):
             raise UnavailableError(f"{where}: unpacking failed: {exc}") from exc
+        if isinstance(exc, RecursionError | MemoryError):  # never expected: still a refusal, not a crash
+            raise VerificationError(
+                f"{where}: cannot unpack: {type(exc).__name__}", reason="unpack"
+            ) from None
         raise
     finally:
         if root_fd >= 0:
@@ -539,17 +630,81 @@ def _is_bad_data(exc: BaseException) -> bool:
     )
 
 
-def _remove_tree(path: Path) -> None:
-    """Remove a (possibly hostile) tree: make every directory writable, never following links."""
-    if not path.exists():
+def remove_tree(path: Path) -> None:
+    """Remove a (possibly hostile) tree iteratively, never following links, whatever its depth.
+
+    Never raises: what cannot be removed is renamed to ``.trash-<name>-<random>`` beside it (so
+    its name is free again) and :func:`remove_interrupted` tries again later.
+    """
+    path = Path(path)
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
         return
-    for dirpath, dirnames, _files in os.walk(path, followlinks=False):
-        for d in dirnames:
-            full = os.path.join(dirpath, d)
-            if not os.path.islink(full):
-                with contextlib.suppress(OSError):
-                    os.chmod(full, 0o700)
-    shutil.rmtree(path, ignore_errors=True)
+    try:
+        parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        if stat.S_ISDIR(st.st_mode):
+            _remove_dir_at(parent, path.name)
+        else:
+            os.unlink(path.name, dir_fd=parent)
+    except OSError:
+        if not path.name.startswith(_TRASH):
+            with contextlib.suppress(OSError):
+                trash = f"{_TRASH}{path.name}-{secrets.token_hex(4)}"
+                os.rename(path.name, trash, src_dir_fd=parent, dst_dir_fd=parent)
+    finally:
+        os.close(parent)
+
+
+def _remove_dir_at(parent_fd: int, name: str) -> None:
+    """Remove the directory ``name`` of ``parent_fd`` with everything below it.
+
+    Depth-first without recursion: the path from ``name`` to the current directory is a list of
+    names, one directory descriptor is held, and the walk climbs back through ``..`` (the real
+    parent of a directory opened without following links). Directories are made searchable and
+    writable first, so a hostile 0000 mode does not stop it.
+    """
+    _writable_dir(parent_fd, name)
+    fd = os.open(name, _NOFOLLOW_DIR, dir_fd=parent_fd)
+    below: list[str] = []
+    try:
+        while True:
+            child = _empty_but_dirs(fd)
+            if child is not None:
+                _writable_dir(fd, child)
+                sub = os.open(child, _NOFOLLOW_DIR, dir_fd=fd)
+                os.close(fd)
+                fd = sub
+                below.append(child)
+                continue
+            if not below:
+                break
+            up = os.open("..", _NOFOLLOW_DIR, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            os.rmdir(below.pop(), dir_fd=fd)
+    finally:
+        os.close(fd)
+    os.rmdir(name, dir_fd=parent_fd)
+
+
+def _empty_but_dirs(fd: int) -> str | None:
+    """Unlink every non-directory in ``fd``; return the name of one subdirectory, if any is left."""
+    with os.scandir(fd) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False):
+                return entry.name
+            os.unlink(entry.name, dir_fd=fd)
+    return None
+
+
+def _writable_dir(dir_fd: int, name: str) -> None:
+    # ``name`` is a directory (not a link): chmod cannot be redirected through it.
+    with contextlib.suppress(OSError):
+        os.chmod(name, 0o700, dir_fd=dir_fd, follow_symlinks=True)
 
 
 def layers_of(store: ContentStore, image: PulledImage) -> list[Layer]:
@@ -589,9 +744,9 @@ def unpack_image(
         return UnpackedRoot(path=final, manifest_digest=image.manifest_digest, fingerprint=_read_meta(meta))
     policy = ImagePolicy.from_config(image.config)
     tmp = roots_dir / f"{hexd}.tmp"
-    _remove_tree(tmp)
+    remove_tree(tmp)
     if final.exists():  # a root without its record: from an interrupted run; redo it
-        _remove_tree(final)
+        remove_tree(final)
     unpack_layers(
         layers_of(store, image),
         tmp,
@@ -607,32 +762,34 @@ def unpack_image(
         )
         fsync_dir(roots_dir)
     except BaseException:
-        _remove_tree(tmp)
+        remove_tree(tmp)
         raise
     return UnpackedRoot(path=final, manifest_digest=image.manifest_digest, fingerprint=fingerprint)
 
 
 def _read_meta(path: Path) -> str:
     try:
-        doc = json.loads(path.read_bytes()[:4096])
-        fp = doc["fingerprint"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise DocumentError(f"{path}: unreadable root record: {exc}") from exc
+        with open(path, "rb") as fh:
+            doc = read_json_object(fh.read(4097), what=f"{path}", caps=JsonCaps(max_bytes=4096, max_depth=4))
+    except ParseError as exc:
+        raise DocumentError(f"{path}: unreadable root record: {exc.message}") from None
+    fp = doc.get("fingerprint")
     if not isinstance(fp, str):
         raise DocumentError(f"{path}: unreadable root record")
     return fp
 
 
 def remove_interrupted(roots_dir: Path) -> tuple[str, ...]:
-    """Remove the ``ROOTS/<hex>.tmp`` trees of unpacks that were interrupted (a killed agent);
-    returns their names. Call it only when no unpack is running (the agent holds its lock and
-    is between steps)."""
+    """Remove the ``ROOTS/<hex>.tmp`` trees of unpacks that were interrupted (a killed agent) and
+    the ``.trash-`` trees :func:`remove_tree` quarantined; returns their names. Never raises on
+    what it finds (a removal that fails leaves a ``.trash-`` tree for the next call). Call it only
+    when no unpack is running (the agent holds its lock and is between steps)."""
     removed = []
     with os.scandir(roots_dir) as entries:
-        for entry in entries:
-            if entry.name.endswith(".tmp") and entry.is_dir(follow_symlinks=False):
-                _remove_tree(Path(entry.path))
-                removed.append(entry.name)
+        names = [e.name for e in entries if e.name.endswith(".tmp") or e.name.startswith(_TRASH)]
+    for name in names:  # removed after the scan: a quarantine rename must not be seen again
+        remove_tree(Path(roots_dir) / name)
+        removed.append(name)
     return tuple(sorted(removed))
 
 
@@ -641,7 +798,7 @@ def remove_root(roots_dir: Path, manifest_digest: Digest) -> None:
     roots_dir = Path(roots_dir)
     with contextlib.suppress(FileNotFoundError):
         (roots_dir / f"{manifest_digest.hex}.json").unlink()
-    _remove_tree(roots_dir / manifest_digest.hex)
+    remove_tree(roots_dir / manifest_digest.hex)
 
 
 # -- fingerprint --------------------------------------------------------------------------------
@@ -651,43 +808,55 @@ def root_fingerprint(rootfs: Path, *, progress: Callable[[str], None] | None = N
     """``sha256:<hex>`` over the tree: paths, types, modes, owners, sizes, content digests, link targets.
 
     Symlinks are never followed; any change to the root (a file edited, added, removed, chmod'ed)
-    changes the fingerprint.
+    changes the fingerprint. The walk is depth-first in sorted order, iterative (a stack of name
+    lists, one directory descriptor held, back up through ``..``), so no depth can exhaust the
+    interpreter's stack or the descriptor table.
     """
     h = hashlib.sha256()
-    root_fd = os.open(rootfs, _NOFOLLOW_DIR)
+    fd = os.open(rootfs, _NOFOLLOW_DIR)
     try:
-        _fingerprint_dir(root_fd, b"", h)
+        stack: list[tuple[bytes, list[str], int]] = [(b"", sorted(os.listdir(fd)), 0)]
+        while stack:
+            prefix, names, i = stack[-1]
+            if i == len(names):
+                stack.pop()
+                if stack:
+                    up = os.open("..", _NOFOLLOW_DIR, dir_fd=fd)
+                    os.close(fd)
+                    fd = up
+                continue
+            stack[-1] = (prefix, names, i + 1)
+            sub = _fingerprint_entry(fd, prefix, names[i], h)
+            if sub is not None:
+                os.close(fd)
+                fd = sub
+                stack.append((prefix + b"/" + os.fsencode(names[i]), sorted(os.listdir(fd)), 0))
     finally:
-        os.close(root_fd)
+        os.close(fd)
     if progress is not None:
         progress(f"fingerprinted {rootfs}")
     return f"sha256:{h.hexdigest()}"
 
 
-def _fingerprint_dir(dfd: int, prefix: bytes, h: hashlib._Hash) -> None:
-    names = sorted(os.listdir(dfd))
-    for name in names:
-        bname = os.fsencode(name)
-        path = prefix + b"/" + bname
-        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
-        mode = stat.S_IMODE(st.st_mode)
-        head = b"%s\0%o\0%d\0%d\0" % (path, mode, st.st_uid, st.st_gid)
-        if stat.S_ISDIR(st.st_mode):
-            h.update(b"d\0" + head + b"\n")
-            sub = os.open(name, _NOFOLLOW_DIR, dir_fd=dfd)
-            try:
-                _fingerprint_dir(sub, path, h)
-            finally:
-                os.close(sub)
-        elif stat.S_ISREG(st.st_mode):
-            fh: IO[bytes]
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-            with os.fdopen(fd, "rb") as fh:
-                fh_hash = hashlib.sha256()
-                while block := fh.read(_CHUNK):
-                    fh_hash.update(block)
-            h.update(b"f\0" + head + b"%d\0%s\n" % (st.st_size, fh_hash.hexdigest().encode()))
-        elif stat.S_ISLNK(st.st_mode):
-            h.update(b"l\0" + head + os.readlink(name, dir_fd=dfd).encode("utf-8", "surrogateescape") + b"\n")
-        else:
-            h.update(b"o\0" + head + b"%o\n" % stat.S_IFMT(st.st_mode))
+def _fingerprint_entry(dfd: int, prefix: bytes, name: str, h: hashlib._Hash) -> int | None:
+    """Hash one entry of ``dfd``; for a directory, return its open descriptor (to walk into)."""
+    path = prefix + b"/" + os.fsencode(name)
+    st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    mode = stat.S_IMODE(st.st_mode)
+    head = b"%s\0%o\0%d\0%d\0" % (path, mode, st.st_uid, st.st_gid)
+    if stat.S_ISDIR(st.st_mode):
+        h.update(b"d\0" + head + b"\n")
+        return os.open(name, _NOFOLLOW_DIR, dir_fd=dfd)
+    if stat.S_ISREG(st.st_mode):
+        fh: IO[bytes]
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+        with os.fdopen(fd, "rb") as fh:
+            fh_hash = hashlib.sha256()
+            while block := fh.read(_CHUNK):
+                fh_hash.update(block)
+        h.update(b"f\0" + head + b"%d\0%s\n" % (st.st_size, fh_hash.hexdigest().encode()))
+    elif stat.S_ISLNK(st.st_mode):
+        h.update(b"l\0" + head + os.readlink(name, dir_fd=dfd).encode("utf-8", "surrogateescape") + b"\n")
+    else:
+        h.update(b"o\0" + head + b"%o\n" % stat.S_IFMT(st.st_mode))
+    return None

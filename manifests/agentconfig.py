@@ -16,6 +16,7 @@ Written by people as YAML (or TOML)::
     max_attempts: 3                           # tries of one release version before giving up on it
     insecure: false                           # plain http to loopback registries (tests, demos)
     status_listen: 127.0.0.1:9100             # optional: status endpoint on loopback TCP too
+    limits: {request_deadline: 5m}            # optional: caps and timeouts (manifests.limits)
     images:                                   # where each repository's images are fetched from
       - {repository: localhost/python-web, location: "oci:/var/lib/kiln/registry/python-web"}
       - {repository: registry.example/team/api, location: "127.0.0.1:5000/team/api"}
@@ -29,11 +30,12 @@ location). Relative paths are taken relative to the configuration file's directo
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from manifests.fields import LOWER_NAME, FieldChecker, ListenAddress, parse_listen_address
 from manifests.image import API_VERSION
+from manifests.limits import AgentLimits, limits_from_mapping
 from manifests.source import SourceDocument, join_index, join_key, load_document, parse_document
 
 __all__ = [
@@ -59,6 +61,7 @@ _OPTIONAL = (
     "insecure",
     "status_listen",
     "images",
+    "limits",
 )
 _NAME_HINT = "lowercase letters, digits, '.', '_', '-'"
 
@@ -98,6 +101,7 @@ class AgentConfig:
     insecure: bool = False
     status_listen: ListenAddress | None = None
     images: tuple[ImageLocation, ...] = ()
+    limits: AgentLimits = field(default_factory=AgentLimits)
 
     def location_for(self, repository: str) -> str:
         """Where the images of ``repository`` are read from (the repository itself by default)."""
@@ -126,6 +130,9 @@ class AgentConfig:
             out["docker_host"] = self.docker_host
         if self.status_listen is not None:
             out["status_listen"] = str(self.status_listen)
+        if self.limits != AgentLimits():
+            default = AgentLimits().to_dict()
+            out["limits"] = {k: v for k, v in self.limits.to_dict().items() if default[k] != v}
         return out
 
 
@@ -181,6 +188,11 @@ class _Schema(FieldChecker):
         if "status_listen" in d:
             listen = self._listen(d["status_listen"])
         images = self._images(d)
+        limits = AgentLimits()
+        if "limits" in d:
+            section = self.mapping(d["limits"], "limits")
+            if section is not None:
+                limits = limits_from_mapping(self, section, "limits")
         self.finish()
         return AgentConfig(
             source=source or "",
@@ -196,6 +208,7 @@ class _Schema(FieldChecker):
             insecure=insecure,
             status_listen=listen,
             images=images,
+            limits=limits,
         )
 
     def _text(self, d: dict[str, object], key: str) -> str | None:

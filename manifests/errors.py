@@ -9,6 +9,8 @@ sees plus an optional hint. Only ``kiln/`` turns them into exit codes.
     ├── ManifestError               a document people wrote is wrong (every problem, at once)
     ├── DocumentError               a document we received (OCI manifest, config, index) is malformed
     ├── VerificationError           exit 3: bad or malicious input refused (digest, signature, policy)
+    │   └── ParseError              untrusted bytes refused by the bounded reader (reason ``parse``;
+    │                               also a DocumentError, so callers of either keep catching it)
     ├── UnavailableError            a tool, the network or the filesystem failed (not the input's fault)
     ├── builder.BuildError          building failed (missing input, ELF closure, layout)
     ├── signing.SigningError        keys, passphrases, signatures (VerificationError for refusals)
@@ -30,6 +32,7 @@ __all__ = [
     "DocumentError",
     "VerificationError",
     "UnavailableError",
+    "ParseError",
 ]
 
 
@@ -106,3 +109,16 @@ class VerificationError(KilnError):
 
 class UnavailableError(KilnError):
     """Something outside the input failed: a tool, the network, the filesystem."""
+
+
+class ParseError(DocumentError, VerificationError):
+    """Untrusted bytes are not the document they should be: too large, too deep, a number too long
+    or out of range, not JSON, or not the expected top-level type (:mod:`manifests.bounded`).
+
+    It is both a :class:`DocumentError` (a malformed received document) and a
+    :class:`VerificationError` with ``reason="parse"`` (bad input refused, exit 3), so code that
+    catches either keeps working and the agent records the refusal with its reason.
+    """
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        VerificationError.__init__(self, message, reason="parse", hint=hint)

@@ -7,12 +7,12 @@ over the exact stored bytes, never over a re-serialization.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, TypedDict
 
+from manifests.bounded import JsonCaps, read_json_object
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import DocumentError
@@ -34,27 +34,11 @@ def _frozen(d: Mapping[str, Any] | None) -> Mapping[str, Any]:
     return MappingProxyType(dict(d)) if d else _EMPTY
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise DocumentError(f"duplicate key {k!r} in JSON document")
-        out[k] = v
-    return out
-
-
 def parse_json_object(data: bytes, *, what: str, limit: int = MAX_DOCUMENT_BYTES) -> dict[str, Any]:
-    """Parse untrusted JSON bytes into an object: size cap, strict UTF-8, no duplicate keys."""
-    if len(data) > limit:
-        raise DocumentError(f"{what}: {len(data)} bytes exceeds the {limit}-byte cap")
-    try:
-        text = data.decode("utf-8")
-        value = json.loads(text, object_pairs_hook=_reject_duplicates)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise DocumentError(f"{what}: not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise DocumentError(f"{what}: expected a JSON object")
-    return value
+    """Parse untrusted JSON bytes into an object through the bounded reader
+    (:func:`manifests.bounded.read_json`): size cap, strict UTF-8, nesting depth, number length and
+    range, no duplicate keys. Raises :class:`~manifests.errors.ParseError` (a DocumentError)."""
+    return read_json_object(data, what=what, caps=JsonCaps(max_bytes=max(limit, 2)))
 
 
 def _str(d: Mapping[str, Any], key: str, what: str, *, required: bool = True) -> str | None:

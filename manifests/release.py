@@ -17,6 +17,8 @@ A release is written by people as YAML (or TOML)::
         health: {http: {port: 8080, path: /healthz}, grace: 5s, timeout: 1s, retries: 3}
         max_lifetime: 24h            # optional: older instances are replaced
         env: {LOG_LEVEL: info}       # injected at start
+        resources: {memory: 256Mi, cpus: 0.5, pids: 256}   # optional caps per instance
+        user_namespace: true         # optional: run in a user namespace (unprivileged host ids)
 
 and signed as its canonical JSON (:meth:`Release.to_bytes`). The agent receives those bytes and
 parses them with :meth:`Release.from_payload`: the same schema, nothing unknown accepted, a size
@@ -31,6 +33,9 @@ when an image is not pinned by digest).
 Canonical form: durations are spelled by :func:`manifests.durations.format_duration` (``24h`` is
 ``86400s``), times as ``YYYY-MM-DDTHH:MM:SSZ``, canary steps as ``1`` or ``"50%"``, health values
 always written out, ``env`` sorted and omitted when empty, absent optional values omitted.
+``resources.memory`` is spelled in the largest binary unit that divides it (``256Mi``, ``1Gi``; a
+byte count that is no multiple of 1 KiB stays an integer), ``resources.cpus`` as an integer when
+whole and as a decimal number otherwise (``0.5``), ``user_namespace`` only when true.
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ __all__ = [
     "Strategy",
     "ServiceHealth",
     "ImagePin",
+    "Resources",
     "ListenAddress",
     "Service",
     "Release",
@@ -91,7 +97,16 @@ _MAX_STEPS = 32
 
 _TOP_REQUIRED = ("apiVersion", "kind", "channel", "version", "expires", "services")
 _SERVICE_REQUIRED = ("name", "image")
-_SERVICE_OPTIONAL = ("replicas", "listen", "strategy", "health", "max_lifetime", "env")
+_SERVICE_OPTIONAL = (
+    "replicas",
+    "listen",
+    "strategy",
+    "health",
+    "max_lifetime",
+    "env",
+    "resources",
+    "user_namespace",
+)
 _HEALTH_CHECKS = ("http", "tcp")
 _HEALTH_OPTIONAL = ("interval", "grace", "timeout", "retries")
 
@@ -101,6 +116,15 @@ _DOMAIN = re.compile(rf"(?:{_DOMAIN_LABEL})(?:\.{_DOMAIN_LABEL})*(?::[0-9]{{1,5}
 _PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*\Z")
 _DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
 _PERCENT = re.compile(r"([0-9]{1,3})%\Z")
+_RESOURCE_KEYS = ("memory", "cpus", "pids")
+_MEMORY = re.compile(r"([0-9]{1,16})(Ki|Mi|Gi|Ti)?\Z")
+_MEMORY_UNITS = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}
+MIN_MEMORY = 6 << 20  # the engine's own floor (docker refuses less than 6 MiB)
+MAX_MEMORY = 4 << 40
+MIN_CPU_MILLIS = 10
+MAX_CPU_MILLIS = 1024 * 1000
+MIN_PIDS = 8
+MAX_PIDS = 4194304  # the kernel's highest pid_max
 _PIN_HINT = "write REPOSITORY@sha256:<64 hex digits>: a tag can move, a digest cannot"
 
 
@@ -190,6 +214,42 @@ class ImagePin:
         return f"{self.repository}@{self.digest}"
 
 
+def format_memory(size: int) -> int | str:
+    """``268435456`` -> ``"256Mi"``: the largest binary unit that divides ``size`` exactly."""
+    for unit in ("Ti", "Gi", "Mi", "Ki"):
+        if size % _MEMORY_UNITS[unit] == 0:
+            return f"{size // _MEMORY_UNITS[unit]}{unit}"
+    return size
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resources:
+    """Per-instance caps a release sets for a service; ``None`` keeps the agent's default.
+
+    ``memory`` is in bytes, ``cpu_millis`` in thousandths of a CPU (``cpus: 0.5`` is 500),
+    ``pids`` the most tasks (processes and threads) the instance may hold at once.
+    """
+
+    memory: int | None = None
+    cpu_millis: int | None = None
+    pids: int | None = None
+
+    @property
+    def cpus(self) -> float | None:
+        return None if self.cpu_millis is None else self.cpu_millis / 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.memory is not None:
+            out["memory"] = format_memory(self.memory)
+        if self.cpu_millis is not None:
+            whole, part = divmod(self.cpu_millis, 1000)
+            out["cpus"] = whole if part == 0 else self.cpu_millis / 1000
+        if self.pids is not None:
+            out["pids"] = self.pids
+        return out
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Service:
     name: str
@@ -200,6 +260,8 @@ class Service:
     health: ServiceHealth | None = None
     max_lifetime: float | None = None  # seconds
     env: tuple[tuple[str, str], ...] = ()  # sorted by name
+    resources: Resources | None = None
+    user_namespace: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -216,6 +278,10 @@ class Service:
             out["max_lifetime"] = format_duration(self.max_lifetime)
         if self.env:
             out["env"] = dict(self.env)
+        if self.resources is not None:
+            out["resources"] = self.resources.to_dict()
+        if self.user_namespace:
+            out["user_namespace"] = True
         return out
 
 
@@ -457,6 +523,10 @@ class _ReleaseSchema(FieldChecker):
         if "max_lifetime" in m:
             lifetime = self._duration(m["max_lifetime"], join_key(path, "max_lifetime"))
         env = self._env(m, path)
+        resources = self._resources(m, path)
+        userns = False
+        if "user_namespace" in m:
+            userns = bool(self.boolean(m["user_namespace"], join_key(path, "user_namespace")))
         if len(self._problems) != before or name is None or image is None:
             return name, listen, None
         return (
@@ -471,6 +541,8 @@ class _ReleaseSchema(FieldChecker):
                 health=health,
                 max_lifetime=lifetime,
                 env=env,
+                resources=resources,
+                user_namespace=userns,
             ),
         )
 
@@ -625,3 +697,59 @@ class _ReleaseSchema(FieldChecker):
         if "env" not in m:
             return ()
         return self.string_map(m["env"], join_key(path, "env"), key_check=self.env_key, skip_bad_keys=True)
+
+    # -- resources
+
+    def _resources(self, m: Mapping[str, Any], path: str) -> Resources | None:
+        if "resources" not in m:
+            return None
+        where = join_key(path, "resources")
+        r = self.mapping(m["resources"], where)
+        if r is None:
+            return None
+        self.keys(r, where, optional=_RESOURCE_KEYS)
+        if not r:
+            self.report(where, "must not be empty", "e.g. resources: {memory: 256Mi, cpus: 0.5, pids: 256}")
+            return None
+        memory = self._memory(r["memory"], join_key(where, "memory")) if "memory" in r else None
+        cpus = self._cpus(r["cpus"], join_key(where, "cpus")) if "cpus" in r else None
+        pids = None
+        if "pids" in r:
+            hint = "the most processes and threads one instance may hold at once"
+            pids = self.bounded(r["pids"], join_key(where, "pids"), MIN_PIDS, MAX_PIDS, hint)
+        return Resources(memory=memory, cpu_millis=cpus, pids=pids)
+
+    def _memory(self, value: object, where: str) -> int | None:
+        hint = "a byte count or a number with a binary unit: 512Ki, 256Mi, 2Gi, 1Ti"
+        if isinstance(value, int) and not isinstance(value, bool):
+            size = value
+        elif isinstance(value, str):
+            found = _MEMORY.match(value)
+            if found is None:
+                if re.fullmatch(r"[0-9]+(?:[kKmMgGtT]|[kKmMgGtT][bB])", value):
+                    hint = "write a binary unit (Ki, Mi, Gi, Ti): "
+                    hint += "'M' means 10^6 to some tools, 2^20 to others"
+                self.invalid(where, "memory size", value, hint)
+                return None
+            size = int(found.group(1)) * _MEMORY_UNITS.get(found.group(2) or "", 1)
+        else:
+            self.wrong_type(where, value, "a memory size such as 256Mi")
+            return None
+        if not MIN_MEMORY <= size <= MAX_MEMORY:
+            self.report(where, f"{format_memory(size)} is out of range (6Mi to 4Ti)")
+            return None
+        return size
+
+    def _cpus(self, value: object, where: str) -> int | None:
+        hint = "a number of CPUs such as 0.5 or 2, in steps of 0.001"
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            self.wrong_type(where, value, "a number of CPUs such as 0.5", hint)
+            return None
+        if not (math.isfinite(value) and MIN_CPU_MILLIS <= value * 1000 <= MAX_CPU_MILLIS):
+            self.report(where, f"{shown(str(value))[:32]} is out of range (0.01 to {MAX_CPU_MILLIS // 1000})")
+            return None
+        millis = round(value * 1000)
+        if abs(value * 1000 - millis) > 1e-6:
+            self.report(where, f"{value} is finer than a thousandth of a CPU", hint)
+            return None
+        return millis

@@ -15,7 +15,6 @@ expire; the clock is passed in.
 from __future__ import annotations
 
 import base64
-import json
 import os
 import shutil
 import threading
@@ -25,7 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from publisher.errors import AuthError
+from manifests.bounded import JsonCaps, read_json
+from manifests.errors import ParseError
+from publisher.errors import AuthError, TokenAnswerError
 
 __all__ = [
     "Credentials",
@@ -45,6 +46,9 @@ MAX_TOKEN_RESPONSE = 1024 * 1024
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 MAX_HELPER_OUTPUT = 1024 * 1024
 DEFAULT_TOKEN_LIFETIME = 60.0
+MAX_TOKEN_LIFETIME = 24 * 3600.0  # a longer expires_in is clamped: a token is re-fetched at least daily
+MAX_TOKEN_CHARS = 64 * 1024  # it is sent back in a header on every request
+_TOKEN_CAPS = JsonCaps(max_bytes=MAX_TOKEN_RESPONSE, max_depth=8)
 TOKEN_EXPIRY_MARGIN = 5.0
 _HELPER_TIMEOUT = 30.0
 
@@ -225,9 +229,11 @@ def _run_helper(helper: str, registry: str, env: Mapping[str, str]) -> Credentia
             return None
         raise AuthError(f"credential helper {program} failed: {text or f'exit {proc.returncode}'}")
     try:
-        doc = json.loads(out.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AuthError(f"credential helper {program} printed something that is not JSON") from exc
+        doc = read_json(out, what=f"credential helper {program}", caps=JsonCaps(max_bytes=MAX_HELPER_OUTPUT))
+    except ParseError as exc:
+        raise AuthError(
+            f"credential helper {program} printed something that is not JSON: {exc.message}"
+        ) from None
     user = doc.get("Username") if isinstance(doc, dict) else None
     secret = doc.get("Secret") if isinstance(doc, dict) else None
     if not isinstance(user, str) or not isinstance(secret, str):
@@ -272,9 +278,9 @@ def credentials_from_docker_config(registry: str, *, env: Mapping[str, str]) -> 
     if len(data) > MAX_CONFIG_BYTES:
         raise AuthError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AuthError(f"{path}: not valid JSON: {exc}") from exc
+        doc = read_json(data, what=str(path), caps=JsonCaps(max_bytes=MAX_CONFIG_BYTES))
+    except ParseError as exc:
+        raise AuthError(exc.message, hint=exc.hint) from None
     if not isinstance(doc, dict):
         raise AuthError(f"{path}: expected a JSON object")
     host = _normalize_host(registry)
@@ -316,21 +322,26 @@ class Token:
 
 
 def parse_token_response(body: bytes, *, now: float) -> Token:
-    """The token endpoint's JSON (``token`` or ``access_token``, ``expires_in``), size-capped."""
+    """The token endpoint's JSON (``token`` or ``access_token``, ``expires_in``), read by the
+    bounded reader; anything else is a :class:`TokenAnswerError` (reason ``parse``)."""
     if len(body) > MAX_TOKEN_RESPONSE:
-        raise AuthError(f"token response is larger than {MAX_TOKEN_RESPONSE} bytes")
+        raise TokenAnswerError(f"token response is larger than {MAX_TOKEN_RESPONSE} bytes")
     try:
-        doc = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AuthError("token endpoint answered something that is not JSON") from exc
+        doc = read_json(body, what="token response", caps=_TOKEN_CAPS)
+    except ParseError as exc:
+        raise TokenAnswerError(f"token endpoint answered something that is not JSON: {exc.message}") from None
     if not isinstance(doc, dict):
-        raise AuthError("token endpoint answered something that is not a JSON object")
+        raise TokenAnswerError("token endpoint answered something that is not a JSON object")
     value = doc.get("token") or doc.get("access_token")
     if not isinstance(value, str) or not value:
-        raise AuthError("token endpoint answered without a token")
+        raise TokenAnswerError("token endpoint answered without a token")
+    if len(value) > MAX_TOKEN_CHARS or not value.isprintable() or not value.isascii():
+        raise TokenAnswerError(
+            f"token endpoint answered a token that is not printable ASCII (at most {MAX_TOKEN_CHARS} chars)"
+        )
     expires_in = doc.get("expires_in")
     lifetime = (
-        float(expires_in)
+        min(float(expires_in), MAX_TOKEN_LIFETIME)
         if isinstance(expires_in, int | float) and not isinstance(expires_in, bool) and expires_in > 0
         else DEFAULT_TOKEN_LIFETIME
     )

@@ -6,6 +6,8 @@
     ├── PublishError                 registry and publishing semantics
     │   ├── RegistryError            the registry answered with an error: ``code``, ``status``, its message
     │   │   └── AuthError            credentials missing or refused, a token could not be had (401/403)
+    │   │       └── TokenAnswerError the token endpoint's answer is not a token answer (also a
+    │   │                            ParseError: reason ``parse``)
     │   └── InvalidReference         an image reference or repository name does not parse
     ├── UnavailableError
     │   └── RegistryUnavailable      the network failed, or 408/429/5xx persisted past the retries
@@ -18,15 +20,16 @@ everything the publisher raises except refusals of bad content, which stay ``Ver
 from __future__ import annotations
 
 import enum
-import json
 
-from manifests.errors import KilnError, UnavailableError
+from manifests.bounded import JsonCaps, read_json
+from manifests.errors import KilnError, ParseError, UnavailableError
 
 __all__ = [
     "ErrorCode",
     "PublishError",
     "RegistryError",
     "AuthError",
+    "TokenAnswerError",
     "InvalidReference",
     "RegistryUnavailable",
     "registry_error",
@@ -34,6 +37,7 @@ __all__ = [
 ]
 
 MAX_ERROR_BODY = 64 * 1024
+_ERROR_CAPS = JsonCaps(max_bytes=MAX_ERROR_BODY, max_depth=16)
 
 
 class ErrorCode(enum.StrEnum):
@@ -116,6 +120,15 @@ class AuthError(RegistryError):
         super().__init__(message, code=code, status=status, hint=hint)
 
 
+class TokenAnswerError(AuthError, ParseError):
+    """The token endpoint answered something that is not a token answer (not JSON, too large or
+    deep, no string token...): bad input, refused with reason ``parse`` like any hostile document."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        AuthError.__init__(self, message, hint=hint)
+        self.reason = "parse"
+
+
 class InvalidReference(PublishError):
     """An image reference (``registry/repo[:tag][@digest]``) or a repository name is invalid."""
 
@@ -138,8 +151,8 @@ def registry_error(status: int, body: bytes, *, what: str) -> RegistryError:
     code = ErrorCode.UNKNOWN.value
     messages: list[str] = []
     try:
-        doc = json.loads(body.decode("utf-8")) if body else None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        doc = read_json(body, what="registry error body", caps=_ERROR_CAPS) if body else None
+    except ParseError:
         doc = None
     errors = doc.get("errors") if isinstance(doc, dict) else None
     if isinstance(errors, list):

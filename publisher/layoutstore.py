@@ -18,7 +18,6 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import json
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -268,8 +267,10 @@ class LayoutRepository:
             parsed = OCIManifest.from_bytes(manifest.data)
             if parsed.config.media_type not in (MediaType.OCI_CONFIG, MediaType.DOCKER_CONFIG):
                 return None
-            doc = json.loads(self.layout.read_blob(parsed.config.digest, limit=MAX_DOCUMENT_BYTES))
-        except (DocumentError, ValueError):
+            doc = parse_json_object(
+                self.layout.read_blob(parsed.config.digest, limit=MAX_DOCUMENT_BYTES), what="image config"
+            )
+        except DocumentError:
             return None
         os_name, arch = doc.get("os"), doc.get("architecture")
         if not (isinstance(os_name, str) and os_name and isinstance(arch, str) and arch):

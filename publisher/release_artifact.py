@@ -25,7 +25,7 @@ import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
@@ -40,6 +40,9 @@ from publisher.reference import validate_tag
 from publisher.transfer import BlobSource, Manifest
 from signing.release import open_release_envelope
 from signing.root import envelope_cap
+
+if TYPE_CHECKING:
+    from publisher.session import Timeouts
 
 __all__ = [
     "RELEASE_ARTIFACT_TYPE",
@@ -242,7 +245,7 @@ def fetch_release(endpoint: Endpoint, channel: str, *, size_cap: int = MAX_RELEA
 
 @contextlib.contextmanager
 def open_release_endpoint(
-    location: str, *, insecure: bool = False, create: bool = False
+    location: str, *, insecure: bool = False, create: bool = False, timeouts: Timeouts | None = None
 ) -> Iterator[Endpoint]:
     """``oci:DIR`` or ``HOST/REPO`` as an endpoint (a registry client is closed on exit)."""
     loc = parse_location(location)
@@ -253,5 +256,7 @@ def open_release_endpoint(
     from publisher.client import RegistryClient
     from publisher.registrystore import RegistryRepository
 
-    with RegistryClient(loc.api_host, insecure=insecure, credentials=resolve_credentials(loc.registry)) as c:
+    with RegistryClient(
+        loc.api_host, insecure=insecure, credentials=resolve_credentials(loc.registry), timeouts=timeouts
+    ) as c:
         yield RegistryRepository(c, loc.repository)

@@ -7,7 +7,12 @@ Every request of :class:`~publisher.client.RegistryClient` goes through :meth:`S
 - on a ``401`` parses ``WWW-Authenticate``, obtains a token (or Basic) and tries once more;
 - retries network failures, ``408``, ``429`` and ``5xx`` with bounded, jittered exponential backoff,
   honouring ``Retry-After`` (unless the caller does its own recovery, as resumable uploads do);
-- translates httpx's exceptions into :class:`RegistryUnavailable` at this boundary.
+- translates httpx's exceptions into :class:`RegistryUnavailable` at this boundary;
+- bounds every request twice: ``read`` is the longest stall between two bytes, and ``total`` is
+  an overall deadline for the request (connect, headers and body together), so a registry that
+  trickles one byte every few seconds is cut off instead of holding the request forever. The
+  deadline clamps every socket operation's timeout to the time left (a network backend wrapper
+  below httpx) and is checked between body chunks.
 
 Responses come back streamed; callers read them with :func:`read_capped` or iterate them, and
 hand a response whose body they do not need to :func:`release`, which reads the few bytes left so
@@ -21,6 +26,7 @@ interpreter's start, and a session that only speaks plain http to a loopback reg
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import logging
 import random
@@ -28,10 +34,13 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
+from manifests.limits import AgentLimits
 from publisher.auth import (
+    MAX_TOKEN_RESPONSE,
     Challenge,
     Credentials,
     TokenCache,
@@ -43,6 +52,7 @@ from publisher.errors import (
     AuthError,
     PublishError,
     RegistryUnavailable,
+    TokenAnswerError,
     registry_error,
 )
 from publisher.retry import RETRYABLE_STATUS, RetryPolicy, parse_retry_after
@@ -64,12 +74,25 @@ Body = bytes | Callable[[], Iterator[bytes]] | None
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Timeouts:
-    """Seconds. ``read`` bounds a stall: no byte from the registry for that long fails the attempt."""
+    """Seconds. ``read`` bounds a stall: no byte from the registry for that long fails the attempt.
+    ``total`` bounds one request (connect, headers and body together); ``None``: no deadline."""
 
     connect: float = 10.0
     read: float = 60.0
     write: float = 60.0
     pool: float = 60.0
+    total: float | None = 600.0
+
+    @classmethod
+    def from_limits(cls, limits: AgentLimits) -> Timeouts:
+        """The agent's network limits (:class:`~manifests.limits.AgentLimits`) as timeouts."""
+        return cls(
+            connect=limits.connect_timeout,
+            read=limits.read_timeout,
+            write=limits.read_timeout,
+            pool=limits.read_timeout,
+            total=limits.request_deadline,
+        )
 
     def to_httpx(self) -> httpx.Timeout:
         return httpx.Timeout(connect=self.connect, read=self.read, write=self.write, pool=self.pool)
@@ -140,6 +163,171 @@ def release(response: httpx.Response, *, limit: int = RELEASE_LIMIT) -> None:
         response.close()
 
 
+# The deadline of the request being sent or read on this thread (monotonic seconds).
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "kiln_request_deadline", default=None
+)
+
+
+def _left(timeout: float | None, exc: type[Exception]) -> float | None:
+    """``timeout`` clamped to the current request's deadline; ``exc`` once it has passed."""
+    deadline = _DEADLINE.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise exc("the request deadline passed")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineNetworkStream:
+    """An httpcore network stream whose reads and writes never wait past the request deadline."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        import httpcore
+
+        data: bytes = self._inner.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+        return data
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        import httpcore
+
+        self._inner.write(buffer, _left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
+    ) -> Any:
+        import httpcore
+
+        return _DeadlineNetworkStream(
+            self._inner.start_tls(ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout))
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend:
+    """An httpcore network backend whose connections honour the request deadline."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> _DeadlineNetworkStream:
+        import httpcore
+
+        stream = self._inner.connect_tcp(
+            host,
+            port,
+            timeout=_left(timeout, httpcore.ConnectTimeout),
+            local_address=local_address,
+            socket_options=socket_options,
+        )
+        return _DeadlineNetworkStream(stream)
+
+    def connect_unix_socket(self, path: str, timeout: float | None = None, socket_options: Any = None) -> Any:
+        import httpcore
+
+        stream = self._inner.connect_unix_socket(
+            path, timeout=_left(timeout, httpcore.ConnectTimeout), socket_options=socket_options
+        )
+        return _DeadlineNetworkStream(stream)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _with_deadlines(transport: httpx.HTTPTransport) -> httpx.HTTPTransport:
+    """Install :class:`_DeadlineBackend` under an httpx transport's connection pool. httpx has no
+    public hook for it; if its internals ever change, the deadline is still checked between body
+    chunks and after the headers (:class:`_DeadlineTransport`), only less promptly."""
+    pool = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if backend is not None and not isinstance(backend, _DeadlineBackend):
+        pool._network_backend = _DeadlineBackend(backend)  # type: ignore[union-attr]
+    return transport
+
+
+class _DeadlineStream(httpx.SyncByteStream):
+    """A response body read under its request's deadline."""
+
+    def __init__(self, inner: httpx.SyncByteStream, deadline: float, total: float) -> None:
+        self._inner = inner
+        self._deadline = deadline
+        self._total = total
+
+    def __iter__(self) -> Iterator[bytes]:
+        chunks = iter(self._inner)
+        while True:
+            token = _DEADLINE.set(self._deadline)
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                return
+            except httpx.TimeoutException as exc:
+                raise _overdue(exc, self._deadline, self._total) from exc
+            finally:
+                _DEADLINE.reset(token)
+            if time.monotonic() > self._deadline:
+                raise _overdue(None, self._deadline, self._total)
+            yield chunk
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+def _overdue(exc: httpx.TimeoutException | None, deadline: float, total: float) -> httpx.TimeoutException:
+    if exc is not None and time.monotonic() < deadline:
+        return exc  # an ordinary stall (the read timeout), not the deadline
+    return httpx.ReadTimeout(f"no complete answer within the {total:g}s request deadline")
+
+
+class _DeadlineTransport(httpx.BaseTransport):
+    """Gives every request an overall deadline of ``total`` seconds: connect and headers run under
+    it, and the response body is read under it (:class:`_DeadlineStream`)."""
+
+    def __init__(self, inner: httpx.BaseTransport, total: float) -> None:
+        self._inner = inner
+        self._total = total
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        deadline = time.monotonic() + self._total
+        token = _DEADLINE.set(deadline)
+        try:
+            resp = self._inner.handle_request(request)
+        except httpx.TimeoutException as exc:
+            raise _overdue(exc, deadline, self._total) from exc
+        finally:
+            _DEADLINE.reset(token)
+        if time.monotonic() > deadline:
+            resp.close()
+            raise _overdue(None, deadline, self._total)
+        assert isinstance(resp.stream, httpx.SyncByteStream)  # noqa: S101 - a sync transport's body
+        return httpx.Response(
+            status_code=resp.status_code,
+            headers=resp.headers,
+            stream=_DeadlineStream(resp.stream, deadline, self._total),
+            extensions=resp.extensions,
+            request=request,
+        )
+
+    def close(self) -> None:
+        self._inner.close()
+
+
 class _LazyTLSTransport(httpx.BaseTransport):
     """Plain ``http`` requests go to a transport that is never asked for TLS; ``https`` requests to
     a verifying one (``verify=True``, honouring ``SSL_CERT_FILE``/``SSL_CERT_DIR`` as httpx does),
@@ -148,7 +336,7 @@ class _LazyTLSTransport(httpx.BaseTransport):
     def __init__(self, *, limits: httpx.Limits) -> None:
         self._limits = limits
         # verify=False only spares building a CA store: TLS is never spoken through this one.
-        self._plain = httpx.HTTPTransport(verify=False, limits=limits)
+        self._plain = _with_deadlines(httpx.HTTPTransport(verify=False, limits=limits))
         self._tls: httpx.HTTPTransport | None = None
         self._lock = threading.Lock()
 
@@ -156,7 +344,7 @@ class _LazyTLSTransport(httpx.BaseTransport):
         with self._lock:
             if self._tls is None:
                 try:
-                    self._tls = httpx.HTTPTransport(verify=True, limits=self._limits)
+                    self._tls = _with_deadlines(httpx.HTTPTransport(verify=True, limits=self._limits))
                 except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
                     raise PublishError(
                         f"cannot load the CA certificates for TLS: {exc}",
@@ -227,16 +415,20 @@ class Session:
         self._rng = rng or random.Random()  # noqa: S311 - jitter only
         self._own_client = client is None
         self.client = client or httpx.Client(
-            timeout=self.timeouts.to_httpx(),
-            transport=_LazyTLSTransport(
-                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20)
-            ),
-            follow_redirects=False,
+            timeout=self.timeouts.to_httpx(), transport=self._transport(), follow_redirects=False
         )
         self.tokens = TokenCache(clock=clock)
         self._auth = _AuthState()
         self._base = httpx.URL(self.base_url)  # parsed once: httpx's URL parsing is not free
         self._host = self._base.netloc
+
+    def _transport(self) -> httpx.BaseTransport:
+        transport: httpx.BaseTransport = _LazyTLSTransport(
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        )
+        if self.timeouts.total is not None:
+            transport = _DeadlineTransport(transport, self.timeouts.total)
+        return transport
 
     def close(self) -> None:
         if self._own_client:
@@ -322,7 +514,12 @@ class Session:
             return self.client.build_request("GET", realm_url, params=params, headers=headers)
 
         resp = self._send_with_retries(attempt, what=f"token from {realm_url.host}", retry_transient=True)
-        body = read_capped(resp, 1024 * 1024, what="token response")
+        try:
+            body = read_capped(resp, MAX_TOKEN_RESPONSE, what="token response")
+        except TransientFailure:
+            raise
+        except PublishError as exc:  # larger than the cap: a hostile answer, not a network failure
+            raise TokenAnswerError(exc.message) from None
         if resp.status_code != 200:
             err = registry_error(resp.status_code, body, what=f"token endpoint {realm_url.host}")
             raise AuthError(err.message, code=err.code, status=resp.status_code, hint=err.hint)

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from manifests.bounded import JsonCaps, read_json
 from manifests.digest import Digest
 from manifests.errors import VerificationError
 from manifests.release import MAX_RELEASE_BYTES, Release
@@ -50,6 +51,7 @@ __all__ = [
     "open_release_envelope",
     "verify_release",
     "check_release",
+    "claimed_version",
 ]
 
 RELEASE_PAYLOAD_TYPE = "application/vnd.kiln.release.v1+json"
@@ -191,3 +193,17 @@ def check_release(
             hint="sign a new release with a later expires",
         )
     return VerifiedRelease(release=release, payload=payload, payload_digest=digest, key_ids=found)
+
+
+def claimed_version(envelope_bytes: bytes, *, size_cap: int = MAX_RELEASE_BYTES) -> int | None:
+    """The version a (possibly refused) envelope's payload claims, for logs only: never trusted.
+
+    Read through the same bounded reader as everything else; anything unreadable is ``None``.
+    """
+    try:
+        env = open_release_envelope(envelope_bytes, size_cap=size_cap)
+        doc = read_json(env.payload, what="release payload", caps=JsonCaps(max_bytes=size_cap))
+    except VerificationError:
+        return None
+    version = doc.get("version") if isinstance(doc, dict) else None
+    return version if isinstance(version, int) and not isinstance(version, bool) else None

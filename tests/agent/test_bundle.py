@@ -13,17 +13,24 @@ import pytest
 from agent.bundle import (
     MASKED_PATHS,
     READONLY_PATHS,
+    USERNS_BASE,
+    USERNS_SIZE,
+    USERNS_SLOTS,
     ImagePolicy,
+    host_ids,
     image_env,
     prepare_volumes,
     runtime_config,
+    userns_base,
     volume_slug,
     write_bundle,
 )
 from agent.errors import BundleError, InstanceError
 from agent.runtime import InstanceSpec, ResourceLimits, new_instance_id
+from agent.seccomp import seccomp_profile
 from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
+from manifests.release import Resources
 from tests.agent.imagekit import image_config
 
 DIGEST = Digest.of(b"image")
@@ -153,7 +160,9 @@ def test_bad_policy_labels_are_refused(labels: dict[str, str], user: str | None,
 
 def test_runtime_config_is_locked_down() -> None:
     spec = _spec(
-        _config(), env={"PORT": "9000", "EXTRA": "1"}, limits=ResourceLimits(pids=64, memory_bytes=1 << 28)
+        _config(),
+        env={"PORT": "9000", "EXTRA": "1"},
+        limits=ResourceLimits(pids=64, memory_bytes=1 << 28, cpu_millis=1500),
     )
     volumes = {"/var/lib/app": Path("/state/volumes/web/var%2Flib%2Fapp")}
     cfg = runtime_config(spec, volumes=volumes, netns_path="/run/netns/kiln-web-0123abcd")
@@ -178,6 +187,7 @@ def test_runtime_config_is_locked_down() -> None:
         "/tmp",
         "/var/cache/app",
         "/var/lib/app",
+        "/sys/fs/cgroup",
     ]
     assert mounts["/tmp"]["options"] == ["nosuid", "nodev", f"size={64 << 20}", "mode=1777"]
     assert mounts["/var/cache/app"]["options"] == [
@@ -192,23 +202,80 @@ def test_runtime_config_is_locked_down() -> None:
     assert mounts["/var/lib/app"]["source"] == "/state/volumes/web/var%2Flib%2Fapp"
     assert "nosuid" in mounts["/var/lib/app"]["options"]
     assert "ro" in mounts["/sys"]["options"]
+    assert mounts["/sys/fs/cgroup"]["type"] == "cgroup"
+    assert "ro" in mounts["/sys/fs/cgroup"]["options"]
     linux = cfg["linux"]
     assert linux["namespaces"] == [
         {"type": "pid"},
         {"type": "ipc"},
         {"type": "uts"},
         {"type": "mount"},
+        {"type": "cgroup"},
         {"type": "network", "path": "/run/netns/kiln-web-0123abcd"},
     ]
+    assert "uidMappings" not in linux
     assert linux["cgroupsPath"] == "/kiln/kiln-web-0123abcd"
     assert linux["maskedPaths"] == list(MASKED_PATHS)
     assert linux["readonlyPaths"] == list(READONLY_PATHS)
     assert linux["resources"] == {
         "devices": [{"allow": False, "access": "rwm"}],
         "pids": {"limit": 64},
-        "memory": {"limit": 1 << 28},
+        "memory": {"limit": 1 << 28, "swap": 1 << 28},
+        "cpu": {"quota": 150_000, "period": 100_000},
     }
+    assert linux["seccomp"] == seccomp_profile()
     assert cfg["annotations"]["dev.kiln.image"] == str(DIGEST)
+
+
+def test_user_namespace_maps_the_image_ids_to_the_service_slot() -> None:
+    spec = _spec(_config(), user_namespace=True)
+    cfg = runtime_config(spec, volumes={"/var/lib/app": Path("/v")}, netns_path=None)
+    linux = cfg["linux"]
+    base = userns_base("web")
+    assert base == userns_base("web")  # stable: volumes keep their owner across releases
+    assert USERNS_BASE <= base <= USERNS_BASE + (USERNS_SLOTS - 1) * USERNS_SIZE
+    assert (base - USERNS_BASE) % USERNS_SIZE == 0
+    assert base + USERNS_SIZE <= 0x70000000  # inside systemd's range for container ids
+    assert userns_base("api") != base
+    mapping = [
+        {"containerID": 0, "hostID": 0, "size": 1},
+        {"containerID": 1, "hostID": base + 1, "size": 65535},
+    ]
+    assert linux["uidMappings"] == mapping
+    assert linux["gidMappings"] == mapping
+    assert {"type": "user"} in linux["namespaces"]
+    assert {"type": "network"} in linux["namespaces"]  # runc makes one the user namespace owns
+    assert cfg["process"]["user"]["uid"] == 65532  # the id inside; the host sees base + 65532
+    assert host_ids(spec, 65532, 65532) == (base + 65532, base + 65532)
+    assert host_ids(_spec(_config()), 65532, 1) == (65532, 1)
+
+
+@pytest.mark.parametrize(
+    ("user", "allow_root", "message"),
+    [
+        (None, True, "image runs as 0:0; a user namespace maps only non-root ids"),
+        ("1000:0", False, "image runs as 1000:0; a user namespace maps only non-root ids"),
+    ],
+)
+def test_user_namespace_refuses_root_images(user: str | None, allow_root: bool, message: str) -> None:
+    spec = _spec(_config(labels={}, user=user), user_namespace=True, allow_root=allow_root)
+    with pytest.raises(VerificationError) as err:
+        runtime_config(spec, volumes={}, netns_path=None)
+    assert (err.value.reason, err.value.message) == ("policy", message)
+
+
+def test_user_namespace_refuses_ids_beyond_its_range() -> None:
+    spec = _spec(_config(labels={}, user="70000:70000"), user_namespace=True)
+    with pytest.raises(BundleError, match="outside the user namespace's 65536 ids"):
+        host_ids(spec, 70000, 70000)
+
+
+def test_release_resources_override_the_default_limits() -> None:
+    base = ResourceLimits()
+    assert base.with_release(None) is base
+    got = base.with_release(Resources(memory=256 << 20, cpu_millis=500))
+    assert got == ResourceLimits(pids=base.pids, memory_bytes=256 << 20, cpu_millis=500)
+    assert base.with_release(Resources(pids=64)).pids == 64
 
 
 def test_uid_zero_is_a_policy_refusal_unless_allowed() -> None:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.docker_runtime import LABEL, DockerRuntime, write_docker_archive
+from agent.docker_runtime import LABEL, DockerRuntime, seccomp_json, write_docker_archive
 from agent.errors import InstanceError
 from agent.runtime import InstanceSpec, InstanceStatus, new_instance_id
 from agent.store import ContentStore, LayoutSource
@@ -87,7 +87,8 @@ def test_python_web_runs_confined_on_the_engine(
         host = info["HostConfig"]
         assert host["ReadonlyRootfs"] is True
         assert host["CapDrop"] == ["ALL"]
-        assert host["SecurityOpt"] == ["no-new-privileges"]
+        assert host["SecurityOpt"] == ["no-new-privileges", f"seccomp={seccomp_json()}"]
+        assert host["CgroupnsMode"] == "private"
         assert host["NetworkMode"] == "none"
         assert "/tmp" in host["Tmpfs"]
         assert info["Config"]["User"] == "65532:65532"

@@ -384,3 +384,22 @@ def test_journal_survives_reopen_with_the_same_sequence(env: Env) -> None:
     seq = agent.journal.state.seq
     assert Journal(env.ws.state).state == agent.journal.state
     assert seq > 3
+
+
+def test_release_resources_and_user_namespace_reach_the_runtime(env: Env) -> None:
+    svc = service_yaml("web", env.web.pin, listen=f"127.0.0.1:{env.port}")
+    svc["resources"] = {"memory": "64Mi", "cpus": 0.25, "pids": 32}
+    svc["user_namespace"] = True
+    env.ws.publish(signed(make_release(1, [svc])))
+    agent = env.agent()
+    assert agent.reconcile_once().outcome == "rolled-out"
+    (spec,) = env.runtime.specs.values()
+    assert (spec.limits.memory_bytes, spec.limits.cpu_millis, spec.limits.pids) == (64 << 20, 250, 32)
+    assert spec.user_namespace is True
+    # A release that changes only the caps replaces the instance (the old one is not "current").
+    svc["resources"] = {"memory": "128Mi"}
+    env.ws.publish(signed(make_release(2, [svc])))
+    assert agent.reconcile_once().outcome == "rolled-out"
+    (again,) = env.runtime.specs.values()
+    assert again.instance_id != spec.instance_id
+    assert (again.limits.memory_bytes, again.limits.cpu_millis, again.limits.pids) == (128 << 20, None, 512)

@@ -20,6 +20,7 @@ from manifests.release import (
     ImagePin,
     ListenAddress,
     Release,
+    Resources,
     Service,
     ServiceHealth,
     Strategy,
@@ -98,6 +99,18 @@ VALID = [
     ("no registry", one(image=f"hello@{D1}"), {"image": f"hello@{D1}"}),
     ("utc offset", one().replace(b"00:00Z", b"00:00+00:00"), {"expires": "2026-12-31T00:00:00Z"}),
     ("env sorted", one("    env: {B: '2', A: '1'}\n"), {"env": {"A": "1", "B": "2"}}),
+    (
+        "resources",
+        one("    resources: {memory: 256Mi, cpus: 0.5, pids: 256}\n"),
+        {"resources": {"memory": "256Mi", "cpus": 0.5, "pids": 256}},
+    ),
+    ("memory in bytes", one("    resources: {memory: 1073741824}\n"), {"resources": {"memory": "1Gi"}}),
+    ("memory spelled big", one("    resources: {memory: 2048Mi}\n"), {"resources": {"memory": "2Gi"}}),
+    ("memory odd bytes", one("    resources: {memory: 7000001}\n"), {"resources": {"memory": 7000001}}),
+    ("whole cpus", one("    resources: {cpus: 2.0}\n"), {"resources": {"cpus": 2}}),
+    ("milli cpus", one("    resources: {cpus: 0.125}\n"), {"resources": {"cpus": 0.125}}),
+    ("user namespace", one("    user_namespace: true\n"), {"user_namespace": True}),
+    ("no user namespace", one("    user_namespace: false\n"), {"user_namespace": None}),
 ]
 
 
@@ -263,6 +276,92 @@ INVALID = [
         'r.yaml:9:11: services[0].env.PORT: expected a string, got integer (quote it: PORT: "8080")',
     ),
     (
+        "resources unknown key",
+        one("    resources:\n      memroy: 256Mi\n"),
+        "r.yaml:10:7: services[0].resources.memroy: unknown key (did you mean 'memory'?)",
+    ),
+    (
+        "resources empty",
+        one("    resources: {}\n"),
+        "r.yaml:9:5: services[0].resources: must not be empty "
+        "(e.g. resources: {memory: 256Mi, cpus: 0.5, pids: 256})",
+    ),
+    (
+        "resources not a mapping",
+        one("    resources: 256Mi\n"),
+        "r.yaml:9:5: services[0].resources: expected a mapping, got string",
+    ),
+    (
+        "memory decimal unit",
+        one("    resources:\n      memory: 256M\n"),
+        "r.yaml:10:7: services[0].resources.memory: invalid memory size '256M' "
+        "(write a binary unit (Ki, Mi, Gi, Ti): 'M' means 10^6 to some tools, 2^20 to others)",
+    ),
+    (
+        "memory with a space",
+        one("    resources:\n      memory: 256 Mi\n"),
+        "r.yaml:10:7: services[0].resources.memory: invalid memory size '256 Mi' "
+        "(a byte count or a number with a binary unit: 512Ki, 256Mi, 2Gi, 1Ti)",
+    ),
+    (
+        "memory too small",
+        one("    resources:\n      memory: 1Mi\n"),
+        "r.yaml:10:7: services[0].resources.memory: 1Mi is out of range (6Mi to 4Ti)",
+    ),
+    (
+        "memory too large",
+        one("    resources:\n      memory: 8Ti\n"),
+        "r.yaml:10:7: services[0].resources.memory: 8Ti is out of range (6Mi to 4Ti)",
+    ),
+    (
+        "memory a list",
+        one("    resources:\n      memory: [1]\n"),
+        "r.yaml:10:7: services[0].resources.memory: expected a memory size such as 256Mi, got list",
+    ),
+    (
+        "zero cpus",
+        one("    resources:\n      cpus: 0\n"),
+        "r.yaml:10:7: services[0].resources.cpus: 0 is out of range (0.01 to 1024)",
+    ),
+    (
+        "too many cpus",
+        one("    resources:\n      cpus: 5000\n"),
+        "r.yaml:10:7: services[0].resources.cpus: 5000 is out of range (0.01 to 1024)",
+    ),
+    (
+        "cpus not a number",
+        one("    resources:\n      cpus: .nan\n"),
+        "r.yaml:10:7: services[0].resources.cpus: nan is out of range (0.01 to 1024)",
+    ),
+    (
+        "cpus too fine",
+        one("    resources:\n      cpus: 0.0125\n"),
+        "r.yaml:10:7: services[0].resources.cpus: 0.0125 is finer than a thousandth of a CPU "
+        "(a number of CPUs such as 0.5 or 2, in steps of 0.001)",
+    ),
+    (
+        "cpus quoted",
+        one("    resources:\n      cpus: '1'\n"),
+        "r.yaml:10:7: services[0].resources.cpus: expected a number of CPUs such as 0.5, got string "
+        "(a number of CPUs such as 0.5 or 2, in steps of 0.001)",
+    ),
+    (
+        "too few pids",
+        one("    resources:\n      pids: 2\n"),
+        "r.yaml:10:7: services[0].resources.pids: out of range (8 to 4194304) "
+        "(the most processes and threads one instance may hold at once)",
+    ),
+    (
+        "fractional pids",
+        one("    resources:\n      pids: 1.5\n"),
+        "r.yaml:10:7: services[0].resources.pids: expected an integer, got number",
+    ),
+    (
+        "user namespace quoted",
+        one("    user_namespace: 'true'\n"),
+        "r.yaml:9:5: services[0].user_namespace: expected a boolean (true or false), got string",
+    ),
+    (
         "wrong kind",
         doc("  - {name: web, image: 'r/w@" + D1 + "'}\n", HEAD.replace("Release", "Image")),
         "r.yaml:2:1: kind: wrong kind 'Image' (expected 'Release')",
@@ -378,6 +477,30 @@ PAYLOAD_REFUSALS = [
         "release payload: duplicate key 'version'",
     ),
     (
+        "user namespace spelled false",
+        mutate(lambda d: d["services"][0].update(user_namespace=False)),
+        "parse",
+        "release payload is not in canonical form",
+    ),
+    (
+        "memory not in its largest unit",
+        mutate(lambda d: d["services"][0].update(resources={"memory": "1024Mi"})),
+        "parse",
+        "release payload is not in canonical form",
+    ),
+    (
+        "whole cpus as a float",
+        payload().replace(b'"replicas":2,', b'"replicas":2,"resources":{"cpus":2.0},'),
+        "parse",
+        "release payload is not in canonical form",
+    ),
+    (
+        "unknown resource",
+        mutate(lambda d: d["services"][0].update(resources={"swap": "1Gi"})),
+        "parse",
+        "release payload: services[0].resources.swap: unknown key",
+    ),
+    (
         "float version",
         payload().replace(b'"version":42', b'"version":42.0'),
         "parse",
@@ -455,6 +578,16 @@ def releases(draw: st.DrawFn) -> Release:
                 strategy=Strategy(kind=kind, steps=steps),
                 health=health,
                 max_lifetime=draw(st.none() | durations),
+                resources=draw(
+                    st.none()
+                    | st.builds(
+                        Resources,
+                        memory=st.none() | st.integers(6 << 20, 4 << 40),
+                        cpu_millis=st.none() | st.integers(10, 1024 * 1000),
+                        pids=st.none() | st.integers(8, 4194304),
+                    ).filter(lambda r: r != Resources())
+                ),
+                user_namespace=draw(st.booleans()),
                 env=tuple(
                     sorted(
                         draw(
