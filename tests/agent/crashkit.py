@@ -350,10 +350,12 @@ def cleanup(state: Path, service: str) -> None:
     """Stop the data plane, every container in ``STATE/runc`` and this service's namespaces
     (teardown)."""
     from agent.dataplane.embedded import ProcessDataPlane
+    from agent.dataplane.haproxy import HAProxyDataPlane
     from agent.runc import RuncRuntime
 
-    with contextlib.suppress(Exception):
-        ProcessDataPlane(state).stop()
+    for plane in (ProcessDataPlane(state), HAProxyDataPlane(state)):
+        with contextlib.suppress(Exception):
+            plane.stop()
 
     runtime = RuncRuntime(state)
     for iid in runc_list(state):

@@ -119,6 +119,7 @@ class World:
     config: Path
     state: Path
     log: Path
+    dataplane: str = "embedded"
     processes: list[AgentProcess] = field(default_factory=list)
 
     def publish(self, version: int, flavour: str) -> None:
@@ -166,10 +167,13 @@ class World:
 
 
 @pytest.fixture
-def world(python_web: WebImage, tmp_path: Path) -> Iterator[World]:
+def world(request: pytest.FixtureRequest, python_web: WebImage, tmp_path: Path) -> Iterator[World]:
     require_root("runc and network namespaces need root")
     require_tool("runc", "runc")
     require_tool("ip", "iproute2")
+    dataplane = str(getattr(request, "param", "embedded"))
+    if dataplane == "haproxy":
+        require_tool("haproxy", "haproxy")
     layout = tmp_path / "images"
     images = {f: echo_image(python_web, layout, flavour=f) for f in ("blue", "green")}
     for desc in images.values():
@@ -178,7 +182,7 @@ def world(python_web: WebImage, tmp_path: Path) -> Iterator[World]:
     root.write_text(make_root().to_yaml())
     state = tmp_path / "state"
     config = tmp_path / "agent.yaml"
-    config.write_text(
+    doc = json.loads(
         agent_config_yaml(
             source=f"oci:{tmp_path / 'releases'}",
             trust_root=root,
@@ -186,6 +190,7 @@ def world(python_web: WebImage, tmp_path: Path) -> Iterator[World]:
             images={REPO: f"oci:{layout}"},
         )
     )
+    config.write_text(json.dumps({**doc, "dataplane": dataplane}, indent=2) + "\n")
     w = World(
         tmp=tmp_path,
         service=f"chaos-{secrets.token_hex(3)}",
@@ -195,6 +200,7 @@ def world(python_web: WebImage, tmp_path: Path) -> Iterator[World]:
         config=config,
         state=state,
         log=tmp_path / "agent.log",
+        dataplane=dataplane,
     )
     try:
         yield w
@@ -237,6 +243,7 @@ def _refusals(state: Path) -> set[str]:
     return {str(e.get("reason")) for e in read_events(state, limit=100_000) if e.get("event") == "refused"}
 
 
+@pytest.mark.parametrize("world", ["embedded", "haproxy"], indirect=True)
 def test_chaos_no_request_fails_and_down_leaves_nothing(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -295,7 +302,7 @@ def test_chaos_no_request_fails_and_down_leaves_nothing(
     assert main(["agent", "down", "--config", str(world.config), "--json"]) == 0
     first = json.loads(capsys.readouterr().out)
     assert sorted(first["stopped"]) == sorted(serving)
-    assert first["dataplanes"] == ["embedded"]
+    assert first["dataplanes"] == [world.dataplane]
     assert leaks(world) == []
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", world.port), timeout=2.0).close()
@@ -309,7 +316,8 @@ def test_chaos_no_request_fails_and_down_leaves_nothing(
 
     with capsys.disabled():
         print(
-            f"\nchaos: {KILLS} SIGKILLs at {[round(d, 2) for d in delays]}s after up, 1 SIGTERM, "
+            f"\nchaos ({world.dataplane}): {KILLS} SIGKILLs at {[round(d, 2) for d in delays]}s after up, "
+            "1 SIGTERM, "
             f"{len(poller.answers)} answers, {len(poller.failures)} failed, longest gap between answers "
             f"{poller.longest_gap() * 1000:.0f} ms, chaos {elapsed_chaos:.1f}s, "
             f"total {time.monotonic() - began:.1f}s"
