@@ -88,6 +88,8 @@ class ServiceView:
     listen: tuple[str, int]
     targets: tuple[Target, ...]
     open: int = 0
+    dropped: int = 0  # clients closed because no backend of the set answered
+    connect_failures: int = 0  # backend connects that failed (the client tried the next backend)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -95,19 +97,27 @@ class ServiceView:
             "listen": [self.listen[0], self.listen[1]],
             "backends": [t.to_dict() for t in self.targets],
             "open": self.open,
+            "dropped": self.dropped,
+            "connect_failures": self.connect_failures,
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ServiceView:
-        name, listen, backends, open_ = d.get("name"), d.get("listen"), d.get("backends"), d.get("open", 0)
+        name, listen, backends = d.get("name"), d.get("listen"), d.get("backends")
         if not isinstance(name, str) or not name:
             raise DataPlaneError(f"service name {name!r} is not a string")
         return cls(
             name=name,
             listen=parse_listen(listen, where=f"service {name}"),
             targets=tuple(Target.from_dict(b) for b in _list(backends, f"service {name}: backends")),
-            open=open_ if isinstance(open_, int) and not isinstance(open_, bool) else 0,
+            open=_count(d.get("open")),
+            dropped=_count(d.get("dropped")),
+            connect_failures=_count(d.get("connect_failures")),
         )
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
 def parse_listen(value: object, *, where: str) -> tuple[str, int]:

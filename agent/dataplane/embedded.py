@@ -176,7 +176,13 @@ class ProcessDataPlane:
         self._desired[service] = (listen, tuple(targets))
         self._call(_set_doc(service, listen, targets))
 
+    def _absent(self) -> bool:
+        """Nothing runs (and this object started nothing): there is nothing to drain or remove."""
+        return not self._ready and self.hello() is None
+
     def drain(self, service: str, backend_id: str, timeout: float) -> bool:
+        if self._absent():
+            return True
         answer = self._call(
             {"op": "drain", "service": service, "id": backend_id, "timeout": timeout},
             timeout=timeout + self.call_timeout,
@@ -185,14 +191,15 @@ class ProcessDataPlane:
 
     def remove(self, service: str) -> None:
         self._desired.pop(service, None)
-        self._call({"op": "remove", "service": service})
+        if not self._absent():
+            self._call({"op": "remove", "service": service})
 
     def retain(self, names: Collection[str]) -> None:
         for name in sorted(set(self.services()) - set(names)):
             self.remove(name)
 
     def services(self) -> dict[str, ServiceView]:
-        if not self._ready and self.hello() is None:
+        if self._absent():
             return {}  # nothing runs, nothing serves: asking starts nothing
         answer = self._call({"op": "state"})
         entries = answer.get("services")

@@ -68,7 +68,15 @@ class InProcessDataPlane:
         out = {}
         for name, (listen, targets) in sorted(self._served.items()):
             fw = self.forwarders[name]
-            out[name] = ServiceView(name=name, listen=listen, targets=targets, open=fw.stats().open)
+            st = fw.stats()
+            out[name] = ServiceView(
+                name=name,
+                listen=listen,
+                targets=targets,
+                open=st.open,
+                dropped=st.dropped,
+                connect_failures=st.connect_failures,
+            )
         return out
 
     def detach(self) -> None:

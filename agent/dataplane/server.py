@@ -261,8 +261,17 @@ class DataPlaneServer:
             items = sorted(self._services.items())
         out = []
         for name, v in items:
-            open_ = v.forwarder.stats().open
-            out.append(ServiceView(name=name, listen=v.listen, targets=v.targets, open=open_))
+            st = v.forwarder.stats()
+            out.append(
+                ServiceView(
+                    name=name,
+                    listen=v.listen,
+                    targets=v.targets,
+                    open=st.open,
+                    dropped=st.dropped,
+                    connect_failures=st.connect_failures,
+                )
+            )
         return out
 
     def _forwarder(self, name: str, listen: tuple[str, int], sock: socket.socket | None = None) -> Forwarder:

@@ -10,9 +10,11 @@ restarts one that was killed. No request may fail.
 
 from __future__ import annotations
 
+import array
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.dataplane import DataPlane, DataPlaneError, Target, make_dataplane
+from agent.dataplane import DataPlane, DataPlaneError, Target, make_dataplane, wire
 from agent.dataplane.embedded import ProcessDataPlane
 from agent.netns import create_netns, delete_netns
 from manifests.agentconfig import DataPlaneKind, parse_agent_config
@@ -376,3 +378,86 @@ def test_config_bad_data_plane_is_a_positioned_error(line: bytes, message: str) 
     with pytest.raises(ManifestError) as info:
         parse_agent_config(CONFIG + line, source="agent.yaml")
     assert message in str(info.value)
+
+
+# -- the control protocol's reader (no root needed) ----------------------------------------------------
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"x" * (wire.MAX_REQUEST + 10), "larger than"),
+        (b"{not json\n", "not JSON"),
+        (b"[1, 2]\n", "not a JSON object"),
+        (b'"text"\n', "not a JSON object"),
+        (b"[" * 100_000 + b"\n", "not"),
+        (b'{"v": 1', "closed mid-message"),
+    ],
+    ids=["oversized", "not-json", "list", "string", "deep", "truncated"],
+)
+def test_control_messages_are_read_with_caps(data: bytes, message: str) -> None:
+    ours, theirs = _pair()
+    with ours, theirs:
+        writer = threading.Thread(target=lambda: (theirs.sendall(data), theirs.shutdown(socket.SHUT_WR)))
+        writer.start()
+        with pytest.raises(DataPlaneError, match=message):
+            wire.receive(ours, wire.MAX_REQUEST)
+        ours.close()  # unblock a writer stuck on a full buffer
+        writer.join(10)
+
+
+def test_fds_ride_along_and_are_closed_when_the_message_is_refused() -> None:
+    ours, theirs = _pair()
+    r, w = os.pipe()
+    try:
+        with ours, theirs:
+            wire.send(theirs, {"v": 1, "ok": True}, [r])
+            doc, fds = wire.receive(ours, wire.MAX_REPLY, max_fds=4)
+            assert doc == {"ok": True, "v": 1}
+            assert len(fds) == 1
+            os.close(fds[0])
+            theirs.sendmsg([b"[1]\n"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [r]))])
+            before = len(os.listdir("/proc/self/fd"))
+            with pytest.raises(DataPlaneError, match="not a JSON object"):
+                wire.receive(ours, wire.MAX_REPLY, max_fds=4)
+            assert len(os.listdir("/proc/self/fd")) == before  # the fd that came along was closed
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"id": "", "netns": "", "port": 80}, "short non-empty"),
+        ({"id": "a", "netns": "rel/path", "port": 80}, "absolute path"),
+        ({"id": "a", "netns": "", "port": 0}, "1..65535"),
+        ({"id": "a", "netns": "", "port": True}, "1..65535"),
+        ({"id": "a", "netns": "", "port": 80, "host": ""}, "not an address"),
+    ],
+)
+def test_targets_from_the_wire_are_checked(doc: dict[str, object], message: str) -> None:
+    with pytest.raises(DataPlaneError, match=message):
+        Target.from_dict(doc)
+
+
+def test_haproxy_config_is_deterministic_and_refuses_unnamed_namespaces(tmp_path: Path) -> None:
+    from agent.dataplane import ServiceView
+    from agent.dataplane.haproxy import render_config
+
+    view = ServiceView(
+        name="web",
+        listen=("127.0.0.1", 8080),
+        targets=(Target(id="kiln-web-1", netns="/run/netns/kiln-web-1", port=8080),),
+    )
+    text = render_config([view], admin=tmp_path / "admin.sock")
+    assert text == render_config([view], admin=tmp_path / "admin.sock")
+    assert "    bind 127.0.0.1:8080\n" in text
+    assert "    server kiln-web-1 127.0.0.1:8080 namespace kiln-web-1\n" in text
+    docker = Target(id="d", netns="/proc/123/ns/net", port=80)
+    with pytest.raises(DataPlaneError, match="named network namespaces only"):
+        render_config([ServiceView(name="web", listen=("127.0.0.1", 1), targets=(docker,))], admin=tmp_path)
