@@ -164,6 +164,12 @@ class _Schema(FieldChecker):
         if "dataplane" in d:
             picked = self.choice(d["dataplane"], "dataplane", [k.value for k in DataPlaneKind])
             dataplane = DataPlaneKind(picked) if picked is not None else dataplane
+            if dataplane is DataPlaneKind.HAPROXY and runtime is RuntimeKind.DOCKER:
+                self.report(
+                    "dataplane",
+                    "haproxy cannot reach docker instances",
+                    "HAProxy enters named network namespaces only: use embedded with runtime docker",
+                )
         poll = 30.0
         if "poll_interval" in d:
             # a bare number is refused as "expected a string", as this document always has

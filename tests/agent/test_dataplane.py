@@ -372,6 +372,10 @@ def test_config_selects_the_data_plane() -> None:
             "agent.yaml:7:1: dataplane: unknown value 'nginx' (expected one of: embedded",
         ),
         (b"dataplane: 3\n", "agent.yaml:7:1: dataplane:"),
+        (
+            b"runtime: docker\ndocker_host: unix:///run/docker.sock\ndataplane: haproxy\n",
+            "agent.yaml:9:1: dataplane: haproxy cannot reach docker instances",
+        ),
     ],
 )
 def test_config_bad_data_plane_is_a_positioned_error(line: bytes, message: str) -> None:
