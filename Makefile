@@ -10,7 +10,7 @@ STAMP := $(VENV)/.kiln-installed
 # host inputs the examples are built from (python3.11, busybox-static).
 DEBS_DEMO := python3.11 python3-venv busybox-static docker.io runc curl ca-certificates
 DEBS_TEST := $(DEBS_DEMO) gcc libc6-dev skopeo umoci oci-image-tool buildah docker-registry openssl \
-             cpio erofs-utils cryptsetup-bin util-linux iproute2 haproxy
+             cpio erofs-utils cryptsetup-bin util-linux iproute2 gpg gpgv debian-archive-keyring mmdebstrap haproxy
 
 .PHONY: help debs-demo debs-test venv lint typecheck unit test demo bench clean
 
@@ -55,6 +55,7 @@ bench: debs-test venv
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/push.py
 	$(BIN)/python bench/agent.py
+	$(BIN)/python bench/debian.py
 
 clean:
 	rm -rf out demo-out .pytest_cache .mypy_cache .ruff_cache

@@ -18,8 +18,6 @@ so the next ``kiln agent run`` starts it again (its enforcement restores missing
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -30,13 +28,11 @@ from agent.errors import AgentError
 from agent.events import EventLog
 from agent.journal import Journal
 from agent.runtime import Runtime
+from agent.statedir import StateLock
 from manifests.agentconfig import AgentConfig
 from manifests.errors import KilnError
 
 __all__ = ["DownReport", "down"]
-
-LOCK_FILE = "agent.lock"  # agent.reconcile's lock: one process at a time on a state directory
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DownReport:
@@ -60,7 +56,8 @@ def down(
     state_dir = Path(config.state)
     if not state_dir.exists():
         return DownReport(stopped=(), failed=(), dataplanes=())
-    lock = _lock(state_dir)
+    lock = StateLock(state_dir)
+    lock.acquire()  # AgentBusy while an agent runs: stop it first
     try:
         journal = Journal(state_dir)
         if runtime is None:
@@ -104,7 +101,7 @@ def down(
         )
         return DownReport(stopped=tuple(stopped), failed=tuple(failed), dataplanes=stopped_planes)
     finally:
-        os.close(lock)
+        lock.release()
 
 
 def _runs(plane: ProcessDataPlane | HAProxyDataPlane) -> bool:
@@ -114,16 +111,3 @@ def _runs(plane: ProcessDataPlane | HAProxyDataPlane) -> bool:
         except KilnError:  # it does not answer (stopped?): it exists, stop() kills it by pid
             return True
     return plane.running()
-
-
-def _lock(state_dir: Path) -> int:
-    fd = os.open(state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise AgentError(
-            f"{state_dir}: a kiln agent is running on this state directory",
-            hint="stop it first (SIGTERM, or `systemctl stop kiln-agent`), then run `kiln agent down`",
-        ) from None
-    return fd

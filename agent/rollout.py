@@ -18,6 +18,12 @@ serving set is committed before the forwarder is switched to it):
 - :meth:`Deployer.retire` drains and stops an instance and forgets it.
 - :meth:`Deployer.adopt` points the data plane (which outlived the agent, :mod:`agent.dataplane`)
   at the instances the journal says serve, after a restart; equal sets change nothing.
+- :meth:`Deployer.set_rotation` takes an instance the health monitor found unhealthy out of its
+  service's rotation (and puts it back when it recovers); a service never loses its last backend
+  this way (with every instance unhealthy, all stay in rotation: fail open, as HAProxy does).
+
+A service whose image declares volumes (``Prepared.exclusive``) never runs two instances on one
+volume: its rollouts and replacements stop the old instance before they start the new one.
 
 Time is injected (``clock``, ``sleep``, ``wall``), so the state machine runs in unit tests with a
 fake runtime and a fake probe, without waiting.
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -84,6 +91,8 @@ class Prepared:
     health: HealthSpec | None
     grace: float
     config: str  # config_digest(): equal digests run the same thing
+    # The image declares volumes its instances share: stop the old instance before the new starts.
+    exclusive: bool = False
 
     @property
     def name(self) -> str:
@@ -142,6 +151,8 @@ def config_digest(service: Service, image_digest: Digest, manifest_digest: Diges
         doc["resources"] = service.resources.to_dict()
     if service.user_namespace:
         doc["user_namespace"] = True
+    if service.volume_per_instance:  # only when set: the digests of instances without it stay
+        doc["volume_per_instance"] = True
     return f"sha256:{hashlib.sha256(canonical_json(doc)).hexdigest()}"
 
 
@@ -211,6 +222,9 @@ class Deployer:
         self.dataplane: DataPlane = dataplane if dataplane is not None else InProcessDataPlane(connector)
         self._netns: dict[str, str] = {}
         self.watches: dict[str, HealthWatch] = {}
+        self._out: set[str] = set()  # out of rotation (the health monitor found them unhealthy)
+        self._listens: dict[str, tuple[str, int]] = {}  # service -> the address last served
+        self._switch_lock = threading.RLock()  # the loop and the health monitor both switch
 
     # -- instances ---------------------------------------------------------------------------------
 
@@ -235,6 +249,7 @@ class Deployer:
             env=dict(prep.service.env),
             limits=ResourceLimits().with_release(prep.service.resources),
             user_namespace=prep.service.user_namespace,
+            volume_per_instance=prep.service.volume_per_instance,
         )
         try:
             handle = self.runtime.start(spec)
@@ -253,6 +268,8 @@ class Deployer:
             port=prep.port,
             started_at=self._wall(),
             bundle=self._bundle_digest(iid),
+            root=str(prep.rootfs),
+            health=prep.health.to_dict() if prep.health is not None else None,
         )
         self.events.emit("started", service=prep.name, instance=iid, release=prep.release)
         return rec
@@ -270,8 +287,14 @@ class Deployer:
             return False
         self._netns.pop(iid, None)
         self.watches.pop(iid, None)
+        with self._switch_lock:
+            self._out.discard(iid)
         self.journal.commit(self.journal.state.without_known(iid))
         return True
+
+    def probe(self, spec: HealthSpec, connect: Connector, timeout: float) -> HealthResult:
+        """One probe with this deployer's probe (the health monitor's checks go through it)."""
+        return self._probe(spec, connect, timeout)
 
     def wait_healthy(self, prep: Prepared, rec: InstanceRecord) -> HealthResult:
         if prep.health is None:
@@ -332,13 +355,20 @@ class Deployer:
         """Tell the data plane which instances serve ``service``'s address (if it has one)."""
         if service.listen is None:
             return
+        listen = (service.listen.host, service.listen.port)
+        self._listens[service.name] = listen
+        self.dataplane.serve(service.name, listen, self._targets(records))
+
+    def _targets(self, records: Sequence[InstanceRecord]) -> list[Target]:
+        """The data plane's backends for ``records``: those in rotation, or all if none is."""
+        in_rotation = [r for r in records if r.id not in self._out] or list(records)
         targets = []
-        for rec in records:
+        for rec in in_rotation:
             try:
                 targets.append(self.target_for(rec))
             except KilnError as exc:
                 self.events.emit("error", what=f"backend {rec.id}", detail=exc.message)
-        self.dataplane.serve(service.name, (service.listen.host, service.listen.port), targets)
+        return targets
 
     def target_for(self, rec: InstanceRecord) -> Target:
         path = self._netns.get(rec.id)
@@ -351,14 +381,43 @@ class Deployer:
 
     def switch(self, service: Service, records: Sequence[InstanceRecord]) -> None:
         """Commit ``records`` as the service's serving set, then point its address at them."""
-        st = self.journal.state
-        self.journal.commit(st.with_service(service.name, tuple(records)))
-        self._point(service, records)
+        with self._switch_lock:
+            st = self.journal.state
+            self.journal.commit(st.with_service(service.name, tuple(records)))
+            self._point(service, records)
         self.metrics.set_instances(len(self.journal.state.instances))
+
+    def set_rotation(self, instance_id: str, in_rotation: bool) -> bool:
+        """Take a serving instance out of its service's rotation, or put it back; True if the
+        service's backends changed. Called by the health monitor's threads."""
+        with self._switch_lock:
+            was_out = instance_id in self._out
+            if in_rotation:
+                self._out.discard(instance_id)
+            else:
+                self._out.add(instance_id)
+            rec = next((r for r in self.journal.state.instances if r.id == instance_id), None)
+            if rec is None or was_out == (not in_rotation):
+                return False
+            listen = self._listens.get(rec.service)
+            if listen is None:
+                return False
+            self.dataplane.serve(rec.service, listen, self._targets(self.journal.state.serving(rec.service)))
+            return True
+
+    def in_rotation(self, instance_id: str) -> bool:
+        """Whether the instance gets traffic (an unhealthy one does when all of its service's are)."""
+        if instance_id not in self._out:
+            return True
+        rec = next((r for r in self.journal.state.instances if r.id == instance_id), None)
+        if rec is None:
+            return False
+        return all(r.id in self._out for r in self.journal.state.serving(rec.service))
 
     def adopt(self, service: Service, records: Sequence[InstanceRecord]) -> None:
         """After a restart: point the (running or new) data plane at the journal's serving set."""
-        self._point(service, records)
+        with self._switch_lock:
+            self._point(service, records)
         self.metrics.set_instances(len(self.journal.state.instances))
 
     def retire(self, rec: InstanceRecord) -> None:
@@ -369,11 +428,13 @@ class Deployer:
 
     def stop_service(self, name: str) -> None:
         """Stop every instance of a service the release no longer has, and its switch."""
-        recs = self.journal.state.serving(name)
-        self.journal.commit(self.journal.state.with_service(name, ()))
-        view = self.dataplane.services().get(name)
-        if view is not None:
-            self.dataplane.serve(name, view.listen, [])
+        with self._switch_lock:
+            recs = self.journal.state.serving(name)
+            self.journal.commit(self.journal.state.with_service(name, ()))
+            view = self.dataplane.services().get(name)
+            if view is not None:
+                self.dataplane.serve(name, view.listen, [])
+            self._listens.pop(name, None)
         for rec in recs:
             self.retire(rec)
         self.dataplane.remove(name)
@@ -404,6 +465,13 @@ class Deployer:
                 for rec in others:
                     self.retire(rec)
             return bool(others)
+        if prep.exclusive and others:
+            # One volume, one instance: the old instances stop before the new one starts.
+            self.events.emit("stop_first", service=service.name, instances=[r.id for r in others])
+            self.switch(service, [replace(r, release=prep.release) for r in matching])
+            for rec in others:
+                self.retire(rec)
+            others = []
         new: list[InstanceRecord] = []
         retired: set[str] = set()
         blue_green = strategy.kind is StrategyKind.BLUE_GREEN
@@ -449,6 +517,9 @@ class Deployer:
         """Swap ``old`` for a fresh instance of ``prep`` (start, health, switch, drain, stop)."""
         service = prep.service
         self.events.emit("replacing", service=service.name, instance=old.id, cause=cause)
+        if prep.exclusive:  # one volume, one instance: stop first
+            self.switch(service, [r for r in self.journal.state.serving(service.name) if r.id != old.id])
+            self.retire(old)
         try:
             rec = self.start_instance(prep)
         except RolloutFailed as exc:
@@ -466,7 +537,8 @@ class Deployer:
         if rec not in serving:
             serving.append(rec)
         self.switch(service, serving)
-        self.retire(old)
+        if not prep.exclusive:
+            self.retire(old)
         self.metrics.count_replacement(cause)
         self.events.emit("replaced", service=service.name, instance=old.id, by=rec.id, cause=cause)
         return True

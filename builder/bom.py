@@ -28,7 +28,7 @@ from builder.tree import Entry, EntryKind
 from manifests.atomic import atomic_write
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
-from manifests.image import ClosureSource, ImageManifest
+from manifests.image import DEBIAN_SYSROOT, ClosureSource, ImageManifest
 from manifests.version import VERSION as _kiln_version
 
 __all__ = ["OwnerLookup", "collect_inputs", "attestation_documents", "manifest_digest"]
@@ -141,6 +141,8 @@ def collect_inputs(
             continue
         kind = m.group(2)
         item = manifest.contents[int(m.group(1))]
+        if getattr(item, "sysroot", None) == DEBIAN_SYSROOT:
+            continue  # a pinned package's file: builder.debian.sbom records it with its package
         sysroot: Path | None = None
         if kind == "closure" and isinstance(item, ClosureSource):
             sysroot = Path(item.sysroot)

@@ -22,6 +22,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from builder.bom import OwnerLookup, attestation_documents, collect_inputs
 from builder.cache import BuildCache, CacheKey, StatEntry
@@ -31,6 +32,7 @@ from builder.imageconfig import image_config, manifest_annotations
 from builder.layers import LayerPlan, plan_layers
 from builder.sources import Assembly, InputRecord, assemble
 from builder.tarwriter import FileRecord, TarStats, check_epoch, tar_size, write_tar
+from builder.tree import EntryKind
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import KilnError
@@ -39,6 +41,9 @@ from manifests.layout import OCILayout
 from manifests.mediatypes import Compression, MediaType
 from manifests.oci import Descriptor, OCIManifest
 from manifests.version import VERSION
+
+if TYPE_CHECKING:
+    from builder.debian.prepare import PreparedDebian
 
 __all__ = ["OutputFormat", "LayerInfo", "BuildResult", "build_image", "docker_repo_tag"]
 
@@ -102,8 +107,12 @@ def build_image(
     source_date_epoch: int = 0,
     force: bool = False,
     progress: Progress | None = None,
+    debian: PreparedDebian | None = None,
 ) -> BuildResult:
-    """Build ``manifest`` into ``output``; see the module docstring for the guarantees."""
+    """Build ``manifest`` into ``output``; see the module docstring for the guarantees.
+
+    ``debian``: the extracted packages of the manifest's ``debian`` source, from its lock
+    (:func:`builder.debian.prepare.prepare`)."""
     fmt = OutputFormat(fmt)
     mtime = check_epoch(source_date_epoch)
     say = progress or (lambda _msg: None)
@@ -117,7 +126,8 @@ def build_image(
     if comp.compression is Compression.NONE:
         cache = None  # nothing to save: the tar is re-streamed faster than it is copied
 
-    assembly = assemble(manifest)
+    assembly = assemble(manifest, debian=debian)
+    _check_machines(assembly, manifest)
     plans = plan_layers(assembly.tree.entries(), manifest.layers)
     say(f"{manifest.name} {manifest.version}: {len(assembly.tree)} paths in {len(plans)} layers")
     stat_keys = [_stat_key(plan, comp, mtime) if cache is not None else None for plan in plans]
@@ -141,6 +151,7 @@ def build_image(
                 cache=cache,
                 mtime=mtime,
                 say=say,
+                debian=debian,
             )
             if cache is not None and build_key is not None:
                 _remember_build(cache, build_key, layout, built)
@@ -199,6 +210,7 @@ def _build_layout(
     cache: BuildCache | None,
     mtime: int,
     say: Progress,
+    debian: PreparedDebian | None = None,
 ) -> _Built:
     results = _write_layers(plans, stat_keys, layout=layout, comp=comp, cache=cache, mtime=mtime, say=say)
     layers = tuple(r[0] for r in results)
@@ -235,6 +247,12 @@ def _build_layout(
     sbom, provenance = attestation_documents(
         manifest, image_digest=digest, files=files, inputs=inputs, source_date_epoch=mtime
     )
+    if debian is not None:
+        from builder.debian.sbom import add_debian_packages
+
+        sbom, provenance = add_debian_packages(
+            sbom, provenance, debian, manifest.platform, assembly.tree.entries()
+        )
     entry = Descriptor(
         media_type=MediaType.OCI_MANIFEST,
         digest=digest,
@@ -257,6 +275,18 @@ def _build_layout(
     )
 
 
+def _check_machines(assembly: Assembly, manifest: ImageManifest) -> None:
+    """Every ELF file must run on the image's platform (named when one does not)."""
+    from builder.elf import check_platform_machines
+
+    files = (
+        (e.path, e.host_path)
+        for e in assembly.tree.entries()
+        if e.kind is EntryKind.FILE and e.host_path is not None and e.size >= 20
+    )
+    check_platform_machines(files, manifest.platform.architecture)
+
+
 def _build_key(
     manifest: ImageManifest, fmt: OutputFormat, comp: Compressor, mtime: int, stat_keys: list[str | None]
 ) -> str | None:
@@ -269,6 +299,8 @@ def _build_key(
     except OSError:
         return None  # a manifest that is not a file (built in memory): nothing stable to key on
     material = [VERSION, hashlib.sha256(manifest_bytes).hexdigest(), str(fmt), comp.tag, mtime, stat_keys]
+    if manifest.platforms:  # one manifest, several platforms: each build is its own
+        material.append(str(manifest.platform))
     return hashlib.sha256(canonical_json(material)).hexdigest()
 
 

@@ -30,6 +30,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "validate": ("kiln.cmd_build", "check an image manifest without building"),
     "build": ("kiln.cmd_build", "build an image manifest into an OCI layout or archive"),
     "inspect": ("kiln.cmd_build", "show an image's config, layers and files"),
+    "lock": ("kiln.cmd_debian", "resolve an image manifest's Debian packages into its lockfile"),
     "key": ("kiln.cmd_sign", "manage signing keys"),
     "sign": ("kiln.cmd_sign", "sign an image (cosign format)"),
     "verify": ("kiln.cmd_sign", "verify an image's signatures (exit 3 when refused)"),

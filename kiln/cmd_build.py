@@ -35,6 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=None,
         help="timestamp for every file and the image (default: $SOURCE_DATE_EPOCH or 0)",
     )
+    from kiln.cmd_debian import add_build_flags
+
+    add_build_flags(p)
     p.set_defaults(handler=cmd_build)
 
     p = sub.add_parser("inspect", help="show an image's config, layers and files")
@@ -103,6 +106,11 @@ def cmd_build(args: argparse.Namespace, out: Output) -> int:
         suffix = "" if args.format == "oci" else ".tar"
         output = Path("out") / f"{manifest.name.replace('/', '_')}{suffix}"
     cache = None if args.no_cache else BuildCache(args.cache_dir or default_cache_dir())
+    from kiln.cmd_debian import prepare_debian
+
+    debian = prepare_debian(args, manifest, out)
+    if len(manifest.platforms) > 1:
+        from builder.platforms import build_platforms as build_image
     result = build_image(
         manifest,
         output=output,
@@ -111,6 +119,7 @@ def cmd_build(args: argparse.Namespace, out: Output) -> int:
         source_date_epoch=epoch,
         force=args.force,
         progress=out.progress,
+        debian=debian,
     )
     layers: list[dict[str, Any]] = [
         {

@@ -21,6 +21,9 @@ __all__ = [
     "TreeSource",
     "SymlinkSource",
     "DirSource",
+    "DebianSource",
+    "DEBIAN_SYSROOT",
+    "DEFAULT_DEBIAN_MIRROR",
     "ContentItem",
     "Accounts",
     "Port",
@@ -60,9 +63,14 @@ class FilesSource:
     files: tuple[FileSpec, ...]
 
 
+DEBIAN_SYSROOT = "debian"  # ``sysroot: debian``: read from the manifest's debian source
+DEFAULT_DEBIAN_MIRROR = "http://deb.debian.org/debian"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClosureSource:
-    """ELF executables plus every shared library they need, resolved inside ``sysroot``."""
+    """ELF executables plus every shared library they need, resolved inside ``sysroot``
+    (a host directory, or :data:`DEBIAN_SYSROOT`: the manifest's extracted Debian packages)."""
 
     paths: tuple[str, ...]
     sysroot: str = "/"
@@ -80,6 +88,21 @@ class TreeSource:
     dirmode: int | None = None
     uid: int = 0
     gid: int = 0
+    sysroot: str | None = None  # DEBIAN_SYSROOT: ``src`` is an absolute path in the debian source
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DebianSource:
+    """Debian packages, resolved by ``kiln lock`` into the manifest's lockfile and extracted
+    (merged /usr, no maintainer scripts). ``sysroot_only`` (``as: sysroot``): nothing is copied
+    whole; ``closure`` and ``tree`` items with ``sysroot: debian`` read from it."""
+
+    suite: str
+    packages: tuple[str, ...]
+    mirror: str = DEFAULT_DEBIAN_MIRROR
+    components: tuple[str, ...] = ("main",)
+    exclude: tuple[str, ...] = ()
+    sysroot_only: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,7 +119,7 @@ class DirSource:
     gid: int = 0
 
 
-ContentItem = FilesSource | ClosureSource | TreeSource | SymlinkSource | DirSource
+ContentItem = FilesSource | ClosureSource | TreeSource | SymlinkSource | DirSource | DebianSource
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,6 +186,8 @@ class ImageManifest:
     version: str
     platform: Platform
     contents: tuple[ContentItem, ...]
+    # ``platforms: [...]``: one image per platform under one OCI index (``platform`` is the first).
+    platforms: tuple[Platform, ...] = ()
     accounts: Accounts | None = None
     entrypoint: tuple[str, ...] = ()
     cmd: tuple[str, ...] = ()
