@@ -16,8 +16,8 @@ data plane survives a SIGTERM of the agent too; ``kiln agent down`` then stops e
 address closes; no process, runc container, namespace, mount or bundle is left) and a second
 ``down`` is a no-op that exits 0.
 
-``test_sigstopped_instance_leaves_rotation_after_a_restart`` is separate: it needs health checks
-on every serving instance after an agent restart (issue 8, "health everywhere").
+``test_sigstopped_instance_leaves_rotation_after_a_restart`` is the SIGSTOP step, on its own: after
+an agent restart, the health monitor takes a frozen instance out of rotation and it is replaced.
 """
 
 from __future__ import annotations
@@ -356,8 +356,8 @@ def _instance_pid(state: Path, iid: str) -> int:
 
 
 def test_sigstopped_instance_leaves_rotation_after_a_restart(world: World) -> None:
-    """Needs health checks on every serving instance after a restart (issue 8, health everywhere):
-    the frozen instance is out of rotation within ``retries x interval`` (+1 s) and replaced.
+    """After a restart the health monitor probes every serving instance: a frozen one leaves the
+    rotation within ``retries x interval`` (+1 s) and is replaced.
     Requests already sent to it before that cannot be saved by any TCP data plane; requests
     sent after it left the rotation must all succeed."""
     world.publish(1, "blue")
@@ -382,6 +382,6 @@ def test_sigstopped_instance_leaves_rotation_after_a_restart(world: World) -> No
         assert poller.failures == []
         assert frozen not in {i for _, _, i in poller.answers}
         world.wait_good(agent, 1)
-        print(f"\nfrozen instance out of rotation after {out_after:.2f}s (retries x interval = 0.4s)")
+        print(f"\nfrozen instance replaced (left the serving set) after {out_after:.2f}s")
     finally:
         os.kill(pid, signal.SIGCONT)
