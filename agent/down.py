@@ -34,6 +34,7 @@ from manifests.errors import KilnError
 
 __all__ = ["DownReport", "down"]
 
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DownReport:
     stopped: tuple[str, ...]  # instance ids stopped
