@@ -150,11 +150,15 @@ class InternalFault(Exception):
 def make_runtime(config: AgentConfig, store: ContentStore) -> Runtime:
     if config.runtime is RuntimeKind.DOCKER:
         from agent.docker_runtime import DockerRuntime
+        from agent.qemu import QemuRuntime, RoutedRuntime
 
-        return DockerRuntime(store, config.state, base_url=config.docker_host)
+        return RoutedRuntime(
+            DockerRuntime(store, config.state, base_url=config.docker_host), QemuRuntime(config.state)
+        )
+    from agent.qemu import QemuRuntime, RoutedRuntime
     from agent.runc import RuncRuntime
 
-    return RuncRuntime(config.state)
+    return RoutedRuntime(RuncRuntime(config.state), QemuRuntime(config.state))
 
 
 def _netns_connector(path: str, port: int) -> Callable[[float], Any]:

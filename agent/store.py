@@ -274,7 +274,7 @@ class ContentStore:
                 reason="size",
             )
         for desc in (cfg, *manifest.layers):
-            if desc is not cfg and desc.media_type not in _LAYER_TYPES:
+            if desc is not cfg and desc.media_type not in _LAYER_TYPES and not _vm_part(manifest, desc):
                 raise DocumentError(
                     f"image {digest}: layer {desc.digest} has unsupported media type {desc.media_type!r}"
                 )
@@ -402,6 +402,13 @@ _LAYER_TYPES = frozenset(
         MediaType.DOCKER_LAYER_GZIP,
     }
 )
+
+
+def _vm_part(manifest: OCIManifest, desc: Descriptor) -> bool:
+    """A part (kernel, initrd, disk) of a VM artifact: a layer type only such an artifact may have."""
+    return manifest.artifact_type == MediaType.KILN_VM and desc.media_type in {
+        m.value for m in MediaType if m.is_vm_part
+    }
 
 
 def _copy_hashed(src: IO[bytes], out: IO[bytes], *, limit: int, digest: Digest) -> tuple[str, int]:
