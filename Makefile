@@ -12,7 +12,7 @@ DEBS_DEMO := python3.11 python3-venv busybox-static docker.io runc curl ca-certi
              qemu-system-x86 linux-image-cloud-amd64 erofs-utils dmsetup
 DEBS_TEST := $(DEBS_DEMO) gcc libc6-dev skopeo umoci oci-image-tool buildah docker-registry openssl \
              cpio erofs-utils cryptsetup-bin util-linux iproute2 gpg gpgv debian-archive-keyring mmdebstrap \
-             podman containerd tmux fdisk zstd time
+             podman containerd tmux fdisk zstd time haproxy
 
 .PHONY: help debs-demo debs-test venv lint typecheck unit test demo bench clean lock
 

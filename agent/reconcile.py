@@ -63,6 +63,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from agent.dataplane import DataPlane, make_dataplane
+from agent.dataplane.inprocess import InProcessDataPlane
 from agent.enforce import Enforcer
 from agent.errors import AgentError
 from agent.events import EventLog
@@ -166,6 +168,13 @@ def _netns_connector(path: str, port: int) -> Callable[[float], Any]:
     return connect
 
 
+def _dataplane_for(config: AgentConfig, connector: ConnectorFactory) -> DataPlane:
+    """The config's data plane; a test's injected connector keeps forwarding in this process."""
+    if connector is not _netns_connector:
+        return InProcessDataPlane(connector)
+    return make_dataplane(config.dataplane, config.state)
+
+
 class Agent:
     """One host agent over one state directory (see the module docstring)."""
 
@@ -195,6 +204,7 @@ class Agent:
         drain_timeout: float = 10.0,
         stop_grace: float = 5.0,
         lock: bool = True,
+        dataplane: DataPlane | None = None,
     ) -> None:
         self.config = config
         self.state_dir = Path(config.state)
@@ -212,6 +222,7 @@ class Agent:
         self._clock = clock
         self._sleep = sleep
         self._connector = connector
+        self._dataplane_arg = dataplane
         self._health_deadline = health_deadline
         self._drain_timeout = drain_timeout
         self._stop_grace = stop_grace
@@ -251,6 +262,7 @@ class Agent:
                 health_deadline=self._health_deadline,
                 drain_timeout=self._drain_timeout,
                 stop_grace=self._stop_grace,
+                dataplane=self._dataplane_arg or _dataplane_for(self.config, self._connector),
             )
             self.preparer = Preparer(
                 store=self.store,
@@ -322,6 +334,7 @@ class Agent:
                 with contextlib.suppress(KilnError):
                     self.runtime.stop(iid, grace=self.deployer.stop_grace)
             self.journal.commit(replace(self.journal.state, known=()))
+            self.deployer.dataplane.stop()
         self.deployer.close()
         close = getattr(self.runtime, "close", None)
         if callable(close) and stop_instances:
@@ -423,12 +436,10 @@ class Agent:
     # -- start and recovery ----------------------------------------------------------------------
 
     def start(self, *, monitor: bool = True) -> None:
-        """Re-attach after a (re)start: stop what does not serve, finish or undo a rollout; then
-        watch every serving instance's health (``monitor=False``: one-shot commands)."""
+        """Re-attach after a (re)start: point the data plane at what the journal says serves, stop
+        what does not serve, finish or undo a rollout; then watch every serving instance's health
+        (``monitor=False``: one-shot commands)."""
         self.open()
-        self._stop_strays("recover")
-        with contextlib.suppress(OSError):
-            remove_interrupted(self.roots_dir)
         st = self.journal.state
         serving = {r.id for r in st.instances}
         missing = [iid for iid in serving if iid not in st.known]
@@ -440,6 +451,12 @@ class Agent:
             older = self._release_or_none(st.rollout_from) if st.rollout_from is not None else None
             for service in _services_of(release, older):
                 self.deployer.adopt(service, st.serving(service.name))
+        self.deployer.dataplane.retain({r.service for r in st.instances})
+        # Only now: the data plane (which outlived the last agent) may still point at instances a
+        # switch committed away before the crash; stopping them first would fail its requests.
+        self._stop_strays("recover")
+        with contextlib.suppress(OSError):
+            remove_interrupted(self.roots_dir)
         self._finish_interrupted("recover")
         with contextlib.suppress(OSError, KilnError):
             self.enforcer.remove_set_aside()

@@ -389,7 +389,7 @@ def deploy_with_the_agent(digest: str, v1_layers: list[Any], cache: list[str]) -
 
     proc: subprocess.Popen[bytes] | None = None
     try:
-        step("`kiln agent run` keeps the service address open (its forwarder lives in the agent): curl it")
+        step("`kiln agent run` keeps reconciling; the address is held by its data plane process: curl it")
         proc = start_agent(config)
         wait_for("the agent", lambda d: (d.get("release") or {}).get("version") == 1, proc, 60)
         curl(f"http://{listen}/healthz")
@@ -412,7 +412,7 @@ def deploy_with_the_agent(digest: str, v1_layers: list[Any], cache: list[str]) -
         kiln("agent", "status", "--config", config, json_out=False)
         curl(f"http://{listen}/")
 
-        step("stop the agent (SIGTERM): the v1 instance keeps running, the address closes with the agent")
+        step("stop the agent (SIGTERM): the v1 instance and its address keep serving (its data plane stays)")
         stop_agent(proc)
 
         step(

@@ -9,6 +9,8 @@
                                                      source's state, last refusal
     kiln agent rollback   [--config FILE]            back to the previous good release (local only)
     kiln agent trust-update [--config FILE] ROOT     install trust root N+1 (signed envelope)
+    kiln agent down       [--config FILE]            stop every instance, the data plane, the
+                                                     namespaces (journaled; again: a no-op)
 
 ``status`` and ``rollback`` talk to a running agent through its Unix socket; with no agent
 running, ``status`` reads the journal and ``rollback`` runs in this process.
@@ -111,6 +113,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     common(p)
     p.add_argument("root", type=Path, metavar="ROOT", help="the new root's signed envelope")
     p.set_defaults(handler=cmd_agent_trust_update)
+    p = verbs.add_parser("down", help="stop everything this agent runs (instances, data plane, namespaces)")
+    common(p)
+    p.set_defaults(handler=cmd_agent_down)
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -357,3 +362,26 @@ def cmd_agent_trust_update(args: argparse.Namespace, out: Output) -> int:
         {"root_version": new.version, "digest": str(new.digest)},
     )
     return 0
+
+
+def cmd_agent_down(args: argparse.Namespace, out: Output) -> int:
+    from agent.down import down
+
+    config = _config(args)
+    report = down(config, event_sink=_printer(out))
+    data = {
+        "stopped": list(report.stopped),
+        "failed": list(report.failed),
+        "dataplanes": list(report.dataplanes),
+        "noop": report.noop,
+    }
+    if report.noop:
+        human = "kiln agent down: nothing runs"
+    else:
+        human = f"kiln agent down: stopped {len(report.stopped)} instances"
+        if report.dataplanes:
+            human += f" and the {', '.join(report.dataplanes)} data plane"
+        if report.failed:
+            human += f"; could not stop {', '.join(report.failed)} (run it again)"
+    out.result(human, data)
+    return 1 if report.failed else 0

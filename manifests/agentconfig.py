@@ -10,6 +10,7 @@ Written by people as YAML (or TOML)::
     state: /var/lib/kiln/agent                # journal, content store, roots, bundles, logs
     runtime: runc                             # runc (default) | docker
     docker_host: unix:///run/docker.sock      # with runtime: docker
+    dataplane: embedded                       # embedded (default) | haproxy: what holds the addresses
     poll_interval: 30s                        # between reconciles
     group: default                            # the host's rollout group (reported in status)
     max_attempts: 3                           # tries of one release version before giving up on it
@@ -40,6 +41,7 @@ from manifests.source import SourceDocument, join_index, join_key, load_document
 __all__ = [
     "KIND",
     "RuntimeKind",
+    "DataPlaneKind",
     "ImageLocation",
     "AgentConfig",
     "load_agent_config",
@@ -52,6 +54,7 @@ _REQUIRED = ("apiVersion", "kind", "source", "channel", "trust_root", "state")
 _OPTIONAL = (
     "runtime",
     "docker_host",
+    "dataplane",
     "poll_interval",
     "group",
     "max_attempts",
@@ -66,6 +69,13 @@ _NAME_HINT = "lowercase letters, digits, '.', '_', '-'"
 class RuntimeKind(enum.StrEnum):
     RUNC = "runc"
     DOCKER = "docker"
+
+
+class DataPlaneKind(enum.StrEnum):
+    """What holds the service addresses (outside the agent process; ``docs/adr/0010-data-plane.md``)."""
+
+    EMBEDDED = "embedded"  # kiln's forwarder in a process of its own
+    HAPROXY = "haproxy"  # Debian's HAProxy (master-worker, seamless reloads)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,6 +94,7 @@ class AgentConfig:
     state: Path
     runtime: RuntimeKind = RuntimeKind.RUNC
     docker_host: str | None = None
+    dataplane: DataPlaneKind = DataPlaneKind.EMBEDDED
     poll_interval: float = 30.0
     group: str = "default"
     max_attempts: int = 3
@@ -108,6 +119,7 @@ class AgentConfig:
             "trust_root": str(self.trust_root),
             "state": str(self.state),
             "runtime": self.runtime.value,
+            "dataplane": self.dataplane.value,
             "poll_interval": f"{self.poll_interval:g}s",
             "group": self.group,
             "max_attempts": self.max_attempts,
@@ -148,6 +160,16 @@ class _Schema(FieldChecker):
         docker_host = self._text(d, "docker_host") if "docker_host" in d else None
         if runtime is RuntimeKind.DOCKER and docker_host is None and "docker_host" not in d:
             self.report("docker_host", "missing: runtime docker needs the engine's address", at="runtime")
+        dataplane = DataPlaneKind.EMBEDDED
+        if "dataplane" in d:
+            picked = self.choice(d["dataplane"], "dataplane", [k.value for k in DataPlaneKind])
+            dataplane = DataPlaneKind(picked) if picked is not None else dataplane
+            if dataplane is DataPlaneKind.HAPROXY and runtime is RuntimeKind.DOCKER:
+                self.report(
+                    "dataplane",
+                    "haproxy cannot reach docker instances",
+                    "HAProxy enters named network namespaces only: use embedded with runtime docker",
+                )
         poll = 30.0
         if "poll_interval" in d:
             # a bare number is refused as "expected a string", as this document always has
@@ -185,6 +207,7 @@ class _Schema(FieldChecker):
             state=state or Path(),
             runtime=runtime,
             docker_host=docker_host,
+            dataplane=dataplane,
             poll_interval=poll,
             group=group,
             max_attempts=attempts,
