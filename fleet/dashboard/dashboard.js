@@ -10,6 +10,12 @@ function el(tag, attrs, ...children) {
   return node;
 }
 
+function duration(seconds) {
+  if (seconds >= 3600 && seconds % 3600 === 0) return `${seconds / 3600}h`;
+  if (seconds >= 60 && seconds % 60 === 0) return `${seconds / 60}m`;
+  return `${seconds}s`;
+}
+
 function renderReleases(releases) {
   const box = document.getElementById("releases");
   if (!releases.length) return;
@@ -25,7 +31,7 @@ function renderReleases(releases) {
       const chips = el("div", { class: "chips" }, ...w.hosts.map((h) =>
         el("span", { class: `chip ${h.progress}`, "data-wave-host": h.id, "data-progress": h.progress }, `${h.id} · ${h.progress}`)));
       if (!w.hosts.length) chips.append(el("span", { class: "muted" }, "no hosts"));
-      const limits = [w.parallel ? `${w.parallel} at a time` : "", w.soak ? `soak ${w.soak}s` : ""].filter(Boolean).join(", ");
+      const limits = [w.parallel ? `${w.parallel} at a time` : "", w.soak ? `soak ${duration(w.soak)}` : ""].filter(Boolean).join(", ");
       waves.append(el("div", { class: "wave", "data-wave": w.index },
         el("div", { class: "title" }, el("span", {}, `Wave ${w.index}: ${w.group}`), el("span", { class: `state ${w.state}` }, w.state)),
         limits ? el("div", { class: "muted" }, limits) : "",
