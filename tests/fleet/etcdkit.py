@@ -9,7 +9,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,18 +44,20 @@ def etcd_binary() -> str:
 
 
 @contextmanager
-def private_etcd(host: str = "127.0.0.1") -> Iterator[Etcd]:
+def private_etcd(host: str = "127.0.0.1", *, also: Sequence[str] = ()) -> Iterator[Etcd]:
+    """etcd on ``host`` (and on the addresses ``also``, e.g. test hosts' gateways), same port."""
     binary = etcd_binary()
     data = Path(tempfile.mkdtemp(prefix="kiln-etcd-"))
     client, peer = _free_port(), _free_port()
     url = f"http://{host}:{client}"
+    listen = ",".join([url, *(f"http://{a}:{client}" for a in also)])
     log = (data / "etcd.log").open("wb")
     proc = subprocess.Popen(
         [
             binary,
             "--name", "kiln-test",
             "--data-dir", str(data / "data"),
-            "--listen-client-urls", url,
+            "--listen-client-urls", listen,
             "--advertise-client-urls", url,
             "--listen-peer-urls", f"http://{host}:{peer}",
             "--initial-advertise-peer-urls", f"http://{host}:{peer}",
