@@ -10,6 +10,7 @@ STAMP := $(VENV)/.kiln-installed
 # host inputs the examples are built from (python3.11, busybox-static).
 DEBS_DEMO := python3.11 python3-venv busybox-static docker.io runc curl ca-certificates
 DEBS_TEST := $(DEBS_DEMO) gcc libc6-dev skopeo umoci oci-image-tool buildah docker-registry openssl \
+             etcd-server etcd-client chromium \
              cpio erofs-utils cryptsetup-bin util-linux iproute2 gpg gpgv debian-archive-keyring mmdebstrap
 
 .PHONY: help debs-demo debs-test venv lint typecheck unit test demo bench clean
