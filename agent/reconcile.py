@@ -154,11 +154,15 @@ class InternalFault(Exception):
 def make_runtime(config: AgentConfig, store: ContentStore) -> Runtime:
     if config.runtime is RuntimeKind.DOCKER:
         from agent.docker_runtime import DockerRuntime
+        from agent.qemu import QemuRuntime, RoutedRuntime
 
-        return DockerRuntime(store, config.state, base_url=config.docker_host)
+        return RoutedRuntime(
+            DockerRuntime(store, config.state, base_url=config.docker_host), QemuRuntime(config.state)
+        )
+    from agent.qemu import QemuRuntime, RoutedRuntime
     from agent.runc import RuncRuntime
 
-    return RuncRuntime(config.state)
+    return RoutedRuntime(RuncRuntime(config.state), QemuRuntime(config.state))
 
 
 def _netns_connector(path: str, port: int) -> Callable[[float], Any]:
@@ -237,7 +241,8 @@ class Agent:
             self._lock.acquire()
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.journal = Journal(self.state_dir)
+            # a damaged journal is set aside (and said so below) rather than keeping the agent down
+            self.journal = Journal(self.state_dir, recover=True)
             self.store = ContentStore(self.state_dir, limits=StoreLimits.from_agent(self.config.limits))
             self.releases.open()
             self.runtime = (
@@ -295,6 +300,9 @@ class Agent:
                 enforcer=self.enforcer,
                 events=self.events,
             )
+            if self.journal.damaged is not None:
+                aside, why = self.journal.damaged
+                self.events.emit("journal_damaged", detail=why, moved_to=str(aside))
             self.trust = TrustKeeper(self.state_dir, first_root=self.config.trust_root, journal=self.journal)
             self.root = self.trust.load()
             self.source_state = read_source_state(self.state_dir)

@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from builder.errors import SourceError
+from builder.errors import BuildError, ClosureError, SourceError
 from builder.tree import Category, Entry, EntryKind, FileTree, default_mode, normalize_path, sort_key
 from manifests.image import (
     DEBIAN_SYSROOT,
@@ -184,8 +184,9 @@ class _Assembler:
             st = os.stat(src)
         except OSError as exc:
             raise SourceError(
-                f"{origin}.src: {src}: {exc.strerror.lower() if exc.strerror else exc}",
+                f"{src}: {exc.strerror.lower() if exc.strerror else exc}",
                 hint=f"paths in 'files' are relative to the manifest directory {self.base}",
+                at=f"{origin}.src",
             ) from exc
         self.inputs.append(InputRecord(origin=origin, kind="files", path=spec.src))
         if stat.S_ISDIR(st.st_mode):
@@ -205,7 +206,7 @@ class _Assembler:
             )
             return
         if not stat.S_ISREG(st.st_mode):
-            raise SourceError(f"{origin}.src: {src}: not a regular file or directory")
+            raise SourceError(f"{src}: not a regular file or directory", at=f"{origin}.src")
         dst_text = spec.dst
         if dst_text.endswith("/"):
             dst_text += src.name
@@ -258,8 +259,9 @@ class _Assembler:
         if not src.is_dir():
             what = "not a directory" if src.exists() else "no such directory"
             raise SourceError(
-                f"{origin}.src: {src}: {what}",
+                f"{src}: {what}",
                 hint=f"tree sources are directories, relative to the manifest directory {self.base}",
+                at=f"{origin}.src",
             )
         self.inputs.append(InputRecord(origin=origin, kind="tree", path=str(src.resolve())))
         dst = normalize_path(item.dst, what=f"{origin}.dst")
@@ -460,7 +462,14 @@ class _Assembler:
 
         debian = item.sysroot == DEBIAN_SYSROOT
         sysroot = self.debian_root(origin) if debian else self.host(item.sysroot)
-        closure = resolve_closure(item.paths, sysroot)
+        try:
+            closure = resolve_closure(item.paths, sysroot)
+        except ClosureError as exc:
+            if exc.at is None:
+                # The message names the path it is about first: point at that entry of paths.
+                k = next((k for k, p in enumerate(item.paths) if exc.message.startswith(f"{p}:")), None)
+                exc.at = f"{origin}.paths[{k}]" if k is not None else f"{origin}.paths"
+            raise
         for f in closure.files:
             try:
                 st = os.stat(f.host_path)
@@ -564,8 +573,23 @@ def assemble(manifest: ImageManifest, *, debian: PreparedDebian | None = None) -
     """Build the normalized tree for ``manifest`` (reads host metadata; file bytes are read later).
 
     ``debian``: the extracted packages of the manifest's ``debian`` source
-    (:func:`builder.debian.prepare.prepare`)."""
-    return _Assembler(manifest, debian).run()
+    (:func:`builder.debian.prepare.prepare`).
+
+    An input that is missing or unusable is reported where the manifest names it: the error keeps
+    its type, its text becomes ``FILE:LINE:COL: contents[0].files[1].src: ...`` and its
+    ``problems`` hold that one positioned problem (what ``--json`` lists).
+    """
+    try:
+        return _Assembler(manifest, debian).run()
+    except BuildError as exc:
+        if exc.at is None or getattr(exc, "problems", None):
+            raise
+        problem = manifest.problem(exc.at, exc.message, exc.hint)
+        exc.problems = (problem,)
+        exc.message = str(problem)
+        exc.hint = None  # now inside the problem's text, as a manifest's own problems carry theirs
+        exc.args = (exc.message,)
+        raise
 
 
 def iter_regular(entries: Iterable[Entry]) -> Iterable[Entry]:

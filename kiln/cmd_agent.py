@@ -182,7 +182,7 @@ def _agent_reconcile(args: argparse.Namespace, out: Output) -> int:
     finally:
         agent.close()
     code = RECONCILE_EXIT.get(result.outcome, 1)
-    data = {
+    data: dict[str, Any] = {
         "exit_code": code,
         "outcome": result.outcome,
         "release_version": result.version,
@@ -206,6 +206,9 @@ def _agent_reconcile(args: argparse.Namespace, out: Output) -> int:
     ):
         data["source_reason"] = agent.source_state.last_error_reason
         human = f"reconcile: unavailable ({agent.source_state.last_error_reason}): {result.detail}"
+    if code:
+        # A refused or failed reconcile is a failure like any other: --json carries the error too.
+        data["error"] = {"message": human, "hint": None, "exit_code": code, "problems": []}
     out.result(human, data)
     return code
 

@@ -8,11 +8,14 @@ This module holds the document model (frozen dataclasses). Parsing and validatio
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from manifests.errors import Problem
 from manifests.mediatypes import Compression
 from manifests.oci import Platform
+from manifests.vmspec import VMSpec
 
 __all__ = [
     "FileSpec",
@@ -201,5 +204,28 @@ class ImageManifest:
     layers: LayerPolicy = LayerPolicy()
     compression: Compression = Compression.GZIP
     compression_level: int | None = None  # None: the compression's default level
+    vm: VMSpec | None = None  # the `vm:` section: how to build a VM image of the same tree
     source: str = "<memory>"  # the manifest file's path, for messages
     base_dir: Path = Path()
+    # Where each value was written (dotted path -> line, column), so a problem found later (a
+    # missing input) is reported at its place in the file. Not part of the manifest's value.
+    positions: Mapping[str, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
+
+    def problem(self, path: str, message: str, hint: str | None = None) -> Problem:
+        """A positioned Problem about the value at dotted ``path`` (or its nearest ancestor)."""
+        for candidate in _ancestors(path):
+            if candidate in self.positions:
+                line, col = self.positions[candidate]
+                return Problem(file=self.source, line=line, col=col, path=path, message=message, hint=hint)
+        return Problem(file=self.source, line=None, col=None, path=path, message=message, hint=hint)
+
+
+def _ancestors(path: str) -> list[str]:
+    """``a.b[2].c``, ``a.b[2]``, ``a.b``, ``a``."""
+    out = [path]
+    while path:
+        cut = max(path.rfind("."), path.rfind("["))
+        path = path[:cut] if cut > 0 else ""
+        if path:
+            out.append(path)
+    return out
