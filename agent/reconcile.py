@@ -91,7 +91,7 @@ from agent.trust import ROOT_FILE, TrustKeeper
 from agent.unpack import UnpackLimits, remove_interrupted
 from agent.watch import InstanceWatch
 from manifests.agentconfig import AgentConfig, RuntimeKind
-from manifests.chaos import Chaos
+from manifests.chaos import RATE_HINT, Chaos, parse_rate
 from manifests.errors import DocumentError, KilnError, VerificationError
 from manifests.release import Release, Strategy
 from manifests.trustroot import TrustRoot
@@ -568,6 +568,23 @@ class Agent:
         self.events.emit("chaos", policy=policy.to_dict() if policy is not None else None, seconds=seconds)
         return self.chaos_status()
 
+    def chaos_request(self, params: dict[str, str]) -> dict[str, Any]:
+        """``POST /chaos``: ``off=1``, or ``kill_rate`` (``1/h``), ``min_healthy`` and ``seconds``."""
+        if params.get("off"):
+            return self.set_chaos(None, seconds=None)
+        text = params.get("kill_rate", "")
+        rate = parse_rate(text)
+        if rate is None:
+            raise AgentError(f"chaos: invalid kill rate {text[:40]!r}", hint=RATE_HINT)
+        try:
+            min_healthy = int(params.get("min_healthy", "1"))
+            seconds = float(params["seconds"]) if "seconds" in params else None
+        except (ValueError, OverflowError):
+            raise AgentError("chaos: min_healthy must be an integer and seconds a number") from None
+        if not 0 <= min_healthy <= 10_000 or (seconds is not None and not 0 < seconds <= 30 * 86400):
+            raise AgentError("chaos: min_healthy from 0 to 10000, seconds from 0 to 30 days")
+        return self.set_chaos(Chaos(kill_rate=rate, min_healthy=min_healthy, text=text), seconds=seconds)
+
     def chaos_status(self) -> dict[str, Any]:
         monkey = self.chaos
         if monkey is None or not monkey.active:
@@ -849,13 +866,18 @@ class Agent:
                     "in_rotation": self.deployer.in_rotation(rec.id),
                 }
             )
-        return status_document(
+        doc = status_document(
             st,
             instances=instances,
             metrics=self.metrics.snapshot(),
             config=self.config,
             source=self.source_state,
         )
+        doc["chaos"] = self.chaos_status()
+        if self.config.fleet is not None:
+            link = self.config.fleet
+            doc["fleet"] = {"name": link.name, "host": link.host, "via": link.etcd or link.fleetlock}
+        return doc
 
     # -- the loop --------------------------------------------------------------------------------
 
