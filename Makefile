@@ -11,6 +11,7 @@ STAMP := $(VENV)/.kiln-installed
 DEBS_DEMO := python3.11 python3-venv busybox-static docker.io runc curl ca-certificates \
              qemu-system-x86 linux-image-cloud-amd64 erofs-utils dmsetup
 DEBS_TEST := $(DEBS_DEMO) gcc libc6-dev skopeo umoci oci-image-tool buildah docker-registry openssl \
+             etcd-server etcd-client chromium \
              cpio erofs-utils cryptsetup-bin util-linux iproute2 gpg gpgv debian-archive-keyring mmdebstrap \
              podman containerd tmux fdisk zstd time haproxy
 

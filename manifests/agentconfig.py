@@ -30,6 +30,8 @@ location). Relative paths are taken relative to the configuration file's directo
 from __future__ import annotations
 
 import enum
+import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +46,7 @@ __all__ = [
     "DataPlaneKind",
     "ImageLocation",
     "AgentConfig",
+    "FleetLink",
     "load_agent_config",
     "parse_agent_config",
 ]
@@ -62,8 +65,30 @@ _OPTIONAL = (
     "status_listen",
     "images",
     "limits",
+    "fleet",
 )
 _NAME_HINT = "lowercase letters, digits, '.', '_', '-'"
+_HTTP_URL = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(?::[0-9]{1,5})?/?$")
+_HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetLink:
+    """How this host coordinates with its fleet: etcd directly (waves, slots, halts) or a FleetLock
+    server (slots only). ``host`` names it in the fleet (default: the machine's host name)."""
+
+    etcd: str | None = None
+    fleetlock: str | None = None
+    name: str = "default"
+    host: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"name": self.name, "host": self.host}
+        if self.etcd is not None:
+            out["etcd"] = self.etcd
+        if self.fleetlock is not None:
+            out["fleetlock"] = self.fleetlock
+        return out
 
 
 class RuntimeKind(enum.StrEnum):
@@ -102,6 +127,7 @@ class AgentConfig:
     status_listen: ListenAddress | None = None
     images: tuple[ImageLocation, ...] = ()
     limits: AgentLimits = field(default_factory=AgentLimits)
+    fleet: FleetLink | None = None
 
     def location_for(self, repository: str) -> str:
         """Where the images of ``repository`` are read from (the repository itself by default)."""
@@ -133,6 +159,8 @@ class AgentConfig:
         if self.limits != AgentLimits():
             default = AgentLimits().to_dict()
             out["limits"] = {k: v for k, v in self.limits.to_dict().items() if default[k] != v}
+        if self.fleet is not None:
+            out["fleet"] = self.fleet.to_dict()
         return out
 
 
@@ -215,7 +243,36 @@ class _Schema(FieldChecker):
             status_listen=listen,
             images=images,
             limits=limits,
+            fleet=self._fleet(d["fleet"]) if "fleet" in d else None,
         )
+
+    def _fleet(self, value: object) -> FleetLink | None:
+        m = self.mapping(value, "fleet")
+        if m is None or not self.keys(m, "fleet", optional=("etcd", "fleetlock", "name", "host")):
+            return None
+        urls = {}
+        for key in ("etcd", "fleetlock"):
+            if key in m:
+                text = self.string(m[key], f"fleet.{key}")
+                if text is not None and not _HTTP_URL.match(text):
+                    self.invalid(f"fleet.{key}", "URL", text, "http://HOST:PORT or https://HOST:PORT")
+                elif text is not None:
+                    urls[key] = text.rstrip("/")
+        if ("etcd" in m) == ("fleetlock" in m):
+            self.report("fleet", "name exactly one of etcd and fleetlock")
+            return None
+        name = "default"
+        if "name" in m:
+            name = self.matching(m["name"], "fleet.name", LOWER_NAME, "fleet name", _NAME_HINT) or name
+        host = socket.gethostname()
+        if "host" in m:
+            got = self.matching(
+                m["host"], "fleet.host", _HOST_ID, "host id", "letters, digits, '.', '_', '-'"
+            )
+            host = got or host
+        if len(urls) != 1:
+            return None
+        return FleetLink(etcd=urls.get("etcd"), fleetlock=urls.get("fleetlock"), name=name, host=host)
 
     def _text(self, d: dict[str, object], key: str) -> str | None:
         if key not in d:
