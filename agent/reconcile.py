@@ -630,6 +630,8 @@ class Agent:
             if victim is None:
                 return None
             self.events.emit("chaos_killed", service=victim.service, instance=victim.instance)
+            # out of rotation first: chaos tests replacement, not the clients of the service
+            self.deployer.set_rotation(victim.instance, False)
             try:
                 self.runtime.stop(victim.instance, grace=0.0)
             except KilnError as exc:

@@ -4,6 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.agent.conftest import python_web  # noqa: F401 - the session's python-web build, shared
 from tests.fleet.etcdkit import Etcd, private_etcd
 
 
