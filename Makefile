@@ -15,11 +15,12 @@ DEBS_TEST := $(DEBS_DEMO) gcc libc6-dev skopeo umoci oci-image-tool buildah dock
              cpio erofs-utils cryptsetup-bin util-linux iproute2 gpg gpgv debian-archive-keyring mmdebstrap \
              podman containerd tmux fdisk zstd time haproxy
 
-.PHONY: help debs-demo debs-test venv lint typecheck unit test demo bench clean lock
+.PHONY: help debs-demo debs-test venv lint typecheck unit test demo demo-fleet bench clean lock
 
 help:
 	@echo "make demo   build the examples, load python-web into a private Docker engine and curl it"
 	@echo "make test   lint, type-check and run the whole test suite (unit + integration)"
+	@echo "make demo-fleet  three hosts with their own agents roll out releases in waves (etcd)"
 	@echo "make bench  run the benchmarks (build, verify, push, agent) against the peer tools"
 
 debs-demo:
@@ -51,6 +52,11 @@ test: debs-test venv lint typecheck
 
 demo: debs-demo venv
 	$(BIN)/python examples/demo.py
+
+# Three hosts (network namespaces) with their own agents, coordinated through a private etcd.
+demo-fleet: debs-demo venv
+	@.ci/ensure-debs etcd-server iproute2 util-linux
+	$(BIN)/python examples/fleet_demo.py
 
 # Each bench runs the peer tool in the same run and prints ratios (nothing is asserted).
 # bench/scale.py --large adds the 1 GB and 100,000-file cases (several minutes more).
