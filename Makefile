@@ -12,6 +12,9 @@ DEBS_DEMO := python3.11 python3-venv busybox-static docker.io runc curl ca-certi
 DEBS_TEST := $(DEBS_DEMO) gcc libc6-dev skopeo umoci oci-image-tool buildah docker-registry openssl \
              cpio erofs-utils cryptsetup-bin util-linux iproute2 gpg gpgv debian-archive-keyring mmdebstrap
 
+# bench/ and examples/demo.py import the test kit (tests/kit/) from this checkout.
+export PYTHONPATH := $(CURDIR)
+
 .PHONY: help debs-demo debs-test venv lint typecheck unit test demo bench clean
 
 help:

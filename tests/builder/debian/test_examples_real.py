@@ -22,11 +22,11 @@ from agent.store import ContentStore, LayoutSource, PulledImage
 from agent.unpack import UnpackedRoot, unpack_image
 from builder.debian.cache import default_cache
 from kiln.cli import main
-from kiln.testing import PrivateDockerd
 from manifests.debianlock import DebianLock
 from manifests.digest import Digest
 from manifests.layout import OCILayout
 from tests.agent.imagekit import http_in_netns
+from tests.kit.services import PrivateDockerd
 from tests.support import require_root, require_tool
 
 pytestmark = pytest.mark.integration
