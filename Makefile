@@ -39,6 +39,7 @@ venv: $(STAMP)
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python .ci/code-health $(BIN)
 
 typecheck: venv
 	$(BIN)/mypy

@@ -13,7 +13,7 @@ import os
 import posixpath
 import re
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -566,7 +566,3 @@ def assemble(manifest: ImageManifest, *, debian: PreparedDebian | None = None) -
     ``debian``: the extracted packages of the manifest's ``debian`` source
     (:func:`builder.debian.prepare.prepare`)."""
     return _Assembler(manifest, debian).run()
-
-
-def iter_regular(entries: Iterable[Entry]) -> Iterable[Entry]:
-    return (e for e in entries if e.kind is EntryKind.FILE)

@@ -340,15 +340,6 @@ def _verify(args: argparse.Namespace, image: OpenedImage) -> list[Digest]:
     )
 
 
-def verify_blobs_only(store: ArtifactStore, root: Descriptor) -> None:
-    from signing.image import image_nodes
-
-    for node in image_nodes(store, root):
-        if node.manifest is not None:
-            for desc in (node.manifest.config, *node.manifest.layers):
-                store.verify_blob(desc.digest, size=desc.size)
-
-
 def _statement_for(kind: PredicateKind, blob: bytes, root: Descriptor, name: str) -> bytes:
     """The build stores the provenance as a statement and the SBOM as a bare SPDX document."""
     doc = parse_json_object(blob, what=f"{kind} blob", limit=_MAX_ATTESTATION_BYTES)

@@ -26,9 +26,6 @@ class Output:
         if not self.quiet:
             print(message, file=self.stderr, flush=True)
 
-    def warn(self, message: str) -> None:
-        print(f"kiln: warning: {message}", file=self.stderr, flush=True)
-
     def result(self, human: str, data: dict[str, Any]) -> None:
         """The command's result: JSON (with a ``version`` field) or human text, on stdout."""
         if self.json_mode:
