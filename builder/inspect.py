@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Protocol, cast
+from typing import IO, Any, BinaryIO, cast
 
 import zstandard
 from isal import igzip, isal_zlib
@@ -24,6 +24,7 @@ from isal import igzip, isal_zlib
 from builder.archive import ArchiveReader
 from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
+from manifests.layerstream import Decompressor, HashingReader, Readable, open_layer
 from manifests.layout import REF_NAME, OCILayout, is_cosign_tag
 from manifests.mediatypes import MediaType
 from manifests.oci import MAX_DOCUMENT_BYTES, OCIManifest, parse_json_object
@@ -53,40 +54,6 @@ class TarMember:
     target: str | None = None
 
 
-class _Readable(Protocol):
-    def read(self, n: int = -1, /) -> bytes: ...
-
-
-class _Counting:
-    """Reads from ``raw``, hashing and counting; refuses beyond ``limit`` bytes."""
-
-    def __init__(self, raw: _Readable, *, limit: int) -> None:
-        self.raw = raw
-        self.h = hashlib.sha256()
-        self.n = 0
-        self.limit = limit
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.n += len(data)
-        if self.n > self.limit:
-            raise VerificationError(f"layer exceeds {self.limit} bytes", reason="size")
-        self.h.update(data)
-        return data
-
-    def readinto(self, buf: bytearray | memoryview) -> int:
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
-
-
 _TAR_WORDING = TarWording(
     checksum="layer tar: header checksum mismatch",
     truncated_header="layer tar: truncated header",
@@ -113,7 +80,7 @@ def _norm(name: str, caps: Caps) -> str:
     return posixpath.normpath("/" + name.lstrip("/")) if name not in ("", ".") else "/"
 
 
-def iter_tar(stream: _Counting, caps: Caps) -> Iterator[TarMember]:
+def iter_tar(stream: HashingReader, caps: Caps) -> Iterator[TarMember]:
     """Headers of an uncompressed tar stream (:mod:`manifests.tarformat`); contents are skipped
     (and hashed by ``stream``)."""
     count = 0
@@ -198,32 +165,44 @@ _DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _decompress(media_type: str, raw: _Counting) -> _Readable:
-    if media_type in (MediaType.OCI_LAYER_GZIP, MediaType.DOCKER_LAYER_GZIP):
-        return cast(_Readable, igzip.IGzipFile(fileobj=raw, mode="rb"))  # type: ignore[no-untyped-call]
-    if media_type == MediaType.OCI_LAYER_ZSTD:
-        reader = zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, raw), read_across_frames=True)
-        return cast(_Readable, reader)
-    if media_type == MediaType.OCI_LAYER_TAR:
-        return raw
-    raise DocumentError(f"unsupported layer media type {media_type!r}")
+def _gunzip(raw: HashingReader) -> Readable:
+    return cast(Readable, igzip.IGzipFile(fileobj=raw, mode="rb"))  # type: ignore[no-untyped-call]
+
+
+def _unzstd(raw: HashingReader) -> Readable:
+    return cast(
+        Readable, zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, raw), read_across_frames=True)
+    )
+
+
+_DECOMPRESSORS: dict[str, Decompressor] = {
+    MediaType.OCI_LAYER_GZIP: _gunzip,
+    MediaType.DOCKER_LAYER_GZIP: _gunzip,
+    MediaType.OCI_LAYER_ZSTD: _unzstd,
+}
+
+
+def _too_large(limit: int) -> VerificationError:
+    return VerificationError(f"layer exceeds {limit} bytes", reason="size")
 
 
 def _scan_layer(
     src: _Source, *, digest: Digest, size: int, media_type: str, diff_id: Digest | None, caps: Caps
 ) -> list[TarMember]:
     with src.open_blob(digest) as fh:
-        raw = _Counting(fh, limit=size)
-        plain = _Counting(_decompress(media_type, raw), limit=caps.max_bytes)
+        raw = HashingReader(fh, limit=size, over_limit=_too_large)
+        plain = HashingReader(
+            open_layer(raw, media_type, _DECOMPRESSORS), limit=caps.max_bytes, over_limit=_too_large
+        )
         try:
             members = list(iter_tar(plain, caps))
             plain.drain()
         except _DECOMPRESS_ERRORS as exc:
             raise DocumentError(f"layer {digest}: cannot decompress: {exc}") from exc
         raw.drain()
-    if raw.h.hexdigest() != digest.hex or raw.n != size:
+    if raw.hexdigest != digest.hex or raw.n != size:
         raise VerificationError(f"layer {digest}: digest or size mismatch", reason="digest")
-    if diff_id is not None and plain.h.hexdigest() != diff_id.hex:
+    if diff_id is not None and plain.hexdigest != diff_id.hex:
         raise VerificationError(
             f"layer {digest}: uncompressed content does not match diff_id {diff_id}", reason="digest"
         )
