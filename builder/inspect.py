@@ -228,6 +228,21 @@ def _apply(fs: dict[str, TarMember], members: list[TarMember]) -> None:
         fs[m.path] = m
 
 
+_LayerSpec = tuple[Digest, int, str, dict[str, str]]  # digest, size, media type, annotations
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Found:
+    """What an archive says the image is, before any layer is read."""
+
+    digest: str | None
+    tag: str | None
+    annotations: dict[str, str]
+    config_raw: bytes
+    config_digest: Digest
+    layers: list[_LayerSpec]
+
+
 def inspect_image(
     path: Path, *, ref: str | None = None, files: bool = True, caps: Caps | None = None
 ) -> dict[str, Any]:
@@ -237,60 +252,20 @@ def inspect_image(
     with ExitStack() as stack:
         src = _Source(path, stack)
         if src.has("index.json"):
-            layout = OCILayout.open(path) if src.layout is not None else None
-            if layout is not None:
-                desc = layout.resolve(ref)
-            else:
-                from manifests.oci import OCIIndex
-
-                index = OCIIndex.from_bytes(src.read("index.json"))
-                mans = index.manifests
-                if ref is None:
-                    mans = tuple(d for d in mans if not is_cosign_tag(d.annotations.get(REF_NAME, "")))
-                else:
-                    mans = tuple(
-                        d for d in mans if d.annotations.get(REF_NAME) == ref or str(d.digest) == ref
-                    )
-                if len(mans) != 1:
-                    raise DocumentError(f"{path}: {len(mans)} matching manifests; name one by tag")
-                desc = mans[0]
-            if MediaType(desc.media_type).is_index if desc.media_type in set(MediaType) else False:
-                raise DocumentError(f"{path}: nested image indexes are not supported by inspect")
-            raw_manifest = src.blob(desc.digest)
-            man = OCIManifest.from_bytes(raw_manifest)
-            digest: str | None = str(desc.digest)
-            tag = desc.annotations.get(REF_NAME)
-            config_raw = src.blob(man.config.digest)
-            layer_specs = [(d.digest, d.size, d.media_type, dict(d.annotations)) for d in man.layers]
-            annotations = dict(man.annotations)
-            config_digest = man.config.digest
+            found = _find_oci(src, path, ref)
         elif src.has("manifest.json"):
-            doc = _docker_manifest(src.read("manifest.json"))
-            cfg_name = doc["Config"]
-            config_raw = src.read(cfg_name)
-            config_digest = Digest.of(config_raw)
-            digest, tag, annotations = None, (doc.get("RepoTags") or [None])[0], {}
-            layer_specs = []
-            for name in doc["Layers"]:
-                h = hashlib.sha256()
-                n = 0
-                with src.open(name) as fh:
-                    while block := fh.read(_CHUNK):
-                        h.update(block)
-                        n += len(block)
-                src.names[h.hexdigest()] = name
-                layer_specs.append((Digest(h.hexdigest()), n, str(MediaType.OCI_LAYER_TAR), {}))
+            found = _find_docker(src)
         else:
             raise DocumentError(f"{path}: neither an OCI layout nor a docker archive")
-        config = parse_json_object(config_raw, what="image config")
+        config = parse_json_object(found.config_raw, what="image config")
         diff_ids = _diff_ids(config)
-        if len(diff_ids) != len(layer_specs):
+        if len(diff_ids) != len(found.layers):
             raise DocumentError(
-                f"{path}: config lists {len(diff_ids)} diff_ids for {len(layer_specs)} layers"
+                f"{path}: config lists {len(diff_ids)} diff_ids for {len(found.layers)} layers"
             )
         fs: dict[str, TarMember] = {}
         layers_out: list[dict[str, Any]] = []
-        for (ldigest, lsize, mtype, ann), diff_id in zip(layer_specs, diff_ids, strict=True):
+        for (ldigest, lsize, mtype, ann), diff_id in zip(found.layers, diff_ids, strict=True):
             members = _scan_layer(
                 src, digest=ldigest, size=lsize, media_type=mtype, diff_id=diff_id, caps=caps
             )
@@ -306,31 +281,88 @@ def inspect_image(
                     "annotations": ann,
                 }
             )
-    cfg_value = config.get("config")
-    cfg: dict[str, Any] = cfg_value if isinstance(cfg_value, dict) else {}
     info: dict[str, Any] = {
         "path": str(path),
-        "digest": digest,
-        "tag": tag,
-        "config_digest": str(config_digest),
-        "annotations": annotations,
+        "digest": found.digest,
+        "tag": found.tag,
+        "config_digest": str(found.config_digest),
+        "annotations": found.annotations,
         "platform": f"{config.get('os')}/{config.get('architecture')}",
         "created": config.get("created"),
-        "config": {
-            "user": cfg.get("User"),
-            "env": cfg.get("Env") or [],
-            "entrypoint": cfg.get("Entrypoint") or [],
-            "cmd": cfg.get("Cmd") or [],
-            "workdir": cfg.get("WorkingDir"),
-            "ports": sorted(cfg.get("ExposedPorts") or {}),
-            "volumes": sorted(cfg.get("Volumes") or {}),
-            "labels": cfg.get("Labels") or {},
-        },
+        "config": _run_config(config),
         "layers": layers_out,
     }
     if files:
         info["files"] = [_file_dict(fs[p]) for p in sorted(fs, key=lambda p: p.split("/"))]
     return info
+
+
+def _find_oci(src: _Source, path: Path, ref: str | None) -> _Found:
+    """The image an OCI layout (directory or oci-archive) names by ``ref`` (or its only image)."""
+    if src.layout is not None:
+        desc = OCILayout.open(path).resolve(ref)
+    else:
+        from manifests.oci import OCIIndex
+
+        mans = OCIIndex.from_bytes(src.read("index.json")).manifests
+        if ref is None:
+            mans = tuple(d for d in mans if not is_cosign_tag(d.annotations.get(REF_NAME, "")))
+        else:
+            mans = tuple(d for d in mans if d.annotations.get(REF_NAME) == ref or str(d.digest) == ref)
+        if len(mans) != 1:
+            raise DocumentError(f"{path}: {len(mans)} matching manifests; name one by tag")
+        desc = mans[0]
+    if MediaType(desc.media_type).is_index if desc.media_type in set(MediaType) else False:
+        raise DocumentError(f"{path}: nested image indexes are not supported by inspect")
+    man = OCIManifest.from_bytes(src.blob(desc.digest))
+    return _Found(
+        digest=str(desc.digest),
+        tag=desc.annotations.get(REF_NAME),
+        annotations=dict(man.annotations),
+        config_raw=src.blob(man.config.digest),
+        config_digest=man.config.digest,
+        layers=[(d.digest, d.size, d.media_type, dict(d.annotations)) for d in man.layers],
+    )
+
+
+def _find_docker(src: _Source) -> _Found:
+    """The image of a docker-archive: its layers are named by file, so they are hashed here."""
+    doc = _docker_manifest(src.read("manifest.json"))
+    config_raw = src.read(doc["Config"])
+    layers: list[_LayerSpec] = []
+    for name in doc["Layers"]:
+        h = hashlib.sha256()
+        n = 0
+        with src.open(name) as fh:
+            while block := fh.read(_CHUNK):
+                h.update(block)
+                n += len(block)
+        src.names[h.hexdigest()] = name
+        layers.append((Digest(h.hexdigest()), n, str(MediaType.OCI_LAYER_TAR), {}))
+    return _Found(
+        digest=None,
+        tag=(doc.get("RepoTags") or [None])[0],
+        annotations={},
+        config_raw=config_raw,
+        config_digest=Digest.of(config_raw),
+        layers=layers,
+    )
+
+
+def _run_config(config: dict[str, Any]) -> dict[str, Any]:
+    """What the image runs, as its config says (user, command, environment, ports, volumes)."""
+    value = config.get("config")
+    cfg: dict[str, Any] = value if isinstance(value, dict) else {}
+    return {
+        "user": cfg.get("User"),
+        "env": cfg.get("Env") or [],
+        "entrypoint": cfg.get("Entrypoint") or [],
+        "cmd": cfg.get("Cmd") or [],
+        "workdir": cfg.get("WorkingDir"),
+        "ports": sorted(cfg.get("ExposedPorts") or {}),
+        "volumes": sorted(cfg.get("Volumes") or {}),
+        "labels": cfg.get("Labels") or {},
+    }
 
 
 def _inside(name: str) -> bool:
