@@ -154,18 +154,23 @@ def verify_image(
     default, re-hash every blob it references. Returns the digests verified; raises
     VerificationError on any failure.
 
-    Without ``policy``, ``keys`` and ``threshold`` make a :class:`~signing.policy.SignedBy`. This is
-    the one image verification: ``kiln verify`` and the agent both call it.
+    Every manifest must be signed; attestations are those of the image as a whole (the root's, as
+    ``kiln attest`` writes them). Without ``policy``, ``keys`` and ``threshold`` make a
+    :class:`~signing.policy.SignedBy`. This is the one image verification: ``kiln verify`` and the
+    agent both call it.
     """
     judge: Policy = policy if policy is not None else SignedBy(keys=tuple(keys), threshold=threshold)
     when = now if now is not None else datetime.now(UTC)
     verified = []
-    for node in image_nodes(store, root):
+    nodes = image_nodes(store, root)
+    attestations = stored_layers(store, attestation_tag(root.digest)) if policy is not None else ()
+    for node in nodes:
         image = SignedImage(
             identity=identity,
             digest=node.digest,
             signatures=stored_layers(store, signature_tag(node.digest)),
-            attestations=stored_layers(store, attestation_tag(node.digest)) if policy is not None else (),
+            attestations=attestations,
+            attested=root.digest,
         )
         judge.verify(image, now=when)
         if check_blobs and node.manifest is not None:

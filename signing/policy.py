@@ -79,12 +79,18 @@ def repository_glob(pattern: str) -> re.Pattern[str]:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SignedImage:
-    """What a policy judges: one manifest or index, who it is, and what is stored beside it."""
+    """What a policy judges: one manifest or index, who it is, and what is stored beside it.
+
+    Signatures are about ``digest``. Attestations are about the image as a whole: ``attested`` is
+    the digest their statements name (an index's own digest for each of its platform manifests, as
+    ``kiln attest`` attests the image it is given); None means ``digest``.
+    """
 
     identity: Identity
     digest: Digest
     signatures: Sequence[CosignLayer]
     attestations: Sequence[CosignLayer] = ()
+    attested: Digest | None = None
 
 
 class Policy(Protocol):
@@ -159,7 +165,10 @@ class PolicyRule:
             )
         for kind in self.attestations:
             verify_attestation_layers(
-                image.attestations, image_digest=image.digest, keys=keys, predicate_type=kind.predicate_type
+                image.attestations,
+                image_digest=image.attested or image.digest,
+                keys=keys,
+                predicate_type=kind.predicate_type,
             )
 
 

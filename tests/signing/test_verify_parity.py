@@ -142,7 +142,8 @@ CASES = [
     ("threshold short", True, "alice", {"keys": "alice, bob", "threshold": 2}, False),
     ("attestation missing", False, "alice", {"attest": True}, False),
     ("attested", False, "alice+att", {"attest": True}, True),
-    ("index attested on the index only", True, "alice+att", {"attest": True}, False),
+    ("index attested", True, "alice+att", {"attest": True}, True),  # kiln attest attests the index
+    ("index not attested", True, "alice", {"attest": True}, False),
     ("repository not covered", False, "alice", {"repos": "other.example/**"}, False),
 ]
 
