@@ -15,6 +15,9 @@ DEBS_TEST := $(DEBS_DEMO) gcc libc6-dev skopeo umoci oci-image-tool buildah dock
              cpio erofs-utils cryptsetup-bin util-linux iproute2 gpg gpgv debian-archive-keyring mmdebstrap \
              podman containerd tmux fdisk zstd time haproxy
 
+# bench/ and examples/demo.py import the test kit (tests/kit/) from this checkout.
+export PYTHONPATH := $(CURDIR)
+
 .PHONY: help debs-demo debs-test venv lint typecheck unit test demo demo-fleet bench clean lock
 
 help:
@@ -40,6 +43,7 @@ venv: $(STAMP)
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python .ci/code-health $(BIN)
 
 typecheck: venv
 	$(BIN)/mypy

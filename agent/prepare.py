@@ -26,9 +26,9 @@ from manifests.digest import Digest
 from manifests.errors import VerificationError
 from manifests.release import Release
 from manifests.trustroot import TrustRoot
-from signing.cosign import attestation_tag, signature_tag
-from signing.image import stored_layers
+from signing.image import pinned_root, verify_image
 from signing.root import image_policy
+from signing.verify import Identity
 
 __all__ = ["Preparer"]
 
@@ -62,13 +62,13 @@ class Preparer:
             if fetch:
                 assert policy is not None  # noqa: S101 - set above when fetching
                 with self.source().open_images(pin.repository) as loc:
-                    policy.evaluate(
-                        repository=pin.repository,
-                        tag=None,
-                        image_digest=pin.digest,
-                        signatures=stored_layers(loc.artifacts, signature_tag(pin.digest)),
-                        attestations=stored_layers(loc.artifacts, attestation_tag(pin.digest)),
+                    verify_image(
+                        loc.artifacts,
+                        pinned_root(loc.artifacts, pin.digest),
+                        identity=Identity(repository=pin.repository),
+                        policy=policy,
                         now=self.wall(),
+                        check_blobs=False,  # the store pulls and hashes every blob itself
                     )
                     started = time.monotonic()
                     image = self.store.pull_image(loc.blobs, pin.digest)

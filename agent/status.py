@@ -124,14 +124,6 @@ class StatusServer:
         self._servers: list[socketserver.BaseServer] = []
         self._threads: list[threading.Thread] = []
 
-    @property
-    def tcp_address(self) -> tuple[str, int] | None:
-        for srv in self._servers:
-            if isinstance(srv, _TcpServer):
-                host, port = srv.server_address[:2]
-                return str(host), int(port)
-        return None
-
     def start(self) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()

@@ -71,6 +71,7 @@ from manifests.bounded import JsonCaps, read_json_object
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import DocumentError, ParseError, UnavailableError, VerificationError
+from manifests.layerstream import Decompressor, HashingReader, open_layer
 from manifests.limits import AgentLimits
 from manifests.mediatypes import MediaType
 from manifests.tarformat import TarCaps, TarContent, TarFormatError, TarHeader, TarWording, read_tar
@@ -171,6 +172,12 @@ class _Budget:
     space_dir: str | None = None  # where statvfs is read (the root being written)
     allowance: int | None = None  # bytes that may still be written before the margin
 
+    def uncompressed(self, n: int) -> None:
+        """``n`` more uncompressed bytes read; refuse past the image's total."""
+        self.total += n
+        if self.total > self.limits.max_total_bytes:
+            raise _Refused(f"image exceeds {self.limits.max_total_bytes} uncompressed bytes")
+
     def spend(self, depth: int) -> None:
         """One member at ``depth`` components: its cost in the work budget and the clock."""
         self.work += depth + 1
@@ -201,49 +208,21 @@ class _Budget:
         self.allowance -= size
 
 
-class _Hashing:
-    """Hashes and counts what is read through it; refuses past ``limit`` (None: no limit)."""
-
-    def __init__(self, raw: _Readable, *, budget: _Budget | None = None) -> None:
-        self.raw = raw
-        self.h = hashlib.sha256()
-        self.n = 0
-        self.budget = budget
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.n += len(data)
-        if self.budget is not None:
-            self.budget.total += len(data)
-            if self.budget.total > self.budget.limits.max_total_bytes:
-                raise _Refused(f"image exceeds {self.budget.limits.max_total_bytes} uncompressed bytes")
-        self.h.update(data)
-        return data
-
-    def readinto(self, buf: bytearray | memoryview) -> int:
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
+def _gunzip(raw: HashingReader) -> _Readable:
+    return cast(_Readable, igzip.IGzipFile(fileobj=raw, mode="rb"))  # type: ignore[no-untyped-call]
 
 
-def _decompressor(media_type: str, raw: _Hashing) -> _Readable:
-    if media_type in (MediaType.OCI_LAYER_GZIP, MediaType.DOCKER_LAYER_GZIP):
-        return cast(_Readable, igzip.IGzipFile(fileobj=raw, mode="rb"))  # type: ignore[no-untyped-call]
-    if media_type == MediaType.OCI_LAYER_ZSTD:
-        return cast(
-            _Readable,
-            zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, raw), read_across_frames=True),
-        )
-    if media_type == MediaType.OCI_LAYER_TAR:
-        return raw
-    raise DocumentError(f"unsupported layer media type {media_type!r}")
+def _unzstd(raw: HashingReader) -> _Readable:
+    return cast(
+        _Readable, zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, raw), read_across_frames=True)
+    )
+
+
+_DECOMPRESSORS: dict[str, Decompressor] = {
+    MediaType.OCI_LAYER_GZIP: _gunzip,
+    MediaType.DOCKER_LAYER_GZIP: _gunzip,
+    MediaType.OCI_LAYER_ZSTD: _unzstd,
+}
 
 
 # -- the tar reader -----------------------------------------------------------------------------
@@ -265,7 +244,7 @@ _TAR_WORDING = TarWording(
 )
 
 
-def _members(stream: _Hashing, budget: _Budget) -> Iterator[tuple[TarHeader, TarContent]]:
+def _members(stream: HashingReader, budget: _Budget) -> Iterator[tuple[TarHeader, TarContent]]:
     """Each member with a reader for its content (:mod:`manifests.tarformat`), entries counted
     in the image's budget; a malformed stream is refused like any other rule breach."""
     limits = budget.limits
@@ -545,8 +524,8 @@ def _unpack_one(tree: _Tree, layer: Layer, budget: _Budget) -> None:
     budget.reserve(size, "the layer (at least its compressed size)")
     budget.allowance = (budget.allowance or 0) + size  # only a floor: each file reserves what it declares
     with open(layer.path, "rb") as fh:
-        raw = _Hashing(fh)
-        plain = _Hashing(_decompressor(layer.media_type, raw), budget=budget)
+        raw = HashingReader(fh)
+        plain = HashingReader(open_layer(raw, layer.media_type, _DECOMPRESSORS), on_read=budget.uncompressed)
         for member, content in _members(plain, budget):
             try:
                 tree.apply(member, content)
@@ -558,11 +537,11 @@ def _unpack_one(tree: _Tree, layer: Layer, budget: _Budget) -> None:
                 raise _Refused(f"member {member.name!r}: {exc.strerror or exc}") from None
         plain.drain()
         raw.drain()
-    if raw.h.hexdigest() != layer.digest.hex:
+    if raw.hexdigest != layer.digest.hex:
         raise VerificationError(
-            f"layer {layer.digest}: content hashes to sha256:{raw.h.hexdigest()}", reason="digest"
+            f"layer {layer.digest}: content hashes to sha256:{raw.hexdigest}", reason="digest"
         )
-    if layer.diff_id is not None and plain.h.hexdigest() != layer.diff_id.hex:
+    if layer.diff_id is not None and plain.hexdigest != layer.diff_id.hex:
         raise VerificationError(
             f"layer {layer.digest}: uncompressed content does not match diff_id {layer.diff_id}",
             reason="digest",

@@ -51,7 +51,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from kiln.testing import PrivateDockerd, free_port, http_get, private_dockerd, private_registry
+from tests.kit.services import PrivateDockerd, free_port, http_get, private_dockerd, private_registry
 
 REPO = Path(__file__).resolve().parent.parent
 # This file is bench/agent.py: keep its directory from shadowing kiln's own `agent` package.

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from kiln.testing import private_dockerd
+from tests.kit.services import private_dockerd
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -260,7 +260,7 @@ def skopeo_cmd(image: Image, host: str, repo: str, policy: Path) -> tuple[str, .
 
 def warm_up(image: Image, tools: list[str], work: Path, *, jobs: int, env: dict[str, str]) -> None:
     """One unmeasured push per tool: fills the bytecode cache and the page cache."""
-    from kiln.testing import private_registry
+    from tests.kit.services import private_registry
 
     with private_registry(work / "registry-warm-up") as host:
         for tool in tools:
@@ -276,7 +276,7 @@ def bench_image(
     image: Image, tools: list[str], work: Path, *, runs: int, jobs: int, env: dict[str, str]
 ) -> dict[str, tuple[list[Sample], list[Sample]]]:
     """Each run: every tool, one after the other (so a busy moment hits them alike), cold then warm."""
-    from kiln.testing import private_registry  # not at the top: the kiln child need not import it
+    from tests.kit.services import private_registry  # not at the top: the kiln child need not import it
 
     results: dict[str, tuple[list[Sample], list[Sample]]] = {tool: ([], []) for tool in tools}
     for i in range(runs):

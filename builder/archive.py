@@ -138,9 +138,6 @@ class ArchiveReader:
             raise DocumentError(f"{self.path}: cannot read {name}")
         return fh
 
-    def blob_name(self, digest: Digest) -> str:
-        return f"blobs/sha256/{digest.hex}"
-
     def info(self) -> dict[str, Any]:
         return {"path": str(self.path), "members": len(self._members)}
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Protocol, cast
+from typing import IO, Any, BinaryIO, cast
 
 import zstandard
 from isal import igzip, isal_zlib
@@ -24,6 +24,7 @@ from isal import igzip, isal_zlib
 from builder.archive import ArchiveReader
 from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
+from manifests.layerstream import Decompressor, HashingReader, Readable, open_layer
 from manifests.layout import REF_NAME, OCILayout, select_manifest
 from manifests.mediatypes import MediaType
 from manifests.oci import MAX_DOCUMENT_BYTES, OCIManifest, parse_json_object
@@ -53,40 +54,6 @@ class TarMember:
     target: str | None = None
 
 
-class _Readable(Protocol):
-    def read(self, n: int = -1, /) -> bytes: ...
-
-
-class _Counting:
-    """Reads from ``raw``, hashing and counting; refuses beyond ``limit`` bytes."""
-
-    def __init__(self, raw: _Readable, *, limit: int) -> None:
-        self.raw = raw
-        self.h = hashlib.sha256()
-        self.n = 0
-        self.limit = limit
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.n += len(data)
-        if self.n > self.limit:
-            raise VerificationError(f"layer exceeds {self.limit} bytes", reason="size")
-        self.h.update(data)
-        return data
-
-    def readinto(self, buf: bytearray | memoryview) -> int:
-        data = self.read(len(buf))
-        buf[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def drain(self) -> None:
-        while self.read(_CHUNK):
-            pass
-
-
 _TAR_WORDING = TarWording(
     checksum="layer tar: header checksum mismatch",
     truncated_header="layer tar: truncated header",
@@ -113,7 +80,7 @@ def _norm(name: str, caps: Caps) -> str:
     return posixpath.normpath("/" + name.lstrip("/")) if name not in ("", ".") else "/"
 
 
-def iter_tar(stream: _Counting, caps: Caps) -> Iterator[TarMember]:
+def iter_tar(stream: HashingReader, caps: Caps) -> Iterator[TarMember]:
     """Headers of an uncompressed tar stream (:mod:`manifests.tarformat`); contents are skipped
     (and hashed by ``stream``)."""
     count = 0
@@ -198,32 +165,44 @@ _DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _decompress(media_type: str, raw: _Counting) -> _Readable:
-    if media_type in (MediaType.OCI_LAYER_GZIP, MediaType.DOCKER_LAYER_GZIP):
-        return cast(_Readable, igzip.IGzipFile(fileobj=raw, mode="rb"))  # type: ignore[no-untyped-call]
-    if media_type == MediaType.OCI_LAYER_ZSTD:
-        reader = zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, raw), read_across_frames=True)
-        return cast(_Readable, reader)
-    if media_type == MediaType.OCI_LAYER_TAR:
-        return raw
-    raise DocumentError(f"unsupported layer media type {media_type!r}")
+def _gunzip(raw: HashingReader) -> Readable:
+    return cast(Readable, igzip.IGzipFile(fileobj=raw, mode="rb"))  # type: ignore[no-untyped-call]
+
+
+def _unzstd(raw: HashingReader) -> Readable:
+    return cast(
+        Readable, zstandard.ZstdDecompressor().stream_reader(cast(BinaryIO, raw), read_across_frames=True)
+    )
+
+
+_DECOMPRESSORS: dict[str, Decompressor] = {
+    MediaType.OCI_LAYER_GZIP: _gunzip,
+    MediaType.DOCKER_LAYER_GZIP: _gunzip,
+    MediaType.OCI_LAYER_ZSTD: _unzstd,
+}
+
+
+def _too_large(limit: int) -> VerificationError:
+    return VerificationError(f"layer exceeds {limit} bytes", reason="size")
 
 
 def _scan_layer(
     src: _Source, *, digest: Digest, size: int, media_type: str, diff_id: Digest | None, caps: Caps
 ) -> list[TarMember]:
     with src.open_blob(digest) as fh:
-        raw = _Counting(fh, limit=size)
-        plain = _Counting(_decompress(media_type, raw), limit=caps.max_bytes)
+        raw = HashingReader(fh, limit=size, over_limit=_too_large)
+        plain = HashingReader(
+            open_layer(raw, media_type, _DECOMPRESSORS), limit=caps.max_bytes, over_limit=_too_large
+        )
         try:
             members = list(iter_tar(plain, caps))
             plain.drain()
         except _DECOMPRESS_ERRORS as exc:
             raise DocumentError(f"layer {digest}: cannot decompress: {exc}") from exc
         raw.drain()
-    if raw.h.hexdigest() != digest.hex or raw.n != size:
+    if raw.hexdigest != digest.hex or raw.n != size:
         raise VerificationError(f"layer {digest}: digest or size mismatch", reason="digest")
-    if diff_id is not None and plain.h.hexdigest() != diff_id.hex:
+    if diff_id is not None and plain.hexdigest != diff_id.hex:
         raise VerificationError(
             f"layer {digest}: uncompressed content does not match diff_id {diff_id}", reason="digest"
         )
@@ -249,6 +228,21 @@ def _apply(fs: dict[str, TarMember], members: list[TarMember]) -> None:
         fs[m.path] = m
 
 
+_LayerSpec = tuple[Digest, int, str, dict[str, str]]  # digest, size, media type, annotations
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Found:
+    """What an archive says the image is, before any layer is read."""
+
+    digest: str | None
+    tag: str | None
+    annotations: dict[str, str]
+    config_raw: bytes
+    config_digest: Digest
+    layers: list[_LayerSpec]
+
+
 def inspect_image(
     path: Path, *, ref: str | None = None, files: bool = True, caps: Caps | None = None
 ) -> dict[str, Any]:
@@ -262,51 +256,20 @@ def inspect_image(
     with ExitStack() as stack:
         src = _Source(path, stack)
         if src.has("index.json"):
-            layout = OCILayout.open(path) if src.layout is not None else None
-            if layout is not None:
-                desc = layout.resolve(ref)
-            else:
-                from manifests.oci import OCIIndex
-
-                index = OCIIndex.from_bytes(src.read("index.json"))
-                desc = select_manifest(index.manifests, ref, where=str(path))
-            if MediaType(desc.media_type).is_index if desc.media_type in set(MediaType) else False:
-                raise DocumentError(f"{path}: nested image indexes are not supported by inspect")
-            raw_manifest = src.blob(desc.digest)
-            man = OCIManifest.from_bytes(raw_manifest)
-            digest: str | None = str(desc.digest)
-            tag = desc.annotations.get(REF_NAME)
-            config_raw = src.blob(man.config.digest)
-            layer_specs = [(d.digest, d.size, d.media_type, dict(d.annotations)) for d in man.layers]
-            annotations = dict(man.annotations)
-            config_digest = man.config.digest
+            found = _find_oci(src, path, ref)
         elif src.has("manifest.json"):
-            doc = _docker_manifest(src.read("manifest.json"))
-            cfg_name = doc["Config"]
-            config_raw = src.read(cfg_name)
-            config_digest = Digest.of(config_raw)
-            digest, tag, annotations = None, (doc.get("RepoTags") or [None])[0], {}
-            layer_specs = []
-            for name in doc["Layers"]:
-                h = hashlib.sha256()
-                n = 0
-                with src.open(name) as fh:
-                    while block := fh.read(_CHUNK):
-                        h.update(block)
-                        n += len(block)
-                src.names[h.hexdigest()] = name
-                layer_specs.append((Digest(h.hexdigest()), n, str(MediaType.OCI_LAYER_TAR), {}))
+            found = _find_docker(src)
         else:
             raise DocumentError(f"{path}: neither an OCI layout nor a docker archive")
-        config = parse_json_object(config_raw, what="image config")
+        config = parse_json_object(found.config_raw, what="image config")
         diff_ids = _diff_ids(config)
-        if len(diff_ids) != len(layer_specs):
+        if len(diff_ids) != len(found.layers):
             raise DocumentError(
-                f"{path}: config lists {len(diff_ids)} diff_ids for {len(layer_specs)} layers"
+                f"{path}: config lists {len(diff_ids)} diff_ids for {len(found.layers)} layers"
             )
         fs: dict[str, TarMember] = {}
         layers_out: list[dict[str, Any]] = []
-        for (ldigest, lsize, mtype, ann), diff_id in zip(layer_specs, diff_ids, strict=True):
+        for (ldigest, lsize, mtype, ann), diff_id in zip(found.layers, diff_ids, strict=True):
             members = _scan_layer(
                 src, digest=ldigest, size=lsize, media_type=mtype, diff_id=diff_id, caps=caps
             )
@@ -322,31 +285,82 @@ def inspect_image(
                     "annotations": ann,
                 }
             )
-    cfg_value = config.get("config")
-    cfg: dict[str, Any] = cfg_value if isinstance(cfg_value, dict) else {}
     info: dict[str, Any] = {
         "path": str(path),
-        "digest": digest,
-        "tag": tag,
-        "config_digest": str(config_digest),
-        "annotations": annotations,
+        "digest": found.digest,
+        "tag": found.tag,
+        "config_digest": str(found.config_digest),
+        "annotations": found.annotations,
         "platform": f"{config.get('os')}/{config.get('architecture')}",
         "created": config.get("created"),
-        "config": {
-            "user": cfg.get("User"),
-            "env": cfg.get("Env") or [],
-            "entrypoint": cfg.get("Entrypoint") or [],
-            "cmd": cfg.get("Cmd") or [],
-            "workdir": cfg.get("WorkingDir"),
-            "ports": sorted(cfg.get("ExposedPorts") or {}),
-            "volumes": sorted(cfg.get("Volumes") or {}),
-            "labels": cfg.get("Labels") or {},
-        },
+        "config": _run_config(config),
         "layers": layers_out,
     }
     if files:
         info["files"] = [_file_dict(fs[p]) for p in sorted(fs, key=lambda p: p.split("/"))]
     return info
+
+
+def _find_oci(src: _Source, path: Path, ref: str | None) -> _Found:
+    """The image an OCI layout (directory or oci-archive) names by ``ref`` (or its only image)."""
+    if src.layout is not None:
+        desc = OCILayout.open(path).resolve(ref)
+    else:
+        from manifests.oci import OCIIndex
+
+        index = OCIIndex.from_bytes(src.read("index.json"))
+        desc = select_manifest(index.manifests, ref, where=str(path))
+    if MediaType(desc.media_type).is_index if desc.media_type in set(MediaType) else False:
+        raise DocumentError(f"{path}: nested image indexes are not supported by inspect")
+    man = OCIManifest.from_bytes(src.blob(desc.digest))
+    return _Found(
+        digest=str(desc.digest),
+        tag=desc.annotations.get(REF_NAME),
+        annotations=dict(man.annotations),
+        config_raw=src.blob(man.config.digest),
+        config_digest=man.config.digest,
+        layers=[(d.digest, d.size, d.media_type, dict(d.annotations)) for d in man.layers],
+    )
+
+
+def _find_docker(src: _Source) -> _Found:
+    """The image of a docker-archive: its layers are named by file, so they are hashed here."""
+    doc = _docker_manifest(src.read("manifest.json"))
+    config_raw = src.read(doc["Config"])
+    layers: list[_LayerSpec] = []
+    for name in doc["Layers"]:
+        h = hashlib.sha256()
+        n = 0
+        with src.open(name) as fh:
+            while block := fh.read(_CHUNK):
+                h.update(block)
+                n += len(block)
+        src.names[h.hexdigest()] = name
+        layers.append((Digest(h.hexdigest()), n, str(MediaType.OCI_LAYER_TAR), {}))
+    return _Found(
+        digest=None,
+        tag=(doc.get("RepoTags") or [None])[0],
+        annotations={},
+        config_raw=config_raw,
+        config_digest=Digest.of(config_raw),
+        layers=layers,
+    )
+
+
+def _run_config(config: dict[str, Any]) -> dict[str, Any]:
+    """What the image runs, as its config says (user, command, environment, ports, volumes)."""
+    value = config.get("config")
+    cfg: dict[str, Any] = value if isinstance(value, dict) else {}
+    return {
+        "user": cfg.get("User"),
+        "env": cfg.get("Env") or [],
+        "entrypoint": cfg.get("Entrypoint") or [],
+        "cmd": cfg.get("Cmd") or [],
+        "workdir": cfg.get("WorkingDir"),
+        "ports": sorted(cfg.get("ExposedPorts") or {}),
+        "volumes": sorted(cfg.get("Volumes") or {}),
+        "labels": cfg.get("Labels") or {},
+    }
 
 
 def _inside(name: str) -> bool:

@@ -13,7 +13,7 @@ import os
 import posixpath
 import re
 import stat
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -590,7 +590,3 @@ def assemble(manifest: ImageManifest, *, debian: PreparedDebian | None = None) -
         exc.hint = None  # now inside the problem's text, as a manifest's own problems carry theirs
         exc.args = (exc.message,)
         raise
-
-
-def iter_regular(entries: Iterable[Entry]) -> Iterable[Entry]:
-    return (e for e in entries if e.kind is EntryKind.FILE)

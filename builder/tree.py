@@ -54,10 +54,6 @@ class Category(enum.StrEnum):
     RUNTIME = "runtime"  # interpreters and shared libraries: ELF closures, /usr/lib, /lib*, /usr/share
     APP = "app"  # the application's own files
 
-    @property
-    def rank(self) -> int:
-        return list(Category).index(self)
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Entry:

@@ -38,7 +38,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from kiln.testing import free_port, http_get, private_dockerd, wait_http
+from tests.kit.services import free_port, http_get, private_dockerd, wait_http
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "demo-out"

@@ -88,44 +88,56 @@ def _number(value: object) -> float:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
 
 
+def _host(name: str, doc: dict[str, Any]) -> HostRecord:
+    version = doc.get("version")
+    return HostRecord(
+        id=name,
+        group=str(doc.get("group", "default")),
+        version=version if isinstance(version, int) and not isinstance(version, bool) else None,
+        health=str(doc.get("health", "unknown")),
+        seen=_number(doc.get("seen")),
+    )
+
+
+def _release_key(rec: dict[str, Any], parts: list[str], doc: dict[str, Any]) -> None:
+    """One key under ``P/releases/V/`` (``parts[2:]``) into the release's record ``rec``."""
+    if parts[2] == "rollout" and len(parts) == 3:
+        try:
+            rec["rollout"] = Rollout.from_dict(doc)
+        except (KeyError, TypeError, ValueError):
+            rec["rollout"] = None
+    elif parts[2] == "halt" and len(parts) == 3:
+        rec["halt"] = doc
+    elif parts[2] == "hosts" and len(parts) == 4:
+        try:
+            state = Progress(str(doc.get("state")))
+        except ValueError:
+            return
+        rec["progress"][parts[3]] = HostProgress(
+            state=state,
+            at=_number(doc.get("at")),
+            group=str(doc.get("group", "default")),
+            detail=str(doc.get("detail", ""))[:500],
+        )
+
+
 def _parse(prefix: str, revision: int, kvs: tuple[KeyValue, ...]) -> FleetSnapshot:
     hosts: dict[str, HostRecord] = {}
     releases: dict[int, dict[str, Any]] = {}
     slots: dict[str, list[Holder]] = {}
     for kv in kvs:
         parts = kv.key[len(prefix) :].split("/")
-        doc = _json(kv) if parts[0] != "slots" else None
-        if parts[0] == "hosts" and len(parts) == 2 and doc is not None:
-            version = doc.get("version")
-            hosts[parts[1]] = HostRecord(
-                id=parts[1],
-                group=str(doc.get("group", "default")),
-                version=version if isinstance(version, int) and not isinstance(version, bool) else None,
-                health=str(doc.get("health", "unknown")),
-                seen=_number(doc.get("seen")),
-            )
-        elif parts[0] == "releases" and len(parts) >= 3 and parts[1].isdigit() and doc is not None:
-            rec = releases.setdefault(int(parts[1]), {"progress": {}})
-            if parts[2] == "rollout" and len(parts) == 3:
-                try:
-                    rec["rollout"] = Rollout.from_dict(doc)
-                except (KeyError, TypeError, ValueError):
-                    rec["rollout"] = None
-            elif parts[2] == "halt" and len(parts) == 3:
-                rec["halt"] = doc
-            elif parts[2] == "hosts" and len(parts) == 4:
-                try:
-                    state = Progress(str(doc.get("state")))
-                except ValueError:
-                    continue
-                rec["progress"][parts[3]] = HostProgress(
-                    state=state,
-                    at=_number(doc.get("at")),
-                    group=str(doc.get("group", "default")),
-                    detail=str(doc.get("detail", ""))[:500],
-                )
-        elif parts[0] == "slots" and len(parts) == 4 and parts[2] == "holders":
-            slots.setdefault(parts[1], []).append(holder_from(kv, parts[1]))
+        if parts[0] == "slots":
+            if len(parts) == 4 and parts[2] == "holders":
+                slots.setdefault(parts[1], []).append(holder_from(kv, parts[1]))
+            continue
+        doc = _json(kv)
+        if doc is None:
+            continue
+        if parts[0] == "hosts" and len(parts) == 2:
+            hosts[parts[1]] = _host(parts[1], doc)
+        elif parts[0] == "releases" and len(parts) >= 3 and parts[1].isdigit() and len(parts[1]) <= 18:
+            _release_key(releases.setdefault(int(parts[1]), {"progress": {}}), parts, doc)
     return FleetSnapshot(
         revision=revision,
         hosts=hosts,

@@ -53,7 +53,7 @@ VERBS: dict[str, tuple[str, str]] = {
 }
 VERB_MODULES: tuple[str, ...] = tuple(dict.fromkeys(module for module, _ in VERBS.values()))
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2  # 3 refused comes from KilnError.exit_code
 
 
 class _Parser(argparse.ArgumentParser):

@@ -316,7 +316,7 @@ def cmd_verify(args: argparse.Namespace, out: Output) -> int:
 
 
 def _verify(args: argparse.Namespace, image: OpenedImage) -> list[Digest]:
-    from signing.image import image_nodes, stored_layers, verify_image
+    from signing.image import verify_image
 
     store, root = image.store, image.root
     repository = args.identity or image.registry_name
@@ -328,21 +328,15 @@ def _verify(args: argparse.Namespace, image: OpenedImage) -> list[Digest]:
         policy = TrustPolicy.from_bytes(
             read_capped(args.policy, limit=MAX_POLICY_BYTES, what="trust policy"), source=str(args.policy)
         )
-        now = datetime.now(UTC)
-        verified = []
-        for node in image_nodes(store, root):
-            policy.evaluate(
-                repository=repository,
-                tag=image.tag,
-                image_digest=node.digest,
-                signatures=stored_layers(store, signature_tag(node.digest)),
-                attestations=stored_layers(store, attestation_tag(node.digest)),
-                now=now,
+        return list(
+            verify_image(
+                store,
+                root,
+                identity=Identity(repository=repository, tag=image.tag),
+                policy=policy,
+                now=datetime.now(UTC),
             )
-            verified.append(node.digest)
-        # Policy evaluation covers signatures; the blobs are checked as verify does without a policy.
-        verify_blobs_only(store, root)
-        return verified
+        )
     if not args.key:
         raise UsageError("verify needs --key PUB (or --policy FILE)")
     if repository is None:
@@ -353,15 +347,6 @@ def _verify(args: argparse.Namespace, image: OpenedImage) -> list[Digest]:
     return list(
         verify_image(store, root, identity=identity, keys=_public_keys(args.key), threshold=args.threshold)
     )
-
-
-def verify_blobs_only(store: ArtifactStore, root: Descriptor) -> None:
-    from signing.image import image_nodes
-
-    for node in image_nodes(store, root):
-        if node.manifest is not None:
-            for desc in (node.manifest.config, *node.manifest.layers):
-                store.verify_blob(desc.digest, size=desc.size)
 
 
 def _statement_for(kind: PredicateKind, blob: bytes, root: Descriptor, name: str) -> bytes:

@@ -68,6 +68,7 @@ class Output:
             print(message, file=self.stderr, flush=True)
 
     def warn(self, message: str) -> None:
+        """A warning on stderr, even with ``--quiet`` (an unsafe flag warns every time)."""
         print(f"kiln: warning: {message}", file=self.stderr, flush=True)
 
     def result(self, human: str, data: dict[str, Any]) -> None:

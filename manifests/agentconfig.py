@@ -174,62 +174,22 @@ class _Schema(FieldChecker):
         self.keys(d, "", required=_REQUIRED, optional=_OPTIONAL)
         self.header(d, KIND, wording="unsupported value", escape=False)
         source = self._text(d, "source")
-        if source is not None and source.startswith("oci:") and not Path(source[4:]).is_absolute():
-            source = f"oci:{self.base / source[4:]}"
-        channel = self._text(d, "channel")
-        if channel and not LOWER_NAME.match(channel):
-            self.report("channel", f"invalid channel '{channel}'", _NAME_HINT)
+        channel = self._channel(d)
         trust_root = self._path(d, "trust_root")
         state = self._path(d, "state")
-        runtime = RuntimeKind.RUNC
-        if "runtime" in d:
-            chosen = self.choice(d["runtime"], "runtime", [k.value for k in RuntimeKind])
-            runtime = RuntimeKind(chosen) if chosen is not None else runtime
-        docker_host = self._text(d, "docker_host") if "docker_host" in d else None
-        if runtime is RuntimeKind.DOCKER and docker_host is None and "docker_host" not in d:
-            self.report("docker_host", "missing: runtime docker needs the engine's address", at="runtime")
-        dataplane = DataPlaneKind.EMBEDDED
-        if "dataplane" in d:
-            picked = self.choice(d["dataplane"], "dataplane", [k.value for k in DataPlaneKind])
-            dataplane = DataPlaneKind(picked) if picked is not None else dataplane
-            if dataplane is DataPlaneKind.HAPROXY and runtime is RuntimeKind.DOCKER:
-                self.report(
-                    "dataplane",
-                    "haproxy cannot reach docker instances",
-                    "HAProxy enters named network namespaces only: use embedded with runtime docker",
-                )
-        poll = 30.0
-        if "poll_interval" in d:
-            # a bare number is refused as "expected a string", as this document always has
-            text = self.string(d["poll_interval"], "poll_interval")
-            if text is not None:
-                examples = "500ms, 30s or 5m"
-                poll = self.duration(text, "poll_interval", examples=examples, escape=False) or poll
-        group = "default"
-        if "group" in d:
-            text = self.string(d["group"], "group")
-            if text is not None and not LOWER_NAME.match(text):
-                self.report("group", f"invalid group '{text}'", _NAME_HINT)
-            elif text is not None:
-                group = text
-        attempts = 3
-        if "max_attempts" in d:
-            attempts = self.bounded(d["max_attempts"], "max_attempts", 1, 100) or attempts
-        insecure = False
-        if "insecure" in d:
-            insecure = bool(self.boolean(d["insecure"], "insecure"))
-        listen = None
-        if "status_listen" in d:
-            listen = self._listen(d["status_listen"])
+        runtime, docker_host = self._runtime(d)
+        poll = self._poll_interval(d)
+        group = self._group(d)
+        attempts = self.bounded(d["max_attempts"], "max_attempts", 1, 100) if "max_attempts" in d else None
+        insecure = bool(self.boolean(d["insecure"], "insecure")) if "insecure" in d else False
+        listen = self._listen(d["status_listen"]) if "status_listen" in d else None
+        dataplane = self._dataplane(d, runtime)
         images = self._images(d)
-        limits = AgentLimits()
-        if "limits" in d:
-            section = self.mapping(d["limits"], "limits")
-            if section is not None:
-                limits = limits_from_mapping(self, section, "limits")
+        limits = self._limits(d)
+        fleet = self._fleet(d["fleet"]) if "fleet" in d else None
         self.finish()
         return AgentConfig(
-            source=source or "",
+            source=self._located(source or ""),
             channel=channel or "",
             trust_root=trust_root or Path(),
             state=state or Path(),
@@ -238,12 +198,12 @@ class _Schema(FieldChecker):
             dataplane=dataplane,
             poll_interval=poll,
             group=group,
-            max_attempts=attempts,
+            max_attempts=attempts or 3,
             insecure=insecure,
             status_listen=listen,
             images=images,
             limits=limits,
-            fleet=self._fleet(d["fleet"]) if "fleet" in d else None,
+            fleet=fleet,
         )
 
     def _fleet(self, value: object) -> FleetLink | None:
@@ -273,6 +233,64 @@ class _Schema(FieldChecker):
         if len(urls) != 1:
             return None
         return FleetLink(etcd=urls.get("etcd"), fleetlock=urls.get("fleetlock"), name=name, host=host)
+
+    def _located(self, location: str) -> str:
+        """A relative ``oci:DIR`` is relative to the config file's directory."""
+        if location.startswith("oci:") and not Path(location[4:]).is_absolute():
+            return f"oci:{self.base / location[4:]}"
+        return location
+
+    def _channel(self, d: dict[str, object]) -> str | None:
+        channel = self._text(d, "channel")
+        if channel and not LOWER_NAME.match(channel):
+            self.report("channel", f"invalid channel '{channel}'", _NAME_HINT)
+        return channel
+
+    def _runtime(self, d: dict[str, object]) -> tuple[RuntimeKind, str | None]:
+        """The runtime adapter, and the engine address the docker one needs."""
+        runtime = RuntimeKind.RUNC
+        if "runtime" in d:
+            chosen = self.choice(d["runtime"], "runtime", [k.value for k in RuntimeKind])
+            runtime = RuntimeKind(chosen) if chosen is not None else runtime
+        docker_host = self._text(d, "docker_host") if "docker_host" in d else None
+        if runtime is RuntimeKind.DOCKER and docker_host is None and "docker_host" not in d:
+            self.report("docker_host", "missing: runtime docker needs the engine's address", at="runtime")
+        return runtime, docker_host
+
+    def _poll_interval(self, d: dict[str, object]) -> float:
+        if "poll_interval" not in d:
+            return 30.0
+        # a bare number is refused as "expected a string", as this document always has
+        text = self.string(d["poll_interval"], "poll_interval")
+        if text is None:
+            return 30.0
+        return self.duration(text, "poll_interval", examples="500ms, 30s or 5m", escape=False) or 30.0
+
+    def _group(self, d: dict[str, object]) -> str:
+        if "group" not in d:
+            return "default"
+        text = self.string(d["group"], "group")
+        if text is not None and not LOWER_NAME.match(text):
+            self.report("group", f"invalid group '{text}'", _NAME_HINT)
+            return "default"
+        return text or "default"
+
+    def _limits(self, d: dict[str, object]) -> AgentLimits:
+        section = self.mapping(d["limits"], "limits") if "limits" in d else None
+        return limits_from_mapping(self, section, "limits") if section is not None else AgentLimits()
+
+    def _dataplane(self, d: dict[str, object], runtime: RuntimeKind) -> DataPlaneKind:
+        if "dataplane" not in d:
+            return DataPlaneKind.EMBEDDED
+        picked = self.choice(d["dataplane"], "dataplane", [k.value for k in DataPlaneKind])
+        dataplane = DataPlaneKind(picked) if picked is not None else DataPlaneKind.EMBEDDED
+        if dataplane is DataPlaneKind.HAPROXY and runtime is RuntimeKind.DOCKER:
+            self.report(
+                "dataplane",
+                "haproxy cannot reach docker instances",
+                "HAProxy enters named network namespaces only: use embedded with runtime docker",
+            )
+        return dataplane
 
     def _text(self, d: dict[str, object], key: str) -> str | None:
         if key not in d:
@@ -329,9 +347,7 @@ class _Schema(FieldChecker):
                 )
                 continue
             seen[repo] = join_key(path, "repository")
-            if loc.startswith("oci:") and not Path(loc[4:]).is_absolute():
-                loc = f"oci:{self.base / loc[4:]}"
-            out.append(ImageLocation(repository=repo, location=loc))
+            out.append(ImageLocation(repository=repo, location=self._located(loc)))
         return tuple(out)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from manifests.image import (
@@ -53,52 +53,44 @@ class ImageContentsChecker(ImagePathChecker):
                 "contents", "must not be empty", "list what goes into the image: " + ", ".join(CONTENT_KINDS)
             )
             return ()
-        out: list[ContentItem] = []
         self._debian_at: str | None = None
         self._debian_users: list[str] = []
-        for i, raw in enumerate(items):
-            path = join_index("contents", i)
-            item = self.mapping(raw, path)
-            if item is None:
-                continue
-            kinds = [k for k in item if k in CONTENT_KINDS]
-            if len(kinds) > 1:
-                self.report(
-                    path,
-                    f"has both '{kinds[0]}' and '{kinds[1]}'",
-                    "split it into one contents item per kind",
-                )
-                continue
-            if not kinds:
-                unknown = [k for k in item if k not in CONTENT_KINDS]
-                if unknown:
-                    self.keys(item, path, optional=CONTENT_KINDS)
-                else:
-                    self.report(path, "expected exactly one of: " + ", ".join(CONTENT_KINDS))
-                continue
-            self.keys(item, path, optional=CONTENT_KINDS)
-            kind = kinds[0]
-            value = item[kind]
-            sub = join_key(path, kind)
-            parsed: ContentItem | None
-            if kind == "files":
-                parsed = self._files(value, sub)
-            elif kind == "closure":
-                parsed = self._closure(value, sub)
-            elif kind == "tree":
-                parsed = self._tree(value, sub)
-            elif kind == "symlink":
-                parsed = self._symlink(value, sub)
-            elif kind == "debian":
-                parsed = self._debian(value, sub)
-            else:
-                parsed = self._dir(value, sub)
-            if parsed is not None:
-                out.append(parsed)
+        parsed = [self._item(raw, join_index("contents", i)) for i, raw in enumerate(items)]
         if self._debian_at is None:
             for where in self._debian_users:
                 self.report(where, "no debian source to read from", "add a contents item 'debian: {...}'")
-        return tuple(out)
+        return tuple(item for item in parsed if item is not None)
+
+    def _item(self, raw: object, path: str) -> ContentItem | None:
+        """One contents item: a mapping with exactly one of :data:`CONTENT_KINDS`."""
+        item = self.mapping(raw, path)
+        if item is None:
+            return None
+        kinds = [k for k in item if k in CONTENT_KINDS]
+        if len(kinds) > 1:
+            self.report(
+                path,
+                f"has both '{kinds[0]}' and '{kinds[1]}'",
+                "split it into one contents item per kind",
+            )
+            return None
+        if not kinds:
+            if any(k not in CONTENT_KINDS for k in item):
+                self.keys(item, path, optional=CONTENT_KINDS)
+            else:
+                self.report(path, "expected exactly one of: " + ", ".join(CONTENT_KINDS))
+            return None
+        self.keys(item, path, optional=CONTENT_KINDS)
+        kind = kinds[0]
+        readers: dict[str, Callable[[object, str], ContentItem | None]] = {
+            "files": self._files,
+            "closure": self._closure,
+            "tree": self._tree,
+            "symlink": self._symlink,
+            "debian": self._debian,
+            "dir": self._dir,
+        }
+        return readers[kind](item[kind], join_key(path, kind))
 
     def _debian(self, value: object, path: str) -> DebianSource | None:
         m = self.mapping(value, path)
@@ -114,19 +106,9 @@ class ImageContentsChecker(ImagePathChecker):
         suite = None
         if "suite" in m:
             suite = self.matching(m["suite"], join_key(path, "suite"), _SUITE, "suite", "e.g. bookworm")
-        mirror = DEFAULT_DEBIAN_MIRROR
-        if "mirror" in m:
-            where = join_key(path, "mirror")
-            text = self.string(m["mirror"], where)
-            if text is not None and (
-                not text.startswith(("http://", "https://"))
-                or CONTROL_CHARS.search(text)
-                or " " in text
-                or len(text) > 1024
-            ):
-                self.report(where, "must be an http:// or https:// URL", f"e.g. {DEFAULT_DEBIAN_MIRROR}")
-            elif text is not None:
-                mirror = text.rstrip("/")
+        mirror = (
+            self._mirror(m["mirror"], join_key(path, "mirror")) if "mirror" in m else DEFAULT_DEBIAN_MIRROR
+        )
         components: tuple[str, ...] | None = ("main",)
         if "components" in m:
             components = self._names(m["components"], join_key(path, "components"), _COMPONENT, "component")
@@ -155,6 +137,21 @@ class ImageContentsChecker(ImagePathChecker):
             exclude=exclude,
             sysroot_only=sysroot_only,
         )
+
+    def _mirror(self, value: object, where: str) -> str:
+        """The archive's base URL (http or https, no trailing slash)."""
+        text = self.string(value, where)
+        if text is None:
+            return DEFAULT_DEBIAN_MIRROR
+        if (
+            not text.startswith(("http://", "https://"))
+            or CONTROL_CHARS.search(text)
+            or " " in text
+            or len(text) > 1024
+        ):
+            self.report(where, "must be an http:// or https:// URL", f"e.g. {DEFAULT_DEBIAN_MIRROR}")
+            return DEFAULT_DEBIAN_MIRROR
+        return text.rstrip("/")
 
     def _names(self, value: object, path: str, pattern: re.Pattern[str], what: str) -> tuple[str, ...] | None:
         items = self.sequence(value, path, of=" of strings")

@@ -233,13 +233,21 @@ class ImagePathChecker(FieldChecker):
         self, workdir: str | None, writable: tuple[str, ...], volumes: tuple[str, ...]
     ) -> None:
         """Report every clash between the declarations and the run-time directories."""
+        first = self._deciding_declarations()
+        for decl in self._decls:
+            self._check_parents(decl.path, decl.where, first)
+        for prefix, where in self._glob_prefixes:
+            self._check_parents(prefix + "/x", where, first)
+        self._check_run_time_dirs(workdir, writable, volumes, first)
+
+    def _deciding_declarations(self) -> dict[str, _Decl]:
+        """The declaration that decides each path; a path declared twice incompatibly is reported."""
         first: dict[str, _Decl] = {}
         for decl in self._decls:
             prior = first.get(decl.path)
             if prior is None:
                 first[decl.path] = decl
-                continue
-            if prior.kind != decl.kind:
+            elif prior.kind != decl.kind:
                 self.report(
                     decl.where,
                     f"conflicting entries: {decl.kind.with_article} here, "
@@ -261,10 +269,16 @@ class ImagePathChecker(FieldChecker):
                     f"duplicate destination (first declared at {prior.where})",
                     "each path may be declared once",
                 )
-        for decl in self._decls:
-            self._check_parents(decl.path, decl.where, first)
-        for prefix, where in self._glob_prefixes:
-            self._check_parents(prefix + "/x", where, first)
+        return first
+
+    def _check_run_time_dirs(
+        self,
+        workdir: str | None,
+        writable: tuple[str, ...],
+        volumes: tuple[str, ...],
+        first: Mapping[str, _Decl],
+    ) -> None:
+        """The working directory, writable paths and volumes must be directories in the image."""
         if workdir is not None:
             owner = first.get(workdir)
             if owner is not None and owner.kind is Declared.FILE:

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import BinaryIO
 
-from manifests.atomic import atomic_write, fsync_dir
+from manifests.atomic import atomic_write, fsync_dir, naming
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
@@ -185,19 +185,22 @@ class OCILayout:
         """
         blobdir = self.root / "blobs" / "sha256"
         blobdir.mkdir(parents=True, exist_ok=True)
-        fd, tmpname = tempfile.mkstemp(dir=blobdir, prefix=".ingest-", suffix=".tmp")
+        with naming(blobdir):
+            fd, tmpname = tempfile.mkstemp(dir=blobdir, prefix=".ingest-", suffix=".tmp")
         tmp = Path(tmpname)
         try:
             with os.fdopen(fd, "wb") as fh:
                 sink = BlobSink(fh, tmp, limit=limit)
                 yield sink
-                fh.flush()
-                if durable:
-                    os.fsync(fh.fileno())
+                with naming(blobdir):
+                    fh.flush()
+                    if durable:
+                        os.fsync(fh.fileno())
             digest = Digest(sink._h.hexdigest())
             _check_expected(digest, expected)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, self.blob_path(digest))
+            with naming(self.blob_path(digest)):
+                os.chmod(tmp, 0o644)
+                os.replace(tmp, self.blob_path(digest))
             sink._digest = digest
         except BaseException:
             with contextlib.suppress(FileNotFoundError):

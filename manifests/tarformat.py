@@ -16,7 +16,7 @@ comes from the caller's :class:`TarWording`, so each caller keeps the messages i
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from manifests.errors import DocumentError
@@ -133,26 +133,11 @@ def read_tar(
     end-of-archive block the rest of ``stream`` is read and discarded; a stream that simply ends
     between members is accepted.
     """
-    pax: dict[str, str] = {}
-    long_name: str | None = None
-    long_link: str | None = None
+    extended = _Extended()
     while True:
-        block = stream.read(BLOCK)
-        if not block:
-            return  # no end-of-archive blocks: tolerated
-        if len(block) < BLOCK:
-            block += _exact(stream, BLOCK - len(block), wording, wording.truncated_header)
-        if block == _ZERO_BLOCK:
-            while stream.read(_CHUNK):
-                pass
+        block = _header_block(stream, wording)
+        if block is None:
             return
-        stored = _number(block[148:156], "checksum", wording)
-        unsigned = sum(block[:148]) + 256 + sum(block[156:])
-        signed = unsigned - 2 * (
-            sum(b for b in block[:148] if b > 127) + sum(b for b in block[156:] if b > 127)
-        )
-        if stored not in (unsigned, signed):
-            raise wording.error(wording.checksum)
         flag = block[156:157]
         on_header(flag)
         size = _number(block[124:136], "size", wording)
@@ -160,33 +145,14 @@ def read_tar(
             if size > caps.max_extended:
                 raise wording.error(wording.extended, size=size, max=caps.max_extended)
             data = _exact(stream, size + (-size % BLOCK), wording, wording.truncated_extended)[:size]
-            if flag == b"x":
-                pax = _pax(data, wording)
-            elif flag == b"L":
-                long_name = _text(data)
-            elif flag == b"K":
-                long_link = _text(data)
-            continue  # global PAX headers ('g') are read and ignored
-        name = _text(block[0:100])
-        if block[257:263] == b"ustar\x00" and block[345:500].strip(b"\0"):
-            name = _text(block[345:500]) + "/" + name
-        name = pax.get("path", long_name if long_name is not None else name)
-        link = pax.get("linkpath", long_link if long_link is not None else _text(block[157:257]))
-        size = _pax_number(pax, "size", size, wording)
-        kind = _KINDS.get(flag, f"other:{flag!r}")
-        header = TarHeader(
-            name=name,
-            flag=flag,
-            kind=kind,
-            mode=_number(block[100:108], "mode", wording) & 0o7777,
-            uid=_pax_number(pax, "uid", _number(block[108:116], "uid", wording), wording),
-            gid=_pax_number(pax, "gid", _number(block[116:124], "gid", wording), wording),
-            size=size if kind == "file" else 0,
-            link=link,
-        )
-        if len(name) > caps.max_name or len(link) > caps.max_name:
-            raise wording.error(wording.name, length=max(len(name), len(link)), max=caps.max_name)
-        pax, long_name, long_link = {}, None, None
+            extended.read(flag, data, wording)
+            continue
+        header, size = extended.member(block, size, wording)
+        if len(header.name) > caps.max_name or len(header.link) > caps.max_name:
+            raise wording.error(
+                wording.name, length=max(len(header.name), len(header.link)), max=caps.max_name
+            )
+        extended = _Extended()
         content = TarContent(stream, size, wording)
         yield header, content
         left = content.left + (-size % BLOCK)
@@ -195,6 +161,68 @@ def read_tar(
             if not chunk:
                 raise wording.error(wording.truncated_skip)
             left -= len(chunk)
+
+
+def _header_block(stream: _Readable, wording: TarWording) -> bytes | None:
+    """The next header block, its checksum verified; None at the end of the archive (the rest of
+    ``stream`` read and discarded after end-of-archive blocks; a stream that just ends is fine)."""
+    block = stream.read(BLOCK)
+    if not block:
+        return None
+    if len(block) < BLOCK:
+        block += _exact(stream, BLOCK - len(block), wording, wording.truncated_header)
+    if block == _ZERO_BLOCK:
+        while stream.read(_CHUNK):
+            pass
+        return None
+    stored = _number(block[148:156], "checksum", wording)
+    unsigned = sum(block[:148]) + 256 + sum(block[156:])
+    signed = unsigned - 2 * (sum(b for b in block[:148] if b > 127) + sum(b for b in block[156:] if b > 127))
+    if stored not in (unsigned, signed):
+        raise wording.error(wording.checksum)
+    return block
+
+
+@dataclass(slots=True)
+class _Extended:
+    """What extended headers (PAX ``x``, GNU ``L``/``K``) say about the next member."""
+
+    pax: dict[str, str] = field(default_factory=dict)
+    long_name: str | None = None
+    long_link: str | None = None
+
+    def read(self, flag: bytes, data: bytes, wording: TarWording) -> None:
+        if flag == b"x":
+            self.pax = _pax(data, wording)
+        elif flag == b"L":
+            self.long_name = _text(data)
+        elif flag == b"K":
+            self.long_link = _text(data)
+        # global PAX headers ('g') are read and ignored
+
+    def member(self, block: bytes, size: int, wording: TarWording) -> tuple[TarHeader, int]:
+        """The member ``block`` describes, with these overrides; and its content size."""
+        name = _text(block[0:100])
+        if block[257:263] == b"ustar\x00" and block[345:500].strip(b"\0"):
+            name = _text(block[345:500]) + "/" + name
+        name = self.pax.get("path", self.long_name if self.long_name is not None else name)
+        link = self.pax.get(
+            "linkpath", self.long_link if self.long_link is not None else _text(block[157:257])
+        )
+        size = _pax_number(self.pax, "size", size, wording)
+        flag = block[156:157]
+        kind = _KINDS.get(flag, f"other:{flag!r}")
+        header = TarHeader(
+            name=name,
+            flag=flag,
+            kind=kind,
+            mode=_number(block[100:108], "mode", wording) & 0o7777,
+            uid=_pax_number(self.pax, "uid", _number(block[108:116], "uid", wording), wording),
+            gid=_pax_number(self.pax, "gid", _number(block[116:124], "gid", wording), wording),
+            size=size if kind == "file" else 0,
+            link=link,
+        )
+        return header, size
 
 
 def _exact(stream: _Readable, n: int, wording: TarWording, truncated: str) -> bytes:

@@ -15,7 +15,7 @@ threshold of root N's ``root`` keys and of its own (see :mod:`signing.root`)::
       keys: [<PEM>, <64-hex key id>]
       threshold: 2
       channels: [production, "staging-*"]   # optional, default ["*"]: every channel
-    images:                              # the trust policy format of signing/policy.py
+    images:                              # the trust policy format (manifests.trustpolicy)
       keys:
         team-a: {public_key: <PEM>, algorithm: ecdsa-p256, expires: 2028-01-01T00:00:00Z}
       rules:
@@ -37,11 +37,7 @@ accepts only that form, so one root has exactly one signed spelling.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import re
-import textwrap
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -53,10 +49,20 @@ import yaml
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import DocumentError, ManifestError, VerificationError
-from manifests.fields import CONTROL_CHARS, FieldChecker, format_utc_time
+from manifests.fields import format_utc_time
 from manifests.image import API_VERSION
 from manifests.payload import payload_document, require_canonical
 from manifests.source import SourceDocument, join_index, join_key, load_document, parse_document
+from manifests.trustpolicy import (
+    ATTESTATION_KINDS,
+    KEY_ALGORITHMS,
+    ImageKey,
+    ImageRule,
+    ImageRules,
+    PolicyChecker,
+    normalize_pem,
+    pem_key_id,
+)
 
 __all__ = [
     "KIND",
@@ -79,49 +85,12 @@ __all__ = [
 KIND = "TrustRoot"
 MAX_ROOT_BYTES = 1024 * 1024
 MAX_ROLE_KEYS = 64
-# The attestation kinds and key algorithms signing/ knows (signing.attestation.PredicateKind,
-# signing.keys.KeyAlgorithm); manifests/ may not import signing/, a test keeps them equal.
-ATTESTATION_KINDS = ("slsaprovenance", "spdx")
-KEY_ALGORITHMS = ("ecdsa-p256", "ed25519")
 
 _TOP_REQUIRED = ("apiVersion", "kind", "version", "expires", "root", "releases")
 _TOP_OPTIONAL = ("images", "keys")
-_PEM_BEGIN = "-----BEGIN PUBLIC KEY-----"
-_PEM_END = "-----END PUBLIC KEY-----"
 _KEY_ID = re.compile(r"[0-9a-f]{64}\Z")
 _GLOB = re.compile(r"[a-z0-9*?._-]{1,64}\Z")
-_MAX_PEM = 16 * 1024
 _KEY_HINT = "write a PEM public key (-----BEGIN PUBLIC KEY-----) or the 64-hex id of a key given elsewhere"
-
-
-def pem_key_id(pem: str) -> str | None:
-    """The key id of a PEM ``PUBLIC KEY`` (sha256 of its DER), or None if it is not one."""
-    der = _pem_der(pem)
-    return None if der is None else hashlib.sha256(der).hexdigest()
-
-
-def normalize_pem(pem: str) -> str:
-    """Re-armour a PEM public key: 64-character lines, one trailing newline."""
-    der = _pem_der(pem)
-    if der is None:
-        raise ValueError("not a PEM public key")
-    body = "\n".join(textwrap.wrap(base64.b64encode(der).decode("ascii"), 64))
-    return f"{_PEM_BEGIN}\n{body}\n{_PEM_END}\n"
-
-
-def _pem_der(pem: str) -> bytes | None:
-    if len(pem) > _MAX_PEM:
-        return None
-    text = pem.strip()
-    if not text.startswith(_PEM_BEGIN) or not text.endswith(_PEM_END):
-        return None
-    body = "".join(text[len(_PEM_BEGIN) : -len(_PEM_END)].split())
-    try:
-        der = base64.b64decode(body, validate=True)
-    except (binascii.Error, ValueError):
-        return None
-    # A DER SEQUENCE (0x30) is the least a SubjectPublicKeyInfo is; signing/ parses the rest.
-    return der if len(der) > 2 and der[0] == 0x30 else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,49 +114,6 @@ class ReleaseRole(Role):
 
     def to_dict(self) -> dict[str, Any]:
         return {"keys": list(self.key_ids), "threshold": self.threshold, "channels": list(self.channels)}
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ImageKey:
-    name: str
-    public_key: str  # normalized PEM
-    algorithm: str | None = None
-    expires: datetime | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"public_key": self.public_key}
-        if self.algorithm is not None:
-            out["algorithm"] = self.algorithm
-        if self.expires is not None:
-            out["expires"] = format_utc_time(self.expires)
-        return out
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ImageRule:
-    repositories: tuple[str, ...]
-    keys: tuple[str, ...]  # ImageKey names
-    threshold: int = 1
-    attestations: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "repositories": list(self.repositories),
-            "keys": list(self.keys),
-            "threshold": self.threshold,
-            "attestations": list(self.attestations),
-        }
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ImageRules:
-    """The image trust policy (signing.policy format), kept as data: signing/ evaluates it."""
-
-    keys: tuple[ImageKey, ...]  # sorted by name
-    rules: tuple[ImageRule, ...]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"keys": {k.name: k.to_dict() for k in self.keys}, "rules": [r.to_dict() for r in self.rules]}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -295,10 +221,9 @@ def trust_root_from_document(doc: SourceDocument) -> TrustRoot:
 # The schema
 
 
-class _RootSchema(FieldChecker):
+class _RootSchema(PolicyChecker):
     def __init__(self, doc: SourceDocument) -> None:
-        super().__init__(doc)
-        self._pems: dict[str, str] = {}  # every key id given as PEM anywhere -> normalized PEM
+        super().__init__(doc)  # the PEMs seen anywhere (self._pems) come from PolicyChecker.pem
         self._pending: list[tuple[str, str]] = []  # (key id written by id, where)
 
     def root(self) -> TrustRoot:
@@ -340,22 +265,6 @@ class _RootSchema(FieldChecker):
     def _time(self, value: object, where: str) -> datetime | None:
         return self.utc_time(value, where, example="2027-01-01T00:00:00Z", specific=False)
 
-    def _pem(self, value: object, where: str) -> str | None:
-        text = self.string(value, where)
-        if text is None:
-            return None
-        kid = pem_key_id(text)
-        if kid is None:
-            self.report(
-                where,
-                "not a PEM public key",
-                "expected -----BEGIN PUBLIC KEY----- ... -----END PUBLIC KEY-----",
-            )
-            return None
-        pem = normalize_pem(text)
-        self._pems.setdefault(kid, pem)
-        return kid
-
     def _key_table(self, d: Mapping[str, Any]) -> None:
         if "keys" not in d:
             return
@@ -367,7 +276,7 @@ class _RootSchema(FieldChecker):
             if not _KEY_ID.match(kid):
                 self.report(where, "not a key id", "key ids are 64 lowercase hex digits (sha256 of the key)")
                 continue
-            got = self._pem(value, where)
+            got = self.pem(value, where)
             if got is not None and got != kid:
                 self.report(where, f"key id does not match its key (the key's id is {got})")
 
@@ -416,7 +325,7 @@ class _RootSchema(FieldChecker):
             self._pending.append((raw, where))
             return raw
         if isinstance(raw, str) and raw.strip().startswith("-----BEGIN"):
-            return self._pem(raw, where)
+            return self.pem(raw, where)
         if isinstance(raw, str):
             self.report(where, "not a public key or key id", _KEY_HINT)
             return None
@@ -439,91 +348,8 @@ class _RootSchema(FieldChecker):
                 self.invalid(join_index(where, i), "channel glob", g, "channel names with * and ?")
         return globs
 
-    # -- images (the trust policy format)
-
     def _images(self, value: object) -> ImageRules | None:
         m = self.mapping(value, "images")
         if m is None or not self.keys(m, "images", required=("keys", "rules")):
             return None
-        keys = self._image_keys(m["keys"])
-        rules = self._image_rules(m["rules"], {k.name for k in keys})
-        return ImageRules(keys=keys, rules=rules)
-
-    def _image_keys(self, value: object) -> tuple[ImageKey, ...]:
-        table = self.mapping(value, "images.keys")
-        if table is None:
-            return ()
-        if not table:
-            self.report("images.keys", "must not be empty", "name the keys that sign images")
-        out: list[ImageKey] = []
-        for name, raw in table.items():
-            where = join_key("images.keys", name)
-            if not name or CONTROL_CHARS.search(name):
-                self.report(where, "invalid key name")
-                continue
-            k = self.mapping(raw, where)
-            if k is None or not self.keys(
-                k, where, required=("public_key",), optional=("algorithm", "expires")
-            ):
-                continue
-            kid = self._pem(k["public_key"], join_key(where, "public_key"))
-            algorithm = None
-            if "algorithm" in k:
-                algorithm = self.choice(k["algorithm"], join_key(where, "algorithm"), KEY_ALGORITHMS)
-            expires = self._time(k["expires"], join_key(where, "expires")) if "expires" in k else None
-            if kid is not None:
-                out.append(
-                    ImageKey(name=name, public_key=self._pems[kid], algorithm=algorithm, expires=expires)
-                )
-        return tuple(sorted(out, key=lambda k: k.name))
-
-    def _image_rules(self, value: object, names: set[str]) -> tuple[ImageRule, ...]:
-        items = self.sequence(value, "images.rules", of=" of rules")
-        if items is None:
-            return ()
-        if not items:
-            self.report("images.rules", "must not be empty", "an empty policy allows nothing")
-            return ()
-        out: list[ImageRule] = []
-        for i, raw in enumerate(items):
-            where = join_index("images.rules", i)
-            r = self.mapping(raw, where)
-            if r is None or not self.keys(
-                r, where, required=("repositories", "keys"), optional=("threshold", "attestations")
-            ):
-                continue
-            repos = self.strings(r["repositories"], join_key(where, "repositories"))
-            if repos is not None and (not repos or not all(repos)):
-                self.report(join_key(where, "repositories"), "needs non-empty repository globs")
-            keys = self.strings(r["keys"], join_key(where, "keys"))
-            if keys is not None and not keys:
-                self.report(join_key(where, "keys"), "must not be empty", "name at least one key")
-            for j, k in enumerate(keys or ()):
-                if k not in names:
-                    self.report(
-                        join_index(join_key(where, "keys"), j),
-                        f"unknown key '{k}'",
-                        "define it under images.keys",
-                    )
-            threshold = 1
-            if "threshold" in r:
-                t = self.integer(r["threshold"], join_key(where, "threshold"))
-                distinct = len(set(keys or ()))
-                if t is not None and not 1 <= t <= max(distinct, 1):
-                    self.report(
-                        join_key(where, "threshold"),
-                        f"out of range (1 to {distinct}, the distinct keys named)",
-                    )
-                elif t is not None:
-                    threshold = t
-            attestations: tuple[str, ...] = ()
-            if "attestations" in r:
-                sub = join_key(where, "attestations")
-                attestations = self.strings(r["attestations"], sub) or ()
-                for j, a in enumerate(attestations):
-                    self.choice(a, join_index(sub, j), ATTESTATION_KINDS)
-            if repos and keys:
-                out.append(
-                    ImageRule(repositories=repos, keys=keys, threshold=threshold, attestations=attestations)
-                )
-        return tuple(out)
+        return self.image_rules(m, "images")

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
 from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
 from manifests.mediatypes import MediaType
-from manifests.oci import Descriptor, OCIIndex, OCIManifest
+from manifests.oci import Descriptor, OCIIndex, OCIManifest, parse_json_object
 from signing.attestation import VerifiedAttestation, make_attestation_layer, verify_attestation_layers
 from signing.cosign import (
     MAX_LAYER_BYTES,
@@ -29,9 +30,10 @@ from signing.cosign import (
 )
 from signing.keys import PublicKey
 from signing.payload import SimpleSigningPayload
+from signing.policy import Policy, SignedBy, SignedImage
 from signing.signer import Signer
 from signing.store import ArtifactStore
-from signing.verify import Identity, verify_signature_layers
+from signing.verify import Identity
 
 __all__ = [
     "ImageNode",
@@ -39,6 +41,7 @@ __all__ = [
     "stored_layers",
     "sign_image",
     "verify_image",
+    "pinned_root",
     "attest_image",
     "verify_image_attestations",
 ]
@@ -141,26 +144,51 @@ def verify_image(
     root: Descriptor,
     *,
     identity: Identity,
-    keys: Sequence[PublicKey],
+    policy: Policy | None = None,
+    keys: Sequence[PublicKey] = (),
     threshold: int = 1,
+    now: datetime | None = None,
     check_blobs: bool = True,
 ) -> tuple[Digest, ...]:
-    """Verify signatures on the image (index and every platform manifest) and, by default, every
-    blob it references. Returns the digests verified; raises VerificationError on any failure."""
+    """Verify the image (the index and every platform manifest it lists) under ``policy`` and, by
+    default, re-hash every blob it references. Returns the digests verified; raises
+    VerificationError on any failure.
+
+    Every manifest must be signed; attestations are those of the image as a whole (the root's, as
+    ``kiln attest`` writes them). Without ``policy``, ``keys`` and ``threshold`` make a
+    :class:`~signing.policy.SignedBy`. This is the one image verification: ``kiln verify`` and the
+    agent both call it.
+    """
+    judge: Policy = policy if policy is not None else SignedBy(keys=tuple(keys), threshold=threshold)
+    when = now if now is not None else datetime.now(UTC)
     verified = []
-    for node in image_nodes(store, root):
-        layers = stored_layers(store, signature_tag(node.digest))
-        if not layers:
-            raise VerificationError(
-                f"no signature for {node.digest}", reason="signature", hint="sign it with kiln sign"
-            )
-        verify_signature_layers(
-            layers, image_digest=node.digest, identity=identity, keys=keys, threshold=threshold
+    nodes = image_nodes(store, root)
+    attestations = stored_layers(store, attestation_tag(root.digest)) if policy is not None else ()
+    for node in nodes:
+        image = SignedImage(
+            identity=identity,
+            digest=node.digest,
+            signatures=stored_layers(store, signature_tag(node.digest)),
+            attestations=attestations,
+            attested=root.digest,
         )
+        judge.verify(image, now=when)
         if check_blobs and node.manifest is not None:
             _verify_blobs(store, node.manifest)
         verified.append(node.digest)
     return tuple(verified)
+
+
+def pinned_root(store: ArtifactStore, digest: Digest) -> Descriptor:
+    """The descriptor of the manifest or index ``digest`` names (a release pins only the digest)."""
+    raw = store.read_blob(digest)
+    try:
+        doc = parse_json_object(raw, what=f"manifest {digest}")
+    except DocumentError as exc:
+        raise VerificationError(exc.message, reason="manifest") from None
+    index = doc.get("mediaType") in _INDEX_TYPES or "manifests" in doc
+    media_type = MediaType.OCI_INDEX if index else MediaType.OCI_MANIFEST
+    return Descriptor(media_type=media_type, digest=digest, size=len(raw))
 
 
 def attest_image(

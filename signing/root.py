@@ -24,15 +24,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from types import MappingProxyType
 
 from manifests.errors import KilnError, VerificationError
 from manifests.trustroot import MAX_ROOT_BYTES, Role, TrustRoot, parse_trust_root
-from signing.attestation import PredicateKind
 from signing.dsse import MAX_SIGNATURES as DSSE_MAX_SIGNATURES
 from signing.dsse import Envelope, sign_envelope
-from signing.keys import KeyAlgorithm, PublicKey
-from signing.policy import PolicyKey, PolicyRule, TrustPolicy
+from signing.keys import PublicKey
+from signing.policy import TrustPolicy, load_policy
 from signing.signer import Signer
 
 __all__ = [
@@ -125,26 +123,7 @@ def image_policy(root: TrustRoot) -> TrustPolicy:
     policy, which refuses every image."""
     if root.images is None:
         return TrustPolicy(expires=root.expires)
-    keys: dict[str, PolicyKey] = {}
-    for k in root.images.keys:
-        try:
-            expect = KeyAlgorithm(k.algorithm) if k.algorithm is not None else None
-            public = PublicKey.from_pem(
-                k.public_key.encode("ascii"), expect=expect, what=f"image key {k.name!r}"
-            )
-        except KilnError as exc:
-            raise VerificationError(exc.message, reason="key", hint=exc.hint) from None
-        keys[k.name] = PolicyKey(name=k.name, key=public, expires=k.expires)
-    rules = tuple(
-        PolicyRule(
-            repositories=r.repositories,
-            keys=r.keys,
-            threshold=r.threshold,
-            attestations=tuple(PredicateKind(a) for a in r.attestations),
-        )
-        for r in root.images.rules
-    )
-    return TrustPolicy(keys=MappingProxyType(keys), rules=rules, expires=root.expires)
+    return load_policy(root.images, expires=root.expires)
 
 
 def check_root_keys(root: TrustRoot) -> None:

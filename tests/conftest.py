@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kiln.testing import PrivateDockerd, private_dockerd
+from tests.kit.services import PrivateDockerd, private_dockerd
 from tests.support import require_root, require_tool
 
 

@@ -53,25 +53,47 @@ ALTERNATIVES: dict[str, tuple[tuple[str, str, int], ...]] = {
 
 def apply_effects(ex: _Extractor, packages: Sequence[PackageInfo], architecture: str) -> tuple[str, ...]:
     """Apply the effects to the root being extracted; returns a description of each one applied."""
-    done: list[str] = []
+    del architecture
+    names = {p.name for p in packages}
+    return (
+        *_merged_usr(ex),
+        *_dpkg_status(ex, packages),
+        *(_ca_bundle(ex) if "ca-certificates" in names else ()),
+        *_alternatives(ex, names),
+    )
+
+
+def _merged_usr(ex: _Extractor) -> list[str]:
+    """``/bin`` -> ``usr/bin`` and its kin, where the packages shipped only the ``/usr`` side."""
+    done = []
     for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
         if ex.kinds.get(f"/usr/{top}", ("",))[0] == "dir" and f"/{top}" not in ex.kinds:
             ex.add_symlink(f"/{top}", f"usr/{top}")
             done.append(f"merged-usr /{top} -> usr/{top}")
+    return done
+
+
+def _dpkg_status(ex: _Extractor, packages: Sequence[PackageInfo]) -> list[str]:
+    """One ``/var/lib/dpkg/status.d`` entry per package, as distroless images keep them."""
     for info in packages:
         ex.add_generated(f"/var/lib/dpkg/status.d/{info.name}", info.control.encode())
-    if packages:
-        done.append(f"dpkg status.d entries for {len(packages)} packages")
-    names = {p.name for p in packages}
-    if "ca-certificates" in names:
-        certs = sorted(
-            p
-            for p, (kind, _) in ex.kinds.items()
-            if kind == "file" and p.startswith("/usr/share/ca-certificates/") and p.endswith(".crt")
-        )
-        bundle = b"".join((ex.read(p) or b"").rstrip(b"\n") + b"\n" for p in certs)
-        ex.add_generated("/etc/ssl/certs/ca-certificates.crt", bundle)
-        done.append(f"CA bundle from {len(certs)} certificates")
+    return [f"dpkg status.d entries for {len(packages)} packages"] if packages else []
+
+
+def _ca_bundle(ex: _Extractor) -> list[str]:
+    """``update-ca-certificates``: the bundle of every certificate the packages shipped."""
+    certs = sorted(
+        p
+        for p, (kind, _) in ex.kinds.items()
+        if kind == "file" and p.startswith("/usr/share/ca-certificates/") and p.endswith(".crt")
+    )
+    bundle = b"".join((ex.read(p) or b"").rstrip(b"\n") + b"\n" for p in certs)
+    ex.add_generated("/etc/ssl/certs/ca-certificates.crt", bundle)
+    return [f"CA bundle from {len(certs)} certificates"]
+
+
+def _alternatives(ex: _Extractor, names: set[str]) -> list[str]:
+    """``update-alternatives``: each link to the highest-priority program that is present."""
     links: dict[str, tuple[int, str]] = {}
     for name in sorted(names):
         for link, program, priority in ALTERNATIVES.get(name, ()):
@@ -80,9 +102,9 @@ def apply_effects(ex: _Extractor, packages: Sequence[PackageInfo], architecture:
             best = links.get(link)
             if best is None or (priority, program) > best:
                 links[link] = (priority, program)
+    done = []
     for link, (_, program) in sorted(links.items()):
         if link not in ex.kinds:
             ex.add_symlink(link, program)
             done.append(f"alternative {link} -> {program}")
-    del architecture
-    return tuple(done)
+    return done

@@ -99,6 +99,22 @@ def _dir_body(node: _Node) -> None:
 
 def write_erofs(entries: list[Entry] | tuple[Entry, ...], out: BinaryIO, *, mtime: int, uuid: str) -> int:
     """Write an EROFS image of ``entries`` (parents first) to ``out``; returns its size in bytes."""
+    root, nodes = _tree(entries)
+    meta_blocks, total_blocks = _place(nodes)
+    meta = _metadata(root, nodes, meta_blocks, total_blocks, mtime=mtime, uuid=uuid)
+    out.write(meta)
+    written = len(meta)
+    for node in nodes:
+        if node.full_blocks:
+            written += _write_blocks(node, out)
+    if written != total_blocks * BLOCK:  # pragma: no cover - an internal inconsistency
+        raise BuildError(f"erofs: wrote {written} bytes, planned {total_blocks * BLOCK}")
+    return written
+
+
+def _tree(entries: list[Entry] | tuple[Entry, ...]) -> tuple[_Node, list[_Node]]:
+    """The inode tree of ``entries``: one node per file, directory and symlink (hard links share
+    their leader's node), every directory's body built."""
     root = _Node(entry=None, kind=EntryKind.DIR, mode=0o755, uid=0, gid=0, nlink=2)
     nodes: list[_Node] = [root]
     by_path: dict[str, _Node] = {"/": root}
@@ -135,8 +151,13 @@ def write_erofs(entries: list[Entry] | tuple[Entry, ...], out: BinaryIO, *, mtim
     for node in nodes:
         if node.kind is EntryKind.DIR:
             _dir_body(node)
+    return root, nodes
 
-    # Metadata area: inodes (with their inline tails) from nid 36 on.
+
+def _place(nodes: list[_Node]) -> tuple[int, int]:
+    """Give every node its inode number, node id and data blocks; returns (metadata blocks, total
+    blocks). Inodes (with their inline tails) fill the metadata area from nid 36 on; then every
+    node's full blocks follow, in node order. Directory bodies get their children's node ids."""
     pos = _FIRST_INODE
     for ino, node in enumerate(nodes, start=1):
         node.ino = ino
@@ -154,14 +175,20 @@ def write_erofs(entries: list[Entry] | tuple[Entry, ...], out: BinaryIO, *, mtim
         if node.full_blocks:
             node.blkaddr = blk
             blk += node.full_blocks
-    total_blocks = blk
-
-    # Directory bodies now know every node id.
     for node in nodes:
         if node.dir_body is not None:
             for offset, target in node.dirent_slots:
                 struct.pack_into("<Q", node.dir_body, offset, target.nid)
+    return meta_blocks, blk
 
+
+_KIND_BITS = {EntryKind.FILE: stat.S_IFREG, EntryKind.DIR: stat.S_IFDIR, EntryKind.SYMLINK: stat.S_IFLNK}
+
+
+def _metadata(
+    root: _Node, nodes: list[_Node], meta_blocks: int, total_blocks: int, *, mtime: int, uuid: str
+) -> bytearray:
+    """The metadata area: the superblock, then every inode with its inline tail."""
     meta = bytearray(meta_blocks * BLOCK)
     struct.pack_into(
         "<IIIBBHQQIIII16s16sI",
@@ -184,20 +211,14 @@ def write_erofs(entries: list[Entry] | tuple[Entry, ...], out: BinaryIO, *, mtim
         0,  # feature_incompat
     )
     for node in nodes:
-        i_format = 1 | (node.layout << 1)
-        kind_bits = {
-            EntryKind.FILE: stat.S_IFREG,
-            EntryKind.DIR: stat.S_IFDIR,
-            EntryKind.SYMLINK: stat.S_IFLNK,
-        }
         off = node.nid * _SLOT
         struct.pack_into(
             "<HHHHQIIIIQII16x",
             meta,
             off,
-            i_format,
+            1 | (node.layout << 1),  # i_format: extended inode, data layout
             0,  # xattr_icount
-            kind_bits[node.kind] | node.mode,
+            _KIND_BITS[node.kind] | node.mode,
             0,
             node.size,
             node.blkaddr,
@@ -211,14 +232,7 @@ def write_erofs(entries: list[Entry] | tuple[Entry, ...], out: BinaryIO, *, mtim
         if node.layout == _FLAT_INLINE:
             tail_bytes = _tail(node)
             meta[off + _INODE : off + _INODE + len(tail_bytes)] = tail_bytes
-    out.write(meta)
-    written = len(meta)
-    for node in nodes:
-        if node.full_blocks:
-            written += _write_blocks(node, out)
-    if written != total_blocks * BLOCK:  # pragma: no cover - an internal inconsistency
-        raise BuildError(f"erofs: wrote {written} bytes, planned {total_blocks * BLOCK}")
-    return written
+    return meta
 
 
 def _content(node: _Node) -> bytes | None:

@@ -13,10 +13,10 @@ from agent.docker_runtime import LABEL, DockerRuntime, seccomp_json, write_docke
 from agent.errors import InstanceError
 from agent.runtime import InstanceSpec, InstanceStatus, new_instance_id
 from agent.store import ContentStore, LayoutSource
-from kiln.testing import PrivateDockerd, free_port
 from manifests.errors import VerificationError
 from tests.agent.conftest import WebImage
 from tests.agent.imagekit import http_in_netns
+from tests.kit.services import PrivateDockerd, free_port
 
 
 def test_docker_archive_lists_the_stored_blobs(python_web: WebImage) -> None:

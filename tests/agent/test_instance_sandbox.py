@@ -25,9 +25,9 @@ from agent.runc import RuncRuntime
 from agent.runtime import InstanceSpec, InstanceStatus, ResourceLimits, new_instance_id
 from agent.store import ContentStore, LayoutSource, PulledImage
 from agent.unpack import UnpackedRoot, root_fingerprint, unpack_image
-from kiln.testing import PrivateDockerd, free_port
 from manifests.release import Resources
 from tests.agent.imagekit import M, http_in_netns, tar_bytes, write_image
+from tests.kit.services import PrivateDockerd, free_port
 from tests.support import require_root, require_tool
 
 PROBE_C = Path(__file__).resolve().parents[1] / "data" / "sandbox" / "probe.c"

@@ -15,7 +15,7 @@ import pytest
 
 from agent.errors import InstanceError, RuntimeFailure
 from agent.netns import connect_in_netns, create_netns, delete_netns, list_netns, netns_path
-from kiln.testing import free_port
+from tests.kit.services import free_port
 from tests.support import require_root, require_tool
 
 pytestmark = pytest.mark.integration

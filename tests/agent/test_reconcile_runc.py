@@ -20,7 +20,6 @@ from agent.netns import list_netns
 from agent.reconcile import Agent
 from agent.runtime import InstanceStatus
 from kiln.cli import main
-from kiln.testing import PrivateDockerd, private_registry
 from manifests.agentconfig import AgentConfig, ImageLocation, RuntimeKind
 from manifests.mediatypes import MediaType
 from manifests.oci import Descriptor
@@ -39,6 +38,7 @@ from tests.agent.agentkit import (
 )
 from tests.agent.conftest import WebImage
 from tests.agent.test_reconcile import Clock, Poller
+from tests.kit.services import PrivateDockerd, private_registry
 from tests.support import require_root, require_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -14,9 +14,9 @@ from agent.netns import list_netns
 from agent.runc import RuncRuntime, parse_runc_time
 from agent.runtime import InstanceSpec, InstanceStatus, new_instance_id
 from agent.unpack import root_fingerprint
-from kiln.testing import free_port
 from tests.agent.conftest import WebImage
 from tests.agent.imagekit import http_in_netns
+from tests.kit.services import free_port
 from tests.support import require_root, require_tool
 
 

@@ -8,8 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from builder.inspect import Caps, TarMember, _apply, _Counting, format_tree, iter_tar
+from builder.inspect import Caps, TarMember, _apply, format_tree, iter_tar
 from manifests.errors import DocumentError, KilnError
+from manifests.layerstream import HashingReader
 
 
 def tar_of(*infos: tuple[tarfile.TarInfo, bytes]) -> bytes:
@@ -22,7 +23,7 @@ def tar_of(*infos: tuple[tarfile.TarInfo, bytes]) -> bytes:
 
 
 def members(data: bytes, caps: Caps | None = None) -> list[TarMember]:
-    return list(iter_tar(_Counting(io.BytesIO(data), limit=1 << 30), caps or Caps()))
+    return list(iter_tar(HashingReader(io.BytesIO(data), limit=1 << 30), caps or Caps()))
 
 
 def info(name: str, **kw: object) -> tarfile.TarInfo:

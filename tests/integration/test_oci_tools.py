@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kiln.testing import PrivateDockerd, free_port, wait_http
 from tests.integration.helpers import build_json, copy_example
+from tests.kit.services import PrivateDockerd, free_port, wait_http
 from tests.support import require_root, require_tool
 
 pytestmark = pytest.mark.integration

@@ -19,8 +19,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kiln.testing import free_port, wait_http
 from manifests.digest import Digest
+from tests.kit.services import free_port, wait_http
 
 __all__ = ["RegistryProcess", "bcrypt_hash", "TokenAuthConfig"]
 

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from kiln.cli import main
-from kiln.testing import PrivateDockerd, free_port, wait_http
 from manifests.digest import Digest, sha256_file
 from manifests.layout import OCILayout
 from tests.integration.helpers import build_json, copy_example
+from tests.kit.services import PrivateDockerd, free_port, wait_http
 from tests.publisher.conftest import Target, _registry
 from tests.support import require_tool
 

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from manifests.digest import Digest
-from manifests.errors import VerificationError
+from manifests.errors import ManifestError, VerificationError
 from manifests.layout import OCILayout
 from manifests.oci import Descriptor
 from signing.cosign import (
@@ -329,8 +329,10 @@ def test_rsa_key_offered_for_a_p256_policy() -> None:
 def test_an_empty_policy_refuses(alice: LocalSigner) -> None:
     from datetime import UTC, datetime
 
+    with pytest.raises(ManifestError, match="the file is empty"):
+        TrustPolicy.from_bytes(b"")
     with pytest.raises(VerificationError, match="trust policy is empty") as info:
-        TrustPolicy.from_bytes(b"").evaluate(
+        TrustPolicy().evaluate(
             repository="reg.example/app",
             tag="v1",
             image_digest=IMG,

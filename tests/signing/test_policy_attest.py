@@ -120,22 +120,27 @@ def test_policy_required_attestations(alice: LocalSigner, bob: LocalSigner) -> N
 
 
 def test_empty_policy_from_rules_list(alice: LocalSigner, bob: LocalSigner) -> None:
-    policy = TrustPolicy.from_bytes(
-        policy_yaml(alice, bob, rule="  []\n").replace(b"rules:\n  []", b"rules: []")
-    )
-    with pytest.raises(VerificationError, match="trust policy is empty") as info:
-        policy.evaluate(repository="r", tag=None, image_digest=IMG, signatures=[sig(alice)], now=NOW)
-    assert info.value.reason == "policy"
+    # One parser (manifests.trustpolicy) for files and trust roots: an empty rule list is an error
+    # when the document is read, never a policy that could be evaluated.
+    with pytest.raises(ManifestError, match="rules: must not be empty") as info:
+        TrustPolicy.from_bytes(
+            policy_yaml(alice, bob, rule="  []\n").replace(b"rules:\n  []", b"rules: []"), source="p.yaml"
+        )
+    assert "an empty policy allows nothing" in str(info.value)
+    # A loaded policy without rules (a trust root with no images section) still refuses.
+    with pytest.raises(VerificationError, match="trust policy is empty") as refused:
+        TrustPolicy().evaluate(repository="r", tag=None, image_digest=IMG, signatures=[sig(alice)], now=NOW)
+    assert refused.value.reason == "policy"
 
 
 BAD_POLICIES = [
     ("unknown top key", "version: 1\nrulez: []\n", "p.yaml:2:1: rulez: unknown key (did you mean 'rules'?)"),
-    ("bad version", "version: 2\n", "p.yaml:1:10: version: unsupported version '2' (use version: 1)"),
-    ("bad expires", "expires: soon\n", "p.yaml:1:10: expires: not an ISO 8601 time: 'soon'"),
+    ("bad version", "version: 2\n", "p.yaml:1:1: version: unsupported version 2 (use version: 1)"),
+    ("bad expires", "expires: soon\n", "p.yaml:1:1: expires: invalid time 'soon'"),
     (
         "naive expires",
         "expires: 2030-01-01T00:00:00\n",
-        "p.yaml:1:10: expires: time needs a timezone (end it with Z)",
+        "p.yaml:1:1: expires: invalid time '2030-01-01T00:00:00' (write an RFC 3339 UTC time",
     ),
     (
         "rule unknown key",
@@ -145,21 +150,27 @@ BAD_POLICIES = [
     (
         "rule undefined key",
         "rules:\n  - repositories: [a]\n    keys: [nobody]\n",
-        "p.yaml:3:11: rules[0].keys[0]: unknown key 'nobody' (define it under keys:)",
+        "p.yaml:3:12: rules[0].keys[0]: unknown key 'nobody' (define it under keys)",
     ),
-    ("rule missing repos", "rules:\n  - keys: [a]\n", "p.yaml:2:5: rules[0]: missing 'repositories'"),
+    (
+        "rule missing repos",
+        "rules:\n  - keys: [a]\n",
+        "p.yaml:2:5: rules[0].repositories: missing required key",
+    ),
     (
         "bad key pem",
         "keys:\n  k:\n    public_key: nope\n",
-        "p.yaml:3:17: keys.k.public_key: key 'k': not a PEM public key",
+        "p.yaml:3:5: keys.k.public_key: not a PEM public key",
     ),
     (
         "bad algorithm",
         "keys:\n  k:\n    algorithm: rsa\n    public_key: x\n",
-        "p.yaml:3:16: keys.k.algorithm: unknown algorithm 'rsa' (use ecdsa-p256 or ed25519)",
+        "p.yaml:3:5: keys.k.algorithm: unknown value 'rsa' (expected one of: ecdsa-p256, ed25519)",
     ),
-    ("not yaml", "a: [", "not valid YAML"),
-    ("rules not list", "rules: {}\n", "p.yaml:1:8: rules: expected a list"),
+    ("not yaml", "a: [", "p.yaml:1:5: invalid YAML"),
+    ("rules not list", "rules: {}\n", "p.yaml:1:1: rules: expected a list of rules, got mapping"),
+    ("no keys", "rules: []\n", "p.yaml:1:1: keys: missing required key"),
+    ("empty keys", "keys: {}\nrules: []\n", "p.yaml:1:1: keys: must not be empty"),
 ]
 
 
@@ -173,12 +184,15 @@ def test_policy_parse_errors(name: str, text: str, message: str) -> None:
 def test_policy_collects_every_problem() -> None:
     with pytest.raises(ManifestError) as info:
         TrustPolicy.from_bytes(b"version: 3\nfoo: 1\nrules: {}\n", source="p.yaml")
-    assert len(info.value.problems) == 3
+    assert len(info.value.problems) == 4  # keys missing, version, foo, rules not a list
+    lines = [(p.line or 0, p.col or 0) for p in info.value.problems]
+    assert lines == sorted(lines)  # in position order, like every manifests/ parser
 
 
 def test_policy_threshold_above_key_count(alice: LocalSigner, bob: LocalSigner) -> None:
     rule = "  - repositories: ['*']\n    keys: [alice, alice]\n    threshold: 2\n"
-    with pytest.raises(ManifestError, match="threshold 2 exceeds the 1 distinct key"):
+    message = r"rules\[0\].threshold: out of range \(1 to 1, the distinct keys named\)"
+    with pytest.raises(ManifestError, match=message):
         TrustPolicy.from_bytes(policy_yaml(alice, bob, rule=rule), source="p.yaml")
 
 
@@ -273,3 +287,63 @@ def test_attest_and_verify_in_a_layout(
 def test_cosign_artifact_blobs_cover_manifest(alice: LocalSigner) -> None:
     art = build_artifact([provenance_layer(alice)])
     assert set(art.blobs) == {art.manifest.config.digest, *(d.digest for d in art.manifest.layers)}
+
+
+# -- policy objects ----------------------------------------------------------------------------------
+
+
+def signed_image(*layers):  # type: ignore[no-untyped-def]
+    from signing.policy import SignedImage
+    from signing.verify import Identity
+
+    return SignedImage(
+        identity=Identity(repository="reg.example/apps/web", tag="v1"), digest=IMG, signatures=layers
+    )
+
+
+def test_empty_all_of_and_any_of_refuse(alice: LocalSigner) -> None:
+    from signing.policy import AllOf, AnyOf
+
+    for empty in (AllOf(()), AnyOf(())):
+        with pytest.raises(VerificationError, match=r"empty .* policy allows nothing") as info:
+            empty.verify(signed_image(sig(alice)), now=NOW)
+        assert info.value.reason == "policy"
+
+
+def test_all_of_and_any_of_compose(alice: LocalSigner, bob: LocalSigner) -> None:
+    from signing.policy import AllOf, AnyOf, SignedBy
+
+    by_alice = SignedBy(keys=(alice.public_key,))
+    by_bob = SignedBy(keys=(bob.public_key,))
+    image = signed_image(sig(alice))
+    AnyOf((by_bob, by_alice)).verify(image, now=NOW)
+    AllOf((by_alice,)).verify(image, now=NOW)
+    with pytest.raises(VerificationError, match="does not verify") as info:
+        AllOf((by_alice, by_bob)).verify(image, now=NOW)
+    assert info.value.reason == "signature"
+    with pytest.raises(VerificationError, match="does not verify"):
+        AnyOf((by_bob,)).verify(image, now=NOW)
+
+
+def test_unsafe_no_op_says_so_every_time(caplog: pytest.LogCaptureFixture) -> None:
+    from signing.policy import UnsafeNoOp
+
+    policy = UnsafeNoOp()
+    assert "unsafe" in policy.name
+    with caplog.at_level("WARNING", logger="signing.policy"):
+        policy.verify(signed_image(), now=NOW)
+        policy.verify(signed_image(), now=NOW)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "WITHOUT verification" in r.message]
+    assert len(warnings) == 2
+
+
+def test_policy_rules_all_apply(alice: LocalSigner, bob: LocalSigner) -> None:
+    rule = (
+        "  - repositories: ['reg.example/**']\n    keys: [alice]\n"
+        "  - repositories: ['reg.example/apps/*']\n    keys: [bob]\n"
+    )
+    policy = TrustPolicy.from_bytes(policy_yaml(alice, bob, rule=rule))
+    assert [r.name for r in policy.for_repository("reg.example/apps/web").policies] == ["rule 0", "rule 1"]
+    policy.verify(signed_image(sig(alice), sig(bob)), now=NOW)
+    with pytest.raises(VerificationError, match="does not verify"):
+        policy.verify(signed_image(sig(alice)), now=NOW)

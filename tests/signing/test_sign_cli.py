@@ -173,5 +173,5 @@ def test_verify_with_policy(layout: OCILayout, capsys: pytest.CaptureFixture[str
     code, _, err = run(
         ["verify", "--policy", "policy.yaml", "--identity", "reg.example/img", "oci:img:v1"], capsys
     )
-    assert code == 3
-    assert "trust policy is empty" in err
+    assert code == 1  # an empty policy document is refused when it is read (manifests.trustpolicy)
+    assert "policy.yaml: the file is empty" in err

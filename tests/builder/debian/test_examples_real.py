@@ -22,12 +22,12 @@ from agent.store import ContentStore, LayoutSource, PulledImage
 from agent.unpack import UnpackedRoot, unpack_image
 from builder.debian.cache import default_cache
 from kiln.cli import main
-from kiln.testing import PrivateDockerd
 from manifests.debianlock import DebianLock
 from manifests.digest import Digest
 from signing.attestation import PredicateKind
 from tests.agent.imagekit import http_in_netns
 from tests.builder.debian.records import record_bytes, sbom_of
+from tests.kit.services import PrivateDockerd
 from tests.support import require_root, require_tool
 
 pytestmark = pytest.mark.integration

@@ -2,7 +2,9 @@
 
 Nothing here is used by kiln's commands; it exists so the test suite, ``bench/`` and
 ``make demo`` start the same private Docker engine the same way (loopback/Unix socket only,
-temporary state, no iptables, no bridge).
+temporary state, no iptables, no bridge). It lives under ``tests/`` so the wheel does not ship it
+(it used to be ``kiln/testing.py``); ``bench/`` and ``examples/`` run from a checkout and import it
+from there (the Makefile puts the checkout on ``PYTHONPATH``), so there is one copy.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def http_get(url: str, *, timeout: float = 1.0) -> tuple[int, bytes]:
     if not url.startswith(("http://127.", "http://localhost", "http://[::1]")):
         raise ValueError(f"refusing a non-loopback URL: {url}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - loopback only, checked
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
             return int(resp.status), resp.read()
     except urllib.error.HTTPError as exc:
         return int(exc.code), exc.read()
