@@ -184,7 +184,7 @@ def docker_runner(host: str) -> Runner:
 def _dockerd(skip: bool) -> AbstractContextManager[object]:
     if skip:
         return nullcontext(None)
-    from kiln.testing import private_dockerd
+    from tests.kit.services import private_dockerd
 
     return private_dockerd()
 

@@ -20,8 +20,8 @@ import httpx
 import pytest
 
 from kiln.cli import main
-from kiln.testing import private_registry
 from tests.integration.helpers import EXAMPLES
+from tests.kit.services import private_registry
 from tests.support import require_tool
 
 pytestmark = pytest.mark.integration

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 
 from kiln.cli import main
-from kiln.testing import private_registry
 from manifests.mediatypes import MediaType
 from tests.agent.vmkit import available
+from tests.kit.services import private_registry
 from tests.support import IN_CI, require_root, require_tool
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from kiln.cli import main
-from kiln.testing import private_registry
+from tests.kit.services import private_registry
 from tests.support import require_tool
 
 pytestmark = pytest.mark.integration

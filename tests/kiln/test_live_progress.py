@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from kiln.testing import private_registry
+from tests.kit.services import private_registry
 from tests.support import require_tool
 
 pytestmark = pytest.mark.integration

@@ -79,5 +79,7 @@ def test_policy_threshold_odd_digits_is_a_positioned_error(value: str) -> None:
         f"version: 1\nkeys:\n  alice:\n    public_key: |\n{pem}"
         f"rules:\n  - repositories: ['**']\n    keys: [alice]\n    threshold: '{value}'\n"
     )
-    with pytest.raises(ManifestError, match=r"rules\[0\]\.threshold: must be a positive integer"):
+    # a quoted value is a string where the one policy parser wants an integer: said at its position
+    expected = r"^p\.yaml:12:5: rules\[0\]\.threshold: expected an integer, got string"
+    with pytest.raises(ManifestError, match=expected):
         TrustPolicy.from_bytes(text.encode(), source="p.yaml")
