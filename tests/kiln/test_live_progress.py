@@ -39,9 +39,10 @@ class Screen:
         script.write_text(
             f"cd {shlex.quote(str(REPO))}\nexport {exports}\n{command}\necho {DONE} $?\nsleep 600\n"
         )
-        subprocess.run(
-            ["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=30, check=False
-        )
+        # A fresh server per command: starting one on the name of a server that is still shutting
+        # down makes tmux fail with "server exited unexpectedly".
+        self.close()
+        self.socket = f"kiln-test-{uuid.uuid4().hex[:10]}"
         proc = subprocess.run(
             ["tmux", "-L", self.socket, "-f", "/dev/null", "new-session", "-d", "-x", "120", "-y", "40",
              f"sh {shlex.quote(str(script))}"],
