@@ -43,6 +43,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from agent.compose import (
+    compose_image,
+    composed_fingerprint,
+    composed_layers,
+    park,
+    remove_composed,
+    unmount_strays,
+)
 from agent.errors import AgentError
 from agent.events import EventLog
 from agent.journal import InstanceRecord, Journal, JournalState, Refusal, ReleaseRef
@@ -58,9 +66,10 @@ from agent.rollout import (
     service_port,
 )
 from agent.runtime import InstanceStatus, Runtime
+from agent.snapshots import SnapshotStore
 from agent.sources import open_image_location
 from agent.store import ContentStore, PulledImage, StoreLimits
-from agent.unpack import UnpackLimits, remove_interrupted, remove_root, root_fingerprint, unpack_image
+from agent.unpack import UnpackLimits, remove_interrupted
 from manifests.agentconfig import AgentConfig, RuntimeKind
 from manifests.atomic import atomic_write
 from manifests.digest import Digest
@@ -152,6 +161,7 @@ class Agent:
         self.metrics = Metrics()
         self.store = ContentStore(self.state_dir, limits=StoreLimits.from_agent(config.limits))
         self.roots_dir = self.state_dir / "roots"
+        self.snapshots = SnapshotStore(self.state_dir)
         self.releases_dir = self.state_dir / "releases"
         self.releases_dir.mkdir(exist_ok=True, mode=0o700)
         self.runtime = runtime if runtime is not None else make_runtime(config, self.store)
@@ -197,6 +207,8 @@ class Agent:
                 with contextlib.suppress(KilnError):
                     self.runtime.stop(iid, grace=self.deployer.stop_grace)
             self.journal.commit(replace(self.journal.state, known=()))
+            with contextlib.suppress(KilnError, OSError):
+                unmount_strays(self.roots_dir)  # nothing runs from them any more
         self.deployer.close()
         close = getattr(self.runtime, "close", None)
         if callable(close) and stop_instances:
@@ -281,9 +293,9 @@ class Agent:
     def start(self) -> None:
         """Re-attach after a (re)start: stop what does not serve, finish or undo a rollout."""
         self._stop_strays("recover")
-        with contextlib.suppress(OSError):
-            remove_interrupted(self.roots_dir)
         st = self.journal.state
+        with contextlib.suppress(OSError, KilnError):
+            unmount_strays(self.roots_dir, keep=[Digest.parse(r.manifest) for r in st.instances])
         serving = {r.id for r in st.instances}
         missing = [iid for iid in serving if iid not in st.known]
         if missing:
@@ -441,8 +453,12 @@ class Agent:
         self.metrics.set_verify_rate(fetched, seconds)
 
     def _unpacked(self, service: Any, version: int, pin: Digest, image: PulledImage) -> Prepared:
-        root = unpack_image(
-            self.store, image, self.roots_dir, limits=UnpackLimits.from_agent(self.config.limits)
+        root = compose_image(
+            self.store,
+            image,
+            self.roots_dir,
+            self.snapshots,
+            limits=UnpackLimits.from_agent(self.config.limits),
         )
         port = service_port(service, image.config)
         health, grace = health_spec_for(service, image.config)
@@ -600,9 +616,10 @@ class Agent:
         if state.status is not InstanceStatus.RUNNING:
             return "died"
         if rec.manifest not in fingerprints:
-            path = self.roots_dir / Digest.parse(rec.manifest).hex
-            try:
-                fingerprints[rec.manifest] = root_fingerprint(path)
+            try:  # ``fingerprints`` also caches each snapshot's walk (keys without "sha256:")
+                fingerprints[rec.manifest] = composed_fingerprint(
+                    self.roots_dir, Digest.parse(rec.manifest), self.snapshots, fingerprints
+                )
             except OSError:
                 fingerprints[rec.manifest] = "missing"
         if fingerprints[rec.manifest] != rec.fingerprint:
@@ -626,9 +643,11 @@ class Agent:
         assert service is not None  # noqa: S101 - name comes from the release
         image = self.store.image(service.image.digest)
         if fresh_root:
-            remove_root(self.roots_dir, image.manifest_digest)
+            layers = composed_layers(self.roots_dir, image.manifest_digest)
+            remove_composed(self.roots_dir, image.manifest_digest)
             for desc in (image.manifest.config, *image.layers):
                 self.store.verify(desc.digest, size=desc.size)
+            self.snapshots.discard_altered(layers)
         return self._unpacked(service, release.version, service.image.digest, image)
 
     def _gc(self) -> None:
@@ -644,14 +663,23 @@ class Agent:
                 keep.append(pin.digest)
                 with contextlib.suppress(KilnError):
                     manifests.add(str(self.store.image(pin.digest).manifest_digest))
+        running = {r.manifest for r in st.instances}
         with contextlib.suppress(OSError, KilnError):
             self.store.gc(keep)
             remove_interrupted(self.roots_dir)
             for entry in os.scandir(self.roots_dir):
                 name = entry.name.removesuffix(".json")
-                if len(name) == 64 and f"sha256:{name}" not in manifests:
-                    with contextlib.suppress(KilnError, OSError):
-                        remove_root(self.roots_dir, Digest(name))
+                if len(name) != 64 or entry.name.endswith(".json"):
+                    continue
+                with contextlib.suppress(KilnError, OSError):
+                    if f"sha256:{name}" not in manifests:
+                        remove_composed(self.roots_dir, Digest(name))
+                    elif f"sha256:{name}" not in running:
+                        park(self.roots_dir, Digest(name))  # kept for a rollback, not mounted
+            used: set[str] = set()
+            for manifest in manifests:
+                used.update(composed_layers(self.roots_dir, Digest.parse(manifest)))
+            self.snapshots.gc(used)
 
     # -- status ----------------------------------------------------------------------------------
 

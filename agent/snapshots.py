@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import secrets
 import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,7 @@ __all__ = ["SNAPSHOTS", "TOP_PREFIX", "Snapshot", "SnapshotStore", "snapshot_fin
 SNAPSHOTS = "snapshots"
 OPAQUE_XATTR = "trusted.overlay.opaque"
 _EMPTY = "empty"
+_TRASH = ".trash-"
 TOP_PREFIX = "m-"
 _CHUNK = 1 << 20
 _RECORD_CAPS = JsonCaps(max_bytes=1 << 20, max_depth=6)
@@ -434,18 +436,26 @@ class SnapshotStore:
         return fp
 
     def discard_altered(self, names: Iterable[str]) -> tuple[str, ...]:
-        """Remove the layer snapshots among ``names`` that no longer match their record (drift
-        repair unpacks them again from verified blobs); returns their names."""
-        removed = []
+        """Set aside the layer snapshots among ``names`` that no longer match their record (drift
+        repair unpacks them again from verified blobs); returns their names. They are renamed to
+        ``.trash-`` names, not removed: instances still running from them keep their files until
+        they are replaced, and :meth:`gc` removes them afterwards."""
+        aside = []
         for name in names:
-            if name.startswith(TOP_PREFIX) or name == _EMPTY:
+            if name == _EMPTY:
                 continue
-            snap = self.get(Digest(name))
-            if snap is not None and self.fingerprint_of(name) == snap.fingerprint:
-                continue
-            self.remove(name)
-            removed.append(name)
-        return tuple(removed)
+            if not name.startswith(TOP_PREFIX):  # a mountpoint layer is always made again
+                snap = self.get(Digest(name))
+                if snap is not None and self.fingerprint_of(name) == snap.fingerprint:
+                    continue
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / f"{name}.json").unlink()
+            with contextlib.suppress(FileNotFoundError):
+                os.rename(self.dir / name, self.dir / f"{_TRASH}{name}-{secrets.token_hex(4)}")
+            aside.append(name)
+        if aside:
+            fsync_dir(self.dir)
+        return tuple(aside)
 
     def remove(self, name: str) -> None:
         with contextlib.suppress(FileNotFoundError):
@@ -464,7 +474,7 @@ class SnapshotStore:
         removed: list[str] = []
         spare: list[tuple[float, str, int]] = []
         for name in self.names():
-            if name.endswith(".tmp") or name.startswith(".trash-"):
+            if name.endswith(".tmp") or name.startswith(_TRASH):
                 remove_tree(self.dir / name)
                 removed.append(name)
                 continue
