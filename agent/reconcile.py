@@ -56,6 +56,7 @@ from agent.events import EventLog
 from agent.journal import InstanceRecord, Journal, JournalState, Refusal, ReleaseRef
 from agent.metrics import Metrics
 from agent.netns import connect_in_netns
+from agent.poll import ReleasePoller
 from agent.rollout import (
     ConnectorFactory,
     Deployer,
@@ -162,6 +163,7 @@ class Agent:
         self.store = ContentStore(self.state_dir, limits=StoreLimits.from_agent(config.limits))
         self.roots_dir = self.state_dir / "roots"
         self.snapshots = SnapshotStore(self.state_dir)
+        self.poller = ReleasePoller()
         self.releases_dir = self.state_dir / "releases"
         self.releases_dir.mkdir(exist_ok=True, mode=0o700)
         self.runtime = runtime if runtime is not None else make_runtime(config, self.store)
@@ -355,12 +357,12 @@ class Agent:
             return replace(result, replaced=replaced)
 
     def _fetch(self) -> bytes:
-        from publisher.release_artifact import fetch_release, open_release_endpoint
+        from publisher.release_artifact import open_release_endpoint
 
         with open_release_endpoint(
             self.config.source, insecure=self.config.insecure, timeouts=_timeouts(self.config)
         ) as endpoint:
-            return fetch_release(endpoint, self.config.channel)
+            return self.poller.fetch(endpoint, self.config.channel)  # the body only when the tag moved
 
     def _consider(self) -> ReconcileResult:
         try:

@@ -173,6 +173,9 @@ def _no_bundle(instance_id: str) -> str | None:
 class Deployer:
     """Instances and traffic switches of every service (see the module docstring)."""
 
+    # A new instance is probed at once, then after 10, 20, 40 ms ... up to its check's interval.
+    health_backoff: float = 0.01
+
     def __init__(
         self,
         *,
@@ -285,6 +288,7 @@ class Deployer:
             sleep=self._sleep,
             probe=self._probe,
             alive=lambda: self.runtime.state(rec.id).status is InstanceStatus.RUNNING,
+            backoff=self.health_backoff,
         )
 
     def _wait_running(self, rec: InstanceRecord) -> HealthResult:

@@ -326,9 +326,9 @@ def stop_instances(host: Host) -> list[str]:
 
 def measure_verification(host: Host, image: Image, runs: int) -> dict[str, list[float]]:
     """In-process: ``reconcile_once`` on the running release, and its parts, ``runs`` times each."""
+    from agent.compose import composed_fingerprint
     from agent.reconcile import Agent
     from agent.sources import open_image_location
-    from agent.unpack import root_fingerprint
     from manifests.agentconfig import load_agent_config
     from manifests.digest import Digest
     from publisher.release_artifact import fetch_release, open_release_endpoint
@@ -402,8 +402,8 @@ def measure_verification(host: Host, image: Image, runs: int) -> dict[str, list[
 
             timed("  (extra) re-hash the cached blobs", rehash)
             timed(
-                "  root fingerprint (enforcement)",
-                lambda: root_fingerprint(agent.roots_dir / manifest.hex),
+                "  root fingerprint, every snapshot read (enforcement)",
+                lambda: composed_fingerprint(agent.roots_dir, manifest, agent.snapshots),
             )
     finally:
         agent.close()
