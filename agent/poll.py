@@ -58,5 +58,8 @@ class ReleasePoller:
                 return seen.envelope
             assert data is not None  # noqa: S101 - poll_release returns the bytes unless known
             self.fetches += 1
-            self._seen = _Seen(where=endpoint.display, channel=channel, digest=digest, envelope=data)
+            if digest is None:  # the source cannot say what the tag points at: nothing to compare
+                self._seen = None
+            else:
+                self._seen = _Seen(where=endpoint.display, channel=channel, digest=digest, envelope=data)
             return data

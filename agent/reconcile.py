@@ -69,6 +69,7 @@ from agent.rollout import (
 from agent.runtime import InstanceStatus, Runtime
 from agent.snapshots import SnapshotStore
 from agent.sources import open_image_location
+from agent.standby import standby_of, with_standby
 from agent.store import ContentStore, PulledImage, StoreLimits
 from agent.unpack import UnpackLimits, remove_interrupted
 from manifests.agentconfig import AgentConfig, RuntimeKind
@@ -185,6 +186,7 @@ class Agent:
         self.root = self._load_root()
         self._prepared: dict[tuple[str, str], Prepared] = {}
         self.busy = threading.Lock()  # one operation at a time (loop, status-endpoint rollback)
+        self.wake = threading.Event()  # set: the loop reconciles now (SIGHUP, POST /reconcile)
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -208,7 +210,7 @@ class Agent:
             for iid in self.journal.state.known:
                 with contextlib.suppress(KilnError):
                     self.runtime.stop(iid, grace=self.deployer.stop_grace)
-            self.journal.commit(replace(self.journal.state, known=()))
+            self.journal.commit(with_standby(replace(self.journal.state, known=()), ()))
             with contextlib.suppress(KilnError, OSError):
                 unmount_strays(self.roots_dir)  # nothing runs from them any more
         self.deployer.close()
@@ -327,7 +329,7 @@ class Agent:
         runtime confirmed the stop; a failed stop is retried by the next reconcile.
         """
         st = self.journal.state
-        serving = {r.id for r in st.instances}
+        serving = {r.id for r in st.instances} | {s.record.id for s in standby_of(st)}
         try:
             live = set(self.runtime.list())
         except KilnError as exc:
@@ -354,6 +356,7 @@ class Agent:
             self._stop_strays("stray")
             result = self._consider()
             replaced = self._enforce()
+            self.deployer.expire_standby()
             return replace(result, replaced=replaced)
 
     def _fetch(self) -> bytes:
@@ -665,7 +668,7 @@ class Agent:
                 keep.append(pin.digest)
                 with contextlib.suppress(KilnError):
                     manifests.add(str(self.store.image(pin.digest).manifest_digest))
-        running = {r.manifest for r in st.instances}
+        running = {r.manifest for r in st.instances} | {s.record.manifest for s in standby_of(st)}
         with contextlib.suppress(OSError, KilnError):
             self.store.gc(keep)
             remove_interrupted(self.roots_dir)
@@ -707,7 +710,8 @@ class Agent:
     def run(
         self, stop: threading.Event, *, on_result: Callable[[ReconcileResult], None] | None = None
     ) -> None:
-        """Reconcile every ``poll_interval`` until ``stop`` is set (bounded waits)."""
+        """Reconcile every ``poll_interval`` until ``stop`` is set (bounded waits); at once when
+        :attr:`wake` is set."""
         while not stop.is_set():
             try:
                 result = self.reconcile_once()
@@ -716,7 +720,11 @@ class Agent:
             else:
                 if on_result is not None:
                     on_result(result)
-            stop.wait(self.config.poll_interval)
+            deadline = time.monotonic() + self.config.poll_interval
+            while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                if self.wake.wait(min(left, 0.5)):
+                    self.wake.clear()
+                    break
 
 
 def status_document(

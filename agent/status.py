@@ -8,6 +8,7 @@ optionally, on a loopback TCP port.
                      kiln_agent_rollouts_total{result}, kiln_agent_rollbacks_total,
                      kiln_agent_verify_bytes_per_second, ...
     POST /rollback   the operator's rollback, run by the agent that owns the instances (Unix socket only)
+    POST /reconcile  wake the loop for a reconcile now (``kiln agent reconcile --now``; Unix socket only)
 
 Requests are small and bounded: only the request line and headers are read (the http.server
 limits), bodies are ignored, each connection has a timeout.
@@ -49,6 +50,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         app: StatusServer = self.server.app
+        if self.path == "/reconcile" and self.server.allow_control and app.wake is not None:
+            app.wake()
+            self._send(202, b'{"woken": true}', "application/json")
+            return
         if self.path != "/rollback" or not self.server.allow_control:
             self._send(404, b'{"error": "not found"}', "application/json")
             return
@@ -100,11 +105,13 @@ class StatusServer:
         metrics: Callable[[], str],
         rollback: Callable[[], dict[str, Any]] | None = None,
         tcp: tuple[str, int] | None = None,
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self.path = Path(state_dir) / SOCKET_FILE
         self.status = status
         self.metrics = metrics
         self.rollback = rollback
+        self.wake = wake
         self._tcp = tcp
         self._servers: list[socketserver.BaseServer] = []
         self._threads: list[threading.Thread] = []

@@ -5,6 +5,8 @@
     kiln agent run        [--config FILE]            reconcile every poll_interval; status endpoint on
                                                      STATE/agent.sock (and status_listen)
     kiln agent reconcile  --once [--config FILE]     one reconcile, then exit (exit 3 if refused)
+    kiln agent reconcile  --now [--config FILE]      wake the running agent: it reconciles at once
+                                                     (SIGHUP to ``kiln agent run`` does the same)
     kiln agent status     [--config FILE] [--json]   release, version, instances, health, last refusal
     kiln agent rollback   [--config FILE]            back to the previous good release (local only)
     kiln agent trust-update [--config FILE] ROOT     install trust root N+1 (signed envelope)
@@ -42,9 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = verbs.add_parser("run", help="reconcile in a loop until SIGTERM")
     common(p)
     p.set_defaults(handler=cmd_agent_run)
-    p = verbs.add_parser("reconcile", help="one reconcile (--once), then exit")
+    p = verbs.add_parser("reconcile", help="one reconcile (--once), or wake the running agent (--now)")
     common(p)
-    p.add_argument("--once", action="store_true", required=True, help="run exactly one reconcile")
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--once", action="store_true", help="run exactly one reconcile")
+    when.add_argument("--now", action="store_true", help="the running agent reconciles at once")
     p.set_defaults(handler=cmd_agent_reconcile)
     p = verbs.add_parser("status", help="what the agent runs, and its last refusal")
     common(p)
@@ -85,6 +89,7 @@ def cmd_agent_run(args: argparse.Namespace, out: Output) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     agent = Agent(config, event_sink=_printer(out))
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: agent.wake.set())
     tcp = (config.status_listen.host, config.status_listen.port) if config.status_listen is not None else None
     server = StatusServer(
         config.state,
@@ -92,6 +97,7 @@ def cmd_agent_run(args: argparse.Namespace, out: Output) -> int:
         metrics=agent.metrics.render,
         rollback=lambda: {"release": agent.rollback().to_dict()},
         tcp=tcp,
+        wake=agent.wake.set,
     )
     try:
         agent.start()
@@ -109,6 +115,8 @@ def cmd_agent_reconcile(args: argparse.Namespace, out: Output) -> int:
     from agent.reconcile import Agent
 
     config = _config(args)
+    if args.now:
+        return _wake(config, out)
     agent = Agent(config, event_sink=_printer(out))
     try:
         agent.start()
@@ -135,6 +143,23 @@ def cmd_agent_reconcile(args: argparse.Namespace, out: Output) -> int:
     if result.outcome == "refused":
         return VerificationError.exit_code
     return 1 if result.outcome == "failed" else 0
+
+
+def _wake(config: Any, out: Output) -> int:
+    from agent.errors import AgentError
+    from agent.status import query
+
+    try:
+        code, body = query(config.state, "/reconcile", method="POST", timeout=10.0)
+    except OSError as exc:
+        raise AgentError(
+            f"no agent answers on {config.state}/agent.sock: {exc}",
+            hint="start it with `kiln agent run`, or run one reconcile here with --once",
+        ) from None
+    if code != 202:
+        raise AgentError(f"the agent refused to wake: HTTP {code} {body[:200].decode(errors='replace')}")
+    out.result("reconcile: the agent was woken", {"woken": True})
+    return 0
 
 
 def _status_from_journal(config: Any) -> dict[str, Any]:

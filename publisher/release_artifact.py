@@ -33,7 +33,7 @@ from manifests.mediatypes import MediaType
 from manifests.oci import Descriptor, OCIManifest
 from manifests.release import MAX_RELEASE_BYTES
 from publisher.endpoint import Endpoint, LayoutLocation, parse_location
-from publisher.errors import PublishError
+from publisher.errors import PublishError, RegistryError
 from publisher.layoutstore import LayoutRepository
 from publisher.publish import TagAction, TagChange, VersionConflict
 from publisher.reference import validate_tag
@@ -209,13 +209,19 @@ def fetch_release(endpoint: Endpoint, channel: str, *, size_cap: int = MAX_RELEA
 
 def poll_release(
     endpoint: Endpoint, channel: str, *, known: Digest | None, size_cap: int = MAX_RELEASE_BYTES
-) -> tuple[Digest, bytes | None]:
+) -> tuple[Digest | None, bytes | None]:
     """A conditional :func:`fetch_release`: what the channel tag points at (a ``HEAD`` of the tag's
     manifest on a registry, a look into ``index.json`` in a layout), and the envelope only when
     that digest is not ``known`` (``None`` then). The manifest is fetched by the digest the tag
-    named, so what is parsed is exactly what was compared."""
+    named, so what is parsed is exactly what was compared. A server that does not implement
+    ``HEAD`` (405, 501) gets a plain fetch, and no digest is returned."""
     tag = validate_tag(channel)
-    desc = endpoint.tag_target(tag)
+    try:
+        desc = endpoint.tag_target(tag)
+    except RegistryError as exc:
+        if exc.status not in (405, 501):
+            raise
+        return None, _envelope(endpoint, tag, tag, size_cap)
     if desc is None:
         raise ReleaseNotFound(
             f"{endpoint.display}: no release under tag {tag!r}", hint="publish one with kiln release publish"
