@@ -383,9 +383,14 @@ class Deployer:
         return fw
 
     def switch(self, service: Service, records: Sequence[InstanceRecord]) -> None:
-        """Commit ``records`` as the service's serving set, then point its address at them."""
-        st = self.journal.state
-        self.journal.commit(st.with_service(service.name, tuple(records)))
+        """Commit ``records`` as the service's serving set (none of them standby any more, in the
+        same commit), then point its address at them."""
+        st = self.journal.state.with_service(service.name, tuple(records))
+        pool = standby_of(st)
+        if pool:
+            ids = {r.id for r in records}
+            st = with_standby(st, [s for s in pool if s.record.id not in ids])
+        self.journal.commit(st)
         fw = self.forwarder(service)
         if fw is not None:
             backends = []
@@ -537,8 +542,9 @@ class Deployer:
             self.retire(old.record)
 
     def _from_standby(self, prep: Prepared, need: int) -> list[InstanceRecord]:
-        """Up to ``need`` standby instances of exactly ``prep``'s spec that still run and pass one
-        probe, taken off the standby list (the caller switches to them)."""
+        """Up to ``need`` standby instances of exactly ``prep``'s spec that still run (one probe
+        passes, or the runtime says so when there is no check); the caller's switch takes them
+        off the standby list in the commit that makes them serve."""
         pool = standby_of(self.journal.state)
         chosen: list[InstanceRecord] = []
         for item in pool:
@@ -546,20 +552,16 @@ class Deployer:
             if len(chosen) >= need or rec.service != prep.name or rec.config != prep.config:
                 continue
             try:
-                if self.runtime.state(rec.id).status is not InstanceStatus.RUNNING:
-                    continue
                 if prep.health is not None:
-                    probe = self._probe(prep.health, self.connect_for(rec), prep.health.timeout)
-                    if not probe.ok:
+                    if not self._probe(prep.health, self.connect_for(rec), prep.health.timeout).ok:
                         continue
+                elif self.runtime.state(rec.id).status is not InstanceStatus.RUNNING:
+                    continue
             except (KilnError, RolloutFailed, OSError):
                 continue
             chosen.append(rec)
-        if chosen:
-            ids = {r.id for r in chosen}
-            self.journal.commit(with_standby(self.journal.state, [s for s in pool if s.record.id not in ids]))
-            for rec in chosen:
-                self.events.emit("adopted", service=prep.name, instance=rec.id, release=prep.release)
+        for rec in chosen:
+            self.events.emit("adopted", service=prep.name, instance=rec.id, release=prep.release)
         return [replace(r, release=prep.release) for r in chosen]
 
     def expire_standby(self, *, services: Sequence[str] | None = None) -> int:

@@ -503,6 +503,7 @@ def measure_rollbacks(
     for i in range(rounds):
         if i or not first_is_ready:
             publish_release(host, sign_release(host, next_release, newest, keep_previous=keep_previous))
+            proc.send_signal(signal.SIGHUP)
             wait_answer(f"http://{host.listen}/", greeting(newest.version))
             wait_settled(host, next_release, proc)
             next_release += 1
@@ -533,6 +534,7 @@ def measure_fleet(main: Host, image: Image, runs: int, poll: float) -> list[floa
                     time.sleep(0.05)
                 publish_to(host, envelope, f"bench/{name}")
                 t0 = time.monotonic()
+                proc.send_signal(signal.SIGHUP)
                 done = [wait_answer(f"http://{listen}/", greeting(image.version)) for _, listen in services]
                 times.append(max(done) - t0)
                 wait_settled(host, 1, proc, instances=4)
@@ -568,7 +570,7 @@ def fmt(values: list[float]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3, help="new releases to roll out (default 3)")
-    ap.add_argument("--poll", type=float, default=0.25, help="the agent's poll_interval (default 0.25 s)")
+    ap.add_argument("--poll", type=float, default=5.0, help="the agent's poll_interval (default 5 s)")
     ap.add_argument("--verify-runs", type=int, default=20, help="reconciles with nothing to do (20)")
     ap.add_argument("--rollbacks", type=int, default=3, help="rollbacks of each kind (default 3)")
     ap.add_argument("--fleet-runs", type=int, default=3, help="2x2 releases from an empty store (3)")
