@@ -10,9 +10,10 @@ STAMP := $(VENV)/.kiln-installed
 # host inputs the examples are built from (python3.11, busybox-static).
 DEBS_DEMO := python3.11 python3-venv busybox-static docker.io runc curl ca-certificates
 DEBS_TEST := $(DEBS_DEMO) gcc libc6-dev skopeo umoci oci-image-tool buildah docker-registry openssl \
-             cpio erofs-utils cryptsetup-bin util-linux iproute2
+             cpio erofs-utils cryptsetup-bin util-linux iproute2 gpg gpgv debian-archive-keyring mmdebstrap \
+             podman containerd tmux
 
-.PHONY: help debs-demo debs-test venv lint typecheck unit test demo bench clean
+.PHONY: help debs-demo debs-test venv lint typecheck unit test demo bench clean lock
 
 help:
 	@echo "make demo   build the examples, load python-web into a private Docker engine and curl it"
@@ -55,6 +56,15 @@ bench: debs-test venv
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/push.py
 	$(BIN)/python bench/agent.py
+	$(BIN)/python bench/debian.py
+
+# The Containerfile's hashed requirements (runtime and build backend), from PyPI, for the image's
+# Python 3.11 on x86_64 Linux.
+lock: venv
+	$(BIN)/python -m pip install -q uv
+	$(BIN)/uv pip compile pyproject.toml requirements-build.in --generate-hashes --python-version 3.11 \
+	    --python-platform x86_64-unknown-linux-gnu --index-url https://pypi.org/simple --no-header \
+	    --emit-index-url -o requirements.lock
 
 clean:
 	rm -rf out demo-out .pytest_cache .mypy_cache .ruff_cache

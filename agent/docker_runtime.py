@@ -187,7 +187,7 @@ class DockerRuntime:
                 hint="run the service on runc, or configure the engine's userns-remap for all containers",
             )
         image_id = self.ensure_image(spec.image_digest)
-        volumes = prepare_volumes(self.state_dir, spec.service, policy)
+        volumes = prepare_volumes(self.state_dir, spec.volume_owner, policy)
         limits = spec.limits
         tmpfs = {}
         for p in policy.writable:

@@ -13,6 +13,8 @@ check sees exactly what the forwarder would see.
                                "after ``grace``, ``retries`` consecutive passes", within ``deadline``
     HealthWatch                continuous checking: consecutive passes/failures, HEALTHY/UNHEALTHY,
                                and whether health has *held* for a grace period
+    HealthMonitor              every serving instance probed on its own cadence, in its own thread;
+                               ``retries`` consecutive failures: ``on_unhealthy`` (out of rotation)
 
 Nothing here sleeps or reads the clock except through injected ``clock``/``sleep`` callables, and
 nothing raises for an unhealthy instance: a failed probe is a ``HealthResult(ok=False)``. The
@@ -30,8 +32,9 @@ import json
 import math
 import re
 import socket
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -48,6 +51,8 @@ __all__ = [
     "HealthSpec",
     "HealthState",
     "HealthWatch",
+    "HealthMonitor",
+    "MonitorTarget",
     "Probe",
     "ProbeKind",
     "Sleep",
@@ -147,6 +152,11 @@ class HealthSpec:
             raise _label_error(f"is not JSON: {exc}") from exc
         if not isinstance(value, dict):
             raise _label_error(f"must be a JSON object, not {type(value).__name__}")
+        return cls._from_mapping(value)
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, Any]) -> HealthSpec:
+        """From :meth:`to_dict` (e.g. the agent's journal); a malformed one is a DocumentError."""
         return cls._from_mapping(value)
 
     @classmethod
@@ -615,3 +625,167 @@ class HealthWatch:
         return (
             self.state is HealthState.HEALTHY and self._passing_since is not None and self.held_for() >= grace
         )
+
+
+# -- watching every serving instance ------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MonitorTarget:
+    """One instance to watch: ``check(timeout)`` runs one bounded probe (never raises for a failing
+    instance); ``retries`` consecutive failures make it unhealthy; probes start every ``interval``."""
+
+    id: str
+    interval: float
+    timeout: float
+    retries: int
+    check: Callable[[float], HealthResult]
+
+
+class _Watched:
+    def __init__(self, target: MonitorTarget) -> None:
+        self.target = target
+        self.failures = 0
+        self.checks = 0
+        self.unhealthy = False
+        self.last: HealthResult | None = None
+        self.stop = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    @property
+    def state(self) -> str | None:
+        if self.checks == 0:
+            return None
+        if self.unhealthy:
+            return "unhealthy"
+        return "healthy" if self.failures == 0 else "failing"
+
+
+class HealthMonitor:
+    """Probes every target continuously until :meth:`stop`.
+
+    ``targets()`` (called every ``tick`` seconds) says what serves now; each target gets its own
+    thread, so a frozen instance (its probes time out) never delays the others. Probes start on a
+    fixed cadence (every ``interval``, or at once when the previous probe overran it), so a target
+    that stops answering is reported after at most ``retries x interval + timeout`` seconds:
+    ``on_unhealthy(id)`` once, when its ``retries``-th consecutive probe failed, and
+    ``on_healthy(id)`` when an unhealthy target passes again. An exception out of a probe or a
+    callback is a bug, not the instance's fault: it goes to ``on_error`` and the thread goes on.
+    """
+
+    def __init__(
+        self,
+        *,
+        targets: Callable[[], Sequence[MonitorTarget]],
+        on_unhealthy: Callable[[str, HealthResult | None], None],
+        on_healthy: Callable[[str], None],
+        on_error: Callable[[str, BaseException], None],
+        clock: Clock = time.monotonic,
+        tick: float = 0.1,
+    ) -> None:
+        self._targets = targets
+        self._on_unhealthy = on_unhealthy
+        self._on_healthy = on_healthy
+        self._on_error = on_error
+        self._clock = clock
+        self._tick = tick
+        self._watched: dict[str, _Watched] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- queries
+
+    def state(self, instance_id: str) -> str | None:
+        """``healthy``, ``failing`` (fewer than ``retries`` failures), ``unhealthy``, or None when
+        the instance has not been probed yet (or is not watched)."""
+        with self._lock:
+            w = self._watched.get(instance_id)
+        return w.state if w is not None else None
+
+    def last(self, instance_id: str) -> HealthResult | None:
+        with self._lock:
+            w = self._watched.get(instance_id)
+        return w.last if w is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- lifecycle
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="kiln-health", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        with self._lock:
+            watched = list(self._watched.values())
+            self._watched.clear()
+        for w in watched:
+            w.stop.set()
+        for w in watched:
+            if w.thread is not None:
+                w.thread.join(timeout)
+
+    def sync(self) -> None:
+        """Start watching new targets and stop watching those gone (the supervisor's tick)."""
+        try:
+            targets = {t.id: t for t in self._targets()}
+        except Exception as exc:  # noqa: BLE001 - the last-resort guard of the health step
+            self._on_error("targets", exc)
+            return
+        with self._lock:
+            gone = [w for iid, w in self._watched.items() if iid not in targets]
+            for w in gone:
+                del self._watched[w.target.id]
+            fresh = [_Watched(t) for iid, t in targets.items() if iid not in self._watched]
+            for w in fresh:
+                self._watched[w.target.id] = w
+        for w in gone:
+            w.stop.set()
+        for w in fresh:
+            w.thread = threading.Thread(target=self._watch, args=(w,), name=f"kiln-health-{w.target.id}")
+            w.thread.daemon = True
+            w.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.sync()
+            self._stop.wait(self._tick)
+
+    def _watch(self, w: _Watched) -> None:
+        t = w.target
+        while not w.stop.is_set() and not self._stop.is_set():
+            began = self._clock()
+            try:
+                self._probe(w)
+            except Exception as exc:  # noqa: BLE001 - the last-resort guard of the health step
+                self._on_error(t.id, exc)
+            wait = max(0.0, began + t.interval - self._clock())
+            w.stop.wait(wait)
+
+    def _probe(self, w: _Watched) -> None:
+        t = w.target
+        result = t.check(t.timeout)
+        if w.stop.is_set():
+            return
+        w.last = result
+        w.checks += 1
+        if result.ok:
+            w.failures = 0
+            if w.unhealthy:
+                w.unhealthy = False
+                self._on_healthy(t.id)
+            return
+        w.failures += 1
+        if w.failures >= t.retries and not w.unhealthy:
+            w.unhealthy = True
+            self._on_unhealthy(t.id, result)

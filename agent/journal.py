@@ -54,6 +54,10 @@ __all__ = [
     "Refusal",
     "JournalState",
     "Journal",
+    "SOURCE_FILE",
+    "SourceState",
+    "read_source_state",
+    "write_source_state",
 ]
 
 JOURNAL_FILE = "journal.json"
@@ -95,9 +99,14 @@ class InstanceRecord:
     port: int | None  # the port the service listens on inside the instance
     started_at: float  # wall-clock seconds (max_lifetime)
     bundle: str | None = None  # digest of the runtime's bundle config (runc), if the runtime has one
+    # The root the instance runs from, when it is not ``STATE/roots/<manifest hex>`` (a root set
+    # aside by a drift repair until the instance stops).
+    root: str | None = None
+    # The health check the instance is watched with (``HealthSpec.to_dict()``), if it has one.
+    health: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "service": self.service,
             "release": self.release,
@@ -109,11 +118,18 @@ class InstanceRecord:
             "started_at": self.started_at,
             "bundle": self.bundle,
         }
+        if self.root is not None:
+            out["root"] = self.root
+        if self.health is not None:
+            out["health"] = dict(self.health)
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> InstanceRecord:
         port = d.get("port")
         bundle = d.get("bundle")
+        root = d.get("root")
+        health = d.get("health")
         return cls(
             id=str(d["id"]),
             service=str(d["service"]),
@@ -125,6 +141,8 @@ class InstanceRecord:
             port=int(port) if port is not None else None,
             started_at=float(d["started_at"]),
             bundle=str(bundle) if bundle is not None else None,
+            root=str(root) if root is not None else None,
+            health=dict(health) if isinstance(health, Mapping) else None,
         )
 
 
@@ -313,3 +331,75 @@ def _freeze_point(text: str | None) -> int | None:
     if text is None or not text.isascii() or not text.isdigit():
         return None
     return int(text) if int(text) > 0 else None
+
+
+# -- the release source's state (its own small file: polling must not grow the journal's seq) ----
+
+SOURCE_FILE = "source.json"
+MAX_SOURCE_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SourceState:
+    """What ``kiln agent status`` shows about the release source: the last successful fetch (wall
+    seconds) and the last error, with its reason (``auth``, ``unreachable``, ``not-found``,
+    ``parse``). ``ok`` is whether the last fetch succeeded."""
+
+    source: str = ""
+    ok: bool | None = None
+    last_success: float | None = None
+    last_error: str | None = None
+    last_error_reason: str | None = None
+    last_error_at: float | None = None
+
+    def succeeded(self, source: str, at: float) -> SourceState:
+        return replace(self, source=source, ok=True, last_success=at)
+
+    def failed(self, source: str, reason: str, detail: str, at: float) -> SourceState:
+        return replace(
+            self, source=source, ok=False, last_error=detail, last_error_reason=reason, last_error_at=at
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "ok": self.ok,
+            "last_success": self.last_success,
+            "last_error": self.last_error,
+            "last_error_reason": self.last_error_reason,
+            "last_error_at": self.last_error_at,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> SourceState:
+        def num(key: str) -> float | None:
+            v = d.get(key)
+            return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+        def text(key: str) -> str | None:
+            v = d.get(key)
+            return v if isinstance(v, str) else None
+
+        ok = d.get("ok")
+        return cls(
+            source=text("source") or "",
+            ok=ok if isinstance(ok, bool) else None,
+            last_success=num("last_success"),
+            last_error=text("last_error"),
+            last_error_reason=text("last_error_reason"),
+            last_error_at=num("last_error_at"),
+        )
+
+
+def read_source_state(state_dir: Path) -> SourceState:
+    """``STATE/source.json`` (an empty state when it is missing or unreadable: it is only shown)."""
+    try:
+        with (Path(state_dir) / SOURCE_FILE).open("rb") as fh:
+            doc = json.loads(fh.read(MAX_SOURCE_BYTES))
+    except (OSError, ValueError, RecursionError):
+        return SourceState()
+    return SourceState.from_dict(doc) if isinstance(doc, dict) else SourceState()
+
+
+def write_source_state(state_dir: Path, state: SourceState) -> None:
+    atomic_write(Path(state_dir) / SOURCE_FILE, canonical_json(state.to_dict()), mode=0o600)

@@ -1,92 +1,115 @@
 """The agent: fetch, verify, pull, unpack, roll out, enforce; restartable from its journal at any point.
 
+:class:`Agent` wires the parts together and runs the loop; each part is its own module:
+
+::
+
+    agent.statedir       the state directory's lock (one agent per state directory)
+    agent.trust          the trust root (first install, N -> N+1 rotation)
+    agent.releasesource  where releases and images come from (a Protocol; the config's source)
+    agent.releases       accepted releases kept locally (rollbacks need no network)
+    agent.prepare        verify image signatures, pull by digest, unpack read-only roots
+    agent.rollout        instances and traffic switches (converge, replace, retire)
+    agent.enforce        drift detection and repair
+    agent.watch          the health monitor over every serving instance (agent.health probes)
+    agent.gc             blobs, roots and per-instance volumes nothing uses any more
+    agent.journal        crash-safe state;  agent.events / agent.metrics  what happened
+
+Its lifecycle is explicit: ``Agent(config, ...)`` only stores what it is given (no I/O);
+:meth:`Agent.open` takes the state lock and opens the journal, the store, the runtime and the
+trust root; :meth:`Agent.start` recovers from a crash and starts the health monitor;
+:meth:`Agent.run` reconciles until stopped; :meth:`Agent.close` lets go of everything.
+
 One :meth:`Agent.reconcile_once`:
 
-1. **fetch** the channel's release envelope from the configured source (size-capped);
-   unreachable: an ``unavailable`` event, and everything verified keeps running;
+1. **fetch** the channel's release envelope from the :class:`~agent.releasesource.ReleaseSource`
+   (size-capped); unreachable: an ``unavailable`` event, the source state records the reason
+   (``auth``, ``unreachable``, ``not-found``, ``parse``), and everything verified keeps running;
 2. **verify** it (:func:`signing.release.check_release`: threshold signatures over the exact bytes,
    expiry, channel, version not lower than the highest accepted); a version that already failed
    ``max_attempts`` times is skipped;
-3. for every service: **verify the image signature** and required attestations under the trust
-   root's image policy (read from the image's location), **pull it by digest** into the content
-   store (every byte hashed as it streams) and **unpack** it safely into a read-only root. Nothing
-   starts until every service of the release passed (no mix-and-match);
+3. for every service: **verify the image signature** and required attestations, **pull it by
+   digest** into the content store and **unpack** it into a read-only root (:mod:`agent.prepare`).
+   Nothing starts until every service of the release passed (no mix-and-match);
 4. **roll out** service by service (:class:`agent.rollout.Deployer`); the release becomes
    ``good`` when every service's health held for its grace. A failure returns every service to
    the previous good release, from the local store (no network), and counts an attempt;
-5. **enforce**: every serving instance must be running, its root unchanged (fingerprint), its
-   runtime bundle unchanged, younger than ``max_lifetime`` and not unhealthy; otherwise it is
-   replaced (a fresh instance first, then the switch).
+5. **enforce** (:mod:`agent.enforce`): drifted, dead, too old or unhealthy instances are replaced.
 
 Every refusal is an event ``refused`` with its reason (``signature``, ``threshold``, ``expired``,
-``rollback``, ``digest``, ``identity``, ``policy``, ``unpack``, ``parse``), counted, and kept as
-the journal's ``last_refusal``; the previous state keeps serving.
+``rollback``, ``digest``, ``identity``, ``policy``, ``unpack``, ``parse``, ``internal``), counted,
+and kept as the journal's ``last_refusal``; the previous state keeps serving.
+
+**The loop never dies.** Each step runs under a last-resort guard: an exception that is not a
+kiln error (a bug, or a shape of hostile input nobody foresaw) becomes a refusal with reason
+``internal`` naming the step, the services keep serving, a rollout it interrupted is rolled back,
+the release version it happened on counts a failed attempt (so the same bytes are skipped after
+``max_attempts``), and :meth:`Agent.run` backs off (the poll interval doubles per consecutive
+internal refusal, up to :data:`MAX_BACKOFF`).
 
 :meth:`Agent.start` recovers from a crash: instances the runtime has (or the journal knows) that
 are not serving are stopped, unpacks the crash interrupted are removed, and an interrupted rollout
-is rolled back to the release it started from. Every reconcile stops such strays again first (a
-stop that failed, or a ``runc run`` orphaned by the crash that finished after the recovery). The
-journal (:mod:`agent.journal`) records intent before every action; an id leaves ``known`` only
-once the runtime confirmed it stopped.
+is rolled back to the release it started from. Every reconcile stops such strays again first.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from agent.compose import (
-    compose_image,
-    composed_fingerprint,
-    composed_layers,
-    park,
-    remove_composed,
-    unmount_strays,
-)
+from agent.compose import unmount_strays
+from agent.enforce import Enforcer
 from agent.errors import AgentError
 from agent.events import EventLog
-from agent.journal import InstanceRecord, Journal, JournalState, Refusal, ReleaseRef
+from agent.gc import Collector
+from agent.journal import (
+    Journal,
+    JournalState,
+    Refusal,
+    ReleaseRef,
+    SourceState,
+    read_source_state,
+    write_source_state,
+)
 from agent.metrics import Metrics
 from agent.netns import connect_in_netns
 from agent.poll import ReleasePoller
-from agent.rollout import (
-    ConnectorFactory,
-    Deployer,
-    Prepared,
-    RolloutFailed,
-    config_digest,
-    health_spec_for,
-    service_port,
-)
-from agent.runtime import InstanceStatus, Runtime
+from agent.prepare import Preparer
+from agent.releases import ReleaseStore
+from agent.releasesource import ConfigReleaseSource, ReleaseSource, source_reason
+from agent.rollout import ConnectorFactory, Deployer, Prepared, RolloutFailed
+from agent.runtime import Runtime
 from agent.snapshots import SnapshotStore
-from agent.sources import open_image_location
 from agent.standby import standby_of, with_standby
-from agent.store import ContentStore, PulledImage, StoreLimits
-from agent.unpack import UnpackLimits, remove_interrupted
+from agent.statedir import AgentBusy, StateLock
+from agent.status import status_document
+from agent.store import ContentStore, StoreLimits
+from agent.trust import ROOT_FILE, TrustKeeper
+from agent.unpack import UnpackLimits
+from agent.watch import InstanceWatch
 from manifests.agentconfig import AgentConfig, RuntimeKind
-from manifests.atomic import atomic_write
 from manifests.digest import Digest
 from manifests.errors import DocumentError, KilnError, VerificationError
 from manifests.release import Release, Strategy
-from manifests.trustroot import MAX_ROOT_BYTES, TrustRoot
-from signing.cosign import attestation_tag, signature_tag
-from signing.image import stored_layers
+from manifests.trustroot import TrustRoot
 from signing.release import check_release, claimed_version
-from signing.root import envelope_cap, image_policy, load_root, verify_root_update
 
-__all__ = ["ROOT_FILE", "AgentBusy", "ReconcileResult", "Agent", "make_runtime"]
+__all__ = [
+    "ROOT_FILE",
+    "MAX_BACKOFF",
+    "AgentBusy",
+    "ReconcileResult",
+    "Agent",
+    "make_runtime",
+    "status_document",
+]
 
-ROOT_FILE = "root"
-LOCK_FILE = "agent.lock"
 REFUSAL_REASONS = (
     "signature",
     "threshold",
@@ -97,11 +120,12 @@ REFUSAL_REASONS = (
     "policy",
     "unpack",
     "parse",
+    "internal",
 )
+#: The longest wait between reconciles while steps keep failing with an internal error (seconds).
+MAX_BACKOFF = 300.0
 
-
-class AgentBusy(AgentError):
-    """Another agent process holds the state directory."""
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,6 +138,16 @@ class ReconcileResult:
     reason: str | None = None
     detail: str = ""
     replaced: int = 0
+
+
+class InternalFault(Exception):
+    """An unexpected exception in a reconcile step (wrapped by the last-resort guard)."""
+
+    def __init__(self, step: str, exc: BaseException) -> None:
+        detail = f"{step}: {type(exc).__name__}: {exc}"
+        super().__init__(detail[:500])
+        self.step = step
+        self.detail = detail[:500]
 
 
 def make_runtime(config: AgentConfig, store: ContentStore) -> Runtime:
@@ -136,11 +170,23 @@ def _netns_connector(path: str, port: int) -> Callable[[float], Any]:
 class Agent:
     """One host agent over one state directory (see the module docstring)."""
 
+    journal: Journal
+    store: ContentStore
+    runtime: Runtime
+    deployer: Deployer
+    preparer: Preparer
+    enforcer: Enforcer
+    trust: TrustKeeper
+    root: TrustRoot
+    monitor: InstanceWatch
+    collector: Collector
+
     def __init__(
         self,
         config: AgentConfig,
         *,
         runtime: Runtime | None = None,
+        source: ReleaseSource | None = None,
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
@@ -153,57 +199,125 @@ class Agent:
     ) -> None:
         self.config = config
         self.state_dir = Path(config.state)
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._lock_fd: int | None = None
-        if lock:
-            self._take_lock()
-        self.wall = wall
-        self.journal = Journal(self.state_dir)
-        self.events = EventLog(self.state_dir, sink=event_sink, clock=lambda: wall().timestamp())
-        self.metrics = Metrics()
-        self.store = ContentStore(self.state_dir, limits=StoreLimits.from_agent(config.limits))
         self.roots_dir = self.state_dir / "roots"
-        self.snapshots = SnapshotStore(self.state_dir)
-        self.poller = ReleasePoller()
         self.releases_dir = self.state_dir / "releases"
-        self.releases_dir.mkdir(exist_ok=True, mode=0o700)
-        self.runtime = runtime if runtime is not None else make_runtime(config, self.store)
-        bundle = getattr(self.runtime, "bundle_digest", None)
-        self.deployer = Deployer(
-            runtime=self.runtime,
-            journal=self.journal,
-            events=self.events,
-            metrics=self.metrics,
-            connector=connector,
-            clock=clock,
-            sleep=sleep,
-            wall=lambda: wall().timestamp(),
-            bundle_digest=bundle if callable(bundle) else (lambda _i: None),
-            health_deadline=health_deadline,
-            drain_timeout=drain_timeout,
-            stop_grace=stop_grace,
-        )
-        self.root = self._load_root()
-        self._prepared: dict[tuple[str, str], Prepared] = {}
+        self.wall = wall
+        self.metrics = Metrics()
+        self.events = EventLog(self.state_dir, sink=event_sink, clock=lambda: wall().timestamp())
+        self.releases = ReleaseStore(self.releases_dir)
         self.busy = threading.Lock()  # one operation at a time (loop, status-endpoint rollback)
-        self.wake = threading.Event()  # set: the loop reconciles now (SIGHUP, POST /reconcile)
+        self.wake = threading.Event()  # set by the health monitor: something needs replacing now
+        self._reconcile_now = False  # with ``wake``: a whole reconcile now (SIGHUP, POST /reconcile)
+        self.poller = ReleasePoller()  # polls download the envelope only when the channel tag moved
+        self._lock = StateLock(self.state_dir) if lock else None
+        self._runtime_arg = runtime
+        self._source_arg = source
+        self._clock = clock
+        self._sleep = sleep
+        self._connector = connector
+        self._health_deadline = health_deadline
+        self._drain_timeout = drain_timeout
+        self._stop_grace = stop_grace
+        self._opened = False
+        self._faults: list[InternalFault] = []
+        self._pending_refusal: Refusal | None = None  # from a thread that may not commit
+        self.source_state = SourceState()
 
     # -- lifecycle -------------------------------------------------------------------------------
 
-    def _take_lock(self) -> None:
-        fd = os.open(self.state_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    def open(self) -> Agent:
+        """Take the state lock and open the journal, store, runtime and trust root (idempotent)."""
+        if self._opened:
+            return self
+        if self._lock is not None:
+            self._lock.acquire()
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise AgentBusy(
-                f"{self.state_dir}: another kiln agent is running on this state directory",
-                hint="use `kiln agent status`, or stop the running agent first",
-            ) from None
-        self._lock_fd = fd
+            self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.journal = Journal(self.state_dir)
+            self.store = ContentStore(self.state_dir, limits=StoreLimits.from_agent(self.config.limits))
+            self.snapshots = SnapshotStore(self.state_dir)
+            self.releases.open()
+            self.runtime = (
+                self._runtime_arg if self._runtime_arg is not None else make_runtime(self.config, self.store)
+            )
+            bundle = getattr(self.runtime, "bundle_digest", None)
+            self.deployer = Deployer(
+                runtime=self.runtime,
+                journal=self.journal,
+                events=self.events,
+                metrics=self.metrics,
+                connector=self._connector,
+                clock=self._clock,
+                sleep=self._sleep,
+                wall=lambda: self.wall().timestamp(),
+                bundle_digest=bundle if callable(bundle) else (lambda _i: None),
+                health_deadline=self._health_deadline,
+                drain_timeout=self._drain_timeout,
+                stop_grace=self._stop_grace,
+            )
+            self.preparer = Preparer(
+                store=self.store,
+                snapshots=self.snapshots,
+                roots_dir=self.roots_dir,
+                limits=lambda: UnpackLimits.from_agent(self.config.limits),  # the config in force
+                metrics=self.metrics,
+                wall=self.wall,
+                source=lambda: self.source,
+            )
+            self.monitor = InstanceWatch(
+                journal=self.journal,
+                deployer=self.deployer,
+                runtime=self.runtime,
+                events=self.events,
+                wake=self.wake,
+                on_error=lambda what, exc: self._internal(InternalFault(f"health {what}", exc), loop=False),
+                clock=self._clock,
+            )
+            self.enforcer = Enforcer(
+                runtime=self.runtime,
+                journal=self.journal,
+                deployer=self.deployer,
+                events=self.events,
+                preparer=self.preparer,
+                releases=self.releases,
+                roots_dir=self.roots_dir,
+                snapshots=self.snapshots,
+                wall=lambda: self.wall().timestamp(),
+                health_state=self.monitor.state,
+            )
+            self.collector = Collector(
+                state_dir=self.state_dir,
+                roots_dir=self.roots_dir,
+                store=self.store,
+                snapshots=self.snapshots,
+                releases=self.releases,
+                journal=self.journal,
+                enforcer=self.enforcer,
+                events=self.events,
+            )
+            self.trust = TrustKeeper(self.state_dir, first_root=self.config.trust_root, journal=self.journal)
+            self.root = self.trust.load()
+            self.source_state = read_source_state(self.state_dir)
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
+        self._opened = True
+        return self
+
+    @property
+    def source(self) -> ReleaseSource:
+        """The injected source, or the one the (current) config names."""
+        if self._source_arg is not None:
+            return self._source_arg
+        return ConfigReleaseSource(self.config, staging=self.state_dir / "tmp", poller=self.poller)
 
     def close(self, *, stop_instances: bool = False) -> None:
-        """Stop the traffic switches (and, if asked, every instance); release the state lock."""
+        """Stop the health monitor and the traffic switches (and, if asked, every instance);
+        release the state lock."""
+        if not self._opened:
+            return
+        self.monitor.stop()
         if stop_instances:
             for name in sorted({r.service for r in self.journal.state.instances}):
                 self.deployer.stop_service(name)
@@ -212,94 +326,116 @@ class Agent:
                     self.runtime.stop(iid, grace=self.deployer.stop_grace)
             self.journal.commit(with_standby(replace(self.journal.state, known=()), ()))
             with contextlib.suppress(KilnError, OSError):
-                unmount_strays(self.roots_dir)  # nothing runs from them any more
+                unmount_strays(self.roots_dir)  # nothing runs from the composed roots any more
         self.deployer.close()
         close = getattr(self.runtime, "close", None)
         if callable(close) and stop_instances:
             close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        if self._lock is not None:
+            self._lock.release()
+        self._opened = False
 
     def __enter__(self) -> Agent:
-        return self
+        return self.open()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     # -- trust root ------------------------------------------------------------------------------
 
-    def _load_root(self) -> TrustRoot:
-        path = self.state_dir / ROOT_FILE
-        if path.exists():
-            data = path.read_bytes()[: envelope_cap(MAX_ROOT_BYTES) + 1]
-            root = load_root(data, source=str(path))
-        else:
-            try:
-                with self.config.trust_root.open("rb") as fh:
-                    data = fh.read(envelope_cap(MAX_ROOT_BYTES) + 1)
-            except OSError as exc:
-                raise AgentError(
-                    f"trust root {self.config.trust_root}: {exc.strerror or exc}",
-                    hint="install the first trust root on the host (out of band)",
-                ) from None
-            root = load_root(data, source=str(self.config.trust_root))
-            atomic_write(path, data, mode=0o600)
-        if self.journal.state.root_version != root.version:
-            self.journal.commit(replace(self.journal.state, root_version=root.version))
-        return root
-
     def trust_update(self, envelope: bytes) -> TrustRoot:
         """Install root N+1 (signed by a threshold of root N's root keys and its own)."""
+        self.open()
         try:
-            new = verify_root_update(self.root, envelope, now=self.wall())
+            new = self.trust.update(self.root, envelope, now=self.wall())
         except VerificationError as exc:
             self._refuse(exc, version=None, what="trust root")
             raise
-        atomic_write(self.state_dir / ROOT_FILE, envelope, mode=0o600)
         self.root = new
-        self.journal.commit(replace(self.journal.state, root_version=new.version))
         self.events.emit("root_updated", root_version=new.version)
         return new
 
     # -- releases kept locally -------------------------------------------------------------------
 
-    def _save_release(self, payload: bytes, digest: Digest) -> None:
-        path = self.releases_dir / f"{digest.hex}.json"
-        if not path.exists():
-            atomic_write(path, payload, mode=0o600)
-
     def load_release(self, ref: ReleaseRef) -> Release:
         """A release accepted earlier, from ``STATE/releases`` (its bytes re-hashed)."""
-        digest = Digest.parse(ref.payload_digest)
-        path = self.releases_dir / f"{digest.hex}.json"
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise AgentError(
-                f"release v{ref.version} is not in {self.releases_dir}: {exc.strerror}"
-            ) from None
-        digest.check(data, what=f"stored release v{ref.version}")
-        return Release.from_payload(data)
+        return self.releases.load(ref)
+
+    def _release_or_none(self, ref: ReleaseRef | None) -> Release | None:
+        release, err = self.releases.load_or_none(ref)
+        if err is not None and ref is not None:
+            self.events.emit("error", what=f"load release v{ref.version}", detail=err.message)
+        return release
+
+    def _prepare(self, release: Release, *, fetch: bool) -> dict[str, Prepared]:
+        return self.preparer.prepare(release, root=self.root, fetch=fetch)
 
     # -- refusals --------------------------------------------------------------------------------
 
     def _refuse(self, exc: VerificationError, *, version: int | None, what: str = "release") -> str:
         reason = exc.reason if exc.reason in REFUSAL_REASONS else _map_reason(exc.reason)
-        self.metrics.count_refusal(reason)
-        self.events.emit("refused", reason=reason, detail=exc.message, version=version, what=what)
-        refusal = Refusal(reason=reason, detail=exc.message, version=version, at=self.wall().timestamp())
-        self.journal.commit(replace(self.journal.state, last_refusal=refusal))
+        self._record_refusal(reason, exc.message, version=version, what=what)
         return reason
+
+    def _record_refusal(self, reason: str, detail: str, *, version: int | None, what: str) -> None:
+        self.metrics.count_refusal(reason)
+        self.events.emit("refused", reason=reason, detail=detail, version=version, what=what)
+        refusal = Refusal(reason=reason, detail=detail, version=version, at=self.wall().timestamp())
+        self.journal.commit(replace(self.journal.state, last_refusal=refusal))
+
+    def _internal(self, fault: InternalFault, *, version: int | None = None, loop: bool = True) -> None:
+        """The last-resort guard's refusal: event, metric, journal (never raises).
+
+        Only the loop's thread commits the journal; a fault in another thread (the health
+        monitor, the status endpoint) is committed by the next reconcile.
+        """
+        with contextlib.suppress(Exception):
+            self.metrics.count_refusal("internal")
+            self.events.emit(
+                "refused", reason="internal", detail=fault.detail, version=version, what=fault.step
+            )
+            refusal = Refusal(
+                reason="internal", detail=fault.detail, version=version, at=self.wall().timestamp()
+            )
+            if loop:
+                self._faults.append(fault)
+                self.journal.commit(replace(self.journal.state, last_refusal=refusal))
+            else:
+                self._pending_refusal = refusal
+
+    def _guard(self, step: str, fn: Callable[[], T]) -> T:
+        """Run ``fn``; kiln errors and failed rollouts pass, anything else becomes InternalFault."""
+        try:
+            return fn()
+        except (KilnError, RolloutFailed, InternalFault):
+            raise
+        except Exception as exc:
+            raise InternalFault(step, exc) from exc
+
+    @contextlib.contextmanager
+    def _step(self, step: str, *, io: bool = False) -> Iterator[None]:
+        """The guard as a block; ``io=True``: an OSError is the network's or the disk's fault
+        (the step reports it as unavailable), not an internal one."""
+        try:
+            yield
+        except (KilnError, RolloutFailed, InternalFault):
+            raise
+        except Exception as exc:
+            if io and isinstance(exc, OSError):
+                raise
+            raise InternalFault(step, exc) from exc
 
     # -- start and recovery ----------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Re-attach after a (re)start: stop what does not serve, finish or undo a rollout."""
+    def start(self, *, monitor: bool = True) -> None:
+        """Re-attach after a (re)start: stop what does not serve, finish or undo a rollout; then
+        watch every serving instance's health (``monitor=False``: one-shot commands)."""
+        self.open()
         self._stop_strays("recover")
         st = self.journal.state
-        with contextlib.suppress(OSError, KilnError):
-            unmount_strays(self.roots_dir, keep=[Digest.parse(r.manifest) for r in st.instances])
+        with contextlib.suppress(OSError, KilnError):  # no mount outlives a crash unless it serves
+            running = [*st.instances, *(s.record for s in standby_of(st))]
+            unmount_strays(self.roots_dir, keep=[Digest.parse(r.manifest) for r in running])
         serving = {r.id for r in st.instances}
         missing = [iid for iid in serving if iid not in st.known]
         if missing:
@@ -310,16 +446,27 @@ class Agent:
             older = self._release_or_none(st.rollout_from) if st.rollout_from is not None else None
             for service in _services_of(release, older):
                 self.deployer.adopt(service, st.serving(service.name))
-        if st.rollout_to is not None:
-            self.events.emit(
-                "recover",
-                action="rollback",
-                version=st.rollout_to.version,
-                to=st.rollout_from.version if st.rollout_from is not None else None,
-            )
-            self.journal.commit(self.journal.state.with_failure(st.rollout_to.version, "interrupted"))
-            self._return_to(st.rollout_from, failed=st.rollout_to)
+        self._finish_interrupted("recover")
+        with contextlib.suppress(OSError, KilnError):
+            self.enforcer.remove_set_aside()
         self.metrics.set_instances(len(self.journal.state.instances))
+        if monitor:
+            self.monitor.start()
+
+    def _finish_interrupted(self, event: str) -> None:
+        """A rollout the journal says is in progress was interrupted (a crash, an internal fault):
+        count a failed attempt and return to the release it started from."""
+        st = self.journal.state
+        if st.rollout_to is None:
+            return
+        self.events.emit(
+            event,
+            action="rollback",
+            version=st.rollout_to.version,
+            to=st.rollout_from.version if st.rollout_from is not None else None,
+        )
+        self.journal.commit(self.journal.state.with_failure(st.rollout_to.version, "interrupted"))
+        self._return_to(st.rollout_from, failed=st.rollout_to)
 
     def _stop_strays(self, event: str) -> None:
         """Stop every instance the runtime has, or the journal knows, that does not serve.
@@ -339,33 +486,76 @@ class Agent:
             self.events.emit(event, action="stop", instance=iid)
             self.deployer.forget(iid)
 
-    def _release_or_none(self, ref: ReleaseRef | None) -> Release | None:
-        if ref is None:
-            return None
-        try:
-            return self.load_release(ref)
-        except KilnError as exc:
-            self.events.emit("error", what=f"load release v{ref.version}", detail=exc.message)
-            return None
-
     # -- one reconcile ---------------------------------------------------------------------------
 
     def reconcile_once(self) -> ReconcileResult:
         with self.busy:
             self.metrics.count_reconcile()
-            self._stop_strays("stray")
-            result = self._consider()
-            replaced = self._enforce()
-            self.deployer.expire_standby()
+            self._faults = []
+            pending, self._pending_refusal = self._pending_refusal, None
+            if pending is not None:
+                self.journal.commit(replace(self.journal.state, last_refusal=pending))
+            result: ReconcileResult | None = None
+            try:
+                self._guard("strays", lambda: self._stop_strays("stray"))
+                self._guard("recover", lambda: self._finish_interrupted("recover"))
+            except InternalFault as fault:
+                self._internal(fault)
+            try:
+                result = self._consider()
+            except InternalFault as fault:
+                self._internal(fault)
+            replaced = 0
+            try:
+                replaced = self._guard("enforce", self.enforcer.enforce)
+            except InternalFault as fault:
+                self._internal(fault)
+            try:
+                self._guard("gc", self.collector.volumes)
+                self._guard("standby", self.deployer.expire_standby)
+            except InternalFault as fault:
+                self._internal(fault)
+            if result is None or (self._faults and result.outcome not in ("rolled-out", "failed")):
+                first = self._faults[0]
+                version = result.version if result is not None else None
+                result = ReconcileResult(
+                    outcome="refused", version=version, reason="internal", detail=first.detail
+                )
             return replace(result, replaced=replaced)
 
-    def _fetch(self) -> bytes:
-        from publisher.release_artifact import open_release_endpoint
+    def enforce_once(self) -> int:
+        """Only the enforcement step (the loop runs it when the health monitor wakes it)."""
+        with self.busy:
+            try:
+                return self._guard("enforce", self.enforcer.enforce)
+            except InternalFault as fault:
+                self._internal(fault)
+                return 0
 
-        with open_release_endpoint(
-            self.config.source, insecure=self.config.insecure, timeouts=_timeouts(self.config)
-        ) as endpoint:
-            return self.poller.fetch(endpoint, self.config.channel)  # the body only when the tag moved
+    def _fetch(self) -> bytes:
+        source = self.source
+        try:
+            with self._step("fetch", io=True):
+                data = source.fetch_release(self.config.channel)
+        except (KilnError, OSError) as exc:
+            detail = exc.message if isinstance(exc, KilnError) else str(exc)
+            self._source_failed(source.display, source_reason(exc), detail)
+            raise
+        except InternalFault as fault:
+            self._source_failed(source.display, "internal", fault.detail)
+            raise
+        self._set_source_state(self.source_state.succeeded(source.display, self.wall().timestamp()))
+        return data
+
+    def _source_failed(self, display: str, reason: str, detail: str) -> None:
+        self._set_source_state(self.source_state.failed(display, reason, detail, self.wall().timestamp()))
+
+    def _set_source_state(self, state: SourceState) -> None:
+        self.source_state = state
+        try:
+            write_source_state(self.state_dir, state)
+        except OSError as exc:
+            self.events.emit("error", what="source state", detail=str(exc))
 
     def _consider(self) -> ReconcileResult:
         try:
@@ -375,18 +565,24 @@ class Agent:
             return ReconcileResult(outcome="refused", reason=reason, detail=exc.message)
         except (KilnError, OSError) as exc:
             detail = exc.message if isinstance(exc, KilnError) else str(exc)
-            self.events.emit("unavailable", what="release source", detail=detail)
-            return ReconcileResult(outcome="unavailable", detail=detail)
+            self.events.emit(
+                "unavailable",
+                what="release source",
+                reason=self.source_state.last_error_reason,
+                detail=detail,
+            )
+            return ReconcileResult(outcome="unavailable", reason=None, detail=detail)
         st = self.journal.state
         try:
-            verified = check_release(
-                envelope,
-                root=self.root,
-                channel=self.config.channel,
-                now=self.wall(),
-                highest_accepted=st.highest.version if st.highest is not None else None,
-                current_payload_digest=st.highest.payload_digest if st.highest is not None else None,
-            )
+            with self._step("verify"):
+                verified = check_release(
+                    envelope,
+                    root=self.root,
+                    channel=self.config.channel,
+                    now=self.wall(),
+                    highest_accepted=st.highest.version if st.highest is not None else None,
+                    current_payload_digest=st.highest.payload_digest if st.highest is not None else None,
+                )
         except VerificationError as exc:
             reason = self._refuse(exc, version=_claimed_version(envelope))
             return ReconcileResult(outcome="refused", reason=reason, detail=exc.message)
@@ -398,7 +594,8 @@ class Agent:
         if failure is not None and failure.attempts >= self.config.max_attempts:
             return ReconcileResult(outcome="skipped", version=release.version, detail=failure.reason)
         try:
-            prepared = self._prepare(release, fetch=True)
+            with self._step("prepare", io=True):
+                prepared = self._prepare(release, fetch=True)
         except VerificationError as exc:
             reason = self._refuse(exc, version=release.version)
             return ReconcileResult(
@@ -414,84 +611,37 @@ class Agent:
             detail = exc.message if isinstance(exc, KilnError) else str(exc)
             self.events.emit("unavailable", what=f"images of v{release.version}", detail=detail)
             return ReconcileResult(outcome="unavailable", version=release.version, detail=detail)
-        self._save_release(verified.payload, verified.payload_digest)
+        except InternalFault as fault:
+            self.journal.commit(self.journal.state.with_failure(release.version, f"internal: {fault.detail}"))
+            self._internal(fault, version=release.version)
+            return ReconcileResult(
+                outcome="refused", version=release.version, reason="internal", detail=fault.detail
+            )
+        self.releases.save(verified.payload, verified.payload_digest)
         self.journal.commit(
             replace(self.journal.state, highest=ref, rollout_to=ref, rollout_from=self.journal.state.good)
         )
         self.events.emit("accepted", version=release.version, payload_digest=ref.payload_digest)
         return self._roll_out(release, ref, prepared)
 
-    def _prepare(self, release: Release, *, fetch: bool) -> dict[str, Prepared]:
-        """Verify, pull and unpack every service's image (``fetch=False``: from the store only)."""
-        policy = image_policy(self.root) if fetch else None
-        out: dict[str, Prepared] = {}
-        for service in release.services:
-            pin = service.image
-            if fetch:
-                assert policy is not None  # noqa: S101 - set above when fetching
-                location = self.config.location_for(pin.repository)
-                with open_image_location(
-                    location,
-                    staging=self.state_dir / "tmp",
-                    insecure=self.config.insecure,
-                    timeouts=_timeouts(self.config),
-                ) as loc:
-                    policy.evaluate(
-                        repository=pin.repository,
-                        tag=None,
-                        image_digest=pin.digest,
-                        signatures=stored_layers(loc.artifacts, signature_tag(pin.digest)),
-                        attestations=stored_layers(loc.artifacts, attestation_tag(pin.digest)),
-                        now=self.wall(),
-                    )
-                    started = time.monotonic()
-                    image = self.store.pull_image(loc.blobs, pin.digest)
-                    self._rate(image, time.monotonic() - started)
-            else:
-                image = self.store.image(pin.digest)
-            out[service.name] = self._unpacked(service, release.version, pin.digest, image)
-        return out
-
-    def _rate(self, image: PulledImage, seconds: float) -> None:
-        sizes = {d.digest: d.size for d in (image.manifest.config, *image.layers)}
-        fetched = sum(sizes.get(d, 0) for d in image.fetched)
-        self.metrics.set_verify_rate(fetched, seconds)
-
-    def _unpacked(self, service: Any, version: int, pin: Digest, image: PulledImage) -> Prepared:
-        root = compose_image(
-            self.store,
-            image,
-            self.roots_dir,
-            self.snapshots,
-            limits=UnpackLimits.from_agent(self.config.limits),
-        )
-        port = service_port(service, image.config)
-        health, grace = health_spec_for(service, image.config)
-        return Prepared(
-            service=service,
-            release=version,
-            image_digest=pin,
-            manifest_digest=image.manifest_digest,
-            image_config=image.config,
-            rootfs=root.path,
-            fingerprint=root.fingerprint,
-            port=port,
-            health=health,
-            grace=grace,
-            config=config_digest(service, pin, image.manifest_digest, port),
-        )
-
     def _roll_out(self, release: Release, ref: ReleaseRef, prepared: dict[str, Prepared]) -> ReconcileResult:
         previous = self.journal.state.good
         try:
-            for service in release.services:
-                self.deployer.converge(prepared[service.name])
-        except RolloutFailed as exc:
+            with self._step("roll out"):
+                for service in release.services:
+                    self.deployer.converge(prepared[service.name])
+        except (RolloutFailed, InternalFault) as exc:
+            reason = exc.reason if isinstance(exc, RolloutFailed) else f"internal: {exc.detail}"
             self.metrics.count_rollout("failed")
-            self.events.emit("rollout_failed", version=release.version, detail=exc.reason)
-            self.journal.commit(self.journal.state.with_failure(release.version, exc.reason))
-            self._return_to(previous, failed=ref)
-            return ReconcileResult(outcome="failed", version=release.version, detail=exc.reason)
+            self.events.emit("rollout_failed", version=release.version, detail=reason)
+            self.journal.commit(self.journal.state.with_failure(release.version, reason))
+            if isinstance(exc, InternalFault):
+                self._internal(exc, version=release.version)
+            try:
+                self._guard("roll back", lambda: self._return_to(previous, failed=ref))
+            except InternalFault as fault:
+                self._internal(fault, version=release.version)
+            return ReconcileResult(outcome="failed", version=release.version, detail=reason)
         names = {s.name for s in release.services}
         for name in sorted({r.service for r in self.journal.state.instances} - names):
             self.deployer.stop_service(name)
@@ -508,7 +658,10 @@ class Agent:
         )
         self.metrics.count_rollout("success")
         self.events.emit("rolled_out", version=release.version, payload_digest=ref.payload_digest)
-        self._gc()
+        try:
+            self._guard("gc", self.collector.releases_and_roots)
+        except InternalFault as fault:
+            self._internal(fault, version=release.version)
         return ReconcileResult(outcome="rolled-out", version=release.version)
 
     def _return_to(self, target: ReleaseRef | None, *, failed: ReleaseRef | None) -> None:
@@ -570,129 +723,28 @@ class Agent:
             self.events.emit("rollback", to=target.version, left=left.version, by="operator")
             return target
 
-    # -- enforcement -----------------------------------------------------------------------------
-
-    def _enforce(self) -> int:
-        st = self.journal.state
-        if st.good is None or st.rolling_out:
-            return 0
-        try:
-            release = self.load_release(st.good)
-        except KilnError as exc:
-            self.events.emit("error", what="enforce", detail=exc.message)
-            return 0
-        replaced = 0
-        fingerprints: dict[str, str] = {}
-        now = self.wall().timestamp()
-        for service in release.services:
-            recs = self.journal.state.serving(service.name)
-            causes: list[tuple[InstanceRecord, str]] = []
-            for rec in recs:
-                cause = self._drift(rec, service, fingerprints, now)
-                if cause is not None:
-                    causes.append((rec, cause))
-            if not causes and len(recs) >= service.replicas:
-                continue
-            try:
-                prep = self._prepared_for(
-                    release, service.name, fresh_root=any(c == "root" for _, c in causes)
-                )
-            except KilnError as exc:
-                self.events.emit("error", what=f"enforce {service.name}", detail=exc.message)
-                continue
-            for rec, cause in causes:
-                self.events.emit("drift", service=service.name, instance=rec.id, cause=cause)
-                if self.deployer.replace(prep, rec, cause):
-                    replaced += 1
-            if len(self.journal.state.serving(service.name)) < service.replicas:
-                try:
-                    self.deployer.converge(prep, Strategy())
-                except RolloutFailed as exc:
-                    self.events.emit("error", what=f"restore {service.name}", detail=exc.reason)
-        return replaced
-
-    def _drift(
-        self, rec: InstanceRecord, service: Any, fingerprints: dict[str, str], now: float
-    ) -> str | None:
-        try:
-            state = self.runtime.state(rec.id)
-        except KilnError:
-            return "died"
-        if state.status is not InstanceStatus.RUNNING:
-            return "died"
-        if rec.manifest not in fingerprints:
-            try:  # ``fingerprints`` also caches each snapshot's walk (keys without "sha256:")
-                fingerprints[rec.manifest] = composed_fingerprint(
-                    self.roots_dir, Digest.parse(rec.manifest), self.snapshots, fingerprints
-                )
-            except OSError:
-                fingerprints[rec.manifest] = "missing"
-        if fingerprints[rec.manifest] != rec.fingerprint:
-            return "root"
-        bundle = getattr(self.runtime, "bundle_digest", None)
-        if rec.bundle is not None and callable(bundle) and bundle(rec.id) != rec.bundle:
-            return "config"
-        if service.max_lifetime is not None and now - rec.started_at >= service.max_lifetime:
-            return "lifetime"
-        watch = self.deployer.watches.get(rec.id)
-        if watch is not None:
-            try:
-                if watch.check(self.deployer.connect_for(rec)).value == "unhealthy":
-                    return "unhealthy"
-            except (KilnError, RolloutFailed):
-                return "unhealthy"
-        return None
-
-    def _prepared_for(self, release: Release, name: str, *, fresh_root: bool) -> Prepared:
-        service = release.service(name)
-        assert service is not None  # noqa: S101 - name comes from the release
-        image = self.store.image(service.image.digest)
-        if fresh_root:
-            layers = composed_layers(self.roots_dir, image.manifest_digest)
-            remove_composed(self.roots_dir, image.manifest_digest)
-            for desc in (image.manifest.config, *image.layers):
-                self.store.verify(desc.digest, size=desc.size)
-            self.snapshots.discard_altered(layers)
-        return self._unpacked(service, release.version, service.image.digest, image)
-
-    def _gc(self) -> None:
-        """Keep the blobs and roots of the good and previous releases only."""
-        st = self.journal.state
-        keep: list[Digest] = []
-        manifests: set[str] = {r.manifest for r in st.instances}
-        for ref in (st.good, st.previous):
-            release = self._release_or_none(ref)
-            if release is None:
-                continue
-            for pin in release.images:
-                keep.append(pin.digest)
-                with contextlib.suppress(KilnError):
-                    manifests.add(str(self.store.image(pin.digest).manifest_digest))
-        running = {r.manifest for r in st.instances} | {s.record.manifest for s in standby_of(st)}
-        with contextlib.suppress(OSError, KilnError):
-            self.store.gc(keep)
-            remove_interrupted(self.roots_dir)
-            for entry in os.scandir(self.roots_dir):
-                name = entry.name.removesuffix(".json")
-                if len(name) != 64 or entry.name.endswith(".json"):
-                    continue
-                with contextlib.suppress(KilnError, OSError):
-                    if f"sha256:{name}" not in manifests:
-                        remove_composed(self.roots_dir, Digest(name))
-                    elif f"sha256:{name}" not in running:
-                        park(self.roots_dir, Digest(name))  # kept for a rollback, not mounted
-            used: set[str] = set()
-            for manifest in manifests:
-                used.update(composed_layers(self.roots_dir, Digest.parse(manifest)))
-            self.snapshots.gc(used)
-
     # -- status ----------------------------------------------------------------------------------
 
+    def health_of(self, iid: str) -> str:
+        """``healthy``, ``failing``, ``unhealthy`` (the monitor's last word), or what the rollout
+        saw, or ``unknown`` before the first probe."""
+        state = self.monitor.state(iid) if self._opened else None
+        if state is not None:
+            return state
+        watch = self.deployer.watches.get(iid) if self._opened else None
+        return str(watch.state) if watch is not None else "unknown"
+
     def status(self) -> dict[str, Any]:
+        try:
+            return self._guard("status", self._status)
+        except InternalFault as fault:
+            self._internal(fault, loop=False)
+            return {"error": "internal", "detail": fault.detail}
+
+    def _status(self) -> dict[str, Any]:
         st: JournalState = self.journal.state
         instances = []
         for rec in st.instances:
-            watch = self.deployer.watches.get(rec.id)
             instances.append(
                 {
                     "id": rec.id,
@@ -700,56 +752,60 @@ class Agent:
                     "release": rec.release,
                     "image": rec.image,
                     "started_at": rec.started_at,
-                    "health": str(watch.state) if watch is not None else "unknown",
+                    "health": self.health_of(rec.id),
+                    "in_rotation": self.deployer.in_rotation(rec.id),
                 }
             )
-        return status_document(st, instances=instances, metrics=self.metrics.snapshot(), config=self.config)
+        return status_document(
+            st,
+            instances=instances,
+            metrics=self.metrics.snapshot(),
+            config=self.config,
+            source=self.source_state,
+        )
 
     # -- the loop --------------------------------------------------------------------------------
 
     def run(
         self, stop: threading.Event, *, on_result: Callable[[ReconcileResult], None] | None = None
     ) -> None:
-        """Reconcile every ``poll_interval`` until ``stop`` is set (bounded waits); at once when
-        :attr:`wake` is set."""
+        """Reconcile every ``poll_interval`` until ``stop`` is set, and at once after :meth:`nudge`;
+        enforce at once when the health monitor found an instance unhealthy; back off while steps
+        fail with internal errors."""
+        internal = 0
         while not stop.is_set():
             try:
                 result = self.reconcile_once()
             except KilnError as exc:
                 self.events.emit("error", what="reconcile", detail=exc.message)
+            except Exception as exc:  # noqa: BLE001 - the loop never dies
+                with self.busy:
+                    self._internal(InternalFault("reconcile", exc))
+                internal += 1
             else:
+                internal = internal + 1 if result.reason == "internal" else 0
                 if on_result is not None:
-                    on_result(result)
-            deadline = time.monotonic() + self.config.poll_interval
-            while not stop.is_set() and (left := deadline - time.monotonic()) > 0:
+                    with contextlib.suppress(Exception):
+                        on_result(result)
+            wait = self.config.poll_interval
+            if internal:
+                wait = min(max(MAX_BACKOFF, wait), wait * 2 ** min(internal, 16))
+            deadline = time.monotonic() + wait
+            while not stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
                 if self.wake.wait(min(left, 0.5)):
                     self.wake.clear()
-                    break
+                    if stop.is_set() or self._reconcile_now:
+                        self._reconcile_now = False
+                        break
+                    self.enforce_once()
 
-
-def status_document(
-    st: JournalState, *, instances: list[dict[str, Any]], metrics: dict[str, Any] | None, config: AgentConfig
-) -> dict[str, Any]:
-    """The ``/status`` and ``kiln agent status --json`` document."""
-
-    def ref(r: ReleaseRef | None) -> dict[str, Any] | None:
-        return r.to_dict() if r is not None else None
-
-    return {
-        "channel": config.channel,
-        "group": config.group,
-        "runtime": config.runtime.value,
-        "seq": st.seq,
-        "root_version": st.root_version,
-        "release": ref(st.good),
-        "previous": ref(st.previous),
-        "highest_accepted": ref(st.highest),
-        "rollout": {"to": ref(st.rollout_to), "from": ref(st.rollout_from)} if st.rolling_out else None,
-        "instances": instances,
-        "failures": [f.to_dict() for f in st.failures],
-        "last_refusal": st.last_refusal.to_dict() if st.last_refusal is not None else None,
-        "metrics": metrics,
-    }
+    def nudge(self) -> None:
+        """Reconcile now instead of at the next poll (SIGHUP, ``kiln agent reconcile --now``)."""
+        self._reconcile_now = True
+        self.wake.set()
 
 
 def _services_of(*releases: Release | None) -> list[Any]:
@@ -772,12 +828,6 @@ def _map_reason(reason: str) -> str:
         "attestation": "policy",  # a required attestation is missing or unreadable
     }
     return folded.get(reason, reason)
-
-
-def _timeouts(config: AgentConfig) -> Any:
-    from publisher.session import Timeouts  # loads httpx: only when a registry is used
-
-    return Timeouts.from_limits(config.limits)
 
 
 def _claimed_version(envelope: bytes) -> int | None:

@@ -17,6 +17,12 @@ serving set is committed before the forwarder is switched to it):
   ``max_lifetime``): start, wait healthy, switch, drain, stop.
 - :meth:`Deployer.retire` drains and stops an instance and forgets it.
 - :meth:`Deployer.adopt` re-creates the traffic switch for instances found serving after a restart.
+- :meth:`Deployer.set_rotation` takes an instance the health monitor found unhealthy out of its
+  service's rotation (and puts it back when it recovers); a service never loses its last backend
+  this way (with every instance unhealthy, all stay in rotation: fail open, as HAProxy does).
+
+A service whose image declares volumes (``Prepared.exclusive``) never runs two instances on one
+volume: its rollouts and replacements stop the old instance before they start the new one.
 
 Time is injected (``clock``, ``sleep``, ``wall``), so the state machine runs in unit tests with a
 fake runtime and a fake probe, without waiting.
@@ -26,6 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -91,6 +98,8 @@ class Prepared:
     health: HealthSpec | None
     grace: float
     config: str  # config_digest(): equal digests run the same thing
+    # The image declares volumes its instances share: stop the old instance before the new starts.
+    exclusive: bool = False
 
     @property
     def name(self) -> str:
@@ -149,6 +158,8 @@ def config_digest(service: Service, image_digest: Digest, manifest_digest: Diges
         doc["resources"] = service.resources.to_dict()
     if service.user_namespace:
         doc["user_namespace"] = True
+    if service.volume_per_instance:  # only when set: the digests of instances without it stay
+        doc["volume_per_instance"] = True
     return f"sha256:{hashlib.sha256(canonical_json(doc)).hexdigest()}"
 
 
@@ -221,6 +232,8 @@ class Deployer:
         self._listens: dict[str, tuple[str, int]] = {}
         self._netns: dict[str, str] = {}
         self.watches: dict[str, HealthWatch] = {}
+        self._out: set[str] = set()  # out of rotation (the health monitor found them unhealthy)
+        self._switch_lock = threading.RLock()  # the loop and the health monitor both switch
 
     # -- instances ---------------------------------------------------------------------------------
 
@@ -276,6 +289,7 @@ class Deployer:
             env=dict(prep.service.env),
             limits=ResourceLimits().with_release(prep.service.resources),
             user_namespace=prep.service.user_namespace,
+            volume_per_instance=prep.service.volume_per_instance,
         )
 
     def _started(self, prep: Prepared, iid: str, handle: InstanceHandle) -> InstanceRecord:
@@ -291,6 +305,8 @@ class Deployer:
             port=prep.port,
             started_at=self._wall(),
             bundle=self._bundle_digest(iid),
+            root=str(prep.rootfs),
+            health=prep.health.to_dict() if prep.health is not None else None,
         )
         self.events.emit("started", service=prep.name, instance=iid, release=prep.release)
         return rec
@@ -308,8 +324,14 @@ class Deployer:
             return False
         self._netns.pop(iid, None)
         self.watches.pop(iid, None)
+        with self._switch_lock:
+            self._out.discard(iid)
         self.journal.commit(self.journal.state.without_known(iid))
         return True
+
+    def probe(self, spec: HealthSpec, connect: Connector, timeout: float) -> HealthResult:
+        """One probe with this deployer's probe (the health monitor's checks go through it)."""
+        return self._probe(spec, connect, timeout)
 
     def wait_healthy(self, prep: Prepared, rec: InstanceRecord) -> HealthResult:
         if prep.health is None:
@@ -385,35 +407,63 @@ class Deployer:
     def switch(self, service: Service, records: Sequence[InstanceRecord]) -> None:
         """Commit ``records`` as the service's serving set (none of them standby any more, in the
         same commit), then point its address at them."""
-        st = self.journal.state.with_service(service.name, tuple(records))
-        pool = standby_of(st)
-        if pool:
-            ids = {r.id for r in records}
-            st = with_standby(st, [s for s in pool if s.record.id not in ids])
-        self.journal.commit(st)
-        fw = self.forwarder(service)
-        if fw is not None:
-            backends = []
-            for rec in records:
-                try:
-                    backends.append(Backend(id=rec.id, connect=self.connect_for(rec)))
-                except KilnError as exc:
-                    self.events.emit("error", what=f"backend {rec.id}", detail=exc.message)
-            fw.set_backends(backends)
+        with self._switch_lock:
+            st = self.journal.state.with_service(service.name, tuple(records))
+            pool = standby_of(st)
+            if pool:
+                ids = {r.id for r in records}
+                st = with_standby(st, [s for s in pool if s.record.id not in ids])
+            self.journal.commit(st)
+            fw = self.forwarder(service)
+            if fw is not None:
+                fw.set_backends(self._backends(records))
         self.metrics.set_instances(len(self.journal.state.instances))
 
-    def adopt(self, service: Service, records: Sequence[InstanceRecord]) -> None:
-        """After a restart: recreate the service's traffic switch over its serving instances."""
-        fw = self.forwarder(service)
-        if fw is None:
-            return
+    def _backends(self, records: Sequence[InstanceRecord]) -> list[Backend]:
+        """The backends for ``records``: those in rotation, or all of them if none is."""
+        in_rotation = [r for r in records if r.id not in self._out] or list(records)
         backends = []
-        for rec in records:
+        for rec in in_rotation:
             try:
                 backends.append(Backend(id=rec.id, connect=self.connect_for(rec)))
             except KilnError as exc:
                 self.events.emit("error", what=f"backend {rec.id}", detail=exc.message)
-        fw.set_backends(backends)
+        return backends
+
+    def set_rotation(self, instance_id: str, in_rotation: bool) -> bool:
+        """Take a serving instance out of its service's rotation, or put it back; True if the
+        service's backends changed. Called by the health monitor's threads."""
+        with self._switch_lock:
+            was_out = instance_id in self._out
+            if in_rotation:
+                self._out.discard(instance_id)
+            else:
+                self._out.add(instance_id)
+            rec = next((r for r in self.journal.state.instances if r.id == instance_id), None)
+            if rec is None or was_out == (not in_rotation):
+                return False
+            fw = self.forwarders.get(rec.service)
+            if fw is None:
+                return False
+            fw.set_backends(self._backends(self.journal.state.serving(rec.service)))
+            return True
+
+    def in_rotation(self, instance_id: str) -> bool:
+        """Whether the instance gets traffic (an unhealthy one does when all of its service's are)."""
+        if instance_id not in self._out:
+            return True
+        rec = next((r for r in self.journal.state.instances if r.id == instance_id), None)
+        if rec is None:
+            return False
+        return all(r.id in self._out for r in self.journal.state.serving(rec.service))
+
+    def adopt(self, service: Service, records: Sequence[InstanceRecord]) -> None:
+        """After a restart: recreate the service's traffic switch over its serving instances."""
+        with self._switch_lock:
+            fw = self.forwarder(service)
+            if fw is None:
+                return
+            fw.set_backends(self._backends(records))
         self.metrics.set_instances(len(self.journal.state.instances))
 
     def retire(self, rec: InstanceRecord) -> None:
@@ -464,8 +514,15 @@ class Deployer:
             relabeled = [replace(r, release=prep.release) for r in matching]
             if others or relabeled != matching:
                 self.switch(service, relabeled)
-                self._set_aside(service, others)
+                self._set_aside(service, others, exclusive=prep.exclusive)
             return bool(others)
+        if prep.exclusive and others:
+            # One volume, one instance: the old instances stop before the new one starts.
+            self.events.emit("stop_first", service=service.name, instances=[r.id for r in others])
+            self.switch(service, [replace(r, release=prep.release) for r in matching])
+            for rec in others:
+                self.retire(rec)
+            others = []
         new: list[InstanceRecord] = []
         retired: set[str] = set()
         blue_green = strategy.kind is StrategyKind.BLUE_GREEN
@@ -482,7 +539,7 @@ class Deployer:
                 self.switch(service, serving)
                 self.hold(prep, fresh)
                 gone = [r for r in others if r.id not in retired and r not in keep]
-                self._set_aside(service, gone)
+                self._set_aside(service, gone, exclusive=prep.exclusive)
                 retired.update(r.id for r in gone)
         except RolloutFailed:
             self._undo(service, [*matching, *(r for r in others if r.id not in retired)], new)
@@ -516,13 +573,16 @@ class Deployer:
 
     # -- standby (keep_previous) -------------------------------------------------------------------
 
-    def _set_aside(self, service: Service, recs: Sequence[InstanceRecord]) -> None:
+    def _set_aside(
+        self, service: Service, recs: Sequence[InstanceRecord], *, exclusive: bool = False
+    ) -> None:
         """The instances a rollout of ``service`` replaced: retired, or with ``keep_previous``
         kept running out of rotation (they already left the serving set) until it expires. They
-        replace whatever older instances of the service were on standby."""
+        replace whatever older instances of the service were on standby. (Instances of a service
+        whose volumes only one instance may use are always retired.)"""
         if not recs:
             return
-        if not service.keep_previous:
+        if not service.keep_previous or exclusive:
             for rec in recs:
                 self.retire(rec)
             return
@@ -592,6 +652,9 @@ class Deployer:
         """Swap ``old`` for a fresh instance of ``prep`` (start, health, switch, drain, stop)."""
         service = prep.service
         self.events.emit("replacing", service=service.name, instance=old.id, cause=cause)
+        if prep.exclusive:  # one volume, one instance: stop first
+            self.switch(service, [r for r in self.journal.state.serving(service.name) if r.id != old.id])
+            self.retire(old)
         try:
             rec = self.start_instance(prep)
         except RolloutFailed as exc:
@@ -609,7 +672,8 @@ class Deployer:
         if rec not in serving:
             serving.append(rec)
         self.switch(service, serving)
-        self.retire(old)
+        if not prep.exclusive:
+            self.retire(old)
         self.metrics.count_replacement(cause)
         self.events.emit("replaced", service=service.name, instance=old.id, by=rec.id, cause=cause)
         return True

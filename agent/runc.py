@@ -137,7 +137,7 @@ class RuncRuntime:
             raise InstanceError(f"instance {iid} already exists", hint="stop it first or use a new id")
         policy = ImagePolicy.from_config(spec.image_config)
         owner = host_ids(spec, policy.uid, policy.gid)
-        volumes = prepare_volumes(self.state_dir, spec.service, policy, owner=owner)
+        volumes = prepare_volumes(self.state_dir, spec.volume_owner, policy, owner=owner)
         owned = spec.netns is None
         # A user namespace needs a network namespace it owns (sysfs is mounted only for the owner,
         # and runc exec joins the user namespace first): runc creates that one, and kiln names it

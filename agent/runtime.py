@@ -125,6 +125,13 @@ class InstanceSpec:
     allow_root: bool = False
     limits: ResourceLimits = field(default_factory=ResourceLimits)
     user_namespace: bool = False
+    # Volumes of its own (STATE/volumes/<service>/<instance id>/) instead of the service's.
+    volume_per_instance: bool = False
+
+    @property
+    def volume_owner(self) -> str:
+        """Whose volumes the instance mounts: ``STATE/volumes/<volume_owner>/<slug>``."""
+        return f"{self.service}/{self.instance_id}" if self.volume_per_instance else self.service
 
     def __post_init__(self) -> None:
         check_instance_id(self.instance_id)

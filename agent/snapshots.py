@@ -435,24 +435,26 @@ class SnapshotStore:
             cache[name] = fp
         return fp
 
-    def discard_altered(self, names: Iterable[str]) -> tuple[str, ...]:
+    def discard_altered(self, names: Iterable[str]) -> tuple[Path, ...]:
         """Set aside the layer snapshots among ``names`` that no longer match their record (drift
-        repair unpacks them again from verified blobs); returns their names. They are renamed to
-        ``.trash-`` names, not removed: instances still running from them keep their files until
-        they are replaced, and :meth:`gc` removes them afterwards."""
-        aside = []
+        repair unpacks them again from verified blobs) and the mountpoint layers (always made
+        again); returns where they went. They are renamed to ``.trash-`` names, not removed:
+        instances still running from them keep their files until they are replaced; the caller
+        removes them then, or :meth:`gc` does."""
+        aside: list[Path] = []
         for name in names:
             if name == _EMPTY:
                 continue
-            if not name.startswith(TOP_PREFIX):  # a mountpoint layer is always made again
+            if not name.startswith(TOP_PREFIX):
                 snap = self.get(Digest(name))
                 if snap is not None and self.fingerprint_of(name) == snap.fingerprint:
                     continue
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / f"{name}.json").unlink()
+            target = self.dir / f"{_TRASH}{name}-{secrets.token_hex(4)}"
             with contextlib.suppress(FileNotFoundError):
-                os.rename(self.dir / name, self.dir / f"{_TRASH}{name}-{secrets.token_hex(4)}")
-            aside.append(name)
+                os.rename(self.dir / name, target)
+                aside.append(target)
         if aside:
             fsync_dir(self.dir)
         return tuple(aside)

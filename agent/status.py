@@ -3,7 +3,8 @@ optionally, on a loopback TCP port.
 
 ::
 
-    GET  /status     the status document (JSON): release, previous, instances, health, last refusal
+    GET  /status     the status document (JSON, :func:`status_document`): release, previous,
+                     instances and their health, the release source's state, last refusal
     GET  /metrics    Prometheus text: kiln_agent_reconciles_total, kiln_agent_refusals_total{reason},
                      kiln_agent_rollouts_total{result}, kiln_agent_rollbacks_total,
                      kiln_agent_verify_bytes_per_second, ...
@@ -27,9 +28,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from agent.journal import JournalState, ReleaseRef, SourceState
+from manifests.agentconfig import AgentConfig
 from manifests.errors import KilnError
 
-__all__ = ["SOCKET_FILE", "StatusServer", "query"]
+__all__ = ["SOCKET_FILE", "StatusServer", "query", "status_document"]
 
 SOCKET_FILE = "agent.sock"
 _MAX_REPLY = 4 * 1024 * 1024
@@ -162,6 +165,39 @@ class StatusServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def status_document(
+    st: JournalState,
+    *,
+    instances: list[dict[str, Any]],
+    metrics: dict[str, Any] | None,
+    config: AgentConfig,
+    source: SourceState | None = None,
+) -> dict[str, Any]:
+    """The ``/status`` and ``kiln agent status --json`` document."""
+
+    def ref(r: ReleaseRef | None) -> dict[str, Any] | None:
+        return r.to_dict() if r is not None else None
+
+    src = (source or SourceState()).to_dict()
+    src["source"] = src["source"] or config.source
+    return {
+        "channel": config.channel,
+        "group": config.group,
+        "runtime": config.runtime.value,
+        "seq": st.seq,
+        "root_version": st.root_version,
+        "release": ref(st.good),
+        "previous": ref(st.previous),
+        "highest_accepted": ref(st.highest),
+        "rollout": {"to": ref(st.rollout_to), "from": ref(st.rollout_from)} if st.rolling_out else None,
+        "instances": instances,
+        "failures": [f.to_dict() for f in st.failures],
+        "last_refusal": st.last_refusal.to_dict() if st.last_refusal is not None else None,
+        "source": src,
+        "metrics": metrics,
+    }
 
 
 def query(state_dir: Path, path: str, *, method: str = "GET", timeout: float = 60.0) -> tuple[int, bytes]:

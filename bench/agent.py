@@ -348,7 +348,7 @@ def stop_instances(host: Host) -> list[str]:
 
     if not host.state.exists():
         return []
-    agent = Agent(load_agent_config(host.config))
+    agent = Agent(load_agent_config(host.config)).open()
     try:
         for iid in agent.runtime.list():
             agent.runtime.stop(iid, grace=2.0)

@@ -12,7 +12,9 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import quote
 
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
@@ -20,6 +22,8 @@ from manifests.digest import Digest
 __all__ = [
     "Input",
     "FileRecord",
+    "SbomPackage",
+    "debian_package",
     "STATEMENT_V1",
     "SLSA_PROVENANCE_V1",
     "SPDX_PREDICATE",
@@ -75,6 +79,44 @@ def _files(files: Iterable[FileRecord | tuple[str, str, int]]) -> list[FileRecor
     return sorted(out, key=lambda f: f.path)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SbomPackage:
+    """A package whose files are in the image (a Debian package, for now), as the SBOM lists it.
+
+    The hook for other inputs: the Debian lock adds its packages (with the ``.deb``'s sha256 and
+    download location) through ``attestation_documents(..., packages=...)``.
+    """
+
+    name: str
+    version: str | None = None
+    purl: str | None = None
+    download_location: str | None = None  # NOASSERTION when not known
+    sha256: str | None = None  # of the package file itself, when kiln had it
+
+
+def debian_package(owner: str, *, arch: str) -> SbomPackage:
+    """An SbomPackage from dpkg's answer ``name[:arch][ version]`` for an installed host package."""
+    head, _, version = owner.partition(" ")
+    name, _, pkg_arch = head.partition(":")
+    qualifiers = f"?arch={pkg_arch or arch}"
+    purl = f"pkg:deb/debian/{name}" + (f"@{quote(version, safe='')}" if version else "") + qualifiers
+    return SbomPackage(name=name, version=version or None, purl=purl)
+
+
+def _verification_code(records: Sequence[FileRecord]) -> str:
+    """SPDX 2.3 section 7.9: SHA1 over the sorted, concatenated SHA1s of the package's files."""
+    sha1s = sorted(f.sha1 or "" for f in records)
+    return hashlib.sha1("".join(sha1s).encode("ascii"), usedforsecurity=False).hexdigest()
+
+
+def _image_purl(name: str, version: str, image_digest: Digest) -> str:
+    # purl-spec "oci": the name is the last path segment, the rest is repository_url.
+    repo, _, last = name.rpartition("/")
+    quals = [f"repository_url={quote(name, safe='/:')}"] if repo else []
+    quals.append(f"tag={quote(version, safe='')}")
+    return f"pkg:oci/{quote(last.lower(), safe='')}@sha256%3A{image_digest.hex}?{'&'.join(quals)}"
+
+
 def spdx_document(  # noqa: PLR0917 - the agreed signature: (name, version, digest, files, inputs, created)
     name: str,
     version: str,
@@ -84,108 +126,150 @@ def spdx_document(  # noqa: PLR0917 - the agreed signature: (name, version, dige
     created: str,
     *,
     tool_version: str = "0",
+    packages: Sequence[SbomPackage] = (),
+    arch: str = "amd64",
 ) -> dict[str, Any]:
-    """An SPDX 2.3 JSON document: the image package, every file (sha256), every input, and the
-    host packages inputs came from."""
+    """An SPDX 2.3 JSON document built with spdx-tools' model (ADR 0019).
+
+    The image is the described package (``CONTAINER``, its manifest digest as checksum, a
+    ``pkg:oci`` purl, ``filesAnalyzed`` with the verification code); it CONTAINS every file (SHA1
+    and SHA256) and every package its files came from (Debian packages with a ``pkg:deb`` purl,
+    ``filesAnalyzed: false``, so nothing is said to be *in* them). Host paths are not packages.
+    """
+    from spdx_tools.spdx.jsonschema.document_converter import DocumentConverter
+    from spdx_tools.spdx.model import (
+        Actor,
+        ActorType,
+        Checksum,
+        ChecksumAlgorithm,
+        CreationInfo,
+        Document,
+        ExternalPackageRef,
+        ExternalPackageRefCategory,
+        File,
+        Package,
+        PackagePurpose,
+        PackageVerificationCode,
+        Relationship,
+        RelationshipType,
+        SpdxNoAssertion,
+    )
+
+    def purl_ref(purl: str) -> ExternalPackageRef:
+        return ExternalPackageRef(ExternalPackageRefCategory.PACKAGE_MANAGER, "purl", purl)
+
     records = _files(files)
-    ins = sorted(inputs, key=lambda i: (i.kind, i.uri, i.sha256))
     image_id = "SPDXRef-Image"
-    packages: list[dict[str, Any]] = [
-        {
-            "SPDXID": image_id,
-            "name": name,
-            "versionInfo": version,
-            "downloadLocation": "NOASSERTION",
-            "filesAnalyzed": False,
-            "checksums": [{"algorithm": "SHA256", "checksumValue": image_digest.hex}],
-            "primaryPackagePurpose": "CONTAINER",
-        }
-    ]
-    relationships: list[dict[str, str]] = [
-        {"spdxElementId": "SPDXRef-DOCUMENT", "relationshipType": "DESCRIBES", "relatedSpdxElement": image_id}
-    ]
-    spdx_files: list[dict[str, Any]] = []
+    spdx_files = []
+    relationships = [Relationship("SPDXRef-DOCUMENT", RelationshipType.DESCRIBES, image_id)]
     for f in records:
         fid = _id("File", f.path)
-        checksums = [{"algorithm": "SHA256", "checksumValue": f.sha256}]
+        checksums = [Checksum(ChecksumAlgorithm.SHA256, f.sha256)]
         if f.sha1:
-            checksums.insert(0, {"algorithm": "SHA1", "checksumValue": f.sha1})
+            checksums.insert(0, Checksum(ChecksumAlgorithm.SHA1, f.sha1))
         spdx_files.append(
-            {
-                "SPDXID": fid,
-                "fileName": "./" + f.path.lstrip("/"),
-                "checksums": checksums,
-                "comment": f"size {f.size}",
-            }
+            File(name="./" + f.path.lstrip("/"), spdx_id=fid, checksums=checksums, comment=f"size {f.size}")
         )
-        relationships.append(
-            {"spdxElementId": image_id, "relationshipType": "CONTAINS", "relatedSpdxElement": fid}
-        )
-    host_packages: dict[str, str] = {}
-    for i in ins:
-        iid = _id("Input", i.kind, i.uri, i.sha256)
-        pkg: dict[str, Any] = {
-            "SPDXID": iid,
-            "name": i.uri,
-            "downloadLocation": "NOASSERTION",
-            "filesAnalyzed": False,
-            "checksums": [{"algorithm": "SHA256", "checksumValue": i.sha256}],
-            "comment": f"kiln input kind: {i.kind}",
-        }
+        relationships.append(Relationship(image_id, RelationshipType.CONTAINS, fid))
+    image = Package(
+        spdx_id=image_id,
+        name=name,
+        version=version,
+        download_location=SpdxNoAssertion(),
+        files_analyzed=True,
+        verification_code=PackageVerificationCode(_verification_code(records)),
+        checksums=[Checksum(ChecksumAlgorithm.SHA256, image_digest.hex)],
+        external_references=[purl_ref(_image_purl(name, version, image_digest))],
+        primary_package_purpose=PackagePurpose.CONTAINER,
+    )
+    wanted: dict[str, SbomPackage] = {}
+    for i in inputs:
         if i.package:
-            pkg["sourceInfo"] = f"from host package {i.package}"
-            host_packages.setdefault(i.package, _id("HostPackage", i.package))
-            relationships.append(
-                {
-                    "spdxElementId": host_packages[i.package],
-                    "relationshipType": "CONTAINS",
-                    "relatedSpdxElement": iid,
-                }
+            pkg = debian_package(i.package, arch=arch)
+            wanted.setdefault(pkg.purl or pkg.name, pkg)
+    for pkg in packages:
+        wanted[pkg.purl or pkg.name] = pkg  # the caller's record (a lock's) knows more than dpkg
+    spdx_packages = [image]
+    for key, pkg in sorted(wanted.items()):
+        pid = _id("Package", key)
+        spdx_packages.append(
+            Package(
+                spdx_id=pid,
+                name=pkg.name,
+                version=pkg.version,
+                download_location=pkg.download_location or SpdxNoAssertion(),
+                files_analyzed=False,
+                supplier=SpdxNoAssertion(),
+                checksums=[Checksum(ChecksumAlgorithm.SHA256, pkg.sha256)] if pkg.sha256 else [],
+                external_references=[purl_ref(pkg.purl)] if pkg.purl else [],
+                primary_package_purpose=PackagePurpose.LIBRARY,
             )
-        packages.append(pkg)
-        relationships.append(
-            {"spdxElementId": image_id, "relationshipType": "GENERATED_FROM", "relatedSpdxElement": iid}
         )
-    for pname, pid in sorted(host_packages.items()):
-        packages.append(
-            {
-                "SPDXID": pid,
-                "name": pname,
-                "downloadLocation": "NOASSERTION",
-                "filesAnalyzed": False,
-                "supplier": "NOASSERTION",
-                "primaryPackagePurpose": "OPERATING-SYSTEM",
-                "comment": "host package an input came from",
-            }
-        )
+        relationships.append(Relationship(image_id, RelationshipType.CONTAINS, pid))
     content = hashlib.sha256(
-        canonical_json([name, version, str(image_digest), [f.path + f.sha256 for f in records]])
+        canonical_json(
+            [name, version, str(image_digest), [f.path + f.sha256 for f in records], sorted(wanted)]
+        )
     ).hexdigest()
-    return {
-        "spdxVersion": "SPDX-2.3",
-        "dataLicense": "CC0-1.0",
-        "SPDXID": "SPDXRef-DOCUMENT",
-        "name": f"{name}-{version}",
-        "documentNamespace": f"{_NAMESPACE_BASE}/{name}-{version}-{content}",
-        "creationInfo": {"created": created, "creators": [f"Tool: kiln-{tool_version}"]},
-        "packages": packages,
-        "files": spdx_files,
-        "relationships": relationships,
-    }
+    info = CreationInfo(
+        spdx_version="SPDX-2.3",
+        spdx_id="SPDXRef-DOCUMENT",
+        name=f"{name}-{version}",
+        document_namespace=f"{_NAMESPACE_BASE}/{quote(name, safe='')}-{quote(version, safe='')}-{content}",
+        creators=[Actor(ActorType.TOOL, f"kiln-{tool_version}")],
+        created=_parse_time(created),
+        data_license="CC0-1.0",
+    )
+    document = Document(
+        creation_info=info, packages=spdx_packages, files=spdx_files, relationships=relationships
+    )
+    result: dict[str, Any] = DocumentConverter().convert(document)
+    return result
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    except ValueError:
+        return datetime.fromtimestamp(0, tz=UTC)
 
 
 def in_toto_statement(
     predicate_type: str, predicate: Mapping[str, Any], subject: Sequence[tuple[str, Digest]]
 ) -> dict[str, Any]:
-    """An in-toto Statement v1 about ``subject`` (name, digest) pairs."""
+    """An in-toto Statement v1 about ``subject`` (name, digest) pairs, built and validated with
+    in-toto-attestation's Statement (ADR 0019)."""
     if not subject:
         raise ValueError("an in-toto statement needs at least one subject")
-    return {
-        "_type": STATEMENT_V1,
-        "subject": [{"name": n, "digest": {"sha256": d.hex}} for n, d in subject],
-        "predicateType": predicate_type,
-        "predicate": dict(predicate),
-    }
+    from google.protobuf import json_format
+    from in_toto_attestation.v1.resource_descriptor import ResourceDescriptor
+    from in_toto_attestation.v1.statement import Statement
+
+    subjects = [ResourceDescriptor(name=n, digest={"sha256": d.hex}).pb for n, d in subject]
+    statement = Statement(subjects, predicate_type, dict(predicate))
+    statement.validate()
+    result: dict[str, Any] = json_format.MessageToDict(statement.pb, preserving_proto_field_name=False)
+    # The predicate went through a protobuf Struct, which only has doubles: give back the caller's
+    # values (same JSON text for strings and objects, and integers stay integers).
+    result["predicate"] = dict(predicate)
+    return result
+
+
+def _dependency(i: Input, arch: str) -> dict[str, Any]:
+    """A resolvedDependencies entry: a URI for what has one, the path a person knows as ``name``."""
+    d: dict[str, Any] = {"name": i.uri, "digest": {"sha256": i.sha256}, "annotations": {"kind": i.kind}}
+    if i.uri.startswith("/"):
+        d["uri"] = PurePosixPath(i.uri).as_uri()  # a host file: file:///usr/lib/...
+    elif "://" in i.uri or i.uri.startswith("pkg:"):
+        d["uri"] = i.uri
+    # else: a file of the checkout, relative to the manifest (no absolute URI without the checkout
+    # path, which would make the record differ between checkouts): name and digest identify it.
+    if i.package:
+        d["annotations"]["package"] = i.package
+        purl = debian_package(i.package, arch=arch).purl
+        if purl:
+            d["annotations"]["purl"] = purl
+    return d
 
 
 def slsa_provenance(
@@ -197,15 +281,15 @@ def slsa_provenance(
     *,
     source_date_epoch: int | None = None,
     manifest_uri: str = "kiln.yaml",
+    arch: str = "amd64",
 ) -> dict[str, Any]:
     """A SLSA provenance v1 statement for the image. ``startedOn``/``finishedOn`` only when
-    ``SOURCE_DATE_EPOCH`` is given (both are that time)."""
-    deps = []
-    for i in sorted(inputs, key=lambda i: (i.uri, i.sha256, i.kind)):
-        d: dict[str, Any] = {"uri": i.uri, "digest": {"sha256": i.sha256}, "annotations": {"kind": i.kind}}
-        if i.package:
-            d["annotations"]["package"] = i.package
-        deps.append(d)
+    ``SOURCE_DATE_EPOCH`` is given (both are that time). The predicate is checked against
+    in-toto-attestation's SLSA v1 Provenance message (unknown fields refused) before it is used."""
+    from google.protobuf import json_format
+    from in_toto_attestation.predicates.provenance.v1 import provenance_pb2
+
+    deps = [_dependency(i, arch) for i in sorted(inputs, key=lambda i: (i.uri, i.sha256, i.kind))]
     run: dict[str, Any] = {"builder": {"id": BUILDER_ID, "version": {"kiln": builder_version}}}
     metadata: dict[str, Any] = {
         "invocationId": hashlib.sha256(
@@ -225,4 +309,5 @@ def slsa_provenance(
         },
         "runDetails": run,
     }
+    json_format.ParseDict(predicate, provenance_pb2.Provenance(), ignore_unknown_fields=False)
     return in_toto_statement(SLSA_PROVENANCE_V1, predicate, [(subject_name, subject_digest)])

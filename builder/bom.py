@@ -21,14 +21,14 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from builder.attestations import FileRecord as SpdxFile
-from builder.attestations import Input, slsa_provenance, spdx_document, timestamp
+from builder.attestations import Input, SbomPackage, slsa_provenance, spdx_document, timestamp
 from builder.dpkg import DpkgIndex
 from builder.tarwriter import FileRecord
 from builder.tree import Entry, EntryKind
 from manifests.atomic import atomic_write
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
-from manifests.image import ClosureSource, ImageManifest
+from manifests.image import DEBIAN_SYSROOT, ClosureSource, ImageManifest
 from manifests.version import VERSION as _kiln_version
 
 __all__ = ["OwnerLookup", "collect_inputs", "attestation_documents", "manifest_digest"]
@@ -141,6 +141,8 @@ def collect_inputs(
             continue
         kind = m.group(2)
         item = manifest.contents[int(m.group(1))]
+        if getattr(item, "sysroot", None) == DEBIAN_SYSROOT:
+            continue  # a pinned package's file: builder.debian.sbom records it with its package
         sysroot: Path | None = None
         if kind == "closure" and isinstance(item, ClosureSource):
             sysroot = Path(item.sysroot)
@@ -179,10 +181,17 @@ def attestation_documents(
     files: Sequence[FileRecord],
     inputs: Sequence[Input],
     source_date_epoch: int,
+    reference: str | None = None,
+    packages: Sequence[SbomPackage] = (),
 ) -> tuple[bytes, bytes]:
     """The SBOM (a bare SPDX 2.3 document) and the SLSA provenance (an in-toto statement), as
-    canonical JSON: deterministic for the same image and inputs."""
-    spdx_files = [SpdxFile(path=f.path, sha256=f.sha256.hex, size=f.size) for f in files]
+    canonical JSON: deterministic for the same image and inputs.
+
+    ``reference`` (default ``name:version``) is the provenance's subject name, and the name
+    ``kiln attest`` gives the SBOM's statement, so both name the image alike. ``packages`` adds
+    packages the SBOM lists beside those dpkg named (the Debian lock's hook)."""
+    arch = manifest.platform.architecture
+    spdx_files = [SpdxFile(path=f.path, sha256=f.sha256.hex, size=f.size, sha1=f.sha1) for f in files]
     sbom = spdx_document(
         manifest.name,
         manifest.version,
@@ -191,14 +200,17 @@ def attestation_documents(
         inputs,
         timestamp(source_date_epoch),
         tool_version=_kiln_version,
+        packages=packages,
+        arch=arch,
     )
     provenance = slsa_provenance(
-        f"{manifest.name}:{manifest.version}",
+        reference or f"{manifest.name}:{manifest.version}",
         image_digest,
         manifest_digest(manifest),
         inputs,
         _kiln_version,
         source_date_epoch=source_date_epoch or None,
         manifest_uri=Path(manifest.source).name,
+        arch=arch,
     )
     return canonical_json(sbom), canonical_json(provenance)

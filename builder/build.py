@@ -19,10 +19,13 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 
+from builder.attestations import SbomPackage, timestamp
 from builder.bom import OwnerLookup, attestation_documents, collect_inputs
 from builder.cache import BuildCache, CacheKey, StatEntry
 from builder.compress import ANNOTATION, BackgroundSink, Compressor
@@ -31,23 +34,51 @@ from builder.imageconfig import image_config, manifest_annotations
 from builder.layers import LayerPlan, plan_layers
 from builder.sources import Assembly, InputRecord, assemble
 from builder.tarwriter import FileRecord, TarStats, check_epoch, tar_size, write_tar
+from builder.tree import EntryKind
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import KilnError
 from manifests.image import ImageManifest
-from manifests.layout import OCILayout
+from manifests.layout import REF_NAME, OCILayout
 from manifests.mediatypes import Compression, MediaType
 from manifests.oci import Descriptor, OCIManifest
 from manifests.version import VERSION
 
-__all__ = ["OutputFormat", "LayerInfo", "BuildResult", "build_image", "docker_repo_tag"]
+if TYPE_CHECKING:
+    from builder.debian.prepare import PreparedDebian
+
+__all__ = [
+    "OutputFormat",
+    "LayerInfo",
+    "BuildResult",
+    "build_image",
+    "docker_repo_tag",
+    "image_reference",
+    "name_annotations",
+    "CONTAINERD_NAME",
+    "SBOM_ARTIFACT_TYPE",
+    "PROVENANCE_ARTIFACT_TYPE",
+    "RECORD_ARTIFACT_TYPES",
+    "record_artifact",
+]
 
 Progress = Callable[[str], None]
+# A live view of bytes written: (key, description, bytes done, bytes in all); see kiln.progress.
+Meter = Callable[[str, str, int, int], None]
 
 _MAX_SMALL_BLOB = 64 << 20  # a config, manifest, SBOM or provenance kept in the cache
 
-SBOM_ANNOTATION = "dev.kiln.sbom"
-PROVENANCE_ANNOTATION = "dev.kiln.provenance"
+# The image's name in an index entry, as Docker 25+ writes it: containerd (ctr, nerdctl) and podman
+# read it on import; the full reference also goes into ref.name.
+CONTAINERD_NAME = "io.containerd.image.name"
+
+# The unsigned build records, stored as OCI 1.1 artifacts whose ``subject`` is the image and listed
+# (untagged) in index.json: reachable, so `umoci gc` keeps them, found through the referrers of the
+# image, and pushed as referrers by `kiln publish` (ADR 0018). `kiln attest` signs them.
+SBOM_ARTIFACT_TYPE = str(MediaType.SPDX_JSON)
+PROVENANCE_ARTIFACT_TYPE = str(MediaType.IN_TOTO)
+RECORD_ARTIFACT_TYPES = (SBOM_ARTIFACT_TYPE, PROVENANCE_ARTIFACT_TYPE)
+_EMPTY_CONFIG = b"{}"
 
 
 class OutputFormat(enum.StrEnum):
@@ -82,6 +113,24 @@ class BuildResult:
     inputs: tuple[InputRecord, ...]
 
 
+class _MeteredSink:
+    """Counts the tar bytes on their way to the compressor, for a live view (every 1 MiB)."""
+
+    def __init__(self, inner: BackgroundSink, meter: Meter, key: str, label: str, total: int) -> None:
+        self._inner = inner
+        self._meter = meter
+        self._key, self._label, self._total = key, label, total
+        self._done = 0
+        self._shown = 0
+
+    def write(self, data: bytes, /) -> None:
+        self._inner.write(data)
+        self._done += len(data)
+        if self._done - self._shown >= 1 << 20:
+            self._shown = self._done
+            self._meter(self._key, self._label, self._done, self._total)
+
+
 class _NullSink:
     def write(self, data: bytes, /) -> None:
         return None
@@ -93,6 +142,33 @@ def docker_repo_tag(name: str, version: str) -> str:
     return f"{name.lower()}:{tag}"
 
 
+_REFERENCE = re.compile(
+    r"^(?P<name>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
+    r":(?P<tag>[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$"
+)
+
+
+def image_reference(name: str, version: str, override: str | None = None) -> str:
+    """The image's full reference ``NAME:TAG`` written into archives and layouts.
+
+    ``override`` (``kiln build --name``) replaces it; it must be ``NAME:TAG`` in Docker's grammar
+    (a registry host with a port is allowed in the name, ``[A-Z]`` only in the tag).
+    """
+    if override is None:
+        return docker_repo_tag(name, version)
+    if _REFERENCE.match(override) is None:
+        raise BuildError(
+            f"--name {override!r} is not a NAME:TAG image reference",
+            hint="e.g. registry.example:5000/team/app:1.2.0 (lowercase name, then a tag)",
+        )
+    return override
+
+
+def name_annotations(reference: str) -> dict[str, str]:
+    """The index-entry annotations that name an image as Docker 25+ does."""
+    return {CONTAINERD_NAME: reference, REF_NAME: reference}
+
+
 def build_image(
     manifest: ImageManifest,
     *,
@@ -102,9 +178,21 @@ def build_image(
     source_date_epoch: int = 0,
     force: bool = False,
     progress: Progress | None = None,
+    debian: PreparedDebian | None = None,
+    name: str | None = None,
+    meter: Meter | None = None,
+    sbom_packages: Sequence[SbomPackage] = (),
 ) -> BuildResult:
-    """Build ``manifest`` into ``output``; see the module docstring for the guarantees."""
+    """Build ``manifest`` into ``output``; see the module docstring for the guarantees.
+
+    ``debian``: the extracted packages of the manifest's ``debian`` source, from its lock
+    (:func:`builder.debian.prepare.prepare`). The image is named ``name`` (a full ``NAME:TAG``
+    reference) or, by default, the manifest's ``name:version``, in ``index.json`` and in a
+    docker-archive's ``RepoTags``. ``sbom_packages`` are packages the SBOM lists beside those dpkg
+    names (the hook for locked Debian packages).
+    """
     fmt = OutputFormat(fmt)
+    reference = image_reference(manifest.name, manifest.version, name)
     mtime = check_epoch(source_date_epoch)
     say = progress or (lambda _msg: None)
     output = Path(output)
@@ -117,11 +205,16 @@ def build_image(
     if comp.compression is Compression.NONE:
         cache = None  # nothing to save: the tar is re-streamed faster than it is copied
 
-    assembly = assemble(manifest)
+    assembly = assemble(manifest, debian=debian)
+    _check_machines(assembly, manifest)
     plans = plan_layers(assembly.tree.entries(), manifest.layers)
     say(f"{manifest.name} {manifest.version}: {len(assembly.tree)} paths in {len(plans)} layers")
     stat_keys = [_stat_key(plan, comp, mtime) if cache is not None else None for plan in plans]
-    build_key = _build_key(manifest, fmt, comp, mtime, stat_keys) if cache is not None else None
+    extra: list[object] = [
+        reference,
+        [[p.name, p.version, p.purl, p.download_location, p.sha256] for p in sbom_packages],
+    ]
+    build_key = _build_key(manifest, fmt, comp, mtime, stat_keys, extra=extra) if cache is not None else None
 
     output.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.kiln-"))
@@ -129,8 +222,9 @@ def build_image(
         layout = OCILayout.create(stage / "layout")
         built = None
         if cache is not None and build_key is not None:
-            built = _reuse_build(cache, build_key, layout, manifest.version)
+            built = _reuse_build(cache, build_key, layout, reference)
         if built is None:
+            _prewarm_record_libraries()
             built = _build_layout(
                 manifest,
                 assembly,
@@ -141,11 +235,17 @@ def build_image(
                 cache=cache,
                 mtime=mtime,
                 say=say,
+                debian=debian,
+                reference=reference,
+                meter=meter,
+                sbom_packages=sbom_packages,
             )
             if cache is not None and build_key is not None:
                 _remember_build(cache, build_key, layout, built)
         else:
             say("unchanged since the last build: its result is reused from the cache")
+        if fmt is not OutputFormat.OCI:
+            _drop_referrers(layout, built)
         if fmt is OutputFormat.DOCKER_ARCHIVE:
             from builder.archive import docker_manifest  # archives only: kept off the common path
 
@@ -153,7 +253,7 @@ def build_image(
                 docker_manifest(
                     config=built.config_digest,
                     layers=[layer.digest for layer in built.layers],
-                    repo_tag=docker_repo_tag(manifest.name, manifest.version),
+                    repo_tag=reference,
                 )
             )
         _install(layout.root, output, fmt=fmt, mtime=mtime, stage=stage)
@@ -186,6 +286,7 @@ class _Built:
     layers: tuple[LayerInfo, ...]
     files: tuple[FileRecord, ...]
     index_entry: Descriptor
+    referrers: tuple[Descriptor, ...]  # the build records (SBOM, provenance) as artifacts
 
 
 def _build_layout(
@@ -199,8 +300,14 @@ def _build_layout(
     cache: BuildCache | None,
     mtime: int,
     say: Progress,
+    debian: PreparedDebian | None = None,
+    reference: str,
+    meter: Meter | None = None,
+    sbom_packages: Sequence[SbomPackage] = (),
 ) -> _Built:
-    results = _write_layers(plans, stat_keys, layout=layout, comp=comp, cache=cache, mtime=mtime, say=say)
+    results = _write_layers(
+        plans, stat_keys, layout=layout, comp=comp, cache=cache, mtime=mtime, say=say, meter=meter
+    )
     layers = tuple(r[0] for r in results)
     config = image_config(
         manifest,
@@ -233,20 +340,33 @@ def _build_layout(
         OwnerLookup(cache.root if cache is not None else None),
     )
     sbom, provenance = attestation_documents(
-        manifest, image_digest=digest, files=files, inputs=inputs, source_date_epoch=mtime
+        manifest,
+        image_digest=digest,
+        files=files,
+        inputs=inputs,
+        source_date_epoch=mtime,
+        reference=reference,
+        packages=sbom_packages,
     )
+    if debian is not None:
+        from builder.debian.sbom import add_debian_packages
+
+        sbom, provenance = add_debian_packages(
+            sbom, provenance, debian, manifest.platform, assembly.tree.entries()
+        )
     entry = Descriptor(
         media_type=MediaType.OCI_MANIFEST,
         digest=digest,
         size=len(manifest_bytes),
         platform=manifest.platform,
-        # Unsigned build records, kept beside the image for `kiln attest` to sign.
-        annotations={
-            SBOM_ANNOTATION: str(layout.write_blob(sbom)),
-            PROVENANCE_ANNOTATION: str(layout.write_blob(provenance)),
-        },
     )
-    layout.tag(entry, manifest.version)
+    subject = Descriptor(media_type=MediaType.OCI_MANIFEST, digest=digest, size=len(manifest_bytes))
+    referrers = tuple(
+        record_artifact(layout, subject, data, artifact_type, created=timestamp(mtime))
+        for data, artifact_type in ((sbom, SBOM_ARTIFACT_TYPE), (provenance, PROVENANCE_ARTIFACT_TYPE))
+    )
+    layout.add_referrers(referrers, digest)
+    _tag_named(layout, entry, reference)
     return _Built(
         digest=digest,
         config_digest=config_digest,
@@ -254,21 +374,107 @@ def _build_layout(
         layers=layers,
         files=files,
         index_entry=entry,
+        referrers=referrers,
     )
 
 
+def _check_machines(assembly: Assembly, manifest: ImageManifest) -> None:
+    """Every ELF file must run on the image's platform (named when one does not)."""
+    from builder.elf import check_platform_machines
+
+    files = (
+        (e.path, e.host_path)
+        for e in assembly.tree.entries()
+        if e.kind is EntryKind.FILE and e.host_path is not None and e.size >= 20
+    )
+    check_platform_machines(files, manifest.platform.architecture)
+
+
+def record_artifact(
+    layout: OCILayout, subject: Descriptor, data: bytes, artifact_type: str, *, created: str
+) -> Descriptor:
+    """Store ``data`` as an OCI 1.1 artifact about ``subject``; returns its index descriptor.
+
+    The manifest is an image manifest with ``artifactType``, the empty config, one layer holding
+    the bytes, and ``subject``: what the image-spec recommends, what registries without artifact
+    support still accept, and what `oras discover`/`cosign tree` list.
+    """
+    blob = layout.write_blob(data)
+    empty = layout.write_blob(_EMPTY_CONFIG)
+    man = OCIManifest(
+        config=Descriptor(media_type=MediaType.OCI_EMPTY, digest=empty, size=len(_EMPTY_CONFIG)),
+        layers=(Descriptor(media_type=artifact_type, digest=blob, size=len(data)),),
+        subject=subject,
+        artifact_type=artifact_type,
+        annotations={"org.opencontainers.image.created": created},
+    )
+    raw = man.to_bytes()
+    return Descriptor(
+        media_type=MediaType.OCI_MANIFEST,
+        digest=layout.write_blob(raw),
+        size=len(raw),
+        artifact_type=artifact_type,
+        annotations={"org.opencontainers.image.created": created},
+    )
+
+
+_RECORD_LIBRARIES = (
+    "spdx_tools.spdx.model",
+    "spdx_tools.spdx.jsonschema.document_converter",
+    "google.protobuf.json_format",
+    "in_toto_attestation.v1.statement",
+    "in_toto_attestation.predicates.provenance.v1.provenance_pb2",
+)
+
+
+def _prewarm_record_libraries() -> None:
+    """Import the SBOM and provenance libraries on a side thread while the layers are written.
+
+    Loading spdx-tools (beartype) and in-toto-attestation (protobuf) takes 150-300 ms of Python
+    work; the layers' compressors and hashes release the GIL, so on a second core that time is
+    hidden behind them. The records are made after the layers; their imports then find the
+    modules loaded (or wait for the import in progress). A failure here is ignored: the import
+    where the records are made reports it."""
+    import importlib
+    import threading
+
+    def load() -> None:
+        for name in _RECORD_LIBRARIES:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+
+    threading.Thread(target=load, name="kiln-prewarm", daemon=True).start()
+
+
 def _build_key(
-    manifest: ImageManifest, fmt: OutputFormat, comp: Compressor, mtime: int, stat_keys: list[str | None]
+    manifest: ImageManifest,
+    fmt: OutputFormat,
+    comp: Compressor,
+    mtime: int,
+    stat_keys: list[str | None],
+    *,
+    extra: list[object],
 ) -> str | None:
     """Everything that decides a build's output: the manifest as written, every layer's inputs (by
-    stat identity), the format, compressor, timestamp and kiln's version. ``None``: not cacheable."""
+    stat identity), the format, compressor, timestamp and kiln's version, and what the records
+    say beyond the manifest (the image's reference, extra SBOM packages). ``None``: not cacheable."""
     if not all(stat_keys):
         return None
     try:
         manifest_bytes = Path(manifest.source).read_bytes()
     except OSError:
         return None  # a manifest that is not a file (built in memory): nothing stable to key on
-    material = [VERSION, hashlib.sha256(manifest_bytes).hexdigest(), str(fmt), comp.tag, mtime, stat_keys]
+    material = [
+        VERSION,
+        hashlib.sha256(manifest_bytes).hexdigest(),
+        str(fmt),
+        comp.tag,
+        mtime,
+        stat_keys,
+        extra,
+    ]
+    if manifest.platforms:  # one manifest, several platforms: each build is its own
+        material.append(str(manifest.platform))
     return hashlib.sha256(canonical_json(material)).hexdigest()
 
 
@@ -277,9 +483,12 @@ def _remember_build(cache: BuildCache, build_key: str, layout: OCILayout, built:
     only costs time)."""
     entry = built.index_entry
     small = [built.config_digest, built.digest]
-    small += [Digest.parse(entry.annotations[a]) for a in (SBOM_ANNOTATION, PROVENANCE_ANNOTATION)]
+    for ref in built.referrers:
+        small.append(ref.digest)
+        small += [d.digest for d in _artifact_blobs(layout, ref)]
     record = {
         "index_entry": entry.to_dict(),
+        "referrers": [r.to_dict() for r in built.referrers],
         "config": str(built.config_digest),
         "size": built.size,
         "small_blobs": [str(d) for d in small],
@@ -294,7 +503,7 @@ def _remember_build(cache: BuildCache, build_key: str, layout: OCILayout, built:
             }
             for x in built.layers
         ],
-        "files": [[f.path, str(f.sha256), f.size] for f in built.files],
+        "files": [[f.path, str(f.sha256), f.size, f.sha1] for f in built.files],
     }
     with contextlib.suppress(OSError, KilnError):
         for d in small:
@@ -302,7 +511,7 @@ def _remember_build(cache: BuildCache, build_key: str, layout: OCILayout, built:
         cache.store_build(build_key, record)
 
 
-def _reuse_build(cache: BuildCache, build_key: str, layout: OCILayout, tag: str) -> _Built | None:
+def _reuse_build(cache: BuildCache, build_key: str, layout: OCILayout, reference: str) -> _Built | None:
     """Put a recorded build's blobs (re-hashed while linked) and index entry into ``layout``;
     ``None`` if there is no usable record, and the caller builds normally."""
     record = cache.lookup_build(build_key)
@@ -327,7 +536,11 @@ def _reuse_build(cache: BuildCache, build_key: str, layout: OCILayout, tag: str)
             d = Digest.parse(text)
             layout.link_blob(cache.blob_path(d), d)
         entry = Descriptor.from_dict(record["index_entry"])
-        files = tuple(FileRecord(path=p, sha256=Digest.parse(h), size=int(n)) for p, h, n in record["files"])
+        referrers = tuple(Descriptor.from_dict(r) for r in record["referrers"])
+        files = tuple(
+            FileRecord(path=p, sha256=Digest.parse(h), size=int(n), sha1=str(s1))
+            for p, h, n, s1 in record["files"]
+        )
         built = _Built(
             digest=entry.digest,
             config_digest=Digest.parse(record["config"]),
@@ -335,12 +548,47 @@ def _reuse_build(cache: BuildCache, build_key: str, layout: OCILayout, tag: str)
             layers=layers,
             files=files,
             index_entry=entry,
+            referrers=referrers,
         )
     except (OSError, KilnError, KeyError, TypeError, ValueError):
         cache.forget_build(build_key)
         return None
-    layout.tag(built.index_entry, tag)
+    layout.add_referrers(built.referrers, built.digest)
+    _tag_named(layout, built.index_entry, reference)
     return built
+
+
+def _drop_referrers(layout: OCILayout, built: _Built) -> None:
+    """An archive is for engines: ``podman load`` refuses an oci-archive whose index lists more
+    than one manifest, so archives carry the image alone (the records stay in the cache and in
+    the ``oci`` format, ADR 0018)."""
+    keep = {built.digest, built.config_digest, *(layer.digest for layer in built.layers)}
+    for ref in built.referrers:
+        for d in (ref, *_artifact_blobs(layout, ref)):
+            if d.digest not in keep:
+                with contextlib.suppress(FileNotFoundError):
+                    layout.blob_path(d.digest).unlink()
+    index = layout.index()
+    fallback = f"sha256-{built.digest.hex}"
+    for d in index.manifests:
+        if d.annotations.get(REF_NAME) == fallback:
+            with contextlib.suppress(FileNotFoundError):
+                layout.blob_path(d.digest).unlink()
+    kept = tuple(
+        d for d in index.manifests if d.artifact_type is None and d.annotations.get(REF_NAME) != fallback
+    )
+    layout.write_index(replace(index, manifests=kept, raw=None))
+
+
+def _artifact_blobs(layout: OCILayout, ref: Descriptor) -> tuple[Descriptor, ...]:
+    man = OCIManifest.from_bytes(layout.read_blob(ref.digest))
+    return (man.config, *man.layers)
+
+
+def _tag_named(layout: OCILayout, entry: Descriptor, reference: str) -> None:
+    ann = {k: v for k, v in entry.annotations.items() if k not in (CONTAINERD_NAME, REF_NAME)}
+    ann.update(name_annotations(reference))
+    layout.tag(replace(entry, annotations=MappingProxyType(ann)), reference)
 
 
 def _write_layers(
@@ -352,9 +600,10 @@ def _write_layers(
     cache: BuildCache | None,
     mtime: int,
     say: Progress,
+    meter: Meter | None = None,
 ) -> list[tuple[LayerInfo, TarStats]]:
     def one(item: tuple[LayerPlan, str | None]) -> tuple[LayerInfo, TarStats]:
-        return _write_layer(item[0], item[1], layout=layout, comp=comp, cache=cache, mtime=mtime)
+        return _write_layer(item[0], item[1], layout=layout, comp=comp, cache=cache, mtime=mtime, meter=meter)
 
     workers = max(1, min(len(plans), os.cpu_count() or 1, 4))
     items = list(zip(plans, stat_keys, strict=True))
@@ -398,6 +647,7 @@ def _write_layer(
     comp: Compressor,
     cache: BuildCache | None,
     mtime: int,
+    meter: Meter | None = None,
 ) -> tuple[LayerInfo, TarStats]:
     first: TarStats | None = None
     key: CacheKey | None = None
@@ -411,7 +661,7 @@ def _write_layer(
                     diff_id=known.diff_id,
                     size=known.tar_size,
                     entries=known.entries,
-                    files=tuple(FileRecord(path=p, sha256=d, size=n) for p, d, n in known.files),
+                    files=tuple(FileRecord(path=p, sha256=d, size=n, sha1=s1) for p, d, n, s1 in known.files),
                 )
                 return _info(plan, comp, hit.digest, hit.size, stats, cached=True), stats
         # 2. Same content under another identity (a new checkout, a touched file): hash the tar
@@ -425,9 +675,16 @@ def _write_layer(
                 return _info(plan, comp, hit.digest, hit.size, first, cached=True), first
     # 3. Write it: tar on this thread, compression and the blob's hash on a second one.
     with layout.blob_writer(durable=False) as blob:
-        sink = BackgroundSink(comp.sink(blob, size=tar_size(plan.entries, mtime=mtime)))
+        total = tar_size(plan.entries, mtime=mtime)
+        sink = BackgroundSink(comp.sink(blob, size=total))
         try:
-            stats = write_tar(plan.entries, sink, mtime=mtime)
+            if meter is None:
+                stats = write_tar(plan.entries, sink, mtime=mtime)
+            else:
+                label = f"layer {plan.category}: {plan.file_count} files"
+                bar = f"layer-{id(plan)}"
+                stats = write_tar(plan.entries, _MeteredSink(sink, meter, bar, label, total), mtime=mtime)
+                meter(bar, label, total, total)
         except BaseException:
             sink.abort()
             raise
@@ -465,7 +722,7 @@ def _remember(cache: BuildCache, stat_key: str | None, stats: TarStats) -> None:
                 diff_id=stats.diff_id,
                 tar_size=stats.size,
                 entries=stats.entries,
-                files=tuple((f.path, f.sha256, f.size) for f in stats.files),
+                files=tuple((f.path, f.sha256, f.size, f.sha1) for f in stats.files),
             ),
         )
 

@@ -6,7 +6,7 @@ Layout under the cache root::
 
     blobs/sha256/<hex>          compressed layer blobs, named by their digest
     layers/<key-hash>.json      {"key": {...}, "digest": "sha256:...", "size": N}
-    stat/<stat-key>.json        {"diff_id", "tar_size", "entries", "files": [[path, sha256, size]...]}
+    stat/<stat-key>.json        {"diff_id", "tar_size", "entries", "files": [[path, sha256, size, sha1]...]}
     builds/<build-key>.json     a whole build's result: its index entry, config, manifest, SBOM and
                                 provenance blobs (kept in blobs/ too), layers and files
 
@@ -78,7 +78,7 @@ class StatEntry:
     diff_id: Digest
     tar_size: int
     entries: int
-    files: tuple[tuple[str, Digest, int], ...]
+    files: tuple[tuple[str, Digest, int, str], ...]  # path, sha256, size, sha1 (for the SBOM)
 
 
 class BuildCache:
@@ -173,7 +173,11 @@ class BuildCache:
             files = doc.get("files")
             tar_size, entries = doc.get("tar_size"), doc.get("entries")
             if not isinstance(files, list) or not all(
-                isinstance(f, list) and len(f) == 3 and isinstance(f[0], str) and isinstance(f[2], int)
+                isinstance(f, list)
+                and len(f) == 4  # an entry from before SHA1 was kept is a miss, and is replaced
+                and isinstance(f[0], str)
+                and isinstance(f[2], int)
+                and isinstance(f[3], str)
                 for f in files
             ):
                 raise DocumentError(f"{path}: bad files")
@@ -183,7 +187,7 @@ class BuildCache:
                 diff_id=Digest.parse(str(doc.get("diff_id"))),
                 tar_size=tar_size,
                 entries=entries,
-                files=tuple((f[0], Digest.parse(str(f[1])), f[2]) for f in files),
+                files=tuple((f[0], Digest.parse(str(f[1])), f[2], f[3]) for f in files),
             )
         except FileNotFoundError:
             return None
@@ -197,7 +201,7 @@ class BuildCache:
             "diff_id": str(entry.diff_id),
             "tar_size": entry.tar_size,
             "entries": entry.entries,
-            "files": [[p, str(d), n] for p, d, n in entry.files],
+            "files": [[p, str(d), n, s1] for p, d, n, s1 in entry.files],
         }
         (self.root / "stat").mkdir(parents=True, exist_ok=True)
         atomic_write(self._stat_path(stat_key), canonical_json(doc), durable=False)

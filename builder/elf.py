@@ -687,3 +687,41 @@ def resolve_closure(paths: Sequence[str], sysroot: Path) -> Closure:
     for path in _expand_paths(resolver.root, paths):
         resolver.add_root(path)
     return resolver.closure()
+
+
+# OCI architecture -> (e_machine, ELF class, little-endian) that runs there.
+PLATFORM_MACHINES: dict[str, tuple[int, int, bool]] = {
+    "amd64": (62, 64, True),  # EM_X86_64
+    "arm64": (183, 64, True),  # EM_AARCH64
+    "386": (3, 32, True),  # EM_386
+    "arm": (40, 32, True),  # EM_ARM
+    "ppc64le": (21, 64, True),  # EM_PPC64
+    "s390x": (22, 64, False),  # EM_S390
+    "riscv64": (243, 64, True),  # EM_RISCV
+    "mips64le": (8, 64, True),  # EM_MIPS
+    "loong64": (258, 64, True),  # EM_LOONGARCH
+}
+_MACHINE_NAMES = {62: "x86-64", 183: "aarch64", 3: "i386", 40: "arm", 21: "ppc64", 22: "s390", 243: "riscv"}
+
+
+def check_platform_machines(files: Iterable[tuple[str, Path]], architecture: str) -> None:
+    """Refuse an ELF file (``(image path, host path)`` pairs) built for another machine than
+    ``architecture`` (an OCI architecture), naming the first one found. Non-ELF files and
+    object files (``ET_REL``, e.g. kernel modules are not checked apart) pass."""
+    wanted = PLATFORM_MACHINES.get(architecture)
+    if wanted is None:
+        return
+    for image_path, host_path in files:
+        try:
+            with open(host_path, "rb") as fh:
+                head = fh.read(20)
+        except OSError:
+            continue  # reported by whoever reads the file next, with its origin
+        ident = _parse_ident(head)
+        if ident is None or ident.key == wanted:
+            continue
+        got = _MACHINE_NAMES.get(ident.machine, f"machine {ident.machine}")
+        raise ClosureError(
+            f"{image_path}: an ELF{ident.elfclass} {got} file in a linux/{architecture} image ({host_path})",
+            hint="take the file from the platform's own packages or sysroot, or change the platform",
+        )

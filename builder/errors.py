@@ -11,13 +11,19 @@
 
 from __future__ import annotations
 
-from manifests.errors import KilnError
+from manifests.errors import KilnError, Problem
 
 __all__ = ["BuildError", "SourceError", "ClosureError", "TreeConflictError"]
 
 
 class BuildError(KilnError):
-    """Building failed."""
+    """Building failed. ``at`` is the dotted path of the manifest value at fault, when there is one
+    (``contents[0].files[1].src``): the build reports it at that value's file, line and column."""
+
+    def __init__(self, message: str, *, hint: str | None = None, at: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.at = at
+        self.problems: tuple[Problem, ...] = ()  # set once ``at`` was located in the manifest
 
 
 class SourceError(BuildError):

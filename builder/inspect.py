@@ -24,7 +24,7 @@ from isal import igzip, isal_zlib
 from builder.archive import ArchiveReader
 from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
-from manifests.layout import REF_NAME, OCILayout, is_cosign_tag
+from manifests.layout import REF_NAME, OCILayout, select_manifest
 from manifests.mediatypes import MediaType
 from manifests.oci import MAX_DOCUMENT_BYTES, OCIManifest, parse_json_object
 from manifests.tarformat import EXTENDED_FLAGS, TarCaps, TarWording, read_tar
@@ -265,16 +265,7 @@ def inspect_image(
                 from manifests.oci import OCIIndex
 
                 index = OCIIndex.from_bytes(src.read("index.json"))
-                mans = index.manifests
-                if ref is None:
-                    mans = tuple(d for d in mans if not is_cosign_tag(d.annotations.get(REF_NAME, "")))
-                else:
-                    mans = tuple(
-                        d for d in mans if d.annotations.get(REF_NAME) == ref or str(d.digest) == ref
-                    )
-                if len(mans) != 1:
-                    raise DocumentError(f"{path}: {len(mans)} matching manifests; name one by tag")
-                desc = mans[0]
+                desc = select_manifest(index.manifests, ref, where=str(path))
             if MediaType(desc.media_type).is_index if desc.media_type in set(MediaType) else False:
                 raise DocumentError(f"{path}: nested image indexes are not supported by inspect")
             raw_manifest = src.blob(desc.digest)

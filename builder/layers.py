@@ -2,7 +2,10 @@
 
 - ``auto``: one layer per :class:`~builder.tree.Category`, most stable first: ``system`` (accounts,
   generated directories), ``runtime`` (ELF closures, library trees), ``app`` (``files`` items and
-  other trees). A change to the application alone leaves the other layers byte-identical.
+  other trees). A change to the application alone leaves the other layers byte-identical. Files of
+  a ``debian`` source are one ``deb:PACKAGE`` group per package (by name) in the runtime place,
+  so the merge below keeps the large packages in layers of their own and an update of one
+  package changes the fewest layers.
 - ``single``: everything in one layer.
 - ``per-source``: one layer per contents item in manifest order, generated entries first.
 
@@ -61,7 +64,9 @@ def plan_layers(entries: Sequence[Entry], policy: LayerPolicy) -> tuple[LayerPla
     elif policy.strategy is LayerStrategy.AUTO:
         for cat in Category:
             members = [e for e in own if e.category is cat]
-            if members:
+            if cat is Category.RUNTIME:
+                groups.extend(_by_package(members))
+            elif members:
                 groups.append(_Group(str(cat), members))
     else:
         indexes = sorted({e.source_index for e in own})
@@ -74,6 +79,22 @@ def plan_layers(entries: Sequence[Entry], policy: LayerPolicy) -> tuple[LayerPla
         a, b = groups[best], groups[best + 1]
         groups[best : best + 2] = [_Group(f"{a.label}+{b.label}", a.members + b.members)]
     return tuple(_materialize(g, by_path) for g in groups)
+
+
+def _by_package(members: list[Entry]) -> list[_Group]:
+    """Runtime entries from Debian packages (origin ``contents[N].debian:PACKAGE``) in one group
+    per package, by name; other runtime entries in one ``runtime`` group before them."""
+    plain: list[Entry] = []
+    packages: dict[str, list[Entry]] = {}
+    for e in members:
+        _, sep, package = e.origin.partition(".debian:")
+        if sep:
+            packages.setdefault(package, []).append(e)
+        else:
+            plain.append(e)
+    groups = [_Group("runtime", plain)] if plain else []
+    groups += [_Group(f"deb:{name}", packages[name]) for name in sorted(packages)]
+    return groups
 
 
 def _materialize(group: _Group, by_path: dict[str, Entry]) -> LayerPlan:

@@ -17,11 +17,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from builder.errors import SourceError
+from builder.errors import BuildError, ClosureError, SourceError
 from builder.tree import Category, Entry, EntryKind, FileTree, default_mode, normalize_path, sort_key
 from manifests.image import (
+    DEBIAN_SYSROOT,
     ClosureSource,
+    DebianSource,
     DirSource,
     FileSpec,
     FilesSource,
@@ -29,6 +32,9 @@ from manifests.image import (
     SymlinkSource,
     TreeSource,
 )
+
+if TYPE_CHECKING:
+    from builder.debian.prepare import PreparedDebian
 
 __all__ = ["InputRecord", "Assembly", "assemble", "category_for", "compile_glob", "TMP_DIRS"]
 
@@ -106,15 +112,24 @@ def _matches(rel: str, patterns: Sequence[str]) -> bool:
 
 
 class _Assembler:
-    def __init__(self, manifest: ImageManifest) -> None:
+    def __init__(self, manifest: ImageManifest, debian: PreparedDebian | None = None) -> None:
         self.m = manifest
         self.base = Path(manifest.base_dir)
         self.tree = FileTree()
         self.inputs: list[InputRecord] = []
+        self.debian = debian
 
     def host(self, src: str) -> Path:
         p = Path(src)
         return p if p.is_absolute() else self.base / p
+
+    def debian_root(self, origin: str) -> Path:
+        if self.debian is None:
+            raise SourceError(
+                f"{origin}: the manifest's debian packages were not prepared",
+                hint="build with kiln build (it reads the lockfile beside the manifest)",
+            )
+        return self.debian.root_for(self.m.platform).path
 
     def run(self) -> Assembly:
         for i, item in enumerate(self.m.contents):
@@ -139,6 +154,9 @@ class _Assembler:
                         source_index=i,
                     )
                 )
+            elif isinstance(item, DebianSource):
+                if not item.sysroot_only:
+                    self.debian_packages(i, f"{where}.debian")
             elif isinstance(item, DirSource):
                 self.tree.add(
                     Entry(
@@ -166,8 +184,9 @@ class _Assembler:
             st = os.stat(src)
         except OSError as exc:
             raise SourceError(
-                f"{origin}.src: {src}: {exc.strerror.lower() if exc.strerror else exc}",
+                f"{src}: {exc.strerror.lower() if exc.strerror else exc}",
                 hint=f"paths in 'files' are relative to the manifest directory {self.base}",
+                at=f"{origin}.src",
             ) from exc
         self.inputs.append(InputRecord(origin=origin, kind="files", path=spec.src))
         if stat.S_ISDIR(st.st_mode):
@@ -187,7 +206,7 @@ class _Assembler:
             )
             return
         if not stat.S_ISREG(st.st_mode):
-            raise SourceError(f"{origin}.src: {src}: not a regular file or directory")
+            raise SourceError(f"{src}: not a regular file or directory", at=f"{origin}.src")
         dst_text = spec.dst
         if dst_text.endswith("/"):
             dst_text += src.name
@@ -209,13 +228,40 @@ class _Assembler:
 
     # -- tree -----------------------------------------------------------------------------
 
+    def debian_packages(self, index: int, origin: str) -> None:
+        """Every path of the extracted packages, with the attributes their .debs gave it."""
+        self.debian_root(origin)
+        assert self.debian is not None  # noqa: S101 - checked by debian_root
+        root = self.debian.root_for(self.m.platform)
+        for e in root.entries:
+            kind = {"dir": EntryKind.DIR, "symlink": EntryKind.SYMLINK}.get(e.kind, EntryKind.FILE)
+            self.tree.add(
+                Entry(
+                    path=e.path,
+                    kind=kind,
+                    mode=0o777 if kind is EntryKind.SYMLINK else e.mode,
+                    uid=e.uid,
+                    gid=e.gid,
+                    size=e.size if kind is EntryKind.FILE else 0,
+                    host_path=root.path / e.path.lstrip("/") if kind is EntryKind.FILE else None,
+                    target=e.target if kind is EntryKind.SYMLINK else None,
+                    category=Category.RUNTIME if e.package is not None else Category.SYSTEM,
+                    origin=f"{origin}:{e.package}" if e.package is not None else origin,
+                    source_index=index,
+                )
+            )
+
     def tree_source(self, item: TreeSource, index: int, origin: str) -> None:
-        src = self.host(item.src)
+        if item.sysroot == DEBIAN_SYSROOT:
+            src = self.debian_root(origin) / item.src.lstrip("/")
+        else:
+            src = self.host(item.src)
         if not src.is_dir():
             what = "not a directory" if src.exists() else "no such directory"
             raise SourceError(
-                f"{origin}.src: {src}: {what}",
+                f"{src}: {what}",
                 hint=f"tree sources are directories, relative to the manifest directory {self.base}",
+                at=f"{origin}.src",
             )
         self.inputs.append(InputRecord(origin=origin, kind="tree", path=str(src.resolve())))
         dst = normalize_path(item.dst, what=f"{origin}.dst")
@@ -414,8 +460,16 @@ class _Assembler:
     def closure(self, item: ClosureSource, index: int, origin: str) -> None:
         from builder.elf import resolve_closure
 
-        sysroot = self.host(item.sysroot)
-        closure = resolve_closure(item.paths, sysroot)
+        debian = item.sysroot == DEBIAN_SYSROOT
+        sysroot = self.debian_root(origin) if debian else self.host(item.sysroot)
+        try:
+            closure = resolve_closure(item.paths, sysroot)
+        except ClosureError as exc:
+            if exc.at is None:
+                # The message names the path it is about first: point at that entry of paths.
+                k = next((k for k, p in enumerate(item.paths) if exc.message.startswith(f"{p}:")), None)
+                exc.at = f"{origin}.paths[{k}]" if k is not None else f"{origin}.paths"
+            raise
         for f in closure.files:
             try:
                 st = os.stat(f.host_path)
@@ -515,9 +569,27 @@ def _special_kind(mode: int) -> str:
     return "special file"
 
 
-def assemble(manifest: ImageManifest) -> Assembly:
-    """Build the normalized tree for ``manifest`` (reads host metadata; file bytes are read later)."""
-    return _Assembler(manifest).run()
+def assemble(manifest: ImageManifest, *, debian: PreparedDebian | None = None) -> Assembly:
+    """Build the normalized tree for ``manifest`` (reads host metadata; file bytes are read later).
+
+    ``debian``: the extracted packages of the manifest's ``debian`` source
+    (:func:`builder.debian.prepare.prepare`).
+
+    An input that is missing or unusable is reported where the manifest names it: the error keeps
+    its type, its text becomes ``FILE:LINE:COL: contents[0].files[1].src: ...`` and its
+    ``problems`` hold that one positioned problem (what ``--json`` lists).
+    """
+    try:
+        return _Assembler(manifest, debian).run()
+    except BuildError as exc:
+        if exc.at is None or getattr(exc, "problems", None):
+            raise
+        problem = manifest.problem(exc.at, exc.message, exc.hint)
+        exc.problems = (problem,)
+        exc.message = str(problem)
+        exc.hint = None  # now inside the problem's text, as a manifest's own problems carry theirs
+        exc.args = (exc.message,)
+        raise
 
 
 def iter_regular(entries: Iterable[Entry]) -> Iterable[Entry]:

@@ -441,7 +441,7 @@ def stop_instances(config: str) -> None:
     from agent.runc import RuncRuntime
     from manifests.agentconfig import load_agent_config
 
-    agent = Agent(load_agent_config(REPO / config))
+    agent = Agent(load_agent_config(REPO / config)).open()
     ids = [r.id for r in agent.journal.state.instances]
     agent.close(stop_instances=True)
     left = RuncRuntime(STATE).list()

@@ -12,14 +12,16 @@ import argparse
 import atexit
 import gc
 import importlib
+import json
 import os
 import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from typing import Any
 
 from kiln import __version__
-from kiln.output import Output
+from kiln.output import JSON_VERSION, Output, error_document
 from manifests.errors import KilnError
 
 __all__ = ["main", "VERB_MODULES"]
@@ -30,6 +32,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "validate": ("kiln.cmd_build", "check an image manifest without building"),
     "build": ("kiln.cmd_build", "build an image manifest into an OCI layout or archive"),
     "inspect": ("kiln.cmd_build", "show an image's config, layers and files"),
+    "lock": ("kiln.cmd_debian", "resolve an image manifest's Debian packages into its lockfile"),
     "key": ("kiln.cmd_sign", "manage signing keys"),
     "sign": ("kiln.cmd_sign", "sign an image (cosign format)"),
     "verify": ("kiln.cmd_sign", "verify an image's signatures (exit 3 when refused)"),
@@ -41,6 +44,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "release": ("kiln.cmd_release", "sign, verify and publish release manifests"),
     "root": ("kiln.cmd_release", "create, sign and rotate trust roots"),
     "agent": ("kiln.cmd_agent", "run the host agent; its status, rollback and trust updates"),
+    "completion": ("kiln.cmd_completion", "print a shell completion script (bash or zsh)"),
 }
 VERB_MODULES: tuple[str, ...] = tuple(dict.fromkeys(module for module, _ in VERBS.values()))
 
@@ -48,10 +52,29 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
+    json_errors = False  # set by main() when --json is anywhere on the command line
+
     def error(self, message: str) -> None:  # type: ignore[override]
         self.print_usage(sys.stderr)
         print(f"kiln: error: {message}", file=sys.stderr)
+        if _Parser.json_errors:
+            hint = f"see kiln {self.prog.partition(' ')[2]} --help".replace("  ", " ").strip()
+            print(error_document(message, hint=hint, exit_code=EXIT_USAGE), flush=True)
         raise SystemExit(EXIT_USAGE)
+
+
+class _VersionAction(argparse.Action):
+    """``kiln --version`` (``--json``: ``{"version": 1, "kiln": "X.Y.Z"}`` on stdout)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, help="show kiln's version")
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any, **_kw: Any) -> None:
+        if _Parser.json_errors:
+            print(json.dumps({"version": JSON_VERSION, "kiln": __version__}, sort_keys=True))
+        else:
+            print(f"kiln {__version__}")
+        raise SystemExit(EXIT_OK)
 
 
 def _requested_verb(argv: Sequence[str]) -> str | None:
@@ -64,7 +87,7 @@ def _requested_verb(argv: Sequence[str]) -> str | None:
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The parser; with ``argv``, only the requested verb's module is imported (all without)."""
     parser = _Parser(prog="kiln", description="Bake immutable infrastructure.")
-    parser.add_argument("--version", action="version", version=f"kiln {__version__}")
+    parser.add_argument("--version", action=_VersionAction)
     _add_common(parser)
     sub = parser.add_subparsers(dest="verb", metavar="VERB", parser_class=_Parser)
     verb = _requested_verb(argv) if argv is not None else None
@@ -112,26 +135,52 @@ def _skip_final_collection() -> None:
     atexit.register(gc.freeze)
 
 
+def _show_warnings() -> None:
+    """The publisher's warnings (``--insecure`` in force) as ``kiln: warning:`` lines on the current
+    stderr, every time. Only set up when ``--insecure`` is given: logging stays unloaded otherwise."""
+    import logging
+
+    class WarningLines(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            print(f"kiln: warning: {record.getMessage()}", file=sys.stderr, flush=True)
+
+    logger = logging.getLogger("kiln.publisher")
+    if not any(type(h).__name__ == "WarningLines" for h in logger.handlers):
+        logger.addHandler(WarningLines(level=logging.WARNING))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Known before parsing, so a usage error is one JSON object too (``--`` ends the options).
+    _Parser.json_errors = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)
+        if args.json:
+            print(error_document("no verb given", hint="see kiln --help", exit_code=EXIT_USAGE), flush=True)
         return EXIT_USAGE
     out = Output(json_mode=args.json, quiet=args.quiet)
     _skip_final_collection()
+    if getattr(args, "insecure", False):
+        _show_warnings()
+
+    def fail(message: str, hint: str | None, code: int, exc: BaseException | None = None) -> int:
+        if args.debug:
+            traceback.print_exc()
+        for line in message.splitlines() or [""]:
+            print(f"kiln: error: {line}", file=sys.stderr)
+        if hint:
+            print(f"kiln: hint: {hint}", file=sys.stderr)
+        if args.json:
+            print(error_document(message, hint=hint, exit_code=code, exc=exc), file=out.stdout, flush=True)
+        return code
+
     try:
         return int(handler(args, out))
     except KilnError as exc:
-        if args.debug:
-            traceback.print_exc()
-        for line in str(exc.message).splitlines() or [""]:
-            print(f"kiln: error: {line}", file=sys.stderr)
-        if exc.hint:
-            print(f"kiln: hint: {exc.hint}", file=sys.stderr)
-        return exc.exit_code
+        return fail(str(exc.message), exc.hint, exc.exit_code, exc)
     except KeyboardInterrupt:
         print("kiln: interrupted", file=sys.stderr)
         return 130
@@ -144,16 +193,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         # The filesystem or a tool said no (a missing directory, no permission, a full disk):
         # the user's to fix, so one clear line naming the file, not an "internal error".
-        if args.debug:
-            traceback.print_exc()
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"kiln: error: {where}{exc.strerror or exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return fail(f"{where}{exc.strerror or exc}", None, EXIT_FAIL)
     except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, traceback only with --debug
         if args.debug:
             traceback.print_exc()
-        print(f"kiln: internal error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        print("kiln: hint: rerun with --debug for a traceback, and report it", file=sys.stderr)
+        message = f"internal error: {type(exc).__name__}: {exc}"
+        hint = "rerun with --debug for a traceback, and report it"
+        print(f"kiln: {message}", file=sys.stderr)
+        print(f"kiln: hint: {hint}", file=sys.stderr)
+        if args.json:
+            print(error_document(message, hint=hint, exit_code=EXIT_FAIL), file=out.stdout, flush=True)
         return EXIT_FAIL
 
 

@@ -4,32 +4,87 @@
 
     kiln agent run        [--config FILE]            reconcile every poll_interval; status endpoint on
                                                      STATE/agent.sock (and status_listen)
-    kiln agent reconcile  --once [--config FILE]     one reconcile, then exit (exit 3 if refused)
+    kiln agent reconcile  --once [--config FILE]     one reconcile, then exit (exit codes below)
     kiln agent reconcile  --now [--config FILE]      wake the running agent: it reconciles at once
                                                      (SIGHUP to ``kiln agent run`` does the same)
-    kiln agent status     [--config FILE] [--json]   release, version, instances, health, last refusal
+    kiln agent status     [--config FILE] [--json]   release, version, instances, health, the release
+                                                     source's state, last refusal
     kiln agent rollback   [--config FILE]            back to the previous good release (local only)
     kiln agent trust-update [--config FILE] ROOT     install trust root N+1 (signed envelope)
 
 ``status`` and ``rollback`` talk to a running agent through its Unix socket; with no agent
 running, ``status`` reads the journal and ``rollback`` runs in this process.
+
+Exit codes of ``kiln agent reconcile --once`` (:data:`RECONCILE_EXIT`): 0 the release is current
+or was rolled out; 1 it failed (its health, or earlier attempts: ``skipped``); 3 it was refused
+(signature, policy, parse, internal, ...); 4 the source or the images were unavailable (auth,
+unreachable, not-found). A notice a library logs (e.g. plain http to a loopback registry) is
+printed once per process, however often the loop polls.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import logging
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from kiln.output import Output
 from manifests.errors import KilnError, VerificationError
 
-__all__ = ["register", "DEFAULT_CONFIG"]
+__all__ = ["register", "DEFAULT_CONFIG", "RECONCILE_EXIT", "OncePerProcess", "notices_once"]
 
 DEFAULT_CONFIG = Path("/etc/kiln/agent.yaml")
+#: ``kiln agent reconcile --once``: outcome -> exit code (see the module docstring).
+RECONCILE_EXIT = {
+    "current": 0,
+    "rolled-out": 0,
+    "failed": 1,
+    "skipped": 1,
+    "refused": VerificationError.exit_code,
+    "unavailable": 4,
+}
+_RECONCILE_EPILOG = (
+    "exit codes: 0 current or rolled out; 1 failed (or skipped: failed max_attempts times before); "
+    "3 refused (signature, policy, parse, internal, ...); 4 unavailable (source or images: auth, "
+    "unreachable, not-found)"
+)
+
+
+class OncePerProcess(logging.Filter):
+    """Lets each distinct message through once per process (the plain-http notice repeats on every
+    poll otherwise)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._seen: set[str] = set()
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = f"{record.name}:{record.levelno}:{record.getMessage()}"
+        with self._lock:
+            if text in self._seen:
+                return False
+            self._seen.add(text)
+            return True
+
+
+@contextlib.contextmanager
+def notices_once() -> Iterator[None]:
+    """While an agent command runs (for ``kiln agent run``: the whole process), each distinct
+    notice of the registry client is printed once."""
+    logger = logging.getLogger("kiln.publisher")
+    once = OncePerProcess()
+    logger.addFilter(once)
+    try:
+        yield
+    finally:
+        logger.removeFilter(once)
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -44,7 +99,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = verbs.add_parser("run", help="reconcile in a loop until SIGTERM")
     common(p)
     p.set_defaults(handler=cmd_agent_run)
-    p = verbs.add_parser("reconcile", help="one reconcile (--once), or wake the running agent (--now)")
+    p = verbs.add_parser(
+        "reconcile",
+        help="one reconcile (--once), or wake the running agent (--now)",
+        epilog=_RECONCILE_EPILOG,
+    )
     common(p)
     when = p.add_mutually_exclusive_group(required=True)
     when.add_argument("--once", action="store_true", help="run exactly one reconcile")
@@ -76,20 +135,26 @@ def _printer(out: Output) -> Any:
 
 
 def cmd_agent_run(args: argparse.Namespace, out: Output) -> int:
+    with notices_once():
+        return _agent_run(args, out)
+
+
+def _agent_run(args: argparse.Namespace, out: Output) -> int:
     from agent.reconcile import Agent
     from agent.status import StatusServer
 
     config = _config(args)
     stop = threading.Event()
+    agent = Agent(config, event_sink=_printer(out))
 
     def on_signal(signum: int, _frame: object) -> None:
         out.progress(f"kiln agent: signal {signum}, stopping after this step")
         stop.set()
+        agent.wake.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
-    agent = Agent(config, event_sink=_printer(out))
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: agent.wake.set())
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: agent.nudge())  # reconcile now
     tcp = (config.status_listen.host, config.status_listen.port) if config.status_listen is not None else None
     server = StatusServer(
         config.state,
@@ -97,7 +162,7 @@ def cmd_agent_run(args: argparse.Namespace, out: Output) -> int:
         metrics=agent.metrics.render,
         rollback=lambda: {"release": agent.rollback().to_dict()},
         tcp=tcp,
-        wake=agent.wake.set,
+        wake=agent.nudge,
     )
     try:
         agent.start()
@@ -112,6 +177,11 @@ def cmd_agent_run(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_agent_reconcile(args: argparse.Namespace, out: Output) -> int:
+    with notices_once():
+        return _agent_reconcile(args, out)
+
+
+def _agent_reconcile(args: argparse.Namespace, out: Output) -> int:
     from agent.reconcile import Agent
 
     config = _config(args)
@@ -119,11 +189,13 @@ def cmd_agent_reconcile(args: argparse.Namespace, out: Output) -> int:
         return _wake(config, out)
     agent = Agent(config, event_sink=_printer(out))
     try:
-        agent.start()
+        agent.start(monitor=False)
         result = agent.reconcile_once()
     finally:
         agent.close()
-    data = {
+    code = RECONCILE_EXIT.get(result.outcome, 1)
+    data: dict[str, Any] = {
+        "exit_code": code,
         "outcome": result.outcome,
         "release_version": result.version,
         "reason": result.reason,
@@ -139,10 +211,18 @@ def cmd_agent_reconcile(args: argparse.Namespace, out: Output) -> int:
         human = f"reconcile: {release} refused ({result.reason}): {result.detail}"
     elif result.detail:
         human += f": {result.detail}"
+    if (
+        result.outcome == "unavailable"
+        and agent.source_state.last_error_reason
+        and agent.source_state.ok is False
+    ):
+        data["source_reason"] = agent.source_state.last_error_reason
+        human = f"reconcile: unavailable ({agent.source_state.last_error_reason}): {result.detail}"
+    if code:
+        # A refused or failed reconcile is a failure like any other: --json carries the error too.
+        data["error"] = {"message": human, "hint": None, "exit_code": code, "problems": []}
     out.result(human, data)
-    if result.outcome == "refused":
-        return VerificationError.exit_code
-    return 1 if result.outcome == "failed" else 0
+    return code
 
 
 def _wake(config: Any, out: Output) -> int:
@@ -163,8 +243,8 @@ def _wake(config: Any, out: Output) -> int:
 
 
 def _status_from_journal(config: Any) -> dict[str, Any]:
-    from agent.journal import Journal
-    from agent.reconcile import status_document
+    from agent.journal import Journal, read_source_state
+    from agent.status import status_document
 
     st = Journal(config.state).state
     instances = [
@@ -178,7 +258,9 @@ def _status_from_journal(config: Any) -> dict[str, Any]:
         }
         for r in st.instances
     ]
-    return status_document(st, instances=instances, metrics=None, config=config)
+    return status_document(
+        st, instances=instances, metrics=None, config=config, source=read_source_state(config.state)
+    )
 
 
 def cmd_agent_status(args: argparse.Namespace, out: Output) -> int:
@@ -208,6 +290,7 @@ def _status_table(doc: dict[str, Any]) -> str:
         f"highest accepted {ver(doc['highest_accepted'])}  root v{doc['root_version']}  "
         f"agent {'running' if doc.get('agent_running') else 'not running'}",
     ]
+    lines.append(_source_line(doc.get("source")))
     if doc.get("rollout"):
         lines.append(f"rollout in progress: {ver(doc['rollout']['from'])} -> {ver(doc['rollout']['to'])}")
     lines.append(f"{'SERVICE':<16} {'INSTANCE':<28} {'RELEASE':<8} HEALTH")
@@ -220,6 +303,27 @@ def _status_table(doc: dict[str, Any]) -> str:
     for f in doc.get("failures") or []:
         lines.append(f"failed v{f['version']} ({f['attempts']} attempt(s)): {f['reason']}")
     return "\n".join(lines)
+
+
+def _when(at: Any) -> str:
+    from datetime import UTC, datetime
+
+    if not isinstance(at, int | float):
+        return "never"
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _source_line(src: Any) -> str:
+    if not isinstance(src, dict):
+        return "source: unknown"
+    state = {True: "ok", False: "failing", None: "not fetched yet"}.get(src.get("ok"), "unknown")
+    line = f"source {src.get('source')}: {state}; last successful fetch {_when(src.get('last_success'))}"
+    if src.get("last_error_reason"):
+        line += (
+            f"; last error ({src['last_error_reason']}) at {_when(src.get('last_error_at'))}: "
+            f"{src.get('last_error')}"
+        )
+    return line
 
 
 def cmd_agent_rollback(args: argparse.Namespace, out: Output) -> int:
@@ -244,7 +348,7 @@ def cmd_agent_rollback(args: argparse.Namespace, out: Output) -> int:
         raise KilnError(f"the running agent refused: {err.get('error')}", hint=err.get("hint"))
     agent = Agent(config, event_sink=_printer(out))
     try:
-        agent.start()
+        agent.start(monitor=False)
         target = agent.rollback()
     finally:
         agent.close()
@@ -268,6 +372,7 @@ def cmd_agent_trust_update(args: argparse.Namespace, out: Output) -> int:
         raise KilnError(f"trust root {args.root}: {exc.strerror or exc}") from None
     agent = Agent(config, event_sink=_printer(out))
     try:
+        agent.open()
         try:
             new = agent.trust_update(data)
         except VerificationError as exc:

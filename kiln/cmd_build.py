@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from kiln.output import Output
+from kiln.output import Output, UsageError
 from manifests.errors import KilnError
 
 __all__ = ["register", "source_date_epoch", "default_cache_dir"]
@@ -27,6 +27,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("-o", "--output", type=Path, help="output path (default: out/NAME[.tar])")
     p.add_argument("--format", choices=FORMATS, default="oci", help="output format (default: oci)")
     p.add_argument("--force", action="store_true", help="replace an existing output")
+    p.add_argument(
+        "--name",
+        metavar="NAME:TAG",
+        help="the image's name in the output (default: the manifest's name:version), "
+        "e.g. registry.example/team/app:1.2.0",
+    )
     p.add_argument("--cache-dir", type=Path, help="build cache (default: $KILN_CACHE_DIR or ~/.cache/kiln)")
     p.add_argument("--no-cache", action="store_true", help="do not read or write the build cache")
     p.add_argument(
@@ -35,11 +41,19 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         default=None,
         help="timestamp for every file and the image (default: $SOURCE_DATE_EPOCH or 0)",
     )
+    from kiln.cmd_debian import add_build_flags
+
+    add_build_flags(p)
     p.set_defaults(handler=cmd_build)
 
     p = sub.add_parser("inspect", help="show an image's config, layers and files")
-    p.add_argument("image", type=Path, help="OCI layout directory, oci-archive or docker-archive")
+    p.add_argument(
+        "image",
+        help="a layout (DIR, oci:DIR[:TAG], DIR@sha256:HEX), an oci-archive or docker-archive, "
+        "or a registry image HOST[:PORT]/REPO[:TAG|@DIGEST]",
+    )
     p.add_argument("--no-files", action="store_true", help="omit the file listing")
+    p.add_argument("--insecure", action="store_true", help="plain http to the registry (warned about)")
     p.set_defaults(handler=cmd_inspect)
 
 
@@ -52,13 +66,17 @@ def source_date_epoch(value: str | None) -> int:
     if value is None or value == "":
         return 0
     if not value.isascii() or not value.isdigit():
-        raise KilnError(
+        # A bad flag is a usage error (2); a bad environment variable a failure (1).
+        error = UsageError if origin.startswith("--") else KilnError
+        raise error(
             f"{origin}={value!r} is not a non-negative integer",
             hint="use seconds since 1970-01-01T00:00:00Z, e.g. $(git log -1 --format=%ct)",
         )
     epoch = int(value)
     if epoch > _MAX_EPOCH:
-        raise KilnError(f"{origin}={value} is too large (max {_MAX_EPOCH})")
+        raise (UsageError if origin.startswith("--") else KilnError)(
+            f"{origin}={value} is too large (max {_MAX_EPOCH})"
+        )
     return epoch
 
 
@@ -81,12 +99,22 @@ def _human_size(n: int) -> str:
 
 
 def cmd_validate(args: argparse.Namespace, out: Output) -> int:
+    from builder.sources import assemble
     from manifests.image_parse import load_image_manifest
 
     m = load_image_manifest(args.manifest)
+    # The inputs too: every src exists, every closure path is an ELF file whose libraries resolve
+    # (host metadata only; no file is read whole, nothing is written).
+    assembly = assemble(m)
     out.result(
-        f"{args.manifest}: valid ({m.name} {m.version}, {len(m.contents)} contents items)",
-        {"manifest": str(args.manifest), "valid": True, "name": m.name, "image_version": m.version},
+        f"{args.manifest}: valid ({m.name} {m.version}, {len(m.contents)} contents items, "
+        f"{len(assembly.tree)} paths)",
+        {
+            "manifest": str(args.manifest),
+            "valid": True,
+            "name": m.name,
+            "image_version": m.version,
+        },
     )
     return 0
 
@@ -103,15 +131,37 @@ def cmd_build(args: argparse.Namespace, out: Output) -> int:
         suffix = "" if args.format == "oci" else ".tar"
         output = Path("out") / f"{manifest.name.replace('/', '_')}{suffix}"
     cache = None if args.no_cache else BuildCache(args.cache_dir or default_cache_dir())
-    result = build_image(
-        manifest,
-        output=output,
-        fmt=args.format,
-        cache=cache,
-        source_date_epoch=epoch,
-        force=args.force,
-        progress=out.progress,
-    )
+    from kiln.cmd_debian import prepare_debian
+    from kiln.progress import live_progress
+
+    debian = prepare_debian(args, manifest, out)
+    with live_progress(out) as live:
+        if len(manifest.platforms) > 1:
+            from builder.platforms import build_platforms
+
+            result = build_platforms(
+                manifest,
+                output=output,
+                fmt=args.format,
+                cache=cache,
+                source_date_epoch=epoch,
+                force=args.force,
+                progress=out.progress,
+                debian=debian,
+            )
+        else:
+            result = build_image(
+                manifest,
+                output=output,
+                fmt=args.format,
+                cache=cache,
+                source_date_epoch=epoch,
+                force=args.force,
+                progress=out.progress,
+                debian=debian,
+                name=args.name,
+                meter=live.update if live is not None else None,
+            )
     layers: list[dict[str, Any]] = [
         {
             "digest": str(layer.digest),
@@ -146,17 +196,56 @@ def cmd_build(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
+def _inspect_target(text: str) -> tuple[Path, str | None] | None:
+    """(path, tag or digest) for a layout or archive on disk; ``None`` for a registry reference.
+
+    ``oci:DIR:TAG`` and ``DIR:TAG`` split at the first colon after which an existing path ends
+    (a tag may be a full ``name:version`` reference); ``DIR@sha256:HEX`` names a digest.
+    """
+    body = text.removeprefix("oci:")
+    if Path(body).exists():
+        return Path(body), None
+    head, at, digest = body.rpartition("@")
+    if at and digest.startswith("sha256:") and Path(head).exists():
+        return Path(head), digest
+    for i, char in enumerate(body):
+        if char == ":" and i and body[i + 1 :] and Path(body[:i]).exists():
+            return Path(body[:i]), body[i + 1 :]
+    if text.startswith("oci:") or "/" not in text:
+        return Path(body), None  # missing: the open below says so, naming it
+    return None
+
+
+def _readable(value: Any) -> str:
+    """A config value as a person reads it: strings bare, lists and objects as JSON."""
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
 def cmd_inspect(args: argparse.Namespace, out: Output) -> int:
+    import contextlib
+    import tempfile
+
     from builder.inspect import format_tree, inspect_image
 
-    info = inspect_image(args.image)
+    with contextlib.ExitStack() as stack:
+        target = _inspect_target(args.image)
+        if target is None:
+            from kiln.cmd_publish import fetch_image
+
+            tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kiln-inspect-")))
+            digest = fetch_image(args.image, tmp / "image", insecure=args.insecure, progress=out.progress)
+            target = (tmp / "image", str(digest))
+        path, ref = target
+        info = inspect_image(path, ref=ref)
     if args.no_files:
         info.pop("files", None)
     lines = [f"{args.image}", f"  digest  {info['digest']}"]
     cfg = info.get("config", {})
     for key in ("user", "entrypoint", "cmd", "workdir", "env", "ports"):
         if cfg.get(key):
-            lines.append(f"  {key:<8}{cfg[key]}")
+            lines.append(f"  {key:<10} {_readable(cfg[key])}")
     lines.append(f"  layers  {len(info['layers'])}")
     for layer in info["layers"]:
         lines.append(f"    {layer['digest']}  {_human_size(layer['size'])}  {layer.get('files', '?')} files")

@@ -14,11 +14,12 @@ import gc
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kiln.output import Output
+from kiln.output import Output, UsageError
+from kiln.progress import LiveProgress, live_progress
 from manifests.digest import Digest
 from manifests.errors import KilnError
 from manifests.oci import Descriptor, OCIManifest
@@ -169,13 +170,13 @@ def cmd_publish(args: argparse.Namespace, out: Output) -> int:
             raise
         src_loc = LayoutLocation(directory=Path(args.src))  # a missing directory: say so below
     if not isinstance(src_loc, LayoutLocation):
-        raise KilnError(
+        raise UsageError(
             f"publish takes a built OCI layout, not {args.src}",
             hint="use kiln copy to move an image between registries",
         )
     dest_loc = parse_location(args.dest)
     if dest_loc.tag is not None or dest_loc.digest is not None:
-        raise KilnError(
+        raise UsageError(
             f"publish names the repository only, not a tag or digest: {args.dest}",
             hint="the version tag comes from the image; add moving names with --channel",
         )
@@ -189,7 +190,10 @@ def cmd_publish(args: argparse.Namespace, out: Output) -> int:
         root, layout_tag = built_image(src, src_loc.tag)
     version = image_version(src, root, layout_tag=layout_tag)
     check_channels(args.channel, version_tag(version))  # refuse before creating anything at DEST
-    with open_endpoint(dest_loc, insecure=args.insecure, jobs=args.jobs, create=True) as dest:
+    with (
+        open_endpoint(dest_loc, insecure=args.insecure, jobs=args.jobs, create=True) as dest,
+        live_progress(out) as live,
+    ):
         result = publish(
             src,
             root,
@@ -198,6 +202,7 @@ def cmd_publish(args: argparse.Namespace, out: Output) -> int:
             channels=args.channel,
             jobs=args.jobs,
             progress=out.progress,
+            watch=_blob_bars(live),
         )
     data = result.to_dict()
     lines = [result.reference]
@@ -265,7 +270,10 @@ def cmd_pull(args: argparse.Namespace, out: Output) -> int:
             assert isinstance(layout_src, LayoutRepository)  # noqa: S101 - a layout without a selector
             ref = built_image(layout_src, None)[0].digest
         dest = LayoutRepository(stage, create=True)
-        closure, copied = copy_image(src.endpoint, dest, ref, jobs=args.jobs, progress=out.progress)
+        with live_progress(out) as live:
+            closure, copied = copy_image(
+                src.endpoint, dest, ref, jobs=args.jobs, progress=out.progress, watch=_blob_bars(live)
+            )
         tag = _out_tag(loc, closure.root)
         if tag is not None:
             dest.set_tag(tag, closure.root)
@@ -278,6 +286,36 @@ def cmd_pull(args: argparse.Namespace, out: Output) -> int:
     data["source"] = str(loc)
     out.result(f"{pinned}\n  pulled from {loc}\n  " + _blobs_line(copied.blobs), data)
     return 0
+
+
+def _blob_bars(live: LiveProgress | None) -> Callable[[Digest, int, int], None] | None:
+    """One live bar per blob (bytes and rate), keyed by digest."""
+    if live is None:
+        return None
+
+    def watch(digest: Digest, done: int, size: int) -> None:
+        live.update(str(digest), f"blob {digest.hex[:12]}", done, size)
+
+    return watch
+
+
+def fetch_image(
+    text: str, out_dir: Path, *, insecure: bool, progress: Callable[[str], None] | None = None
+) -> Digest:
+    """Pull the image ``text`` names (a registry reference; ``:latest`` when it names none) into a
+    new layout ``out_dir``; returns its digest (``kiln inspect`` of a registry image)."""
+    loc = parse_location(text)
+    if isinstance(loc, Reference) and loc.tag is None and loc.digest is None:
+        loc = Reference(registry=loc.registry, repository=loc.repository, tag="latest")
+    ref = _selector(loc)
+    if ref is None:
+        raise UsageError(f"{text}: name a tag or a digest")
+    with open_endpoint(loc, insecure=insecure, jobs=4) as src:
+        dest = LayoutRepository(out_dir, create=True)
+        closure, _ = copy_image(src.endpoint, dest, ref, jobs=4, progress=progress)
+        with dest.locked():
+            dest.layout.add(closure.root.descriptor)
+    return closure.digest
 
 
 def _copy_data(reference: str, copied: CopyResult, tags: list[str]) -> dict[str, object]:
@@ -308,7 +346,7 @@ def cmd_copy(args: argparse.Namespace, out: Output) -> int:
     src_loc = parse_location(args.src)
     dest_loc = parse_location(args.dest)
     if dest_loc.digest is not None:
-        raise KilnError(
+        raise UsageError(
             f"DEST names a digest: {args.dest}", hint="the digest is the source's; name a tag or nothing"
         )
     tag = dest_loc.tag or src_loc.tag
@@ -328,14 +366,16 @@ def cmd_copy(args: argparse.Namespace, out: Output) -> int:
             raise PublishError(f"{src.endpoint.display}: no image {ref}", hint="check the tag or digest")
         if tag is not None:
             _check_tag_free(dest.endpoint, tag, root_man.digest, force=args.force)
-        closure, copied = copy_image(
-            src.endpoint,
-            dest.endpoint,
-            root_man.digest,
-            jobs=args.jobs,
-            mount_from=_mount_from(src, dest),
-            progress=out.progress,
-        )
+        with live_progress(out) as live:
+            closure, copied = copy_image(
+                src.endpoint,
+                dest.endpoint,
+                root_man.digest,
+                jobs=args.jobs,
+                mount_from=_mount_from(src, dest),
+                progress=out.progress,
+                watch=_blob_bars(live),
+            )
         with dest.endpoint.locked():
             if tag is not None:
                 current = _check_tag_free(dest.endpoint, tag, closure.digest, force=args.force)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.cmd_sign import _key_args, _public_keys, _signer
-from kiln.output import Output
+from kiln.output import Output, UsageError
 from manifests.atomic import atomic_write
 from manifests.digest import Digest
 from manifests.durations import DurationError, parse_duration
@@ -196,10 +196,10 @@ def _sign(args: argparse.Namespace, out: Output, kind: _Kind) -> int:
                     hint="every signer signs the same bytes: check you reviewed the right version",
                 )
     elif source is None:
-        raise KilnError(f"nothing to sign: give a {kind.noun} file or --append ENVELOPE")
+        raise UsageError(f"nothing to sign: give a {kind.noun} file or --append ENVELOPE")
     elif _is_document(source):
         if args.output is None:
-            raise KilnError("where should the envelope go?", hint="pass -o FILE.dsse.json")
+            raise UsageError("where should the envelope go?", hint="pass -o FILE.dsse.json")
         target = args.output
         payload = kind.load(source)
     else:
@@ -358,7 +358,7 @@ def _expires(text: str | None, now: datetime) -> datetime:
     try:
         seconds = parse_duration(text)
     except DurationError:
-        raise KilnError(
+        raise UsageError(
             f"invalid --expires {text!r}", hint="an RFC 3339 UTC time or a duration such as 8760h"
         ) from None
     return (now + timedelta(seconds=seconds)).replace(microsecond=0)
@@ -367,7 +367,7 @@ def _expires(text: str | None, now: datetime) -> datetime:
 def _role(paths: list[Path], threshold: int, what: str) -> tuple[Role, dict[str, str]]:
     keys = {k.key_id: k.to_pem().decode("ascii") for k in _public_keys(paths)}
     if not 1 <= threshold <= len(keys):
-        raise KilnError(f"{what} threshold {threshold} needs 1 to {len(keys)} distinct keys")
+        raise UsageError(f"{what} threshold {threshold} needs 1 to {len(keys)} distinct keys")
     return Role(key_ids=tuple(sorted(keys)), threshold=threshold), keys
 
 
@@ -375,7 +375,7 @@ def cmd_root_init(args: argparse.Namespace, out: Output) -> int:
     if args.output.exists() and not args.force:
         raise KilnError(f"{args.output} exists", hint="use --force to replace it")
     if args.root_version < 1:
-        raise KilnError("--version must be at least 1")
+        raise UsageError("--version must be at least 1")
     now = datetime.now(UTC)
     root_role, root_pems = _role(args.root_key, args.threshold, "root")
     release_threshold = args.release_threshold if args.release_threshold is not None else args.threshold

@@ -23,13 +23,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from builder.build import PROVENANCE_ANNOTATION, SBOM_ANNOTATION
-from kiln.output import Output
+from builder.build import PROVENANCE_ARTIFACT_TYPE, SBOM_ARTIFACT_TYPE
+from kiln.output import Output, UsageError
 from manifests.atomic import atomic_write
 from manifests.canonical import canonical_json, pretty_json
 from manifests.digest import Digest
 from manifests.errors import DocumentError, KilnError, VerificationError
-from manifests.oci import Descriptor, parse_json_object
+from manifests.layout import OCILayout
+from manifests.mediatypes import MediaType
+from manifests.oci import Descriptor, OCIManifest, parse_json_object
 from signing.attestation import STATEMENT_V1, PredicateKind
 from signing.cosign import attestation_tag, signature_tag
 from signing.errors import PassphraseError
@@ -39,7 +41,7 @@ from signing.signer import PassphraseCallback, Signer, load_signer, read_capped
 from signing.store import ArtifactStore, LayoutStore
 from signing.verify import Identity
 
-__all__ = ["register", "ImageRef", "parse_image_ref", "SBOM_ANNOTATION", "PROVENANCE_ANNOTATION"]
+__all__ = ["register", "ImageRef", "parse_image_ref", "build_records"]
 
 _PASSWORD_ENV = ("KILN_PASSWORD", "COSIGN_PASSWORD")
 _MAX_ATTESTATION_BYTES = 64 * 1024 * 1024
@@ -130,10 +132,15 @@ def parse_image_ref(text: str) -> ImageRef:
     """``oci:DIR``, ``oci:DIR:TAG``, ``oci:DIR@sha256:HEX``; a bare directory is ``oci:DIR``."""
     body = text[4:] if text.startswith("oci:") else text
     if not body:
-        raise KilnError(f"invalid image reference {text!r}", hint="use oci:DIR[:TAG]")
+        raise UsageError(f"invalid image reference {text!r}", hint="use oci:DIR[:TAG]")
     if "@" in body:
         directory, _, dig = body.rpartition("@")
         return ImageRef(directory=Path(directory), digest=Digest.parse(dig))
+    # A build names its image with a full reference (``oci:out/app:app:1.0.0``, as skopeo and umoci
+    # address it): the first colon after which an existing layout ends the directory.
+    for i, char in enumerate(body):
+        if char == ":" and i and (Path(body[:i]) / "oci-layout").is_file() and body[i + 1 :]:
+            return ImageRef(directory=Path(body[:i]), tag=body[i + 1 :])
     directory, sep, tag = body.rpartition(":")
     if sep and directory and "/" not in tag and tag:
         return ImageRef(directory=Path(directory), tag=tag)
@@ -271,7 +278,7 @@ def _optional(pairs: list[str]) -> dict[str, str] | None:
     for pair in pairs:
         k, sep, v = pair.partition("=")
         if not sep or not k:
-            raise KilnError(f"invalid annotation {pair!r}", hint="use KEY=VALUE")
+            raise UsageError(f"invalid annotation {pair!r}", hint="use KEY=VALUE")
         out[k] = v
     return out
 
@@ -282,7 +289,7 @@ def cmd_sign(args: argparse.Namespace, out: Output) -> int:
     with open_image(args.image, insecure=args.insecure) as image:
         identity = args.identity or image.registry_name
         if identity is None:
-            raise KilnError("sign needs --identity REPO", hint="the repository the image is published as")
+            raise UsageError("sign needs --identity REPO", hint="the repository the image is published as")
         signer = _signer(args)
         reference = f"{identity}:{image.tag}" if image.tag else identity
         signed = sign_image(
@@ -317,7 +324,7 @@ def _verify(args: argparse.Namespace, image: OpenedImage) -> list[Digest]:
         from signing.policy import MAX_POLICY_BYTES, TrustPolicy
 
         if repository is None:
-            raise KilnError("--policy needs --identity REPO")
+            raise UsageError("--policy needs --identity REPO")
         policy = TrustPolicy.from_bytes(
             read_capped(args.policy, limit=MAX_POLICY_BYTES, what="trust policy"), source=str(args.policy)
         )
@@ -337,10 +344,12 @@ def _verify(args: argparse.Namespace, image: OpenedImage) -> list[Digest]:
         verify_blobs_only(store, root)
         return verified
     if not args.key:
-        raise KilnError("verify needs --key PUB (or --policy FILE)")
+        raise UsageError("verify needs --key PUB (or --policy FILE)")
     if repository is None:
-        raise KilnError("verify needs --identity REPO", hint="the repository the image was signed for")
-    identity = Identity(repository=repository, tag=image.tag)
+        raise UsageError("verify needs --identity REPO", hint="the repository the image was signed for")
+    # As cosign: the signature's docker-reference must name the repository; the tag it was reached
+    # by (a moving channel such as :stable) is not compared, unless --identity names one itself.
+    identity = Identity.parse(repository)
     return list(
         verify_image(store, root, identity=identity, keys=_public_keys(args.key), threshold=args.threshold)
     )
@@ -378,47 +387,75 @@ def _statement_for(kind: PredicateKind, blob: bytes, root: Descriptor, name: str
     return canonical_json(statement)
 
 
-def _build_records(args: argparse.Namespace, image: OpenedImage) -> tuple[ArtifactStore, Descriptor]:
-    """Where the unsigned SBOM and provenance are: the image's own layout, or ``--build DIR``."""
+def build_records(layout: OCILayout, digest: Digest) -> dict[PredicateKind, bytes]:
+    """The unsigned SBOM and provenance a build stored about ``digest``: OCI 1.1 artifacts in the
+    layout's index whose ``subject`` is the image (ADR 0018)."""
+    kinds = {SBOM_ARTIFACT_TYPE: PredicateKind.SPDX, PROVENANCE_ARTIFACT_TYPE: PredicateKind.SLSAPROVENANCE}
+    found: dict[PredicateKind, bytes] = {}
+    for desc in layout.referrers(digest):
+        if desc.media_type != MediaType.OCI_MANIFEST:
+            continue
+        man = OCIManifest.from_bytes(layout.read_blob(desc.digest))
+        # The manifest's own artifactType: a copy by an older tool (skopeo 1.9) drops it from
+        # the index's descriptors.
+        kind = kinds.get(man.artifact_type or desc.artifact_type or "")
+        if kind is None or kind in found:
+            continue
+        if man.subject is None or man.subject.digest != digest or len(man.layers) != 1:
+            continue
+        found[kind] = layout.read_blob(man.layers[0].digest, limit=_MAX_ATTESTATION_BYTES)
+    return found
+
+
+def _subject_name(records: Mapping[PredicateKind, bytes]) -> str | None:
+    """The image's name in the build's provenance: the SBOM's statement gets the same subject name."""
+    blob = records.get(PredicateKind.SLSAPROVENANCE)
+    if blob is None:
+        return None
+    subjects = parse_json_object(blob, what="provenance", limit=_MAX_ATTESTATION_BYTES).get("subject")
+    if isinstance(subjects, list) and subjects and isinstance(subjects[0], dict):
+        name = subjects[0].get("name")
+        return name if isinstance(name, str) and name else None
+    return None
+
+
+def _build_records(args: argparse.Namespace, image: OpenedImage) -> dict[PredicateKind, bytes]:
+    """The records to sign: from the image's own layout, or ``--build DIR``."""
     if args.build is None:
         if image.layout is None:
-            raise KilnError(
+            raise UsageError(
                 f"{image.name}: attesting an image in a registry needs the build's records",
                 hint="pass --build DIR: the OCI layout kiln build wrote for this image",
             )
-        return image.store, image.root
-    build = parse_image_ref(args.build)
-    store = LayoutStore.open(build.directory)
-    for desc in store.layout.index().manifests:
-        if desc.digest == image.root.digest and (SBOM_ANNOTATION in desc.annotations):
-            return store, desc
-    raise KilnError(
-        f"{build.directory}: holds no build records for {image.root.digest}",
-        hint="name the layout kiln build wrote for exactly this image",
-    )
+        layout = OCILayout.open(image.layout.directory)
+    else:
+        layout = OCILayout.open(parse_image_ref(args.build).directory)
+    records = build_records(layout, image.root.digest)
+    if not records and args.build is not None:
+        raise KilnError(
+            f"{args.build}: holds no build records for {image.root.digest}",
+            hint="name the layout kiln build wrote for exactly this image",
+        )
+    return records
 
 
 def cmd_attest(args: argparse.Namespace, out: Output) -> int:
     from signing.image import attest_image
 
     with open_image(args.image, insecure=args.insecure) as image:
-        records, described = _build_records(args, image)
+        records = _build_records(args, image)
         root = image.root
         kinds = [PredicateKind(t) for t in (args.types or [k.value for k in PredicateKind])]
-        annotation = {
-            PredicateKind.SPDX: SBOM_ANNOTATION,
-            PredicateKind.SLSAPROVENANCE: PROVENANCE_ANNOTATION,
-        }
+        subject = _subject_name(records) or image.name
         statements = []
         for kind in kinds:
-            dig = described.annotations.get(annotation[kind])
-            if dig is None:
+            blob = records.get(kind)
+            if blob is None:
                 raise KilnError(
-                    f"{image.name}: the image has no {kind} recorded ({annotation[kind]} annotation)",
-                    hint="rebuild it with a kiln that records attestations",
+                    f"{image.name}: the image has no {kind} recorded (no {kind} artifact refers to it)",
+                    hint="rebuild it with this kiln (it stores SBOM and provenance as referrers)",
                 )
-            blob = records.read_blob(Digest.parse(dig), limit=_MAX_ATTESTATION_BYTES)
-            statements.append((kind, _statement_for(kind, blob, root, image.name)))
+            statements.append((kind, _statement_for(kind, blob, root, subject)))
         signer = _signer(args)
         for kind, statement in statements:
             attest_image(image.store, root, [signer], statement)

@@ -8,9 +8,11 @@ This module holds the document model (frozen dataclasses). Parsing and validatio
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from manifests.errors import Problem
 from manifests.mediatypes import Compression
 from manifests.oci import Platform
 
@@ -21,6 +23,9 @@ __all__ = [
     "TreeSource",
     "SymlinkSource",
     "DirSource",
+    "DebianSource",
+    "DEBIAN_SYSROOT",
+    "DEFAULT_DEBIAN_MIRROR",
     "ContentItem",
     "Accounts",
     "Port",
@@ -60,9 +65,14 @@ class FilesSource:
     files: tuple[FileSpec, ...]
 
 
+DEBIAN_SYSROOT = "debian"  # ``sysroot: debian``: read from the manifest's debian source
+DEFAULT_DEBIAN_MIRROR = "http://deb.debian.org/debian"
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ClosureSource:
-    """ELF executables plus every shared library they need, resolved inside ``sysroot``."""
+    """ELF executables plus every shared library they need, resolved inside ``sysroot``
+    (a host directory, or :data:`DEBIAN_SYSROOT`: the manifest's extracted Debian packages)."""
 
     paths: tuple[str, ...]
     sysroot: str = "/"
@@ -80,6 +90,21 @@ class TreeSource:
     dirmode: int | None = None
     uid: int = 0
     gid: int = 0
+    sysroot: str | None = None  # DEBIAN_SYSROOT: ``src`` is an absolute path in the debian source
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DebianSource:
+    """Debian packages, resolved by ``kiln lock`` into the manifest's lockfile and extracted
+    (merged /usr, no maintainer scripts). ``sysroot_only`` (``as: sysroot``): nothing is copied
+    whole; ``closure`` and ``tree`` items with ``sysroot: debian`` read from it."""
+
+    suite: str
+    packages: tuple[str, ...]
+    mirror: str = DEFAULT_DEBIAN_MIRROR
+    components: tuple[str, ...] = ("main",)
+    exclude: tuple[str, ...] = ()
+    sysroot_only: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,7 +121,7 @@ class DirSource:
     gid: int = 0
 
 
-ContentItem = FilesSource | ClosureSource | TreeSource | SymlinkSource | DirSource
+ContentItem = FilesSource | ClosureSource | TreeSource | SymlinkSource | DirSource | DebianSource
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -163,6 +188,8 @@ class ImageManifest:
     version: str
     platform: Platform
     contents: tuple[ContentItem, ...]
+    # ``platforms: [...]``: one image per platform under one OCI index (``platform`` is the first).
+    platforms: tuple[Platform, ...] = ()
     accounts: Accounts | None = None
     entrypoint: tuple[str, ...] = ()
     cmd: tuple[str, ...] = ()
@@ -178,3 +205,25 @@ class ImageManifest:
     compression_level: int | None = None  # None: the compression's default level
     source: str = "<memory>"  # the manifest file's path, for messages
     base_dir: Path = Path()
+    # Where each value was written (dotted path -> line, column), so a problem found later (a
+    # missing input) is reported at its place in the file. Not part of the manifest's value.
+    positions: Mapping[str, tuple[int, int]] = field(default_factory=dict, compare=False, repr=False)
+
+    def problem(self, path: str, message: str, hint: str | None = None) -> Problem:
+        """A positioned Problem about the value at dotted ``path`` (or its nearest ancestor)."""
+        for candidate in _ancestors(path):
+            if candidate in self.positions:
+                line, col = self.positions[candidate]
+                return Problem(file=self.source, line=line, col=col, path=path, message=message, hint=hint)
+        return Problem(file=self.source, line=None, col=None, path=path, message=message, hint=hint)
+
+
+def _ancestors(path: str) -> list[str]:
+    """``a.b[2].c``, ``a.b[2]``, ``a.b``, ``a``."""
+    out = [path]
+    while path:
+        cut = max(path.rfind("."), path.rfind("["))
+        path = path[:cut] if cut > 0 else ""
+        if path:
+            out.append(path)
+    return out

@@ -11,12 +11,16 @@ whole document has been read. :mod:`manifests.image_parse` builds the full schem
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from manifests.image import (
+    DEBIAN_SYSROOT,
+    DEFAULT_DEBIAN_MIRROR,
     ClosureSource,
     ContentItem,
+    DebianSource,
     DirSource,
     FileSpec,
     FilesSource,
@@ -28,7 +32,10 @@ from manifests.source import join_index, join_key
 
 __all__ = ["CONTENT_KINDS", "ImageContentsChecker"]
 
-CONTENT_KINDS = ("files", "closure", "tree", "symlink", "dir")
+CONTENT_KINDS = ("files", "closure", "tree", "symlink", "dir", "debian")
+_DEB_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]*\Z")
+_SUITE = re.compile(r"[a-z0-9][a-z0-9.-]{0,63}\Z")
+_COMPONENT = re.compile(r"[a-z0-9][a-z0-9/-]{0,63}\Z")
 
 
 class ImageContentsChecker(ImagePathChecker):
@@ -47,6 +54,8 @@ class ImageContentsChecker(ImagePathChecker):
             )
             return ()
         out: list[ContentItem] = []
+        self._debian_at: str | None = None
+        self._debian_users: list[str] = []
         for i, raw in enumerate(items):
             path = join_index("contents", i)
             item = self.mapping(raw, path)
@@ -80,11 +89,85 @@ class ImageContentsChecker(ImagePathChecker):
                 parsed = self._tree(value, sub)
             elif kind == "symlink":
                 parsed = self._symlink(value, sub)
+            elif kind == "debian":
+                parsed = self._debian(value, sub)
             else:
                 parsed = self._dir(value, sub)
             if parsed is not None:
                 out.append(parsed)
+        if self._debian_at is None:
+            for where in self._debian_users:
+                self.report(where, "no debian source to read from", "add a contents item 'debian: {...}'")
         return tuple(out)
+
+    def _debian(self, value: object, path: str) -> DebianSource | None:
+        m = self.mapping(value, path)
+        if m is None:
+            return None
+        self.keys(m, path, required=("suite", "packages"), optional=("mirror", "components", "exclude", "as"))
+        if self._debian_at is not None:
+            self.report(
+                path, f"a second debian source (the first is {self._debian_at})", "merge them into one"
+            )
+            return None
+        self._debian_at = path
+        suite = None
+        if "suite" in m:
+            suite = self.matching(m["suite"], join_key(path, "suite"), _SUITE, "suite", "e.g. bookworm")
+        mirror = DEFAULT_DEBIAN_MIRROR
+        if "mirror" in m:
+            where = join_key(path, "mirror")
+            text = self.string(m["mirror"], where)
+            if text is not None and (
+                not text.startswith(("http://", "https://"))
+                or CONTROL_CHARS.search(text)
+                or " " in text
+                or len(text) > 1024
+            ):
+                self.report(where, "must be an http:// or https:// URL", f"e.g. {DEFAULT_DEBIAN_MIRROR}")
+            elif text is not None:
+                mirror = text.rstrip("/")
+        components: tuple[str, ...] | None = ("main",)
+        if "components" in m:
+            components = self._names(m["components"], join_key(path, "components"), _COMPONENT, "component")
+            if components is not None and not components:
+                self.report(join_key(path, "components"), "must not be empty", "e.g. [main]")
+        packages = (
+            self._names(m["packages"], join_key(path, "packages"), _DEB_NAME, "package name")
+            if "packages" in m
+            else None
+        )
+        if packages is not None and not packages:
+            self.report(join_key(path, "packages"), "must not be empty", "list the packages to install")
+        exclude: tuple[str, ...] | None = ()
+        if "exclude" in m:
+            exclude = self._names(m["exclude"], join_key(path, "exclude"), _DEB_NAME, "package name")
+        sysroot_only = False
+        if "as" in m:
+            sysroot_only = self.choice(m["as"], join_key(path, "as"), ["sysroot"]) is not None
+        if suite is None or packages is None or not packages or components is None or exclude is None:
+            return None
+        return DebianSource(
+            suite=suite,
+            packages=packages,
+            mirror=mirror,
+            components=components,
+            exclude=exclude,
+            sysroot_only=sysroot_only,
+        )
+
+    def _names(self, value: object, path: str, pattern: re.Pattern[str], what: str) -> tuple[str, ...] | None:
+        items = self.sequence(value, path, of=" of strings")
+        if items is None:
+            return None
+        names = self.distinct(
+            items,
+            path,
+            lambda raw, where: self.matching(
+                raw, where, pattern, what, "lowercase letters, digits, '+', '-', '.'"
+            ),
+        )
+        return tuple(names) if len(names) == len(items) else None
 
     def _files(self, value: object, path: str) -> FilesSource | None:
         items = self.sequence(value, path, of=" of {src, dst} mappings")
@@ -149,7 +232,11 @@ class ImageContentsChecker(ImagePathChecker):
         self.keys(m, path, required=("paths",), optional=("sysroot",))
         sysroot = "/"
         if "sysroot" in m:
-            sysroot = self.host_path(m["sysroot"], join_key(path, "sysroot"), absolute=True) or "/"
+            if m["sysroot"] == DEBIAN_SYSROOT:
+                sysroot = DEBIAN_SYSROOT
+                self._debian_users.append(join_key(path, "sysroot"))
+            else:
+                sysroot = self.host_path(m["sysroot"], join_key(path, "sysroot"), absolute=True) or "/"
         if "paths" not in m:
             return None
         paths_path = join_key(path, "paths")
@@ -180,9 +267,17 @@ class ImageContentsChecker(ImagePathChecker):
             m,
             path,
             required=("src", "dst"),
-            optional=("include", "exclude", "mode", "dirmode", "uid", "gid"),
+            optional=("include", "exclude", "mode", "dirmode", "uid", "gid", "sysroot"),
         )
-        src = self.host_path(m["src"], join_key(path, "src"), absolute=False) if "src" in m else None
+        sysroot = None
+        if "sysroot" in m:
+            sysroot = self.choice(m["sysroot"], join_key(path, "sysroot"), [DEBIAN_SYSROOT])
+            if sysroot is not None:
+                self._debian_users.append(join_key(path, "sysroot"))
+        if sysroot is not None:
+            src = self.image_path(m["src"], join_key(path, "src"), allow_root=True) if "src" in m else None
+        else:
+            src = self.host_path(m["src"], join_key(path, "src"), absolute=False) if "src" in m else None
         dst_path = join_key(path, "dst")
         dst = self.image_path(m["dst"], dst_path, allow_root=True) if "dst" in m else None
         include = self._globs(m, path, "include")
@@ -204,6 +299,7 @@ class ImageContentsChecker(ImagePathChecker):
             dirmode=dirmode,
             uid=uid,
             gid=gid,
+            sysroot=sysroot,
         )
 
     def _globs(self, m: Mapping[str, Any], path: str, key: str) -> tuple[str, ...] | None:

@@ -72,6 +72,7 @@ COMPRESSION_LEVELS: Mapping[Compression, tuple[int, int]] = {
 _TOP_REQUIRED = ("apiVersion", "kind", "name", "version", "contents")
 _TOP_OPTIONAL = (
     "platform",
+    "platforms",
     "accounts",
     "entrypoint",
     "cmd",
@@ -135,6 +136,9 @@ class _ImageSchema(ImageContentsChecker):
         name = self._name(d)
         version = self._version(d)
         platform = self._platform(d)
+        platforms = self._platforms(d)
+        if platforms:
+            platform = platforms[0]
         contents = self.contents(d)
         accounts = self._accounts(d)
         entrypoint = self._command(d, "entrypoint")
@@ -162,6 +166,7 @@ class _ImageSchema(ImageContentsChecker):
             name=name,
             version=version,
             platform=platform,
+            platforms=platforms,
             contents=contents,
             accounts=accounts,
             entrypoint=entrypoint,
@@ -178,6 +183,7 @@ class _ImageSchema(ImageContentsChecker):
             compression_level=level,
             source=self.doc.source,
             base_dir=base_dir,
+            positions=self.doc.positions,
         )
 
     @property
@@ -225,17 +231,35 @@ class _ImageSchema(ImageContentsChecker):
         default = Platform()
         if "platform" not in d:
             return default
-        text = self.string(d["platform"], "platform")
+        return self._one_platform(d["platform"], "platform") or default
+
+    def _platforms(self, d: Mapping[str, Any]) -> tuple[Platform, ...]:
+        if "platforms" not in d:
+            return ()
+        if "platform" in d:
+            self.report("platforms", "both platform and platforms are set", "keep one of them")
+            return ()
+        items = self.sequence(d["platforms"], "platforms", of=' of platforms ("linux/amd64")')
+        if items is None:
+            return ()
+        if not items:
+            self.report("platforms", "must not be empty", "e.g. [linux/amd64, linux/arm64]")
+            return ()
+        found = self.distinct(items, "platforms", self._one_platform)
+        return tuple(found) if len(found) == len(items) else ()
+
+    def _one_platform(self, value: object, where: str) -> Platform | None:
+        text = self.string(value, where)
         if text is None:
-            return default
+            return None
         parts = text.split("/")
         if len(parts) not in (2, 3) or not all(parts):
-            self.invalid("platform", "platform", text, "write os/architecture[/variant], e.g. linux/amd64")
-            return default
+            self.invalid(where, "platform", text, "write os/architecture[/variant], e.g. linux/amd64")
+            return None
         os_name, arch = parts[0], parts[1]
         variant = parts[2] if len(parts) == 3 else None
         if os_name != "linux":
-            self.report("platform", f"unsupported operating system '{os_name}'", "kiln builds linux images")
+            self.report(where, f"unsupported operating system '{os_name}'", "kiln builds linux images")
         if arch not in _ARCHITECTURES:
             suggestion = _ARCH_ALIASES.get(arch) or did_you_mean(arch, _ARCHITECTURES)
             hint = (
@@ -243,9 +267,9 @@ class _ImageSchema(ImageContentsChecker):
                 if suggestion
                 else "expected one of: " + ", ".join(_ARCHITECTURES)
             )
-            self.report("platform", f"unknown architecture '{arch}'", hint)
+            self.report(where, f"unknown architecture '{arch}'", hint)
         if variant is not None and not _VARIANT.match(variant):
-            self.report("platform", f"invalid variant '{variant}'", "variants look like v7 or v8")
+            self.report(where, f"invalid variant '{variant}'", "variants look like v7 or v8")
         return Platform(os=os_name, architecture=arch, variant=variant)
 
     # -- accounts and running

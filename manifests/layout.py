@@ -16,7 +16,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import MappingProxyType
@@ -27,9 +27,17 @@ from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
 from manifests.mediatypes import MediaType
-from manifests.oci import MAX_DOCUMENT_BYTES, Descriptor, OCIIndex, parse_json_object
+from manifests.oci import MAX_DOCUMENT_BYTES, Descriptor, OCIIndex, OCIManifest, parse_json_object
 
-__all__ = ["OCILayout", "BlobSink", "REF_NAME", "LAYOUT_FILE", "INDEX_FILE", "is_cosign_tag"]
+__all__ = [
+    "OCILayout",
+    "BlobSink",
+    "REF_NAME",
+    "LAYOUT_FILE",
+    "INDEX_FILE",
+    "is_cosign_tag",
+    "select_manifest",
+]
 
 REF_NAME = "org.opencontainers.image.ref.name"
 LAYOUT_FILE = "oci-layout"
@@ -280,31 +288,10 @@ class OCILayout:
         """Find a manifest by tag, by ``sha256:`` digest, or (``None``) the only image in the index.
 
         With ``None``, signatures and attestations stored beside an image (cosign's
-        ``sha256-<hex>.sig``/``.att`` tags) do not count: a signed layout still has one image.
+        ``sha256-<hex>.sig``/``.att`` tags, artifacts whose subject is the image) do not count: a
+        signed layout still has one image.
         """
-        manifests = self.index().manifests
-        if ref is None:
-            images = [d for d in manifests if not is_cosign_tag(d.annotations.get(REF_NAME, ""))]
-            if len(images) != 1:
-                raise DocumentError(
-                    f"{self.root}: holds {len(images)} images; name one",
-                    hint="give a tag or a sha256: digest",
-                )
-            return images[0]
-        if ref.startswith("sha256:"):
-            digest = Digest.parse(ref)
-            for desc in manifests:
-                if desc.digest == digest:
-                    return desc
-            raise DocumentError(f"{self.root}: no manifest {ref} in the index")
-        for desc in manifests:
-            if desc.annotations.get(REF_NAME) == ref:
-                return desc
-        known = sorted(n for d in manifests if (n := d.annotations.get(REF_NAME)) is not None)
-        raise DocumentError(
-            f"{self.root}: no tag {ref!r}",
-            hint=f"tags: {', '.join(known)}" if known else "the index has no tags",
-        )
+        return select_manifest(self.index().manifests, ref, where=str(self.root))
 
     def tag(self, descriptor: Descriptor, name: str) -> None:
         """Point ``name`` at ``descriptor`` (an existing tag of that name is moved)."""
@@ -324,12 +311,100 @@ class OCILayout:
             return
         self.write_index(replace(index, manifests=(*index.manifests, descriptor), raw=None))
 
+    def add_referrers(self, descriptors: Sequence[Descriptor], subject: Digest) -> None:
+        """Record artifacts about ``subject`` (their manifests name it as ``subject``) twice over:
+        as untagged index entries (OCI 1.1 layouts; `umoci gc` keeps what the index lists) and in
+        the referrers tag schema's ``sha256-<hex>`` index (what `skopeo copy --all` can carry)."""
+        for desc in descriptors:
+            self.add(desc)
+        tag = f"sha256-{subject.hex}"
+        current = self.tags().get(tag)
+        listed: tuple[Descriptor, ...] = ()
+        if current is not None:
+            listed = OCIIndex.from_bytes(self.read_blob(current.digest)).manifests
+        new = [d for d in descriptors if all(x.digest != d.digest for x in listed)]
+        if not new:
+            return
+        fallback = OCIIndex(manifests=(*listed, *new)).to_bytes()
+        digest = self.write_blob(fallback)
+        self.tag(Descriptor(media_type=MediaType.OCI_INDEX, digest=digest, size=len(fallback)), tag)
+        if current is not None and all(d.digest != current.digest for d in self.index().manifests):
+            # The superseded referrers index is garbage now: remove it as `umoci gc` would.
+            with contextlib.suppress(FileNotFoundError):
+                self.blob_path(current.digest).unlink()
+
+    def referrers(self, subject: Digest) -> tuple[Descriptor, ...]:
+        """Artifacts about ``subject``: untagged index entries whose manifest names it, and the
+        entries of its ``sha256-<hex>`` referrers index (one layout may hold either or both)."""
+        found: dict[Digest, Descriptor] = {}
+        index = self.index().manifests
+        for desc in index:
+            if desc.artifact_type is None or REF_NAME in desc.annotations:
+                continue
+            if desc.media_type != MediaType.OCI_MANIFEST or desc.digest in found:
+                continue
+            try:
+                man = OCIManifest.from_bytes(self.read_blob(desc.digest))
+            except DocumentError:
+                continue
+            if man.subject is not None and man.subject.digest == subject:
+                found[desc.digest] = desc
+        tag = f"sha256-{subject.hex}"
+        for desc in index:
+            if desc.annotations.get(REF_NAME) == tag and desc.media_type == MediaType.OCI_INDEX:
+                for listed in OCIIndex.from_bytes(self.read_blob(desc.digest)).manifests:
+                    found.setdefault(listed.digest, listed)
+        return tuple(found.values())
+
     def untag(self, name: str) -> None:
         index = self.index()
         kept = tuple(d for d in index.manifests if d.annotations.get(REF_NAME) != name)
         if len(kept) == len(index.manifests):
             raise DocumentError(f"{self.root}: no tag {name!r}")
         self.write_index(replace(index, manifests=kept, raw=None))
+
+
+def select_manifest(manifests: tuple[Descriptor, ...], ref: str | None, *, where: str) -> Descriptor:
+    """The index entry ``ref`` names (see :meth:`OCILayout.resolve`); an archive's index too."""
+    if ref is None:
+        # Artifacts about an image (its SBOM and provenance: ``artifactType`` set) are not images.
+        images = [
+            d
+            for d in manifests
+            if not is_cosign_tag(d.annotations.get(REF_NAME, "")) and d.artifact_type is None
+        ]
+        if len(images) != 1:
+            raise DocumentError(
+                f"{where}: holds {len(images)} images; name one", hint="give a tag or a sha256: digest"
+            )
+        return images[0]
+    if ref.startswith("sha256:"):
+        digest = Digest.parse(ref)
+        for desc in manifests:
+            if desc.digest == digest:
+                return desc
+        raise DocumentError(f"{where}: no manifest {ref} in the index")
+    for desc in manifests:
+        if desc.annotations.get(REF_NAME) == ref:
+            return desc
+    # A build names its image with a full reference (``name:1.0.0``, as Docker 25+ does): its
+    # tag alone finds it too, when only one reference has that tag.
+    named = [d for d in manifests if _reference_tag(d.annotations.get(REF_NAME, "")) == ref]
+    if len(named) == 1:
+        return named[0]
+    known = sorted(n for d in manifests if (n := d.annotations.get(REF_NAME)) is not None)
+    raise DocumentError(
+        f"{where}: no tag {ref!r}",
+        hint=f"tags: {', '.join(known)}" if known else "the index has no tags",
+    )
+
+
+def _reference_tag(name: str) -> str | None:
+    """The tag of a full ``NAME:TAG`` reference in ref.name (``None`` for a bare tag)."""
+    head, sep, tag = name.rpartition(":")
+    if not sep or not head or "/" in tag:
+        return None
+    return tag
 
 
 def _check_expected(digest: Digest, expected: Digest | None) -> None:

@@ -11,6 +11,8 @@ A release is written by people as YAML (or TOML)::
       - name: web
         image: registry.example/team/hello-web@sha256:<64 hex>   # a digest is required
         replicas: 2                  # default 1
+        volume_per_instance: true    # optional: each instance gets its own volumes (default:
+                                     # one set per service, old instance stopped before the new)
         listen: 127.0.0.1:8080       # optional: the stable address in front of the instances
         strategy: blue-green         # blue-green (default) | rolling | canary
                                      # | {canary: {steps: [1, 50%, 100%]}}
@@ -113,6 +115,7 @@ _SERVICE_OPTIONAL = (
 )
 _HEALTH_CHECKS = ("http", "tcp")
 _HEALTH_OPTIONAL = ("interval", "grace", "timeout", "retries")
+_SERVICE_OPTIONAL_VOLUMES = ("volume_per_instance",)  # see Service.volume_per_instance
 
 _SERVICE_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 _DOMAIN_LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
@@ -259,6 +262,9 @@ class Service:
     name: str
     image: ImagePin
     replicas: int = 1
+    # Each instance gets volumes of its own (created empty, removed with it) instead of the
+    # service's one set, which only one instance at a time may use.
+    volume_per_instance: bool = False
     listen: ListenAddress | None = None
     strategy: Strategy = Strategy()
     health: ServiceHealth | None = None
@@ -277,6 +283,8 @@ class Service:
         }
         if self.listen is not None:
             out["listen"] = str(self.listen)
+        if self.volume_per_instance:
+            out["volume_per_instance"] = True
         if self.health is not None:
             out["health"] = self.health.to_dict()
         if self.max_lifetime is not None:
@@ -519,10 +527,13 @@ class _ReleaseSchema(FieldChecker):
         if m is None:
             return None, None, None
         before = len(self._problems)
-        self.keys(m, path, required=_SERVICE_REQUIRED, optional=_SERVICE_OPTIONAL)
+        self.keys(m, path, required=_SERVICE_REQUIRED, optional=_SERVICE_OPTIONAL + _SERVICE_OPTIONAL_VOLUMES)
         name = self._service_name(m, path)
         image = self._image(m, path)
         replicas = self._replicas(m, path)
+        per_instance = False
+        if "volume_per_instance" in m:
+            per_instance = bool(self.boolean(m["volume_per_instance"], join_key(path, "volume_per_instance")))
         listen = self._listen(m, path)
         strategy = self._strategy(m, path, replicas)
         health = self._health(m, path)
@@ -544,6 +555,7 @@ class _ReleaseSchema(FieldChecker):
                 name=name,
                 image=image,
                 replicas=replicas,
+                volume_per_instance=per_instance,
                 listen=listen,
                 strategy=strategy,
                 health=health,

@@ -1,8 +1,10 @@
 """Registry credentials and the Bearer token flow.
 
 Credentials come, in this order, from ``KILN_REGISTRY_USERNAME``/``KILN_REGISTRY_PASSWORD``, then
-from the Docker client's ``config.json`` (``$DOCKER_CONFIG/config.json`` or
-``~/.docker/config.json``): a ``credHelpers`` entry for the registry, the ``credsStore`` helper,
+from the auth file podman, skopeo and buildah write (``$REGISTRY_AUTH_FILE``, else
+``$XDG_RUNTIME_DIR/containers/auth.json``, else ``~/.config/containers/auth.json``), then from the
+Docker client's ``config.json`` (``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``). Both
+files have the same format: a ``credHelpers`` entry for the registry, the ``credsStore`` helper,
 then ``auths``. Helpers are the ``docker-credential-<name>`` programs (``get``, the registry on
 stdin, JSON on stdout).
 
@@ -37,6 +39,7 @@ __all__ = [
     "repository_scope",
     "credentials_from_env",
     "credentials_from_docker_config",
+    "credentials_from_containers_auth",
     "resolve_credentials",
     "parse_token_response",
     "MAX_TOKEN_RESPONSE",
@@ -265,9 +268,34 @@ def _from_auths_entry(entry: Any, where: str) -> Credentials | None:
     return None
 
 
+def _containers_auth_path(env: Mapping[str, str]) -> Path | None:
+    """The auth file of podman/skopeo/buildah (containers-auth.json(5)), ``None`` if there is none."""
+    explicit = env.get("REGISTRY_AUTH_FILE")
+    if explicit:
+        return Path(explicit)
+    candidates = []
+    runtime = env.get("XDG_RUNTIME_DIR")
+    if runtime:
+        candidates.append(Path(runtime) / "containers" / "auth.json")
+    home = env.get("HOME") or str(Path.home())
+    candidates.append(Path(home) / ".config" / "containers" / "auth.json")
+    return next((p for p in candidates if p.is_file()), None)
+
+
+def credentials_from_containers_auth(registry: str, *, env: Mapping[str, str]) -> Credentials | None:
+    """Credentials for ``registry`` from podman/skopeo's auth file, or ``None``."""
+    path = _containers_auth_path(env)
+    if path is None:
+        return None
+    return _credentials_from_config(path, registry, env)
+
+
 def credentials_from_docker_config(registry: str, *, env: Mapping[str, str]) -> Credentials | None:
     """Credentials for ``registry`` from the Docker client's configuration, or ``None``."""
-    path = _docker_config_path(env)
+    return _credentials_from_config(_docker_config_path(env), registry, env)
+
+
+def _credentials_from_config(path: Path, registry: str, env: Mapping[str, str]) -> Credentials | None:
     try:
         with path.open("rb") as fh:
             data = fh.read(MAX_CONFIG_BYTES + 1)
@@ -303,9 +331,14 @@ def credentials_from_docker_config(registry: str, *, env: Mapping[str, str]) -> 
 
 
 def resolve_credentials(registry: str, *, env: Mapping[str, str] | None = None) -> Credentials | None:
-    """The credentials kiln uses for ``registry``: the environment first, then the Docker config."""
+    """The credentials kiln uses for ``registry``: the environment first, then podman/skopeo's
+    auth file, then the Docker config."""
     environ = os.environ if env is None else env
-    return credentials_from_env(environ) or credentials_from_docker_config(registry, env=environ)
+    return (
+        credentials_from_env(environ)
+        or credentials_from_containers_auth(registry, env=environ)
+        or credentials_from_docker_config(registry, env=environ)
+    )
 
 
 # ---------------------------------------------------------------------------------------------- tokens

@@ -25,6 +25,7 @@ import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
@@ -124,6 +125,59 @@ def _parse_index(man: Manifest, *, what: str) -> OCIIndex:
         return OCIIndex.from_bytes(man.data)
     except DocumentError as exc:
         raise VerificationError(f"{what}: {exc.message}", reason="manifest") from None
+
+
+Watch = Callable[[Digest, int, int], None]
+
+
+class _CountingReader:
+    """A blob file whose reads are reported to a :data:`Watch` (offset-aware: a resumed or chunked
+    upload reports where it is, not a running sum)."""
+
+    def __init__(self, fh: BinaryIO, digest: Digest, size: int, watch: Watch) -> None:
+        self._fh, self._digest, self._size, self._watch = fh, digest, size, watch
+
+    def read(self, n: int = -1, /) -> bytes:
+        data = self._fh.read(n)
+        self._watch(self._digest, self._fh.tell(), self._size)
+        return data
+
+    def seek(self, offset: int, whence: int = 0, /) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def close(self) -> None:
+        self._fh.close()
+
+    def __enter__(self) -> _CountingReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Watched:
+    """An opener for a BlobSource whose reads are watched."""
+
+    def __init__(self, source: BlobSource, watch: Watch) -> None:
+        self._source, self._watch = source, watch
+
+    def __call__(self) -> BinaryIO:
+        source = self._source
+        return _CountingReader(source.open(), source.digest, source.size, self._watch)  # type: ignore[return-value]
+
+
+def _referrer_descriptor(man: Manifest) -> Descriptor:
+    """A referrer's descriptor with its ``artifactType`` (the manifest's, else its config's media
+    type, as the distribution spec lists referrers), so the fallback index says what each one is."""
+    try:
+        parsed = OCIManifest.from_bytes(man.data)
+    except DocumentError:
+        return man.descriptor
+    kind = parsed.artifact_type or parsed.config.media_type
+    return dataclasses.replace(man.descriptor, artifact_type=kind)
 
 
 def _manifest_blobs(man: Manifest, *, what: str) -> tuple[Descriptor, ...]:
@@ -258,8 +312,12 @@ def copy_closure(
     jobs: int = 4,
     mount_from: str | None = None,
     progress: Progress | None = None,
+    watch: Watch | None = None,
 ) -> CopyResult:
-    """Make ``dest`` hold everything in ``closure`` (no tags naming the image: the caller's job)."""
+    """Make ``dest`` hold everything in ``closure`` (no tags naming the image: the caller's job).
+
+    ``watch(digest, bytes sent, size)`` follows each blob's bytes as they are read for upload (a
+    live view; for a destination layout, which links what it can, only for the bytes it copies)."""
     say = progress or (lambda _m: None)
     with tempfile.TemporaryDirectory(prefix="kiln-copy-") as staging:
         sources = []
@@ -267,6 +325,10 @@ def copy_closure(
             s = src.blob_source(desc, Path(staging))
             if mount_from is not None:
                 s = dataclasses.replace(s, mount_from=mount_from)
+            if watch is not None and (s.path is None or getattr(dest, "layout", None) is None):
+                s = BlobSource(
+                    digest=s.digest, size=s.size, opener=_Watched(s, watch), mount_from=s.mount_from
+                )
             sources.append(s)
         say(f"{dest.display}: {len(sources)} blobs, {closure.size} bytes, {jobs} at a time")
         results = dest.put_blobs(sources, jobs=jobs)
@@ -303,7 +365,7 @@ def copy_closure(
             cosign_tags.append(tag)
     for man in closure.referrers:
         written += _put_manifest(dest, man)
-        dest.add_referrer(closure.digest, man.descriptor)
+        dest.add_referrer(closure.digest, _referrer_descriptor(man))
     return CopyResult(
         digest=closure.digest,
         blobs=counts,
@@ -321,10 +383,13 @@ def copy_image(
     jobs: int = 4,
     mount_from: str | None = None,
     progress: Progress | None = None,
+    watch: Watch | None = None,
 ) -> tuple[ImageClosure, CopyResult]:
     """Resolve ``ref`` at ``src`` and copy its closure to ``dest`` (without naming tags)."""
     root = src.get_manifest(ref)
     if root is None:
         raise PublishError(f"{src.display}: no image {ref}", hint="check the tag or digest")
     closure = collect_closure(src, root)
-    return closure, copy_closure(src, dest, closure, jobs=jobs, mount_from=mount_from, progress=progress)
+    return closure, copy_closure(
+        src, dest, closure, jobs=jobs, mount_from=mount_from, progress=progress, watch=watch
+    )

@@ -137,6 +137,10 @@ class RegistryUnavailable(UnavailableError, PublishError):
     """The registry could not be reached, or kept failing (408/429/5xx) past the retry budget."""
 
 
+class PlainHttpRegistry(RegistryUnavailable):
+    """The registry answered a TLS handshake in plain http: retrying cannot help, --insecure can."""
+
+
 def _clip(text: str, limit: int = 300) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."

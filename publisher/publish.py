@@ -37,7 +37,7 @@ from manifests.errors import DocumentError, VerificationError
 from manifests.layout import REF_NAME
 from manifests.mediatypes import MediaType
 from manifests.oci import Descriptor, OCIIndex, OCIManifest
-from publisher.copy import BlobCounts, collect_closure, copy_closure
+from publisher.copy import BlobCounts, Watch, collect_closure, copy_closure
 from publisher.endpoint import Endpoint, is_cosign_tag
 from publisher.errors import InvalidReference, PublishError
 from publisher.layoutstore import LayoutRepository
@@ -241,6 +241,7 @@ def publish(
     jobs: int = 4,
     mount_from: str | None = None,
     progress: Progress | None = None,
+    watch: Watch | None = None,
 ) -> PublishResult:
     """Push ``root`` and its closure from ``src`` to ``dest``, then tag it (see the module docstring)."""
     say = progress or (lambda _m: None)
@@ -248,7 +249,7 @@ def publish(
     names = check_channels(channels, vtag)
     _check_version(dest, vtag, root.digest)  # fail before sending anything
     closure = collect_closure(src, root)
-    copied = copy_closure(src, dest, closure, jobs=jobs, mount_from=mount_from, progress=say)
+    copied = copy_closure(src, dest, closure, jobs=jobs, mount_from=mount_from, progress=say, watch=watch)
     changes: list[TagChange] = []
     with dest.locked():
         if _check_version(dest, vtag, root.digest) is None:

@@ -19,6 +19,13 @@ hand a response whose body they do not need to :func:`release`, which reads the 
 the connection goes back to the pool (httpcore drops a connection closed mid-response; reopening
 one per request cost a connect and a new server goroutine each time).
 
+A registry that speaks plain http is named at the first refused handshake (no retries): the fix is
+``--insecure``, allowed for any registry (skopeo, crane and docker allow it for a LAN registry) and
+announced loudly every time. Extra CA certificates and client certificates for one registry come
+from its ``certs.d`` directory, as docker and podman read them: ``/etc/containers/certs.d/HOST:PORT``
+and ``/etc/docker/certs.d/HOST:PORT`` (``*.crt`` are CAs, ``*.cert`` + ``*.key`` a client
+certificate); ``$KILN_CERTS_D`` replaces those two roots (tests, or a user's own directory).
+
 The session's own ``httpx.Client`` builds its verifying TLS context on the first ``https`` request:
 loading the CA bundle took 45-80 ms here, most of what a no-change republish spends outside the
 interpreter's start, and a session that only speaks plain http to a loopback registry never needs it.
@@ -29,11 +36,14 @@ from __future__ import annotations
 import contextvars
 import ipaddress
 import logging
+import os
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -50,6 +60,7 @@ from publisher.auth import (
 from publisher.errors import (
     MAX_ERROR_BODY,
     AuthError,
+    PlainHttpRegistry,
     PublishError,
     RegistryUnavailable,
     TokenAnswerError,
@@ -64,6 +75,7 @@ __all__ = [
     "read_capped",
     "release",
     "is_loopback_host",
+    "certs_dirs",
     "TransientFailure",
 ]
 
@@ -328,12 +340,42 @@ class _DeadlineTransport(httpx.BaseTransport):
         self._inner.close()
 
 
+def certs_dirs(registry: str, env: Mapping[str, str] | None = None) -> tuple[Path, ...]:
+    """The ``certs.d`` directories that hold extra trust for ``registry`` (``HOST[:PORT]``)."""
+    environ = os.environ if env is None else env
+    override = environ.get("KILN_CERTS_D")
+    roots = [Path(override)] if override else [Path("/etc/containers/certs.d"), Path("/etc/docker/certs.d")]
+    return tuple(root / registry for root in roots if (root / registry).is_dir())
+
+
+def _tls_verify(registry: str) -> ssl.SSLContext | bool:
+    """``True`` (httpx's default CAs), or a context that also trusts the registry's certs.d."""
+    dirs = certs_dirs(registry)
+    if not dirs:
+        return True
+    ctx = httpx.create_ssl_context()
+    for directory in dirs:
+        for path in sorted(directory.iterdir()):
+            if path.suffix == ".crt":
+                ctx.load_verify_locations(cafile=str(path))
+            elif path.suffix == ".cert":
+                key = path.with_suffix(".key")
+                if not key.is_file():
+                    raise PublishError(
+                        f"{path}: client certificate without its key {key.name}",
+                        hint="docker's certs.d layout: NAME.cert beside NAME.key",
+                    )
+                ctx.load_cert_chain(str(path), str(key))
+    return ctx
+
+
 class _LazyTLSTransport(httpx.BaseTransport):
     """Plain ``http`` requests go to a transport that is never asked for TLS; ``https`` requests to
-    a verifying one (``verify=True``, honouring ``SSL_CERT_FILE``/``SSL_CERT_DIR`` as httpx does),
-    built on first use."""
+    a verifying one (``verify=True``, honouring ``SSL_CERT_FILE``/``SSL_CERT_DIR`` as httpx does,
+    plus the registry's ``certs.d``), built on first use."""
 
-    def __init__(self, *, limits: httpx.Limits) -> None:
+    def __init__(self, *, limits: httpx.Limits, registry: str = "") -> None:
+        self._registry = registry
         self._limits = limits
         # verify=False only spares building a CA store: TLS is never spoken through this one.
         self._plain = _with_deadlines(httpx.HTTPTransport(verify=False, limits=limits))
@@ -344,7 +386,8 @@ class _LazyTLSTransport(httpx.BaseTransport):
         with self._lock:
             if self._tls is None:
                 try:
-                    self._tls = _with_deadlines(httpx.HTTPTransport(verify=True, limits=self._limits))
+                    verify = _tls_verify(self._registry)
+                    self._tls = _with_deadlines(httpx.HTTPTransport(verify=verify, limits=self._limits))
                 except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
                     raise PublishError(
                         f"cannot load the CA certificates for TLS: {exc}",
@@ -368,6 +411,17 @@ def _query(params: Mapping[str, str] | list[tuple[str, str]] | None) -> httpx.Qu
     if not params:
         return None
     return httpx.QueryParams(tuple(params) if isinstance(params, list) else params)
+
+
+# What OpenSSL says when the server's first bytes are not a TLS record (an http server's answer):
+# "wrong version number" (OpenSSL 1.1 and 3.0), "record layer failure"/"packet length too long"
+# (3.2 and later), "http request" (a server that recognised our ClientHello as http).
+_PLAIN_HTTP_SIGNS = ("wrong version number", "record layer failure", "packet length too long", "http request")
+
+
+def _speaks_plain_http(exc: httpx.ConnectError) -> bool:
+    text = str(exc).lower()
+    return any(sign in text for sign in _PLAIN_HTTP_SIGNS)
 
 
 def _describe(exc: httpx.HTTPError) -> str:
@@ -398,13 +452,14 @@ class Session:
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
-        if insecure and not is_loopback_host(registry):
-            raise PublishError(
-                f"--insecure is only allowed for a registry on loopback, not {registry}",
-                hint="use TLS; plain http sends layers and credentials in the clear",
-            )
         if insecure:
-            log.warning("insecure: talking plain http to the loopback registry %s (no TLS)", registry)
+            where = "the loopback registry" if is_loopback_host(registry) else "the registry"
+            log.warning(
+                "--insecure: talking plain http to %s %s: no TLS, so layers and credentials travel "
+                "in the clear and anyone on the path can change them (only digests still protect you)",
+                where,
+                registry,
+            )
         self.registry = registry
         self.insecure = insecure
         self.base_url = f"{'http' if insecure else 'https'}://{registry}"
@@ -424,7 +479,7 @@ class Session:
 
     def _transport(self) -> httpx.BaseTransport:
         transport: httpx.BaseTransport = _LazyTLSTransport(
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20)
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=20), registry=self.registry
         )
         if self.timeouts.total is not None:
             transport = _DeadlineTransport(transport, self.timeouts.total)
@@ -543,6 +598,23 @@ class Session:
                 self.backoff(n - 1, last.retry_after if last else None)
             try:
                 resp = self.client.send(build(), stream=True)
+            except httpx.ConnectError as exc:
+                if "certificate verify failed" in str(exc).lower():
+                    # Retrying cannot make a certificate trusted: say where trust comes from.
+                    raise RegistryUnavailable(
+                        f"{what}: {self.registry}'s TLS certificate is not trusted: {_describe(exc)}",
+                        hint=f"put its CA certificate in /etc/docker/certs.d/{self.registry}/ca.crt "
+                        f"(or /etc/containers/certs.d/{self.registry}/, or $KILN_CERTS_D/{self.registry}/)",
+                    ) from exc
+                if _speaks_plain_http(exc) and not self.insecure:
+                    raise PlainHttpRegistry(
+                        f"{what}: {self.registry} answered the TLS handshake in plain http",
+                        hint=f"pass --insecure to talk plain http to {self.registry} (no TLS: "
+                        "only for a registry you trust on a network you trust)",
+                    ) from exc
+                last = TransientFailure(f"{what}: {_describe(exc)}")
+                last.__cause__ = exc
+                continue
             except httpx.HTTPError as exc:
                 last = TransientFailure(f"{what}: {_describe(exc)}")
                 last.__cause__ = exc

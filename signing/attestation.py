@@ -26,6 +26,7 @@ from signing.cosign import CosignLayer, attestation_layer
 from signing.dsse import Envelope, sign_envelope
 from signing.keys import PublicKey
 from signing.signer import Signer
+from signing.verify import none_matched
 
 __all__ = [
     "STATEMENT_V1",
@@ -131,26 +132,28 @@ def verify_attestation_layers(
     if threshold < 1:
         raise VerificationError("threshold must be at least 1", reason="policy")
     results: list[VerifiedAttestation] = []
-    first: VerificationError | None = None
+    errors: list[VerificationError] = []
     for i, layer in enumerate(layers):
         if layer.media_type != MediaType.DSSE_ENVELOPE:
             continue
         try:
             found, statement = _open_layer(i, layer, keys)
         except VerificationError as exc:
-            first = first or exc
+            errors.append(exc)
             continue
         if statement["predicateType"] != predicate_type:
             continue
         if not _names_digest(statement, image_digest):
-            first = first or VerificationError(
-                f"attestation layer {i}: statement subject does not name {image_digest}", reason="digest"
+            errors.append(
+                VerificationError(
+                    f"attestation layer {i}: statement subject does not name {image_digest}", reason="digest"
+                )
             )
             continue
         results.append(VerifiedAttestation(predicate_type=predicate_type, statement=statement, key_ids=found))
     if not results:
-        if first is not None:
-            raise first
+        if errors:
+            raise none_matched(image_digest, errors, what="attestations")
         raise VerificationError(f"no {predicate_type} attestation for {image_digest}", reason="attestation")
     distinct = frozenset().union(*(r.key_ids for r in results))
     if len(distinct) < threshold:

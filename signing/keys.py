@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import hashlib
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -135,6 +135,23 @@ class PublicKey:
         assert isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey)  # noqa: S101 - narrowed above
         der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         return cls(algorithm=algorithm, der=der)
+
+    def sslib_key(self) -> Any:
+        """This key as securesystemslib's ``SSlibKey``, with the key id securesystemslib computes
+        for it (sha256 over its canonical keytype/scheme/keyval): its ``Envelope.verify`` and its
+        policy tools find kiln's DSSE signatures under that id."""
+        from securesystemslib.signer import SSlibKey  # type: ignore[attr-defined]
+
+        return SSlibKey.from_crypto(self._load(), scheme=self.algorithm.sslib_scheme)
+
+    @property
+    def dsse_key_id(self) -> str:
+        """The ``keyid`` kiln writes into DSSE signatures: securesystemslib's id for this key.
+
+        Only a hint for verifiers (kiln tries every signature against every trusted key);
+        thresholds still count :attr:`key_id`, one per distinct key.
+        """
+        return str(self.sslib_key().keyid)
 
     def to_pem(self) -> bytes:
         return self._load().public_bytes(

@@ -37,7 +37,7 @@ from manifests.digest import Digest
 from manifests.errors import VerificationError
 from manifests.release import MAX_RELEASE_BYTES, Release
 from manifests.trustroot import TrustRoot
-from signing.dsse import DsseSignature, Envelope, pae, sign_envelope
+from signing.dsse import DsseSignature, Envelope, sign_envelope, sslib_pae
 from signing.errors import SigningError
 from signing.policy import repository_glob
 from signing.root import count_signatures, image_policy, open_envelope, role_keys
@@ -83,14 +83,14 @@ def add_signature(envelope: Envelope, signer: Signer) -> Envelope:
 
     A key that already signed is refused: signing twice adds nothing towards a threshold.
     """
-    message = pae(envelope.payload_type, envelope.payload)
+    message = sslib_pae(envelope.payload_type, envelope.payload)
     key = signer.public_key
     if key.key_id in envelope.verified_key_ids([key]):
         raise SigningError(
             f"the envelope is already signed by key {key.key_id}",
             hint="a threshold counts distinct keys: another signer must sign",
         )
-    signature = DsseSignature(keyid=key.key_id, sig=signer.sign(message))
+    signature = DsseSignature(keyid=key.dsse_key_id, sig=signer.sign(message))
     return Envelope(
         payload_type=envelope.payload_type,
         payload=envelope.payload,

@@ -12,8 +12,8 @@ re-serialized):
    (``identity``).
 
 A layer passing every check counts its key id once; the threshold counts distinct key ids
-(``threshold``). When no layer passes, the error of the first failing layer is raised, so a
-single tampered signature is reported by what is wrong with it.
+(``threshold``). When no layer passes, the error says that none matched and why, layer by layer
+(a lone signature's error is that message itself, so it is reported by what is wrong with it).
 """
 
 from __future__ import annotations
@@ -30,7 +30,13 @@ from signing.cosign import SIGNATURE_ANNOTATION, BlobFetcher, CosignLayer, read_
 from signing.keys import PublicKey
 from signing.payload import SimpleSigningPayload, split_reference
 
-__all__ = ["Identity", "verify_signature_layers", "verify_signature_manifest", "signature_key_ids"]
+__all__ = [
+    "Identity",
+    "verify_signature_layers",
+    "verify_signature_manifest",
+    "signature_key_ids",
+    "none_matched",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,19 +114,44 @@ def _check_layer(
     return signer.key_id
 
 
-def signature_key_ids(
+def _check_all(
     layers: Sequence[CosignLayer], *, image_digest: Digest, identity: Identity, keys: Sequence[PublicKey]
-) -> tuple[frozenset[str], VerificationError | None]:
-    """Distinct key ids with a fully valid signature, and the first layer's error (if any failed)."""
+) -> tuple[frozenset[str], list[VerificationError]]:
     trusted = _dedupe(keys)
     found: set[str] = set()
-    first: VerificationError | None = None
+    errors: list[VerificationError] = []
     for i, layer in enumerate(layers):
         try:
             found.add(_check_layer(layer, i, image_digest=image_digest, identity=identity, keys=trusted))
         except VerificationError as exc:
-            first = first or exc
-    return frozenset(found), first
+            errors.append(exc)
+    return frozenset(found), errors
+
+
+def signature_key_ids(
+    layers: Sequence[CosignLayer], *, image_digest: Digest, identity: Identity, keys: Sequence[PublicKey]
+) -> tuple[frozenset[str], VerificationError | None]:
+    """Distinct key ids with a fully valid signature, and the first layer's error (if any failed)."""
+    found, errors = _check_all(layers, image_digest=image_digest, identity=identity, keys=keys)
+    return found, errors[0] if errors else None
+
+
+_MAX_LISTED = 5
+
+
+def none_matched(
+    image_digest: Digest, errors: Sequence[VerificationError], *, what: str = "signatures"
+) -> VerificationError:
+    """One error for "no signature matched": why, briefly, for each (the first few)."""
+    if len(errors) == 1:
+        return errors[0]
+    reasons = "; ".join(e.message for e in errors[:_MAX_LISTED])
+    more = f"; and {len(errors) - _MAX_LISTED} more" if len(errors) > _MAX_LISTED else ""
+    return VerificationError(
+        f"none of the {len(errors)} {what} on {image_digest} matched: {reasons}{more}",
+        reason=errors[0].reason,
+        hint=next((e.hint for e in errors if e.hint), None),
+    )
 
 
 def verify_signature_layers(
@@ -137,10 +168,10 @@ def verify_signature_layers(
         raise VerificationError("no trusted keys given", reason="policy")
     if not layers:
         raise VerificationError(f"no signatures for {image_digest}", reason="signature")
-    found, first = signature_key_ids(layers, image_digest=image_digest, identity=identity, keys=keys)
+    found, errors = _check_all(layers, image_digest=image_digest, identity=identity, keys=keys)
     if not found:
-        if first is not None:
-            raise first
+        if errors:
+            raise none_matched(image_digest, errors)
         raise VerificationError(
             f"no valid signature for {image_digest}", reason="signature"
         )  # pragma: no cover

@@ -98,6 +98,7 @@ def service_yaml(
     env: Mapping[str, str] | None = None,
     max_lifetime: str | None = None,
     port: int = 8080,
+    timeout: str = "1s",
 ) -> dict[str, Any]:
     svc: dict[str, Any] = {
         "name": name,
@@ -107,7 +108,7 @@ def service_yaml(
             "http": {"port": port, "path": health_path},
             "grace": grace,
             "interval": interval,
-            "timeout": "1s",
+            "timeout": timeout,
             "retries": retries,
         },
     }
@@ -298,6 +299,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     server: _Server
 
     def do_GET(self) -> None:
+        if self.server.frozen.is_set():  # "SIGSTOPped": never answers
+            self.server.closing.wait(60)
+            self.close_connection = True
+            return
         if self.path == "/healthz":
             status = 500 if self.server.fail_health.is_set() else 200
             body = b"ok\n" if status == 200 else b"failing\n"
@@ -322,6 +327,8 @@ class _Server(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _Handler)
         self.instance_id = instance_id
         self.fail_health = threading.Event()
+        self.frozen = threading.Event()
+        self.closing = threading.Event()
 
 
 class FakeRuntime:
@@ -356,6 +363,10 @@ class FakeRuntime:
     def _path(srv: _Server) -> str:
         return f"tcp:127.0.0.1:{srv.server_address[1]}"
 
+    def freeze(self, instance_id: str) -> None:
+        """As SIGSTOP: the instance accepts connections but never answers (until stopped)."""
+        self.servers[instance_id].frozen.set()
+
     def kill(self, instance_id: str) -> None:
         """Make the instance die from outside (it stays known, STOPPED)."""
         with self._lock:
@@ -370,6 +381,7 @@ class FakeRuntime:
             self.stopped.pop(instance_id, None)
             self.specs.pop(instance_id, None)
         if srv is not None:
+            srv.closing.set()
             srv.shutdown()
             srv.server_close()
 
@@ -423,3 +435,34 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# -- a release source with faults on demand ---------------------------------------------------------------
+
+
+class FaultySource:
+    """:class:`agent.releasesource.ReleaseSource` over a workspace's oci:DIR source, with faults:
+    ``fetch_error`` / ``images_error`` are raised (as given) instead of answering."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        from agent.releasesource import ConfigReleaseSource
+
+        self.real = ConfigReleaseSource(config, staging=Path(config.state) / "tmp")
+        self.fetch_error: BaseException | None = None
+        self.images_error: BaseException | None = None
+        self.fetches = 0
+
+    @property
+    def display(self) -> str:
+        return "fake:" + self.real.display
+
+    def fetch_release(self, channel: str) -> bytes:
+        self.fetches += 1
+        if self.fetch_error is not None:
+            raise self.fetch_error
+        return self.real.fetch_release(channel)
+
+    def open_images(self, repository: str) -> Any:
+        if self.images_error is not None:
+            raise self.images_error
+        return self.real.open_images(repository)

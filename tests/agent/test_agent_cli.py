@@ -135,6 +135,7 @@ def test_agent_reconcile_refusal_exits_3_and_status_shows_it(
     assert main(["agent", "reconcile", "--once", "--config", str(config), "--json"]) == 3
     doc = json.loads(capsys.readouterr().out)
     assert (doc["outcome"], doc["reason"]) == ("refused", "signature")
+    assert doc["error"]["exit_code"] == 3  # a refusal carries the --json error object too
     assert main(["agent", "status", "--config", str(config), "--json"]) == 0
     status = json.loads(capsys.readouterr().out)
     assert status["agent_running"] is False

@@ -112,7 +112,7 @@ def test_a_stray_whose_stop_fails_during_recovery_stays_known_and_is_stopped_lat
     agent = host.serving()
     serving = _ids(agent)
     release = agent.load_release(agent.journal.state.good)  # type: ignore[arg-type]
-    prep = agent._prepared_for(release, "web", fresh_root=False)
+    prep = agent.preparer.existing(release, "web")
     stray = agent.deployer.start_instance(prep)  # journaled as known, started, then the kill
     host.crash(agent)
     host.runtime.refuse_stop.add(stray.id)

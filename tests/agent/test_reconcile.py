@@ -347,8 +347,8 @@ def test_restart_after_a_crash_mid_rollout_leaves_one_release_serving(env: Env) 
     verified = check_release(
         envelope, root=agent.root, channel="stable", now=NOW, highest_accepted=1, current_payload_digest=None
     )
-    prepared = agent._prepare(verified.release, fetch=True)
-    agent._save_release(verified.payload, verified.payload_digest)
+    prepared = agent.preparer.prepare(verified.release, root=agent.root, fetch=True)
+    agent.releases.save(verified.payload, verified.payload_digest)
     ref = ReleaseRef(version=2, payload_digest=str(verified.payload_digest))
     agent.journal.commit(
         replace(agent.journal.state, highest=ref, rollout_to=ref, rollout_from=agent.journal.state.good)
@@ -375,8 +375,9 @@ def test_restart_after_a_crash_mid_rollout_leaves_one_release_serving(env: Env) 
 
 def test_one_agent_per_state_directory(env: Env) -> None:
     env.agent()
+    second = Agent(env.ws.config(), runtime=env.runtime)  # no I/O until open()
     with pytest.raises(AgentBusy, match="another kiln agent is running"):
-        Agent(env.ws.config(), runtime=env.runtime)
+        second.open()
 
 
 def test_journal_survives_reopen_with_the_same_sequence(env: Env) -> None:

@@ -32,7 +32,7 @@ def test_post_reconcile_wakes_a_loop_that_polls_hourly(tmp_path: Path) -> None:
     web = ws.add_image("localhost/web", layout.root, desc)
     runtime = FakeRuntime()
     agent = Agent(ws.config(poll_interval=3600.0), runtime=runtime, connector=loopback_connector)
-    server = StatusServer(ws.state, status=agent.status, metrics=agent.metrics.render, wake=agent.wake.set)
+    server = StatusServer(ws.state, status=agent.status, metrics=agent.metrics.render, wake=agent.nudge)
     stop = threading.Event()
     results: list[str] = []
     loop = threading.Thread(

@@ -14,7 +14,7 @@ def manifest(base: Path, *contents: ContentItem, **kw: Any) -> ImageManifest:
     return ImageManifest(
         name=kw.pop("name", "hello"),
         version=kw.pop("version", "1.0.0"),
-        platform=Platform(),
+        platform=kw.pop("platform", Platform()),
         contents=tuple(contents),
         base_dir=base,
         source=str(base / "kiln.yaml"),

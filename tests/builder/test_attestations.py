@@ -40,14 +40,26 @@ def test_spdx_document_shape() -> None:
     assert all(SPDX_ID.match(x["SPDXID"]) for x in doc["files"] + doc["packages"])
     ids = [x["SPDXID"] for x in doc["files"] + doc["packages"]]
     assert len(ids) == len(set(ids))
-    libc = next(p for p in doc["packages"] if p["name"] == "/lib/x86_64-linux-gnu/libc.so.6")
-    assert libc["checksums"] == [{"algorithm": "SHA256", "checksumValue": "33" * 32}]
-    assert any(p["name"] == "libc6" for p in doc["packages"])
+    # Packages are what files came from (a Debian package, with a purl), never host paths.
+    assert not any(p["name"].startswith("/") for p in doc["packages"])
+    libc = next(p for p in doc["packages"] if p["name"] == "libc6")
+    assert libc["filesAnalyzed"] is False
+    assert libc["externalRefs"] == [
+        {
+            "referenceCategory": "PACKAGE_MANAGER",
+            "referenceType": "purl",
+            "referenceLocator": "pkg:deb/debian/libc6?arch=amd64",
+        }
+    ]
+    image = next(p for p in doc["packages"] if p["SPDXID"] == "SPDXRef-Image")
+    assert image["externalRefs"][0]["referenceLocator"] == f"pkg:oci/hello@sha256%3A{IMG.hex}?tag=1.0"
     rels = {
         (r["spdxElementId"], r["relationshipType"], r["relatedSpdxElement"]) for r in doc["relationships"]
     }
     assert ("SPDXRef-DOCUMENT", "DESCRIBES", "SPDXRef-Image") in rels
-    assert ("SPDXRef-Image", "GENERATED_FROM", libc["SPDXID"]) in rels
+    assert ("SPDXRef-Image", "CONTAINS", libc["SPDXID"]) in rels
+    # Nothing is said to be inside a package whose files were not analyzed (spdx-tools refuses it).
+    assert not any(a == libc["SPDXID"] for a, _, _ in rels)
     known = set(ids) | {"SPDXRef-DOCUMENT"}
     assert all(a in known and b in known for a, _, b in rels)
 
@@ -85,8 +97,17 @@ def test_provenance_statement() -> None:
     assert st_["subject"] == [{"name": "reg.example/hello", "digest": {"sha256": IMG.hex}}]
     bd = st_["predicate"]["buildDefinition"]
     assert bd["externalParameters"]["manifest"]["digest"] == {"sha256": MAN.hex}
-    assert [d["uri"] for d in bd["resolvedDependencies"]] == ["/lib/x86_64-linux-gnu/libc.so.6", "hello"]
-    assert bd["resolvedDependencies"][0]["annotations"] == {"kind": "closure", "package": "libc6"}
+    assert [d["name"] for d in bd["resolvedDependencies"]] == ["/lib/x86_64-linux-gnu/libc.so.6", "hello"]
+    # A host file has a URI; a checkout file (relative to the manifest) is named, not a bare path URI.
+    assert [d.get("uri") for d in bd["resolvedDependencies"]] == [
+        "file:///lib/x86_64-linux-gnu/libc.so.6",
+        None,
+    ]
+    assert bd["resolvedDependencies"][0]["annotations"] == {
+        "kind": "closure",
+        "package": "libc6",
+        "purl": "pkg:deb/debian/libc6?arch=amd64",
+    }
     rd = st_["predicate"]["runDetails"]
     assert rd["builder"]["version"] == {"kiln": "0.1.0"}
     assert "startedOn" not in rd["metadata"]

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 import builder.bom
-from builder.build import PROVENANCE_ANNOTATION, SBOM_ANNOTATION, BuildResult, build_image
+from builder.build import BuildResult, build_image
 from builder.cache import BuildCache
-from manifests.digest import Digest
+from kiln.cmd_sign import build_records
 from manifests.image_parse import load_image_manifest
 from manifests.layout import OCILayout
+from signing.attestation import PredicateKind
 
 MANIFEST = """\
 apiVersion: kiln.dev/v1
@@ -39,11 +40,11 @@ def _build(tmp: Path, out: str, *, cache: BuildCache | None = None, epoch: int =
 
 def _records(result: BuildResult) -> tuple[dict[str, object], dict[str, object], dict[str, str]]:
     layout = OCILayout.open(result.output)
-    (desc,) = layout.index().manifests
-    ann = dict(desc.annotations)
-    sbom = json.loads(layout.read_blob(Digest.parse(ann[SBOM_ANNOTATION]), limit=1 << 24))
-    prov = json.loads(layout.read_blob(Digest.parse(ann[PROVENANCE_ANNOTATION]), limit=1 << 24))
-    return sbom, prov, ann
+    desc = layout.resolve(None)
+    records = build_records(layout, desc.digest)  # the referrers of the image (ADR 0018)
+    sbom = json.loads(records[PredicateKind.SPDX])
+    prov = json.loads(records[PredicateKind.SLSAPROVENANCE])
+    return sbom, prov, dict(desc.annotations)
 
 
 def test_sbom_lists_every_file_and_the_host_packages(tmp_path: Path) -> None:
@@ -72,11 +73,14 @@ def test_provenance_names_the_image_the_manifest_and_relative_file_inputs(tmp_pa
         "uri": "image.yaml",
         "digest": {"sha256": manifest_sha},
     }
-    uris = {d["uri"]: d for d in definition["resolvedDependencies"]}
-    assert "app/run.sh" in uris  # relative to the manifest: no checkout path in the record
+    names = {d["name"]: d for d in definition["resolvedDependencies"]}
+    assert "app/run.sh" in names  # relative to the manifest: no checkout path in the record
+    assert "uri" not in names["app/run.sh"]
     assert str(tmp_path) not in json.dumps(prov)
-    assert uris["/usr/bin/true"]["annotations"]["kind"] == "closure"
-    assert uris["/usr/bin/true"]["annotations"]["package"].startswith("coreutils")
+    assert names["/usr/bin/true"]["uri"] == "file:///usr/bin/true"
+    assert names["/usr/bin/true"]["annotations"]["kind"] == "closure"
+    assert names["/usr/bin/true"]["annotations"]["package"].startswith("coreutils")
+    assert names["/usr/bin/true"]["annotations"]["purl"].startswith("pkg:deb/debian/coreutils@")
     meta = prov["predicate"]["runDetails"]["metadata"]  # type: ignore[index]
     assert meta["startedOn"] == "2023-11-14T22:13:20Z"
 
@@ -111,3 +115,25 @@ def test_an_image_without_accounts_still_runs_as_non_root(tmp_path: Path) -> Non
     config = json.loads(layout.read_blob(result.config_digest, limit=1 << 20))
     assert config["config"]["User"] == "65532:65532"
     assert config["config"]["Labels"]["dev.kiln.user"] == "65532:65532"
+
+
+def test_sbom_packages_hook_and_the_name_are_part_of_the_cached_build(tmp_path: Path) -> None:
+    """Extra SBOM packages (the Debian lock's hook) and --name change the records, so a cached
+    build is reused only when they are the same."""
+    from builder.attestations import SbomPackage
+
+    cache = BuildCache(tmp_path / "cache")
+    _build(tmp_path, "one", cache=cache)
+    (tmp_path / "app").mkdir(exist_ok=True)
+    manifest = load_image_manifest(tmp_path / "image.yaml")
+    extra = SbomPackage(name="zlib1g", version="1:1.2.13", purl="pkg:deb/debian/zlib1g@1:1.2.13?arch=amd64")
+    two = build_image(
+        manifest, output=tmp_path / "two", cache=cache, sbom_packages=[extra], name="reg.example/bom:9"
+    )
+    sbom, prov, _ = _records(two)
+    assert any(p["name"] == "zlib1g" for p in sbom["packages"])  # type: ignore[union-attr]
+    assert prov["subject"][0]["name"] == "reg.example/bom:9"  # type: ignore[index]
+    three = build_image(manifest, output=tmp_path / "three", cache=cache)
+    sbom, prov, _ = _records(three)
+    assert not any(p["name"] == "zlib1g" for p in sbom["packages"])  # type: ignore[union-attr]
+    assert prov["subject"][0]["name"] == "bom-test:0.3.0"  # type: ignore[index]

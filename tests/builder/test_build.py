@@ -182,8 +182,15 @@ def test_archives_round_trip_and_are_deterministic(tmp_path: Path) -> None:
         assert {m.mtime for m in tf.getmembers()} == {0}
         for name in names:
             member = tf.getmember(name)
-            if member.isfile():
+            if member.isfile() and name != "index.json":
                 assert tf.extractfile(member).read() == (tmp_path / "dir" / name).read_bytes()  # type: ignore[union-attr]
+        # The archive's index lists the image alone (podman load takes one manifest); the layout
+        # also lists the SBOM and provenance artifacts about it (ADR 0018).
+        archived = json.loads(tf.extractfile("index.json").read())  # type: ignore[union-attr]
+    layout_index = json.loads((tmp_path / "dir" / "index.json").read_bytes())
+    image_entries = [m for m in layout_index["manifests"] if m["digest"] == str(r.digest)]
+    assert archived["manifests"] == image_entries
+    assert len(layout_index["manifests"]) == 4  # image, 2 artifacts, the sha256-<hex> referrers index
     assert "oci-layout" in names
     assert "index.json" in names
     assert ra2.digest == r.digest

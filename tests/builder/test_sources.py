@@ -144,11 +144,20 @@ def test_missing_inputs_name_the_item(tmp_path: Path) -> None:
     m = manifest(tmp_path, files(("nope", "/x")))
     with pytest.raises(SourceError) as exc:
         assemble(m)
-    assert exc.value.message == f"contents[0].files[0].src: {tmp_path}/nope: no such file or directory"
+    # Reported at the manifest's file (an in-memory manifest has no line and column to give).
+    hint = f"paths in 'files' are relative to the manifest directory {tmp_path}"
+    assert exc.value.message == (
+        f"{m.source}: contents[0].files[0].src: {tmp_path}/nope: no such file or directory ({hint})"
+    )
+    assert exc.value.problems[0].path == "contents[0].files[0].src"
     m = manifest(tmp_path, DirSource(path="/d"), TreeSource(src="missing", dst="/x"))
     with pytest.raises(SourceError) as exc:
         assemble(m)
-    assert exc.value.message == f"contents[1].tree.src: {tmp_path}/missing: no such directory"
+    hint = f"tree sources are directories, relative to the manifest directory {tmp_path}"
+    assert (
+        exc.value.message
+        == f"{m.source}: contents[1].tree.src: {tmp_path}/missing: no such directory ({hint})"
+    )
 
 
 def test_special_files_are_refused(tmp_path: Path) -> None:

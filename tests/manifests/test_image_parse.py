@@ -349,8 +349,8 @@ INVALID = [
         HEAD + RUN + "extra: 1\nversoin: 2\n",
         [
             "m.yaml:8:1: extra: unknown key (expected one of: apiVersion, kind, name, version, contents, "
-            "platform, accounts, entrypoint, cmd, env, workdir, ports, writable, volumes, health, labels, "
-            "layers, compression)",
+            "platform, platforms, accounts, entrypoint, cmd, env, workdir, ports, writable, volumes, health, "
+            "labels, layers, compression)",
             "m.yaml:9:1: versoin: unknown key (did you mean 'version'?)",
         ],
     ),
@@ -380,7 +380,7 @@ INVALID = [
         HEAD + "contents: []\nentrypoint: [/bin/x]\n",
         [
             "m.yaml:5:1: contents: must not be empty "
-            "(list what goes into the image: files, closure, tree, symlink, dir)"
+            "(list what goes into the image: files, closure, tree, symlink, dir, debian)"
         ],
     ),
     (
@@ -466,7 +466,7 @@ INVALID = [
         + "entrypoint: []\n",
         [
             "m.yaml:6:5: contents[0]: has both 'files' and 'dir' (split it into one contents item per kind)",
-            "m.yaml:7:5: contents[1]: expected exactly one of: files, closure, tree, symlink, dir",
+            "m.yaml:7:5: contents[1]: expected exactly one of: files, closure, tree, symlink, dir, debian",
             "m.yaml:8:6: contents[2].fils: unknown key (did you mean 'files'?)",
             "m.yaml:9:52: contents[3].tree.include[0]: empty pattern",
             "m.yaml:9:57: contents[3].tree.exclude: expected a list of strings, got string",

@@ -451,10 +451,13 @@ def test_credentials_are_not_sent_to_a_plain_http_realm_elsewhere() -> None:
         client.ping()
 
 
-def test_insecure_only_for_loopback() -> None:
-    with pytest.raises(PublishError) as err:
-        RegistryClient("registry.example:5000", insecure=True)
-    assert "only allowed for a registry on loopback" in err.value.message
+def test_insecure_for_any_registry_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    # As skopeo, crane and docker allow it for a LAN registry: with a warning every time.
+    with caplog.at_level("WARNING", logger="kiln.publisher"):
+        RegistryClient("registry.example:5000", insecure=True).close()
+    assert any(
+        "registry.example:5000" in r.getMessage() and "no TLS" in r.getMessage() for r in caplog.records
+    )
     for host in ("127.0.0.1:5000", "localhost:5000", "[::1]:5000", "127.8.9.10"):
         RegistryClient(host, insecure=True).close()
 

@@ -109,7 +109,7 @@ def test_signers_add_signatures_over_the_same_bytes() -> None:
     env = sign_release(RELEASE.to_bytes(), [R1])
     env2 = add_signature(env, R2)
     assert env2.payload is env.payload
-    assert [s.keyid for s in env2.signatures] == [R1.public_key.key_id, R2.public_key.key_id]
+    assert [s.keyid for s in env2.signatures] == [R1.public_key.dsse_key_id, R2.public_key.dsse_key_id]
     with pytest.raises(VerificationError) as info:
         verify(env.to_bytes())
     assert info.value.reason == "threshold"

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from builder.attestations import slsa_provenance, spdx_document
+from builder.build import PROVENANCE_ARTIFACT_TYPE, SBOM_ARTIFACT_TYPE, record_artifact
 from kiln import cli
 from kiln.cmd_sign import parse_image_ref
 from manifests.canonical import canonical_json
@@ -41,8 +42,10 @@ def layout(env: Path) -> OCILayout:
         spdx_document("img", "1", desc.digest, [("a", "11" * 32, 1)], [], "1970-01-01T00:00:00Z")
     )
     prov = canonical_json(slsa_provenance("img", desc.digest, Digest("bb" * 32), [], "0.1.0"))
-    ann = {"dev.kiln.sbom": str(lay.write_blob(sbom)), "dev.kiln.provenance": str(lay.write_blob(prov))}
-    lay.tag(Descriptor(media_type=desc.media_type, digest=desc.digest, size=desc.size, annotations=ann), "v1")
+    image = Descriptor(media_type=desc.media_type, digest=desc.digest, size=desc.size)
+    for data, kind in ((sbom, SBOM_ARTIFACT_TYPE), (prov, PROVENANCE_ARTIFACT_TYPE)):
+        lay.add(record_artifact(lay, image, data, kind, created="1970-01-01T00:00:00Z"))
+    lay.tag(image, "v1")
     return lay
 
 
