@@ -34,6 +34,7 @@ from typing import Any
 from agent.compose import unmount_strays
 from agent.journal import FREEZE_AFTER_COMMIT_ENV, Journal, JournalState
 from agent.netns import delete_netns, list_netns
+from agent.standby import standby_of
 from agent.status import query
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
@@ -345,7 +346,8 @@ def converged_problems(snap: Snapshot, *, replicas: int, keep_roots: set[str]) -
     ):
         if tuple(sorted(ids)) != snap.serving:
             problems.append(f"{what} {sorted(ids)} are not exactly the serving set {list(snap.serving)}")
-    wanted = {f"roots/{Digest.parse(r.manifest).hex}" for r in st.instances}
+    running = [*st.instances, *(s.record for s in standby_of(st))]  # standby: keep_previous
+    wanted = {f"roots/{Digest.parse(r.manifest).hex}" for r in running}
     leaked = sorted(set(snap.mounts) - wanted)
     if leaked:
         problems.append(f"mounts no serving instance runs from: {leaked}")
