@@ -8,10 +8,12 @@ STAMP := $(VENV)/.kiln-installed
 
 # Debian packages: real components the tests start (registry, runtimes, image tools) and the
 # host inputs the examples are built from (python3.11, busybox-static).
-DEBS_DEMO := python3.11 python3-venv busybox-static docker.io runc curl ca-certificates
+DEBS_DEMO := python3.11 python3-venv busybox-static docker.io runc curl ca-certificates \
+             qemu-system-x86 linux-image-cloud-amd64 erofs-utils dmsetup
 DEBS_TEST := $(DEBS_DEMO) gcc libc6-dev skopeo umoci oci-image-tool buildah docker-registry openssl \
+             etcd-server etcd-client chromium \
              cpio erofs-utils cryptsetup-bin util-linux iproute2 gpg gpgv debian-archive-keyring mmdebstrap \
-             podman containerd tmux
+             podman containerd tmux fdisk zstd time haproxy
 
 .PHONY: help debs-demo debs-test venv lint typecheck unit test demo bench clean lock
 
@@ -51,12 +53,16 @@ demo: debs-demo venv
 	$(BIN)/python examples/demo.py
 
 # Each bench runs the peer tool in the same run and prints ratios (nothing is asserted).
+# bench/scale.py --large adds the 1 GB and 100,000-file cases (several minutes more).
 bench: debs-test venv
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python bench/build.py
+	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/verify.py
 	$(BIN)/python bench/push.py
 	$(BIN)/python bench/agent.py
 	$(BIN)/python bench/debian.py
+	$(BIN)/python bench/vm.py
 
 # The Containerfile's hashed requirements (runtime and build backend), from PyPI, for the image's
 # Python 3.11 on x86_64 Linux.

@@ -143,8 +143,10 @@ def _numeric_user(text: str, where: str) -> tuple[int, int]:
             f"image config: {where} {text!r} is not a numeric uid:gid",
             hint="kiln runs images with numeric users only (the root is never consulted for names)",
         )
-    uid, gid = int(uid_s), int(gid_s)
-    if uid > _MAX_ID or gid > _MAX_ID:
+    # Compare lengths first: int() refuses 4,300+ digits with a bare ValueError.
+    too_long = max(len(uid_s), len(gid_s)) > len(str(_MAX_ID))
+    uid, gid = (0, 0) if too_long else (int(uid_s), int(gid_s))
+    if too_long or uid > _MAX_ID or gid > _MAX_ID:
         raise DocumentError(f"image config: {where} {text!r} is out of range")
     return uid, gid
 

@@ -10,16 +10,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from manifests.bounded import JsonCaps, read_json_object
+from manifests.errors import DocumentError
+from manifests.files import open_regular
+
 __all__ = ["EVENTS_FILE", "MAX_EVENTS_BYTES", "EventLog", "read_events"]
 
 EVENTS_FILE = "events.jsonl"
 MAX_EVENTS_BYTES = 8 * 1024 * 1024
+_APPEND = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_LINE_CAPS = JsonCaps(max_bytes=MAX_EVENTS_BYTES, max_depth=16, max_number=64)
 
 
 class EventLog:
@@ -44,28 +51,39 @@ class EventLog:
             with contextlib.suppress(OSError):
                 if self.path.exists() and self.path.stat().st_size > MAX_EVENTS_BYTES:
                     os.replace(self.path, self.path.with_name(EVENTS_FILE + ".1"))
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(line + "\n")
+            # Best effort: a damaged log (a directory, FIFO or link where the file belongs, a full
+            # disk) must not stop what emits; the sink still sees the line.
+            with contextlib.suppress(OSError, DocumentError):
+                _append(self.path, (line + "\n").encode())
         if self._sink is not None:
             self._sink(line)
         return record
+
+
+def _append(path: Path, data: bytes) -> None:
+    fd = os.open(path, _APPEND, 0o600)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise DocumentError(f"{path}: not a regular file")
+        os.write(fd, data)
+    finally:
+        os.close(fd)
 
 
 def read_events(state_dir: Path, *, limit: int = 1000) -> list[dict[str, Any]]:
     """The last ``limit`` events (for tests and ``kiln agent status``)."""
     path = Path(state_dir) / EVENTS_FILE
     try:
-        with path.open("rb") as fh:
+        with open_regular(path) as fh:
             fh.seek(0, os.SEEK_END)
             size = fh.tell()
             fh.seek(max(0, size - MAX_EVENTS_BYTES))
             lines = fh.read().splitlines()
-    except FileNotFoundError:
+    except (FileNotFoundError, DocumentError):
         return []
     out: list[dict[str, Any]] = []
     for raw in lines[-limit:]:
-        with contextlib.suppress(ValueError):
-            doc = json.loads(raw)
-            if isinstance(doc, dict):
-                out.append(doc)
+        # A damaged line (cut by a crash, or garbage) is skipped, whatever its shape.
+        with contextlib.suppress(DocumentError):
+            out.append(read_json_object(raw, what=EVENTS_FILE, caps=_LINE_CAPS))
     return out

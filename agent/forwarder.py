@@ -1,11 +1,13 @@
 """The agent's traffic switch: a small TCP forwarder in front of a service's instances.
 
-Each service in a release has one stable address on the host (``127.0.0.1:8080``). The agent binds
-it ONCE, in its own process, and moves it between instances by swapping the backend set; the
-listening socket never closes during a switch, so a client never sees a refused connection. Open
-connections stay on the backend they were given until one side closes them; :meth:`Forwarder.drain`
-waits for that. ``docs/traffic.md`` explains why this is the embedded default and how HAProxy's
-runtime API would plug in as an option.
+Each service in a release has one stable address on the host (``127.0.0.1:8080``). The data plane
+(:mod:`agent.dataplane`: its own process, which outlives the agent) binds it ONCE and moves it
+between instances by swapping the backend set; the listening socket never closes during a switch,
+so a client never sees a refused connection. Open connections stay on the backend they were given
+until one side closes them; :meth:`Forwarder.drain` waits for that. A forwarder can also start on a
+listening socket handed over by another process (``sock=``), and give its own up
+(:meth:`Forwarder.release_listener`) while its connections finish: that is how one data plane
+process replaces another without closing the address. ``docs/traffic.md`` explains the choices.
 
 A backend is reached through an injected connector, ``connect(timeout) -> socket``: tests use plain
 loopback sockets, the agent uses ``agent.netns.connect_in_netns`` to reach 127.0.0.1:PORT inside an
@@ -163,7 +165,7 @@ _WAKER: Final = _Marker("waker")
 
 
 class Forwarder:
-    """A TCP forwarder owned by the agent process; see the module docstring.
+    """A TCP forwarder (one per service address); see the module docstring.
 
     ``connect_timeout`` bounds each backend connect attempt, ``max_attempts`` how many backends of the
     set a new client may try before it is closed, ``buffer_size`` each direction's buffer per
@@ -183,6 +185,7 @@ class Forwarder:
         connect_workers: int = 8,
         backlog: int = 1024,
         name: str = "kiln-forwarder",
+        sock: socket.socket | None = None,
     ) -> None:
         if connect_timeout <= 0 or max_attempts < 1 or buffer_size < 1 or max_connections < 1:
             raise ValueError("connect_timeout, max_attempts, buffer_size, max_connections must be positive")
@@ -196,6 +199,8 @@ class Forwarder:
         self._connect_workers = connect_workers
         self._backlog = backlog
         self._name = name
+        self._given = sock  # a listening socket handed over by another process (fd passing)
+        self._release = threading.Event()
 
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -242,7 +247,7 @@ class Forwarder:
         if self._started:
             raise ForwarderError("the forwarder was already started", hint="create a new Forwarder")
         self._started = True
-        listener = self._bind()
+        listener = self._bind() if self._given is None else self._adopt(self._given)
         try:
             listener.setblocking(False)
             wake_r, wake_w = socket.socketpair()
@@ -343,6 +348,24 @@ class Forwarder:
         self._commands.put(backend_id)
         self._wake()
 
+    def listener_fd(self) -> int:
+        """The listening socket's fd, to hand to another process (``SCM_RIGHTS``) that then accepts
+        on the same socket: the address never closes while two processes take turns."""
+        if self._listener is None:
+            raise ForwarderError("the forwarder is not listening")
+        return self._listener.fileno()
+
+    def release_listener(self, timeout: float = 10.0) -> None:
+        """Stop accepting and close this process's copy of the listening socket, keeping the open
+        connections: after a handover, the process that received the socket accepts alone."""
+        if not self._started or self._stopped:
+            return
+        self._release.set()
+        self._wake()
+        deadline = time.monotonic() + timeout
+        while self._listener is not None and time.monotonic() < deadline:
+            time.sleep(0.005)
+
     def stats(self) -> ForwarderStats:
         with self._lock:
             in_set = [b.id for b in self._backends]
@@ -402,6 +425,13 @@ class Forwarder:
         self._address = (str(bound[0]), int(bound[1]))
         return sock
 
+    def _adopt(self, sock: socket.socket) -> socket.socket:
+        if sock.type != socket.SOCK_STREAM or sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) != 1:
+            raise ForwarderError("the socket handed over is not a listening stream socket")
+        bound = sock.getsockname()
+        self._address = bound if isinstance(bound, str) else (str(bound[0]), int(bound[1]))
+        return sock
+
     def _bind_unix(self, path: str) -> socket.socket:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -443,6 +473,8 @@ class Forwarder:
                             self._service(conn, side, mask)
                 self._take_results()
                 self._take_commands()
+                if self._release.is_set():
+                    self._drop_listener()
                 self._update_accepting()
         finally:
             self._shutdown_loop()
@@ -456,9 +488,20 @@ class Forwarder:
             self._selector.close()
         if self._listener is not None:
             self._listener.close()
-            if isinstance(self._listen, str):
+            if isinstance(self._listen, str) and self._given is None:
                 with contextlib.suppress(OSError):
                     os.unlink(self._listen)
+
+    def _drop_listener(self) -> None:
+        listener = self._listener
+        if listener is None:
+            return
+        assert self._selector is not None  # noqa: S101
+        if self._accepting:
+            self._selector.unregister(listener)
+            self._accepting = False
+        self._listener = None
+        listener.close()  # this process's copy only: the socket lives on where it was handed
 
     def _drain_waker(self) -> None:
         assert self._wake_r is not None  # noqa: S101
@@ -468,7 +511,8 @@ class Forwarder:
 
     def _update_accepting(self) -> None:
         assert self._selector is not None  # noqa: S101
-        assert self._listener is not None  # noqa: S101
+        if self._listener is None:  # released after a handover
+            return
         busy = len(self._pending) + len(self._conns)
         if self._accepting and busy >= self._max_connections:
             self._selector.unregister(self._listener)
@@ -478,8 +522,9 @@ class Forwarder:
             self._accepting = True
 
     def _accept(self) -> None:
-        assert self._listener is not None  # noqa: S101
         assert self._pool is not None  # noqa: S101
+        if self._listener is None:
+            return
         for _ in range(_MAX_ACCEPT_BURST):
             if len(self._pending) + len(self._conns) >= self._max_connections:
                 return

@@ -31,9 +31,9 @@ test can ``SIGKILL`` it at exactly that point (``tests/agent/test_crash*.py``).
 
 from __future__ import annotations
 
-import json
 import os
 import signal
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,13 +41,17 @@ from typing import Any
 
 from agent.errors import AgentError
 from manifests.atomic import atomic_write
+from manifests.bounded import JsonCaps, read_json_object
 from manifests.canonical import canonical_json
+from manifests.errors import DocumentError
+from manifests.files import open_regular, read_regular
 
 __all__ = [
     "FREEZE_AFTER_COMMIT_ENV",
     "JOURNAL_FILE",
     "MAX_JOURNAL_BYTES",
     "JournalError",
+    "JournalDamaged",
     "ReleaseRef",
     "InstanceRecord",
     "Failure",
@@ -63,11 +67,18 @@ __all__ = [
 JOURNAL_FILE = "journal.json"
 MAX_JOURNAL_BYTES = 16 * 1024 * 1024
 _FORMAT = 1
+# The journal is the agent's own file, but it is read back after crashes and disk trouble: read
+# with the bounded reader so no damage raises anything but a JournalError.
+_CAPS = JsonCaps(max_bytes=MAX_JOURNAL_BYTES, max_depth=16, max_number=64)
 FREEZE_AFTER_COMMIT_ENV = "KILN_AGENT_TEST_FREEZE_AFTER_COMMIT"
 
 
 class JournalError(AgentError):
     """The journal cannot be read or is not a journal this agent wrote."""
+
+
+class JournalDamaged(JournalError):
+    """The journal's bytes are damaged (not a newer format): :class:`Journal` may set it aside."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -286,34 +297,55 @@ class JournalState:
 class Journal:
     """``STATE/journal.json``: :attr:`state` is the last committed state."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, recover: bool = False) -> None:
+        """Load ``STATE/journal.json``.
+
+        A damaged journal raises :class:`JournalDamaged`; with ``recover`` (the agent at start,
+        holding the state lock) it is renamed to ``journal.json.damaged-<time>`` instead, the
+        state starts empty, and :attr:`damaged` says what was set aside and why, so that a
+        damaged file never keeps the agent from starting. A journal of another format is never
+        set aside (a newer agent wrote it): that still raises.
+        """
         self.path = Path(state_dir) / JOURNAL_FILE
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.state = self._load()
+        self.damaged: tuple[Path, str] | None = None
+        try:
+            self.state = self._load()
+        except JournalDamaged as exc:
+            if not recover:
+                raise
+            aside = self.path.with_name(f"{JOURNAL_FILE}.damaged-{time.time_ns()}")
+            os.replace(self.path, aside)
+            self.damaged = (aside, exc.message)
+            self.state = JournalState()
         self._commits = 0
         self._freeze_after = _freeze_point(os.environ.get(FREEZE_AFTER_COMMIT_ENV))
 
     def _load(self) -> JournalState:
+        hint = "the journal is written atomically: restore it from a backup, or move it away to start over"
         try:
-            with self.path.open("rb") as fh:
+            with open_regular(self.path) as fh:
                 data = fh.read(MAX_JOURNAL_BYTES + 1)
         except FileNotFoundError:
             return JournalState()
+        except DocumentError as exc:  # a directory, FIFO, device or link where the file belongs
+            raise JournalDamaged(f"{exc.message}", hint=hint) from None
         except OSError as exc:
             raise JournalError(f"{self.path}: cannot read the journal: {exc.strerror}") from exc
         if len(data) > MAX_JOURNAL_BYTES:
-            raise JournalError(f"{self.path}: larger than {MAX_JOURNAL_BYTES} bytes")
-        hint = "the journal is written atomically: restore it from a backup, or move it away to start over"
+            raise JournalDamaged(f"{self.path}: larger than {MAX_JOURNAL_BYTES} bytes", hint=hint)
         try:
-            doc = json.loads(data)
-        except ValueError as exc:
-            raise JournalError(f"{self.path}: not a kiln agent journal ({exc})", hint=hint) from None
-        if not isinstance(doc, dict):
-            raise JournalError(f"{self.path}: not a kiln agent journal (not an object)", hint=hint)
+            doc = read_json_object(data, what=str(self.path), caps=_CAPS)
+        except DocumentError as exc:
+            message = exc.message.removeprefix(f"{self.path}: ")
+            message = "not an object" if message.startswith("expected a JSON object") else message
+            raise JournalDamaged(f"{self.path}: not a kiln agent journal ({message})", hint=hint) from None
+        if doc.get("format") != _FORMAT:
+            return JournalState.from_dict(doc)  # raises the format error (not damage: never set aside)
         try:
             return JournalState.from_dict(doc)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise JournalError(f"{self.path}: not a kiln agent journal ({exc!r})", hint=hint) from None
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            raise JournalDamaged(f"{self.path}: not a kiln agent journal ({exc!r})", hint=hint) from None
 
     def commit(self, state: JournalState) -> JournalState:
         """Write ``state`` (with the next ``seq``) atomically and make it the current state."""
@@ -393,12 +425,12 @@ class SourceState:
 
 def read_source_state(state_dir: Path) -> SourceState:
     """``STATE/source.json`` (an empty state when it is missing or unreadable: it is only shown)."""
+    path = Path(state_dir) / SOURCE_FILE
     try:
-        with (Path(state_dir) / SOURCE_FILE).open("rb") as fh:
-            doc = json.loads(fh.read(MAX_SOURCE_BYTES))
-    except (OSError, ValueError, RecursionError):
+        doc = read_json_object(read_regular(path, MAX_SOURCE_BYTES), what=str(path))
+    except (OSError, DocumentError):
         return SourceState()
-    return SourceState.from_dict(doc) if isinstance(doc, dict) else SourceState()
+    return SourceState.from_dict(doc)
 
 
 def write_source_state(state_dir: Path, state: SourceState) -> None:

@@ -24,6 +24,7 @@ from agent.rollout import Prepared, config_digest, health_spec_for, service_port
 from agent.snapshots import SnapshotStore
 from agent.store import ContentStore, PulledImage
 from agent.unpack import UnpackLimits
+from agent.vmimage import is_vm_image, prepared_vm
 from manifests.digest import Digest
 from manifests.errors import VerificationError
 from manifests.release import Release
@@ -103,6 +104,8 @@ class Preparer:
         self.metrics.set_verify_rate(fetched, seconds)
 
     def unpacked(self, service: Any, version: int, pin: Digest, image: PulledImage) -> Prepared:
+        if is_vm_image(image):  # a VM artifact: its parts are placed, the qemu runtime boots it
+            return prepared_vm(self.store, image, self.roots_dir, service=service, release=version, pin=pin)
         volumes = ImagePolicy.from_config(image.config).volumes
         shared = bool(volumes) and not service.volume_per_instance
         if shared and service.replicas > 1:

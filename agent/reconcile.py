@@ -61,9 +61,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from agent.chaos import Candidate, ChaosMonkey
 from agent.compose import unmount_strays
+from agent.dataplane import DataPlane, make_dataplane
+from agent.dataplane.inprocess import InProcessDataPlane
 from agent.enforce import Enforcer
 from agent.errors import AgentError
 from agent.events import EventLog
@@ -94,11 +97,16 @@ from agent.trust import ROOT_FILE, TrustKeeper
 from agent.unpack import UnpackLimits
 from agent.watch import InstanceWatch
 from manifests.agentconfig import AgentConfig, RuntimeKind
+from manifests.chaos import RATE_HINT, Chaos, parse_rate
 from manifests.digest import Digest
 from manifests.errors import DocumentError, KilnError, VerificationError
 from manifests.release import Release, Strategy
 from manifests.trustroot import TrustRoot
 from signing.release import check_release, claimed_version
+
+if TYPE_CHECKING:
+    from agent.fleetlink import FleetLink
+    from fleet.gate import FleetGate
 
 __all__ = [
     "ROOT_FILE",
@@ -153,11 +161,15 @@ class InternalFault(Exception):
 def make_runtime(config: AgentConfig, store: ContentStore) -> Runtime:
     if config.runtime is RuntimeKind.DOCKER:
         from agent.docker_runtime import DockerRuntime
+        from agent.qemu import QemuRuntime, RoutedRuntime
 
-        return DockerRuntime(store, config.state, base_url=config.docker_host)
+        return RoutedRuntime(
+            DockerRuntime(store, config.state, base_url=config.docker_host), QemuRuntime(config.state)
+        )
+    from agent.qemu import QemuRuntime, RoutedRuntime
     from agent.runc import RuncRuntime
 
-    return RuncRuntime(config.state)
+    return RoutedRuntime(RuncRuntime(config.state), QemuRuntime(config.state))
 
 
 def _netns_connector(path: str, port: int) -> Callable[[float], Any]:
@@ -165,6 +177,13 @@ def _netns_connector(path: str, port: int) -> Callable[[float], Any]:
         return connect_in_netns(path, "127.0.0.1", port, timeout)
 
     return connect
+
+
+def _dataplane_for(config: AgentConfig, connector: ConnectorFactory) -> DataPlane:
+    """The config's data plane; a test's injected connector keeps forwarding in this process."""
+    if connector is not _netns_connector:
+        return InProcessDataPlane(connector)
+    return make_dataplane(config.dataplane, config.state)
 
 
 class Agent:
@@ -196,6 +215,8 @@ class Agent:
         drain_timeout: float = 10.0,
         stop_grace: float = 5.0,
         lock: bool = True,
+        dataplane: DataPlane | None = None,
+        fleet: FleetGate | None = None,
     ) -> None:
         self.config = config
         self.state_dir = Path(config.state)
@@ -215,6 +236,7 @@ class Agent:
         self._clock = clock
         self._sleep = sleep
         self._connector = connector
+        self._dataplane_arg = dataplane
         self._health_deadline = health_deadline
         self._drain_timeout = drain_timeout
         self._stop_grace = stop_grace
@@ -222,6 +244,10 @@ class Agent:
         self._faults: list[InternalFault] = []
         self._pending_refusal: Refusal | None = None  # from a thread that may not commit
         self.source_state = SourceState()
+        self._fleet_arg = fleet
+        self.fleet: FleetLink | None = None
+        self.chaos: ChaosMonkey | None = None
+        self._chaos_from_release: Chaos | None = None
 
     # -- lifecycle -------------------------------------------------------------------------------
 
@@ -233,7 +259,8 @@ class Agent:
             self._lock.acquire()
         try:
             self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.journal = Journal(self.state_dir)
+            # a damaged journal is set aside (and said so below) rather than keeping the agent down
+            self.journal = Journal(self.state_dir, recover=True)
             self.store = ContentStore(self.state_dir, limits=StoreLimits.from_agent(self.config.limits))
             self.snapshots = SnapshotStore(self.state_dir)
             self.releases.open()
@@ -254,6 +281,7 @@ class Agent:
                 health_deadline=self._health_deadline,
                 drain_timeout=self._drain_timeout,
                 stop_grace=self._stop_grace,
+                dataplane=self._dataplane_arg or _dataplane_for(self.config, self._connector),
             )
             self.preparer = Preparer(
                 store=self.store,
@@ -295,6 +323,9 @@ class Agent:
                 enforcer=self.enforcer,
                 events=self.events,
             )
+            if self.journal.damaged is not None:
+                aside, why = self.journal.damaged
+                self.events.emit("journal_damaged", detail=why, moved_to=str(aside))
             self.trust = TrustKeeper(self.state_dir, first_root=self.config.trust_root, journal=self.journal)
             self.root = self.trust.load()
             self.source_state = read_source_state(self.state_dir)
@@ -302,6 +333,11 @@ class Agent:
             if self._lock is not None:
                 self._lock.release()
             raise
+        if self._fleet_arg is not None or self.config.fleet is not None:
+            from agent.fleetlink import FleetLink, make_gate  # fleet's httpx only for fleet hosts
+
+            gate = self._fleet_arg if self._fleet_arg is not None else make_gate(self.config)
+            self.fleet = FleetLink(gate, self.events.emit) if gate is not None else None
         self._opened = True
         return self
 
@@ -325,9 +361,13 @@ class Agent:
                 with contextlib.suppress(KilnError):
                     self.runtime.stop(iid, grace=self.deployer.stop_grace)
             self.journal.commit(with_standby(replace(self.journal.state, known=()), ()))
+            self.deployer.dataplane.stop()
             with contextlib.suppress(KilnError, OSError):
                 unmount_strays(self.roots_dir)  # nothing runs from the composed roots any more
         self.deployer.close()
+        if self.fleet is not None:
+            self.fleet.close()
+            self.fleet = None
         close = getattr(self.runtime, "close", None)
         if callable(close) and stop_instances:
             close()
@@ -428,14 +468,11 @@ class Agent:
     # -- start and recovery ----------------------------------------------------------------------
 
     def start(self, *, monitor: bool = True) -> None:
-        """Re-attach after a (re)start: stop what does not serve, finish or undo a rollout; then
-        watch every serving instance's health (``monitor=False``: one-shot commands)."""
+        """Re-attach after a (re)start: point the data plane at what the journal says serves, stop
+        what does not serve, finish or undo a rollout; then watch every serving instance's health
+        (``monitor=False``: one-shot commands)."""
         self.open()
-        self._stop_strays("recover")
         st = self.journal.state
-        with contextlib.suppress(OSError, KilnError):  # no mount outlives a crash unless it serves
-            running = [*st.instances, *(s.record for s in standby_of(st))]
-            unmount_strays(self.roots_dir, keep=[Digest.parse(r.manifest) for r in running])
         serving = {r.id for r in st.instances}
         missing = [iid for iid in serving if iid not in st.known]
         if missing:
@@ -446,6 +483,14 @@ class Agent:
             older = self._release_or_none(st.rollout_from) if st.rollout_from is not None else None
             for service in _services_of(release, older):
                 self.deployer.adopt(service, st.serving(service.name))
+        self.deployer.dataplane.retain({r.service for r in st.instances})
+        # Only now: the data plane (which outlived the last agent) may still point at instances a
+        # switch committed away before the crash; stopping them first would fail its requests.
+        self._stop_strays("recover")
+        with contextlib.suppress(OSError, KilnError):  # no mount outlives a crash unless it serves
+            now = self.journal.state
+            running = [*now.instances, *(s.record for s in standby_of(now))]
+            unmount_strays(self.roots_dir, keep=[Digest.parse(r.manifest) for r in running])
         self._finish_interrupted("recover")
         with contextlib.suppress(OSError, KilnError):
             self.enforcer.remove_set_aside()
@@ -521,7 +566,96 @@ class Agent:
                 result = ReconcileResult(
                     outcome="refused", version=version, reason="internal", detail=first.detail
                 )
+            if self.fleet is not None:
+                good = self.journal.state.good
+                self.fleet.heartbeat(good.version if good is not None else None, self._health_summary())
             return replace(result, replaced=replaced)
+
+    # -- fleet and chaos -------------------------------------------------------------------------
+
+    def _health_summary(self) -> str:
+        """One word for the fleet: ``healthy`` when every serving instance is, else the worst."""
+        states = {self.health_of(rec.id) for rec in self.journal.state.instances}
+        for word in ("unhealthy", "failing", "unknown"):
+            if word in states:
+                return word
+        return "healthy" if states else "idle"
+
+    def _release_chaos(self, release: Release) -> None:
+        """The serving release's ``chaos`` block applies unless an operator set chaos here."""
+        if release.chaos == self._chaos_from_release:
+            return
+        self._chaos_from_release = release.chaos
+        if self.chaos is not None and self.chaos.until is not None:
+            return  # the operator's setting wins until it ends
+        self.chaos = ChaosMonkey(release.chaos, clock=self._clock) if release.chaos is not None else None
+
+    def set_chaos(self, policy: Chaos | None, *, seconds: float | None) -> dict[str, Any]:
+        """The operator's chaos for this host (``None``: off, back to the release's policy)."""
+        if policy is None:
+            release_policy = self._chaos_from_release
+            self.chaos = ChaosMonkey(release_policy, clock=self._clock) if release_policy else None
+        else:
+            until = self._clock() + seconds if seconds is not None else None
+            self.chaos = ChaosMonkey(policy, clock=self._clock, until=until)
+        self.events.emit("chaos", policy=policy.to_dict() if policy is not None else None, seconds=seconds)
+        return self.chaos_status()
+
+    def chaos_request(self, params: dict[str, str]) -> dict[str, Any]:
+        """``POST /chaos``: ``off=1``, or ``kill_rate`` (``1/h``), ``min_healthy`` and ``seconds``."""
+        if params.get("off"):
+            return self.set_chaos(None, seconds=None)
+        text = params.get("kill_rate", "")
+        rate = parse_rate(text)
+        if rate is None:
+            raise AgentError(f"chaos: invalid kill rate {text[:40]!r}", hint=RATE_HINT)
+        try:
+            min_healthy = int(params.get("min_healthy", "1"))
+            seconds = float(params["seconds"]) if "seconds" in params else None
+        except (ValueError, OverflowError):
+            raise AgentError("chaos: min_healthy must be an integer and seconds a number") from None
+        if not 0 <= min_healthy <= 10_000 or (seconds is not None and not 0 < seconds <= 30 * 86400):
+            raise AgentError("chaos: min_healthy from 0 to 10000, seconds from 0 to 30 days")
+        return self.set_chaos(Chaos(kill_rate=rate, min_healthy=min_healthy, text=text), seconds=seconds)
+
+    def chaos_status(self) -> dict[str, Any]:
+        monkey = self.chaos
+        if monkey is None or not monkey.active:
+            return {"active": False}
+        left = None if monkey.until is None else max(0.0, monkey.until - self._clock())
+        return {
+            "active": True,
+            "policy": monkey.policy.to_dict(),
+            "kills": monkey.kills,
+            "seconds_left": left,
+        }
+
+    def chaos_tick(self) -> str | None:
+        """Kill one serving instance if the chaos policy says one is due (only while idle)."""
+        monkey = self.chaos
+        if monkey is None or not monkey.active or not self.busy.acquire(blocking=False):
+            return None
+        try:
+            serving: dict[str, list[Candidate]] = {}
+            for rec in self.journal.state.instances:
+                healthy = self.health_of(rec.id) == "healthy" and self.deployer.in_rotation(rec.id)
+                serving.setdefault(rec.service, []).append(
+                    Candidate(service=rec.service, instance=rec.id, healthy=healthy)
+                )
+            victim = monkey.tick(serving)
+            if victim is None:
+                return None
+            self.events.emit("chaos_killed", service=victim.service, instance=victim.instance)
+            # out of rotation first: chaos tests replacement, not the clients of the service
+            self.deployer.set_rotation(victim.instance, False)
+            try:
+                self.runtime.stop(victim.instance, grace=0.0)
+            except KilnError as exc:
+                self.events.emit("error", what="chaos kill", detail=exc.message)
+            self.wake.set()  # replace it now, not at the next poll
+            return victim.instance
+        finally:
+            self.busy.release()
 
     def enforce_once(self) -> int:
         """Only the enforcement step (the loop runs it when the health monitor wakes it)."""
@@ -589,6 +723,7 @@ class Agent:
         release = verified.release
         ref = ReleaseRef(version=release.version, payload_digest=str(verified.payload_digest))
         if st.good == ref:
+            self._release_chaos(release)
             return ReconcileResult(outcome="current", version=release.version)
         failure = st.failure(release.version)
         if failure is not None and failure.attempts >= self.config.max_attempts:
@@ -617,12 +752,22 @@ class Agent:
             return ReconcileResult(
                 outcome="refused", version=release.version, reason="internal", detail=fault.detail
             )
+        if self.fleet is not None:
+            # the images are verified and unpacked while the host waits: a slot is spent on starting
+            decision = self.fleet.before(release)
+            if not decision.allowed:
+                return ReconcileResult(outcome="waiting", version=release.version, detail=decision.reason)
         self.releases.save(verified.payload, verified.payload_digest)
         self.journal.commit(
             replace(self.journal.state, highest=ref, rollout_to=ref, rollout_from=self.journal.state.good)
         )
         self.events.emit("accepted", version=release.version, payload_digest=ref.payload_digest)
-        return self._roll_out(release, ref, prepared)
+        result = self._roll_out(release, ref, prepared)
+        if self.fleet is not None:
+            self.fleet.after(release.version, ok=result.outcome == "rolled-out", detail=result.detail)
+        if result.outcome == "rolled-out":
+            self._release_chaos(release)
+        return result
 
     def _roll_out(self, release: Release, ref: ReleaseRef, prepared: dict[str, Prepared]) -> ReconcileResult:
         previous = self.journal.state.good
@@ -756,13 +901,18 @@ class Agent:
                     "in_rotation": self.deployer.in_rotation(rec.id),
                 }
             )
-        return status_document(
+        doc = status_document(
             st,
             instances=instances,
             metrics=self.metrics.snapshot(),
             config=self.config,
             source=self.source_state,
         )
+        doc["chaos"] = self.chaos_status()
+        if self.config.fleet is not None:
+            link = self.config.fleet
+            doc["fleet"] = {"name": link.name, "host": link.host, "via": link.etcd or link.fleetlock}
+        return doc
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -801,6 +951,11 @@ class Agent:
                         self._reconcile_now = False
                         break
                     self.enforce_once()
+                try:
+                    self.chaos_tick()
+                except Exception as exc:  # noqa: BLE001 - the loop never dies
+                    with self.busy:
+                        self._internal(InternalFault("chaos", exc))
 
     def nudge(self) -> None:
         """Reconcile now instead of at the next poll (SIGHUP, ``kiln agent reconcile --now``)."""

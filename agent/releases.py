@@ -10,7 +10,8 @@ from agent.journal import ReleaseRef
 from manifests.atomic import atomic_write
 from manifests.digest import Digest
 from manifests.errors import KilnError
-from manifests.release import Release
+from manifests.files import read_regular
+from manifests.release import MAX_RELEASE_BYTES, Release
 
 __all__ = ["ReleaseStore"]
 
@@ -34,7 +35,7 @@ class ReleaseStore:
         digest = Digest.parse(ref.payload_digest)
         path = self.directory / f"{digest.hex}.json"
         try:
-            data = path.read_bytes()
+            data = read_regular(path, MAX_RELEASE_BYTES)
         except OSError as exc:
             raise AgentError(f"release v{ref.version} is not in {self.directory}: {exc.strerror}") from None
         digest.check(data, what=f"stored release v{ref.version}")

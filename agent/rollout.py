@@ -16,7 +16,8 @@ serving set is committed before the forwarder is switched to it):
 - :meth:`Deployer.replace` swaps one instance for a fresh one of the same spec (drift, death,
   ``max_lifetime``): start, wait healthy, switch, drain, stop.
 - :meth:`Deployer.retire` drains and stops an instance and forgets it.
-- :meth:`Deployer.adopt` re-creates the traffic switch for instances found serving after a restart.
+- :meth:`Deployer.adopt` points the data plane (which outlived the agent, :mod:`agent.dataplane`)
+  at the instances the journal says serve, after a restart; equal sets change nothing.
 - :meth:`Deployer.set_rotation` takes an instance the health monitor found unhealthy out of its
   service's rotation (and puts it back when it recovers); a service never loses its last backend
   this way (with every instance unhealthy, all stay in rotation: fail open, as HAProxy does).
@@ -39,8 +40,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
+from agent.dataplane import DataPlane, Target
+from agent.dataplane.inprocess import InProcessDataPlane
 from agent.events import EventLog
-from agent.forwarder import Backend, Forwarder
 from agent.health import HealthResult, HealthSpec, HealthState, HealthWatch, Probe, check_once, wait_healthy
 from agent.journal import InstanceRecord, Journal
 from agent.metrics import Metrics
@@ -193,7 +195,8 @@ def _no_bundle(instance_id: str) -> str | None:
 class Deployer:
     """Instances and traffic switches of every service (see the module docstring)."""
 
-    # A new instance is probed at once, then after 10, 20, 40 ms ... up to its check's interval.
+    # A new instance is probed at once, then after 10, 20, 40 ms, at most 50 ms apart for its first
+    # 2 s, then doubling up to its check's interval (agent.health.wait_healthy).
     health_backoff: float = 0.01
 
     def __init__(
@@ -212,7 +215,7 @@ class Deployer:
         health_deadline: float = 60.0,
         drain_timeout: float = 10.0,
         stop_grace: float = 5.0,
-        forwarder_factory: Callable[[tuple[str, int], str], Forwarder] | None = None,
+        dataplane: DataPlane | None = None,
     ) -> None:
         self.runtime = runtime
         self.journal = journal
@@ -227,12 +230,13 @@ class Deployer:
         self.health_deadline = health_deadline
         self.drain_timeout = drain_timeout
         self.stop_grace = stop_grace
-        self._forwarder_factory = forwarder_factory or _default_forwarder
-        self.forwarders: dict[str, Forwarder] = {}
-        self._listens: dict[str, tuple[str, int]] = {}
+        # The default serves from this process (tests with injected connectors); the agent passes
+        # the data plane its config selects, which outlives it.
+        self.dataplane: DataPlane = dataplane if dataplane is not None else InProcessDataPlane(connector)
         self._netns: dict[str, str] = {}
         self.watches: dict[str, HealthWatch] = {}
         self._out: set[str] = set()  # out of rotation (the health monitor found them unhealthy)
+        self._listens: dict[str, tuple[str, int]] = {}  # service -> the address last served
         self._switch_lock = threading.RLock()  # the loop and the health monitor both switch
 
     # -- instances ---------------------------------------------------------------------------------
@@ -389,20 +393,33 @@ class Deployer:
 
     # -- traffic ---------------------------------------------------------------------------------
 
-    def forwarder(self, service: Service) -> Forwarder | None:
+    def _point(self, service: Service, records: Sequence[InstanceRecord]) -> None:
+        """Tell the data plane which instances serve ``service``'s address (if it has one)."""
         if service.listen is None:
-            return None
+            return
         listen = (service.listen.host, service.listen.port)
-        fw = self.forwarders.get(service.name)
-        if fw is not None and self._listens.get(service.name) == listen:
-            return fw
-        if fw is not None:
-            fw.stop()
-        fw = self._forwarder_factory(listen, service.name)
-        fw.start()
-        self.forwarders[service.name] = fw
         self._listens[service.name] = listen
-        return fw
+        self.dataplane.serve(service.name, listen, self._targets(records))
+
+    def _targets(self, records: Sequence[InstanceRecord]) -> list[Target]:
+        """The data plane's backends for ``records``: those in rotation, or all if none is."""
+        in_rotation = [r for r in records if r.id not in self._out] or list(records)
+        targets = []
+        for rec in in_rotation:
+            try:
+                targets.append(self.target_for(rec))
+            except KilnError as exc:
+                self.events.emit("error", what=f"backend {rec.id}", detail=exc.message)
+        return targets
+
+    def target_for(self, rec: InstanceRecord) -> Target:
+        path = self._netns.get(rec.id)
+        if path is None:
+            path = self.runtime.netns_path(rec.id)
+            self._netns[rec.id] = path
+        if rec.port is None:
+            raise RolloutFailed(f"instance {rec.id}: the image declares no port to reach")
+        return Target(id=rec.id, netns=path, port=rec.port)
 
     def switch(self, service: Service, records: Sequence[InstanceRecord]) -> None:
         """Commit ``records`` as the service's serving set (none of them standby any more, in the
@@ -414,21 +431,8 @@ class Deployer:
                 ids = {r.id for r in records}
                 st = with_standby(st, [s for s in pool if s.record.id not in ids])
             self.journal.commit(st)
-            fw = self.forwarder(service)
-            if fw is not None:
-                fw.set_backends(self._backends(records))
+            self._point(service, records)
         self.metrics.set_instances(len(self.journal.state.instances))
-
-    def _backends(self, records: Sequence[InstanceRecord]) -> list[Backend]:
-        """The backends for ``records``: those in rotation, or all of them if none is."""
-        in_rotation = [r for r in records if r.id not in self._out] or list(records)
-        backends = []
-        for rec in in_rotation:
-            try:
-                backends.append(Backend(id=rec.id, connect=self.connect_for(rec)))
-            except KilnError as exc:
-                self.events.emit("error", what=f"backend {rec.id}", detail=exc.message)
-        return backends
 
     def set_rotation(self, instance_id: str, in_rotation: bool) -> bool:
         """Take a serving instance out of its service's rotation, or put it back; True if the
@@ -442,10 +446,10 @@ class Deployer:
             rec = next((r for r in self.journal.state.instances if r.id == instance_id), None)
             if rec is None or was_out == (not in_rotation):
                 return False
-            fw = self.forwarders.get(rec.service)
-            if fw is None:
+            listen = self._listens.get(rec.service)
+            if listen is None:
                 return False
-            fw.set_backends(self._backends(self.journal.state.serving(rec.service)))
+            self.dataplane.serve(rec.service, listen, self._targets(self.journal.state.serving(rec.service)))
             return True
 
     def in_rotation(self, instance_id: str) -> bool:
@@ -458,40 +462,33 @@ class Deployer:
         return all(r.id in self._out for r in self.journal.state.serving(rec.service))
 
     def adopt(self, service: Service, records: Sequence[InstanceRecord]) -> None:
-        """After a restart: recreate the service's traffic switch over its serving instances."""
+        """After a restart: point the (running or new) data plane at the journal's serving set."""
         with self._switch_lock:
-            fw = self.forwarder(service)
-            if fw is None:
-                return
-            fw.set_backends(self._backends(records))
+            self._point(service, records)
         self.metrics.set_instances(len(self.journal.state.instances))
 
     def retire(self, rec: InstanceRecord) -> None:
         """Drain an instance that no longer serves, then stop it and forget it."""
-        fw = self.forwarders.get(rec.service)
-        if fw is not None and not fw.drain(rec.id, self.drain_timeout):
-            fw.close_backend_connections(rec.id)
+        self.dataplane.drain(rec.service, rec.id, self.drain_timeout)
         self._forget(rec.id)
         self.events.emit("stopped", service=rec.service, instance=rec.id, release=rec.release)
 
     def stop_service(self, name: str) -> None:
         """Stop every instance of a service the release no longer has, and its switch."""
-        recs = self.journal.state.serving(name)
-        self.journal.commit(self.journal.state.with_service(name, ()))
-        fw = self.forwarders.pop(name, None)
-        self._listens.pop(name, None)
-        if fw is not None:
-            fw.set_backends([])
+        with self._switch_lock:
+            recs = self.journal.state.serving(name)
+            self.journal.commit(self.journal.state.with_service(name, ()))
+            view = self.dataplane.services().get(name)
+            if view is not None:
+                self.dataplane.serve(name, view.listen, [])
+            self._listens.pop(name, None)
         for rec in recs:
             self.retire(rec)
-        if fw is not None:
-            fw.stop()
+        self.dataplane.remove(name)
 
     def close(self) -> None:
-        for fw in self.forwarders.values():
-            fw.stop()
-        self.forwarders.clear()
-        self._listens.clear()
+        """The agent goes away: the data plane keeps serving (an in-process one cannot)."""
+        self.dataplane.detach()
 
     # -- rollouts --------------------------------------------------------------------------------
 
@@ -677,7 +674,3 @@ class Deployer:
         self.metrics.count_replacement(cause)
         self.events.emit("replaced", service=service.name, instance=old.id, by=rec.id, cause=cause)
         return True
-
-
-def _default_forwarder(listen: tuple[str, int], name: str) -> Forwarder:
-    return Forwarder(listen, connect_timeout=1.0, max_attempts=4, name=f"kiln-fwd-{name}")

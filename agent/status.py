@@ -10,6 +10,8 @@ optionally, on a loopback TCP port.
                      kiln_agent_verify_bytes_per_second, ...
     POST /rollback   the operator's rollback, run by the agent that owns the instances (Unix socket only)
     POST /reconcile  wake the loop for a reconcile now (``kiln agent reconcile --now``; Unix socket only)
+    POST /chaos?kill_rate=1/h&min_healthy=1&seconds=600   the operator's chaos policy for this host
+                     (``?off=1``: back to the release's); Unix socket only
 
 Requests are small and bounded: only the request line and headers are read (the http.server
 limits), bodies are ignored, each connection has a timeout.
@@ -24,6 +26,7 @@ import os
 import socket
 import socketserver
 import threading
+import urllib.parse
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,18 +56,25 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         app: StatusServer = self.server.app
-        if self.path == "/reconcile" and self.server.allow_control and app.wake is not None:
+        path, _, query = self.path.partition("?")
+        if path == "/reconcile" and self.server.allow_control and app.wake is not None:
             app.wake()
             self._send(202, b'{"woken": true}', "application/json")
             return
-        if self.path != "/rollback" or not self.server.allow_control:
+        if path == "/chaos" and self.server.allow_control and app.chaos is not None:
+            self._control(lambda: app.chaos(dict(urllib.parse.parse_qsl(query[:1024]))))  # type: ignore[misc]
+            return
+        if path != "/rollback" or not self.server.allow_control:
             self._send(404, b'{"error": "not found"}', "application/json")
             return
         if app.rollback is None:
             self._send(503, b'{"error": "rollback is not available"}', "application/json")
             return
+        self._control(app.rollback)
+
+    def _control(self, action: Callable[[], dict[str, Any]]) -> None:
         try:
-            body = app.rollback()
+            body = action()
         except KilnError as exc:
             self._send(409, json.dumps({"error": exc.message, "hint": exc.hint}).encode(), "application/json")
             return
@@ -107,6 +117,7 @@ class StatusServer:
         status: Callable[[], dict[str, Any]],
         metrics: Callable[[], str],
         rollback: Callable[[], dict[str, Any]] | None = None,
+        chaos: Callable[[dict[str, str]], dict[str, Any]] | None = None,
         tcp: tuple[str, int] | None = None,
         wake: Callable[[], None] | None = None,
     ) -> None:
@@ -115,6 +126,7 @@ class StatusServer:
         self.metrics = metrics
         self.rollback = rollback
         self.wake = wake
+        self.chaos = chaos
         self._tcp = tcp
         self._servers: list[socketserver.BaseServer] = []
         self._threads: list[threading.Thread] = []

@@ -32,6 +32,7 @@ from manifests.atomic import fsync_dir
 from manifests.bounded import JsonCaps, read_json_object
 from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
+from manifests.files import open_regular
 from manifests.layout import OCILayout
 from manifests.limits import AgentLimits
 from manifests.mediatypes import MediaType
@@ -77,7 +78,7 @@ class LayoutSource:
     def get_manifest(self, digest: Digest) -> bytes:
         path = self.layout.blob_path(digest)
         try:
-            with open(path, "rb") as fh:
+            with open_regular(path) as fh:
                 data = fh.read(self._limit + 1)
         except FileNotFoundError:
             raise StoreError(f"{self.layout.root}: no manifest {digest}") from None
@@ -89,7 +90,7 @@ class LayoutSource:
 
     def open_blob(self, digest: Digest) -> IO[bytes]:
         try:
-            return open(self.layout.blob_path(digest), "rb")
+            return open_regular(self.layout.blob_path(digest))
         except FileNotFoundError:
             raise StoreError(f"{self.layout.root}: no blob {digest}") from None
 
@@ -154,7 +155,7 @@ class ContentStore:
 
     def open(self, digest: Digest) -> IO[bytes]:
         try:
-            return open(self.path(digest), "rb")
+            return open_regular(self.path(digest))
         except FileNotFoundError:
             raise StoreError(f"blob {digest} is not in the store", hint="pull the image first") from None
 
@@ -274,7 +275,7 @@ class ContentStore:
                 reason="size",
             )
         for desc in (cfg, *manifest.layers):
-            if desc is not cfg and desc.media_type not in _LAYER_TYPES:
+            if desc is not cfg and desc.media_type not in _LAYER_TYPES and not _vm_part(manifest, desc):
                 raise DocumentError(
                     f"image {digest}: layer {desc.digest} has unsupported media type {desc.media_type!r}"
                 )
@@ -402,6 +403,13 @@ _LAYER_TYPES = frozenset(
         MediaType.DOCKER_LAYER_GZIP,
     }
 )
+
+
+def _vm_part(manifest: OCIManifest, desc: Descriptor) -> bool:
+    """A part (kernel, initrd, disk) of a VM artifact: a layer type only such an artifact may have."""
+    return manifest.artifact_type == MediaType.KILN_VM and desc.media_type in {
+        m.value for m in MediaType if m.is_vm_part
+    }
 
 
 def _copy_hashed(src: IO[bytes], out: IO[bytes], *, limit: int, digest: Digest) -> tuple[str, int]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from agent.errors import AgentError
 from agent.journal import Journal
 from manifests.atomic import atomic_write
+from manifests.files import read_regular
 from manifests.trustroot import MAX_ROOT_BYTES, TrustRoot
 from signing.root import envelope_cap, load_root, verify_root_update
 
@@ -30,8 +31,9 @@ class TrustKeeper:
 
     def load(self) -> TrustRoot:
         """The root in force; on the first start, the configured one (copied into the state)."""
-        if self.path.exists():
-            data = self.path.read_bytes()[: envelope_cap(MAX_ROOT_BYTES) + 1]
+        if self.path.exists() or self.path.is_symlink():
+            # only a regular file, read no further than the cap (a FIFO here would block the start)
+            data = read_regular(self.path, envelope_cap(MAX_ROOT_BYTES))
             root = load_root(data, source=str(self.path))
         else:
             try:

@@ -1,7 +1,9 @@
 """Build the same python-web-sized tree (~60 MB, ~1,400 files: the host's /usr/lib/python3.11 and
 the python3.11 binary) with kiln, with `buildah build` + `buildah push oci:`, and with `docker build` +
 `docker save` on a private engine, in the same run; cold (empty caches) and warm (unchanged rebuild).
-Prints wall times and the ratios. Nothing here asserts a time: read the numbers.
+Also in the same run: the floor (bench/floor.py: tar + ISA-L gzip + sha256 of the same tree in one
+Python process, on one thread and on two) and `python -c pass`, the cost of starting Python at all.
+Prints wall times (medians) and the ratios. Nothing here asserts a time: read the numbers.
 
     .venv/bin/python bench/build.py [--runs N] [--skip-docker] [--skip-buildah]
 """
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -54,10 +57,21 @@ def prepare(work: Path) -> Path:
     return ctx
 
 
-def timed(fn: Callable[[], None]) -> float:
+CPU: dict[str, list[float]] = {}  # label -> CPU seconds (user + system) of the waited-for processes
+
+
+def timed(fn: Callable[[], None], label: str | None = None) -> float:
+    """Wall seconds of ``fn``; with ``label``, its children's CPU seconds are kept in CPU[label]
+    (a ratio of CPU times is steadier than one of wall times on a loaded machine)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     fn()
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    if label is not None:
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+        CPU.setdefault(label, []).append(cpu)
+    return wall
 
 
 def run(*cmd: str, env: dict[str, str] | None = None) -> None:
@@ -110,9 +124,29 @@ def bench_kiln(ctx: Path, work: Path, runs: int) -> tuple[list[float], list[floa
                 env=env,
             )
 
-        cold.append(timed(build))
-        warm.append(timed(build))
+        cold.append(timed(build, "kiln cold"))
+        warm.append(timed(build, "kiln warm"))
     return cold, warm
+
+
+def bench_floor(ctx: Path, runs: int) -> dict[str, list[float]]:
+    """The in-process floor on one and two threads, and bare interpreter start-up."""
+    env = kiln_env()
+    floor = str(REPO / "bench" / "floor.py")
+    found: dict[str, list[float]] = {"floor (1 thread)": [], "floor (2 threads)": [], "python -c pass": []}
+    for _ in range(runs):
+        found["floor (1 thread)"].append(
+            timed(
+                lambda: run(sys.executable, floor, str(ctx / "rootfs"), "--threads", "1", env=env), "floor 1"
+            )
+        )
+        found["floor (2 threads)"].append(
+            timed(
+                lambda: run(sys.executable, floor, str(ctx / "rootfs"), "--threads", "2", env=env), "floor 2"
+            )
+        )
+        found["python -c pass"].append(timed(lambda: run(sys.executable, "-c", "pass", env=env), "pass"))
+    return found
 
 
 def bench_buildah(ctx: Path, work: Path, runs: int) -> tuple[list[float], list[float]]:
@@ -173,7 +207,7 @@ def bench_docker(ctx: Path, work: Path, runs: int) -> tuple[list[float], list[fl
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--skip-docker", action="store_true")
     ap.add_argument("--skip-buildah", action="store_true")
     args = ap.parse_args()
@@ -181,6 +215,7 @@ def main() -> int:
     try:
         ctx = prepare(work)
         results: dict[str, tuple[list[float], list[float]]] = {"kiln": bench_kiln(ctx, work, args.runs)}
+        floors = bench_floor(ctx, args.runs)
         if not args.skip_buildah:
             results["buildah build+push"] = bench_buildah(ctx, work, args.runs)
         if not args.skip_docker:
@@ -195,6 +230,17 @@ def main() -> int:
         c, w = statistics.median(cold), statistics.median(warm)
         print(f"{tool:<22}{c:>14.3f}s{w:>14.3f}s{c / k_cold:>11.1f}x{w / k_warm:>11.1f}x")
     print("\nratio = the tool's time / kiln's time (higher means kiln is faster)")
+    print(f"\n{'reference':<22}{'median':>15}{'kiln cold / it':>16}{'kiln warm / it':>16}")
+    for name, times in floors.items():
+        m = statistics.median(times)
+        print(f"{name:<22}{m:>14.3f}s{k_cold / m:>15.2f}x{k_warm / m:>15.2f}x")
+    print("\nCPU seconds (user + system, medians):")
+    for label, cpus in CPU.items():
+        print(f"  {label:<12}{statistics.median(cpus):8.3f}s")
+    cold_cpu, floor_cpu = statistics.median(CPU["kiln cold"]), statistics.median(CPU["floor 2"])
+    print(f"  kiln cold / floor (2 threads), by CPU: {cold_cpu / floor_cpu:.2f}x")
+    load = os.getloadavg()[0]
+    print(f"\nruns: {args.runs} each; load average at the end: {load:.2f} on {os.cpu_count()} cores")
     return 0
 
 

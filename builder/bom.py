@@ -5,16 +5,13 @@ sha256 of the bytes that went into the image and, for closure and tree inputs, t
 that ships it when dpkg knows. Paths of ``files`` inputs are kept relative to the manifest's
 directory, so the records (and the image) do not depend on where the checkout lives.
 
-Looking up package owners means reading every ``/var/lib/dpkg/info/*.list`` (about half a second
-here), so answers are cached beside the build cache, keyed by the identity of dpkg's ``status``
-file (which dpkg rewrites on every install or removal): an unchanged rebuild reads nothing else.
+Package owners come from :class:`builder.dpkg.OwnerLookup`: dpkg's lists are indexed once per
+machine and dpkg state, and a directory dpkg ships nothing in costs one set lookup.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -22,10 +19,9 @@ from pathlib import Path
 
 from builder.attestations import FileRecord as SpdxFile
 from builder.attestations import Input, SbomPackage, slsa_provenance, spdx_document, timestamp
-from builder.dpkg import DpkgIndex
+from builder.dpkg import OwnerLookup
 from builder.tarwriter import FileRecord
 from builder.tree import Entry, EntryKind
-from manifests.atomic import atomic_write
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.image import DEBIAN_SYSROOT, ClosureSource, ImageManifest
@@ -34,86 +30,6 @@ from manifests.version import VERSION as _kiln_version
 __all__ = ["OwnerLookup", "collect_inputs", "attestation_documents", "manifest_digest"]
 
 _ORIGIN = re.compile(r"^contents\[(\d+)\]\.(files|tree|closure)\b")
-_MAX_OWNER_CACHE = 16 * 1024 * 1024
-
-
-class OwnerLookup:
-    """Host path -> owning Debian package, per sysroot, with an optional persistent cache."""
-
-    def __init__(self, cache_dir: Path | None) -> None:
-        self._cache_dir = cache_dir
-        self._tables: dict[str, tuple[Path | None, dict[str, str | None], DpkgIndex]] = {}
-        self._dirty: set[str] = set()
-        self._real: dict[Path, str] = {}  # sysroot as given -> its real path (asked per file)
-
-    def _key(self, sysroot: Path) -> str:
-        key = self._real.get(sysroot)
-        if key is None:
-            key = self._real[sysroot] = os.path.realpath(sysroot)
-        return key
-
-    def _table(self, sysroot: Path) -> tuple[Path | None, dict[str, str | None], DpkgIndex]:
-        key = self._key(sysroot)
-        if key in self._tables:
-            return self._tables[key]
-        answers: dict[str, str | None] = {}
-        path: Path | None = None
-        if self._cache_dir is not None:
-            try:
-                st = os.stat(Path(key) / "var/lib/dpkg/status")
-                ident = f"{key}\0{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
-            except OSError:
-                ident = f"{key}\0no-dpkg"
-            path = self._cache_dir / "dpkg-owners" / f"{hashlib.sha256(ident.encode()).hexdigest()}.json"
-            with contextlib.suppress(OSError, ValueError):
-                if path.stat().st_size <= _MAX_OWNER_CACHE:
-                    loaded = json.loads(path.read_bytes())
-                    if isinstance(loaded, dict):
-                        answers = {
-                            k: v
-                            for k, v in loaded.items()
-                            if isinstance(k, str) and isinstance(v, str | None)
-                        }
-        table = (path, answers, DpkgIndex(Path(key)))
-        self._tables[key] = table
-        return table
-
-    def prefetch(self, host_paths: Iterable[Path], sysroot: Path) -> None:
-        """Answer many paths with one pass over dpkg's lists (the misses only)."""
-        _, answers, index = self._table(sysroot)
-        missing: dict[str, str] = {}
-        for host_path in host_paths:
-            name = str(host_path)
-            if name not in answers and name not in missing:
-                image_path = index.image_path_of(host_path)
-                if image_path is None:
-                    answers[name] = None
-                else:
-                    missing[name] = image_path
-        if missing:
-            found = index.owning_packages(missing.values())
-            for name, image_path in missing.items():
-                answers[name] = found[image_path]
-            self._dirty.add(self._key(sysroot))
-
-    def owner(self, host_path: Path, sysroot: Path) -> str | None:
-        _, answers, index = self._table(sysroot)
-        name = str(host_path)
-        if name not in answers:
-            answers[name] = index.owning_package_of_host_path(host_path)
-            self._dirty.add(self._key(sysroot))
-        return answers[name]
-
-    def save(self) -> None:
-        """Persist new answers; a cache that cannot be written only costs time."""
-        for key in sorted(self._dirty):
-            path, answers, _ = self._tables[key]
-            if path is None:
-                continue
-            with contextlib.suppress(OSError):
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(path, canonical_json(answers), durable=False)
-        self._dirty.clear()
 
 
 def _input_uri(host: Path, kind: str, base_dir: Path) -> str:

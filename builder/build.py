@@ -26,15 +26,16 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from builder.attestations import SbomPackage, timestamp
-from builder.bom import OwnerLookup, attestation_documents, collect_inputs
 from builder.cache import BuildCache, CacheKey, StatEntry
-from builder.compress import ANNOTATION, BackgroundSink, Compressor
+from builder.compress import ANNOTATION, Compressor
 from builder.errors import BuildError, SourceError
 from builder.imageconfig import image_config, manifest_annotations
 from builder.layers import LayerPlan, plan_layers
 from builder.sources import Assembly, InputRecord, assemble
-from builder.tarwriter import FileRecord, TarStats, check_epoch, tar_size, write_tar
+from builder.tarwriter import FileRecord, Sink, TarStats, check_epoch, tar_size, write_tar
 from builder.tree import EntryKind
+from builder.vm.treedigest import ANNOTATION as TREE_ANNOTATION
+from builder.vm.treedigest import tree_digest
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import KilnError
@@ -116,7 +117,7 @@ class BuildResult:
 class _MeteredSink:
     """Counts the tar bytes on their way to the compressor, for a live view (every 1 MiB)."""
 
-    def __init__(self, inner: BackgroundSink, meter: Meter, key: str, label: str, total: int) -> None:
+    def __init__(self, inner: Sink, meter: Meter, key: str, label: str, total: int) -> None:
         self._inner = inner
         self._meter = meter
         self._key, self._label, self._total = key, label, total
@@ -317,6 +318,11 @@ def _build_layout(
     )
     config_bytes = canonical_json(config)
     config_digest = layout.write_blob(config_bytes)
+    files = tuple(sorted((f for r in results for f in r[1].files), key=lambda f: f.path))
+    # The tree's own digest, equal to vm.json's treeDigest for a VM image of the same manifest.
+    tree = tree_digest(assembly.tree.entries(), {f.path: f.sha256 for f in files})
+    annotations = manifest_annotations(manifest, source_date_epoch=mtime, compression=comp.tag)
+    annotations[TREE_ANNOTATION] = str(tree)
     oci_manifest = OCIManifest(
         config=Descriptor(media_type=MediaType.OCI_CONFIG, digest=config_digest, size=len(config_bytes)),
         layers=tuple(
@@ -328,16 +334,19 @@ def _build_layout(
             )
             for layer in layers
         ),
-        annotations=manifest_annotations(manifest, source_date_epoch=mtime, compression=comp.tag),
+        annotations=annotations,
     )
     manifest_bytes = oci_manifest.to_bytes()
     digest = layout.write_blob(manifest_bytes)
     files = tuple(sorted((f for r in results for f in r[1].files), key=lambda f: f.path))
+    # The SBOM's machinery is loaded by builds that write layers only, not by unchanged rebuilds.
+    from builder.bom import OwnerLookup, attestation_documents, collect_inputs
+
     inputs = collect_inputs(
         manifest,
         assembly.tree.entries(),
         files,
-        OwnerLookup(cache.root if cache is not None else None),
+        OwnerLookup(),  # dpkg's lists indexed once per machine (builder.dpkg)
     )
     sbom, provenance = attestation_documents(
         manifest,
@@ -673,22 +682,23 @@ def _write_layer(
             if hit is not None:
                 _remember(cache, stat_key, first)
                 return _info(plan, comp, hit.digest, hit.size, first, cached=True), first
-    # 3. Write it: tar on this thread, compression and the blob's hash on a second one.
+    # 3. Write it: the tar framed on this thread, fixed blocks compressed on every core, the tar
+    #    and the blob hashed and the blob written on one more (builder.compress).
     with layout.blob_writer(durable=False) as blob:
-        total = tar_size(plan.entries, mtime=mtime)
-        sink = BackgroundSink(comp.sink(blob, size=total))
+        sink = comp.sink(blob, hash_input=True)
         try:
             if meter is None:
-                stats = write_tar(plan.entries, sink, mtime=mtime)
-            else:
+                stats = write_tar(plan.entries, sink, mtime=mtime, finish_hashed=sink.finish_hashed)
+            else:  # a live view needs the total: one more pass over the headers, on a terminal only
+                total = tar_size(plan.entries, mtime=mtime)
                 label = f"layer {plan.category}: {plan.file_count} files"
                 bar = f"layer-{id(plan)}"
-                stats = write_tar(plan.entries, _MeteredSink(sink, meter, bar, label, total), mtime=mtime)
+                metered = _MeteredSink(sink, meter, bar, label, total)
+                stats = write_tar(plan.entries, metered, mtime=mtime, finish_hashed=sink.finish_hashed)
                 meter(bar, label, total, total)
         except BaseException:
             sink.abort()
             raise
-        sink.finish()
     if first is not None and first.diff_id != stats.diff_id:
         raise SourceError(
             f"the {plan.category} layer's inputs changed while the image was being built",
@@ -708,7 +718,10 @@ def _write_layer(
 
 def _cache_key(diff_id: Digest, comp: Compressor) -> CacheKey:
     return CacheKey(
-        diff_id=diff_id, compression=str(comp.compression), library=comp.library, level=comp.level
+        diff_id=diff_id,
+        compression=str(comp.compression),
+        library=f"{comp.library}/{comp.scheme}",  # a new block scheme must not reuse old blobs
+        level=comp.level,
     )
 
 

@@ -1,23 +1,35 @@
-"""Layer compression with pinned, recorded libraries.
+"""Layer compression with pinned, recorded libraries, in parallel and deterministic.
 
-- gzip: ISA-L's igzip through ``isal`` (levels 0-3), raw deflate framed by a fixed gzip header
-  (mtime 0, no file name, XFL 0, OS 255 "unknown"), so the bytes depend only on the input, the level
-  and the isal version.
-- zstd: ``zstandard`` (libzstd), single-threaded, content size and checksum written.
+The tar stream is cut into fixed blocks of :data:`BLOCK_SIZE` bytes (the last one shorter), each
+block is compressed on its own, on every core, and the results are joined in order into one valid
+stream (ADR 0021):
+
+- gzip: one gzip member per block (RFC 1952 allows any number; every gzip reader takes them all).
+  Each member is ISA-L's igzip raw deflate (``isal``, levels 0-3) framed by a fixed header
+  (mtime 0, no file name, XFL 0, OS 255 "unknown") and the block's CRC-32 and size.
+- zstd: one ``zstandard`` (libzstd) frame per block, single-threaded, with content size and checksum.
 - none: the tar itself.
 
-:attr:`Compressor.tag` names library, version and level (``isal-1.9.1/igzip-2``); the builder puts
-it in the ``dev.kiln.compression`` annotation of every layer and of the manifest, so a compressor
-upgrade shows up as a visible, versioned change instead of silently different digests.
+The bytes depend only on the tar stream, the block size, the codec's level and the library's
+version: never on how many threads ran, in which order they finished, or how the caller sliced its
+writes. :attr:`Compressor.tag` names all of it (``isal-1.9.1/igzip-2/blocks-1MiB``); the builder
+puts it in the ``dev.kiln.compression`` annotation of every layer and of the manifest, so a change
+of library or scheme shows up as a visible, versioned change instead of silently different digests.
+
+The compressors release the GIL, so plain threads use every core. Writing the result (and hashing
+it, which the blob writer does) happens on one more thread, off the caller's critical path; so
+does hashing the uncompressed stream (the layer's diff_id) when the caller asks for it.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import queue
 import struct
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import isal
 import zstandard
@@ -25,9 +37,10 @@ from isal import isal_zlib
 
 from builder.errors import BuildError
 from builder.tarwriter import Sink
+from manifests.digest import Digest
 from manifests.mediatypes import Compression, MediaType
 
-__all__ = ["Compressor", "CompressingSink", "BackgroundSink", "LEVELS", "ANNOTATION"]
+__all__ = ["Compressor", "CompressingSink", "LEVELS", "ANNOTATION", "BLOCK_SIZE", "compress_block"]
 
 ANNOTATION = "dev.kiln.compression"
 LEVELS: dict[Compression, range] = {
@@ -35,6 +48,8 @@ LEVELS: dict[Compression, range] = {
     Compression.ZSTD: range(1, 20),
     Compression.NONE: range(1),
 }
+BLOCK_SIZE = 1 << 20  # of tar stream per gzip member / zstd frame; part of the recorded tag
+_MAX_WORKERS = 32  # in-flight blocks are bounded by this, so memory stays flat on big machines
 _GZIP_HEADER = b"\x1f\x8b\x08\x00" + b"\x00\x00\x00\x00" + b"\x00\xff"
 
 
@@ -68,112 +83,178 @@ class Compressor:
         return "none"
 
     @property
+    def scheme(self) -> str:
+        """How the stream is cut (``blocks-1MiB``); the cache key's library carries it too."""
+        return f"blocks-{_size_name(BLOCK_SIZE)}"
+
+    @property
     def tag(self) -> str:
-        """``library-version/codec-level``, recorded in the ``dev.kiln.compression`` annotation."""
+        """``library-version/codec-level/scheme``, recorded in the ``dev.kiln.compression`` annotation."""
         if self.compression is Compression.GZIP:
-            return f"{self.library}/igzip-{self.level}"
+            return f"{self.library}/igzip-{self.level}/{self.scheme}"
         if self.compression is Compression.ZSTD:
-            return f"{self.library}/zstd-{self.level}"
+            return f"{self.library}/zstd-{self.level}/{self.scheme}"
         return "none"
 
-    def sink(self, out: Sink, *, size: int | None = None) -> CompressingSink:
-        """A sink that compresses into ``out``; ``size`` (the input size) goes into zstd frames."""
-        return CompressingSink(self, out, size=size)
+    def sink(
+        self, out: Sink, *, size: int | None = None, workers: int | None = None, hash_input: bool = False
+    ) -> CompressingSink:
+        """A sink that compresses into ``out``. ``size`` is accepted for callers that know it and
+        unused (every frame records its own). ``workers``: ``None`` shares one pool of a thread per
+        core; a number gives this sink its own pool (1: compress on the writing thread).
+        ``hash_input``: also sha256 the uncompressed stream, on the writer thread
+        (:meth:`CompressingSink.finish_hashed`)."""
+        del size
+        return CompressingSink(self, out, workers=workers, hash_input=hash_input)
+
+
+def _size_name(n: int) -> str:
+    return f"{n >> 20}MiB" if n % (1 << 20) == 0 else f"{n >> 10}KiB"
+
+
+_local = threading.local()
+
+
+def _zstd(level: int) -> zstandard.ZstdCompressor:
+    """A compressor per thread and level (a ZstdCompressor is not safe to share between threads)."""
+    cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_local, "zstd", None)
+    if cache is None:
+        cache = _local.zstd = {}
+    cctx = cache.get(level)
+    if cctx is None:
+        cctx = cache[level] = zstandard.ZstdCompressor(
+            level=level, write_content_size=True, write_checksum=True, threads=0
+        )
+    return cctx
+
+
+def compress_block(comp: Compressor, block: bytes) -> bytes:
+    """One block, compressed on its own: a complete gzip member or zstd frame (or the block)."""
+    if comp.compression is Compression.GZIP:
+        body = isal_zlib.compress(block, comp.level, -15)
+        tail = struct.pack("<II", isal_zlib.crc32(block) & 0xFFFFFFFF, len(block) & 0xFFFFFFFF)
+        return b"".join((_GZIP_HEADER, body, tail))
+    if comp.compression is Compression.ZSTD:
+        return _zstd(comp.level).compress(block)
+    return block
+
+
+_pool_lock = threading.Lock()
+_shared_pool: ThreadPoolExecutor | None = None
+
+
+def _workers() -> int:
+    """Threads for the shared pool: the cores this process may run on (at most 32)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(_MAX_WORKERS, cores))
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _shared_pool  # noqa: PLW0603 - one pool per process, created on first use
+    with _pool_lock:
+        if _shared_pool is None:
+            _shared_pool = ThreadPoolExecutor(max_workers=_workers(), thread_name_prefix="kiln-compress")
+        return _shared_pool
+
+
+# A block and its compression under way (None: compress it on the writer thread); None: the end.
+_Item = tuple[bytes, Future[bytes] | None] | None
 
 
 class CompressingSink:
-    """Write uncompressed bytes in; compressed bytes go to ``out``. Call :meth:`finish` once."""
+    """Write uncompressed bytes in (any slicing); compressed bytes go to ``out`` in order.
 
-    def __init__(self, comp: Compressor, out: Sink, *, size: int | None) -> None:
-        self._out = out
-        self._kind = comp.compression
-        self._crc = 0
-        self._isize = 0
-        self._obj: Any = None
-        if self._kind is Compression.GZIP:
-            self._obj = isal_zlib.compressobj(comp.level, isal_zlib.DEFLATED, -15)
-            out.write(_GZIP_HEADER)
-        elif self._kind is Compression.ZSTD:
-            cctx = zstandard.ZstdCompressor(
-                level=comp.level, write_content_size=True, write_checksum=True, threads=0
-            )
-            self._obj = cctx.compressobj(size=size if size is not None else -1)
-
-    def write(self, data: bytes) -> None:
-        if self._kind is Compression.NONE:
-            self._out.write(data)
-            return
-        if self._kind is Compression.GZIP:
-            self._crc = isal_zlib.crc32(data, self._crc)
-            self._isize += len(data)
-        chunk = self._obj.compress(data)
-        if chunk:
-            self._out.write(chunk)
-
-    def finish(self) -> None:
-        if self._kind is Compression.NONE:
-            return
-        tail = self._obj.flush()
-        if tail:
-            self._out.write(tail)
-        if self._kind is Compression.GZIP:
-            self._out.write(struct.pack("<II", self._crc & 0xFFFFFFFF, self._isize & 0xFFFFFFFF))
-
-
-class BackgroundSink:
-    """Hand writes to ``inner`` on a second thread, in fixed ``chunk``-byte pieces.
-
-    Writing a layer is two halves of similar cost: reading files, framing the tar and hashing it
-    (the caller's thread), then compressing and hashing the result (``inner``). The compressors and
-    sha256 release the GIL, so running the halves on two threads uses two cores. The pieces are
-    always ``chunk`` bytes (the last one shorter) whatever the caller's write sizes, so the
-    compressor sees the same calls, and writes the same bytes, for the same tar stream.
-    Call :meth:`finish` once; it re-raises anything the second thread raised.
+    Full blocks are handed to the compressing pool as they fill; one writer thread takes the
+    results in block order and writes them to ``out``. Call :meth:`finish` once at the end (it
+    re-raises whatever failed on another thread), or :meth:`abort` after a failure of your own.
     """
 
-    def __init__(self, inner: CompressingSink, *, chunk: int = 1 << 20, depth: int = 4) -> None:
-        self._inner = inner
-        self._chunk = chunk
+    def __init__(
+        self, comp: Compressor, out: Sink, *, workers: int | None = None, hash_input: bool = False
+    ) -> None:
+        self._comp = comp
+        self._out = out
+        self._input_hash = hashlib.sha256() if hash_input else None
         self._buf = bytearray()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)  # None: no more
+        self._blocks = 0
+        self._own_pool: ThreadPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        n = _workers() if workers is None else workers
+        if comp.compression is not Compression.NONE and n > 1:
+            if workers is None:
+                self._pool = _pool()
+            else:
+                self._pool = self._own_pool = ThreadPoolExecutor(
+                    max_workers=n, thread_name_prefix="kiln-compress"
+                )
+        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=n + 2)
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="kiln-compress", daemon=True)
+        self._stopped = False
+        self._thread = threading.Thread(target=self._run, name="kiln-compress-writer", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
+        comp, out, input_hash = self._comp, self._out, self._input_hash
         try:
-            while (piece := self._queue.get()) is not None:
-                self._inner.write(piece)
-            self._inner.finish()
+            while (item := self._queue.get()) is not None:
+                block, future = item
+                if input_hash is not None:
+                    input_hash.update(block)
+                out.write(future.result() if future is not None else compress_block(comp, block))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread by finish()
             self._error = exc
-            while self._queue.get() is not None:  # unblock the producer, then stop
-                pass
+            while (item := self._queue.get()) is not None:  # unblock the producer, then stop
+                if item[1] is not None:
+                    item[1].cancel()
 
-    def _put(self, piece: bytes) -> None:
+    def _put(self, block: bytes) -> None:
         if self._error is not None:
             raise self._error
-        self._queue.put(piece)
+        self._blocks += 1
+        future = self._pool.submit(compress_block, self._comp, block) if self._pool is not None else None
+        self._queue.put((block, future))
 
     def write(self, data: bytes) -> None:
-        self._buf += data
-        while len(self._buf) >= self._chunk:
-            self._put(bytes(self._buf[: self._chunk]))
-            del self._buf[: self._chunk]
+        buf = self._buf
+        buf += data
+        size = BLOCK_SIZE
+        if len(buf) < size:
+            return
+        full = len(buf) - len(buf) % size
+        with memoryview(buf) as view:
+            for start in range(0, full, size):
+                self._put(bytes(view[start : start + size]))
+        del buf[:full]
 
     def finish(self) -> None:
         try:
-            if self._buf and self._error is None:
-                self._queue.put(bytes(self._buf))
+            if self._error is None and (self._buf or self._blocks == 0):
+                self._put(bytes(self._buf))  # the short last block; an empty stream is one empty block
         finally:
-            self._buf.clear()
-            self._queue.put(None)
-            self._thread.join()
+            self._stop()
         if self._error is not None:
             raise self._error
 
+    def finish_hashed(self) -> Digest:
+        """:meth:`finish`, then the sha256 of everything written in (needs ``hash_input``)."""
+        if self._input_hash is None:
+            raise ValueError("this sink was not asked to hash its input")
+        self.finish()
+        return Digest(self._input_hash.hexdigest())
+
     def abort(self) -> None:
-        """Stop the second thread after a failure on the caller's side (its output is discarded)."""
+        """Stop the writer thread after a failure on the caller's side (the output is discarded)."""
+        self._stop()
+
+    def _stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         self._buf.clear()
         self._queue.put(None)
         self._thread.join()
+        if self._own_pool is not None:
+            self._own_pool.shutdown(wait=True, cancel_futures=True)

@@ -2,13 +2,17 @@
 
 :class:`DpkgIndex` reads ``/var/lib/dpkg/info/*.list`` and ``/var/lib/dpkg/status`` inside a
 sysroot (each file at most :data:`MAX_DPKG_BYTES`), resolving paths with the closure resolver's
-:class:`~builder.elf.Sysroot`. :func:`owning_package` keeps one index per sysroot for the process;
-:mod:`builder.bom` caches answers across builds.
+:class:`~builder.elf.Sysroot`. :func:`owning_package` keeps one index per sysroot for the
+process. :class:`OwnerLookup` (the SBOM's) answers from an :class:`OwnerIndex` kept once per
+machine and dpkg state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
+import json
 import os
 import posixpath
 import stat
@@ -17,8 +21,17 @@ from pathlib import Path
 
 from builder.elf import Sysroot
 from builder.errors import ClosureError
+from manifests.atomic import atomic_write
 
-__all__ = ["MAX_DPKG_BYTES", "DpkgIndex", "owning_package"]
+__all__ = [
+    "MAX_DPKG_BYTES",
+    "MAX_INDEX_BYTES",
+    "DpkgIndex",
+    "OwnerIndex",
+    "OwnerLookup",
+    "cache_home",
+    "owning_package",
+]
 
 MAX_DPKG_BYTES = 256 << 20  # /var/lib/dpkg/status or one .list file
 _UNSET = object()
@@ -198,3 +211,173 @@ def owning_package(host_path: Path, sysroot: Path = Path("/")) -> str | None:
     :class:`DpkgIndex` yourself when the sysroot's packages may change in between.
     """
     return _dpkg_index(os.path.realpath(sysroot)).owning_package_of_host_path(host_path)
+
+
+# -- the machine-wide owner index -------------------------------------------------------------------
+
+MAX_INDEX_BYTES = 64 << 20  # one cached index file, when it is read back
+_INDEX_FORMAT = 1
+
+
+def cache_home() -> Path | None:
+    """``$XDG_CACHE_HOME/kiln``, else ``~/.cache/kiln``; ``None`` without a usable home."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if xdg and os.path.isabs(xdg):
+        return Path(xdg) / "kiln"
+    home = os.path.expanduser("~")
+    return Path(home) / ".cache" / "kiln" if os.path.isabs(home) else None
+
+
+class OwnerIndex:
+    """Every file dpkg lists in one sysroot, by real directory, with its owner already described.
+
+    Built once from ``*.list`` and ``status`` (about half a second), then kept under
+    :func:`cache_home` in two files named by the identity of dpkg's ``status`` file (which dpkg
+    rewrites on every install or removal): the set of directories dpkg ships files in (small,
+    read first) and the owners by directory (read only when an asked directory is in the set).
+    A path in any other directory costs one set lookup. Files are written atomically and refused
+    when read back if larger than :data:`MAX_INDEX_BYTES` or malformed (then rebuilt).
+    """
+
+    def __init__(self, sysroot: str, cache_dir: Path | None) -> None:
+        self.root = sysroot
+        self._cache_dir = cache_dir
+        self._stem: str | None = None
+        if cache_dir is not None:
+            try:
+                st = os.stat(os.path.join(sysroot, "var/lib/dpkg/status"))
+                ident = f"{_INDEX_FORMAT}\0{sysroot}\0{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                ident = f"{_INDEX_FORMAT}\0{sysroot}\0no-dpkg"
+            self._stem = hashlib.sha256(ident.encode()).hexdigest()
+        self._dirs: frozenset[str] | None = None
+        self._owners: dict[str, dict[str, str]] | None = None
+
+    def _path(self, what: str) -> Path | None:
+        if self._cache_dir is None or self._stem is None:
+            return None
+        return self._cache_dir / "dpkg-index" / f"{self._stem}.{what}.json"
+
+    def directories(self) -> frozenset[str]:
+        """Every real directory (inside the sysroot) that dpkg lists a file in."""
+        if self._dirs is None:
+            loaded = _read_json(self._path("dirs"))
+            if isinstance(loaded, list) and all(isinstance(d, str) for d in loaded):
+                self._dirs = frozenset(loaded)
+            else:
+                self._dirs = frozenset(self._build())
+        return self._dirs
+
+    def owners_in(self, directory: str) -> dict[str, str]:
+        """File name -> ``"package version"`` for the files dpkg lists in ``directory``."""
+        if directory not in self.directories():
+            return {}
+        if self._owners is None:
+            loaded = _read_json(self._path("owners"))
+            self._owners = _valid_owners(loaded) if loaded is not None else None
+            if self._owners is None or set(self._owners) != self.directories():
+                self._build()
+        assert self._owners is not None  # noqa: S101 - set by _build
+        return self._owners.get(directory, {})
+
+    def _build(self) -> dict[str, dict[str, str]]:
+        index = DpkgIndex(Path(self.root))
+        by_dir: dict[str, dict[str, str]] = {}
+        for key, packages in index._load().items():
+            directory, _, name = key.rpartition("/")
+            desc = index._describe(packages)
+            if desc is not None:
+                by_dir.setdefault(directory or "/", {})[name] = desc
+        self._owners = by_dir
+        self._dirs = frozenset(by_dir)
+        dirs_path, owners_path = self._path("dirs"), self._path("owners")
+        if dirs_path is not None and owners_path is not None:
+            with contextlib.suppress(OSError):  # a cache that cannot be written only costs time
+                dirs_path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write(owners_path, _dumps(by_dir), durable=False)
+                atomic_write(dirs_path, _dumps(sorted(by_dir)), durable=False)  # last: it vouches
+        return by_dir
+
+
+def _dumps(value: object) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _read_json(path: Path | None) -> object:
+    if path is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            if os.fstat(fh.fileno()).st_size > MAX_INDEX_BYTES:
+                return None
+            data = fh.read(MAX_INDEX_BYTES + 1)  # the file may have grown since
+        if len(data) > MAX_INDEX_BYTES:
+            return None
+        return json.loads(data)
+    except (OSError, ValueError):
+        return None
+
+
+def _valid_owners(loaded: object) -> dict[str, dict[str, str]] | None:
+    if not isinstance(loaded, dict):
+        return None
+    for directory, names in loaded.items():
+        if not isinstance(directory, str) or not isinstance(names, dict):
+            return None
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in names.items()):
+            return None
+    return loaded
+
+
+class OwnerLookup:
+    """Host path -> owning Debian package, for the SBOM, through one :class:`OwnerIndex` per sysroot.
+
+    Each host directory is resolved once (one ``realpath``), not each file; a directory dpkg ships
+    nothing in answers ``None`` for all its files without reading more than the directory set.
+    """
+
+    def __init__(self, cache_dir: Path | None = None, *, use_machine_cache: bool = True) -> None:
+        if cache_dir is None and use_machine_cache:
+            cache_dir = cache_home()
+        self._cache_dir = cache_dir
+        self._indexes: dict[Path, OwnerIndex] = {}
+        self._dirs: dict[tuple[Path, str], str | None] = {}  # (sysroot, host dir) -> image dir
+
+    def _index(self, sysroot: Path) -> OwnerIndex:
+        index = self._indexes.get(sysroot)
+        if index is None:
+            index = self._indexes[sysroot] = OwnerIndex(os.path.realpath(sysroot), self._cache_dir)
+        return index
+
+    def _image_dir(self, host_dir: str, sysroot: Path, index: OwnerIndex) -> str | None:
+        key = (sysroot, host_dir)
+        if key in self._dirs:
+            return self._dirs[key]
+        real = os.path.realpath(host_dir)
+        root = index.root
+        if root == "/":
+            image_dir: str | None = real
+        elif real == root:
+            image_dir = "/"
+        elif real.startswith(root + "/"):
+            image_dir = real[len(root) :]
+        else:
+            image_dir = None
+        self._dirs[key] = image_dir
+        return image_dir
+
+    def prefetch(self, host_paths: Iterable[Path], sysroot: Path) -> None:
+        """Nothing to do ahead of time: kept for callers that announce their paths."""
+        del host_paths, sysroot
+
+    def owner(self, host_path: Path, sysroot: Path) -> str | None:
+        """``"libc6:amd64 2.36-9+deb12u14"`` for a file dpkg ships in ``sysroot``, else ``None``."""
+        index = self._index(sysroot)
+        host_dir, _, name = str(host_path).rpartition("/")
+        image_dir = self._image_dir(host_dir or "/", sysroot, index)
+        if image_dir is None:
+            return None
+        return index.owners_in(image_dir).get(name)
+
+    def save(self) -> None:
+        """Nothing to save: an index is written when it is built."""

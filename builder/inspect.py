@@ -255,6 +255,10 @@ def inspect_image(
     """Describe the image at ``path`` as a JSON-ready dict (digest, config, layers, files)."""
     caps = caps or Caps()
     path = Path(path)
+    from builder.vm.inspect import inspect_vm, is_vm_dir
+
+    if is_vm_dir(path):
+        return inspect_vm(path)
     with ExitStack() as stack:
         src = _Source(path, stack)
         if src.has("index.json"):

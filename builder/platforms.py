@@ -55,6 +55,7 @@ def build_platforms(
     try:
         layout = OCILayout.create(stage / "layout")
         entries: list[Descriptor] = []
+        records: list[tuple[tuple[Descriptor, ...], Descriptor]] = []  # each platform's SBOM, provenance
         results: list[BuildResult] = []
         for platform in manifest.platforms:
             one = dataclasses.replace(manifest, platform=platform)
@@ -77,6 +78,7 @@ def build_platforms(
                 k: v for k, v in entry.annotations.items() if not k.startswith("org.opencontainers.image.ref")
             }
             entries.append(dataclasses.replace(entry, annotations=annotations))
+            records.append((part.referrers(entry.digest), entry))
             results.append(result)
         index = OCIIndex(manifests=tuple(entries))
         index_bytes = index.to_bytes()
@@ -84,6 +86,8 @@ def build_platforms(
         layout.tag(
             Descriptor(media_type=MediaType.OCI_INDEX, digest=digest, size=len(index_bytes)), manifest.version
         )
+        for referrers, entry in records:  # every platform keeps its build records (ADR 0018)
+            layout.add_referrers(referrers, entry.digest)
         os.chmod(layout.root, 0o755)  # noqa: S103 - a layout is meant to be readable
         if output.exists() or output.is_symlink():
             shutil.rmtree(output) if output.is_dir() and not output.is_symlink() else output.unlink()

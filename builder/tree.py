@@ -119,6 +119,7 @@ class FileTree:
     def __init__(self) -> None:
         self._entries: dict[str, Entry] = {}
         self._digests: dict[str, str] = {}
+        self._sorted: tuple[Entry, ...] | None = None  # entries(), until the next add()
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -130,11 +131,14 @@ class FileTree:
         return self._entries.get(normalize_path(path))
 
     def entries(self) -> tuple[Entry, ...]:
-        """Every entry, sorted parents-first by path components."""
-        return tuple(self._entries[p] for p in sorted(self._entries, key=sort_key))
+        """Every entry, sorted parents-first by path components (sorted once, until the next add)."""
+        if self._sorted is None:
+            self._sorted = tuple(self._entries[p] for p in sorted(self._entries, key=sort_key))
+        return self._sorted
 
     def add(self, entry: Entry) -> Entry:
         """Add ``entry`` (its path normalized), creating parents; returns the entry as stored."""
+        self._sorted = None
         path = normalize_path(entry.path, what=entry.origin)
         if path == "/":
             raise SourceError(f"{entry.origin}: cannot replace the image root '/'")

@@ -15,6 +15,12 @@ check: the agent returns to v1 by itself and ``kiln agent status`` shows it. Rel
 python-web 1.1.0, one of whose layer blobs is altered in the registry after signing:
 ``kiln agent reconcile --once`` refuses it (exit 3, reason ``digest``). Last, every instance is
 stopped with its network namespace; the demo leaves nothing running.
+
+Last, the same python-web as a VM (:func:`deploy_a_vm`, everything under demo-out/vm/): built with
+``--format vm`` (an EROFS root under dm-verity, Debian's cloud kernel), signed, published, pinned in
+a release and booted by the agent's qemu runtime (TCG here), then curled through the agent's service
+address. python-web 1.1.0 as a VM, with one byte of its disk flipped in the published copy, is
+refused before anything boots (exit 3, reason ``digest``). The VM is stopped at the end.
 """
 
 from __future__ import annotations
@@ -170,6 +176,7 @@ def main() -> int:
     layers = built["python-web"]["layers"]
     assert isinstance(layers, list)
     deploy_with_the_agent(str(pub["digest"]), layers, cache)
+    deploy_a_vm(cache)
     step("done: outputs in demo-out/ (inspect them with: .venv/bin/kiln inspect demo-out/python-web)")
     return 0
 
@@ -262,12 +269,12 @@ def stop_agent(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
-def agent_status() -> dict[str, Any] | None:
+def agent_status(state: Path = STATE) -> dict[str, Any] | None:
     """The running agent's status document (from its Unix socket), or None."""
     from agent.status import query
 
     try:
-        code, body = query(STATE, "/status", timeout=5.0)
+        code, body = query(state, "/status", timeout=5.0)
     except OSError:
         return None
     doc = json.loads(body) if code == 200 else None
@@ -275,7 +282,8 @@ def agent_status() -> dict[str, Any] | None:
 
 
 def wait_for(what: str, check: Callable[[dict[str, Any]], bool], proc: subprocess.Popen[bytes],
-             timeout: float, *, probe: str | None = None) -> tuple[int, int]:  # fmt: skip
+             timeout: float, *, probe: str | None = None,
+             state: Path = STATE) -> tuple[int, int]:  # fmt: skip
     """Poll the agent's status until ``check`` holds; meanwhile GET ``probe`` (if given) every
     0.2 s. Returns (answered, failed) requests."""
     deadline = time.monotonic() + timeout
@@ -286,7 +294,7 @@ def wait_for(what: str, check: Callable[[dict[str, Any]], bool], proc: subproces
             raise SystemExit(f"demo: the agent exited ({proc.returncode}); see {rel(AGENT_LOG)}")
         now = time.monotonic()
         if now >= next_status:
-            doc = agent_status()
+            doc = agent_status(state)
             if doc is not None and check(doc):
                 return answered, failed
             next_status = now + 0.5
@@ -381,7 +389,7 @@ def deploy_with_the_agent(digest: str, v1_layers: list[Any], cache: list[str]) -
 
     proc: subprocess.Popen[bytes] | None = None
     try:
-        step("`kiln agent run` keeps the service address open (its forwarder lives in the agent): curl it")
+        step("`kiln agent run` keeps reconciling; the address is held by its data plane process: curl it")
         proc = start_agent(config)
         wait_for("the agent", lambda d: (d.get("release") or {}).get("version") == 1, proc, 60)
         curl(f"http://{listen}/healthz")
@@ -404,7 +412,7 @@ def deploy_with_the_agent(digest: str, v1_layers: list[Any], cache: list[str]) -
         kiln("agent", "status", "--config", config, json_out=False)
         curl(f"http://{listen}/")
 
-        step("stop the agent (SIGTERM): the v1 instance keeps running, the address closes with the agent")
+        step("stop the agent (SIGTERM): the v1 instance and its address keep serving (its data plane stays)")
         stop_agent(proc)
 
         step(
@@ -450,6 +458,134 @@ def stop_instances(config: str) -> None:
     if left:
         raise SystemExit(f"demo: runc still lists {', '.join(left)}")
     print("  runc lists no kiln instance; nothing of the demo is left running")
+
+
+# -- the same service as a VM ----------------------------------------------------------------------
+
+VM_OUT = OUT / "vm"
+VM_STATE = VM_OUT / "agent-state"
+VM_REPOSITORY = "localhost/python-web-vm"
+
+
+def _vm_agent_config() -> str:
+    text = (RELEASE_TEMPLATES / "agent.yaml").read_text()
+    text = text.replace("trust_root: trust/root.yaml", "trust_root: ../trust/root.yaml")
+    text = text.replace(
+        '{repository: localhost/python-web, location: "oci:registry/python-web"}',
+        f'{{repository: {VM_REPOSITORY}, location: "oci:registry/python-web-vm"}}',
+    )
+    if VM_REPOSITORY not in text or "../trust" not in text:
+        raise SystemExit("demo: examples/release/agent.yaml changed; update deploy_a_vm")
+    (VM_OUT / "agent.yaml").write_text(text)
+    return rel(VM_OUT / "agent.yaml")
+
+
+def _vm_release(version: int, digest: str, listen: str) -> None:
+    doc = VM_OUT / f"release-v{version}.yaml"
+    expires = (datetime.now(UTC) + timedelta(days=7)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    doc.write_text(
+        "apiVersion: kiln.dev/v1\nkind: Release\nchannel: stable\n"
+        f"version: {version}\nexpires: {expires}\nservices:\n"
+        f"  - name: web-vm\n    image: {VM_REPOSITORY}@{digest}\n    listen: {listen}\n"
+        "    health: {http: {port: 8080, path: /healthz}, interval: 500ms, timeout: 2s, retries: 3,"
+        " grace: 500ms}\n"
+    )
+    keys = OUT / "keys"
+    envelope = rel(VM_OUT / f"release-v{version}.dsse.json")
+    kiln("release", "sign", "--key", rel(keys / "release-a.key"), rel(doc), "-o", envelope, json_out=False)
+    kiln("release", "sign", "--key", rel(keys / "release-b.key"), "--append", envelope, rel(doc),
+         json_out=False)  # fmt: skip
+    kiln("release", "publish", envelope, f"oci:{rel(VM_OUT / 'releases')}", json_out=False)
+
+
+def _vm_part_blob(registry: Path, digest: str, media_type_word: str) -> Path:
+    manifest = json.loads((registry / "blobs" / "sha256" / digest.removeprefix("sha256:")).read_bytes())
+    for layer in manifest["layers"]:
+        if media_type_word in layer["mediaType"]:
+            return registry / "blobs" / "sha256" / str(layer["digest"]).removeprefix("sha256:")
+    raise SystemExit(f"demo: the VM artifact {digest} has no {media_type_word} part")
+
+
+def stop_vm_leftovers() -> None:
+    if not (VM_STATE / "qemu").is_dir():
+        return
+    from agent.qemu import QemuRuntime
+
+    runtime = QemuRuntime(VM_STATE)
+    for iid in runtime.list():
+        print(f"  stopping {iid}, left running by an earlier demo run")
+        runtime.stop(iid, grace=2.0)
+
+
+def deploy_a_vm(cache: list[str]) -> None:
+    """python-web as a verity VM: build, sign, publish, release, boot by the agent, curl; tamper."""
+    keys = OUT / "keys"
+    step("python-web as a VM: the same tree as an EROFS root under dm-verity, Debian's cloud kernel")
+    stop_vm_leftovers()
+    remove_demo_dir(VM_OUT)
+    VM_OUT.mkdir()
+    built = kiln("build", "examples/python-web/python-web.yaml", "--format", "vm", "-o",
+                 rel(VM_OUT / "python-web-vm"), "--force", *cache)  # fmt: skip
+    vm = built.get("vm")
+    verity = vm.get("verity") if isinstance(vm, dict) else None
+    root_hash = verity.get("rootHash", "") if isinstance(verity, dict) else ""
+    print(f"  {built['digest']}  {mb(built['size'])}, dm-verity root hash {root_hash[:16]}...")
+    image = f"oci:{rel(VM_OUT / 'python-web-vm')}:{built['image_version']}"
+    kiln("sign", "--key", rel(keys / "demo.key"), "--identity", VM_REPOSITORY, image, json_out=False)
+    kiln("verify", "--key", rel(keys / "demo.pub"), "--identity", VM_REPOSITORY, image, json_out=False)
+    registry = VM_OUT / "registry" / "python-web-vm"
+    pub = kiln("publish", rel(VM_OUT / "python-web-vm"), f"oci:{rel(registry)}")
+    print(f"  pinned reference: {pub['reference']}")
+
+    listen = f"127.0.0.1:{free_port()}"
+    step(f"release v1 pins {VM_REPOSITORY}@{str(pub['digest'])[:19]}..., listens on {listen}")
+    _vm_release(1, str(pub["digest"]), listen)
+    config = _vm_agent_config()
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        step("the agent boots it under qemu (microvm; TCG here) after checking every part and the root hash")
+        started = time.monotonic()
+        proc = start_agent(config)
+        wait_for("the VM", lambda d: (d.get("release") or {}).get("version") == 1, proc, 240, state=VM_STATE)
+        print(f"  {time.monotonic() - started:.1f} s from the agent's start to the VM serving", flush=True)
+        curl(f"http://{listen}/healthz")
+        curl(f"http://{listen}/")
+        stop_agent(proc)
+        proc = None
+
+        step("python-web 1.1.0 as a VM, signed and published, then one byte of its disk flipped there")
+        src = OUT / "src" / "python-web-1.1.0" / "python-web.yaml"
+        built2 = kiln("build", rel(src), "--format", "vm", "-o", rel(VM_OUT / "python-web-vm-1.1.0"),
+                      "--force", *cache)  # fmt: skip
+        image2 = f"oci:{rel(VM_OUT / 'python-web-vm-1.1.0')}:{built2['image_version']}"
+        kiln("sign", "--key", rel(keys / "demo.key"), "--identity", VM_REPOSITORY, image2, json_out=False)
+        pub2 = kiln("publish", rel(VM_OUT / "python-web-vm-1.1.0"), f"oci:{rel(registry)}")
+        victim = _vm_part_blob(registry, str(pub2["digest"]), "disk")
+        tamper(victim)
+        print(f"  flipped one byte of the disk part sha256:{victim.name[:16]}... in {rel(registry)}")
+        _vm_release(2, str(pub2["digest"]), listen)
+        kiln("agent", "reconcile", "--once", "--config", config, json_out=False, expect=3)
+    finally:
+        if proc is not None:
+            stop_agent(proc)
+        step("stop the VM and its network namespace")
+        stop_vm(config)
+
+
+def stop_vm(config: str) -> None:
+    from agent.qemu import QemuRuntime
+    from agent.reconcile import Agent
+    from manifests.agentconfig import load_agent_config
+
+    agent = Agent(load_agent_config(REPO / config))
+    ids = [r.id for r in agent.journal.state.instances]
+    agent.close(stop_instances=True)
+    left = QemuRuntime(VM_STATE).list()
+    for iid in ids:
+        print(f"  stopped {iid}")
+    if left:
+        raise SystemExit(f"demo: qemu instances still running: {', '.join(left)}")
+    print("  no qemu instance is left running")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,12 @@ VERBS: dict[str, tuple[str, str]] = {
     "release": ("kiln.cmd_release", "sign, verify and publish release manifests"),
     "root": ("kiln.cmd_release", "create, sign and rotate trust roots"),
     "agent": ("kiln.cmd_agent", "run the host agent; its status, rollback and trust updates"),
+    "fleet": (
+        "kiln.cmd_fleet",
+        "coordinate rollouts across hosts: etcd slots and waves, FleetLock, dashboard",
+    ),
     "completion": ("kiln.cmd_completion", "print a shell completion script (bash or zsh)"),
+    "boot": ("kiln.cmd_boot", "boot a VM image locally under qemu, verified first"),
 }
 VERB_MODULES: tuple[str, ...] = tuple(dict.fromkeys(module for module, _ in VERBS.values()))
 

@@ -11,6 +11,8 @@
                                                      source's state, last refusal
     kiln agent rollback   [--config FILE]            back to the previous good release (local only)
     kiln agent trust-update [--config FILE] ROOT     install trust root N+1 (signed envelope)
+    kiln agent down       [--config FILE]            stop every instance, the data plane, the
+                                                     namespaces (journaled; again: a no-op)
 
 ``status`` and ``rollback`` talk to a running agent through its Unix socket; with no agent
 running, ``status`` reads the journal and ``rollback`` runs in this process.
@@ -34,7 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kiln.output import Output
+from kiln.output import Output, UsageError
 from manifests.errors import KilnError, VerificationError
 
 __all__ = ["register", "DEFAULT_CONFIG", "RECONCILE_EXIT", "OncePerProcess", "notices_once"]
@@ -115,10 +117,23 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = verbs.add_parser("rollback", help="return to the previous good release (local, recorded)")
     common(p)
     p.set_defaults(handler=cmd_agent_rollback)
+    p = verbs.add_parser("chaos", help="terminate random instances on purpose, under a budget")
+    common(p)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--kill-rate", metavar="N/UNIT", help="average kills: N/s, N/m, N/h or N/d (e.g. 1/h)")
+    which.add_argument("--off", action="store_true", help="stop (back to the release's chaos block, if any)")
+    p.add_argument(
+        "--min-healthy", type=int, default=1, metavar="N", help="healthy instances kept (default 1)"
+    )
+    p.add_argument("--for", dest="duration", metavar="DURATION", help="then stop by itself (e.g. 10m, 8h)")
+    p.set_defaults(handler=cmd_agent_chaos)
     p = verbs.add_parser("trust-update", help="install the next trust root (N+1 only)")
     common(p)
     p.add_argument("root", type=Path, metavar="ROOT", help="the new root's signed envelope")
     p.set_defaults(handler=cmd_agent_trust_update)
+    p = verbs.add_parser("down", help="stop everything this agent runs (instances, data plane, namespaces)")
+    common(p)
+    p.set_defaults(handler=cmd_agent_down)
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -161,6 +176,7 @@ def _agent_run(args: argparse.Namespace, out: Output) -> int:
         status=agent.status,
         metrics=agent.metrics.render,
         rollback=lambda: {"release": agent.rollback().to_dict()},
+        chaos=agent.chaos_request,
         tcp=tcp,
         wake=agent.nudge,
     )
@@ -385,4 +401,70 @@ def cmd_agent_trust_update(args: argparse.Namespace, out: Output) -> int:
         f"trust root v{new.version} installed ({new.digest})",
         {"root_version": new.version, "digest": str(new.digest)},
     )
+    return 0
+
+
+def cmd_agent_down(args: argparse.Namespace, out: Output) -> int:
+    from agent.down import down
+
+    config = _config(args)
+    report = down(config, event_sink=_printer(out))
+    data = {
+        "stopped": list(report.stopped),
+        "failed": list(report.failed),
+        "dataplanes": list(report.dataplanes),
+        "noop": report.noop,
+    }
+    if report.noop:
+        human = "kiln agent down: nothing runs"
+    else:
+        human = f"kiln agent down: stopped {len(report.stopped)} instances"
+        if report.dataplanes:
+            human += f" and the {', '.join(report.dataplanes)} data plane"
+        if report.failed:
+            human += f"; could not stop {', '.join(report.failed)} (run it again)"
+    out.result(human, data)
+    return 1 if report.failed else 0
+
+
+def cmd_agent_chaos(args: argparse.Namespace, out: Output) -> int:
+    """Set the running agent's chaos policy over its control socket (there is no chaos offline)."""
+    import urllib.parse
+
+    from agent.status import query
+    from manifests.chaos import RATE_HINT, parse_rate
+    from manifests.durations import DurationError, parse_duration
+
+    config = _config(args)
+    if args.off:
+        params: dict[str, str] = {"off": "1"}
+    else:
+        if parse_rate(args.kill_rate) is None:
+            raise UsageError(f"--kill-rate: invalid rate {args.kill_rate!r}", hint=RATE_HINT)
+        params = {"kill_rate": args.kill_rate, "min_healthy": str(args.min_healthy)}
+        if args.duration is not None:
+            try:
+                params["seconds"] = f"{parse_duration(args.duration):g}"
+            except DurationError:
+                hint = "e.g. 10m or 8h"
+                raise UsageError(f"--for: invalid duration {args.duration!r}", hint=hint) from None
+    try:
+        code, body = query(config.state, "/chaos?" + urllib.parse.urlencode(params), method="POST")
+    except OSError:
+        raise KilnError(
+            f"{config.state}: no agent is running there", hint="chaos runs inside `kiln agent run`"
+        ) from None
+    doc = json.loads(body) if body else {}
+    if code != 200:
+        raise KilnError(f"the running agent refused: {doc.get('error')}", hint=doc.get("hint"))
+    if not doc.get("active"):
+        out.result("chaos is off", {"chaos": doc})
+    else:
+        policy = doc["policy"]
+        left = doc.get("seconds_left")
+        until = f" for {left:.0f}s" if left is not None else ""
+        out.result(
+            f"chaos on: kill rate {policy['kill_rate']}, at least {policy['min_healthy']} healthy{until}",
+            {"chaos": doc},
+        )
     return 0

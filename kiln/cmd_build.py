@@ -12,7 +12,7 @@ from manifests.errors import KilnError
 
 __all__ = ["register", "source_date_epoch", "default_cache_dir"]
 
-FORMATS = ("oci", "oci-archive", "docker-archive")
+FORMATS = ("oci", "oci-archive", "docker-archive", "vm")
 # 2^33 seconds is past the year 2242 and still fits a ustar mtime field.
 _MAX_EPOCH = 2**33 - 1
 
@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     p = sub.add_parser("build", help="build an image manifest into an OCI layout or archive")
     p.add_argument("manifest", type=Path, help="image manifest (.yaml, .yml or .toml)")
-    p.add_argument("-o", "--output", type=Path, help="output path (default: out/NAME[.tar])")
+    p.add_argument("-o", "--output", type=Path, help="output path (default: out/NAME[.tar|.vm])")
     p.add_argument("--format", choices=FORMATS, default="oci", help="output format (default: oci)")
     p.add_argument("--force", action="store_true", help="replace an existing output")
     p.add_argument(
@@ -130,6 +130,8 @@ def cmd_build(args: argparse.Namespace, out: Output) -> int:
     if output is None:
         suffix = "" if args.format == "oci" else ".tar"
         output = Path("out") / f"{manifest.name.replace('/', '_')}{suffix}"
+    if args.format == "vm":
+        return _build_vm(args, out, manifest, epoch)
     cache = None if args.no_cache else BuildCache(args.cache_dir or default_cache_dir())
     from kiln.cmd_debian import prepare_debian
     from kiln.progress import live_progress
@@ -223,6 +225,60 @@ def _readable(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
+def _build_vm(args: argparse.Namespace, out: Output, manifest: Any, epoch: int) -> int:
+    from builder.vm.image import build_vm
+
+    output = args.output or Path("out") / f"{manifest.name.replace('/', '_')}.vm"
+    result = build_vm(
+        manifest, output=output, source_date_epoch=epoch, force=args.force, progress=out.progress
+    )
+    cfg = result.config
+    human = [
+        f"built {cfg.name} {cfg.version} (VM, {cfg.profile})",
+        f"  digest  {result.digest}",
+        f"  tree    {cfg.tree_digest}",
+    ]
+    if cfg.verity is not None:
+        human.append(f"  root    {cfg.verity.root_hash}")
+    human += [f"  size    {_human_size(result.size)} ({len(cfg.parts)} parts)", f"  output  {result.output}"]
+    out.result(
+        "\n".join(human),
+        {
+            "name": cfg.name,
+            "image_version": cfg.version,
+            "digest": str(result.digest),
+            "size": result.size,
+            "output": str(result.output),
+            "format": "vm",
+            "vm": cfg.to_dict(),
+        },
+    )
+    return 0
+
+
+def _inspect_vm(args: argparse.Namespace, out: Output, info: dict[str, Any]) -> int:
+    vm = info["vm"]
+    lines = [f"{args.image}  (VM image, {vm['profile']}, every part verified)"]
+    if info.get("digest"):
+        lines.append(f"  digest  {info['digest']}")
+    lines += [
+        f"  name    {vm['name']} {vm['version']}",
+        f"  kernel  {vm['kernelRelease']}, {vm['memoryMiB']} MiB, {vm['cpus']} cpu",
+        f"  tree    {vm['treeDigest']}",
+    ]
+    if "verity" in vm:
+        lines.append(f"  root    {vm['verity']['rootHash']} ({vm.get('layout')})")
+    cfg = vm["config"]
+    lines.append(f"  run     {cfg['uid']}:{cfg['gid']} {' '.join(cfg['entrypoint'] + cfg['cmd'])}")
+    if vm["ports"]:
+        lines.append(f"  ports   {', '.join(vm['ports'])}")
+    lines.append(f"  parts   {len(info['parts'])}")
+    for part in info["parts"]:
+        lines.append(f"    {part['file']:<14}{part['digest']}  {_human_size(part['size'])}")
+    out.result("\n".join(lines), info)
+    return 0
+
+
 def cmd_inspect(args: argparse.Namespace, out: Output) -> int:
     import contextlib
     import tempfile
@@ -239,6 +295,8 @@ def cmd_inspect(args: argparse.Namespace, out: Output) -> int:
             target = (tmp / "image", str(digest))
         path, ref = target
         info = inspect_image(path, ref=ref)
+    if info.get("kind") == "vm":
+        return _inspect_vm(args, out, info)
     if args.no_files:
         info.pop("files", None)
     lines = [f"{args.image}", f"  digest  {info['digest']}"]

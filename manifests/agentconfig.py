@@ -10,6 +10,7 @@ Written by people as YAML (or TOML)::
     state: /var/lib/kiln/agent                # journal, content store, roots, bundles, logs
     runtime: runc                             # runc (default) | docker
     docker_host: unix:///run/docker.sock      # with runtime: docker
+    dataplane: embedded                       # embedded (default) | haproxy: what holds the addresses
     poll_interval: 5s                         # between reconciles (a poll is one HEAD)
     group: default                            # the host's rollout group (reported in status)
     max_attempts: 3                           # tries of one release version before giving up on it
@@ -29,6 +30,8 @@ location). Relative paths are taken relative to the configuration file's directo
 from __future__ import annotations
 
 import enum
+import re
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,8 +43,10 @@ from manifests.source import SourceDocument, join_index, join_key, load_document
 __all__ = [
     "KIND",
     "RuntimeKind",
+    "DataPlaneKind",
     "ImageLocation",
     "AgentConfig",
+    "FleetLink",
     "load_agent_config",
     "parse_agent_config",
 ]
@@ -52,6 +57,7 @@ _REQUIRED = ("apiVersion", "kind", "source", "channel", "trust_root", "state")
 _OPTIONAL = (
     "runtime",
     "docker_host",
+    "dataplane",
     "poll_interval",
     "group",
     "max_attempts",
@@ -59,13 +65,42 @@ _OPTIONAL = (
     "status_listen",
     "images",
     "limits",
+    "fleet",
 )
 _NAME_HINT = "lowercase letters, digits, '.', '_', '-'"
+_HTTP_URL = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(?::[0-9]{1,5})?/?$")
+_HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FleetLink:
+    """How this host coordinates with its fleet: etcd directly (waves, slots, halts) or a FleetLock
+    server (slots only). ``host`` names it in the fleet (default: the machine's host name)."""
+
+    etcd: str | None = None
+    fleetlock: str | None = None
+    name: str = "default"
+    host: str = ""
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {"name": self.name, "host": self.host}
+        if self.etcd is not None:
+            out["etcd"] = self.etcd
+        if self.fleetlock is not None:
+            out["fleetlock"] = self.fleetlock
+        return out
 
 
 class RuntimeKind(enum.StrEnum):
     RUNC = "runc"
     DOCKER = "docker"
+
+
+class DataPlaneKind(enum.StrEnum):
+    """What holds the service addresses (outside the agent process; ``docs/adr/0010-data-plane.md``)."""
+
+    EMBEDDED = "embedded"  # kiln's forwarder in a process of its own
+    HAPROXY = "haproxy"  # Debian's HAProxy (master-worker, seamless reloads)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,6 +119,7 @@ class AgentConfig:
     state: Path
     runtime: RuntimeKind = RuntimeKind.RUNC
     docker_host: str | None = None
+    dataplane: DataPlaneKind = DataPlaneKind.EMBEDDED
     poll_interval: float = 5.0  # cheap: a poll asks only where the channel tag points
     group: str = "default"
     max_attempts: int = 3
@@ -91,6 +127,7 @@ class AgentConfig:
     status_listen: ListenAddress | None = None
     images: tuple[ImageLocation, ...] = ()
     limits: AgentLimits = field(default_factory=AgentLimits)
+    fleet: FleetLink | None = None
 
     def location_for(self, repository: str) -> str:
         """Where the images of ``repository`` are read from (the repository itself by default)."""
@@ -108,6 +145,7 @@ class AgentConfig:
             "trust_root": str(self.trust_root),
             "state": str(self.state),
             "runtime": self.runtime.value,
+            "dataplane": self.dataplane.value,
             "poll_interval": f"{self.poll_interval:g}s",
             "group": self.group,
             "max_attempts": self.max_attempts,
@@ -121,6 +159,8 @@ class AgentConfig:
         if self.limits != AgentLimits():
             default = AgentLimits().to_dict()
             out["limits"] = {k: v for k, v in self.limits.to_dict().items() if default[k] != v}
+        if self.fleet is not None:
+            out["fleet"] = self.fleet.to_dict()
         return out
 
 
@@ -148,6 +188,16 @@ class _Schema(FieldChecker):
         docker_host = self._text(d, "docker_host") if "docker_host" in d else None
         if runtime is RuntimeKind.DOCKER and docker_host is None and "docker_host" not in d:
             self.report("docker_host", "missing: runtime docker needs the engine's address", at="runtime")
+        dataplane = DataPlaneKind.EMBEDDED
+        if "dataplane" in d:
+            picked = self.choice(d["dataplane"], "dataplane", [k.value for k in DataPlaneKind])
+            dataplane = DataPlaneKind(picked) if picked is not None else dataplane
+            if dataplane is DataPlaneKind.HAPROXY and runtime is RuntimeKind.DOCKER:
+                self.report(
+                    "dataplane",
+                    "haproxy cannot reach docker instances",
+                    "HAProxy enters named network namespaces only: use embedded with runtime docker",
+                )
         poll = 30.0
         if "poll_interval" in d:
             # a bare number is refused as "expected a string", as this document always has
@@ -185,6 +235,7 @@ class _Schema(FieldChecker):
             state=state or Path(),
             runtime=runtime,
             docker_host=docker_host,
+            dataplane=dataplane,
             poll_interval=poll,
             group=group,
             max_attempts=attempts,
@@ -192,7 +243,36 @@ class _Schema(FieldChecker):
             status_listen=listen,
             images=images,
             limits=limits,
+            fleet=self._fleet(d["fleet"]) if "fleet" in d else None,
         )
+
+    def _fleet(self, value: object) -> FleetLink | None:
+        m = self.mapping(value, "fleet")
+        if m is None or not self.keys(m, "fleet", optional=("etcd", "fleetlock", "name", "host")):
+            return None
+        urls = {}
+        for key in ("etcd", "fleetlock"):
+            if key in m:
+                text = self.string(m[key], f"fleet.{key}")
+                if text is not None and not _HTTP_URL.match(text):
+                    self.invalid(f"fleet.{key}", "URL", text, "http://HOST:PORT or https://HOST:PORT")
+                elif text is not None:
+                    urls[key] = text.rstrip("/")
+        if ("etcd" in m) == ("fleetlock" in m):
+            self.report("fleet", "name exactly one of etcd and fleetlock")
+            return None
+        name = "default"
+        if "name" in m:
+            name = self.matching(m["name"], "fleet.name", LOWER_NAME, "fleet name", _NAME_HINT) or name
+        host = socket.gethostname()
+        if "host" in m:
+            got = self.matching(
+                m["host"], "fleet.host", _HOST_ID, "host id", "letters, digits, '.', '_', '-'"
+            )
+            host = got or host
+        if len(urls) != 1:
+            return None
+        return FleetLink(etcd=urls.get("etcd"), fleetlock=urls.get("fleetlock"), name=name, host=host)
 
     def _text(self, d: dict[str, object], key: str) -> str | None:
         if key not in d:

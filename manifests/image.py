@@ -15,6 +15,7 @@ from pathlib import Path
 from manifests.errors import Problem
 from manifests.mediatypes import Compression
 from manifests.oci import Platform
+from manifests.vmspec import VMSpec
 
 __all__ = [
     "FileSpec",
@@ -203,6 +204,7 @@ class ImageManifest:
     layers: LayerPolicy = LayerPolicy()
     compression: Compression = Compression.GZIP
     compression_level: int | None = None  # None: the compression's default level
+    vm: VMSpec | None = None  # the `vm:` section: how to build a VM image of the same tree
     source: str = "<memory>"  # the manifest file's path, for messages
     base_dir: Path = Path()
     # Where each value was written (dotted path -> line, column), so a problem found later (a

@@ -48,6 +48,7 @@ from manifests.source import (
     load_document,
     parse_document,
 )
+from manifests.vmspec import DEFAULT_MEMORY_MIB, DiskLayout, VMProfile, VMSpec
 
 # Labels under this prefix record the run-time policy the agent enforces; the builder writes them.
 RESERVED_LABEL_PREFIX = "dev.kiln."
@@ -85,6 +86,7 @@ _TOP_OPTIONAL = (
     "labels",
     "layers",
     "compression",
+    "vm",
 )
 
 # OCI distribution spec: path components of a repository name.
@@ -160,6 +162,7 @@ class _ImageSchema(ImageContentsChecker):
         labels = self._string_map(d, "labels", key_check=self._label_key)
         layers = self._layers(d)
         compression, level = self._compression(d)
+        vm = self._vm(d)
         self.check_declarations(workdir, writable, volumes)
         self.finish()
         return ImageManifest(
@@ -181,6 +184,7 @@ class _ImageSchema(ImageContentsChecker):
             layers=layers,
             compression=compression,
             compression_level=level,
+            vm=vm,
             source=self.doc.source,
             base_dir=base_dir,
             positions=self.doc.positions,
@@ -509,6 +513,111 @@ class _ImageSchema(ImageContentsChecker):
             self.report("compression.level", f"out of range for {kind} ({lo} to {hi})")
             return default
         return kind, level
+
+    # -- the vm section
+
+    def _vm(self, d: Mapping[str, Any]) -> VMSpec | None:
+        if "vm" not in d:
+            return None
+        m = self.mapping(d["vm"], "vm")
+        if m is None:
+            return None
+        complete = self.keys(
+            m,
+            "vm",
+            required=("kernel",),
+            optional=("modules", "profile", "disk", "memory", "cpus", "cmdline"),
+        )
+        kernel = self._host_path(m, "kernel", "/boot/vmlinuz-6.1.0-28-cloud-amd64")
+        modules = self._host_path(m, "modules", "/lib/modules/6.1.0-28-cloud-amd64")
+        profile = VMProfile.VERITY
+        if "profile" in m:
+            chosen = self.choice(m["profile"], "vm.profile", [p.value for p in VMProfile])
+            profile = VMProfile(chosen) if chosen is not None else profile
+        disk = DiskLayout.GPT
+        if "disk" in m:
+            chosen = self.choice(m["disk"], "vm.disk", [x.value for x in DiskLayout])
+            disk = DiskLayout(chosen) if chosen is not None else disk
+            if profile is VMProfile.INITRAMFS and chosen is not None:
+                self.report(
+                    "vm.disk", "the initramfs profile has no disk", "remove disk, or use profile: verity"
+                )
+        memory = self._memory(m)
+        cpus = 1
+        if "cpus" in m:
+            cpus = self.bounded(m["cpus"], "vm.cpus", 1, 64) or cpus
+        cmdline: tuple[str, ...] = ()
+        if "cmdline" in m:
+            cmdline = self._kernel_args(m["cmdline"])
+        if not complete or kernel is None or ("modules" in m and modules is None):
+            return None
+        return VMSpec(
+            kernel=kernel,
+            modules=modules,
+            profile=profile,
+            disk=disk,
+            memory_mib=memory,
+            cpus=cpus,
+            cmdline=cmdline,
+        )
+
+    def _host_path(self, m: Mapping[str, Any], key: str, example: str) -> str | None:
+        if key not in m:
+            return None
+        where = join_key("vm", key)
+        text = self.string(m[key], where)
+        if text is None:
+            return None
+        if not text or "\x00" in text or CONTROL_CHARS.search(text):
+            self.report(where, "invalid host path", f"write a path such as {example}")
+            return None
+        return text
+
+    def _memory(self, m: Mapping[str, Any]) -> int:
+        if "memory" not in m:
+            return DEFAULT_MEMORY_MIB
+        value = m["memory"]
+        hint = "write mebibytes with a unit: 256M or 1G"
+        if isinstance(value, int) and not isinstance(value, bool):
+            self.wrong_type("vm.memory", value, "a size such as 256M", hint)
+            return DEFAULT_MEMORY_MIB
+        text = self.string(value, "vm.memory")
+        if text is None:
+            return DEFAULT_MEMORY_MIB
+        match = _MEMORY.match(text)
+        if match is None:
+            self.invalid("vm.memory", "memory size", text, hint)
+            return DEFAULT_MEMORY_MIB
+        mib = int(match.group(1)) * (1024 if match.group(2) in ("G", "Gi") else 1)
+        if not 64 <= mib <= 65536:
+            self.report("vm.memory", f"{mib} MiB is out of range (64M to 64G)")
+            return DEFAULT_MEMORY_MIB
+        return mib
+
+    def _kernel_args(self, value: object) -> tuple[str, ...]:
+        items = self.sequence(value, "vm.cmdline", of=" of kernel arguments")
+        if items is None:
+            return ()
+        out: list[str] = []
+        for i, raw in enumerate(items):
+            where = join_index("vm.cmdline", i)
+            arg = self.string(raw, where)
+            if arg is None:
+                continue
+            if not _KERNEL_ARG.match(arg):
+                self.invalid(
+                    where, "kernel argument", arg, "one argument per item: printable ASCII, no spaces"
+                )
+            elif arg.startswith(("kiln.", "init=", "rdinit=", "root=")):
+                name = arg.split("=", 1)[0]
+                self.report(where, f"'{name}' is set by kiln", "remove it; kiln decides how the guest boots")
+            else:
+                out.append(arg)
+        return tuple(out)
+
+
+_MEMORY = re.compile(r"([1-9][0-9]{0,5})(M|Mi|G|Gi)\Z")
+_KERNEL_ARG = re.compile(r"[\x21\x23-\x7e]+\Z")  # no spaces, no quotes (the kernel's own quoting)
 
 
 def _valid_name(name: str) -> bool:

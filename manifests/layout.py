@@ -26,6 +26,7 @@ from manifests.atomic import atomic_write, fsync_dir
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
+from manifests.files import open_regular, read_regular
 from manifests.mediatypes import MediaType
 from manifests.oci import MAX_DOCUMENT_BYTES, Descriptor, OCIIndex, OCIManifest, parse_json_object
 
@@ -153,7 +154,7 @@ class OCILayout:
         h = hashlib.sha256()
         n = 0
         try:
-            with open(path, "rb") as fh:
+            with open_regular(path) as fh:
                 while block := fh.read(_CHUNK):
                     h.update(block)
                     n += len(block)
@@ -367,11 +368,13 @@ class OCILayout:
 def select_manifest(manifests: tuple[Descriptor, ...], ref: str | None, *, where: str) -> Descriptor:
     """The index entry ``ref`` names (see :meth:`OCILayout.resolve`); an archive's index too."""
     if ref is None:
-        # Artifacts about an image (its SBOM and provenance: ``artifactType`` set) are not images.
+        # Artifacts about an image (its SBOM and provenance: ``artifactType`` set, stored untagged
+        # beside it) are not images; a tagged artifact is one (a VM image: its artifactType names it).
         images = [
             d
             for d in manifests
-            if not is_cosign_tag(d.annotations.get(REF_NAME, "")) and d.artifact_type is None
+            if not is_cosign_tag(d.annotations.get(REF_NAME, ""))
+            and (d.artifact_type is None or REF_NAME in d.annotations)
         ]
         if len(images) != 1:
             raise DocumentError(
@@ -419,8 +422,6 @@ def _check_tag(name: str) -> None:
 
 
 def _read_capped(path: Path, limit: int) -> bytes:
-    with open(path, "rb") as fh:
-        data = fh.read(limit + 1)
-    if len(data) > limit:
-        raise DocumentError(f"{path}: larger than the {limit}-byte cap")
-    return data
+    # A layout is a directory anyone may have written: a FIFO, a device or a link where a file
+    # belongs is refused (reading one would hang, never end, or read a host file).
+    return read_regular(path, limit)

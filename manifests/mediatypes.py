@@ -25,6 +25,14 @@ class MediaType(enum.StrEnum):
     IN_TOTO = "application/vnd.in-toto+json"
     SPDX_JSON = "application/spdx+json"
     KILN_RELEASE = "application/vnd.kiln.release.v1+json"
+    # VM images (issue 9): the artifactType and config of a VM artifact is vm.json; one layer per part.
+    KILN_VM = "application/vnd.kiln.vm.v1+json"
+    KILN_VM_KERNEL = "application/vnd.kiln.vm.kernel.v1"
+    KILN_VM_INITRD_GZIP = "application/vnd.kiln.vm.initrd.v1.cpio+gzip"
+    KILN_VM_INITRD_ZSTD = "application/vnd.kiln.vm.initrd.v1.cpio+zstd"
+    KILN_VM_DISK = "application/vnd.kiln.vm.disk.v1.gpt"
+    KILN_VM_ROOTFS = "application/vnd.kiln.vm.rootfs.v1.erofs"
+    KILN_VM_VERITY = "application/vnd.kiln.vm.verity.v1"
 
     @property
     def is_manifest(self) -> bool:
@@ -41,6 +49,18 @@ class MediaType(enum.StrEnum):
             MediaType.OCI_LAYER_GZIP,
             MediaType.OCI_LAYER_ZSTD,
             MediaType.DOCKER_LAYER_GZIP,
+        )
+
+    @property
+    def is_vm_part(self) -> bool:
+        """A layer of a VM artifact (kernel, initrd, disk, rootfs or verity tree)."""
+        return self in (
+            MediaType.KILN_VM_KERNEL,
+            MediaType.KILN_VM_INITRD_GZIP,
+            MediaType.KILN_VM_INITRD_ZSTD,
+            MediaType.KILN_VM_DISK,
+            MediaType.KILN_VM_ROOTFS,
+            MediaType.KILN_VM_VERITY,
         )
 
 

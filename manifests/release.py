@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from manifests.canonical import canonical_json
+from manifests.chaos import Chaos, check_chaos
 from manifests.digest import Digest
 from manifests.durations import format_duration
 from manifests.errors import ManifestError, VerificationError
@@ -65,6 +66,7 @@ from manifests.fields import (
     parse_utc_time,
     shown,
 )
+from manifests.fleet import Rollout, check_rollout
 from manifests.image import API_VERSION, HttpCheck, TcpCheck
 from manifests.payload import payload_document, require_canonical
 from manifests.source import SourceDocument, join_index, join_key, load_document, parse_document
@@ -101,6 +103,7 @@ _MAX_STEPS = 32
 _MAX_KEEP_PREVIOUS = 24 * 3600.0  # seconds: standby instances are a rollback window, not a fleet
 
 _TOP_REQUIRED = ("apiVersion", "kind", "channel", "version", "expires", "services")
+_TOP_OPTIONAL = ("rollout", "chaos")
 _SERVICE_REQUIRED = ("name", "image")
 _SERVICE_OPTIONAL = (
     "replicas",
@@ -308,9 +311,12 @@ class Release:
     version: int
     expires: datetime
     services: tuple[Service, ...]
+    # how the release spreads over a fleet (waves), and the chaos it asks hosts to inflict
+    rollout: Rollout | None = None
+    chaos: Chaos | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "apiVersion": API_VERSION,
             "kind": KIND,
             "channel": self.channel,
@@ -318,6 +324,11 @@ class Release:
             "expires": format_utc_time(self.expires),
             "services": [s.to_dict() for s in self.services],
         }
+        if self.rollout is not None:
+            out["rollout"] = self.rollout.to_dict()
+        if self.chaos is not None:
+            out["chaos"] = self.chaos.to_dict()
+        return out
 
     def to_bytes(self) -> bytes:
         """The canonical JSON that is signed (the DSSE payload)."""
@@ -446,15 +457,19 @@ class _ReleaseSchema(FieldChecker):
 
     def release(self) -> Release:
         d = self.doc.data
-        self.keys(d, "", required=_TOP_REQUIRED)
+        self.keys(d, "", required=_TOP_REQUIRED, optional=_TOP_OPTIONAL)
         self.header(d, KIND, escape=False)
         channel = self._channel(d)
         version = self._version(d)
         expires = self._expires(d)
         services = self._services(d)
+        rollout = check_rollout(self, d["rollout"], "rollout") if "rollout" in d else None
+        chaos = check_chaos(self, d["chaos"], "chaos") if "chaos" in d else None
         self.finish()
         assert expires is not None  # noqa: S101 - finish() raised otherwise
-        return Release(channel=channel, version=version, expires=expires, services=services)
+        return Release(
+            channel=channel, version=version, expires=expires, services=services, rollout=rollout, chaos=chaos
+        )
 
     def _channel(self, d: Mapping[str, Any]) -> str:
         if "channel" not in d:

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from manifests.bounded import JsonCaps, read_json
-from manifests.errors import ParseError
+from manifests.errors import DocumentError, ParseError
+from manifests.files import open_regular
 from publisher.errors import AuthError, TokenAnswerError
 
 __all__ = [
@@ -208,6 +209,11 @@ def _run_helper(helper: str, registry: str, env: Mapping[str, str]) -> Credentia
     import subprocess  # only for a configured helper: not every publish pays for it
 
     program = f"docker-credential-{helper}"
+    if "/" in helper or "\0" in helper:  # shutil.which would take it as a path from the cwd
+        raise AuthError(
+            f"credential helper name {helper[:64]!r} is not a plain name",
+            hint="credHelpers/credsStore name a docker-credential-NAME program on PATH",
+        )
     exe = shutil.which(program, path=env.get("PATH"))
     if exe is None:
         raise AuthError(
@@ -297,10 +303,12 @@ def credentials_from_docker_config(registry: str, *, env: Mapping[str, str]) -> 
 
 def _credentials_from_config(path: Path, registry: str, env: Mapping[str, str]) -> Credentials | None:
     try:
-        with path.open("rb") as fh:
+        with open_regular(path, follow=True) as fh:  # a FIFO there would block the read forever
             data = fh.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         return None
+    except DocumentError as exc:
+        raise AuthError(exc.message, hint=exc.hint) from None
     except OSError as exc:
         raise AuthError(f"cannot read {path}: {exc.strerror}") from exc
     if len(data) > MAX_CONFIG_BYTES:

@@ -47,7 +47,15 @@ from publisher.errors import (
 )
 from publisher.reference import validate_repository, validate_tag
 from publisher.retry import RetryPolicy
-from publisher.session import Session, Timeouts, TransientFailure, read_capped, release
+from publisher.session import (
+    Session,
+    Timeouts,
+    TransientFailure,
+    header_int,
+    join_url,
+    read_capped,
+    release,
+)
 from publisher.transfer import (
     BlobAction,
     BlobResult,
@@ -93,7 +101,7 @@ MANIFEST_ACCEPT = ", ".join(
 
 _UPLOAD_GONE = frozenset({ErrorCode.BLOB_UPLOAD_INVALID, ErrorCode.BLOB_UPLOAD_UNKNOWN})
 _LINK_NEXT = re.compile(r'<([^>]*)>\s*;\s*rel="?next"?')
-_RANGE = re.compile(r"^(?:bytes=)?0-(\d+)$")
+_RANGE = re.compile(r"^(?:bytes=)?0-([0-9]{1,19})$")
 
 
 class RegistryClient:
@@ -179,10 +187,10 @@ class RegistryClient:
             return None
         self.session.expect(resp, (200,), what=what)
         check_header_digest(resp, digest, what=what)
-        length = resp.headers.get("content-length", "")
-        if not length.isdigit():
+        length = header_int(resp, "content-length")
+        if length is None:
             raise RegistryError(f"{what}: the registry sent no Content-Length")
-        return int(length)
+        return length
 
     def push_blob(
         self,
@@ -470,7 +478,7 @@ class RegistryClient:
             loc = resp.headers.get("location")
             if not loc:
                 raise RegistryError(f"{what}: a redirect without a Location")
-            url = base.join(loc)
+            url = join_url(base, loc, what=what)
         raise RegistryError(f"{what}: more than {_MAX_REDIRECTS} redirects")
 
     # --------------------------------------------------------------------------------- manifests
@@ -567,12 +575,12 @@ class RegistryClient:
         self.session.expect(resp, (200,), what=what)  # reads an error's (empty) body before release
         release(resp)
         digest = header_digest(resp, what=what)
-        length = resp.headers.get("content-length", "")
-        if digest is None or not length.isdigit():
+        length = header_int(resp, "content-length")
+        if digest is None or length is None:
             return self.get_manifest(repo, target).descriptor
         if target.startswith("sha256:") and str(digest) != target:
             raise VerificationError(f"{what}: the registry answered for {digest}", reason="digest")
-        return Descriptor(media_type=content_type(resp), digest=digest, size=int(length))
+        return Descriptor(media_type=content_type(resp), digest=digest, size=length)
 
     def delete_manifest(self, repo: str, digest: Digest) -> None:
         """Delete a manifest by digest (registries delete by digest only; tags go with it)."""
@@ -612,7 +620,7 @@ class RegistryClient:
             if m is None:
                 return tuple(sorted(tags))
             base = url if isinstance(url, httpx.URL) else self.session.url(url)
-            nxt = base.join(m.group(1))
+            nxt = join_url(base, m.group(1), what=what)
             if nxt.netloc != base.netloc:
                 raise RegistryError(f"{what}: the registry's Link points to another host")
             url, params = nxt, None

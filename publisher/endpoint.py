@@ -108,6 +108,8 @@ Location = LayoutLocation | Reference
 def _parse_layout(text: str, body: str) -> LayoutLocation:
     if not body:
         raise InvalidReference(f"invalid image reference {text!r}", hint="use oci:DIR[:TAG]")
+    if "\x00" in body:  # no path can hold one: every later os call would raise ValueError
+        raise InvalidReference(f"invalid image reference {text[:200]!r}: a NUL byte in the directory")
     if "@" in body:
         directory, _, dig = body.rpartition("@")
         try:

@@ -30,6 +30,7 @@ from manifests.atomic import atomic_write, fsync_dir
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
+from manifests.files import check_regular, open_regular
 from manifests.layout import INDEX_FILE, LAYOUT_FILE, REF_NAME, OCILayout
 from manifests.mediatypes import MediaType
 from manifests.oci import MAX_DOCUMENT_BYTES, Descriptor, OCIIndex, OCIManifest, Platform, parse_json_object
@@ -139,8 +140,10 @@ class LayoutRepository:
     def blob_source(self, desc: Descriptor, staging: Path) -> BlobSource:
         del staging  # the blob is already a file here
         path = self.layout.blob_path(desc.digest)
-        if not path.is_file():
-            raise DocumentError(f"{self.root}: blob {desc.digest} is missing")
+        try:
+            check_regular(path)
+        except FileNotFoundError:
+            raise DocumentError(f"{self.root}: blob {desc.digest} is missing") from None
         return BlobSource(digest=desc.digest, size=desc.size, path=path)
 
     def read_blob(self, digest: Digest, *, limit: int = MAX_DOCUMENT_BYTES) -> bytes:
@@ -308,7 +311,7 @@ class LayoutRepository:
 def _check_file(path: Path, src: BlobSource) -> None:
     h = hashlib.sha256()
     n = 0
-    with open(path, "rb") as fh:
+    with open_regular(path) as fh:
         while block := fh.read(IO_BLOCK):
             h.update(block)
             n += len(block)

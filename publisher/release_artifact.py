@@ -122,7 +122,9 @@ def _version_of(endpoint: Endpoint, desc: Descriptor) -> int | None:
         text = OCIManifest.from_bytes(man.data).annotations.get(VERSION_ANNOTATION, "")
     except DocumentError:
         return None
-    return int(text) if text.isdigit() else None
+    # ASCII digits, int64-sized: the annotation is the registry's bytes ('²' and 5,000 digits
+    # both pass str.isdigit and make int() raise).
+    return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
 def publish_release(endpoint: Endpoint, envelope: bytes, *, force: bool = False) -> PublishedRelease:

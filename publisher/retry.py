@@ -50,7 +50,7 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit alone also takes '²', which int() refuses
         return float(int(value[:10]))
     try:
         when = email.utils.parsedate_to_datetime(value)

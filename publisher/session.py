@@ -62,6 +62,7 @@ from publisher.errors import (
     AuthError,
     PlainHttpRegistry,
     PublishError,
+    RegistryError,
     RegistryUnavailable,
     TokenAnswerError,
     registry_error,
@@ -74,6 +75,8 @@ __all__ = [
     "Body",
     "read_capped",
     "release",
+    "join_url",
+    "header_int",
     "is_loopback_host",
     "certs_dirs",
     "TransientFailure",
@@ -134,11 +137,22 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+def header_int(response: httpx.Response, name: str) -> int | None:
+    """A non-negative integer header (``Content-Length``), or ``None`` when absent or not one.
+
+    Only ASCII digits, at most 19 of them (an int64): ``str.isdigit`` also accepts ``'²'``, which
+    ``int`` refuses, and 5,000 digits exceed what ``int`` converts."""
+    value = response.headers.get(name)
+    if value is None or not (0 < len(value) <= 19) or not value.isascii() or not value.isdigit():
+        return None
+    return int(value)
+
+
 def read_capped(response: httpx.Response, cap: int, *, what: str) -> bytes:
     """Read a streamed response body, refusing more than ``cap`` bytes. Closes the response."""
     try:
-        declared = response.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > cap:
+        declared = header_int(response, "content-length")
+        if declared is not None and declared > cap:
             raise PublishError(
                 f"{what}: the registry announces {declared} bytes, more than the {cap}-byte cap"
             )
@@ -156,6 +170,19 @@ def read_capped(response: httpx.Response, cap: int, *, what: str) -> bytes:
         response.close()
 
 
+def _clip(text: str, limit: int = 120) -> str:
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def join_url(base: httpx.URL, ref: str, *, what: str) -> httpx.URL:
+    """``ref`` (a ``Location``, a ``Link`` target: bytes a registry chose) resolved against
+    ``base``; a URL httpx cannot parse is the registry's error, not an exception of httpx."""
+    try:
+        return base.join(ref)
+    except httpx.InvalidURL:
+        raise RegistryError(f"{what}: the registry sent an invalid URL {_clip(ref)}") from None
+
+
 RELEASE_LIMIT = 64 * 1024
 
 
@@ -165,8 +192,8 @@ def release(response: httpx.Response, *, limit: int = RELEASE_LIMIT) -> None:
     Anything else, or a failure while reading, just closes it (the connection is then dropped)."""
     try:
         if not response.is_stream_consumed and not response.is_closed:
-            length = response.headers.get("content-length", "")
-            if response.request.method == "HEAD" or (length.isdigit() and int(length) <= limit):
+            length = header_int(response, "content-length")
+            if response.request.method == "HEAD" or (length is not None and length <= limit):
                 for _ in response.iter_raw():
                     pass
     except (httpx.HTTPError, httpx.StreamError):
@@ -493,7 +520,7 @@ class Session:
 
     def url(self, path_or_url: str) -> httpx.URL:
         """Resolve a path or a registry-supplied ``Location`` against the base URL."""
-        return self._base.join(path_or_url)
+        return join_url(self._base, path_or_url, what=self.registry)
 
     # ------------------------------------------------------------------------------------------ auth
 
@@ -537,7 +564,10 @@ class Session:
     def _fetch_token(
         self, realm: str, service: str, scopes: tuple[str, ...], challenge_scopes: tuple[str, ...]
     ) -> str:
-        realm_url = httpx.URL(realm)
+        try:
+            realm_url = httpx.URL(realm)
+        except httpx.InvalidURL:
+            raise AuthError(f"token realm {_clip(realm)} is not a valid URL") from None
         if realm_url.scheme not in ("https", "http"):
             raise AuthError(f"token realm {realm!r} is not an http(s) URL")
         plain_ok = realm_url.scheme == "https" or is_loopback_host(realm_url.netloc.decode("ascii"))
@@ -619,6 +649,10 @@ class Session:
                 last = TransientFailure(f"{what}: {_describe(exc)}")
                 last.__cause__ = exc
                 continue
+            except httpx.InvalidURL as exc:
+                # httpx parses a redirect's Location (for ``next_request``) even when it does not
+                # follow redirects: a Location it cannot parse is the registry's error.
+                raise RegistryError(f"{what}: the registry answered with an invalid URL ({exc})") from None
             if resp.status_code in RETRYABLE_STATUS:
                 body = read_capped(resp, MAX_ERROR_BODY, what=what)
                 err = registry_error(resp.status_code, body, what=what)

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, BinaryIO
 
 from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
+from manifests.files import open_regular
 from manifests.oci import Descriptor
 from publisher.errors import PublishError
 
@@ -71,7 +72,7 @@ class BlobSource:
 
     def open(self) -> BinaryIO:
         if self.path is not None:
-            return self.path.open("rb")
+            return open_regular(self.path, follow=True)
         if self.opener is None:  # pragma: no cover - __post_init__ guarantees one of them
             raise ValueError("no source")
         return self.opener()
@@ -165,11 +166,11 @@ class Download:
         """Append the response's bytes; a short or broken body is a :class:`TransientFailure`."""
         import httpx  # loaded already (the response came from it); not at the top: see above
 
-        from publisher.session import TransientFailure
+        from publisher.session import TransientFailure, header_int
 
         try:
-            length = resp.headers.get("content-length", "")
-            expected = self.received + int(length) if length.isdigit() else None
+            length = header_int(resp, "content-length")
+            expected = self.received + length if length is not None else None
             if expected is not None and expected > self.cap:
                 raise VerificationError(
                     f"{self.what}: the registry announces {expected} bytes, over the cap of {self.cap}",

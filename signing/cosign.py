@@ -39,12 +39,16 @@ __all__ = [
     "BlobFetcher",
     "MAX_LAYERS",
     "MAX_LAYER_BYTES",
+    "MAX_ARTIFACT_BYTES",
 ]
 
 SIGNATURE_ANNOTATION = "dev.cosignproject.cosign/signature"
 PREDICATE_TYPE_ANNOTATION = "predicateType"
 MAX_LAYERS = 1000
 MAX_LAYER_BYTES = 16 * 1024 * 1024
+# All the layers of one signature or attestation manifest are held in memory at once: without a
+# total, 1,000 layers of 16 MiB each asked for 16 GiB.
+MAX_ARTIFACT_BYTES = 64 * 1024 * 1024
 _ZERO_TIME = "0001-01-01T00:00:00Z"
 
 BlobFetcher = Callable[[Descriptor], bytes]
@@ -153,6 +157,11 @@ def read_layers(
     if len(manifest.layers) > MAX_LAYERS:
         raise VerificationError(
             f"{what}: {len(manifest.layers)} layers exceeds {MAX_LAYERS}", reason="manifest"
+        )
+    total = sum(desc.size for desc in manifest.layers)
+    if total > MAX_ARTIFACT_BYTES:
+        raise VerificationError(
+            f"{what}: its layers add up to {total} bytes, cap {MAX_ARTIFACT_BYTES}", reason="manifest"
         )
     out: list[CosignLayer] = []
     for i, desc in enumerate(manifest.layers):

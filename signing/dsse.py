@@ -33,9 +33,20 @@ from manifests.oci import parse_json_object
 from signing.keys import PublicKey
 from signing.signer import Signer
 
-__all__ = ["pae", "sslib_pae", "DsseSignature", "Envelope", "sign_envelope", "MAX_ENVELOPE_BYTES"]
+__all__ = [
+    "pae",
+    "sslib_pae",
+    "DsseSignature",
+    "Envelope",
+    "sign_envelope",
+    "MAX_ENVELOPE_BYTES",
+    "MAX_SIGNATURES",
+]
 
 MAX_ENVELOPE_BYTES = 16 * 1024 * 1024
+# Every signature is tried against every trusted key, so their number is CPU: 100,000 junk
+# signatures in a 12 MB envelope took 30 s against two keys. Thresholds need a handful.
+MAX_SIGNATURES = 64
 
 
 def pae(payload_type: str, payload: bytes) -> bytes:
@@ -95,7 +106,9 @@ class Envelope:
         return canonical_json(self.to_dict())
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> Envelope:
+    def from_bytes(cls, data: bytes, *, max_signatures: int | None = MAX_SIGNATURES) -> Envelope:
+        """Parse an envelope strictly; more than ``max_signatures`` signatures are refused before
+        any is decoded (``None``: the caller bounds them itself, as :mod:`signing.root` does)."""
         try:
             d = parse_json_object(data, what="DSSE envelope", limit=MAX_ENVELOPE_BYTES)
         except DocumentError as exc:
@@ -110,6 +123,8 @@ class Envelope:
         sigs = d.get("signatures")
         if not isinstance(sigs, list):
             raise _refuse("signatures must be a list")
+        if max_signatures is not None and len(sigs) > max_signatures:
+            raise _refuse(f"{len(sigs)} signatures, at most {max_signatures} are read")
         out: list[DsseSignature] = []
         for i, s in enumerate(sigs):
             if not isinstance(s, dict):

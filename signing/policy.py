@@ -316,7 +316,7 @@ class _Parser:
         threshold = 1
         if "threshold" in m:
             t = self.scalar(m["threshold"][1], f"{path}.threshold")
-            if t is None or not t.isdigit() or int(t) < 1:
+            if t is None or not (t.isascii() and t.isdigit() and len(t) <= 9) or int(t) < 1:
                 self.add(m["threshold"][1], f"{path}.threshold", "must be a positive integer")
             else:
                 threshold = int(t)

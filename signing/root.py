@@ -29,6 +29,7 @@ from types import MappingProxyType
 from manifests.errors import KilnError, VerificationError
 from manifests.trustroot import MAX_ROOT_BYTES, Role, TrustRoot, parse_trust_root
 from signing.attestation import PredicateKind
+from signing.dsse import MAX_SIGNATURES as DSSE_MAX_SIGNATURES
 from signing.dsse import Envelope, sign_envelope
 from signing.keys import KeyAlgorithm, PublicKey
 from signing.policy import PolicyKey, PolicyRule, TrustPolicy
@@ -50,7 +51,7 @@ __all__ = [
 ]
 
 ROOT_PAYLOAD_TYPE = "application/vnd.kiln.root.v1+json"
-MAX_SIGNATURES = 64
+MAX_SIGNATURES = DSSE_MAX_SIGNATURES
 _SIGNATURE_ALLOWANCE = 1024  # bytes of envelope JSON per signature (DER ECDSA or Ed25519 + key id)
 
 
@@ -72,7 +73,7 @@ def open_envelope(data: bytes, *, payload_type: str, payload_cap: int, what: str
             hint="refusing to parse it",
         )
     try:
-        env = Envelope.from_bytes(data)
+        env = Envelope.from_bytes(data, max_signatures=None)  # bounded by the size cap; counted below
     except VerificationError as exc:
         raise VerificationError(f"{what}: {exc.message}", reason="parse") from None
     if env.payload_type != payload_type:

@@ -360,8 +360,15 @@ def converged_problems(snap: Snapshot, *, replicas: int, keep_roots: set[str]) -
 
 
 def cleanup(state: Path, service: str) -> None:
-    """Stop every container in ``STATE/runc`` and delete this service's namespaces (teardown)."""
+    """Stop the data plane, every container in ``STATE/runc`` and this service's namespaces
+    (teardown)."""
+    from agent.dataplane.embedded import ProcessDataPlane
+    from agent.dataplane.haproxy import HAProxyDataPlane
     from agent.runc import RuncRuntime
+
+    for plane in (ProcessDataPlane(state), HAProxyDataPlane(state)):
+        with contextlib.suppress(Exception):
+            plane.stop()
 
     runtime = RuncRuntime(state)
     for iid in runc_list(state):

@@ -10,6 +10,7 @@ that never goes away, backing off.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ import agent.prepare
 import agent.reconcile
 from agent.events import read_events
 from agent.reconcile import Agent, ReconcileResult
+from manifests.errors import KilnError
 from tests.agent.agentkit import (
     NOW,
     FakeRuntime,
@@ -269,3 +271,51 @@ def _fields(config: Any) -> dict[str, Any]:
     import dataclasses
 
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+def test_a_damaged_journal_or_root_at_start_never_keeps_the_agent_down(env: Env) -> None:
+    """Damaged state files at a restart: the journal is set aside (and said so), the agent starts,
+    re-verifies the channel's release and serves it; a FIFO as the stored trust root is refused
+    at once instead of blocking the start."""
+    e = env
+    config, runtime = e.agent.config, e.runtime
+    e.agent.close()
+    (e.ws.state / "journal.json").write_bytes(b"[" * 100_000)
+    again = Agent(
+        config,
+        runtime=runtime,
+        source=e.source,
+        connector=loopback_connector,
+        wall=Clock(NOW),
+        health_deadline=5.0,
+        drain_timeout=1.0,
+        stop_grace=0.1,
+    )
+    again.start()
+    try:
+        assert any(ev["event"] == "journal_damaged" for ev in read_events(e.ws.state))
+        assert list(e.ws.state.glob("journal.json.damaged-*"))
+        assert again.reconcile_once().outcome == "rolled-out"
+        e.serving()
+    finally:
+        again.close()
+    root = e.ws.state / "root"
+    stored = root.read_bytes()
+    root.unlink()
+    os.mkfifo(root)
+    blocked = Agent(config, runtime=runtime, source=e.source, connector=loopback_connector, wall=Clock(NOW))
+    started = time.monotonic()
+    with pytest.raises(KilnError):
+        blocked.start()
+    assert time.monotonic() - started < 30, "a FIFO must not block the start"
+    root.unlink()
+    root.write_bytes(stored)
+    e.agent = Agent(
+        config,
+        runtime=runtime,
+        source=e.source,
+        connector=loopback_connector,
+        wall=Clock(NOW),
+        stop_grace=0.1,
+    )
+    e.agent.start()

@@ -10,6 +10,7 @@ an instance past ``max_lifetime`` is replaced while a client keeps getting answe
 from __future__ import annotations
 
 import subprocess
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import pytest
 
 from agent.netns import list_netns
 from agent.reconcile import Agent
+from agent.runtime import InstanceStatus
 from kiln.cli import main
 from kiln.testing import PrivateDockerd, private_registry
 from manifests.agentconfig import AgentConfig, ImageLocation, RuntimeKind
@@ -195,6 +197,11 @@ def test_drift_and_lifetime_on_runc(needs_runc: None, python_web: WebImage, tmp_
         ids = sorted(r.id for r in agent.journal.state.instances)
         # Killed from outside.
         subprocess.run(["runc", "--root", str(config.state / "runc"), "kill", ids[0], "KILL"], check=True)
+        # `runc kill` returns once the signal is sent: a request the dying server accepted would be
+        # lost with it (no data plane can save that one). Poll once it is gone.
+        deadline = time.monotonic() + 30
+        while agent.runtime.state(ids[0]).status is InstanceStatus.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.01)
         with Poller(port, limit=60) as poller:
             result = agent.reconcile_once()
         assert result.replaced == 1

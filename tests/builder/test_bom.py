@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-import builder.bom
+import builder.dpkg
 from builder.build import BuildResult, build_image
 from builder.cache import BuildCache
 from kiln.cmd_sign import build_records
@@ -97,14 +97,16 @@ def test_records_are_reproducible_across_checkouts(tmp_path: Path) -> None:
 def test_owner_answers_come_from_the_cache_when_dpkg_is_unchanged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     cache = BuildCache(tmp_path / "cache")
     first = _build(tmp_path, "one", cache=cache)
-    assert list((tmp_path / "cache" / "dpkg-owners").glob("*.json"))
+    assert list((tmp_path / "xdg" / "kiln" / "dpkg-index").glob("*.json"))
 
     def no_dpkg(*_args: object, **_kw: object) -> None:
         raise AssertionError("dpkg's database was read although the cache had every answer")
 
-    monkeypatch.setattr(builder.bom.DpkgIndex, "owning_package_of_host_path", no_dpkg)
+    monkeypatch.setattr(builder.dpkg.DpkgIndex, "_load", no_dpkg)
+    monkeypatch.setattr(builder.dpkg.DpkgIndex, "owning_package_of_host_path", no_dpkg)
     second = _build(tmp_path, "two", cache=cache)
     assert _records(first)[2] == _records(second)[2]
 

@@ -149,7 +149,8 @@ def test_cache_hit_miss_and_corruption(tmp_path: Path) -> None:
     assert [layer.cached for layer in r3.layers] == [True, False, True]
     assert r3.digest == r1.digest
     OCILayout.open(tmp_path / "o3").verify_blob(runtime.digest, size=runtime.size)
-    key = CacheKey(diff_id=runtime.diff_id, compression="gzip", library=r1.compression.split("/")[0], level=2)
+    library = f"{r1.compression.split('/')[0]}/blocks-1MiB"  # the library and the block scheme
+    key = CacheKey(diff_id=runtime.diff_id, compression="gzip", library=library, level=2)
     assert cache.lookup(key) is not None  # re-stored after the rebuild
     # a garbage entry file is ignored and replaced
     entry = next((tmp_path / "cache" / "layers").iterdir())

@@ -32,7 +32,7 @@ def test_gzip_is_deterministic_with_fixed_header() -> None:
     assert out == compress(c)
     assert out[:10] == b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"  # no mtime, no name, OS 255
     assert gzip.decompress(out) == DATA
-    assert c.tag == f"isal-{isal.__version__}/igzip-2"
+    assert c.tag == f"isal-{isal.__version__}/igzip-2/blocks-1MiB"
 
 
 def test_zstd_is_deterministic_and_records_size() -> None:
@@ -42,7 +42,7 @@ def test_zstd_is_deterministic_and_records_size() -> None:
     assert zstandard.ZstdDecompressor().decompress(out) == DATA
     assert zstandard.get_frame_parameters(out).content_size == len(DATA)
     assert c.tag.startswith(f"zstandard-{zstandard.__version__}/libzstd-")
-    assert c.tag.endswith("/zstd-5")
+    assert c.tag.endswith("/zstd-5/blocks-1MiB")
 
 
 def test_none_passes_through() -> None:

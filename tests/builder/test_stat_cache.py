@@ -1,4 +1,4 @@
-"""The stat-identity cache and the two-thread layer writer.
+"""The stat-identity cache and the parallel layer writer.
 
 An unchanged rebuild reads no input; any write to an input (even one that restores the mtime) is
 noticed through its ctime; a touched-but-identical input is found by content without compressing;
@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
+import builder.bom
 import builder.build
 import builder.tarwriter
 from builder.build import BuildResult, build_image
 from builder.cache import BuildCache
-from builder.compress import BackgroundSink, Compressor
+from builder.compress import CompressingSink, Compressor
 from manifests.image_parse import load_image_manifest
 from manifests.mediatypes import Compression
 
@@ -85,13 +86,13 @@ def test_a_touched_but_identical_input_is_found_by_content(
     first = _build(tmp_path, cache, "a")
     os.utime(tmp_path / "app" / "f1.txt", (1, 1))
     calls = []
-    real = builder.build.BackgroundSink
+    real = Compressor.sink
 
-    def counting(*a: object, **k: object) -> BackgroundSink:
+    def counting(self: Compressor, *a: object, **k: object) -> CompressingSink:
         calls.append(1)
-        return real(*a, **k)  # type: ignore[arg-type]
+        return real(self, *a, **k)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(builder.build, "BackgroundSink", counting)
+    monkeypatch.setattr(Compressor, "sink", counting)
     second = _build(tmp_path, cache, "b")
     assert second.digest == first.digest
     assert calls == []  # hashed, found in the cache, never compressed again
@@ -103,7 +104,7 @@ def test_compressed_bytes_do_not_depend_on_write_sizes(compression: Compression)
     outputs = set()
     for step in (1, 511, 4096, 1 << 20, 3_000_000):
         out = io.BytesIO()
-        sink = BackgroundSink(Compressor.create(compression).sink(out, size=len(payload)), chunk=1 << 18)
+        sink = Compressor.create(compression).sink(out)
         for i in range(0, len(payload), step):
             sink.write(payload[i : i + step])
         sink.finish()
@@ -120,16 +121,13 @@ class _Boom:
         if self.writes == 2:
             raise OSError("disk full")
 
-    def finish(self) -> None:
-        pass
-
 
 def test_an_error_on_the_compressing_thread_reaches_the_caller() -> None:
-    sink = BackgroundSink(_Boom(), chunk=10)  # type: ignore[arg-type]
+    sink = Compressor.create(Compression.GZIP).sink(_Boom())
 
     def feed() -> None:
         for _ in range(1000):
-            sink.write(b"x" * 10)
+            sink.write(b"x" * 10_000)
         sink.finish()
 
     with pytest.raises(OSError, match="disk full"):
@@ -138,7 +136,7 @@ def test_an_error_on_the_compressing_thread_reaches_the_caller() -> None:
 
 
 def test_abort_stops_the_second_thread() -> None:
-    sink = BackgroundSink(_Boom(), chunk=1 << 20)  # type: ignore[arg-type]
+    sink = Compressor.create(Compression.GZIP).sink(_Boom())
     sink.write(b"y" * 100)
     sink.abort()
     assert not sink._thread.is_alive()
@@ -161,7 +159,7 @@ def test_an_unchanged_build_is_reused_whole_and_byte_identical(
     def refuse(*_a: object, **_k: object) -> None:
         raise AssertionError("the SBOM was generated again for an unchanged build")
 
-    monkeypatch.setattr(builder.build, "attestation_documents", refuse)
+    monkeypatch.setattr(builder.bom, "attestation_documents", refuse)  # loaded by build.py on use
     second = _build(tmp_path, cache, "b")
     assert second.digest == first.digest
     assert second.files == first.files

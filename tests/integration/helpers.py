@@ -15,6 +15,7 @@ EXAMPLES = REPO / "examples"
 EXAMPLE_MANIFESTS = {
     "hello-static": Path("hello-static/hello.yaml"),
     "python-web": Path("python-web/python-web.yaml"),
+    "hello-vm": Path("hello-vm/hello-vm.yaml"),
 }
 
 

@@ -108,6 +108,12 @@ TABLE: dict[str, list[tuple[Case, int]]] = {
         )
     ],
     "completion": [(lambda p: ["completion", "fish"], 2)],
+    "boot": [(lambda p: ["boot", str(p["base"] / "nothing")], 1), (lambda p: ["boot"], 2)],
+    "fleet": [
+        (lambda p: ["fleet", "status", "--etcd", "http://127.0.0.1:9", "--name", "prod"], 1),
+        (lambda p: ["fleet", "status"], 2),
+    ],
+    "lock": [(lambda p: ["lock", str(p["base"] / "missing.yaml")], 1), (lambda p: ["lock"], 2)],
     "agent": [
         (lambda p: ["agent", "status", "--config", str(p["base"] / "no-agent.yaml")], 1),
         (lambda p: ["agent", "nope"], 2),

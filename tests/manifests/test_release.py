@@ -442,7 +442,7 @@ PAYLOAD_REFUSALS = [
         mutate(lambda d: d.update(extra=1)),
         "parse",
         "release payload: extra: unknown key (expected one of: apiVersion, kind, channel, version, expires, "
-        "services)",
+        "services, rollout, chaos)",
     ),
     (
         "tag instead of digest",

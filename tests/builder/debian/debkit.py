@@ -102,6 +102,21 @@ def make_deb(
     return ar([("debian-binary", b"2.0\n"), ("control.tar.xz", control), ("data.tar.xz", data)])
 
 
+# Every gpg home a test made: gpg starts an agent per home, which outlives the test unless stopped.
+GNUPG_HOMES: list[Path] = []
+
+
+def stop_gpg_agents() -> None:
+    while GNUPG_HOMES:
+        home = GNUPG_HOMES.pop()
+        subprocess.run(
+            ["gpgconf", "--homedir", str(home), "--kill", "gpg-agent"],
+            capture_output=True,
+            timeout=30,
+            check=False,
+        )
+
+
 @dataclass
 class LocalArchive:
     """``root`` holds the archive; ``keyring`` the public key gpgv trusts."""
@@ -117,6 +132,7 @@ class LocalArchive:
         require_tool("gpgv", "gpgv")
         self.home = self.root.parent / f"{self.root.name}-gnupg"
         self.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+        GNUPG_HOMES.append(self.home)  # its gpg-agent is stopped after the test (conftest)
         self.gpg("--quick-gen-key", "kiln tests <archive@kiln.invalid>", "ed25519", "sign", "never")
         self.keyring = self.root.parent / f"{self.root.name}-keyring.gpg"
         self.keyring.write_bytes(self.gpg("--export"))

@@ -13,10 +13,10 @@ import pytest
 
 from kiln.cli import main
 from manifests.debianlock import DebianLock
-from manifests.digest import Digest
 from manifests.layout import OCILayout
 from manifests.oci import OCIManifest
 from tests.builder.debian.debkit import F, LocalArchive, manifest_yaml, serve
+from tests.builder.debian.records import sbom_of
 
 HELLO = b"#!/bin/sh\necho hello\n"
 
@@ -279,10 +279,12 @@ def test_sbom_lists_every_package_with_purl_and_owns_its_files(env: Env, tmp_pat
     _mk(env, ["app"])
     assert env.lock() == 0
     assert env.build(tmp_path / "out") == 0
-    layout = OCILayout.open(tmp_path / "out")
-    entry = layout.index().manifests[0]
-    sbom = json.loads(layout.read_blob(Digest.parse(entry.annotations["dev.kiln.sbom"]), limit=1 << 26))
-    debs = {p["name"]: p for p in sbom["packages"] if p.get("externalRefs")}
+    sbom = sbom_of(tmp_path / "out")
+    debs = {
+        p["name"]: p
+        for p in sbom["packages"]
+        if any(r["referenceLocator"].startswith("pkg:deb/") for r in p.get("externalRefs", ()))
+    }
     assert set(debs) == {"app", "pre", "libfoo", "fallback-mta", "prov-a", "shared-all"}
     ref = debs["libfoo"]["externalRefs"][0]
     assert ref["referenceType"] == "purl"
