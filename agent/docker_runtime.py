@@ -26,6 +26,7 @@ import math
 import os
 import tarfile
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -116,6 +117,7 @@ class DockerRuntime:
         self.client = client
         self.tmp = self.state_dir / "tmp"
         self.tmp.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._loading = threading.Lock()  # the instances of a step start in parallel threads
 
     def close(self) -> None:
         self.client.close()
@@ -124,6 +126,10 @@ class DockerRuntime:
 
     def ensure_image(self, image_digest: Digest) -> str:
         """Load the image into the engine unless it is there; returns the engine's image id."""
+        with self._loading:  # one load of an image, however many instances start together
+            return self._ensure_image(image_digest)
+
+    def _ensure_image(self, image_digest: Digest) -> str:
         image = self.store.image(image_digest)
         image_id = f"sha256:{image.config_digest.hex}"
         try:

@@ -8,7 +8,8 @@ The agent is not the data plane, and stopping the agent leaves its services serv
    interrupted ``down`` or a later agent still finds and stops them) and a ``down`` event;
 3. stop the data planes (the embedded process and HAProxy, whichever runs): the addresses close;
 4. stop every instance the journal knows or the runtime lists (runc also deletes the instance's
-   network namespace and bundle); each id leaves ``known`` once its stop is confirmed;
+   network namespace and bundle); each id leaves ``known`` once its stop is confirmed; then the
+   composed roots (read-only overlays) are unmounted;
 5. a ``down`` event with what was stopped.
 
 Nothing to stop is a no-op: no journal commit, no event, exit 0. The good release stays recorded,
@@ -22,12 +23,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from agent.compose import unmount_strays
 from agent.dataplane.embedded import ProcessDataPlane
 from agent.dataplane.haproxy import HAProxyDataPlane
 from agent.errors import AgentError
 from agent.events import EventLog
 from agent.journal import Journal
 from agent.runtime import Runtime
+from agent.standby import standby_of, with_standby
 from agent.statedir import StateLock
 from manifests.agentconfig import AgentConfig
 from manifests.errors import KilnError
@@ -78,6 +81,8 @@ def down(
         ]
         serving = [p for p in planes if _runs(p)]
         if not ids and not serving and not st.instances:
+            with contextlib.suppress(KilnError, OSError):
+                unmount_strays(state_dir / "roots")  # composed roots nothing runs from
             return DownReport(stopped=(), failed=(), dataplanes=())
         events = EventLog(state_dir, sink=event_sink)
         events.emit("down", action="start", instances=len(ids))
@@ -93,6 +98,11 @@ def down(
                 continue
             journal.commit(journal.state.without_known(iid))
             stopped.append(iid)
+        if standby_of(journal.state):  # standby instances (keep_previous) were stopped with the rest
+            journal.commit(with_standby(journal.state, ()))
+        if not failed:
+            with contextlib.suppress(KilnError, OSError):
+                unmount_strays(state_dir / "roots")  # the composed roots: nothing runs from them now
         close = getattr(runtime, "close", None)
         if callable(close):
             with contextlib.suppress(KilnError):

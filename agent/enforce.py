@@ -7,10 +7,15 @@ found unhealthy by the health monitor (``unhealthy``). A drifted instance is rep
 one of the same spec (start, health, switch, drain, stop), and a service with fewer instances than
 its replicas is brought back to them.
 
-Drift repair never touches what still serves: a tampered root is first set aside (renamed to
-``STATE/roots/quarantine/<id>/<hex>``, the instances that run from it re-recorded with that path),
-then unpacked again at its usual place from blobs re-verified in the store; the replacements start
-from the fresh root, and the set-aside root is removed once no serving instance runs from it.
+Drift repair never touches what still serves. A root composed of layer snapshots
+(:mod:`agent.compose`) is checked snapshot by snapshot (each walked once per pass); when one was
+tampered with, the snapshots that changed are renamed aside (instances running from them keep
+their files) and the root is unmounted (detached: running instances keep their own view), then
+composed again with those layers unpacked again from blobs re-verified in the store. A full-copy
+root (the fallback without overlayfs) is set aside whole (renamed to
+``STATE/roots/quarantine/<id>/<hex>``, the instances that run from it re-recorded with that path)
+and unpacked again at its usual place. The replacements start from the fresh root, and what was
+set aside is removed once no serving instance runs from it.
 """
 
 from __future__ import annotations
@@ -23,13 +28,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from agent.compose import composed_fingerprint, composed_layers, remove_composed
 from agent.events import EventLog
 from agent.journal import InstanceRecord, Journal
 from agent.prepare import Preparer
 from agent.releases import ReleaseStore
 from agent.rollout import Deployer, Prepared, RolloutFailed
 from agent.runtime import InstanceStatus, Runtime
-from agent.unpack import remove_root, root_fingerprint
+from agent.snapshots import SnapshotStore
+from agent.unpack import remove_root, remove_tree, root_fingerprint
 from manifests.digest import Digest
 from manifests.errors import KilnError
 from manifests.release import Release, Strategy
@@ -61,6 +68,7 @@ class Enforcer:
         roots_dir: Path,
         wall: Callable[[], float],
         health_state: Callable[[str], str | None],
+        snapshots: SnapshotStore | None = None,
     ) -> None:
         self.runtime = runtime
         self.journal = journal
@@ -69,6 +77,10 @@ class Enforcer:
         self.preparer = preparer
         self.releases = releases
         self.roots_dir = roots_dir
+        self.snapshots = snapshots if snapshots is not None else SnapshotStore(roots_dir.parent)
+        # Snapshots set aside, with the instances that still ran from them (in memory: after a
+        # crash the snapshot GC removes them).
+        self._snapshots_aside: list[tuple[tuple[Path, ...], set[str]]] = []
         self.wall = wall
         self.health_state = health_state
 
@@ -83,7 +95,7 @@ class Enforcer:
             self.events.emit("error", what="enforce", detail=exc.message)
             return 0
         replaced = 0
-        fingerprints: dict[Path, str] = {}
+        fingerprints: dict[Path | str, str] = {}  # roots by path, and snapshots by name
         now = self.wall()
         for service in release.services:
             recs = self.journal.state.serving(service.name)
@@ -121,7 +133,7 @@ class Enforcer:
         return replaced
 
     def drift(
-        self, rec: InstanceRecord, service: Any, fingerprints: dict[Path, str], now: float
+        self, rec: InstanceRecord, service: Any, fingerprints: dict[Path | str, str], now: float
     ) -> str | None:
         try:
             state = self.runtime.state(rec.id)
@@ -132,7 +144,14 @@ class Enforcer:
         path = root_of(self.roots_dir, rec)
         if path not in fingerprints:
             try:
-                fingerprints[path] = root_fingerprint(path)
+                if path.parent == self.roots_dir:  # composed (per snapshot) or a full copy
+                    snaps: dict[str, str] = {}  # shared through ``fingerprints`` (str keys)
+                    snaps.update((k, v) for k, v in fingerprints.items() if isinstance(k, str))
+                    digest = Digest.parse(rec.manifest)
+                    fingerprints[path] = composed_fingerprint(self.roots_dir, digest, self.snapshots, snaps)
+                    fingerprints.update(snaps)
+                else:
+                    fingerprints[path] = root_fingerprint(path)
             except OSError:
                 fingerprints[path] = "missing"
         if fingerprints[path] != rec.fingerprint:
@@ -155,6 +174,15 @@ class Enforcer:
         for path in sorted(paths):
             if path.parent != self.roots_dir or not path.exists():
                 continue  # already set aside (or gone): the fresh root goes to the usual place
+            layers = composed_layers(self.roots_dir, Digest(path.name))
+            if layers:  # composed: set the altered snapshots aside, compose again
+                users = {r.id for r in self.journal.state.instances if root_of(self.roots_dir, r) == path}
+                moved_layers = self.snapshots.discard_altered(layers)
+                remove_composed(self.roots_dir, Digest(path.name))
+                self._snapshots_aside.append((moved_layers, users))
+                where = str(moved_layers[0]) if moved_layers else ""
+                self.events.emit("root_set_aside", root=path.name, to=where, snapshots=len(moved_layers))
+                continue
             aside = self.roots_dir / QUARANTINE / secrets.token_hex(6)
             aside.mkdir(parents=True, mode=0o700)
             moved = aside / path.name
@@ -169,7 +197,16 @@ class Enforcer:
             self.events.emit("root_set_aside", root=path.name, to=str(moved))
 
     def remove_set_aside(self) -> None:
-        """Remove the set-aside roots no serving instance runs from any more."""
+        """Remove the set-aside roots and snapshots no instance runs from any more."""
+        known = set(self.journal.state.known)
+        pending = []
+        for paths, users in self._snapshots_aside:
+            if users & known:
+                pending.append((paths, users))
+                continue
+            for moved in paths:
+                remove_tree(moved)
+        self._snapshots_aside = pending
         base = self.roots_dir / QUARANTINE
         if not base.is_dir():
             return

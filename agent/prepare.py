@@ -1,4 +1,5 @@
-"""Preparing a release: verify each image's signature, pull it by digest, unpack a read-only root.
+"""Preparing a release: verify each image's signature, pull it by digest, compose a read-only root
+of its layer snapshots (each layer unpacked once: :mod:`agent.snapshots`, :mod:`agent.compose`).
 
 :meth:`Preparer.prepare` does it for every service of a release before anything starts (no
 mix-and-match): under the trust root's image policy, from the :class:`agent.releasesource.ReleaseSource`
@@ -16,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from agent.bundle import ImagePolicy
+from agent.compose import compose_image
 from agent.metrics import Metrics
 from agent.releasesource import ReleaseSource
 from agent.rollout import Prepared, config_digest, health_spec_for, service_port
+from agent.snapshots import SnapshotStore
 from agent.store import ContentStore, PulledImage
-from agent.unpack import UnpackLimits, unpack_image
+from agent.unpack import UnpackLimits
 from agent.vmimage import is_vm_image, prepared_vm
 from manifests.digest import Digest
 from manifests.errors import VerificationError
@@ -41,6 +44,7 @@ class Preparer:
         *,
         store: ContentStore,
         roots_dir: Path,
+        snapshots: SnapshotStore | None = None,
         limits: Callable[[], UnpackLimits | None] = lambda: None,
         metrics: Metrics,
         wall: Callable[[], datetime],
@@ -48,6 +52,7 @@ class Preparer:
     ) -> None:
         self.store = store
         self.roots_dir = roots_dir
+        self.snapshots = snapshots if snapshots is not None else SnapshotStore(roots_dir.parent)
         self.limits = limits
         self.metrics = metrics
         self.wall = wall
@@ -111,7 +116,7 @@ class Preparer:
                 reason="policy",
                 hint="run one replica, or give each instance its own volumes (volume_per_instance: true)",
             )
-        root = unpack_image(self.store, image, self.roots_dir, limits=self.limits())
+        root = compose_image(self.store, image, self.roots_dir, self.snapshots, limits=self.limits())
         port = service_port(service, image.config)
         health, grace = health_spec_for(service, image.config)
         return Prepared(

@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent.chaos import Candidate, ChaosMonkey
+from agent.compose import unmount_strays
 from agent.dataplane import DataPlane, make_dataplane
 from agent.dataplane.inprocess import InProcessDataPlane
 from agent.enforce import Enforcer
@@ -81,19 +82,23 @@ from agent.journal import (
 )
 from agent.metrics import Metrics
 from agent.netns import connect_in_netns
+from agent.poll import ReleasePoller
 from agent.prepare import Preparer
 from agent.releases import ReleaseStore
 from agent.releasesource import ConfigReleaseSource, ReleaseSource, source_reason
 from agent.rollout import ConnectorFactory, Deployer, Prepared, RolloutFailed
 from agent.runtime import Runtime
+from agent.snapshots import SnapshotStore
+from agent.standby import standby_of, with_standby
 from agent.statedir import AgentBusy, StateLock
 from agent.status import status_document
 from agent.store import ContentStore, StoreLimits
 from agent.trust import ROOT_FILE, TrustKeeper
-from agent.unpack import UnpackLimits, remove_interrupted
+from agent.unpack import UnpackLimits
 from agent.watch import InstanceWatch
 from manifests.agentconfig import AgentConfig, RuntimeKind
 from manifests.chaos import RATE_HINT, Chaos, parse_rate
+from manifests.digest import Digest
 from manifests.errors import DocumentError, KilnError, VerificationError
 from manifests.release import Release, Strategy
 from manifests.trustroot import TrustRoot
@@ -223,6 +228,8 @@ class Agent:
         self.releases = ReleaseStore(self.releases_dir)
         self.busy = threading.Lock()  # one operation at a time (loop, status-endpoint rollback)
         self.wake = threading.Event()  # set by the health monitor: something needs replacing now
+        self._reconcile_now = False  # with ``wake``: a whole reconcile now (SIGHUP, POST /reconcile)
+        self.poller = ReleasePoller()  # polls download the envelope only when the channel tag moved
         self._lock = StateLock(self.state_dir) if lock else None
         self._runtime_arg = runtime
         self._source_arg = source
@@ -255,6 +262,7 @@ class Agent:
             # a damaged journal is set aside (and said so below) rather than keeping the agent down
             self.journal = Journal(self.state_dir, recover=True)
             self.store = ContentStore(self.state_dir, limits=StoreLimits.from_agent(self.config.limits))
+            self.snapshots = SnapshotStore(self.state_dir)
             self.releases.open()
             self.runtime = (
                 self._runtime_arg if self._runtime_arg is not None else make_runtime(self.config, self.store)
@@ -277,6 +285,7 @@ class Agent:
             )
             self.preparer = Preparer(
                 store=self.store,
+                snapshots=self.snapshots,
                 roots_dir=self.roots_dir,
                 limits=lambda: UnpackLimits.from_agent(self.config.limits),  # the config in force
                 metrics=self.metrics,
@@ -300,6 +309,7 @@ class Agent:
                 preparer=self.preparer,
                 releases=self.releases,
                 roots_dir=self.roots_dir,
+                snapshots=self.snapshots,
                 wall=lambda: self.wall().timestamp(),
                 health_state=self.monitor.state,
             )
@@ -307,6 +317,7 @@ class Agent:
                 state_dir=self.state_dir,
                 roots_dir=self.roots_dir,
                 store=self.store,
+                snapshots=self.snapshots,
                 releases=self.releases,
                 journal=self.journal,
                 enforcer=self.enforcer,
@@ -335,7 +346,7 @@ class Agent:
         """The injected source, or the one the (current) config names."""
         if self._source_arg is not None:
             return self._source_arg
-        return ConfigReleaseSource(self.config, staging=self.state_dir / "tmp")
+        return ConfigReleaseSource(self.config, staging=self.state_dir / "tmp", poller=self.poller)
 
     def close(self, *, stop_instances: bool = False) -> None:
         """Stop the health monitor and the traffic switches (and, if asked, every instance);
@@ -349,8 +360,10 @@ class Agent:
             for iid in self.journal.state.known:
                 with contextlib.suppress(KilnError):
                     self.runtime.stop(iid, grace=self.deployer.stop_grace)
-            self.journal.commit(replace(self.journal.state, known=()))
+            self.journal.commit(with_standby(replace(self.journal.state, known=()), ()))
             self.deployer.dataplane.stop()
+            with contextlib.suppress(KilnError, OSError):
+                unmount_strays(self.roots_dir)  # nothing runs from the composed roots any more
         self.deployer.close()
         if self.fleet is not None:
             self.fleet.close()
@@ -474,8 +487,10 @@ class Agent:
         # Only now: the data plane (which outlived the last agent) may still point at instances a
         # switch committed away before the crash; stopping them first would fail its requests.
         self._stop_strays("recover")
-        with contextlib.suppress(OSError):
-            remove_interrupted(self.roots_dir)
+        with contextlib.suppress(OSError, KilnError):  # no mount outlives a crash unless it serves
+            now = self.journal.state
+            running = [*now.instances, *(s.record for s in standby_of(now))]
+            unmount_strays(self.roots_dir, keep=[Digest.parse(r.manifest) for r in running])
         self._finish_interrupted("recover")
         with contextlib.suppress(OSError, KilnError):
             self.enforcer.remove_set_aside()
@@ -506,7 +521,7 @@ class Agent:
         runtime confirmed the stop; a failed stop is retried by the next reconcile.
         """
         st = self.journal.state
-        serving = {r.id for r in st.instances}
+        serving = {r.id for r in st.instances} | {s.record.id for s in standby_of(st)}
         try:
             live = set(self.runtime.list())
         except KilnError as exc:
@@ -542,6 +557,7 @@ class Agent:
                 self._internal(fault)
             try:
                 self._guard("gc", self.collector.volumes)
+                self._guard("standby", self.deployer.expire_standby)
             except InternalFault as fault:
                 self._internal(fault)
             if result is None or (self._faults and result.outcome not in ("rolled-out", "failed")):
@@ -903,8 +919,9 @@ class Agent:
     def run(
         self, stop: threading.Event, *, on_result: Callable[[ReconcileResult], None] | None = None
     ) -> None:
-        """Reconcile every ``poll_interval`` until ``stop`` is set; enforce at once when the health
-        monitor found an instance unhealthy; back off while steps fail with internal errors."""
+        """Reconcile every ``poll_interval`` until ``stop`` is set, and at once after :meth:`nudge`;
+        enforce at once when the health monitor found an instance unhealthy; back off while steps
+        fail with internal errors."""
         internal = 0
         while not stop.is_set():
             try:
@@ -930,7 +947,8 @@ class Agent:
                     break
                 if self.wake.wait(min(left, 0.5)):
                     self.wake.clear()
-                    if stop.is_set():
+                    if stop.is_set() or self._reconcile_now:
+                        self._reconcile_now = False
                         break
                     self.enforce_once()
                 try:
@@ -938,6 +956,11 @@ class Agent:
                 except Exception as exc:  # noqa: BLE001 - the loop never dies
                     with self.busy:
                         self._internal(InternalFault("chaos", exc))
+
+    def nudge(self) -> None:
+        """Reconcile now instead of at the next poll (SIGHUP, ``kiln agent reconcile --now``)."""
+        self._reconcile_now = True
+        self.wake.set()
 
 
 def _services_of(*releases: Release | None) -> list[Any]:

@@ -28,6 +28,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.poll import ReleasePoller
 from agent.sources import ImageLocation, open_image_location
 from manifests.agentconfig import AgentConfig
 from manifests.errors import DocumentError, KilnError, VerificationError
@@ -56,21 +57,23 @@ class ConfigReleaseSource:
     """The source the agent config names: ``oci:DIR`` or ``HOST[:PORT]/REPO``, and the image
     locations of its ``images`` table."""
 
-    def __init__(self, config: AgentConfig, *, staging: Path) -> None:
+    def __init__(self, config: AgentConfig, *, staging: Path, poller: ReleasePoller | None = None) -> None:
         self.config = config
         self.staging = staging
+        self.poller = poller if poller is not None else ReleasePoller()
 
     @property
     def display(self) -> str:
         return self.config.source
 
     def fetch_release(self, channel: str) -> bytes:
-        from publisher.release_artifact import fetch_release, open_release_endpoint
+        """One ``HEAD`` of the channel tag; the envelope only when it moved (:mod:`agent.poll`)."""
+        from publisher.release_artifact import open_release_endpoint
 
         with open_release_endpoint(
             self.config.source, insecure=self.config.insecure, timeouts=_timeouts(self.config)
         ) as endpoint:
-            return fetch_release(endpoint, channel)
+            return self.poller.fetch(endpoint, channel)
 
     def open_images(self, repository: str) -> AbstractContextManager[ImageLocation]:
         location = self.config.location_for(repository)

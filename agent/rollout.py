@@ -36,6 +36,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -45,7 +46,15 @@ from agent.events import EventLog
 from agent.health import HealthResult, HealthSpec, HealthState, HealthWatch, Probe, check_once, wait_healthy
 from agent.journal import InstanceRecord, Journal
 from agent.metrics import Metrics
-from agent.runtime import InstanceSpec, InstanceStatus, ResourceLimits, Runtime, new_instance_id
+from agent.runtime import (
+    InstanceHandle,
+    InstanceSpec,
+    InstanceStatus,
+    ResourceLimits,
+    Runtime,
+    new_instance_id,
+)
+from agent.standby import Standby, standby_of, with_standby
 from manifests.bounded import read_json
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
@@ -186,6 +195,10 @@ def _no_bundle(instance_id: str) -> str | None:
 class Deployer:
     """Instances and traffic switches of every service (see the module docstring)."""
 
+    # A new instance is probed at once, then after 10, 20, 40 ms, at most 50 ms apart for its first
+    # 2 s, then doubling up to its check's interval (agent.health.wait_healthy).
+    health_backoff: float = 0.01
+
     def __init__(
         self,
         *,
@@ -238,9 +251,40 @@ class Deployer:
         return self._connector(path, rec.port)
 
     def start_instance(self, prep: Prepared) -> InstanceRecord:
-        iid = new_instance_id(prep.name)
-        self.journal.commit(self.journal.state.with_known(iid))  # intent first: a crash leaves a known id
-        spec = InstanceSpec(
+        return self.start_instances(prep, 1)[0]
+
+    def start_instances(self, prep: Prepared, count: int) -> list[InstanceRecord]:
+        """Start ``count`` instances of ``prep`` together: every id enters ``known`` in one commit
+        (intent first: a crash leaves known ids), then the runtime starts them in parallel threads.
+        If any did not start, the others are stopped again and :class:`RolloutFailed` is raised."""
+        ids = [new_instance_id(prep.name) for _ in range(count)]
+        self.journal.commit(self.journal.state.with_known(*ids))
+        specs = [self._spec(prep, iid) for iid in ids]
+        if count == 1:
+            outcomes = [self._try_start(specs[0])]
+        else:
+            with ThreadPoolExecutor(max_workers=count, thread_name_prefix="kiln-start") as pool:
+                outcomes = list(pool.map(self._try_start, specs))
+        failed = [(iid, out) for iid, out in zip(ids, outcomes, strict=True) if isinstance(out, KilnError)]
+        if failed:
+            for iid in ids:
+                self._forget(iid)
+            iid, exc = failed[0]
+            raise RolloutFailed(f"instance {iid} did not start: {exc.message}") from exc
+        return [
+            self._started(prep, iid, out)
+            for iid, out in zip(ids, outcomes, strict=True)
+            if not isinstance(out, KilnError)
+        ]
+
+    def _try_start(self, spec: InstanceSpec) -> InstanceHandle | KilnError:
+        try:
+            return self.runtime.start(spec)
+        except KilnError as exc:
+            return exc
+
+    def _spec(self, prep: Prepared, iid: str) -> InstanceSpec:
+        return InstanceSpec(
             instance_id=iid,
             service=prep.name,
             image_digest=prep.image_digest,
@@ -251,11 +295,8 @@ class Deployer:
             user_namespace=prep.service.user_namespace,
             volume_per_instance=prep.service.volume_per_instance,
         )
-        try:
-            handle = self.runtime.start(spec)
-        except KilnError as exc:
-            self._forget(iid)
-            raise RolloutFailed(f"instance {iid} did not start: {exc.message}") from exc
+
+    def _started(self, prep: Prepared, iid: str, handle: InstanceHandle) -> InstanceRecord:
         self._netns[iid] = handle.netns_path
         rec = InstanceRecord(
             id=iid,
@@ -310,6 +351,7 @@ class Deployer:
             sleep=self._sleep,
             probe=self._probe,
             alive=lambda: self.runtime.state(rec.id).status is InstanceStatus.RUNNING,
+            backoff=self.health_backoff,
         )
 
     def _wait_running(self, rec: InstanceRecord) -> HealthResult:
@@ -380,10 +422,15 @@ class Deployer:
         return Target(id=rec.id, netns=path, port=rec.port)
 
     def switch(self, service: Service, records: Sequence[InstanceRecord]) -> None:
-        """Commit ``records`` as the service's serving set, then point its address at them."""
+        """Commit ``records`` as the service's serving set (none of them standby any more, in the
+        same commit), then point its address at them."""
         with self._switch_lock:
-            st = self.journal.state
-            self.journal.commit(st.with_service(service.name, tuple(records)))
+            st = self.journal.state.with_service(service.name, tuple(records))
+            pool = standby_of(st)
+            if pool:
+                ids = {r.id for r in records}
+                st = with_standby(st, [s for s in pool if s.record.id not in ids])
+            self.journal.commit(st)
             self._point(service, records)
         self.metrics.set_instances(len(self.journal.state.instances))
 
@@ -456,14 +503,15 @@ class Deployer:
         if len(matching) > replicas:
             others = [*matching[replicas:], *others]
             matching = matching[:replicas]
+        if len(matching) < replicas:
+            matching += self._from_standby(prep, replicas - len(matching))
         need = replicas - len(matching)
         steps = rollout_steps(strategy, replicas, need)
         if not steps:
             relabeled = [replace(r, release=prep.release) for r in matching]
             if others or relabeled != matching:
                 self.switch(service, relabeled)
-                for rec in others:
-                    self.retire(rec)
+                self._set_aside(service, others, exclusive=prep.exclusive)
             return bool(others)
         if prep.exclusive and others:
             # One volume, one instance: the old instances stop before the new one starts.
@@ -477,12 +525,9 @@ class Deployer:
         blue_green = strategy.kind is StrategyKind.BLUE_GREEN
         try:
             for count in steps:
-                fresh: list[InstanceRecord] = []
-                while len(new) < count:
-                    rec = self.start_instance(prep)
-                    new.append(rec)
-                    fresh.append(rec)
-                    self._require_healthy(prep, rec)
+                fresh = self.start_instances(prep, count - len(new)) if count > len(new) else []
+                new.extend(fresh)
+                self._require_all_healthy(prep, fresh)
                 if blue_green:
                     keep = [] if count >= need else list(others)
                 else:
@@ -490,10 +535,9 @@ class Deployer:
                 serving = [replace(r, release=prep.release) for r in matching] + new + keep
                 self.switch(service, serving)
                 self.hold(prep, fresh)
-                for rec in others:
-                    if rec.id not in retired and rec not in keep:
-                        self.retire(rec)
-                        retired.add(rec.id)
+                gone = [r for r in others if r.id not in retired and r not in keep]
+                self._set_aside(service, gone, exclusive=prep.exclusive)
+                retired.update(r.id for r in gone)
         except RolloutFailed:
             self._undo(service, [*matching, *(r for r in others if r.id not in retired)], new)
             raise
@@ -503,6 +547,94 @@ class Deployer:
         result = self.wait_healthy(prep, rec)
         if not result.ok:
             raise RolloutFailed(f"instance {rec.id} of release v{prep.release}: {result.detail}")
+
+    def _require_all_healthy(self, prep: Prepared, recs: Sequence[InstanceRecord]) -> None:
+        """Wait for the health of a step's new instances together (one thread each)."""
+        if len(recs) <= 1:
+            for rec in recs:
+                self._require_healthy(prep, rec)
+            return
+        with ThreadPoolExecutor(max_workers=len(recs), thread_name_prefix="kiln-health") as pool:
+            results = list(pool.map(lambda r: self._health_or_failure(prep, r), recs))
+        for rec, result in zip(recs, results, strict=True):
+            if not result.ok:
+                raise RolloutFailed(f"instance {rec.id} of release v{prep.release}: {result.detail}")
+
+    def _health_or_failure(self, prep: Prepared, rec: InstanceRecord) -> HealthResult:
+        try:
+            return self.wait_healthy(prep, rec)
+        except RolloutFailed as exc:
+            return HealthResult(ok=False, detail=exc.reason, latency=0.0)
+        except KilnError as exc:
+            return HealthResult(ok=False, detail=exc.message, latency=0.0)
+
+    # -- standby (keep_previous) -------------------------------------------------------------------
+
+    def _set_aside(
+        self, service: Service, recs: Sequence[InstanceRecord], *, exclusive: bool = False
+    ) -> None:
+        """The instances a rollout of ``service`` replaced: retired, or with ``keep_previous``
+        kept running out of rotation (they already left the serving set) until it expires. They
+        replace whatever older instances of the service were on standby. (Instances of a service
+        whose volumes only one instance may use are always retired.)"""
+        if not recs:
+            return
+        if not service.keep_previous or exclusive:
+            for rec in recs:
+                self.retire(rec)
+            return
+        pool = standby_of(self.journal.state)
+        specs = {r.config for r in recs}  # a rolling rollout sets the same spec aside step by step
+        older = [s for s in pool if s.record.service == service.name and s.record.config not in specs]
+        until = self._wall() + service.keep_previous
+        kept = [s for s in pool if s not in older]
+        kept += [Standby(record=rec, until=until) for rec in recs]
+        self.journal.commit(with_standby(self.journal.state, kept))
+        for rec in recs:
+            self.watches.pop(rec.id, None)
+            self.events.emit(
+                "standby", service=service.name, instance=rec.id, release=rec.release, until=until
+            )
+        for old in older:
+            self.retire(old.record)
+
+    def _from_standby(self, prep: Prepared, need: int) -> list[InstanceRecord]:
+        """Up to ``need`` standby instances of exactly ``prep``'s spec that still run (one probe
+        passes, or the runtime says so when there is no check); the caller's switch takes them
+        off the standby list in the commit that makes them serve."""
+        pool = standby_of(self.journal.state)
+        chosen: list[InstanceRecord] = []
+        for item in pool:
+            rec = item.record
+            if len(chosen) >= need or rec.service != prep.name or rec.config != prep.config:
+                continue
+            try:
+                if prep.health is not None:
+                    if not self._probe(prep.health, self.connect_for(rec), prep.health.timeout).ok:
+                        continue
+                elif self.runtime.state(rec.id).status is not InstanceStatus.RUNNING:
+                    continue
+            except (KilnError, RolloutFailed, OSError):
+                continue
+            chosen.append(rec)
+        for rec in chosen:
+            self.events.emit("adopted", service=prep.name, instance=rec.id, release=prep.release)
+        return [replace(r, release=prep.release) for r in chosen]
+
+    def expire_standby(self, *, services: Sequence[str] | None = None) -> int:
+        """Stop the standby instances whose window passed (or whose service is not in
+        ``services``, when given); returns how many."""
+        now = self._wall()
+        pool = standby_of(self.journal.state)
+        names = set(services) if services is not None else None
+        done = [s for s in pool if s.until <= now or (names is not None and s.record.service not in names)]
+        if not done:
+            return 0
+        ids = {s.record.id for s in done}
+        self.journal.commit(with_standby(self.journal.state, [s for s in pool if s.record.id not in ids]))
+        for item in done:
+            self.retire(item.record)
+        return len(done)
 
     def _undo(self, service: Service, old: list[InstanceRecord], new: list[InstanceRecord]) -> None:
         """After a failed step: serve the old instances still running (or, with none left, the new

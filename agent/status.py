@@ -9,6 +9,7 @@ optionally, on a loopback TCP port.
                      kiln_agent_rollouts_total{result}, kiln_agent_rollbacks_total,
                      kiln_agent_verify_bytes_per_second, ...
     POST /rollback   the operator's rollback, run by the agent that owns the instances (Unix socket only)
+    POST /reconcile  wake the loop for a reconcile now (``kiln agent reconcile --now``; Unix socket only)
     POST /chaos?kill_rate=1/h&min_healthy=1&seconds=600   the operator's chaos policy for this host
                      (``?off=1``: back to the release's); Unix socket only
 
@@ -56,6 +57,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         app: StatusServer = self.server.app
         path, _, query = self.path.partition("?")
+        if path == "/reconcile" and self.server.allow_control and app.wake is not None:
+            app.wake()
+            self._send(202, b'{"woken": true}', "application/json")
+            return
         if path == "/chaos" and self.server.allow_control and app.chaos is not None:
             self._control(lambda: app.chaos(dict(urllib.parse.parse_qsl(query[:1024]))))  # type: ignore[misc]
             return
@@ -114,11 +119,13 @@ class StatusServer:
         rollback: Callable[[], dict[str, Any]] | None = None,
         chaos: Callable[[dict[str, str]], dict[str, Any]] | None = None,
         tcp: tuple[str, int] | None = None,
+        wake: Callable[[], None] | None = None,
     ) -> None:
         self.path = Path(state_dir) / SOCKET_FILE
         self.status = status
         self.metrics = metrics
         self.rollback = rollback
+        self.wake = wake
         self.chaos = chaos
         self._tcp = tcp
         self._servers: list[socketserver.BaseServer] = []

@@ -581,23 +581,26 @@ def unpack_layers(
         os.close(root_fd)
         root_fd = -1
         remove_tree(dest)
-        where = f"layer {current.digest}" if current is not None else f"{dest}"
-        if isinstance(exc, _Refused):
-            raise VerificationError(
-                f"{where}: {exc}", reason="unpack", hint="the image's layers are unsafe; nothing was unpacked"
-            ) from None
-        if _is_bad_data(exc):
-            raise VerificationError(f"{where}: cannot read the layer: {exc}", reason="unpack") from exc
-        if isinstance(exc, OSError):
-            raise UnavailableError(f"{where}: unpacking failed: {exc}") from exc
-        if isinstance(exc, RecursionError | MemoryError):  # never expected: still a refusal, not a crash
-            raise VerificationError(
-                f"{where}: cannot unpack: {type(exc).__name__}", reason="unpack"
-            ) from None
+        _translate(exc, f"layer {current.digest}" if current is not None else f"{dest}")
         raise
     finally:
         if root_fd >= 0:
             os.close(root_fd)
+
+
+def _translate(exc: BaseException, where: str) -> None:
+    """Raise the kiln error an unpack failure means (a refusal, bad data, the host failing);
+    return (so the caller re-raises ``exc`` itself) for anything else, such as KeyboardInterrupt."""
+    if isinstance(exc, _Refused):
+        raise VerificationError(
+            f"{where}: {exc}", reason="unpack", hint="the image's layers are unsafe; nothing was unpacked"
+        ) from None
+    if _is_bad_data(exc):
+        raise VerificationError(f"{where}: cannot read the layer: {exc}", reason="unpack") from exc
+    if isinstance(exc, OSError):
+        raise UnavailableError(f"{where}: unpacking failed: {exc}") from exc
+    if isinstance(exc, RecursionError | MemoryError):  # never expected: still a refusal, not a crash
+        raise VerificationError(f"{where}: cannot unpack: {type(exc).__name__}", reason="unpack") from None
 
 
 def _is_bad_data(exc: BaseException) -> bool:

@@ -2,33 +2,32 @@
 
 python-web is built in ``--runs + 1`` versions that differ only in their app layer (the greeting
 names the version), and each is signed and published to a private registry (Debian's
-docker-registry) on loopback. Then, for each run:
+docker-registry) on loopback. Then:
 
-- **kiln**: a signed release pinning the next version is published (`kiln release publish`) while
-  `kiln agent run` follows the channel on runc. Timed: from the publish returning to the first
-  answer of the new version on the service address (the agent polls every ``--poll`` seconds,
-  verifies the release and the image signature, pulls the one new layer by digest, unpacks a
-  read-only root, starts the instance, checks its health, switches the address: blue-green).
-- **docker**: a private dockerd that already pulled the previous version (the base layers are
-  cached) runs `docker pull REGISTRY/...@sha256:...` and `docker run -d --network host` of the
-  same image. Timed: from the pull starting to the first answer of the new version.
+- **new release -> serving**, ``--runs`` times. kiln: a signed release pinning the next version is
+  published (`kiln release publish`) while `kiln agent run` follows the channel on runc, and the
+  bench nudges the agent with SIGHUP (what `kiln agent reconcile --now` asks over the socket;
+  ``--no-nudge`` leaves it to the poll). Timed from the publish returning to the first answer of
+  the new version on the service address: the agent verifies the release and the image
+  signature, pulls the one new layer by digest, unpacks that one layer into a snapshot, mounts
+  the read-only root, starts the instance, probes it at once and then every 10, 20, 40 ms, and
+  switches the address. docker: a private dockerd that already pulled the previous version runs
+  `docker pull REGISTRY/...@sha256:...` and `docker run -d --network host` of the same image,
+  timed from the pull starting to the first answer.
+- **verification of the running release**: in-process ``Agent.reconcile_once()`` with nothing to
+  do, and its parts.
+- **rollback** to the previous release (cached), until the address answers: through `kiln agent
+  rollback` (a new interpreter) and through the agent's socket (what that command sends), each
+  without and inside ``keep_previous: 5m``; against `docker run` of the cached previous image.
+- **a fleet from nothing**, ``--fleet-runs`` times: a new host (empty store) follows its own
+  release repository; a release of 2 services x 2 instances is published; timed until both
+  addresses answer.
 
-Then, with the agent stopped, the cost of verifying the release that already runs: in-process
-``Agent.reconcile_once()`` that finds nothing to do (fetch, signatures, threshold, expiry,
-version, and the enforcement checks on the running instance), with a breakdown that also
-re-checks the image policy and re-hashes the cached blobs. Last, `kiln agent rollback` to the
-previous release (cached) against `docker run` of the previous image (cached), each until it
-answers. Everything started is stopped again: instances, namespaces, the agent, the registry and
-dockerd. Nothing here asserts a time: read the numbers.
-
-Measured on the shared 2-core machine (``--runs 5``, other jobs running): new release to serving
-0.84 s for kiln against 0.48 s for docker pull + run (the pull fetches one small layer; kiln also
-verifies two signatures, unpacks a whole fresh read-only root, about 0.23 s, and health-checks
-before it switches the address); verifying the running release 0.060 s (target < 0.2 s);
-rollback until the address answers 0.75 s (target < 2 s) against 0.41 s for docker run of the
-cached image.
+Everything started is stopped again: instances, namespaces, mounts, the agents, the registry and
+dockerd. Nothing here asserts a time: read the numbers (docs/performance.md keeps the last ones).
 
     .venv/bin/python bench/agent.py [--runs N] [--poll SECONDS] [--verify-runs N] [--rollbacks N]
+                                    [--fleet-runs N] [--no-nudge]
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -173,8 +173,12 @@ channel: stable
 version: {version}
 expires: {expires}
 services:
-  - name: web
+{services}"""
+
+SERVICE = """\
+  - name: {name}
     image: {image}
+    replicas: {replicas}
     listen: {listen}
     strategy: blue-green
     health: {{http: {{port: 8080, path: /healthz}}, interval: 100ms, timeout: 1s, retries: 1, grace: 0s}}
@@ -183,7 +187,7 @@ services:
 AGENT = """\
 apiVersion: kiln.dev/v1
 kind: AgentConfig
-source: {registry}/bench/releases
+source: {registry}/{releases}
 channel: stable
 trust_root: root.yaml
 state: state
@@ -209,18 +213,48 @@ def setup_host(work: Path, registry: str, images: list[Image], poll: float) -> H
         ref = f"oci:{image.layout}:1.0.{image.version}"
         kiln("sign", "--key", str(keys / "image.key"), "--identity", host.repository, ref)
         kiln("publish", str(image.layout), host.repository, "--insecure")
-    host.config.write_text(AGENT.format(registry=registry, poll=poll))
+    host.config.write_text(AGENT.format(registry=registry, releases="bench/releases", poll=poll))
     return host
 
 
-def sign_release(host: Host, version: int, image: Image) -> Path:
+def fleet_host(main: Host, name: str, poll: float) -> Host:
+    """Another host (an empty state) trusting the same keys, following its own release repository."""
+    host = Host(work=main.work / name, registry=main.registry, listen=f"127.0.0.1:{free_port()}")
+    host.work.mkdir()
+    (host.work / "keys").symlink_to(main.work / "keys")
+    shutil.copy(main.work / "root.yaml", host.work / "root.yaml")
+    host.config.write_text(AGENT.format(registry=main.registry, releases=f"bench/{name}", poll=poll))
+    return host
+
+
+def publish_to(host: Host, envelope: Path, releases: str) -> None:
+    kiln("release", "publish", str(envelope), f"{host.registry}/{releases}", "--insecure")
+
+
+def sign_release(
+    host: Host,
+    version: int,
+    image: Image,
+    *,
+    keep_previous: str | None = None,
+    services: list[tuple[str, str]] | None = None,
+    replicas: int = 1,
+) -> Path:
+    """Release ``version`` of ``image``: one service ``web`` on the host's address, or the
+    ``services`` given as (name, listen), each with ``replicas`` instances."""
     doc = host.work / f"release-{version}.yaml"
+    text = ""
+    for name, listen in services or [("web", host.listen)]:
+        text += SERVICE.format(
+            name=name, image=f"{host.repository}@{image.digest}", replicas=replicas, listen=listen
+        )
+        if keep_previous is not None:
+            text += f"    keep_previous: {keep_previous}\n"
     doc.write_text(
         RELEASE.format(
             version=version,
             expires=(datetime.now(UTC) + timedelta(hours=2)).strftime("%Y-%m-%dT%H:%M:%SZ"),
-            image=f"{host.repository}@{image.digest}",
-            listen=host.listen,
+            services=text,
         )
     )
     envelope = host.work / f"release-{version}.dsse.json"
@@ -269,8 +303,10 @@ def agent_status(host: Host) -> dict[str, Any] | None:
     return doc if isinstance(doc, dict) else None
 
 
-def wait_settled(host: Host, version: int, proc: subprocess.Popen[bytes], timeout: float = 120.0) -> None:
-    """Until the running agent reports ``version`` good, no rollout, one instance."""
+def wait_settled(
+    host: Host, version: int, proc: subprocess.Popen[bytes], timeout: float = 120.0, *, instances: int = 1
+) -> None:
+    """Until the running agent reports ``version`` good, no rollout, ``instances`` instances."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -280,7 +316,7 @@ def wait_settled(host: Host, version: int, proc: subprocess.Popen[bytes], timeou
             doc is not None
             and (doc.get("release") or {}).get("version") == version
             and not doc.get("rollout")
-            and len(doc.get("instances") or []) == 1
+            and len(doc.get("instances") or []) == instances
         ):
             return
         time.sleep(0.05)
@@ -326,9 +362,9 @@ def stop_instances(host: Host) -> list[str]:
 
 def measure_verification(host: Host, image: Image, runs: int) -> dict[str, list[float]]:
     """In-process: ``reconcile_once`` on the running release, and its parts, ``runs`` times each."""
+    from agent.compose import composed_fingerprint
     from agent.reconcile import Agent
     from agent.sources import open_image_location
-    from agent.unpack import root_fingerprint
     from manifests.agentconfig import load_agent_config
     from manifests.digest import Digest
     from publisher.release_artifact import fetch_release, open_release_endpoint
@@ -402,11 +438,111 @@ def measure_verification(host: Host, image: Image, runs: int) -> dict[str, list[
 
             timed("  (extra) re-hash the cached blobs", rehash)
             timed(
-                "  root fingerprint (enforcement)",
-                lambda: root_fingerprint(agent.roots_dir / manifest.hex),
+                "  root fingerprint, every snapshot read (enforcement)",
+                lambda: composed_fingerprint(agent.roots_dir, manifest, agent.snapshots),
             )
     finally:
         agent.close()
+    return times
+
+
+# -- rollbacks and a fleet from nothing ---------------------------------------------------------------
+
+
+def rollback_once(host: Host, answer: str, *, via: str) -> tuple[float, float]:
+    """Roll back through ``kiln agent rollback`` (``via="cli"``) or a POST of /rollback on the
+    agent's socket (``via="socket"``: what the command sends, without starting a Python
+    interpreter); (until the address answers ``answer``, until the request returned)."""
+    from agent.status import query
+
+    t0 = time.monotonic()
+    outcome: list[str] = []
+    if via == "cli":
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kiln", "agent", "rollback", "--config", str(host.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=kiln_env(),
+        )
+        answered = wait_answer(f"http://{host.listen}/", answer) - t0
+        _, err = proc.communicate(timeout=120)
+        if proc.returncode != 0:
+            raise SystemExit(f"kiln agent rollback failed: {err.decode(errors='replace')}")
+    else:
+
+        def post() -> None:
+            code, body = query(host.state, "/rollback", method="POST")
+            outcome.append("" if code == 200 else f"{code} {body.decode(errors='replace')}")
+
+        thread = threading.Thread(target=post)
+        thread.start()
+        answered = wait_answer(f"http://{host.listen}/", answer, every=0.001) - t0
+        thread.join(120)
+        if outcome != [""]:
+            raise SystemExit(f"POST /rollback failed: {outcome}")
+    return answered, time.monotonic() - t0
+
+
+def measure_rollbacks(
+    host: Host,
+    proc: subprocess.Popen[bytes],
+    previous: Image,
+    newest: Image,
+    *,
+    next_release: int,
+    rounds: int,
+    keep_previous: str | None,
+    via: str,
+    first_is_ready: bool,
+) -> tuple[list[float], list[float], int]:
+    """``rounds`` times: roll forward to ``newest`` (a new release; skipped in the first round when
+    ``first_is_ready``), then back to ``previous``. Returns the times until the address answered,
+    until the request returned, and the next free release version."""
+    answered: list[float] = []
+    returned: list[float] = []
+    for i in range(rounds):
+        if i or not first_is_ready:
+            publish_release(host, sign_release(host, next_release, newest, keep_previous=keep_previous))
+            proc.send_signal(signal.SIGHUP)
+            wait_answer(f"http://{host.listen}/", greeting(newest.version))
+            wait_settled(host, next_release, proc)
+            next_release += 1
+        status = agent_status(host) or {}
+        back_to = int(((status.get("previous") or {}).get("version")) or 0)
+        a, r = rollback_once(host, greeting(previous.version), via=via)
+        answered.append(a)
+        returned.append(r)
+        wait_settled(host, back_to, proc)
+    return answered, returned, next_release
+
+
+def measure_fleet(main: Host, image: Image, runs: int, poll: float) -> list[float]:
+    """From an empty store: a release of 2 services x 2 instances published -> both addresses
+    answer; a new host (state, release repository) each run."""
+    times = []
+    for i in range(runs):
+        name = f"fleet-{i}"
+        host = fleet_host(main, name, poll)
+        services = [("web-a", f"127.0.0.1:{free_port()}"), ("web-b", f"127.0.0.1:{free_port()}")]
+        envelope = sign_release(host, 1, image, services=services, replicas=2)
+        try:
+            with running_agent(host) as proc:
+                deadline = time.monotonic() + 60
+                while agent_status(host) is None:  # the agent is up, its store empty
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise SystemExit(f"the fleet agent did not come up; see {host.work / 'agent.log'}")
+                    time.sleep(0.05)
+                publish_to(host, envelope, f"bench/{name}")
+                t0 = time.monotonic()
+                proc.send_signal(signal.SIGHUP)
+                done = [wait_answer(f"http://{listen}/", greeting(image.version)) for _, listen in services]
+                times.append(max(done) - t0)
+                wait_settled(host, 1, proc, instances=4)
+        finally:
+            left = stop_instances(host)
+            if left:
+                raise SystemExit(f"fleet instances left running: {left}")
+        print(f"  fleet {i + 1}: 2 services x 2 instances serving {times[-1]:.3f} s after the publish")
     return times
 
 
@@ -434,9 +570,16 @@ def fmt(values: list[float]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs", type=int, default=3, help="new releases to roll out (default 3)")
-    ap.add_argument("--poll", type=float, default=0.25, help="the agent's poll_interval (default 0.25 s)")
+    ap.add_argument("--poll", type=float, default=5.0, help="the agent's poll_interval (default 5 s)")
     ap.add_argument("--verify-runs", type=int, default=20, help="reconciles with nothing to do (20)")
-    ap.add_argument("--rollbacks", type=int, default=3, help="rollbacks to the cached previous release (3)")
+    ap.add_argument("--rollbacks", type=int, default=3, help="rollbacks of each kind (default 3)")
+    ap.add_argument("--fleet-runs", type=int, default=3, help="2x2 releases from an empty store (3)")
+    ap.add_argument(
+        "--no-nudge",
+        dest="nudge",
+        action="store_false",
+        help="do not wake the agent (SIGHUP) after a publish: it finds releases by polling alone",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench/agent.py runs as root (runc, network namespaces, dockerd)")
@@ -450,6 +593,7 @@ def main() -> int:
     publish_times: list[float] = []
     verify: dict[str, list[float]] = {}
     rollback: dict[str, list[float]] = {}
+    fleet: list[float] = []
     host: Host | None = None
     leftovers: list[str] | None = None
     try:
@@ -472,6 +616,8 @@ def main() -> int:
                     envelope = sign_release(host, v, image)
                     publish_times.append(publish_release(host, envelope))
                     t0, wall0 = time.monotonic(), time.time()
+                    if args.nudge:  # what `kiln agent reconcile --now` does, without a new interpreter
+                        proc.send_signal(signal.SIGHUP)
                     kiln_deploy.append(wait_answer(f"http://{host.listen}/", greeting(v)) - t0)
                     wait_settled(host, v, proc)
 
@@ -490,31 +636,29 @@ def main() -> int:
             verify = measure_verification(host, images[-1], args.verify_runs)
 
             previous, newest = images[-2], images[-1]
-            back_to = previous.version  # the release that runs `previous` (release N pins image N)
             next_release = newest.version + 1
             with running_agent(host) as proc:
                 wait_settled(host, newest.version, proc)
-                for i in range(args.rollbacks):
-                    if i:  # forward again: a new release of the newest image, so there is a previous
-                        publish_release(host, sign_release(host, next_release, newest))
-                        wait_answer(f"http://{host.listen}/", greeting(newest.version))
-                        wait_settled(host, next_release, proc)
-                        next_release += 1
-                    t0 = time.monotonic()
-                    done = subprocess.Popen(
-                        [sys.executable, "-m", "kiln", "agent", "rollback", "--config", str(host.config)],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.PIPE,
-                        env=kiln_env(),
+                plans = [
+                    ("kiln agent rollback", None, "cli"),
+                    ("rollback through the agent's socket", None, "socket"),
+                    ("kiln agent rollback, inside keep_previous", "5m", "cli"),
+                    ("rollback through the socket, inside keep_previous", "5m", "socket"),
+                ]
+                for n, (label, keep, via) in enumerate(plans):
+                    answered, returned, next_release = measure_rollbacks(
+                        host,
+                        proc,
+                        previous,
+                        newest,
+                        next_release=next_release,
+                        rounds=args.rollbacks,
+                        keep_previous=keep,
+                        via=via,
+                        first_is_ready=n == 0,
                     )
-                    answered = wait_answer(f"http://{host.listen}/", greeting(previous.version)) - t0
-                    _, err = done.communicate(timeout=120)
-                    returned = time.monotonic() - t0
-                    if done.returncode != 0:
-                        raise SystemExit(f"kiln agent rollback failed: {err.decode(errors='replace')}")
-                    rollback.setdefault("kiln agent rollback: until the address answers", []).append(answered)
-                    rollback.setdefault("kiln agent rollback: the command returns", []).append(returned)
-                    wait_settled(host, back_to, proc)
+                    rollback[f"{label}: until the address answers"] = answered
+                    rollback[f"{label}: the request returns"] = returned
             for i in range(args.rollbacks):
                 port = free_port()
                 t0 = time.monotonic()
@@ -523,6 +667,7 @@ def main() -> int:
                     wait_answer(f"http://127.0.0.1:{port}/", greeting(previous.version)) - t0
                 )
                 engine.cli("rm", "-f", f"web-rollback-{i}")
+            fleet = measure_fleet(host, newest, args.fleet_runs, args.poll)
             leftovers = stop_instances(host)
     finally:
         if host is not None and leftovers is None:
@@ -540,18 +685,22 @@ def main() -> int:
     print(f"  {'docker pull + docker run (pull starts -> it answers)':<58}{fmt(docker_deploy)}")
     print(f"  {'ratio docker / kiln':<58}{d / k:.2f}x")
     print(f"  {'(kiln release publish itself, not counted above)':<58}{fmt(publish_times)}")
-    print(f"  (kiln includes up to {args.poll:g} s of agent poll interval, signature and policy checks;")
+    wait = "no poll wait: SIGHUP after the publish" if args.nudge else f"up to {args.poll:g} s of poll wait"
+    print(f"  (kiln includes {wait}, signature and policy checks;")
     print("   docker checks no signature)")
     print("\nverification of the release already running (in-process, nothing to do; target < 0.2 s)")
     for name, values in verify.items():
         print(f"  {name:<58}{fmt(values)}")
-    print("\nrollback to the previous release, cached (target < 2 s until it serves)")
+    print("\nrollback to the previous release, cached (targets: 0.5 s until it answers, 0.05 s")
+    print("inside keep_previous)")
     for name, values in rollback.items():
-        print(f"  {name:<58}{fmt(values)}")
+        print(f"  {name:<66}{fmt(values)}")
     ratio = statistics.median(
         rollback["docker run of the cached image: until it answers"]
     ) / statistics.median(rollback["kiln agent rollback: until the address answers"])
-    print(f"  {'ratio docker run / kiln (until it answers)':<58}{ratio:.2f}x")
+    print(f"  {'ratio docker run / kiln agent rollback (until it answers)':<66}{ratio:.2f}x")
+    print("\na release of 2 services x 2 instances from an empty store (target 3 s)")
+    print(f"  {'published -> both addresses answer':<58}{fmt(fleet)}")
     print(f"\nleft running: {', '.join(leftovers) if leftovers else 'nothing'}")
     return 1 if leftovers else 0
 

@@ -5,6 +5,8 @@
     kiln agent run        [--config FILE]            reconcile every poll_interval; status endpoint on
                                                      STATE/agent.sock (and status_listen)
     kiln agent reconcile  --once [--config FILE]     one reconcile, then exit (exit codes below)
+    kiln agent reconcile  --now [--config FILE]      wake the running agent: it reconciles at once
+                                                     (SIGHUP to ``kiln agent run`` does the same)
     kiln agent status     [--config FILE] [--json]   release, version, instances, health, the release
                                                      source's state, last refusal
     kiln agent rollback   [--config FILE]            back to the previous good release (local only)
@@ -99,9 +101,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = verbs.add_parser("run", help="reconcile in a loop until SIGTERM")
     common(p)
     p.set_defaults(handler=cmd_agent_run)
-    p = verbs.add_parser("reconcile", help="one reconcile (--once), then exit", epilog=_RECONCILE_EPILOG)
+    p = verbs.add_parser(
+        "reconcile",
+        help="one reconcile (--once), or wake the running agent (--now)",
+        epilog=_RECONCILE_EPILOG,
+    )
     common(p)
-    p.add_argument("--once", action="store_true", required=True, help="run exactly one reconcile")
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument("--once", action="store_true", help="run exactly one reconcile")
+    when.add_argument("--now", action="store_true", help="the running agent reconciles at once")
     p.set_defaults(handler=cmd_agent_reconcile)
     p = verbs.add_parser("status", help="what the agent runs, and its last refusal")
     common(p)
@@ -161,6 +169,7 @@ def _agent_run(args: argparse.Namespace, out: Output) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: agent.nudge())  # reconcile now
     tcp = (config.status_listen.host, config.status_listen.port) if config.status_listen is not None else None
     server = StatusServer(
         config.state,
@@ -169,6 +178,7 @@ def _agent_run(args: argparse.Namespace, out: Output) -> int:
         rollback=lambda: {"release": agent.rollback().to_dict()},
         chaos=agent.chaos_request,
         tcp=tcp,
+        wake=agent.nudge,
     )
     try:
         agent.start()
@@ -191,6 +201,8 @@ def _agent_reconcile(args: argparse.Namespace, out: Output) -> int:
     from agent.reconcile import Agent
 
     config = _config(args)
+    if args.now:
+        return _wake(config, out)
     agent = Agent(config, event_sink=_printer(out))
     try:
         agent.start(monitor=False)
@@ -227,6 +239,23 @@ def _agent_reconcile(args: argparse.Namespace, out: Output) -> int:
         data["error"] = {"message": human, "hint": None, "exit_code": code, "problems": []}
     out.result(human, data)
     return code
+
+
+def _wake(config: Any, out: Output) -> int:
+    from agent.errors import AgentError
+    from agent.status import query
+
+    try:
+        code, body = query(config.state, "/reconcile", method="POST", timeout=10.0)
+    except OSError as exc:
+        raise AgentError(
+            f"no agent answers on {config.state}/agent.sock: {exc}",
+            hint="start it with `kiln agent run`, or run one reconcile here with --once",
+        ) from None
+    if code != 202:
+        raise AgentError(f"the agent refused to wake: HTTP {code} {body[:200].decode(errors='replace')}")
+    out.result("reconcile: the agent was woken", {"woken": True})
+    return 0
 
 
 def _status_from_journal(config: Any) -> dict[str, Any]:

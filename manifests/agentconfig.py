@@ -11,7 +11,7 @@ Written by people as YAML (or TOML)::
     runtime: runc                             # runc (default) | docker
     docker_host: unix:///run/docker.sock      # with runtime: docker
     dataplane: embedded                       # embedded (default) | haproxy: what holds the addresses
-    poll_interval: 30s                        # between reconciles
+    poll_interval: 5s                         # between reconciles (a poll is one HEAD)
     group: default                            # the host's rollout group (reported in status)
     max_attempts: 3                           # tries of one release version before giving up on it
     insecure: false                           # plain http to loopback registries (tests, demos)
@@ -120,7 +120,7 @@ class AgentConfig:
     runtime: RuntimeKind = RuntimeKind.RUNC
     docker_host: str | None = None
     dataplane: DataPlaneKind = DataPlaneKind.EMBEDDED
-    poll_interval: float = 30.0
+    poll_interval: float = 5.0  # cheap: a poll asks only where the channel tag points
     group: str = "default"
     max_attempts: int = 3
     insecure: bool = False

@@ -21,6 +21,8 @@ A release is written by people as YAML (or TOML)::
         env: {LOG_LEVEL: info}       # injected at start
         resources: {memory: 256Mi, cpus: 0.5, pids: 256}   # optional caps per instance
         user_namespace: true         # optional: run in a user namespace (unprivileged host ids)
+        keep_previous: 5m            # optional: after a rollout, the previous release's instances
+                                     # keep running out of rotation this long (a rollback is a switch)
 
 and signed as its canonical JSON (:meth:`Release.to_bytes`). The agent receives those bytes and
 parses them with :meth:`Release.from_payload`: the same schema, nothing unknown accepted, a size
@@ -98,6 +100,7 @@ MAX_VERSION = 2**63 - 1
 _MAX_REPLICAS = 1024
 _MAX_REPOSITORY = 255
 _MAX_STEPS = 32
+_MAX_KEEP_PREVIOUS = 24 * 3600.0  # seconds: standby instances are a rollback window, not a fleet
 
 _TOP_REQUIRED = ("apiVersion", "kind", "channel", "version", "expires", "services")
 _TOP_OPTIONAL = ("rollout", "chaos")
@@ -111,6 +114,7 @@ _SERVICE_OPTIONAL = (
     "env",
     "resources",
     "user_namespace",
+    "keep_previous",
 )
 _HEALTH_CHECKS = ("http", "tcp")
 _HEALTH_OPTIONAL = ("interval", "grace", "timeout", "retries")
@@ -271,6 +275,7 @@ class Service:
     env: tuple[tuple[str, str], ...] = ()  # sorted by name
     resources: Resources | None = None
     user_namespace: bool = False
+    keep_previous: float | None = None  # seconds the previous release's instances stay on standby
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -293,6 +298,8 @@ class Service:
             out["resources"] = self.resources.to_dict()
         if self.user_namespace:
             out["user_namespace"] = True
+        if self.keep_previous is not None:
+            out["keep_previous"] = format_duration(self.keep_previous)
         return out
 
 
@@ -553,6 +560,7 @@ class _ReleaseSchema(FieldChecker):
         userns = False
         if "user_namespace" in m:
             userns = bool(self.boolean(m["user_namespace"], join_key(path, "user_namespace")))
+        keep = self._keep_previous(m, path)
         if len(self._problems) != before or name is None or image is None:
             return name, listen, None
         return (
@@ -570,6 +578,7 @@ class _ReleaseSchema(FieldChecker):
                 env=env,
                 resources=resources,
                 user_namespace=userns,
+                keep_previous=keep,
             ),
         )
 
@@ -713,6 +722,16 @@ class _ReleaseSchema(FieldChecker):
             return default
         got = self._duration(h[key], join_key(where, key), positive=positive)
         return default if got is None else got
+
+    def _keep_previous(self, m: Mapping[str, Any], path: str) -> float | None:
+        if "keep_previous" not in m:
+            return None
+        where = join_key(path, "keep_previous")
+        keep = self._duration(m["keep_previous"], where)
+        if keep is not None and keep > _MAX_KEEP_PREVIOUS:
+            self.report(where, f"{format_duration(keep)} is longer than 24h", "e.g. keep_previous: 5m")
+            return None
+        return keep
 
     def _duration(self, value: object, where: str, *, positive: bool = True) -> float | None:
         examples = "500ms, 2s, 1m30s or 24h"

@@ -569,10 +569,11 @@ class RegistryClient:
             headers={"Accept": MANIFEST_ACCEPT},
             what=what,
         )
-        release(resp)
         if resp.status_code == 404:
+            release(resp)
             return None
-        self.session.expect(resp, (200,), what=what)
+        self.session.expect(resp, (200,), what=what)  # reads an error's (empty) body before release
+        release(resp)
         digest = header_digest(resp, what=what)
         length = header_int(resp, "content-length")
         if digest is None or length is None:

@@ -33,7 +33,7 @@ from manifests.mediatypes import MediaType
 from manifests.oci import Descriptor, OCIManifest
 from manifests.release import MAX_RELEASE_BYTES
 from publisher.endpoint import Endpoint, LayoutLocation, parse_location
-from publisher.errors import PublishError
+from publisher.errors import PublishError, RegistryError
 from publisher.layoutstore import LayoutRepository
 from publisher.publish import TagAction, TagChange, VersionConflict
 from publisher.reference import validate_tag
@@ -55,6 +55,7 @@ __all__ = [
     "release_tags",
     "publish_release",
     "fetch_release",
+    "poll_release",
     "open_release_endpoint",
 ]
 
@@ -205,7 +206,35 @@ def fetch_release(endpoint: Endpoint, channel: str, *, size_cap: int = MAX_RELEA
     release artifact, or an envelope over its cap, checked before a byte of it is read).
     """
     tag = validate_tag(channel)
-    man = endpoint.get_manifest(tag)
+    return _envelope(endpoint, tag, tag, size_cap)
+
+
+def poll_release(
+    endpoint: Endpoint, channel: str, *, known: Digest | None, size_cap: int = MAX_RELEASE_BYTES
+) -> tuple[Digest | None, bytes | None]:
+    """A conditional :func:`fetch_release`: what the channel tag points at (a ``HEAD`` of the tag's
+    manifest on a registry, a look into ``index.json`` in a layout), and the envelope only when
+    that digest is not ``known`` (``None`` then). The manifest is fetched by the digest the tag
+    named, so what is parsed is exactly what was compared. A server that does not implement
+    ``HEAD`` (405, 501) gets a plain fetch, and no digest is returned."""
+    tag = validate_tag(channel)
+    try:
+        desc = endpoint.tag_target(tag)
+    except RegistryError as exc:
+        if exc.status not in (405, 501):
+            raise
+        return None, _envelope(endpoint, tag, tag, size_cap)
+    if desc is None:
+        raise ReleaseNotFound(
+            f"{endpoint.display}: no release under tag {tag!r}", hint="publish one with kiln release publish"
+        )
+    if known is not None and desc.digest == known:
+        return desc.digest, None
+    return desc.digest, _envelope(endpoint, tag, desc.digest, size_cap)
+
+
+def _envelope(endpoint: Endpoint, tag: str, ref: str | Digest, size_cap: int) -> bytes:
+    man = endpoint.get_manifest(ref)
     if man is None:
         raise ReleaseNotFound(
             f"{endpoint.display}: no release under tag {tag!r}", hint="publish one with kiln release publish"

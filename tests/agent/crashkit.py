@@ -31,8 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.compose import unmount_strays
 from agent.journal import FREEZE_AFTER_COMMIT_ENV, Journal, JournalState
 from agent.netns import delete_netns, list_netns
+from agent.standby import standby_of
 from agent.status import query
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
@@ -41,6 +43,7 @@ from manifests.mediatypes import MediaType
 from manifests.oci import Descriptor, OCIManifest
 from tests.agent.conftest import WebImage
 from tests.agent.imagekit import M, compress, tar_bytes
+from tests.agent.snapkit import mounts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -263,6 +266,7 @@ class Snapshot:
     bundles: tuple[str, ...]  # STATE/bundles entries
     roots: tuple[str, ...]  # STATE/roots entries
     blob_tmp: tuple[str, ...]  # temporary files left in the content store
+    mounts: tuple[str, ...] = ()  # mount points under STATE (composed roots), relative
 
     @property
     def serving(self) -> tuple[str, ...]:
@@ -301,6 +305,7 @@ def snapshot(state: Path, service: str) -> Snapshot:
         bundles=_entries(state / "bundles"),
         roots=_entries(state / "roots"),
         blob_tmp=tuple(n for n in _entries(state / "blobs" / "sha256") if n.endswith(".tmp")),
+        mounts=tuple(mounts(state)),
     )
 
 
@@ -317,6 +322,9 @@ def crash_problems(snap: Snapshot) -> list[str]:
         problems.append(f"serving {snap.serving} not all in known {sorted(known)}")
     if len(snap.releases) > 1:
         problems.append(f"the serving set mixes releases {sorted(snap.releases)}")
+    stray = [m for m in snap.mounts if not (m.startswith("roots/") and len(m) == len("roots/") + 64)]
+    if stray:
+        problems.append(f"mounts other than composed roots under the state directory: {stray}")
     return problems
 
 
@@ -338,6 +346,11 @@ def converged_problems(snap: Snapshot, *, replicas: int, keep_roots: set[str]) -
     ):
         if tuple(sorted(ids)) != snap.serving:
             problems.append(f"{what} {sorted(ids)} are not exactly the serving set {list(snap.serving)}")
+    running = [*st.instances, *(s.record for s in standby_of(st))]  # standby: keep_previous
+    wanted = {f"roots/{Digest.parse(r.manifest).hex}" for r in running}
+    leaked = sorted(set(snap.mounts) - wanted)
+    if leaked:
+        problems.append(f"mounts no serving instance runs from: {leaked}")
     extra_roots = sorted(set(snap.roots) - keep_roots)
     if extra_roots:
         problems.append(f"roots beyond the good and previous releases: {extra_roots}")
@@ -365,3 +378,5 @@ def cleanup(state: Path, service: str) -> None:
         if name.startswith(f"kiln-{service}-"):
             with contextlib.suppress(Exception):
                 delete_netns(name)
+    with contextlib.suppress(Exception):
+        unmount_strays(state / "roots")  # the composed roots (read-only overlays) go last

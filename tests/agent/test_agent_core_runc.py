@@ -30,6 +30,7 @@ from publisher.layoutstore import LayoutRepository
 from publisher.release_artifact import publish_release
 from tests.agent.agentkit import NOW, free_port, http_get, make_release, make_root, service_yaml, signed
 from tests.agent.conftest import PYTHON_WEB, WebImage
+from tests.agent.snapkit import layer_file
 from tests.agent.test_reconcile import Clock, Poller
 from tests.agent.test_reconcile_runc import REPO, _runc_ids, _signed_layout
 from tests.support import require_root, require_tool
@@ -209,7 +210,9 @@ def test_repairing_a_modified_root_fails_no_request(host: Host) -> None:
     original = server.read_bytes()
     with Poller(host.port, limit=120) as poller:
         time.sleep(0.5)
-        server.write_bytes(original + b"\n# tampered\n")
+        # The root is a read-only overlay: tampering from outside means tampering with the
+        # snapshot that holds the file (the root shows it).
+        layer_file(agent.state_dir, rec.manifest, "app/server.py").write_bytes(original + b"\n# tampered\n")
         tampered = server.read_bytes()
         result = agent.reconcile_once()
         time.sleep(0.5)

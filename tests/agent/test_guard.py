@@ -124,7 +124,7 @@ def _pull(e: Env, mp: pytest.MonkeyPatch) -> None:
 
 
 def _unpack(e: Env, mp: pytest.MonkeyPatch) -> None:
-    mp.setattr(agent.prepare, "unpack_image", raising())
+    mp.setattr(agent.prepare, "compose_image", raising())  # the unpack step (snapshots)
 
 
 def _roll_out(e: Env, mp: pytest.MonkeyPatch) -> None:
@@ -235,7 +235,7 @@ def test_the_same_internal_fault_on_a_release_is_skipped_after_max_attempts(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env.ws.publish(env.release(2, env={"V": "2"}))
-    monkeypatch.setattr(agent.prepare, "unpack_image", raising())
+    monkeypatch.setattr(agent.prepare, "compose_image", raising())
     outcomes = [env.agent.reconcile_once().outcome for _ in range(3)]
     assert outcomes == ["refused", "refused", "skipped"]
     env.serving()

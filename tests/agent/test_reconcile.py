@@ -35,6 +35,7 @@ from tests.agent.agentkit import (
     signed,
     tiny_image,
 )
+from tests.agent.snapkit import layer_file
 
 
 class Clock:
@@ -294,7 +295,8 @@ def test_a_modified_root_is_unpacked_again_and_its_instances_replaced(env: Env) 
     agent.reconcile_once()
     rec = agent.journal.state.instances[0]
     marker = agent.roots_dir / rec.manifest.split(":")[1] / "app" / "marker.txt"
-    marker.write_bytes(b"tampered")
+    layer_file(agent.state_dir, rec.manifest, "app/marker.txt").write_bytes(b"tampered")
+    assert marker.read_bytes() == b"tampered"  # seen through the composed root
     result = agent.reconcile_once()
     assert result.replaced == 1
     assert marker.read_bytes() == b"web"  # unpacked again from the verified store

@@ -37,6 +37,7 @@ from tests.agent.agentkit import (
     signed,
 )
 from tests.agent.conftest import WebImage
+from tests.agent.snapkit import layer_file
 from tests.agent.test_reconcile import Clock, Poller
 from tests.kit.services import PrivateDockerd, private_registry
 from tests.support import require_root, require_tool
@@ -212,7 +213,8 @@ def test_drift_and_lifetime_on_runc(needs_runc: None, python_web: WebImage, tmp_
         rec = agent.journal.state.instances[0]
         server = agent.roots_dir / rec.manifest.split(":")[1] / "app" / "server.py"
         original = server.read_bytes()
-        server.write_bytes(original + b"\n# tampered\n")
+        layer_file(config.state, rec.manifest, "app/server.py").write_bytes(original + b"\n# tampered\n")
+        assert server.read_bytes() != original  # seen through the composed root
         result = agent.reconcile_once()
         assert result.replaced == 2  # both instances share the root
         assert server.read_bytes() == original
