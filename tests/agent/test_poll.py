@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 
 from agent.poll import ReleasePoller
-from kiln.testing import private_registry
 from publisher.endpoint import Endpoint
 from publisher.release_artifact import ReleaseNotFound, open_release_endpoint, publish_release
 from tests.agent.agentkit import make_release, service_yaml, signed
+from tests.kit.services import private_registry
 from tests.support import require_tool
 
 
