@@ -299,3 +299,45 @@ def test_without_overlayfs_the_root_is_a_full_copy(tmp_path: Path) -> None:
     assert composed_layers(roots, image.manifest_digest) == ()
     remove_composed(roots, image.manifest_digest)
     assert os.listdir(roots) == []
+
+
+def test_two_instances_of_one_image_share_one_root_and_its_snapshots(root_only: None, tmp_path: Path) -> None:
+    """An agent rolling out two replicas of one image: both instances get the same composed root,
+    and every layer is unpacked into one snapshot, once."""
+    from agent.reconcile import Agent
+    from tests.agent.agentkit import (
+        NOW,
+        FakeRuntime,
+        Workspace,
+        free_port,
+        loopback_connector,
+        make_release,
+        make_root,
+        service_yaml,
+        signed,
+        tiny_image,
+    )
+    from tests.agent.test_reconcile import Clock
+
+    ws = Workspace(tmp_path)
+    ws.write_root(make_root())
+    layout, desc = tiny_image(tmp_path / "src-web", marker="web")
+    web = ws.add_image("localhost/web", layout.root, desc)
+    runtime = FakeRuntime()
+    agent = Agent(ws.config(), runtime=runtime, connector=loopback_connector, wall=Clock(NOW), stop_grace=0.1)
+    agent.start()
+    try:
+        svc = service_yaml("web", web.pin, replicas=2, listen=f"127.0.0.1:{free_port()}")
+        ws.publish(signed(make_release(1, [svc])))
+        assert agent.reconcile_once().outcome == "rolled-out"
+        roots = {runtime.specs[i].rootfs for i in runtime.started}
+        assert len(runtime.started) == 2
+        assert len(roots) == 1, f"two instances, one composed root: {roots}"
+        image = agent.store.image(web.digest)
+        layers = list(image.config["rootfs"]["diff_ids"])
+        names = [p.name for p in (ws.state / "snapshots").iterdir()]
+        unpacked = sorted(n for n in names if len(n) == 64 and all(c in "0123456789abcdef" for c in n))
+        assert unpacked == sorted(d.removeprefix("sha256:") for d in layers)
+    finally:
+        agent.close(stop_instances=True)
+        runtime.close_all()
