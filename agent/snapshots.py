@@ -44,6 +44,7 @@ from agent.unpack import (
     _unpack_one,
     _write_all,
     remove_tree,
+    walk_tree,
 )
 from manifests.atomic import atomic_write, fsync_dir
 from manifests.bounded import JsonCaps, read_json_object
@@ -238,27 +239,9 @@ def snapshot_fingerprint(path: Path) -> str:
     """
     h = hashlib.sha256()
     fd = os.open(path, _NOFOLLOW_DIR)
-    try:
-        if _is_opaque(fd):
-            h.update(b"R\0opaque\n")
-        stack: list[tuple[bytes, list[str], int]] = [(b"", sorted(os.listdir(fd)), 0)]
-        while stack:
-            prefix, names, i = stack[-1]
-            if i == len(names):
-                stack.pop()
-                if stack:
-                    up = os.open("..", _NOFOLLOW_DIR, dir_fd=fd)
-                    os.close(fd)
-                    fd = up
-                continue
-            stack[-1] = (prefix, names, i + 1)
-            sub = _snapshot_entry(fd, prefix, names[i], h)
-            if sub is not None:
-                os.close(fd)
-                fd = sub
-                stack.append((prefix + b"/" + os.fsencode(names[i]), sorted(os.listdir(fd)), 0))
-    finally:
-        os.close(fd)
+    if _is_opaque(fd):  # never raises: an unreadable attribute is "not opaque"
+        h.update(b"R\0opaque\n")
+    walk_tree(fd, lambda dir_fd, prefix, name: _snapshot_entry(dir_fd, prefix, name, h))
     return f"sha256:{h.hexdigest()}"
 
 

@@ -786,16 +786,11 @@ def remove_root(roots_dir: Path, manifest_digest: Digest) -> None:
 # -- fingerprint --------------------------------------------------------------------------------
 
 
-def root_fingerprint(rootfs: Path, *, progress: Callable[[str], None] | None = None) -> str:
-    """``sha256:<hex>`` over the tree: paths, types, modes, owners, sizes, content digests, link targets.
-
-    Symlinks are never followed; any change to the root (a file edited, added, removed, chmod'ed)
-    changes the fingerprint. The walk is depth-first in sorted order, iterative (a stack of name
-    lists, one directory descriptor held, back up through ``..``), so no depth can exhaust the
-    interpreter's stack or the descriptor table.
-    """
-    h = hashlib.sha256()
-    fd = os.open(rootfs, _NOFOLLOW_DIR)
+def walk_tree(fd: int, visit: Callable[[int, bytes, str], int | None]) -> None:
+    """Visit every entry under the open directory ``fd`` depth-first in sorted order, iteratively
+    (a stack of name lists, one directory descriptor held, back up through ``..``), so no depth
+    can exhaust the interpreter's stack or the descriptor table. ``visit(dir_fd, prefix, name)``
+    returns an open descriptor of ``name`` to descend into it, or None. Closes ``fd``."""
     try:
         stack: list[tuple[bytes, list[str], int]] = [(b"", sorted(os.listdir(fd)), 0)]
         while stack:
@@ -808,13 +803,26 @@ def root_fingerprint(rootfs: Path, *, progress: Callable[[str], None] | None = N
                     fd = up
                 continue
             stack[-1] = (prefix, names, i + 1)
-            sub = _fingerprint_entry(fd, prefix, names[i], h)
+            sub = visit(fd, prefix, names[i])
             if sub is not None:
                 os.close(fd)
                 fd = sub
                 stack.append((prefix + b"/" + os.fsencode(names[i]), sorted(os.listdir(fd)), 0))
     finally:
         os.close(fd)
+
+
+def root_fingerprint(rootfs: Path, *, progress: Callable[[str], None] | None = None) -> str:
+    """``sha256:<hex>`` over the tree: paths, types, modes, owners, sizes, content digests, link targets.
+
+    Symlinks are never followed; any change to the root (a file edited, added, removed, chmod'ed)
+    changes the fingerprint. The walk is depth-first in sorted order, iterative (a stack of name
+    lists, one directory descriptor held, back up through ``..``), so no depth can exhaust the
+    interpreter's stack or the descriptor table.
+    """
+    h = hashlib.sha256()
+    fd = os.open(rootfs, _NOFOLLOW_DIR)
+    walk_tree(fd, lambda dir_fd, prefix, name: _fingerprint_entry(dir_fd, prefix, name, h))
     if progress is not None:
         progress(f"fingerprinted {rootfs}")
     return f"sha256:{h.hexdigest()}"

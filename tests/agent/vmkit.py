@@ -18,6 +18,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from builder.vm.image import BASE_CMDLINE
 from manifests.digest import Digest
 from manifests.image import HealthCheck, HttpCheck
 from manifests.layout import OCILayout
@@ -45,23 +46,7 @@ MODULE_ORDER = (
     "drivers/net/net_failover",
     "drivers/net/virtio_net",
 )
-TUNED = (
-    "console=ttyS0",
-    "quiet",
-    "tsc=reliable",
-    "cryptomgr.notests",
-    "mitigations=off",
-    "nokaslr",
-    "i8042.noaux",
-    "i8042.nomux",
-    "i8042.nopnp",
-    "i8042.dumbkbd",
-    "audit=0",
-    "random.trust_cpu=on",
-    "8250.nr_uarts=1",
-    "panic=-1",
-    "reboot=t",
-)
+TUNED = tuple(arg for arg in BASE_CMDLINE if not arg.startswith("rdinit="))  # the baseline runs /init
 
 _INIT = """#!/bin/sh
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
