@@ -20,7 +20,7 @@ from publisher.layoutstore import LayoutRepository
 from publisher.release_artifact import publish_release
 from tests.agent.agentkit import free_port, make_release, make_root, service_yaml, sign_and_attest, signed
 from tests.agent.conftest import WebImage
-from tests.agent.crashkit import AgentProcess, agent_config_yaml, echo_image
+from tests.agent.crashkit import AgentProcess, agent_config_yaml, ask, echo_image
 from tests.agent.test_chaos_runc import Poller
 from tests.support import require_root, require_tool
 
@@ -91,8 +91,21 @@ def test_chaos_kills_are_replaced_and_the_service_keeps_answering(
     agent, config, port, _service = agent_world
     agent.wait_up(60)
     deadline = time.monotonic() + 120
-    while (got := serving_healthy(agent)) is None or got[0] < REPLICAS:
-        assert time.monotonic() < deadline, f"v1 never became healthy: {got}"
+
+    def rolled_out() -> bool:
+        # healthy instances are not enough: the address opens when the rollout switches to them
+        doc = agent.status()
+        if doc is None or doc.get("rollout") is not None or (doc.get("release") or {}).get("version") != 1:
+            return False
+        try:
+            ask(port)
+        except (OSError, AssertionError, ValueError):
+            return False
+        got = serving_healthy(agent)
+        return got is not None and got[0] >= REPLICAS
+
+    while not rolled_out():
+        assert time.monotonic() < deadline, f"v1 never served: {agent.status()}"
         time.sleep(0.2)
     lowest: list[int] = []
     seen_ids: set[str] = set()

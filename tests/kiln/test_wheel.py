@@ -9,11 +9,13 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tomllib
 import zipfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-PACKAGES = ("kiln", "manifests", "builder", "signing", "publisher", "agent")
+# the packages the wheel is built from, as pyproject.toml names them (one list, not two)
+PACKAGES = tuple(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
 
 
 def test_the_wheel_does_not_ship_the_test_kit(tmp_path: Path) -> None:
@@ -45,6 +47,7 @@ def test_the_wheel_does_not_ship_the_test_kit(tmp_path: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "kiln/cli.py" in names
     assert "signing/image.py" in names
+    assert "fleet/dashboard/index.html" in names, "the dashboard ships as package data"
     assert "kiln/testing.py" not in names
     assert not [n for n in names if n.startswith("tests/")]
 
