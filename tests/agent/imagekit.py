@@ -46,9 +46,9 @@ _TYPES = {
 }
 
 
-def tar_bytes(members: Iterable[M]) -> bytes:
+def tar_bytes(members: Iterable[M], *, fmt: int = tarfile.PAX_FORMAT) -> bytes:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=buf, mode="w", format=fmt) as tar:
         for m in members:
             info = tarfile.TarInfo(m.name)
             info.type = _TYPES[m.kind]

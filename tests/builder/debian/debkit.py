@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import io
 import lzma
 import os
 import subprocess
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from tests.agent.imagekit import M, tar_bytes
 from tests.support import require_tool
 
 
@@ -35,31 +35,10 @@ class F:
     target: str = ""
 
 
-_TYPES = {
-    "file": tarfile.REGTYPE,
-    "dir": tarfile.DIRTYPE,
-    "symlink": tarfile.SYMTYPE,
-    "hardlink": tarfile.LNKTYPE,
-    "char": tarfile.CHRTYPE,
-    "fifo": tarfile.FIFOTYPE,
-}
-
-
 def tar_xz(members: Sequence[F]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as tar:
-        for m in members:
-            info = tarfile.TarInfo(m.name)
-            info.type = _TYPES[m.kind]
-            info.mode = m.mode if m.mode is not None else (0o755 if m.kind == "dir" else 0o644)
-            info.mtime = 0
-            info.linkname = m.target
-            if m.kind == "file":
-                info.size = len(m.data)
-                tar.addfile(info, io.BytesIO(m.data))
-            else:
-                tar.addfile(info)
-    return lzma.compress(buf.getvalue())
+    """A data.tar.xz or control.tar.xz as dpkg-deb writes them (GNU tar format)."""
+    as_members = [M(name=m.name, kind=m.kind, data=m.data, mode=m.mode, target=m.target) for m in members]
+    return lzma.compress(tar_bytes(as_members, fmt=tarfile.GNU_FORMAT))
 
 
 def ar(members: Sequence[tuple[str, bytes]]) -> bytes:
