@@ -444,20 +444,24 @@ def deploy_with_the_agent(digest: str, v1_layers: list[Any], cache: list[str]) -
 
 
 def stop_instances(config: str) -> None:
-    """What an operator does to take the host out of service: stop every instance the agent runs."""
-    from agent.reconcile import Agent
+    """What an operator does to take the host out of service: ``kiln agent down``."""
     from agent.runc import RuncRuntime
-    from manifests.agentconfig import load_agent_config
 
-    agent = Agent(load_agent_config(REPO / config)).open()
-    ids = [r.id for r in agent.journal.state.instances]
-    agent.close(stop_instances=True)
+    stop_with_agent_down(config)
     left = RuncRuntime(STATE).list()
-    for iid in ids:
-        print(f"  stopped {iid}")
     if left:
         raise SystemExit(f"demo: runc still lists {', '.join(left)}")
     print("  runc lists no kiln instance; nothing of the demo is left running")
+
+
+def stop_with_agent_down(config: str) -> None:
+    """``kiln agent down``: stop every instance, data plane and namespace the agent runs."""
+    down = kiln("agent", "down", "--config", config)
+    stopped = down.get("stopped")
+    for iid in stopped if isinstance(stopped, list) else []:
+        print(f"  stopped {iid}")
+    if down.get("failed"):
+        raise SystemExit(f"demo: kiln agent down could not stop {down['failed']}")
 
 
 # -- the same service as a VM ----------------------------------------------------------------------
@@ -574,15 +578,9 @@ def deploy_a_vm(cache: list[str]) -> None:
 
 def stop_vm(config: str) -> None:
     from agent.qemu import QemuRuntime
-    from agent.reconcile import Agent
-    from manifests.agentconfig import load_agent_config
 
-    agent = Agent(load_agent_config(REPO / config))
-    ids = [r.id for r in agent.journal.state.instances]
-    agent.close(stop_instances=True)
+    stop_with_agent_down(config)
     left = QemuRuntime(VM_STATE).list()
-    for iid in ids:
-        print(f"  stopped {iid}")
     if left:
         raise SystemExit(f"demo: qemu instances still running: {', '.join(left)}")
     print("  no qemu instance is left running")
