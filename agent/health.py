@@ -487,55 +487,93 @@ def wait_healthy(
             "interval, timeout, deadline must be positive, retries at least 1, grace not negative"
         )
     run: Probe = probe if probe is not None else check_once
-    if backoff < 0:
-        raise ValueError("backoff must not be negative")
+    waits = _Waits(interval=interval, backoff=backoff)
     start = clock()
     end = start + deadline
     if grace > 0 and not backoff:
         sleep(min(grace, deadline))
-    delay = min(backoff, interval) if backoff else interval
-    max_probes = math.ceil(deadline / interval) + 1
-    if backoff:  # the short waits of the fast window and before the delay reaches the interval
-        max_probes += math.ceil(FAST_WINDOW / delay) + math.ceil(math.log2(interval / delay)) + 2
-    passes = 0
-    refusals = 0
+    streak = _Streak(retries=retries)
     probes = 0
-    last: HealthResult | None = None
+    most = waits.max_probes(deadline)
 
-    def failed(why: str) -> HealthResult:
-        return HealthResult(ok=False, detail=why, latency=max(0.0, clock() - start))
+    def result(ok: bool, detail: str) -> HealthResult:
+        return HealthResult(ok=ok, detail=detail, latency=max(0.0, clock() - start))
 
-    while probes < max_probes:
+    while probes < most:
         left = end - clock()
         if left <= 0:
             break
         if alive is not None and not alive():
-            return failed(f"the instance stopped running after {probes} checks")
-        last = run(spec, connect, min(timeout, left))
+            return result(False, f"the instance stopped running after {probes} checks")
+        verdict = streak.record(run(spec, connect, min(timeout, left)))
         probes += 1
-        refused = last.status is not None and 400 <= last.status <= 499
-        refusals = refusals + 1 if refused else 0
-        if refusals >= retries:
-            return failed(f"answered {last.detail} {refusals} times in a row")
-        if last.ok:
-            passes += 1
-            if passes >= retries:
-                return HealthResult(
-                    ok=True,
-                    detail=f"healthy: {passes} consecutive passes ({last.detail})",
-                    latency=max(0.0, clock() - start),
-                )
-        else:
-            passes = 0
-        if clock() + delay >= end:
+        if verdict is not None:
+            return result(*verdict)
+        if clock() + waits.delay >= end:
             break
-        sleep(delay)
-        fast = backoff and clock() - start < FAST_WINDOW
-        delay = min(delay * 2, interval, FAST_CAP) if fast else min(delay * 2, interval)
-    why = last.detail if last is not None else "no check could run"
-    if last is not None and last.ok:
-        why = f"only {passes} of {retries} consecutive passes"
-    return failed(f"not healthy within {deadline:g}s after {probes} checks: {why}")
+        sleep(waits.delay)
+        waits.lengthen(elapsed=clock() - start)
+    return result(False, f"not healthy within {deadline:g}s after {probes} checks: {streak.shortfall()}")
+
+
+@dataclass(slots=True)
+class _Waits:
+    """The waits between the probes of :func:`wait_healthy`: ``interval`` each; with ``backoff``,
+    from ``backoff`` doubling, up to :data:`FAST_CAP` in the first :data:`FAST_WINDOW` seconds and
+    then up to ``interval``."""
+
+    interval: float
+    backoff: float
+    delay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.backoff < 0:
+            raise ValueError("backoff must not be negative")
+        self.delay = min(self.backoff, self.interval) if self.backoff else self.interval
+
+    def max_probes(self, deadline: float) -> int:
+        """A bound on the probes within ``deadline``, that holds even if the clock stands still."""
+        bound = math.ceil(deadline / self.interval) + 1
+        if self.backoff:  # the short waits of the fast window and before the delay reaches the interval
+            first = min(self.backoff, self.interval)
+            bound += math.ceil(FAST_WINDOW / first) + math.ceil(math.log2(self.interval / first)) + 2
+        return bound
+
+    def lengthen(self, *, elapsed: float) -> None:
+        """The next wait, ``elapsed`` seconds after the first probe."""
+        cap = min(self.interval, FAST_CAP) if self.backoff and elapsed < FAST_WINDOW else self.interval
+        self.delay = min(self.delay * 2, cap)
+
+
+@dataclass(slots=True)
+class _Streak:
+    """Consecutive passes, and consecutive 4xx answers (the instance is up and the check itself is
+    refused, as with a wrong path: no amount of waiting fixes that); ``retries`` of either decide."""
+
+    retries: int
+    passes: int = 0
+    refusals: int = 0
+    last: HealthResult | None = None
+
+    def record(self, result: HealthResult) -> tuple[bool, str] | None:
+        """The verdict (healthy?, why) once ``result`` decides one, else None."""
+        self.last = result
+        refused = result.status is not None and 400 <= result.status <= 499
+        self.refusals = self.refusals + 1 if refused else 0
+        self.passes = self.passes + 1 if result.ok else 0
+        if self.refusals >= self.retries:
+            return False, f"answered {result.detail} {self.refusals} times in a row"
+        if self.passes >= self.retries:
+            return True, f"healthy: {self.passes} consecutive passes ({result.detail})"
+        return None
+
+    def shortfall(self) -> str:
+        """Why there is no verdict yet: the last failure, or too few passes."""
+        if self.last is None:
+            return "no check could run"
+        if self.last.ok:
+            return f"only {self.passes} of {self.retries} consecutive passes"
+        return self.last.detail
 
 
 # -- continuous checking ----------------------------------------------------------------------------------
