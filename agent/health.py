@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import math
 import re
 import socket
@@ -39,8 +38,9 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from agent.errors import AgentError
-from manifests.errors import DocumentError, KilnError
+from manifests.errors import KilnError
 from manifests.image import ExecCheck, HealthCheck, HttpCheck, TcpCheck
+from manifests.imageconfig import health_from_json, health_problems, read_health_label
 
 __all__ = [
     "MAX_RESPONSE_HEAD",
@@ -62,14 +62,11 @@ __all__ = [
 
 #: The most bytes of an HTTP response (status line + headers) a check reads.
 MAX_RESPONSE_HEAD: Final = 16 * 1024
-#: The most bytes of a ``dev.kiln.health`` label the agent parses.
-MAX_LABEL: Final = 4096
 
 _USER_AGENT: Final = "kiln-agent"
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: ([\x09\x20-\x7e\x80-\xff]*))?")
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_PATH = re.compile(r"/[\x21-\x7e]*")
-_HOST = re.compile(r"[A-Za-z0-9.:\[\]-]+")
+_LABEL: Final = "dev.kiln.health label"
 
 Connector = Callable[[float], socket.socket]
 Clock = Callable[[], float]
@@ -142,46 +139,14 @@ class HealthSpec:
 
     @classmethod
     def from_label(cls, text: str | bytes) -> HealthSpec:
-        """From the ``dev.kiln.health`` image config label (JSON), read as untrusted input."""
-        raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
-        if len(raw) > MAX_LABEL:
-            raise _label_error(f"is {len(raw)} bytes, more than {MAX_LABEL}")
-        try:
-            value = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            raise _label_error(f"is not JSON: {exc}") from exc
-        if not isinstance(value, dict):
-            raise _label_error(f"must be a JSON object, not {type(value).__name__}")
-        return cls._from_mapping(value)
+        """From the ``dev.kiln.health`` image config label, read as untrusted input by
+        :func:`manifests.imageconfig.read_health_label` (which owns the label's schema)."""
+        return cls.from_check(read_health_label(text, what=_LABEL))
 
     @classmethod
     def from_dict(cls, value: Mapping[str, Any]) -> HealthSpec:
         """From :meth:`to_dict` (e.g. the agent's journal); a malformed one is a DocumentError."""
-        return cls._from_mapping(value)
-
-    @classmethod
-    def _from_mapping(cls, value: Mapping[str, Any]) -> HealthSpec:
-        kind_text = value.get("type")
-        try:
-            kind = ProbeKind(str(kind_text))
-        except ValueError:
-            raise _label_error(f"type: must be one of http, tcp, exec, not {kind_text!r}") from None
-        fields: dict[str, Any] = {
-            key: value[key] for key in ("path", "interval", "timeout", "retries") if key in value
-        }
-        if kind.uses_connector:
-            fields["port"] = value.get("port")
-        else:
-            fields["command"] = value.get("command")
-        problems = _problems(kind, fields)
-        if problems:
-            raise _label_error("; ".join(problems))
-        if "command" in fields:
-            fields["command"] = tuple(fields["command"])
-        for key in ("interval", "timeout"):
-            if key in fields:
-                fields[key] = float(fields[key])
-        return cls(kind=kind, **fields)
+        return cls.from_check(health_from_json(value, what=_LABEL))
 
     def to_dict(self) -> dict[str, Any]:
         """The ``dev.kiln.health`` label's shape (the builder writes the same keys)."""
@@ -206,95 +171,7 @@ def _spec_problems(spec: HealthSpec) -> list[str]:
         "timeout": spec.timeout,
         "retries": spec.retries,
     }
-    return _problems(spec.kind, fields)
-
-
-def _problems(kind: ProbeKind, fields: Mapping[str, Any]) -> list[str]:
-    """Every problem with the fields present, in a fixed order, as ``key: message``."""
-    skip = "command" if kind.uses_connector else "port"
-    out: list[str] = []
-    for key, check in _CHECKS.items():
-        if key == skip or key not in fields:
-            continue
-        problem = check(fields[key])
-        if problem is not None:
-            out.append(f"{key}: {problem}")
-    return out
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _check_port(v: object) -> str | None:
-    if not _is_int(v):
-        return f"must be an integer, not {_kind(v)}"
-    assert isinstance(v, int)  # noqa: S101 - narrowed by _is_int
-    return None if 1 <= v <= 65535 else "must be an integer from 1 to 65535"
-
-
-def _check_command(v: object) -> str | None:
-    ok = isinstance(v, list | tuple) and bool(v) and all(isinstance(c, str) for c in v)
-    return None if ok else "must be a non-empty list of strings"
-
-
-def _check_path(v: object) -> str | None:
-    if not isinstance(v, str):
-        return f"must be a string, not {_kind(v)}"
-    if _PATH.fullmatch(v) and len(v) <= 2048:
-        return None
-    return f"must start with '/' and hold printable ASCII without spaces, not {v!r}"
-
-
-def _check_host(v: object) -> str | None:
-    if isinstance(v, str) and _HOST.fullmatch(v) and len(v) <= 255:
-        return None
-    return f"not a valid Host header value: {v!r}"
-
-
-def _seconds(top: float) -> Callable[[object], str | None]:
-    def check(v: object) -> str | None:
-        if not _is_number(v):
-            return f"must be a number, not {_kind(v)}"
-        assert isinstance(v, int | float)  # noqa: S101 - narrowed by _is_number
-        if math.isfinite(v) and 0 < v <= top:
-            return None
-        return f"must be a number of seconds above 0 and at most {top:g}"
-
-    return check
-
-
-def _check_retries(v: object) -> str | None:
-    if not _is_int(v):
-        return f"must be an integer, not {_kind(v)}"
-    assert isinstance(v, int)  # noqa: S101 - narrowed by _is_int
-    return None if 1 <= v <= 100 else "must be an integer from 1 to 100"
-
-
-_CHECKS: Final[dict[str, Callable[[object], str | None]]] = {
-    "port": _check_port,
-    "command": _check_command,
-    "path": _check_path,
-    "host": _check_host,
-    "interval": _seconds(3600.0),
-    "timeout": _seconds(600.0),
-    "retries": _check_retries,
-}
-
-
-def _label_error(message: str) -> DocumentError:
-    return DocumentError(
-        f"dev.kiln.health label: {message}",
-        hint="the image's health check label is malformed; rebuild the image with a valid health check",
-    )
-
-
-def _kind(v: object) -> str:
-    return "null" if v is None else type(v).__name__
+    return health_problems(spec.kind, fields)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

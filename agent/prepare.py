@@ -27,6 +27,7 @@ from agent.unpack import UnpackLimits
 from agent.vmimage import is_vm_image, prepared_vm
 from manifests.digest import Digest
 from manifests.errors import VerificationError
+from manifests.imageconfig import ImageConfig
 from manifests.release import Release
 from manifests.trustroot import TrustRoot
 from signing.image import pinned_root, verify_image
@@ -106,7 +107,8 @@ class Preparer:
     def unpacked(self, service: Any, version: int, pin: Digest, image: PulledImage) -> Prepared:
         if is_vm_image(image):  # a VM artifact: its parts are placed, the qemu runtime boots it
             return prepared_vm(self.store, image, self.roots_dir, service=service, release=version, pin=pin)
-        volumes = ImagePolicy.from_config(image.config).volumes
+        typed = ImageConfig.from_dict(image.config)
+        volumes = ImagePolicy.from_config(typed).volumes
         shared = bool(volumes) and not service.volume_per_instance
         if shared and service.replicas > 1:
             raise VerificationError(
@@ -117,8 +119,8 @@ class Preparer:
                 hint="run one replica, or give each instance its own volumes (volume_per_instance: true)",
             )
         root = compose_image(self.store, image, self.roots_dir, self.snapshots, limits=self.limits())
-        port = service_port(service, image.config)
-        health, grace = health_spec_for(service, image.config)
+        port = service_port(service, typed.policy)
+        health, grace = health_spec_for(service, typed.policy.health)
         return Prepared(
             service=service,
             release=version,
