@@ -71,6 +71,7 @@ from manifests.bounded import JsonCaps, read_json_object
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import DocumentError, ParseError, UnavailableError, VerificationError
+from manifests.imageconfig import ImageConfig
 from manifests.layerstream import Decompressor, HashingReader, open_layer
 from manifests.limits import AgentLimits
 from manifests.mediatypes import MediaType
@@ -691,19 +692,11 @@ def _writable_dir(dir_fd: int, name: str) -> None:
 
 def layers_of(store: ContentStore, image: PulledImage) -> list[Layer]:
     """The image's layers as :class:`Layer` values over the store's blob files."""
-    rootfs = image.config.get("rootfs")
-    ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
-        raise DocumentError("image config: rootfs.diff_ids must be a list of digests")
+    ids = ImageConfig.from_dict(image.config).diff_ids
     if len(ids) != len(image.layers):
         raise DocumentError(f"image config lists {len(ids)} diff_ids for {len(image.layers)} layers")
     return [
-        Layer(
-            digest=desc.digest,
-            media_type=desc.media_type,
-            diff_id=Digest.parse(diff_id),
-            path=store.path(desc.digest),
-        )
+        Layer(digest=desc.digest, media_type=desc.media_type, diff_id=diff_id, path=store.path(desc.digest))
         for desc, diff_id in zip(image.layers, ids, strict=True)
     ]
 
