@@ -39,6 +39,7 @@ from manifests.canonical import canonical_json
 from manifests.errors import VerificationError
 from manifests.image import HealthCheck
 from manifests.imageconfig import SYSTEM_MOUNTS, ImageConfig
+from manifests.vocabulary import Reason
 
 __all__ = [
     "ImagePolicy",
@@ -158,13 +159,13 @@ def check_user(policy: ImagePolicy, *, allow_root: bool, user_namespace: bool = 
     if user_namespace and (policy.uid == 0 or policy.gid == 0):
         raise VerificationError(
             f"image runs as {policy.uid}:{policy.gid}; a user namespace maps only non-root ids",
-            reason="policy",
+            reason=Reason.POLICY,
             hint="give the image a non-root user and group (accounts: in the manifest)",
         )
     if policy.uid == 0 and not allow_root:
         raise VerificationError(
             "image runs as uid 0 (root); refused",
-            reason="policy",
+            reason=Reason.POLICY,
             hint="give the image a non-root user (accounts: in the manifest) or allow root explicitly",
         )
 

@@ -30,6 +30,7 @@ from manifests.errors import VerificationError
 from manifests.imageconfig import ImageConfig
 from manifests.release import Release
 from manifests.trustroot import TrustRoot
+from manifests.vocabulary import Reason
 from signing.image import pinned_root, verify_image
 from signing.root import image_policy
 from signing.verify import Identity
@@ -115,7 +116,7 @@ class Preparer:
                 f"service {service.name}: its image declares volumes ({', '.join(volumes)}), "
                 f"so {service.replicas} replicas cannot share them (volume_per_instance: true gives "
                 "each instance its own)",
-                reason="policy",
+                reason=Reason.POLICY,
                 hint="run one replica, or give each instance its own volumes (volume_per_instance: true)",
             )
         root = compose_image(self.store, image, self.roots_dir, self.snapshots, limits=self.limits())

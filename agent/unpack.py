@@ -76,6 +76,7 @@ from manifests.layerstream import Decompressor, HashingReader, open_layer
 from manifests.limits import AgentLimits
 from manifests.mediatypes import MediaType
 from manifests.tarformat import TarCaps, TarContent, TarFormatError, TarHeader, TarWording, read_tar
+from manifests.vocabulary import Reason
 
 __all__ = [
     "UnpackLimits",
@@ -540,12 +541,12 @@ def _unpack_one(tree: _Tree, layer: Layer, budget: _Budget) -> None:
         raw.drain()
     if raw.hexdigest != layer.digest.hex:
         raise VerificationError(
-            f"layer {layer.digest}: content hashes to sha256:{raw.hexdigest}", reason="digest"
+            f"layer {layer.digest}: content hashes to sha256:{raw.hexdigest}", reason=Reason.DIGEST
         )
     if layer.diff_id is not None and plain.hexdigest != layer.diff_id.hex:
         raise VerificationError(
             f"layer {layer.digest}: uncompressed content does not match diff_id {layer.diff_id}",
-            reason="digest",
+            reason=Reason.DIGEST,
         )
 
 
@@ -594,14 +595,18 @@ def _translate(exc: BaseException, where: str) -> None:
     return (so the caller re-raises ``exc`` itself) for anything else, such as KeyboardInterrupt."""
     if isinstance(exc, _Refused):
         raise VerificationError(
-            f"{where}: {exc}", reason="unpack", hint="the image's layers are unsafe; nothing was unpacked"
+            f"{where}: {exc}",
+            reason=Reason.UNPACK,
+            hint="the image's layers are unsafe; nothing was unpacked",
         ) from None
     if _is_bad_data(exc):
-        raise VerificationError(f"{where}: cannot read the layer: {exc}", reason="unpack") from exc
+        raise VerificationError(f"{where}: cannot read the layer: {exc}", reason=Reason.UNPACK) from exc
     if isinstance(exc, OSError):
         raise UnavailableError(f"{where}: unpacking failed: {exc}") from exc
     if isinstance(exc, RecursionError | MemoryError):  # never expected: still a refusal, not a crash
-        raise VerificationError(f"{where}: cannot unpack: {type(exc).__name__}", reason="unpack") from None
+        raise VerificationError(
+            f"{where}: cannot unpack: {type(exc).__name__}", reason=Reason.UNPACK
+        ) from None
 
 
 def _is_bad_data(exc: BaseException) -> bool:
