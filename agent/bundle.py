@@ -146,10 +146,6 @@ def image_args(config: Mapping[str, Any] | ImageConfig) -> list[str]:
     return args
 
 
-def _workdir(config: Mapping[str, Any] | ImageConfig) -> str:
-    return _image(config).config.working_dir or "/"
-
-
 def volume_slug(path: str) -> str:
     """The directory name of a volume under ``STATE/volumes/<service>/``: unambiguous, one level."""
     return urllib.parse.quote(path.strip("/"), safe="")
@@ -263,7 +259,8 @@ def runtime_config(
     """The OCI runtime-spec ``config.json`` for ``spec`` (pure: nothing is created)."""
     if spec.rootfs is None:
         raise BundleError(f"{spec.instance_id}: no unpacked root to run", hint="unpack the image first")
-    policy = ImagePolicy.from_config(spec.image_config)
+    image = ImageConfig.from_dict(spec.image_config)
+    policy = ImagePolicy.from_config(image)
     check_user(policy, allow_root=spec.allow_root, user_namespace=spec.user_namespace)
     missing = [v for v in policy.volumes if v not in volumes]
     if missing:
@@ -353,9 +350,9 @@ def runtime_config(
         "process": {
             "terminal": False,
             "user": {"uid": policy.uid, "gid": policy.gid, "additionalGids": []},
-            "args": image_args(spec.image_config),
-            "env": image_env(spec.image_config, spec.env),
-            "cwd": _workdir(spec.image_config),
+            "args": image_args(image),
+            "env": image_env(image, spec.env),
+            "cwd": image.config.working_dir or "/",
             "capabilities": caps,
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": limits.nofile, "soft": limits.nofile}],
             "noNewPrivileges": True,
