@@ -1,11 +1,9 @@
 """OCI runtime bundles: an image's run-time policy (``dev.kiln.*`` labels) and runc's ``config.json``.
 
-:class:`ImagePolicy` reads the labels the builder records (:mod:`builder.imageconfig`):
-``dev.kiln.user`` (numeric ``uid:gid``), ``dev.kiln.writable`` and ``dev.kiln.volumes`` (JSON lists of
-absolute paths), ``dev.kiln.ports``, ``dev.kiln.health``, ``dev.kiln.read-only`` and
-``dev.kiln.allow-setuid``. The config it comes from was verified by digest, but it is still a
-document we received: every value is checked and a bad one raises
-:class:`~manifests.errors.DocumentError`.
+:class:`ImagePolicy` is the policy the builder records, read through the one image config type
+(:class:`manifests.imageconfig.ImageConfig`, which checks every value of the received document and
+raises :class:`~manifests.errors.DocumentError` naming the label or field), with the numeric ids the
+image runs as: ``dev.kiln.user``, else ``config.User``, else root.
 
 :func:`runtime_config` is pure: instance spec + volume directories in, the ``config.json`` dict
 out. The container gets a read-only root, the image's non-root user (uid 0 is a policy refusal
@@ -27,21 +25,21 @@ from __future__ import annotations
 
 import hashlib
 import os
-import posixpath
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from agent.errors import BundleError
 from agent.runtime import InstanceSpec, ResourceLimits
 from agent.seccomp import seccomp_profile
 from manifests.atomic import atomic_write
-from manifests.bounded import read_json
 from manifests.canonical import canonical_json
-from manifests.errors import DocumentError, ParseError, VerificationError
+from manifests.errors import VerificationError
+from manifests.image import HealthCheck
+from manifests.imageconfig import SYSTEM_MOUNTS, ImageConfig
+from manifests.vocabulary import Reason
 
 __all__ = [
     "ImagePolicy",
@@ -74,8 +72,7 @@ CPU_PERIOD_US = 100_000  # the CFS period the CPU quota is a share of (the kerne
 USERNS_BASE = 0x40000000
 USERNS_SIZE = 0x10000
 USERNS_SLOTS = 0x3000
-SYSTEM_MOUNTPOINTS = ("/proc", "/dev", "/sys")
-_RESERVED = ("/proc", "/dev", "/sys")
+SYSTEM_MOUNTPOINTS = SYSTEM_MOUNTS
 MASKED_PATHS = (
     "/proc/acpi",
     "/proc/asound",
@@ -89,80 +86,16 @@ MASKED_PATHS = (
     "/sys/firmware",
 )
 READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
-_MAX_PATHS = 64
-_MAX_ID = 0xFFFFFFFE
-_EMPTY: Mapping[str, Any] = MappingProxyType({})
 
 
-def _labels(config: Mapping[str, Any]) -> Mapping[str, Any]:
-    cfg = config.get("config")
-    if cfg is None:
-        return _EMPTY
-    if not isinstance(cfg, Mapping):
-        raise DocumentError("image config: 'config' must be an object")
-    labels = cfg.get("Labels")
-    if labels is None:
-        return _EMPTY
-    if not isinstance(labels, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
-    ):
-        raise DocumentError("image config: config.Labels must map strings to strings")
-    return labels
-
-
-def _paths(labels: Mapping[str, Any], key: str) -> tuple[str, ...]:
-    text = labels.get(key)
-    if text is None:
-        return ()
-    try:
-        value = read_json(str(text).encode("utf-8", "surrogatepass"), what=f"label {key}")
-    except ParseError:
-        raise DocumentError(f"image config: label {key}: not valid JSON") from None
-    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
-        raise DocumentError(f"image config: label {key}: expected a JSON list of paths")
-    if len(value) > _MAX_PATHS:
-        raise DocumentError(f"image config: label {key}: more than {_MAX_PATHS} paths")
-    out: list[str] = []
-    for p in value:
-        if not p.startswith("/") or "\x00" in p or posixpath.normpath(p) != p or p == "/":
-            raise DocumentError(f"image config: label {key}: {p!r} is not a normalized absolute path below /")
-        if any(p == r or p.startswith(r + "/") for r in _RESERVED):
-            raise DocumentError(f"image config: label {key}: {p!r} is inside a system mount")
-        if p in out:
-            raise DocumentError(f"image config: label {key}: {p!r} is listed twice")
-        out.append(p)
-    return tuple(out)
-
-
-def _numeric_user(text: str, where: str) -> tuple[int, int]:
-    uid_s, sep, gid_s = text.partition(":")
-    if not sep:
-        gid_s = uid_s
-    if not (uid_s.isascii() and uid_s.isdigit() and gid_s.isascii() and gid_s.isdigit()):
-        raise DocumentError(
-            f"image config: {where} {text!r} is not a numeric uid:gid",
-            hint="kiln runs images with numeric users only (the root is never consulted for names)",
-        )
-    # Compare lengths first: int() refuses 4,300+ digits with a bare ValueError.
-    too_long = max(len(uid_s), len(gid_s)) > len(str(_MAX_ID))
-    uid, gid = (0, 0) if too_long else (int(uid_s), int(gid_s))
-    if too_long or uid > _MAX_ID or gid > _MAX_ID:
-        raise DocumentError(f"image config: {where} {text!r} is out of range")
-    return uid, gid
-
-
-def _bool_label(labels: Mapping[str, Any], key: str, default: bool) -> bool:
-    text = labels.get(key)
-    if text is None:
-        return default
-    if text not in ("true", "false"):
-        raise DocumentError(f"image config: label {key}: expected 'true' or 'false', got {text!r}")
-    return bool(text == "true")
+def _image(config: Mapping[str, Any] | ImageConfig) -> ImageConfig:
+    return config if isinstance(config, ImageConfig) else ImageConfig.from_dict(config)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ImagePolicy:
-    """The run-time policy an image carries in its config."""
+    """The run-time policy an image carries in its config (:class:`~manifests.imageconfig.RunPolicy`),
+    with the numeric ids it runs as."""
 
     uid: int
     gid: int
@@ -170,53 +103,23 @@ class ImagePolicy:
     writable: tuple[str, ...]
     volumes: tuple[str, ...]
     ports: tuple[str, ...]
-    health: Mapping[str, Any] | None
+    health: HealthCheck | None
     allow_setuid: bool
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> ImagePolicy:
-        labels = _labels(config)
-        cfg = config.get("config") or {}
-        user_label = labels.get("dev.kiln.user")
-        user_cfg = cfg.get("User") if isinstance(cfg, Mapping) else None
-        if user_label is not None:
-            uid, gid = _numeric_user(user_label, "label dev.kiln.user")
-        elif isinstance(user_cfg, str) and user_cfg:
-            uid, gid = _numeric_user(user_cfg, "config.User")
-        else:
-            uid, gid = 0, 0
-        writable = _paths(labels, "dev.kiln.writable")
-        volumes = _paths(labels, "dev.kiln.volumes")
-        both = sorted(set(writable) & set(volumes))
-        if both:
-            raise DocumentError(f"image config: {both[0]!r} is both writable (tmpfs) and a volume")
-        ports: tuple[str, ...] = ()
-        if "dev.kiln.ports" in labels:
-            try:
-                raw_ports = read_json(_utf8(labels["dev.kiln.ports"]), what="label dev.kiln.ports")
-            except ParseError:
-                raise DocumentError("image config: label dev.kiln.ports: not valid JSON") from None
-            if not isinstance(raw_ports, list) or not all(isinstance(p, str) for p in raw_ports):
-                raise DocumentError("image config: label dev.kiln.ports: expected a JSON list of strings")
-            ports = tuple(raw_ports)
-        health: Mapping[str, Any] | None = None
-        if "dev.kiln.health" in labels:
-            try:
-                raw_health = read_json(_utf8(labels["dev.kiln.health"]), what="label dev.kiln.health")
-            except ParseError:
-                raise DocumentError("image config: label dev.kiln.health: not valid JSON") from None
-            if not isinstance(raw_health, dict):
-                raise DocumentError("image config: label dev.kiln.health: expected a JSON object")
-            health = MappingProxyType(raw_health)
+    def from_config(cls, config: Mapping[str, Any] | ImageConfig) -> ImagePolicy:
+        run = _image(config).config
+        uid, gid = run.ids()
+        p = run.policy
         return cls(
             uid=uid,
             gid=gid,
-            read_only=_bool_label(labels, "dev.kiln.read-only", True),
-            writable=writable,
-            volumes=volumes,
-            ports=ports,
-            health=health,
-            allow_setuid=_bool_label(labels, "dev.kiln.allow-setuid", False),
+            read_only=p.read_only,
+            writable=p.writable,
+            volumes=p.volumes,
+            ports=p.ports,
+            health=p.health,
+            allow_setuid=p.allow_setuid,
         )
 
     def mountpoints(self) -> tuple[str, ...]:
@@ -224,49 +127,23 @@ class ImagePolicy:
         return (*SYSTEM_MOUNTPOINTS, *self.writable, *self.volumes)
 
 
-def image_env(config: Mapping[str, Any], overrides: Mapping[str, str]) -> list[str]:
+def image_env(config: Mapping[str, Any] | ImageConfig, overrides: Mapping[str, str]) -> list[str]:
     """The image's ``Env`` with ``overrides`` replacing or adding variables (order kept)."""
-    cfg = config.get("config") or {}
-    env = cfg.get("Env") if isinstance(cfg, Mapping) else None
-    if env is None:
-        env = []
-    if not isinstance(env, list) or not all(isinstance(e, str) and "=" in e for e in env):
-        raise DocumentError("image config: config.Env must be a list of NAME=value strings")
+    env = _image(config).config.env
     for key, value in overrides.items():
         if not key or "=" in key or "\x00" in key or "\x00" in value:
             raise BundleError(f"invalid environment variable name {key!r}")
-    out: dict[str, str] = {}
-    for e in env:
-        k, _, v = e.partition("=")
-        out[k] = v
+    out = dict(env)
     out.update(overrides)
     return [f"{k}={v}" for k, v in out.items()]
 
 
-def image_args(config: Mapping[str, Any]) -> list[str]:
+def image_args(config: Mapping[str, Any] | ImageConfig) -> list[str]:
     """``Entrypoint`` + ``Cmd``; an image with neither cannot be run."""
-    cfg = config.get("config") or {}
-    args: list[str] = []
-    for key in ("Entrypoint", "Cmd"):
-        value = cfg.get(key) if isinstance(cfg, Mapping) else None
-        if value is None:
-            continue
-        if not isinstance(value, list) or not all(isinstance(a, str) for a in value):
-            raise DocumentError(f"image config: config.{key} must be a list of strings")
-        args.extend(value)
+    args = list(_image(config).config.args())
     if not args:
         raise BundleError("image config has neither Entrypoint nor Cmd", hint="nothing to run")
     return args
-
-
-def _workdir(config: Mapping[str, Any]) -> str:
-    cfg = config.get("config") or {}
-    wd = cfg.get("WorkingDir") if isinstance(cfg, Mapping) else None
-    if wd is None or wd == "":
-        return "/"
-    if not isinstance(wd, str) or not wd.startswith("/") or "\x00" in wd:
-        raise DocumentError("image config: config.WorkingDir must be an absolute path")
-    return wd
 
 
 def volume_slug(path: str) -> str:
@@ -278,13 +155,13 @@ def check_user(policy: ImagePolicy, *, allow_root: bool, user_namespace: bool = 
     if user_namespace and (policy.uid == 0 or policy.gid == 0):
         raise VerificationError(
             f"image runs as {policy.uid}:{policy.gid}; a user namespace maps only non-root ids",
-            reason="policy",
+            reason=Reason.POLICY,
             hint="give the image a non-root user and group (accounts: in the manifest)",
         )
     if policy.uid == 0 and not allow_root:
         raise VerificationError(
             "image runs as uid 0 (root); refused",
-            reason="policy",
+            reason=Reason.POLICY,
             hint="give the image a non-root user (accounts: in the manifest) or allow root explicitly",
         )
 
@@ -382,7 +259,8 @@ def runtime_config(
     """The OCI runtime-spec ``config.json`` for ``spec`` (pure: nothing is created)."""
     if spec.rootfs is None:
         raise BundleError(f"{spec.instance_id}: no unpacked root to run", hint="unpack the image first")
-    policy = ImagePolicy.from_config(spec.image_config)
+    image = ImageConfig.from_dict(spec.image_config)
+    policy = ImagePolicy.from_config(image)
     check_user(policy, allow_root=spec.allow_root, user_namespace=spec.user_namespace)
     missing = [v for v in policy.volumes if v not in volumes]
     if missing:
@@ -472,9 +350,9 @@ def runtime_config(
         "process": {
             "terminal": False,
             "user": {"uid": policy.uid, "gid": policy.gid, "additionalGids": []},
-            "args": image_args(spec.image_config),
-            "env": image_env(spec.image_config, spec.env),
-            "cwd": _workdir(spec.image_config),
+            "args": image_args(image),
+            "env": image_env(image, spec.env),
+            "cwd": image.config.working_dir or "/",
             "capabilities": caps,
             "rlimits": [{"type": "RLIMIT_NOFILE", "hard": limits.nofile, "soft": limits.nofile}],
             "noNewPrivileges": True,
@@ -503,7 +381,3 @@ def env_pairs(env: Sequence[str]) -> dict[str, str]:
         k, _, v = e.partition("=")
         out[k] = v
     return out
-
-
-def _utf8(text: object) -> bytes:
-    return str(text).encode("utf-8", "surrogatepass")

@@ -52,6 +52,7 @@ from agent.store import ContentStore, PulledImage
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import VerificationError
+from manifests.vocabulary import Reason
 
 __all__ = ["DockerRuntime", "write_docker_archive", "LABEL"]
 
@@ -157,7 +158,7 @@ class DockerRuntime:
         ids = {str(img.id) for img in loaded}
         if image_id not in ids:
             raise VerificationError(
-                f"docker load of {image_digest} produced {sorted(ids)}, not {image_id}", reason="digest"
+                f"docker load of {image_digest} produced {sorted(ids)}, not {image_id}", reason=Reason.DIGEST
             )
         return image_id
 

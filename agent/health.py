@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import json
 import math
 import re
 import socket
@@ -39,8 +38,9 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from agent.errors import AgentError
-from manifests.errors import DocumentError, KilnError
+from manifests.errors import KilnError
 from manifests.image import ExecCheck, HealthCheck, HttpCheck, TcpCheck
+from manifests.imageconfig import health_from_json, health_problems, read_health_label
 
 __all__ = [
     "MAX_RESPONSE_HEAD",
@@ -62,14 +62,11 @@ __all__ = [
 
 #: The most bytes of an HTTP response (status line + headers) a check reads.
 MAX_RESPONSE_HEAD: Final = 16 * 1024
-#: The most bytes of a ``dev.kiln.health`` label the agent parses.
-MAX_LABEL: Final = 4096
 
 _USER_AGENT: Final = "kiln-agent"
 _STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([0-9]{3})(?: ([\x09\x20-\x7e\x80-\xff]*))?")
 _TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_PATH = re.compile(r"/[\x21-\x7e]*")
-_HOST = re.compile(r"[A-Za-z0-9.:\[\]-]+")
+_LABEL: Final = "dev.kiln.health label"
 
 Connector = Callable[[float], socket.socket]
 Clock = Callable[[], float]
@@ -142,46 +139,14 @@ class HealthSpec:
 
     @classmethod
     def from_label(cls, text: str | bytes) -> HealthSpec:
-        """From the ``dev.kiln.health`` image config label (JSON), read as untrusted input."""
-        raw = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
-        if len(raw) > MAX_LABEL:
-            raise _label_error(f"is {len(raw)} bytes, more than {MAX_LABEL}")
-        try:
-            value = json.loads(raw)
-        except (ValueError, RecursionError) as exc:
-            raise _label_error(f"is not JSON: {exc}") from exc
-        if not isinstance(value, dict):
-            raise _label_error(f"must be a JSON object, not {type(value).__name__}")
-        return cls._from_mapping(value)
+        """From the ``dev.kiln.health`` image config label, read as untrusted input by
+        :func:`manifests.imageconfig.read_health_label` (which owns the label's schema)."""
+        return cls.from_check(read_health_label(text, what=_LABEL))
 
     @classmethod
     def from_dict(cls, value: Mapping[str, Any]) -> HealthSpec:
         """From :meth:`to_dict` (e.g. the agent's journal); a malformed one is a DocumentError."""
-        return cls._from_mapping(value)
-
-    @classmethod
-    def _from_mapping(cls, value: Mapping[str, Any]) -> HealthSpec:
-        kind_text = value.get("type")
-        try:
-            kind = ProbeKind(str(kind_text))
-        except ValueError:
-            raise _label_error(f"type: must be one of http, tcp, exec, not {kind_text!r}") from None
-        fields: dict[str, Any] = {
-            key: value[key] for key in ("path", "interval", "timeout", "retries") if key in value
-        }
-        if kind.uses_connector:
-            fields["port"] = value.get("port")
-        else:
-            fields["command"] = value.get("command")
-        problems = _problems(kind, fields)
-        if problems:
-            raise _label_error("; ".join(problems))
-        if "command" in fields:
-            fields["command"] = tuple(fields["command"])
-        for key in ("interval", "timeout"):
-            if key in fields:
-                fields[key] = float(fields[key])
-        return cls(kind=kind, **fields)
+        return cls.from_check(health_from_json(value, what=_LABEL))
 
     def to_dict(self) -> dict[str, Any]:
         """The ``dev.kiln.health`` label's shape (the builder writes the same keys)."""
@@ -206,95 +171,7 @@ def _spec_problems(spec: HealthSpec) -> list[str]:
         "timeout": spec.timeout,
         "retries": spec.retries,
     }
-    return _problems(spec.kind, fields)
-
-
-def _problems(kind: ProbeKind, fields: Mapping[str, Any]) -> list[str]:
-    """Every problem with the fields present, in a fixed order, as ``key: message``."""
-    skip = "command" if kind.uses_connector else "port"
-    out: list[str] = []
-    for key, check in _CHECKS.items():
-        if key == skip or key not in fields:
-            continue
-        problem = check(fields[key])
-        if problem is not None:
-            out.append(f"{key}: {problem}")
-    return out
-
-
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: object) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
-
-
-def _check_port(v: object) -> str | None:
-    if not _is_int(v):
-        return f"must be an integer, not {_kind(v)}"
-    assert isinstance(v, int)  # noqa: S101 - narrowed by _is_int
-    return None if 1 <= v <= 65535 else "must be an integer from 1 to 65535"
-
-
-def _check_command(v: object) -> str | None:
-    ok = isinstance(v, list | tuple) and bool(v) and all(isinstance(c, str) for c in v)
-    return None if ok else "must be a non-empty list of strings"
-
-
-def _check_path(v: object) -> str | None:
-    if not isinstance(v, str):
-        return f"must be a string, not {_kind(v)}"
-    if _PATH.fullmatch(v) and len(v) <= 2048:
-        return None
-    return f"must start with '/' and hold printable ASCII without spaces, not {v!r}"
-
-
-def _check_host(v: object) -> str | None:
-    if isinstance(v, str) and _HOST.fullmatch(v) and len(v) <= 255:
-        return None
-    return f"not a valid Host header value: {v!r}"
-
-
-def _seconds(top: float) -> Callable[[object], str | None]:
-    def check(v: object) -> str | None:
-        if not _is_number(v):
-            return f"must be a number, not {_kind(v)}"
-        assert isinstance(v, int | float)  # noqa: S101 - narrowed by _is_number
-        if math.isfinite(v) and 0 < v <= top:
-            return None
-        return f"must be a number of seconds above 0 and at most {top:g}"
-
-    return check
-
-
-def _check_retries(v: object) -> str | None:
-    if not _is_int(v):
-        return f"must be an integer, not {_kind(v)}"
-    assert isinstance(v, int)  # noqa: S101 - narrowed by _is_int
-    return None if 1 <= v <= 100 else "must be an integer from 1 to 100"
-
-
-_CHECKS: Final[dict[str, Callable[[object], str | None]]] = {
-    "port": _check_port,
-    "command": _check_command,
-    "path": _check_path,
-    "host": _check_host,
-    "interval": _seconds(3600.0),
-    "timeout": _seconds(600.0),
-    "retries": _check_retries,
-}
-
-
-def _label_error(message: str) -> DocumentError:
-    return DocumentError(
-        f"dev.kiln.health label: {message}",
-        hint="the image's health check label is malformed; rebuild the image with a valid health check",
-    )
-
-
-def _kind(v: object) -> str:
-    return "null" if v is None else type(v).__name__
+    return health_problems(spec.kind, fields)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -487,55 +364,93 @@ def wait_healthy(
             "interval, timeout, deadline must be positive, retries at least 1, grace not negative"
         )
     run: Probe = probe if probe is not None else check_once
-    if backoff < 0:
-        raise ValueError("backoff must not be negative")
+    waits = _Waits(interval=interval, backoff=backoff)
     start = clock()
     end = start + deadline
     if grace > 0 and not backoff:
         sleep(min(grace, deadline))
-    delay = min(backoff, interval) if backoff else interval
-    max_probes = math.ceil(deadline / interval) + 1
-    if backoff:  # the short waits of the fast window and before the delay reaches the interval
-        max_probes += math.ceil(FAST_WINDOW / delay) + math.ceil(math.log2(interval / delay)) + 2
-    passes = 0
-    refusals = 0
+    streak = _Streak(retries=retries)
     probes = 0
-    last: HealthResult | None = None
+    most = waits.max_probes(deadline)
 
-    def failed(why: str) -> HealthResult:
-        return HealthResult(ok=False, detail=why, latency=max(0.0, clock() - start))
+    def result(ok: bool, detail: str) -> HealthResult:
+        return HealthResult(ok=ok, detail=detail, latency=max(0.0, clock() - start))
 
-    while probes < max_probes:
+    while probes < most:
         left = end - clock()
         if left <= 0:
             break
         if alive is not None and not alive():
-            return failed(f"the instance stopped running after {probes} checks")
-        last = run(spec, connect, min(timeout, left))
+            return result(False, f"the instance stopped running after {probes} checks")
+        verdict = streak.record(run(spec, connect, min(timeout, left)))
         probes += 1
-        refused = last.status is not None and 400 <= last.status <= 499
-        refusals = refusals + 1 if refused else 0
-        if refusals >= retries:
-            return failed(f"answered {last.detail} {refusals} times in a row")
-        if last.ok:
-            passes += 1
-            if passes >= retries:
-                return HealthResult(
-                    ok=True,
-                    detail=f"healthy: {passes} consecutive passes ({last.detail})",
-                    latency=max(0.0, clock() - start),
-                )
-        else:
-            passes = 0
-        if clock() + delay >= end:
+        if verdict is not None:
+            return result(*verdict)
+        if clock() + waits.delay >= end:
             break
-        sleep(delay)
-        fast = backoff and clock() - start < FAST_WINDOW
-        delay = min(delay * 2, interval, FAST_CAP) if fast else min(delay * 2, interval)
-    why = last.detail if last is not None else "no check could run"
-    if last is not None and last.ok:
-        why = f"only {passes} of {retries} consecutive passes"
-    return failed(f"not healthy within {deadline:g}s after {probes} checks: {why}")
+        sleep(waits.delay)
+        waits.lengthen(elapsed=clock() - start)
+    return result(False, f"not healthy within {deadline:g}s after {probes} checks: {streak.shortfall()}")
+
+
+@dataclass(slots=True)
+class _Waits:
+    """The waits between the probes of :func:`wait_healthy`: ``interval`` each; with ``backoff``,
+    from ``backoff`` doubling, up to :data:`FAST_CAP` in the first :data:`FAST_WINDOW` seconds and
+    then up to ``interval``."""
+
+    interval: float
+    backoff: float
+    delay: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.backoff < 0:
+            raise ValueError("backoff must not be negative")
+        self.delay = min(self.backoff, self.interval) if self.backoff else self.interval
+
+    def max_probes(self, deadline: float) -> int:
+        """A bound on the probes within ``deadline``, that holds even if the clock stands still."""
+        bound = math.ceil(deadline / self.interval) + 1
+        if self.backoff:  # the short waits of the fast window and before the delay reaches the interval
+            first = min(self.backoff, self.interval)
+            bound += math.ceil(FAST_WINDOW / first) + math.ceil(math.log2(self.interval / first)) + 2
+        return bound
+
+    def lengthen(self, *, elapsed: float) -> None:
+        """The next wait, ``elapsed`` seconds after the first probe."""
+        cap = min(self.interval, FAST_CAP) if self.backoff and elapsed < FAST_WINDOW else self.interval
+        self.delay = min(self.delay * 2, cap)
+
+
+@dataclass(slots=True)
+class _Streak:
+    """Consecutive passes, and consecutive 4xx answers (the instance is up and the check itself is
+    refused, as with a wrong path: no amount of waiting fixes that); ``retries`` of either decide."""
+
+    retries: int
+    passes: int = 0
+    refusals: int = 0
+    last: HealthResult | None = None
+
+    def record(self, result: HealthResult) -> tuple[bool, str] | None:
+        """The verdict (healthy?, why) once ``result`` decides one, else None."""
+        self.last = result
+        refused = result.status is not None and 400 <= result.status <= 499
+        self.refusals = self.refusals + 1 if refused else 0
+        self.passes = self.passes + 1 if result.ok else 0
+        if self.refusals >= self.retries:
+            return False, f"answered {result.detail} {self.refusals} times in a row"
+        if self.passes >= self.retries:
+            return True, f"healthy: {self.passes} consecutive passes ({result.detail})"
+        return None
+
+    def shortfall(self) -> str:
+        """Why there is no verdict yet: the last failure, or too few passes."""
+        if self.last is None:
+            return "no check could run"
+        if self.last.ok:
+            return f"only {self.passes} of {self.retries} consecutive passes"
+        return self.last.detail
 
 
 # -- continuous checking ----------------------------------------------------------------------------------

@@ -27,8 +27,10 @@ from agent.unpack import UnpackLimits
 from agent.vmimage import is_vm_image, prepared_vm
 from manifests.digest import Digest
 from manifests.errors import VerificationError
+from manifests.imageconfig import ImageConfig
 from manifests.release import Release
 from manifests.trustroot import TrustRoot
+from manifests.vocabulary import Reason
 from signing.image import pinned_root, verify_image
 from signing.root import image_policy
 from signing.verify import Identity
@@ -106,19 +108,20 @@ class Preparer:
     def unpacked(self, service: Any, version: int, pin: Digest, image: PulledImage) -> Prepared:
         if is_vm_image(image):  # a VM artifact: its parts are placed, the qemu runtime boots it
             return prepared_vm(self.store, image, self.roots_dir, service=service, release=version, pin=pin)
-        volumes = ImagePolicy.from_config(image.config).volumes
+        typed = ImageConfig.from_dict(image.config)
+        volumes = ImagePolicy.from_config(typed).volumes
         shared = bool(volumes) and not service.volume_per_instance
         if shared and service.replicas > 1:
             raise VerificationError(
                 f"service {service.name}: its image declares volumes ({', '.join(volumes)}), "
                 f"so {service.replicas} replicas cannot share them (volume_per_instance: true gives "
                 "each instance its own)",
-                reason="policy",
+                reason=Reason.POLICY,
                 hint="run one replica, or give each instance its own volumes (volume_per_instance: true)",
             )
         root = compose_image(self.store, image, self.roots_dir, self.snapshots, limits=self.limits())
-        port = service_port(service, image.config)
-        health, grace = health_spec_for(service, image.config)
+        port = service_port(service, typed.policy)
+        health, grace = health_spec_for(service, typed.policy.health)
         return Prepared(
             service=service,
             release=version,

@@ -102,6 +102,7 @@ from manifests.digest import Digest
 from manifests.errors import DocumentError, KilnError, VerificationError
 from manifests.release import Release, Strategy
 from manifests.trustroot import TrustRoot
+from manifests.vocabulary import Outcome, Reason
 from signing.release import check_release, claimed_version
 
 if TYPE_CHECKING:
@@ -118,18 +119,6 @@ __all__ = [
     "status_document",
 ]
 
-REFUSAL_REASONS = (
-    "signature",
-    "threshold",
-    "expired",
-    "rollback",
-    "digest",
-    "identity",
-    "policy",
-    "unpack",
-    "parse",
-    "internal",
-)
 #: The longest wait between reconciles while steps keep failing with an internal error (seconds).
 MAX_BACKOFF = 300.0
 
@@ -138,12 +127,13 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReconcileResult:
-    """What one reconcile did: ``outcome`` is one of ``current``, ``rolled-out``, ``failed``,
-    ``refused``, ``skipped``, ``unavailable``; ``replaced`` counts instances enforcement replaced."""
+    """What one reconcile did: its :class:`~manifests.vocabulary.Outcome`, the recorded
+    :class:`~manifests.vocabulary.Reason` of a refusal; ``replaced`` counts instances enforcement
+    replaced."""
 
-    outcome: str
+    outcome: Outcome
     version: int | None = None
-    reason: str | None = None
+    reason: Reason | None = None
     detail: str = ""
     replaced: int = 0
 
@@ -412,12 +402,12 @@ class Agent:
 
     # -- refusals --------------------------------------------------------------------------------
 
-    def _refuse(self, exc: VerificationError, *, version: int | None, what: str = "release") -> str:
-        reason = exc.reason if exc.reason in REFUSAL_REASONS else _map_reason(exc.reason)
+    def _refuse(self, exc: VerificationError, *, version: int | None, what: str = "release") -> Reason:
+        reason = exc.reason.recorded
         self._record_refusal(reason, exc.message, version=version, what=what)
         return reason
 
-    def _record_refusal(self, reason: str, detail: str, *, version: int | None, what: str) -> None:
+    def _record_refusal(self, reason: Reason, detail: str, *, version: int | None, what: str) -> None:
         self.metrics.count_refusal(reason)
         self.events.emit("refused", reason=reason, detail=detail, version=version, what=what)
         refusal = Refusal(reason=reason, detail=detail, version=version, at=self.wall().timestamp())
@@ -430,12 +420,12 @@ class Agent:
         monitor, the status endpoint) is committed by the next reconcile.
         """
         with contextlib.suppress(Exception):
-            self.metrics.count_refusal("internal")
+            self.metrics.count_refusal(Reason.INTERNAL)
             self.events.emit(
-                "refused", reason="internal", detail=fault.detail, version=version, what=fault.step
+                "refused", reason=Reason.INTERNAL, detail=fault.detail, version=version, what=fault.step
             )
             refusal = Refusal(
-                reason="internal", detail=fault.detail, version=version, at=self.wall().timestamp()
+                reason=Reason.INTERNAL, detail=fault.detail, version=version, at=self.wall().timestamp()
             )
             if loop:
                 self._faults.append(fault)
@@ -560,11 +550,13 @@ class Agent:
                 self._guard("standby", self.deployer.expire_standby)
             except InternalFault as fault:
                 self._internal(fault)
-            if result is None or (self._faults and result.outcome not in ("rolled-out", "failed")):
+            if result is None or (
+                self._faults and result.outcome not in (Outcome.ROLLED_OUT, Outcome.FAILED)
+            ):
                 first = self._faults[0]
                 version = result.version if result is not None else None
                 result = ReconcileResult(
-                    outcome="refused", version=version, reason="internal", detail=first.detail
+                    outcome=Outcome.REFUSED, version=version, reason=Reason.INTERNAL, detail=first.detail
                 )
             if self.fleet is not None:
                 good = self.journal.state.good
@@ -676,7 +668,7 @@ class Agent:
             self._source_failed(source.display, source_reason(exc), detail)
             raise
         except InternalFault as fault:
-            self._source_failed(source.display, "internal", fault.detail)
+            self._source_failed(source.display, Reason.INTERNAL, fault.detail)
             raise
         self._set_source_state(self.source_state.succeeded(source.display, self.wall().timestamp()))
         return data
@@ -696,7 +688,7 @@ class Agent:
             envelope = self._fetch()
         except VerificationError as exc:
             reason = self._refuse(exc, version=None)
-            return ReconcileResult(outcome="refused", reason=reason, detail=exc.message)
+            return ReconcileResult(outcome=Outcome.REFUSED, reason=reason, detail=exc.message)
         except (KilnError, OSError) as exc:
             detail = exc.message if isinstance(exc, KilnError) else str(exc)
             self.events.emit(
@@ -705,7 +697,7 @@ class Agent:
                 reason=self.source_state.last_error_reason,
                 detail=detail,
             )
-            return ReconcileResult(outcome="unavailable", reason=None, detail=detail)
+            return ReconcileResult(outcome=Outcome.UNAVAILABLE, reason=None, detail=detail)
         st = self.journal.state
         try:
             with self._step("verify"):
@@ -719,44 +711,46 @@ class Agent:
                 )
         except VerificationError as exc:
             reason = self._refuse(exc, version=_claimed_version(envelope))
-            return ReconcileResult(outcome="refused", reason=reason, detail=exc.message)
+            return ReconcileResult(outcome=Outcome.REFUSED, reason=reason, detail=exc.message)
         release = verified.release
         ref = ReleaseRef(version=release.version, payload_digest=str(verified.payload_digest))
         if st.good == ref:
             self._release_chaos(release)
-            return ReconcileResult(outcome="current", version=release.version)
+            return ReconcileResult(outcome=Outcome.CURRENT, version=release.version)
         failure = st.failure(release.version)
         if failure is not None and failure.attempts >= self.config.max_attempts:
-            return ReconcileResult(outcome="skipped", version=release.version, detail=failure.reason)
+            return ReconcileResult(outcome=Outcome.SKIPPED, version=release.version, detail=failure.reason)
         try:
             with self._step("prepare", io=True):
                 prepared = self._prepare(release, fetch=True)
         except VerificationError as exc:
             reason = self._refuse(exc, version=release.version)
             return ReconcileResult(
-                outcome="refused", version=release.version, reason=reason, detail=exc.message
+                outcome=Outcome.REFUSED, version=release.version, reason=reason, detail=exc.message
             )
         except DocumentError as exc:
-            err = VerificationError(exc.message, reason="parse")
+            err = VerificationError(exc.message, reason=Reason.PARSE)
             self._refuse(err, version=release.version)
             return ReconcileResult(
-                outcome="refused", version=release.version, reason="parse", detail=exc.message
+                outcome=Outcome.REFUSED, version=release.version, reason=Reason.PARSE, detail=exc.message
             )
         except (KilnError, OSError) as exc:
             detail = exc.message if isinstance(exc, KilnError) else str(exc)
             self.events.emit("unavailable", what=f"images of v{release.version}", detail=detail)
-            return ReconcileResult(outcome="unavailable", version=release.version, detail=detail)
+            return ReconcileResult(outcome=Outcome.UNAVAILABLE, version=release.version, detail=detail)
         except InternalFault as fault:
             self.journal.commit(self.journal.state.with_failure(release.version, f"internal: {fault.detail}"))
             self._internal(fault, version=release.version)
             return ReconcileResult(
-                outcome="refused", version=release.version, reason="internal", detail=fault.detail
+                outcome=Outcome.REFUSED, version=release.version, reason=Reason.INTERNAL, detail=fault.detail
             )
         if self.fleet is not None:
             # the images are verified and unpacked while the host waits: a slot is spent on starting
             decision = self.fleet.before(release)
             if not decision.allowed:
-                return ReconcileResult(outcome="waiting", version=release.version, detail=decision.reason)
+                return ReconcileResult(
+                    outcome=Outcome.WAITING, version=release.version, detail=decision.reason
+                )
         self.releases.save(verified.payload, verified.payload_digest)
         self.journal.commit(
             replace(self.journal.state, highest=ref, rollout_to=ref, rollout_from=self.journal.state.good)
@@ -764,8 +758,8 @@ class Agent:
         self.events.emit("accepted", version=release.version, payload_digest=ref.payload_digest)
         result = self._roll_out(release, ref, prepared)
         if self.fleet is not None:
-            self.fleet.after(release.version, ok=result.outcome == "rolled-out", detail=result.detail)
-        if result.outcome == "rolled-out":
+            self.fleet.after(release.version, ok=result.outcome is Outcome.ROLLED_OUT, detail=result.detail)
+        if result.outcome is Outcome.ROLLED_OUT:
             self._release_chaos(release)
         return result
 
@@ -786,7 +780,7 @@ class Agent:
                 self._guard("roll back", lambda: self._return_to(previous, failed=ref))
             except InternalFault as fault:
                 self._internal(fault, version=release.version)
-            return ReconcileResult(outcome="failed", version=release.version, detail=reason)
+            return ReconcileResult(outcome=Outcome.FAILED, version=release.version, detail=reason)
         names = {s.name for s in release.services}
         for name in sorted({r.service for r in self.journal.state.instances} - names):
             self.deployer.stop_service(name)
@@ -807,7 +801,7 @@ class Agent:
             self._guard("gc", self.collector.releases_and_roots)
         except InternalFault as fault:
             self._internal(fault, version=release.version)
-        return ReconcileResult(outcome="rolled-out", version=release.version)
+        return ReconcileResult(outcome=Outcome.ROLLED_OUT, version=release.version)
 
     def _return_to(self, target: ReleaseRef | None, *, failed: ReleaseRef | None) -> None:
         """Converge every service back to ``target`` (from the local store), or stop everything."""
@@ -933,7 +927,7 @@ class Agent:
                     self._internal(InternalFault("reconcile", exc))
                 internal += 1
             else:
-                internal = internal + 1 if result.reason == "internal" else 0
+                internal = internal + 1 if result.reason is not None and result.reason.retryable else 0
                 if on_result is not None:
                     with contextlib.suppress(Exception):
                         on_result(result)
@@ -971,18 +965,6 @@ def _services_of(*releases: Release | None) -> list[Any]:
         for s in rel.services:
             seen.setdefault(s.name, s)
     return list(seen.values())
-
-
-def _map_reason(reason: str) -> str:
-    """Reasons from lower layers folded into the agent's vocabulary."""
-    folded = {
-        "size": "digest",
-        "manifest": "parse",
-        "payload": "signature",
-        "key": "signature",
-        "attestation": "policy",  # a required attestation is missing or unreadable
-    }
-    return folded.get(reason, reason)
 
 
 def _claimed_version(envelope: bytes) -> int | None:

@@ -55,11 +55,11 @@ from agent.runtime import (
     new_instance_id,
 )
 from agent.standby import Standby, standby_of, with_standby
-from manifests.bounded import read_json
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
-from manifests.errors import KilnError, ParseError
-from manifests.image import HttpCheck
+from manifests.errors import KilnError
+from manifests.image import HealthCheck, HttpCheck
+from manifests.imageconfig import RunPolicy
 from manifests.release import Service, Strategy, StrategyKind
 
 __all__ = [
@@ -108,39 +108,28 @@ class Prepared:
         return self.service.name
 
 
-def service_port(service: Service, image_config: Mapping[str, Any]) -> int | None:
+def service_port(service: Service, image: RunPolicy) -> int | None:
     """The port the service listens on inside its instance: the image's first ``dev.kiln.ports``
     entry, else the release health check's port."""
-    cfg = image_config.get("config") or {}
-    labels = cfg.get("Labels") or {} if isinstance(cfg, Mapping) else {}
-    text = labels.get("dev.kiln.ports") if isinstance(labels, Mapping) else None
-    if isinstance(text, str):
-        try:
-            ports = read_json(text.encode("utf-8", "surrogatepass"), what="label dev.kiln.ports")
-        except ParseError:
-            ports = []
-        for p in ports if isinstance(ports, list) else []:
-            head = str(p).split("/", 1)[0]
-            if head.isdigit() and 1 <= int(head) <= 65535:
-                return int(head)
+    port = image.port()
+    if port is not None:
+        return port
     if service.health is not None:
         return service.health.check.port
     return None
 
 
-def health_spec_for(service: Service, image_config: Mapping[str, Any]) -> tuple[HealthSpec | None, float]:
-    """The check to run and its grace: the release's ``health`` first, else the image's label."""
+def health_spec_for(service: Service, image_health: HealthCheck | None) -> tuple[HealthSpec | None, float]:
+    """The check to run and its grace: the release's ``health`` first, else the image's (its
+    ``dev.kiln.health`` label, or ``vm.json``'s health); an exec check is not run by rollouts."""
     if service.health is not None:
         h = service.health
         kw = {"interval": h.interval, "timeout": h.timeout, "retries": h.retries}
         if isinstance(h.check, HttpCheck):
             return HealthSpec.http(h.check.port, h.check.path, **kw), h.grace
         return HealthSpec.tcp(h.check.port, **kw), h.grace
-    cfg = image_config.get("config") or {}
-    labels = cfg.get("Labels") or {} if isinstance(cfg, Mapping) else {}
-    text = labels.get("dev.kiln.health") if isinstance(labels, Mapping) else None
-    if isinstance(text, str):
-        spec = HealthSpec.from_label(text)
+    if image_health is not None:
+        spec = HealthSpec.from_check(image_health)
         if spec.kind.uses_connector:
             return spec, 0.0
     return None, 0.0

@@ -37,6 +37,7 @@ from manifests.layout import OCILayout
 from manifests.limits import AgentLimits
 from manifests.mediatypes import MediaType
 from manifests.oci import MAX_DOCUMENT_BYTES, Descriptor, OCIIndex, OCIManifest, Platform
+from manifests.vocabulary import Reason
 
 __all__ = [
     "BlobSource",
@@ -84,7 +85,8 @@ class LayoutSource:
             raise StoreError(f"{self.layout.root}: no manifest {digest}") from None
         if len(data) > self._limit:
             raise VerificationError(
-                f"{self.layout.root}: manifest {digest} exceeds the {self._limit}-byte cap", reason="size"
+                f"{self.layout.root}: manifest {digest} exceeds the {self._limit}-byte cap",
+                reason=Reason.SIZE,
             )
         return data
 
@@ -164,7 +166,7 @@ class ContentStore:
         with self.open(digest) as fh:
             data = fh.read(limit + 1)
         if len(data) > limit:
-            raise VerificationError(f"blob {digest} exceeds the {limit}-byte cap", reason="size")
+            raise VerificationError(f"blob {digest} exceeds the {limit}-byte cap", reason=Reason.SIZE)
         digest.check(data, what=f"stored blob {digest}")
         return data
 
@@ -180,7 +182,7 @@ class ContentStore:
             self._discard(digest)
             raise VerificationError(
                 f"stored blob {digest} was altered on disk (now sha256:{h.hexdigest()}, {n} bytes); removed",
-                reason="digest",
+                reason=Reason.DIGEST,
                 hint="pull the image again",
             )
 
@@ -194,7 +196,7 @@ class ContentStore:
         cap = self.limits.max_blob
         if size is not None and size > cap:
             raise VerificationError(
-                f"blob {digest}: announced size {size} exceeds the store's {cap}-byte cap", reason="size"
+                f"blob {digest}: announced size {size} exceeds the store's {cap}-byte cap", reason=Reason.SIZE
             )
         dest = self.path(digest)
         if dest.is_file():
@@ -266,13 +268,13 @@ class ContentStore:
         cfg = manifest.config
         if cfg.size > self.limits.max_config:
             raise VerificationError(
-                f"image {digest}: config of {cfg.size} bytes exceeds the cap", reason="size"
+                f"image {digest}: config of {cfg.size} bytes exceeds the cap", reason=Reason.SIZE
             )
         total = sum(layer.size for layer in manifest.layers)
         if total > self.limits.max_image:
             raise VerificationError(
                 f"image {digest}: {total} bytes of layers exceed the {self.limits.max_image}-byte cap",
-                reason="size",
+                reason=Reason.SIZE,
             )
         for desc in (cfg, *manifest.layers):
             if desc is not cfg and desc.media_type not in _LAYER_TYPES and not _vm_part(manifest, desc):
@@ -313,13 +315,14 @@ class ContentStore:
             data = source.get_manifest(digest)
             if len(data) > self.limits.max_manifest:
                 raise VerificationError(
-                    f"manifest {digest}: {len(data)} bytes exceeds the cap", reason="size"
+                    f"manifest {digest}: {len(data)} bytes exceeds the cap", reason=Reason.SIZE
                 )
             self.ingest_bytes(digest, data)
             fetched.append(digest)
         if size is not None and len(data) != size:
             raise VerificationError(
-                f"manifest {digest}: {len(data)} bytes, not the {size} the index announced", reason="size"
+                f"manifest {digest}: {len(data)} bytes, not the {size} the index announced",
+                reason=Reason.SIZE,
             )
         return data
 
@@ -334,7 +337,7 @@ class ContentStore:
                 self._discard(desc.digest)
                 raise VerificationError(
                     f"stored blob {desc.digest} has {actual} bytes, not {desc.size}; removed",
-                    reason="digest",
+                    reason=Reason.DIGEST,
                     hint="pull the image again",
                 )
             return
@@ -418,7 +421,9 @@ def _copy_hashed(src: IO[bytes], out: IO[bytes], *, limit: int, digest: Digest) 
     while block := src.read(_CHUNK):
         n += len(block)
         if n > limit:
-            raise VerificationError(f"blob {digest}: more than the {limit} bytes announced", reason="size")
+            raise VerificationError(
+                f"blob {digest}: more than the {limit} bytes announced", reason=Reason.SIZE
+            )
         h.update(block)
         out.write(block)
     out.flush()
@@ -430,11 +435,11 @@ def _check_ingested(digest: Digest, size: int | None, got: str, n: int) -> None:
     if got != digest.hex:
         raise VerificationError(
             f"blob {digest}: digest mismatch (got sha256:{got}); discarded",
-            reason="digest",
+            reason=Reason.DIGEST,
             hint="the source served other content than its descriptor names",
         )
     if size is not None and n != size:
-        raise VerificationError(f"blob {digest}: {n} bytes, not the {size} announced", reason="size")
+        raise VerificationError(f"blob {digest}: {n} bytes, not the {size} announced", reason=Reason.SIZE)
 
 
 class _NoSource:

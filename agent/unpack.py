@@ -71,10 +71,12 @@ from manifests.bounded import JsonCaps, read_json_object
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import DocumentError, ParseError, UnavailableError, VerificationError
+from manifests.imageconfig import ImageConfig
 from manifests.layerstream import Decompressor, HashingReader, open_layer
 from manifests.limits import AgentLimits
 from manifests.mediatypes import MediaType
 from manifests.tarformat import TarCaps, TarContent, TarFormatError, TarHeader, TarWording, read_tar
+from manifests.vocabulary import Reason
 
 __all__ = [
     "UnpackLimits",
@@ -539,12 +541,12 @@ def _unpack_one(tree: _Tree, layer: Layer, budget: _Budget) -> None:
         raw.drain()
     if raw.hexdigest != layer.digest.hex:
         raise VerificationError(
-            f"layer {layer.digest}: content hashes to sha256:{raw.hexdigest}", reason="digest"
+            f"layer {layer.digest}: content hashes to sha256:{raw.hexdigest}", reason=Reason.DIGEST
         )
     if layer.diff_id is not None and plain.hexdigest != layer.diff_id.hex:
         raise VerificationError(
             f"layer {layer.digest}: uncompressed content does not match diff_id {layer.diff_id}",
-            reason="digest",
+            reason=Reason.DIGEST,
         )
 
 
@@ -593,14 +595,18 @@ def _translate(exc: BaseException, where: str) -> None:
     return (so the caller re-raises ``exc`` itself) for anything else, such as KeyboardInterrupt."""
     if isinstance(exc, _Refused):
         raise VerificationError(
-            f"{where}: {exc}", reason="unpack", hint="the image's layers are unsafe; nothing was unpacked"
+            f"{where}: {exc}",
+            reason=Reason.UNPACK,
+            hint="the image's layers are unsafe; nothing was unpacked",
         ) from None
     if _is_bad_data(exc):
-        raise VerificationError(f"{where}: cannot read the layer: {exc}", reason="unpack") from exc
+        raise VerificationError(f"{where}: cannot read the layer: {exc}", reason=Reason.UNPACK) from exc
     if isinstance(exc, OSError):
         raise UnavailableError(f"{where}: unpacking failed: {exc}") from exc
     if isinstance(exc, RecursionError | MemoryError):  # never expected: still a refusal, not a crash
-        raise VerificationError(f"{where}: cannot unpack: {type(exc).__name__}", reason="unpack") from None
+        raise VerificationError(
+            f"{where}: cannot unpack: {type(exc).__name__}", reason=Reason.UNPACK
+        ) from None
 
 
 def _is_bad_data(exc: BaseException) -> bool:
@@ -691,19 +697,11 @@ def _writable_dir(dir_fd: int, name: str) -> None:
 
 def layers_of(store: ContentStore, image: PulledImage) -> list[Layer]:
     """The image's layers as :class:`Layer` values over the store's blob files."""
-    rootfs = image.config.get("rootfs")
-    ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
-    if not isinstance(ids, list) or not all(isinstance(x, str) for x in ids):
-        raise DocumentError("image config: rootfs.diff_ids must be a list of digests")
+    ids = ImageConfig.from_dict(image.config).diff_ids
     if len(ids) != len(image.layers):
         raise DocumentError(f"image config lists {len(ids)} diff_ids for {len(image.layers)} layers")
     return [
-        Layer(
-            digest=desc.digest,
-            media_type=desc.media_type,
-            diff_id=Digest.parse(diff_id),
-            path=store.path(desc.digest),
-        )
+        Layer(digest=desc.digest, media_type=desc.media_type, diff_id=diff_id, path=store.path(desc.digest))
         for desc, diff_id in zip(image.layers, ids, strict=True)
     ]
 

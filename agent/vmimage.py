@@ -33,7 +33,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from agent.health import HealthSpec
 from agent.rollout import Prepared, config_digest, health_spec_for
 from agent.store import ContentStore, PulledImage
 from agent.unpack import UnpackedRoot, remove_root, root_fingerprint
@@ -41,7 +40,6 @@ from manifests.atomic import atomic_write, fsync_dir
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
-from manifests.image import HttpCheck, TcpCheck
 from manifests.mediatypes import MediaType
 from manifests.oci import OCIManifest
 from manifests.release import Service
@@ -257,14 +255,7 @@ def prepared_vm(
         root = place_vm(store, image, roots_dir)
     ports = guest_ports(config)
     port = ports[0] if ports else (service.health.check.port if service.health is not None else None)
-    health, grace = health_spec_for(service, {})
-    if health is None and config.health is not None:
-        h = config.health
-        kw = {"interval": h.interval, "timeout": h.timeout, "retries": h.retries}
-        if isinstance(h.check, HttpCheck):
-            health = HealthSpec.http(h.check.port, h.check.path, **kw)
-        elif isinstance(h.check, TcpCheck):
-            health = HealthSpec.tcp(h.check.port, **kw)
+    health, grace = health_spec_for(service, config.health)
     return Prepared(
         service=service,
         release=release,

@@ -316,7 +316,7 @@ def _build_layout(
         layer_labels=[layer.category for layer in layers],
         source_date_epoch=mtime,
     )
-    config_bytes = canonical_json(config)
+    config_bytes = config.to_bytes()
     config_digest = layout.write_blob(config_bytes)
     files = tuple(sorted((f for r in results for f in r[1].files), key=lambda f: f.path))
     # The tree's own digest, equal to vm.json's treeDigest for a VM image of the same manifest.

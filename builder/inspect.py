@@ -29,6 +29,7 @@ from manifests.layout import REF_NAME, OCILayout, select_manifest
 from manifests.mediatypes import MediaType
 from manifests.oci import MAX_DOCUMENT_BYTES, OCIManifest, parse_json_object
 from manifests.tarformat import EXTENDED_FLAGS, TarCaps, TarWording, read_tar
+from manifests.vocabulary import Reason
 
 __all__ = ["TarMember", "Caps", "iter_tar", "inspect_image", "format_tree"]
 
@@ -183,7 +184,7 @@ _DECOMPRESSORS: dict[str, Decompressor] = {
 
 
 def _too_large(limit: int) -> VerificationError:
-    return VerificationError(f"layer exceeds {limit} bytes", reason="size")
+    return VerificationError(f"layer exceeds {limit} bytes", reason=Reason.SIZE)
 
 
 def _scan_layer(
@@ -201,10 +202,10 @@ def _scan_layer(
             raise DocumentError(f"layer {digest}: cannot decompress: {exc}") from exc
         raw.drain()
     if raw.hexdigest != digest.hex or raw.n != size:
-        raise VerificationError(f"layer {digest}: digest or size mismatch", reason="digest")
+        raise VerificationError(f"layer {digest}: digest or size mismatch", reason=Reason.DIGEST)
     if diff_id is not None and plain.hexdigest != diff_id.hex:
         raise VerificationError(
-            f"layer {digest}: uncompressed content does not match diff_id {diff_id}", reason="digest"
+            f"layer {digest}: uncompressed content does not match diff_id {diff_id}", reason=Reason.DIGEST
         )
     return members
 

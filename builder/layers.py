@@ -57,28 +57,36 @@ def plan_layers(entries: Sequence[Entry], policy: LayerPolicy) -> tuple[LayerPla
     if policy.max < 1:
         raise BuildError(f"layers.max must be at least 1, not {policy.max}")
     by_path = {e.path: e for e in entries}
-    own = [e for e in entries if not e.implicit]
+    groups = _strategy_groups([e for e in entries if not e.implicit], policy.strategy)
+    groups = _merge_down([g for g in groups if g.members] or [_Group("empty", [])], policy.max)
+    return tuple(_materialize(g, by_path) for g in groups)
+
+
+def _strategy_groups(own: list[Entry], strategy: LayerStrategy) -> list[_Group]:
+    """The groups a strategy asks for, in layer order (some may be empty)."""
+    if strategy is LayerStrategy.SINGLE:
+        return [_Group("all", own)]
     groups: list[_Group] = []
-    if policy.strategy is LayerStrategy.SINGLE:
-        groups = [_Group("all", own)]
-    elif policy.strategy is LayerStrategy.AUTO:
+    if strategy is LayerStrategy.AUTO:
         for cat in Category:
             members = [e for e in own if e.category is cat]
-            if cat is Category.RUNTIME:
-                groups.extend(_by_package(members))
-            elif members:
-                groups.append(_Group(str(cat), members))
-    else:
-        indexes = sorted({e.source_index for e in own})
-        for idx in indexes:
-            label = "system" if idx < 0 else f"contents[{idx}]"
-            groups.append(_Group(label, [e for e in own if e.source_index == idx]))
-    groups = [g for g in groups if g.members] or [_Group("empty", [])]
-    while len(groups) > policy.max:
+            groups.extend(_by_package(members) if cat is Category.RUNTIME else [_Group(str(cat), members)])
+        return groups
+    for idx in sorted({e.source_index for e in own}):
+        label = "system" if idx < 0 else f"contents[{idx}]"
+        groups.append(_Group(label, [e for e in own if e.source_index == idx]))
+    return groups
+
+
+def _merge_down(groups: list[_Group], most: int) -> list[_Group]:
+    """Merge the adjacent pair with the smallest total size until at most ``most`` groups are left
+    (adjacent, so the order from most to least stable holds)."""
+    groups = list(groups)
+    while len(groups) > most:
         best = min(range(len(groups) - 1), key=lambda i: (groups[i].size + groups[i + 1].size, i))
         a, b = groups[best], groups[best + 1]
         groups[best : best + 2] = [_Group(f"{a.label}+{b.label}", a.members + b.members)]
-    return tuple(_materialize(g, by_path) for g in groups)
+    return groups
 
 
 def _by_package(members: list[Entry]) -> list[_Group]:

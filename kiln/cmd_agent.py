@@ -17,10 +17,11 @@
 ``status`` and ``rollback`` talk to a running agent through its Unix socket; with no agent
 running, ``status`` reads the journal and ``rollback`` runs in this process.
 
-Exit codes of ``kiln agent reconcile --once`` (:data:`RECONCILE_EXIT`): 0 the release is current
-or was rolled out; 1 it failed (its health, or earlier attempts: ``skipped``); 3 it was refused
-(signature, policy, parse, internal, ...); 4 the source or the images were unavailable (auth,
-unreachable, not-found). A notice a library logs (e.g. plain http to a loopback registry) is
+Exit codes of ``kiln agent reconcile --once`` (:data:`RECONCILE_EXIT`, from
+:attr:`manifests.vocabulary.Outcome.exit_code`): 0 the release is current or was rolled out; 1 it
+failed (its health, or earlier attempts: ``skipped``) or waits for a fleet slot (``waiting``); 3 it
+was refused (signature, policy, parse, internal, ...); 4 the source or the images were unavailable
+(auth, unreachable, not-found). A notice a library logs (e.g. plain http to a loopback registry) is
 printed once per process, however often the loop polls.
 """
 
@@ -38,19 +39,13 @@ from typing import Any
 
 from kiln.output import Output, UsageError
 from manifests.errors import KilnError, VerificationError
+from manifests.vocabulary import Outcome
 
 __all__ = ["register", "DEFAULT_CONFIG", "RECONCILE_EXIT", "OncePerProcess", "notices_once"]
 
 DEFAULT_CONFIG = Path("/etc/kiln/agent.yaml")
 #: ``kiln agent reconcile --once``: outcome -> exit code (see the module docstring).
-RECONCILE_EXIT = {
-    "current": 0,
-    "rolled-out": 0,
-    "failed": 1,
-    "skipped": 1,
-    "refused": VerificationError.exit_code,
-    "unavailable": 4,
-}
+RECONCILE_EXIT = {str(outcome): outcome.exit_code for outcome in Outcome}
 _RECONCILE_EPILOG = (
     "exit codes: 0 current or rolled out; 1 failed (or skipped: failed max_attempts times before); "
     "3 refused (signature, policy, parse, internal, ...); 4 unavailable (source or images: auth, "
@@ -209,7 +204,7 @@ def _agent_reconcile(args: argparse.Namespace, out: Output) -> int:
         result = agent.reconcile_once()
     finally:
         agent.close()
-    code = RECONCILE_EXIT.get(result.outcome, 1)
+    code = result.outcome.exit_code
     data: dict[str, Any] = {
         "exit_code": code,
         "outcome": result.outcome,
@@ -228,7 +223,7 @@ def _agent_reconcile(args: argparse.Namespace, out: Output) -> int:
     elif result.detail:
         human += f": {result.detail}"
     if (
-        result.outcome == "unavailable"
+        result.outcome is Outcome.UNAVAILABLE
         and agent.source_state.last_error_reason
         and agent.source_state.ok is False
     ):

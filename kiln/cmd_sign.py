@@ -32,6 +32,7 @@ from manifests.errors import DocumentError, KilnError, VerificationError
 from manifests.layout import OCILayout
 from manifests.mediatypes import MediaType
 from manifests.oci import Descriptor, OCIManifest, parse_json_object
+from manifests.vocabulary import Reason
 from signing.attestation import STATEMENT_V1, PredicateKind
 from signing.cosign import attestation_tag, signature_tag
 from signing.errors import PassphraseError
@@ -361,7 +362,7 @@ def _statement_for(kind: PredicateKind, blob: bytes, root: Descriptor, name: str
         if not any(
             isinstance(s, dict) and s.get("digest", {}).get("sha256") == root.digest.hex for s in subjects
         ):
-            raise VerificationError(f"{kind} statement does not name {root.digest}", reason="digest")
+            raise VerificationError(f"{kind} statement does not name {root.digest}", reason=Reason.DIGEST)
         return blob
     statement: dict[str, Any] = {
         "_type": STATEMENT_V1,

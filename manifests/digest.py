@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from manifests.errors import DocumentError, VerificationError
+from manifests.vocabulary import Reason
 
 __all__ = ["Digest", "sha256_bytes", "sha256_file", "HashingReader"]
 
@@ -51,7 +52,7 @@ class Digest:
         got = hashlib.sha256(data).hexdigest()
         if got != self.hex:
             raise VerificationError(
-                f"{what}: digest mismatch: expected {self}, got sha256:{got}", reason="digest"
+                f"{what}: digest mismatch: expected {self}, got sha256:{got}", reason=Reason.DIGEST
             )
 
 
@@ -83,7 +84,7 @@ class HashingReader:
         data = self._raw.read(n)
         self.size += len(data)
         if self._limit is not None and self.size > self._limit:
-            raise VerificationError(f"stream exceeds its size cap of {self._limit} bytes", reason="size")
+            raise VerificationError(f"stream exceeds its size cap of {self._limit} bytes", reason=Reason.SIZE)
         self._h.update(data)
         return data
 

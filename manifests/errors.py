@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from manifests.vocabulary import Reason
+
 __all__ = [
     "KilnError",
     "Problem",
@@ -96,15 +98,16 @@ class DocumentError(KilnError):
 class VerificationError(KilnError):
     """Input was refused: a digest, signature, identity or policy check failed.
 
-    ``reason`` is a short machine-readable word (``digest``, ``signature``, ``identity``,
-    ``threshold``, ``policy``, ``expired``, ``rollback``, ``unpack``...).
+    ``reason`` is a :class:`~manifests.vocabulary.Reason` (``digest``, ``signature``, ``identity``,
+    ``threshold``, ``policy``, ``expired``, ``rollback``, ``unpack``...); a string outside that
+    vocabulary is a programming error (``ValueError``).
     """
 
     exit_code = 3
 
-    def __init__(self, message: str, *, reason: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, reason: Reason | str, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
-        self.reason = reason
+        self.reason = Reason(reason)
 
 
 class UnavailableError(KilnError):
@@ -121,4 +124,4 @@ class ParseError(DocumentError, VerificationError):
     """
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
-        VerificationError.__init__(self, message, reason="parse", hint=hint)
+        VerificationError.__init__(self, message, reason=Reason.PARSE, hint=hint)

@@ -29,6 +29,7 @@ from manifests.errors import DocumentError, VerificationError
 from manifests.files import open_regular, read_regular
 from manifests.mediatypes import MediaType
 from manifests.oci import MAX_DOCUMENT_BYTES, Descriptor, OCIIndex, OCIManifest, parse_json_object
+from manifests.vocabulary import Reason
 
 __all__ = [
     "OCILayout",
@@ -61,7 +62,7 @@ class BlobSink:
         n = len(data)
         self.size += n
         if self._limit is not None and self.size > self._limit:
-            raise VerificationError(f"blob exceeds its size cap of {self._limit} bytes", reason="size")
+            raise VerificationError(f"blob exceeds its size cap of {self._limit} bytes", reason=Reason.SIZE)
         self._h.update(data)
         self._fh.write(data)
         return n
@@ -162,11 +163,12 @@ class OCILayout:
             raise DocumentError(f"{self.root}: blob {digest} is missing") from None
         if h.hexdigest() != digest.hex:
             raise VerificationError(
-                f"{self.root}: blob {digest}: digest mismatch (got sha256:{h.hexdigest()})", reason="digest"
+                f"{self.root}: blob {digest}: digest mismatch (got sha256:{h.hexdigest()})",
+                reason=Reason.DIGEST,
             )
         if size is not None and n != size:
             raise VerificationError(
-                f"{self.root}: blob {digest}: size {n} differs from the expected {size}", reason="digest"
+                f"{self.root}: blob {digest}: size {n} differs from the expected {size}", reason=Reason.DIGEST
             )
 
     def write_blob(self, data: bytes) -> Digest:
@@ -415,7 +417,9 @@ def _reference_tag(name: str) -> str | None:
 
 def _check_expected(digest: Digest, expected: Digest | None) -> None:
     if expected is not None and digest != expected:
-        raise VerificationError(f"blob digest mismatch: expected {expected}, got {digest}", reason="digest")
+        raise VerificationError(
+            f"blob digest mismatch: expected {expected}, got {digest}", reason=Reason.DIGEST
+        )
 
 
 def _check_tag(name: str) -> None:

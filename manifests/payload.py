@@ -13,6 +13,7 @@ from __future__ import annotations
 from manifests.errors import DocumentError, VerificationError
 from manifests.oci import parse_json_object
 from manifests.source import DocumentFormat, SourceDocument
+from manifests.vocabulary import Reason
 
 __all__ = ["payload_document", "require_canonical"]
 
@@ -24,18 +25,20 @@ def payload_document(data: bytes, *, what: str, limit: int, name_errors: bool = 
     ``duplicate key 'x' in JSON document``).
     """
     if len(data) > limit:
-        raise VerificationError(f"{what}: {len(data)} bytes exceeds the {limit}-byte cap", reason="parse")
+        raise VerificationError(
+            f"{what}: {len(data)} bytes exceeds the {limit}-byte cap", reason=Reason.PARSE
+        )
     try:
         obj = parse_json_object(data, what=what, limit=limit)
     except DocumentError as exc:
         message = exc.message
         if name_errors and not message.startswith(what):
             message = f"{what}: {message}"
-        raise VerificationError(message, reason="parse") from None
+        raise VerificationError(message, reason=Reason.PARSE) from None
     return SourceDocument(source=what, fmt=DocumentFormat.YAML, data=obj)
 
 
 def require_canonical(data: bytes, canonical: bytes, *, what: str, hint: str) -> None:
     """Refuse ``data`` unless it is exactly ``canonical``, the serialization of what it holds."""
     if canonical != data:
-        raise VerificationError(f"{what} is not in canonical form", reason="parse", hint=hint)
+        raise VerificationError(f"{what} is not in canonical form", reason=Reason.PARSE, hint=hint)

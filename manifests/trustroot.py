@@ -63,6 +63,7 @@ from manifests.trustpolicy import (
     normalize_pem,
     pem_key_id,
 )
+from manifests.vocabulary import Reason
 
 __all__ = [
     "KIND",
@@ -174,7 +175,7 @@ class TrustRoot:
         try:
             root = trust_root_from_document(doc)
         except ManifestError as exc:
-            raise VerificationError("; ".join(str(p) for p in exc.problems), reason="parse") from None
+            raise VerificationError("; ".join(str(p) for p in exc.problems), reason=Reason.PARSE) from None
         require_canonical(
             data, root.to_bytes(), what="trust root payload", hint="sign trust roots with kiln root sign"
         )

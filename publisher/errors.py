@@ -23,6 +23,7 @@ import enum
 
 from manifests.bounded import JsonCaps, read_json
 from manifests.errors import KilnError, ParseError, UnavailableError
+from manifests.vocabulary import Reason
 
 __all__ = [
     "ErrorCode",
@@ -126,7 +127,7 @@ class TokenAnswerError(AuthError, ParseError):
 
     def __init__(self, message: str, *, hint: str | None = None) -> None:
         AuthError.__init__(self, message, hint=hint)
-        self.reason = "parse"
+        self.reason = Reason.PARSE
 
 
 class InvalidReference(PublishError):

@@ -22,6 +22,7 @@ from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
 from manifests.mediatypes import MediaType
 from manifests.oci import parse_json_object
+from manifests.vocabulary import Reason
 from signing.cosign import CosignLayer, attestation_layer
 from signing.dsse import Envelope, sign_envelope
 from signing.keys import PublicKey
@@ -79,18 +80,24 @@ def parse_statement(data: bytes) -> dict[str, Any]:
     try:
         st = parse_json_object(data, what="in-toto statement")
     except DocumentError as exc:
-        raise VerificationError(exc.message, reason="attestation") from None
+        raise VerificationError(exc.message, reason=Reason.ATTESTATION) from None
     if st.get("_type") not in ACCEPTED_STATEMENT_TYPES:
-        raise VerificationError(f"in-toto statement: unknown _type {st.get('_type')!r}", reason="attestation")
+        raise VerificationError(
+            f"in-toto statement: unknown _type {st.get('_type')!r}", reason=Reason.ATTESTATION
+        )
     if not isinstance(st.get("predicateType"), str):
-        raise VerificationError("in-toto statement: predicateType must be a string", reason="attestation")
+        raise VerificationError(
+            "in-toto statement: predicateType must be a string", reason=Reason.ATTESTATION
+        )
     subjects = st.get("subject")
     if not isinstance(subjects, list) or not subjects:
-        raise VerificationError("in-toto statement: subject must be a non-empty list", reason="attestation")
+        raise VerificationError(
+            "in-toto statement: subject must be a non-empty list", reason=Reason.ATTESTATION
+        )
     for i, s in enumerate(subjects):
         if not isinstance(s, dict) or not isinstance(s.get("digest"), dict):
             raise VerificationError(
-                f"in-toto statement: subject[{i}] has no digest map", reason="attestation"
+                f"in-toto statement: subject[{i}] has no digest map", reason=Reason.ATTESTATION
             )
     return st
 
@@ -106,12 +113,12 @@ def _open_layer(
     if envelope.payload_type != MediaType.IN_TOTO:
         raise VerificationError(
             f"attestation layer {index}: payloadType {envelope.payload_type!r} is not in-toto",
-            reason="attestation",
+            reason=Reason.ATTESTATION,
         )
     found = envelope.verified_key_ids(keys)
     if not found:
         raise VerificationError(
-            f"attestation layer {index}: no signature verifies with a trusted key", reason="signature"
+            f"attestation layer {index}: no signature verifies with a trusted key", reason=Reason.SIGNATURE
         )
     return found, parse_statement(envelope.payload)
 
@@ -130,7 +137,7 @@ def verify_attestation_layers(
     reason ``attestation`` when none is found, ``threshold`` when too few keys signed.
     """
     if threshold < 1:
-        raise VerificationError("threshold must be at least 1", reason="policy")
+        raise VerificationError("threshold must be at least 1", reason=Reason.POLICY)
     results: list[VerifiedAttestation] = []
     errors: list[VerificationError] = []
     for i, layer in enumerate(layers):
@@ -146,7 +153,8 @@ def verify_attestation_layers(
         if not _names_digest(statement, image_digest):
             errors.append(
                 VerificationError(
-                    f"attestation layer {i}: statement subject does not name {image_digest}", reason="digest"
+                    f"attestation layer {i}: statement subject does not name {image_digest}",
+                    reason=Reason.DIGEST,
                 )
             )
             continue
@@ -154,11 +162,13 @@ def verify_attestation_layers(
     if not results:
         if errors:
             raise none_matched(image_digest, errors, what="attestations")
-        raise VerificationError(f"no {predicate_type} attestation for {image_digest}", reason="attestation")
+        raise VerificationError(
+            f"no {predicate_type} attestation for {image_digest}", reason=Reason.ATTESTATION
+        )
     distinct = frozenset().union(*(r.key_ids for r in results))
     if len(distinct) < threshold:
         raise VerificationError(
             f"{predicate_type}: {len(distinct)} distinct trusted key(s) attested, {threshold} required",
-            reason="threshold",
+            reason=Reason.THRESHOLD,
         )
     return tuple(results)

@@ -23,6 +23,7 @@ from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
 from manifests.mediatypes import MediaType
 from manifests.oci import Descriptor, OCIManifest
+from manifests.vocabulary import Reason
 
 __all__ = [
     "SIGNATURE_ANNOTATION",
@@ -153,27 +154,27 @@ def read_layers(
     try:
         manifest = OCIManifest.from_bytes(manifest_bytes)
     except DocumentError as exc:
-        raise VerificationError(f"{what}: {exc.message}", reason="manifest") from None
+        raise VerificationError(f"{what}: {exc.message}", reason=Reason.MANIFEST) from None
     if len(manifest.layers) > MAX_LAYERS:
         raise VerificationError(
-            f"{what}: {len(manifest.layers)} layers exceeds {MAX_LAYERS}", reason="manifest"
+            f"{what}: {len(manifest.layers)} layers exceeds {MAX_LAYERS}", reason=Reason.MANIFEST
         )
     total = sum(desc.size for desc in manifest.layers)
     if total > MAX_ARTIFACT_BYTES:
         raise VerificationError(
-            f"{what}: its layers add up to {total} bytes, cap {MAX_ARTIFACT_BYTES}", reason="manifest"
+            f"{what}: its layers add up to {total} bytes, cap {MAX_ARTIFACT_BYTES}", reason=Reason.MANIFEST
         )
     out: list[CosignLayer] = []
     for i, desc in enumerate(manifest.layers):
         if desc.size > MAX_LAYER_BYTES:
             raise VerificationError(
-                f"{what}: layer {i} is {desc.size} bytes, cap {MAX_LAYER_BYTES}", reason="manifest"
+                f"{what}: layer {i} is {desc.size} bytes, cap {MAX_LAYER_BYTES}", reason=Reason.MANIFEST
             )
         blob = fetch(desc)
         if len(blob) != desc.size:
             raise VerificationError(
                 f"{what}: layer {i}: size {len(blob)} does not match descriptor size {desc.size}",
-                reason="digest",
+                reason=Reason.DIGEST,
             )
         desc.digest.check(blob, what=f"{what} layer {i}")
         out.append(CosignLayer(media_type=desc.media_type, blob=blob, annotations=desc.annotations))

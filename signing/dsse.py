@@ -30,6 +30,7 @@ from typing import Any
 from manifests.canonical import canonical_json
 from manifests.errors import DocumentError, VerificationError
 from manifests.oci import parse_json_object
+from manifests.vocabulary import Reason
 from signing.keys import PublicKey
 from signing.signer import Signer
 
@@ -75,7 +76,7 @@ class DsseSignature:
 
 
 def _refuse(message: str) -> VerificationError:
-    return VerificationError(f"DSSE envelope: {message}", reason="attestation")
+    return VerificationError(f"DSSE envelope: {message}", reason=Reason.ATTESTATION)
 
 
 def _b64(value: object, where: str) -> bytes:
@@ -112,7 +113,7 @@ class Envelope:
         try:
             d = parse_json_object(data, what="DSSE envelope", limit=MAX_ENVELOPE_BYTES)
         except DocumentError as exc:
-            raise VerificationError(exc.message, reason="attestation") from None
+            raise VerificationError(exc.message, reason=Reason.ATTESTATION) from None
         extra = sorted(set(d) - {"payload", "payloadType", "signatures"})
         if extra:
             raise _refuse(f"unknown key {extra[0]!r}")
@@ -159,16 +160,16 @@ class Envelope:
     def verify(self, keys: Sequence[PublicKey], *, threshold: int = 1) -> bytes:
         """Return the payload if at least ``threshold`` distinct trusted keys signed it."""
         if threshold < 1:
-            raise VerificationError("DSSE threshold must be at least 1", reason="policy")
+            raise VerificationError("DSSE threshold must be at least 1", reason=Reason.POLICY)
         if not self.signatures:
-            raise VerificationError("DSSE envelope has no signatures", reason="signature")
+            raise VerificationError("DSSE envelope has no signatures", reason=Reason.SIGNATURE)
         found = self.verified_key_ids(keys)
         if not found:
-            raise VerificationError("no DSSE signature verifies with a trusted key", reason="signature")
+            raise VerificationError("no DSSE signature verifies with a trusted key", reason=Reason.SIGNATURE)
         if len(found) < threshold:
             raise VerificationError(
                 f"DSSE envelope signed by {len(found)} distinct trusted key(s), {threshold} required",
-                reason="threshold",
+                reason=Reason.THRESHOLD,
             )
         return self.payload
 

@@ -18,6 +18,7 @@ from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
 from manifests.mediatypes import MediaType
 from manifests.oci import Descriptor, OCIIndex, OCIManifest, parse_json_object
+from manifests.vocabulary import Reason
 from signing.attestation import VerifiedAttestation, make_attestation_layer, verify_attestation_layers
 from signing.cosign import (
     MAX_LAYER_BYTES,
@@ -64,14 +65,14 @@ def _load(store: ArtifactStore, desc: Descriptor) -> ImageNode:
     if len(raw) != desc.size:
         raise VerificationError(
             f"manifest {desc.digest}: size {len(raw)} differs from descriptor size {desc.size}",
-            reason="digest",
+            reason=Reason.DIGEST,
         )
     try:
         if desc.media_type in _INDEX_TYPES:
             return ImageNode(digest=desc.digest, raw=raw, manifest=None, index=OCIIndex.from_bytes(raw))
         return ImageNode(digest=desc.digest, raw=raw, manifest=OCIManifest.from_bytes(raw), index=None)
     except DocumentError as exc:
-        raise VerificationError(f"manifest {desc.digest}: {exc.message}", reason="manifest") from None
+        raise VerificationError(f"manifest {desc.digest}: {exc.message}", reason=Reason.MANIFEST) from None
 
 
 def image_nodes(store: ArtifactStore, root: Descriptor) -> tuple[ImageNode, ...]:
@@ -83,7 +84,7 @@ def image_nodes(store: ArtifactStore, root: Descriptor) -> tuple[ImageNode, ...]
     for child in top.index.manifests:
         if child.media_type in _INDEX_TYPES:
             raise VerificationError(
-                f"index {root.digest}: nested indexes are not supported", reason="manifest"
+                f"index {root.digest}: nested indexes are not supported", reason=Reason.MANIFEST
             )
         children.append(_load(store, child))
     return (top, *children)
@@ -185,7 +186,7 @@ def pinned_root(store: ArtifactStore, digest: Digest) -> Descriptor:
     try:
         doc = parse_json_object(raw, what=f"manifest {digest}")
     except DocumentError as exc:
-        raise VerificationError(exc.message, reason="manifest") from None
+        raise VerificationError(exc.message, reason=Reason.MANIFEST) from None
     index = doc.get("mediaType") in _INDEX_TYPES or "manifests" in doc
     media_type = MediaType.OCI_INDEX if index else MediaType.OCI_MANIFEST
     return Descriptor(media_type=media_type, digest=digest, size=len(raw))

@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from manifests.errors import VerificationError
+from manifests.vocabulary import Reason
 from signing.errors import KeyFileError
 
 __all__ = [
@@ -71,7 +72,7 @@ def _algorithm_of(key: object) -> KeyAlgorithm:
         return KeyAlgorithm.ED25519
     raise VerificationError(
         f"unsupported public key type {_describe(key)}",
-        reason="key",
+        reason=Reason.KEY,
         hint="kiln trusts ECDSA P-256 and Ed25519 keys only",
     )
 
@@ -129,9 +130,11 @@ class PublicKey:
         try:
             algorithm = _algorithm_of(key)
         except VerificationError as exc:
-            raise VerificationError(f"{what}: {exc.message}", reason="key", hint=exc.hint) from None
+            raise VerificationError(f"{what}: {exc.message}", reason=Reason.KEY, hint=exc.hint) from None
         if expect is not None and algorithm != expect:
-            raise VerificationError(f"{what}: is a {algorithm} key, but {expect} is required", reason="key")
+            raise VerificationError(
+                f"{what}: is a {algorithm} key, but {expect} is required", reason=Reason.KEY
+            )
         assert isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey)  # noqa: S101 - narrowed above
         der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         return cls(algorithm=algorithm, der=der)
@@ -161,7 +164,7 @@ class PublicKey:
     def _load(self) -> ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey:
         key = serialization.load_der_public_key(self.der)
         if not isinstance(key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey):
-            raise VerificationError("public key changed type", reason="key")  # pragma: no cover
+            raise VerificationError("public key changed type", reason=Reason.KEY)  # pragma: no cover
         return key
 
     def verify(self, signature: bytes, data: bytes) -> None:
@@ -178,12 +181,12 @@ class PublicKey:
             else:
                 if len(signature) != 64:
                     raise VerificationError(
-                        f"Ed25519 signature is {len(signature)} bytes, expected 64", reason="signature"
+                        f"Ed25519 signature is {len(signature)} bytes, expected 64", reason=Reason.SIGNATURE
                     )
                 key.verify(signature, data)
         except InvalidSignature:
             raise VerificationError(
-                f"signature does not verify with key {self.key_id[:16]}", reason="signature"
+                f"signature does not verify with key {self.key_id[:16]}", reason=Reason.SIGNATURE
             ) from None
 
 
@@ -193,11 +196,11 @@ def _require_der(signature: bytes) -> None:
     except ValueError:
         raise VerificationError(
             "ECDSA signature is not ASN.1 DER",
-            reason="signature",
+            reason=Reason.SIGNATURE,
             hint="cosign-format signatures are DER SEQUENCE{r, s}, not raw r||s",
         ) from None
     if encode_dss_signature(r, s) != signature:
-        raise VerificationError("ECDSA signature is not strict DER", reason="signature")
+        raise VerificationError("ECDSA signature is not strict DER", reason=Reason.SIGNATURE)
 
 
 def generate_private_key(algorithm: KeyAlgorithm = KeyAlgorithm.ECDSA_P256) -> PrivateKey:

@@ -23,6 +23,7 @@ from typing import Any
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
+from manifests.vocabulary import Reason
 
 __all__ = ["SIMPLE_SIGNING_TYPE", "MAX_PAYLOAD_BYTES", "SimpleSigningPayload", "split_reference"]
 
@@ -40,7 +41,7 @@ def split_reference(reference: str) -> tuple[str, str | None]:
 
 
 def _refuse(message: str) -> VerificationError:
-    return VerificationError(f"signature payload: {message}", reason="payload")
+    return VerificationError(f"signature payload: {message}", reason=Reason.PAYLOAD)
 
 
 def _pairs_no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

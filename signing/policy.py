@@ -33,6 +33,7 @@ from typing import Protocol
 from manifests.digest import Digest
 from manifests.errors import KilnError, VerificationError
 from manifests.trustpolicy import MAX_POLICY_BYTES, ImageRules, parse_trust_policy
+from manifests.vocabulary import Reason
 from signing.attestation import PredicateKind, verify_attestation_layers
 from signing.cosign import CosignLayer
 from signing.keys import KeyAlgorithm, PublicKey
@@ -114,7 +115,7 @@ class SignedBy:
         del now
         if not image.signatures:
             raise VerificationError(
-                f"no signature for {image.digest}", reason="signature", hint="sign it with kiln sign"
+                f"no signature for {image.digest}", reason=Reason.SIGNATURE, hint="sign it with kiln sign"
             )
         verify_signature_layers(
             image.signatures,
@@ -151,17 +152,17 @@ class PolicyRule:
     def verify(self, image: SignedImage, *, now: datetime) -> None:
         keys = [k.key for k in self.keys if k.valid_at(now)]
         if not keys:
-            raise VerificationError(f"{self.name}: every key it names has expired", reason="expired")
+            raise VerificationError(f"{self.name}: every key it names has expired", reason=Reason.EXPIRED)
         found, first = signature_key_ids(
             image.signatures, image_digest=image.digest, identity=image.identity, keys=keys
         )
         if not found:
-            raise first or VerificationError(f"no signatures for {image.digest}", reason="signature")
+            raise first or VerificationError(f"no signatures for {image.digest}", reason=Reason.SIGNATURE)
         if len(found) < self.threshold:
             raise VerificationError(
                 f"{image.identity.repository}: {len(found)} distinct policy key(s) signed {image.digest}, "
                 f"rule requires {self.threshold}",
-                reason="threshold",
+                reason=Reason.THRESHOLD,
             )
         for kind in self.attestations:
             verify_attestation_layers(
@@ -181,7 +182,9 @@ class AllOf:
 
     def verify(self, image: SignedImage, *, now: datetime) -> None:
         if not self.policies:
-            raise VerificationError(f"{self.name}: an empty all-of policy allows nothing", reason="policy")
+            raise VerificationError(
+                f"{self.name}: an empty all-of policy allows nothing", reason=Reason.POLICY
+            )
         for policy in self.policies:
             policy.verify(image, now=now)
 
@@ -195,7 +198,9 @@ class AnyOf:
 
     def verify(self, image: SignedImage, *, now: datetime) -> None:
         if not self.policies:
-            raise VerificationError(f"{self.name}: an empty any-of policy allows nothing", reason="policy")
+            raise VerificationError(
+                f"{self.name}: an empty any-of policy allows nothing", reason=Reason.POLICY
+            )
         first: VerificationError | None = None
         for policy in self.policies:
             try:
@@ -239,19 +244,21 @@ class TrustPolicy:
 
     def verify(self, image: SignedImage, *, now: datetime) -> None:
         if not self.rules or not self.keys:
-            raise VerificationError("trust policy is empty: it allows nothing", reason="policy")
+            raise VerificationError("trust policy is empty: it allows nothing", reason=Reason.POLICY)
         if now.tzinfo is None:
             raise ValueError("now must be timezone-aware")
         if self.expires is not None and now >= self.expires:
             raise VerificationError(
                 f"trust policy expired at {self.expires.isoformat()}",
-                reason="expired",
+                reason=Reason.EXPIRED,
                 hint="renew the policy",
             )
         repository = image.identity.repository
         rules = self.for_repository(repository)
         if not rules.policies:
-            raise VerificationError(f"no trust policy rule covers repository {repository!r}", reason="policy")
+            raise VerificationError(
+                f"no trust policy rule covers repository {repository!r}", reason=Reason.POLICY
+            )
         rules.verify(image, now=now)
 
     def evaluate(
@@ -297,7 +304,7 @@ def load_policy(document: ImageRules, *, expires: datetime | None = None) -> Tru
         try:
             public = _public_key(k.public_key, k.algorithm, f"image key {k.name!r}")
         except KilnError as exc:
-            raise VerificationError(exc.message, reason="key", hint=exc.hint) from None
+            raise VerificationError(exc.message, reason=Reason.KEY, hint=exc.hint) from None
         keys[k.name] = PolicyKey(name=k.name, key=public, expires=k.expires)
     rules = tuple(
         PolicyRule(

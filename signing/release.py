@@ -37,6 +37,7 @@ from manifests.digest import Digest
 from manifests.errors import VerificationError
 from manifests.release import MAX_RELEASE_BYTES, Release
 from manifests.trustroot import TrustRoot
+from manifests.vocabulary import Reason
 from signing.dsse import DsseSignature, Envelope, sign_envelope, sslib_pae
 from signing.errors import SigningError
 from signing.policy import repository_glob
@@ -148,7 +149,7 @@ def check_release(
     if root.expired(now):
         raise VerificationError(
             f"trust root v{root.version} expired at {root.expires.isoformat()}",
-            reason="expired",
+            reason=Reason.EXPIRED,
             hint="install the next trust root (kiln root verify, then rotate)",
         )
     found = count_signatures(env, role_keys(root, root.releases), root.releases.threshold, what="release")
@@ -156,12 +157,13 @@ def check_release(
     release = Release.from_payload(payload, limit=size_cap)
     if channel is not None and release.channel != channel:
         raise VerificationError(
-            f"release is for channel {release.channel!r}, this host follows {channel!r}", reason="identity"
+            f"release is for channel {release.channel!r}, this host follows {channel!r}",
+            reason=Reason.IDENTITY,
         )
     if not any(repository_glob(g).match(release.channel) for g in root.releases.channels):
         raise VerificationError(
             f"trust root v{root.version} does not allow releases on channel {release.channel!r}",
-            reason="policy",
+            reason=Reason.POLICY,
         )
     policy = image_policy(root)
     for service in release.services:
@@ -169,7 +171,7 @@ def check_release(
             raise VerificationError(
                 f"service {service.name!r}: no image rule of the trust root covers "
                 f"{service.image.repository!r}",
-                reason="policy",
+                reason=Reason.POLICY,
                 hint="add a rule for the repository to the trust root's images",
             )
     digest = Digest.of(payload)
@@ -177,19 +179,19 @@ def check_release(
         if release.version < highest_accepted:
             raise VerificationError(
                 f"release v{release.version} is older than the accepted v{highest_accepted}",
-                reason="rollback",
+                reason=Reason.ROLLBACK,
                 hint="to roll back, sign a new, higher release that pins the older digests",
             )
         if release.version == highest_accepted and str(digest) != str(current_payload_digest):
             raise VerificationError(
                 f"release v{release.version} differs from the accepted release of that version",
-                reason="rollback",
+                reason=Reason.ROLLBACK,
                 hint="a version is signed once: publish changes under a higher version",
             )
     if release.expired(now):
         raise VerificationError(
             f"release v{release.version} expired at {release.expires.isoformat()}",
-            reason="expired",
+            reason=Reason.EXPIRED,
             hint="sign a new release with a later expires",
         )
     return VerifiedRelease(release=release, payload=payload, payload_digest=digest, key_ids=found)

@@ -27,6 +27,7 @@ from datetime import datetime
 
 from manifests.errors import KilnError, VerificationError
 from manifests.trustroot import MAX_ROOT_BYTES, Role, TrustRoot, parse_trust_root
+from manifests.vocabulary import Reason
 from signing.dsse import MAX_SIGNATURES as DSSE_MAX_SIGNATURES
 from signing.dsse import Envelope, sign_envelope
 from signing.keys import PublicKey
@@ -67,24 +68,26 @@ def open_envelope(data: bytes, *, payload_type: str, payload_cap: int, what: str
     if len(data) > cap:
         raise VerificationError(
             f"{what}: {len(data)} bytes exceeds the {cap}-byte cap",
-            reason="parse",
+            reason=Reason.PARSE,
             hint="refusing to parse it",
         )
     try:
         env = Envelope.from_bytes(data, max_signatures=None)  # bounded by the size cap; counted below
     except VerificationError as exc:
-        raise VerificationError(f"{what}: {exc.message}", reason="parse") from None
+        raise VerificationError(f"{what}: {exc.message}", reason=Reason.PARSE) from None
     if env.payload_type != payload_type:
         raise VerificationError(
-            f"{what}: payload type {env.payload_type!r}, expected {payload_type!r}", reason="parse"
+            f"{what}: payload type {env.payload_type!r}, expected {payload_type!r}", reason=Reason.PARSE
         )
     if len(env.payload) > payload_cap:
         raise VerificationError(
-            f"{what}: payload of {len(env.payload)} bytes exceeds the {payload_cap}-byte cap", reason="parse"
+            f"{what}: payload of {len(env.payload)} bytes exceeds the {payload_cap}-byte cap",
+            reason=Reason.PARSE,
         )
     if len(env.signatures) > MAX_SIGNATURES:
         raise VerificationError(
-            f"{what}: {len(env.signatures)} signatures, at most {MAX_SIGNATURES} are read", reason="parse"
+            f"{what}: {len(env.signatures)} signatures, at most {MAX_SIGNATURES} are read",
+            reason=Reason.PARSE,
         )
     return env
 
@@ -94,14 +97,16 @@ def count_signatures(
 ) -> frozenset[str]:
     """The distinct trusted key ids that signed ``env``; raise unless there are ``threshold``."""
     if not env.signatures:
-        raise VerificationError(f"{what} is not signed", reason="signature")
+        raise VerificationError(f"{what} is not signed", reason=Reason.SIGNATURE)
     found = env.verified_key_ids(keys)
     if not found:
-        raise VerificationError(f"no signature on {what} verifies with a trusted key", reason="signature")
+        raise VerificationError(
+            f"no signature on {what} verifies with a trusted key", reason=Reason.SIGNATURE
+        )
     if len(found) < threshold:
         raise VerificationError(
             f"{what} is signed by {len(found)} distinct trusted key(s), {threshold} required",
-            reason="threshold",
+            reason=Reason.THRESHOLD,
         )
     return found
 
@@ -113,7 +118,7 @@ def role_keys(root: TrustRoot, role: Role) -> tuple[PublicKey, ...]:
         try:
             key = PublicKey.from_pem(root.pem(kid).encode("ascii"), what=f"key {kid[:16]}")
         except KilnError as exc:
-            raise VerificationError(exc.message, reason="key", hint=exc.hint) from None
+            raise VerificationError(exc.message, reason=Reason.KEY, hint=exc.hint) from None
         out.append(key)
     return tuple(out)
 
@@ -173,18 +178,18 @@ def verify_root_update(old: TrustRoot, new_envelope_bytes: bytes, *, now: dateti
     )
     if new.version <= old.version:
         raise VerificationError(
-            f"trust root v{new.version} is not newer than the trusted v{old.version}", reason="rollback"
+            f"trust root v{new.version} is not newer than the trusted v{old.version}", reason=Reason.ROLLBACK
         )
     if new.version != old.version + 1:
         raise VerificationError(
             f"trust root v{new.version} skips v{old.version + 1}",
-            reason="policy",
+            reason=Reason.POLICY,
             hint="rotate one version at a time: apply every root in between, in order",
         )
     if new.expired(now):
         raise VerificationError(
             f"trust root v{new.version} expired at {new.expires.isoformat()}",
-            reason="expired",
+            reason=Reason.EXPIRED,
             hint="sign a root with a later expires",
         )
     return new

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from manifests.digest import Digest
 from manifests.errors import VerificationError
 from manifests.mediatypes import MediaType
+from manifests.vocabulary import Reason
 from signing.cosign import SIGNATURE_ANNOTATION, BlobFetcher, CosignLayer, read_layers
 from signing.keys import PublicKey
 from signing.payload import SimpleSigningPayload, split_reference
@@ -59,11 +60,11 @@ class Identity:
         repo, tag = split_reference(docker_reference)
         if repo != self.repository:
             raise VerificationError(
-                f"signature is for repository {repo!r}, expected {self.repository!r}", reason="identity"
+                f"signature is for repository {repo!r}, expected {self.repository!r}", reason=Reason.IDENTITY
             )
         if self.tag is not None and tag != self.tag:
             raise VerificationError(
-                f"signature is for tag {tag!r} of {repo!r}, expected tag {self.tag!r}", reason="identity"
+                f"signature is for tag {tag!r} of {repo!r}, expected tag {self.tag!r}", reason=Reason.IDENTITY
             )
 
 
@@ -77,16 +78,17 @@ def _check_layer(
     where = f"signature layer {index}"
     if layer.media_type != MediaType.COSIGN_SIMPLESIGNING:
         raise VerificationError(
-            f"{where}: media type {layer.media_type!r} is not a simple-signing payload", reason="manifest"
+            f"{where}: media type {layer.media_type!r} is not a simple-signing payload",
+            reason=Reason.MANIFEST,
         )
     encoded = layer.annotations.get(SIGNATURE_ANNOTATION)
     if not encoded:
-        raise VerificationError(f"{where}: no {SIGNATURE_ANNOTATION} annotation", reason="signature")
+        raise VerificationError(f"{where}: no {SIGNATURE_ANNOTATION} annotation", reason=Reason.SIGNATURE)
     try:
         signature = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise VerificationError(
-            f"{where}: signature annotation is not standard base64", reason="signature"
+            f"{where}: signature annotation is not standard base64", reason=Reason.SIGNATURE
         ) from None
     first: VerificationError | None = None
     signer: PublicKey | None = None
@@ -102,13 +104,14 @@ def _check_layer(
         detail = f" ({first.message})" if first is not None and len(keys) == 1 else ""
         raise VerificationError(
             f"{where}: signature does not verify with any of {len(keys)} trusted key(s){detail}",
-            reason="signature",
+            reason=Reason.SIGNATURE,
             hint=first.hint if first is not None else None,
         )
     payload = SimpleSigningPayload.from_bytes(layer.blob)
     if payload.manifest_digest != image_digest:
         raise VerificationError(
-            f"{where}: payload is for image {payload.manifest_digest}, not {image_digest}", reason="digest"
+            f"{where}: payload is for image {payload.manifest_digest}, not {image_digest}",
+            reason=Reason.DIGEST,
         )
     identity.check(payload.docker_reference)
     return signer.key_id
@@ -163,22 +166,22 @@ def verify_signature_layers(
     threshold: int = 1,
 ) -> None:
     if threshold < 1:
-        raise VerificationError("threshold must be at least 1", reason="policy")
+        raise VerificationError("threshold must be at least 1", reason=Reason.POLICY)
     if not keys:
-        raise VerificationError("no trusted keys given", reason="policy")
+        raise VerificationError("no trusted keys given", reason=Reason.POLICY)
     if not layers:
-        raise VerificationError(f"no signatures for {image_digest}", reason="signature")
+        raise VerificationError(f"no signatures for {image_digest}", reason=Reason.SIGNATURE)
     found, errors = _check_all(layers, image_digest=image_digest, identity=identity, keys=keys)
     if not found:
         if errors:
             raise none_matched(image_digest, errors)
         raise VerificationError(
-            f"no valid signature for {image_digest}", reason="signature"
+            f"no valid signature for {image_digest}", reason=Reason.SIGNATURE
         )  # pragma: no cover
     if len(found) < threshold:
         raise VerificationError(
             f"{image_digest}: {len(found)} distinct trusted key(s) signed, {threshold} required",
-            reason="threshold",
+            reason=Reason.THRESHOLD,
         )
 
 

@@ -36,6 +36,7 @@ from typing import BinaryIO, Protocol
 
 from builder.debian.index import PackageIndex, parse_stanza
 from manifests.errors import UnavailableError, VerificationError
+from manifests.vocabulary import Reason
 
 __all__ = [
     "DEFAULT_KEYRING",
@@ -147,7 +148,7 @@ def verify_inrelease(data: bytes, keyring: Path) -> str:
             said = " ".join(proc.stderr.decode("utf-8", "replace").split())[:300]
             raise VerificationError(
                 f"InRelease: the signature does not verify with {keyring}: {said}",
-                reason="signature",
+                reason=Reason.SIGNATURE,
                 hint="the archive or something between it and you is not what the keyring trusts",
             )
         return out.read_bytes().decode("utf-8", "replace")
@@ -160,7 +161,7 @@ def release_time(text: str, what: str) -> datetime:
     except (TypeError, ValueError):
         when = None
     if when is None or when.tzinfo is None:
-        raise VerificationError(f"InRelease: {what} {text[:60]!r} is not a date", reason="signature")
+        raise VerificationError(f"InRelease: {what} {text[:60]!r} is not a date", reason=Reason.SIGNATURE)
     return when
 
 
@@ -170,13 +171,13 @@ def _release(text: str, inrelease_sha256: str, suite: str, now: datetime) -> Rel
     if suite not in (codename, name):
         raise VerificationError(
             f"InRelease: signed for suite {name or '?'} ({codename or '?'}), not {suite}",
-            reason="signature",
+            reason=Reason.SIGNATURE,
             hint="a mirror may not answer one suite with another's signed Release",
         )
     if "Valid-Until" in fields and release_time(fields["Valid-Until"], "Valid-Until") < now:
         raise VerificationError(
             f"InRelease: expired (Valid-Until {fields['Valid-Until']})",
-            reason="expired",
+            reason=Reason.EXPIRED,
             hint="the mirror serves an outdated Release (a freeze or replay); try another mirror",
         )
     release_time(fields.get("Date", ""), "Date")
@@ -232,7 +233,7 @@ def fetch_index(
         if choice is None:
             raise VerificationError(
                 f"Packages index {stem}: not listed in the signed Release",
-                reason="digest",
+                reason=Reason.DIGEST,
                 hint=f"does the suite have component {component} for {architecture}?",
             )
         size, sha = release.sha256[choice]
@@ -253,7 +254,7 @@ def fetch_index(
                 raise VerificationError(
                     f"Packages index {choice}: sha256 {got} ({len(data)} bytes) does not match "
                     f"the signed Release ({sha}, {size} bytes)",
-                    reason="digest",
+                    reason=Reason.DIGEST,
                     hint="the mirror served an index the archive did not sign",
                 )
             _store(cache, sha, data)
@@ -273,7 +274,9 @@ def _decompress(data: bytes, name: str, limit: int) -> str:
         else:
             raw = data
     except (lzma.LZMAError, OSError, EOFError) as exc:
-        raise VerificationError(f"Packages index {name}: cannot decompress: {exc}", reason="digest") from exc
+        raise VerificationError(
+            f"Packages index {name}: cannot decompress: {exc}", reason=Reason.DIGEST
+        ) from exc
     if len(raw) > limit:
         raise UnavailableError(f"Packages index {name}: more than {limit} bytes uncompressed")
     return raw.decode("utf-8", "replace")

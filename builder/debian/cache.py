@@ -22,6 +22,7 @@ from typing import BinaryIO
 from builder.debian.archive import DEFAULT_LIMITS, DebianLimits, Fetcher
 from manifests.debianlock import LockedPackage
 from manifests.errors import UnavailableError, VerificationError
+from manifests.vocabulary import Reason
 
 __all__ = ["default_cache", "blob_path", "ensure_debs", "DOWNLOAD_THREADS"]
 
@@ -61,7 +62,7 @@ def _mismatch(pkg: LockedPackage, got: str, size: int) -> VerificationError:
     return VerificationError(
         f".deb {pkg.name} {pkg.version} ({pkg.filename}): {got} the lock pins "
         f"({pkg.sha256}, {pkg.size} bytes; received {size})",
-        reason="digest",
+        reason=Reason.DIGEST,
         hint="the mirror served a package the lock does not pin",
     )
 

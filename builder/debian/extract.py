@@ -44,6 +44,7 @@ from manifests.atomic import atomic_write
 from manifests.canonical import canonical_json
 from manifests.debianlock import LockedPackage
 from manifests.errors import VerificationError
+from manifests.vocabulary import Reason
 
 __all__ = ["EXTRACT_FORMAT", "RootEntry", "PackageInfo", "DebianRoot", "materialize", "MERGED_USR"]
 
@@ -103,7 +104,7 @@ def _key(packages: Sequence[LockedPackage], architecture: str, extra: object) ->
 def _refuse(what: str, message: str) -> VerificationError:
     return VerificationError(
         f"{what}: {message}",
-        reason="unpack",
+        reason=Reason.UNPACK,
         hint="the package breaks the path rules kiln extracts by; exclude it or report it",
     )
 
@@ -185,7 +186,7 @@ class _Extractor:
             if h.hexdigest() != pkg.sha256:
                 raise VerificationError(
                     f"{what}: the cached file {deb_path} does not hash to the lock's sha256",
-                    reason="digest",
+                    reason=Reason.DIGEST,
                     hint="delete it from the download cache; it will be downloaded again",
                 )
             deb = open_deb(fh, size, what=what)

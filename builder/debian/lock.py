@@ -23,6 +23,7 @@ from builder.debian.archive import (
 from builder.debian.resolve import resolve
 from manifests.debianlock import DebianLock, LockedPackage, LockRequest
 from manifests.errors import KilnError, VerificationError
+from manifests.vocabulary import Reason
 
 __all__ = ["StaleLockError", "make_lock", "check_lock", "why", "lock_path_for", "load_lock"]
 
@@ -72,7 +73,7 @@ def make_lock(
             raise VerificationError(
                 f"InRelease: dated {release.date}, older than the Release the lock was made from "
                 f"({previous.release_date})",
-                reason="rollback",
+                reason=Reason.ROLLBACK,
                 hint="the mirror serves an older archive state; use an up-to-date mirror",
             )
     progress(f"{request.suite}: InRelease verified ({release.date})")

@@ -30,6 +30,7 @@ from agent.runtime import InstanceSpec, ResourceLimits, new_instance_id
 from agent.seccomp import seccomp_profile
 from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
+from manifests.image import HealthCheck, HttpCheck
 from manifests.release import Resources
 from tests.agent.imagekit import image_config
 
@@ -67,7 +68,7 @@ def test_policy_from_the_builder_labels() -> None:
     assert p.writable == ("/tmp", "/var/cache/app")
     assert p.volumes == ("/var/lib/app",)
     assert p.ports == ("8080/tcp",)
-    assert p.health == {"type": "http", "port": 8080, "path": "/healthz"}
+    assert p.health == HealthCheck(check=HttpCheck(port=8080, path="/healthz"))
     assert p.allow_setuid is False
     assert p.mountpoints() == ("/proc", "/dev", "/sys", "/tmp", "/var/cache/app", "/var/lib/app")
 
@@ -128,7 +129,11 @@ def test_policy_falls_back_to_config_user_and_then_root() -> None:
             "1:1",
             "image config: label dev.kiln.allow-setuid: expected 'true' or 'false', got 'yes'",
         ),
-        ({"dev.kiln.health": "[]"}, "1:1", "image config: label dev.kiln.health: expected a JSON object"),
+        (
+            {"dev.kiln.health": "[]"},
+            "1:1",
+            "image config: label dev.kiln.health: must be a JSON object, not list",
+        ),
         (
             {"dev.kiln.ports": "[8080]"},
             "1:1",

@@ -25,10 +25,10 @@ from agent.health import (
     check_once,
     wait_healthy,
 )
-from builder.imageconfig import health_to_dict
 from manifests.canonical import canonical_json
 from manifests.errors import DocumentError, UnavailableError
 from manifests.image import ExecCheck, HealthCheck, HttpCheck, TcpCheck
+from manifests.vm import health_to_dict
 
 # -- a scripted server ---------------------------------------------------------------------------------
 
@@ -350,7 +350,10 @@ def test_label_round_trips_with_the_builder(check: HealthCheck) -> None:
 @pytest.mark.parametrize(
     ("label", "message"),
     [
-        ("not json", "dev.kiln.health label: is not JSON: Expecting value: line 1 column 1 (char 0)"),
+        (
+            "not json",
+            "dev.kiln.health label: not valid JSON: Expecting value: line 1 column 1 (char 0)",
+        ),
         ("[1]", "dev.kiln.health label: must be a JSON object, not list"),
         (
             '{"type":"grpc","port":1}',
@@ -387,6 +390,10 @@ def test_label_round_trips_with_the_builder(check: HealthCheck) -> None:
         ),
         (
             '{"type":"tcp","port":1,"timeout":1e400}',
+            "dev.kiln.health label: the number 1e400 is out of range (overflows a float)",
+        ),
+        (
+            '{"type":"tcp","port":1,"timeout":600.5}',
             "dev.kiln.health label: timeout: must be a number of seconds above 0 and at most 600",
         ),
         (
