@@ -431,10 +431,13 @@ class _Streak:
     passes: int = 0
     refusals: int = 0
     last: HealthResult | None = None
+    answered: HealthResult | None = None  # the last failed check the instance answered (a status)
 
     def record(self, result: HealthResult) -> tuple[bool, str] | None:
         """The verdict (healthy?, why) once ``result`` decides one, else None."""
         self.last = result
+        if result.status is not None and not result.ok:
+            self.answered = result
         refused = result.status is not None and 400 <= result.status <= 499
         self.refusals = self.refusals + 1 if refused else 0
         self.passes = self.passes + 1 if result.ok else 0
@@ -450,6 +453,10 @@ class _Streak:
             return "no check could run"
         if self.last.ok:
             return f"only {self.passes} of {self.retries} consecutive passes"
+        if self.last.status is None and self.answered is not None:
+            # the last check ran out of time (or could not connect); what the instance said before
+            # is what an operator needs to see, say HTTP 500
+            return f"{self.last.detail}; before that it answered {self.answered.detail}"
         return self.last.detail
 
 

@@ -700,3 +700,21 @@ def test_watch_thresholds_and_check(serve: Callable[..., ScriptedServer]) -> Non
     assert watch.last.detail == "connect failed: Connection refused"
     with pytest.raises(ValueError, match="at least 1"):
         HealthWatch(SPEC, passes=0)
+
+
+def test_a_last_check_that_ran_out_of_time_still_reports_what_the_instance_answered() -> None:
+    """Under load the last probe of a deadline can time out; the verdict keeps the answer before it."""
+    clock = FakeClock()
+    answers = iter(
+        [HealthResult(ok=False, detail="HTTP 500 Internal Server Error", latency=0.1, status=500)] * 3
+    )
+
+    def probe(spec: HealthSpec, connect: Callable[[float], socket.socket], timeout: float) -> HealthResult:
+        clock.now += 0.1
+        return next(answers, HealthResult(ok=False, detail="timed out waiting for the response", latency=0.1))
+
+    result = wait_healthy(SPEC, _no_connect, deadline=10.0, clock=clock, sleep=clock.sleep, probe=probe)
+    assert not result.ok
+    assert result.detail.endswith(
+        "timed out waiting for the response; before that it answered HTTP 500 Internal Server Error"
+    )
