@@ -44,7 +44,22 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from typing import Any, TextIO
 
-__all__ = ["BuildRequest", "parse_request", "replay", "InputRecorder", "record_build", "default_cache_dir"]
+__all__ = [
+    "BuildRequest",
+    "parse_request",
+    "replay",
+    "InputRecorder",
+    "record_build",
+    "default_cache_dir",
+    "environment",
+    "look",
+    "module_files",
+    "stable_inputs",
+    "write_record",
+    "read_record",
+    "inputs_hold",
+    "print_result",
+]
 
 _FORMAT = 1
 _RACY_NS = 50_000_000  # 50 ms: well above a tick of the kernel's coarse clock, which stamps ctime
@@ -70,6 +85,11 @@ _IMPORT_SYSTEM = (
     "<frozen importlib._bootstrap>",
     "<frozen zipimport>",
 )
+
+
+def environment() -> dict[str, str]:
+    """The environment variables that may change what a command does (a key of its record)."""
+    return {k: v for k, v in os.environ.items() if k in _ENV_EXACT or k.startswith(_ENV_PREFIXES)}
 
 
 def default_cache_dir() -> str:
@@ -112,7 +132,7 @@ class BuildRequest:
         for name in ("output", "cache_dir"):
             if name in options:
                 options[name] = os.path.join(cwd, options[name])
-        env = {k: v for k, v in os.environ.items() if k in _ENV_EXACT or k.startswith(_ENV_PREFIXES)}
+        env = environment()
         return {
             "format": _FORMAT,
             "kiln": __version__,
@@ -169,7 +189,7 @@ def _ident(st: os.stat_result) -> list[int]:
     return [st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
-def _look(path: str, follow: bool) -> list[int] | None:
+def look(path: str, follow: bool) -> list[int] | None:
     try:
         return _ident(os.stat(path) if follow else os.lstat(path))
     except OSError:
@@ -181,37 +201,22 @@ def replay(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | N
     request = parse_request(argv)
     if request is None:
         return None
-    try:
-        with open(request.record_path(), "rb") as fh:
-            data = fh.read(_MAX_RECORD + 1)
-    except OSError:
+    record = read_record(request.record_path())
+    if record is None or record.get("key") != request.key() or not inputs_hold(record):
         return None
     try:
-        record = json.loads(data)
-        if not isinstance(record, dict) or record.get("key") != request.key():
-            return None
         with open(os.path.join(os.getcwd(), request.manifest), "rb") as fh:
             if hashlib.sha256(fh.read()).hexdigest() != record["manifest_sha256"]:
                 return None
-        for path, follow, ident in record["inputs"]:
-            if _look(path, bool(follow)) != ident:
-                return None
         for path, ident in record["output"]:
-            if _look(path, False) != ident:
+            if look(path, False) != ident:
                 return None
         human, doc = str(record["human"]), record["json"]
     except (OSError, ValueError, TypeError, KeyError):
         return None
-    out = stdout or sys.stdout
-    try:
-        if request.json:
-            print(json.dumps({"version": 1, **doc}, sort_keys=True, indent=2), file=out, flush=True)
-        else:
-            print(human, file=out, flush=True)
-    except BrokenPipeError:  # `kiln build ... | head`: as kiln.cli does, quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, out.fileno())
-        return 141
+    gone = print_result(human, doc, json_mode=request.json, out=stdout or sys.stdout)
+    if gone is not None:
+        return gone
     if not request.quiet:
         print(
             "kiln: unchanged since the last build (every input as recorded): output kept",
@@ -231,11 +236,17 @@ class InputRecorder:
     _installed = False
 
     def __init__(
-        self, *, skip: Sequence[str], skip_prefixes: Sequence[str] = (), racy_ns: int = _RACY_NS
+        self,
+        *,
+        skip: Sequence[str],
+        skip_prefixes: Sequence[str] = (),
+        racy_ns: int = _RACY_NS,
+        network: bool = False,
     ) -> None:
         """``skip``: directories (or files) whose reads are not inputs (the cache, the output);
         ``skip_prefixes``: raw path prefixes likewise (the output's staging directories);
-        ``racy_ns``: how recent a change makes an identity untrustworthy."""
+        ``racy_ns``: how recent a change makes an identity untrustworthy; ``network``: whether
+        the command may connect (a publish: what it finds remotely is checked by the caller)."""
         import threading
 
         self._skip = (
@@ -250,6 +261,10 @@ class InputRecorder:
         self._local = threading.local()
         self._cwd = os.getcwd()
         self._racy_ns = racy_ns
+        self._unsafe = _UNSAFE_EVENTS - {"socket.connect"} if network else _UNSAFE_EVENTS
+        # What the command made itself (temporary directories, files it wrote) is not an input.
+        self._created: set[str] = set()
+        self._created_dirs: set[str] = set()
 
     def __enter__(self) -> InputRecorder:
         if not InputRecorder._installed:
@@ -262,16 +277,27 @@ class InputRecorder:
         InputRecorder._active.remove(self)
 
     def _skipped(self, path: str) -> bool:
-        return path in self._skip_exact or path.startswith(self._skip)
+        if path in self._skip_exact or path.startswith(self._skip):
+            return True
+        return bool(self._created) and (path in self._created or path.startswith(tuple(self._created_dirs)))
 
     def _note(self, path: str, follow: bool) -> None:
         path = os.path.join(self._cwd, path)
         if self._skipped(path) or (path, follow) in self.inputs:
             return
-        ident = _look(path, follow)
+        ident = look(path, follow)
         self._check_racy(path, ident)
         with self._lock:
             self.inputs.setdefault((path, follow), ident)
+
+    def _made(self, path: str, *, directory: bool) -> None:
+        path = os.path.join(self._cwd, path)
+        with self._lock:
+            if (path, True) in self.inputs or (path, False) in self.inputs:
+                return  # read before it was written: an input (the check after the run sees it)
+            self._created.add(path)
+            if directory:
+                self._created_dirs.add(os.path.join(path, ""))
 
     def _check_racy(self, path: str, ident: list[int] | None) -> None:
         if ident is not None and ident[5] >= time.time_ns() - self._racy_ns:
@@ -291,7 +317,7 @@ class InputRecorder:
             self._note(os.path.join(path, name), False)
 
     def event(self, name: str, args: tuple[Any, ...]) -> None:
-        if name in _UNSAFE_EVENTS:
+        if name in self._unsafe:
             self.refused = f"the build used {name}"
             return
         if getattr(self._local, "busy", False):
@@ -304,8 +330,14 @@ class InputRecorder:
                 return
             if name == "open":
                 path, mode, flags = args
-                if isinstance(path, (str, bytes)) and _reads(mode, flags):
-                    self._note(os.fsdecode(path), True)
+                if isinstance(path, (str, bytes)):
+                    if _reads(mode, flags):
+                        self._note(os.fsdecode(path), True)
+                    else:
+                        self._made(os.fsdecode(path), directory=False)
+            elif name == "os.mkdir":
+                if isinstance(args[0], (str, bytes)) and args[2] == -1:  # (path, mode, dir_fd)
+                    self._made(os.fsdecode(args[0]), directory=True)
             elif name in ("os.scandir", "os.listdir"):
                 path = args[0] if args[0] is not None else "."
                 if isinstance(path, (str, bytes)):
@@ -329,7 +361,7 @@ def _dispatch(name: str, args: tuple[Any, ...]) -> None:
         recorder.event(name, args)
 
 
-def _module_files() -> list[str]:
+def module_files() -> list[str]:
     files = []
     for module in list(sys.modules.values()):
         path = getattr(module, "__file__", None)
@@ -352,6 +384,25 @@ def _output_files(output: str) -> list[list[Any]]:
     return sorted(found)
 
 
+def stable_inputs(
+    recorder: InputRecorder, *, warn: Callable[[str], None] | None = None
+) -> list[list[Any]] | None:
+    """The recorded inputs plus the loaded modules' files, as ``[path, follow, identity]``; ``None``
+    when one changed while the command ran (or a temporary file is gone): then no record."""
+    for path in module_files():
+        recorder._note(path, True)
+    if recorder.refused is not None:
+        if warn is not None:
+            warn(f"no warm-run record: {recorder.refused}")
+        return None
+    for (path, follow), ident in recorder.inputs.items():
+        if look(path, follow) != ident:
+            if warn is not None:
+                warn(f"no warm-run record: {path} changed while the command ran")
+            return None
+    return sorted([path, follow, ident] for (path, follow), ident in recorder.inputs.items())
+
+
 def record_build(
     argv: Sequence[str],
     recorder: InputRecorder,
@@ -364,34 +415,59 @@ def record_build(
 ) -> bool:
     """Write the record of a finished build; ``False`` (and nothing written) when it may not be."""
     request = parse_request(argv)
-    if request is None or recorder.refused is not None:
-        if warn is not None and recorder.refused is not None:
-            warn(f"no warm-rebuild record: {recorder.refused}")
+    if request is None:
         return False
-    for path in _module_files():
-        recorder._note(path, True)
-    if recorder.refused is not None:
+    inputs = stable_inputs(recorder, warn=warn)
+    if inputs is None:
         return False
-    # An input that changed while the build ran (or a temporary file that is gone) makes the
-    # record unreliable: the next build must run for real.
-    for (path, follow), ident in recorder.inputs.items():
-        if _look(path, follow) != ident:
-            if warn is not None:
-                warn(f"no warm-rebuild record: {path} changed during the build")
-            return False
     record = {
         "key": request.key(),
         "manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
-        "inputs": sorted([path, follow, ident] for (path, follow), ident in recorder.inputs.items()),
+        "inputs": inputs,
         "output": _output_files(os.path.join(os.getcwd(), output)),
         "human": human,
         "json": doc,
     }
-    from manifests.atomic import atomic_write
+    write_record(request.record_path(), record)
+    return True
 
-    path = request.record_path()
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+
+def write_record(path: str, record: dict[str, Any]) -> None:
     from pathlib import Path
 
+    from manifests.atomic import atomic_write
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
     atomic_write(Path(path), json.dumps(record, sort_keys=True).encode(), durable=False)
-    return True
+
+
+def read_record(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(_MAX_RECORD + 1)
+        record = json.loads(data)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def inputs_hold(record: dict[str, Any]) -> bool:
+    """Whether every recorded input still has its recorded identity."""
+    try:
+        return all(look(path, bool(follow)) == ident for path, follow, ident in record["inputs"])
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def print_result(human: str, doc: dict[str, Any], *, json_mode: bool, out: TextIO) -> int | None:
+    """The recorded result on ``out`` as the command prints it; an exit code if the reader left."""
+    try:
+        if json_mode:
+            print(json.dumps({"version": 1, **doc}, sort_keys=True, indent=2), file=out, flush=True)
+        else:
+            print(human, file=out, flush=True)
+    except BrokenPipeError:  # `kiln ... | head`: as kiln.cli does, quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        return 141
+    return None

@@ -154,17 +154,28 @@ def _show_warnings() -> None:
         logger.addHandler(WarningLines(level=logging.WARNING))
 
 
+def _replay(argv: Sequence[str]) -> int | None:
+    """An unchanged rebuild or a no-change publish, finished from its record before the parser,
+    the builder or httpx are loaded (``None``: run the command)."""
+    if "build" in argv:
+        from kiln.buildrecord import replay
+
+        return replay(argv)
+    if "publish" in argv:
+        from kiln.publishrecord import replay as replay_publish
+
+        return replay_publish(argv)
+    return None
+
+
 def main(argv: Sequence[str] | None = None, *, replay_first: bool = True) -> int:
     """Run one command; ``replay_first=False`` when :mod:`kiln.__main__` already tried the warm
     rebuild record (:mod:`kiln.buildrecord`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # Known before parsing, so a usage error is one JSON object too (``--`` ends the options).
     _Parser.json_errors = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
-    if replay_first and "build" in argv:
-        from kiln.buildrecord import replay
-
-        # An unchanged rebuild is done here, before the parser and the builder are loaded.
-        done = replay(argv)
+    if replay_first:
+        done = _replay(argv)
         if done is not None:
             return done
     parser = build_parser(argv)

@@ -628,6 +628,10 @@ class RegistryClient:
 
     # --------------------------------------------------------------------------------- referrers
 
+    def referrers_api(self, repo: str) -> bool | None:
+        """Whether ``repo``'s registry answered the referrers API (``None``: not asked yet)."""
+        return self._referrers_api.get(repo)
+
     def _referrers_via_api(self, repo: str, digest: Digest) -> OCIIndex | None:
         what = f"{repo}: referrers of {digest}"
         resp = self.session.send(
