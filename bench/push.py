@@ -55,6 +55,7 @@ _POOL = 64 * MIB  # random bytes reused at shifting offsets: urandom is slow, th
 class Image:
     name: str
     layout: Path
+    ref: str  # its org.opencontainers.image.ref.name
     size: int
     blobs: int
 
@@ -138,9 +139,11 @@ def build_big(work: Path, *, size: int, layers: int) -> Image:
 
 def describe(name: str, root: Path) -> Image:
     layout = OCILayout.open(root)
-    manifest = OCIManifest.from_bytes(layout.read_blob(layout.resolve(TAG).digest))
+    # The image's name in the layout: a build writes its full reference (python-web:1.0.0).
+    ref = next(t for t in layout.tags() if not t.startswith("sha256-"))
+    manifest = OCIManifest.from_bytes(layout.read_blob(layout.resolve(ref).digest))
     blobs = (manifest.config, *manifest.layers)
-    return Image(name=name, layout=root, size=sum(d.size for d in blobs), blobs=len(blobs))
+    return Image(name=name, layout=root, ref=ref, size=sum(d.size for d in blobs), blobs=len(blobs))
 
 
 # ------------------------------------------------------------------------------------ pushing
@@ -236,13 +239,13 @@ def kiln_cmd(image: Image, host: str, repo: str, jobs: int) -> tuple[str, ...]:
             "kiln",
             "-q",
             "publish",
-            f"oci:{image.layout}:{TAG}",
+            f"oci:{image.layout}",  # its one image: oci:DIR:TAG takes a bare tag, not name:tag
             f"{host}/{repo}",
             "--insecure",
             "--jobs",
             str(jobs),
         )
-    return (sys.executable, "-c", _CHILD, str(image.layout), TAG, host, repo, str(jobs))
+    return (sys.executable, "-c", _CHILD, str(image.layout), image.ref, host, repo, str(jobs))
 
 
 def skopeo_cmd(image: Image, host: str, repo: str, policy: Path) -> tuple[str, ...]:
@@ -253,7 +256,7 @@ def skopeo_cmd(image: Image, host: str, repo: str, policy: Path) -> tuple[str, .
         "copy",
         "--quiet",
         "--dest-tls-verify=false",
-        f"oci:{image.layout}:{TAG}",
+        f"oci:{image.layout}:{image.ref}",
         f"docker://{host}/{repo}:{TAG}",
     )
 
