@@ -264,7 +264,7 @@ class InputRecorder:
         self._unsafe = _UNSAFE_EVENTS - {"socket.connect"} if network else _UNSAFE_EVENTS
         # What the command made itself (temporary directories, files it wrote) is not an input.
         self._created: set[str] = set()
-        self._created_dirs: set[str] = set()
+        self._created_dirs: tuple[str, ...] = ()
 
     def __enter__(self) -> InputRecorder:
         if not InputRecorder._installed:
@@ -279,12 +279,18 @@ class InputRecorder:
     def _skipped(self, path: str) -> bool:
         if path in self._skip_exact or path.startswith(self._skip):
             return True
-        return bool(self._created) and (path in self._created or path.startswith(tuple(self._created_dirs)))
+        return bool(self._created) and (path in self._created or path.startswith(self._created_dirs))
 
     def _note(self, path: str, follow: bool) -> None:
         path = os.path.join(self._cwd, path)
-        if self._skipped(path) or (path, follow) in self.inputs:
+        if (path, follow) in self.inputs or self._skipped(path):
             return
+        if follow:
+            # A regular file seen when its directory was listed: that identity already covers it
+            # (a symlink's target, or a directory's, still needs its own).
+            listed = self.inputs.get((path, False))
+            if listed is not None and listed[0] & 0o170000 == 0o100000:
+                return
         ident = look(path, follow)
         self._check_racy(path, ident)
         with self._lock:
@@ -297,7 +303,7 @@ class InputRecorder:
                 return  # read before it was written: an input (the check after the run sees it)
             self._created.add(path)
             if directory:
-                self._created_dirs.add(os.path.join(path, ""))
+                self._created_dirs = (*self._created_dirs, os.path.join(path, ""))
 
     def _check_racy(self, path: str, ident: list[int] | None) -> None:
         if ident is not None and ident[5] >= time.time_ns() - self._racy_ns:
@@ -317,8 +323,9 @@ class InputRecorder:
             self._note(os.path.join(path, name), False)
 
     def event(self, name: str, args: tuple[Any, ...]) -> None:
-        if name in self._unsafe:
-            self.refused = f"the build used {name}"
+        if name not in _WATCHED:
+            if name in self._unsafe:
+                self.refused = f"the build used {name}"
             return
         if getattr(self._local, "busy", False):
             return  # our own scandir, or sys._getframe below
@@ -356,9 +363,13 @@ def _reads(mode: object, flags: object) -> bool:
     return False
 
 
+_WATCHED = frozenset({"open", "os.mkdir", "os.scandir", "os.listdir", "kiln.input"})
+
+
 def _dispatch(name: str, args: tuple[Any, ...]) -> None:
-    for recorder in InputRecorder._active:
-        recorder.event(name, args)
+    if InputRecorder._active and (name in _WATCHED or name in _UNSAFE_EVENTS):
+        for recorder in InputRecorder._active:
+            recorder.event(name, args)
 
 
 def module_files() -> list[str]:

@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import sys
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -154,6 +153,12 @@ def _show_warnings() -> None:
         logger.addHandler(WarningLines(level=logging.WARNING))
 
 
+def _print_traceback() -> None:
+    import traceback  # only with --debug: its imports are a few ms of every command otherwise
+
+    traceback.print_exc()
+
+
 def _replay(argv: Sequence[str]) -> int | None:
     """An unchanged rebuild or a no-change publish, finished from its record before the parser,
     the builder or httpx are loaded (``None``: run the command)."""
@@ -194,7 +199,7 @@ def main(argv: Sequence[str] | None = None, *, replay_first: bool = True) -> int
 
     def fail(message: str, hint: str | None, code: int, exc: BaseException | None = None) -> int:
         if args.debug:
-            traceback.print_exc()
+            _print_traceback()
         for line in message.splitlines() or [""]:
             print(f"kiln: error: {line}", file=sys.stderr)
         if hint:
@@ -223,7 +228,7 @@ def main(argv: Sequence[str] | None = None, *, replay_first: bool = True) -> int
         return fail(f"{where}{exc.strerror or exc}", None, EXIT_FAIL)
     except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, traceback only with --debug
         if args.debug:
-            traceback.print_exc()
+            _print_traceback()
         message = f"internal error: {type(exc).__name__}: {exc}"
         hint = "rerun with --debug for a traceback, and report it"
         print(f"kiln: {message}", file=sys.stderr)
