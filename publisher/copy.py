@@ -439,7 +439,7 @@ def copy_closure(
     for man in closure.referrers:
         if man.digest in held:
             continue  # pushed and listed already
-        written += _put_manifest(dest, man)
+        written += _put_manifest(dest, man, new=has_new_blob(man))
         dest.add_referrer(closure.digest, _referrer_descriptor(man))
     return CopyResult(
         digest=closure.digest,
