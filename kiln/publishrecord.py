@@ -19,7 +19,6 @@ when the registry has the referrers API (no tag would show a referrer gone).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -31,6 +30,7 @@ from kiln.buildrecord import (
     inputs_hold,
     print_result,
     read_record,
+    record_name,
     stable_inputs,
     write_record,
 )
@@ -83,7 +83,7 @@ class PublishRequest:
 
     def record_path(self) -> str:
         material = json.dumps(self.key(), sort_keys=True, separators=(",", ":")).encode()
-        name = "publish-" + hashlib.sha256(material).hexdigest() + ".json"
+        name = "publish-" + record_name(material)
         return os.path.join(default_cache_dir(), "fast", name)
 
 
