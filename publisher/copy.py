@@ -436,11 +436,14 @@ def copy_closure(
     if closure.root.digest not in held:
         written += _put_manifest(dest, closure.root, new=root_new)
     written += _tag_cosign(src, dest, closure, held, jobs=jobs, say=say)
+    listing = []
     for man in closure.referrers:
         if man.digest in held:
             continue  # pushed and listed already
         written += _put_manifest(dest, man, new=has_new_blob(man))
-        dest.add_referrer(closure.digest, _referrer_descriptor(man))
+        listing.append(_referrer_descriptor(man))
+    if listing:
+        dest.add_referrers(closure.digest, listing)  # one update of the index for all of them
     return CopyResult(
         digest=closure.digest,
         blobs=counts,

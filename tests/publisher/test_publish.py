@@ -7,6 +7,7 @@ attestations travelling with the image, and concurrent publishers to one ``oci:D
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -292,12 +293,14 @@ def test_signatures_already_at_the_destination_are_merged_not_lost(dest: Dest, t
     verify_image(dest.store, desc, identity=identity, keys=[ALICE.public_key, BOB.public_key], threshold=2)
 
 
-def _add_sbom_referrer(layout: OCILayout, desc: Descriptor) -> tuple[Descriptor, Digest]:
+def _add_sbom_referrer(
+    layout: OCILayout, desc: Descriptor, body: bytes = b'{"spdxVersion": "SPDX-2.3"}'
+) -> tuple[Descriptor, Digest]:
     empty = layout.write_blob(b"{}")
-    sbom = layout.write_blob(b'{"spdxVersion": "SPDX-2.3"}')
+    sbom = layout.write_blob(body)
     referrer = OCIManifest(
         config=Descriptor(media_type=MediaType.OCI_EMPTY, digest=empty, size=2),
-        layers=(Descriptor(media_type=MediaType.SPDX_JSON, digest=sbom, size=27),),
+        layers=(Descriptor(media_type=MediaType.SPDX_JSON, digest=sbom, size=len(body)),),
         subject=Descriptor(media_type=MediaType.OCI_MANIFEST, digest=desc.digest, size=desc.size),
         artifact_type=MediaType.SPDX_JSON,
     )
@@ -325,6 +328,21 @@ def test_a_referrer_added_after_publishing_travels_on_republish(dest: Dest, tmp_
     assert dest.store.read_blob(sbom) == b'{"spdxVersion": "SPDX-2.3"}'
     _, third = _publish(tmp_path / "src", dest)
     assert not third.changed
+
+
+def test_the_referrers_index_is_written_once_for_all_referrers(registry: Target, tmp_path: Path) -> None:
+    desc = make_image(tmp_path / "src", version="1.0.0")
+    layout = OCILayout.open(tmp_path / "src")
+    one, _ = _add_sbom_referrer(layout, desc)
+    two, _ = _add_sbom_referrer(layout, desc, b'{"spdxVersion": "SPDX-2.3", "name": "two"}')
+    index_tag = f"/manifests/sha256-{desc.digest.hex} "  # not the .sig tag
+    with contextlib.closing(open_dest("registry", tmp_path, registry)) as gen:
+        dest = next(gen)
+        before = len(registry.registry.log_path.read_text().splitlines())
+        _publish(tmp_path / "src", dest)
+        lines = registry.registry.log_path.read_text().splitlines()[before:]
+        assert len([line for line in lines if '"PUT ' in line and index_tag in line]) == 1
+        assert {d.digest for d in dest.endpoint.referrers(desc.digest)} == {one.digest, two.digest}
 
 
 def test_referrers_travel_with_the_image(dest: Dest, tmp_path: Path) -> None:
