@@ -170,6 +170,15 @@ def _blobs_line(counts: BlobCounts) -> str:
 
 
 def cmd_publish(args: argparse.Namespace, out: Output) -> int:
+    from kiln.publishrecord import recorder_for
+
+    # Watching from the start: reading the layout is reading the inputs (kiln.publishrecord).
+    recorder = recorder_for(getattr(args, "argv", None))
+    with recorder if recorder is not None else contextlib.nullcontext():
+        return _publish(args, out, recorder)
+
+
+def _publish(args: argparse.Namespace, out: Output, recorder: InputRecorder | None) -> int:
     try:
         src_loc = parse_location(args.src, bare_directory=True)
     except InvalidReference:
@@ -197,11 +206,7 @@ def cmd_publish(args: argparse.Namespace, out: Output) -> int:
         root, layout_tag = built_image(src, src_loc.tag)
     version = image_version(src, root, layout_tag=layout_tag)
     check_channels(args.channel, version_tag(version))  # refuse before creating anything at DEST
-    from kiln.publishrecord import recorder_for
-
-    recorder = recorder_for(getattr(args, "argv", None)) if isinstance(dest_loc, Reference) else None
     with (
-        recorder if recorder is not None else contextlib.nullcontext(),
         open_endpoint(dest_loc, insecure=args.insecure, jobs=args.jobs, create=True) as dest,
         live_progress(out) as live,
     ):
@@ -217,7 +222,7 @@ def cmd_publish(args: argparse.Namespace, out: Output) -> int:
         )
         human, data = _publish_output(result)
         out.result(human, data)
-        if recorder is not None:
+        if recorder is not None and isinstance(dest_loc, Reference):
             _record(args.argv, recorder, src=src, root=root, dest=dest, result=result, out=out)
     return 0
 
