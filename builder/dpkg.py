@@ -16,6 +16,7 @@ import json
 import os
 import posixpath
 import stat
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -244,8 +245,10 @@ class OwnerIndex:
         self._cache_dir = cache_dir
         self._stem: str | None = None
         if cache_dir is not None:
+            status = os.path.join(sysroot, "var/lib/dpkg/status")
+            sys.audit("kiln.input", status, True)  # what the SBOM says depends on it: kiln.buildrecord
             try:
-                st = os.stat(os.path.join(sysroot, "var/lib/dpkg/status"))
+                st = os.stat(status)
                 ident = f"{_INDEX_FORMAT}\0{sysroot}\0{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}"
             except OSError:
                 ident = f"{_INDEX_FORMAT}\0{sysroot}\0no-dpkg"

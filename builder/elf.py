@@ -42,6 +42,7 @@ import posixpath
 import re
 import stat
 import struct
+import sys
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -192,6 +193,8 @@ class Sysroot:
                 real.pop()
                 continue
             here = "/" + "/".join([*real, comp])
+            # The answer depends on this path, found or not: tell an input recorder (kiln.buildrecord).
+            sys.audit("kiln.input", str(self.host(here)), False)
             try:
                 st = os.lstat(self.host(here))
             except (FileNotFoundError, NotADirectoryError):

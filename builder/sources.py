@@ -13,6 +13,7 @@ import os
 import posixpath
 import re
 import stat
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -180,6 +181,7 @@ class _Assembler:
 
     def files(self, spec: FileSpec, index: int, origin: str) -> None:
         src = self.host(spec.src)
+        sys.audit("kiln.input", str(src), True)  # an input by its stat alone: for kiln.buildrecord
         try:
             st = os.stat(src)
         except OSError as exc:

@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import sys
-import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -154,12 +153,39 @@ def _show_warnings() -> None:
         logger.addHandler(WarningLines(level=logging.WARNING))
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def _print_traceback() -> None:
+    import traceback  # only with --debug: its imports are a few ms of every command otherwise
+
+    traceback.print_exc()
+
+
+def _replay(argv: Sequence[str]) -> int | None:
+    """An unchanged rebuild or a no-change publish, finished from its record before the parser,
+    the builder or httpx are loaded (``None``: run the command)."""
+    if "build" in argv:
+        from kiln.buildrecord import replay
+
+        return replay(argv)
+    if "publish" in argv:
+        from kiln.publishrecord import replay as replay_publish
+
+        return replay_publish(argv)
+    return None
+
+
+def main(argv: Sequence[str] | None = None, *, replay_first: bool = True) -> int:
+    """Run one command; ``replay_first=False`` when :mod:`kiln.__main__` already tried the warm
+    rebuild record (:mod:`kiln.buildrecord`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     # Known before parsing, so a usage error is one JSON object too (``--`` ends the options).
     _Parser.json_errors = "--json" in argv[: argv.index("--")] if "--" in argv else "--json" in argv
+    if replay_first:
+        done = _replay(argv)
+        if done is not None:
+            return done
     parser = build_parser(argv)
     args = parser.parse_args(argv)
+    args.argv = tuple(argv)
     handler = getattr(args, "handler", None)
     if handler is None:
         parser.print_help(sys.stderr)
@@ -173,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def fail(message: str, hint: str | None, code: int, exc: BaseException | None = None) -> int:
         if args.debug:
-            traceback.print_exc()
+            _print_traceback()
         for line in message.splitlines() or [""]:
             print(f"kiln: error: {line}", file=sys.stderr)
         if hint:
@@ -202,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return fail(f"{where}{exc.strerror or exc}", None, EXIT_FAIL)
     except Exception as exc:  # noqa: BLE001 - a bug: say so in one line, traceback only with --debug
         if args.debug:
-            traceback.print_exc()
+            _print_traceback()
         message = f"internal error: {type(exc).__name__}: {exc}"
         hint = "rerun with --debug for a traceback, and report it"
         print(f"kiln: {message}", file=sys.stderr)

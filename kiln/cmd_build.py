@@ -81,12 +81,10 @@ def source_date_epoch(value: str | None) -> int:
 
 
 def default_cache_dir() -> Path:
-    env = os.environ.get("KILN_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "kiln"
+    """``$KILN_CACHE_DIR``, else ``$XDG_CACHE_HOME/kiln``, else ``~/.cache/kiln``."""
+    from kiln.buildrecord import default_cache_dir as where
+
+    return Path(where())
 
 
 def _human_size(n: int) -> str:
@@ -120,6 +118,37 @@ def cmd_validate(args: argparse.Namespace, out: Output) -> int:
 
 
 def cmd_build(args: argparse.Namespace, out: Output) -> int:
+    import contextlib
+
+    from kiln.buildrecord import InputRecorder, machine_caches, parse_request, record_build
+
+    argv = getattr(args, "argv", None)
+    recorder = None
+    if argv is not None and not args.no_cache and parse_request(argv) is not None:
+        recorder = InputRecorder(
+            skip=[str(args.cache_dir or default_cache_dir()), *machine_caches(), str(args.output)],
+            skip_prefixes=[str(args.output.parent / f".{args.output.name}.kiln-")],
+        )
+    with recorder if recorder is not None else contextlib.nullcontext():
+        human, doc, result_output = _build(args, out)
+    out.result(human, doc)
+    if recorder is not None and argv is not None:
+        # A cache that cannot be written only costs time, as for the build cache itself.
+        with contextlib.suppress(OSError):
+            record_build(
+                argv,
+                recorder,
+                manifest_bytes=Path(args.manifest).read_bytes(),
+                output=str(result_output),
+                human=human,
+                doc=doc,
+                warn=out.progress,
+            )
+    return 0
+
+
+def _build(args: argparse.Namespace, out: Output) -> tuple[str, dict[str, Any], Path]:
+    """Build; the result as text, as a JSON document, and where it was written."""
     from builder.build import build_image
     from builder.cache import BuildCache
     from manifests.image_parse import load_image_manifest
@@ -183,19 +212,16 @@ def cmd_build(args: argparse.Namespace, out: Output) -> int:
             f"  output  {result.output}",
         ]
     )
-    out.result(
-        human,
-        {
-            "name": result.name,
-            "image_version": result.image_version,
-            "digest": str(result.digest),
-            "size": result.size,
-            "layers": layers,
-            "output": str(result.output),
-            "format": args.format,
-        },
-    )
-    return 0
+    doc = {
+        "name": result.name,
+        "image_version": result.image_version,
+        "digest": str(result.digest),
+        "size": result.size,
+        "layers": layers,
+        "output": str(result.output),
+        "format": args.format,
+    }
+    return human, doc, result.output
 
 
 def _inspect_target(text: str) -> tuple[Path, str | None] | None:
@@ -225,7 +251,9 @@ def _readable(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
-def _build_vm(args: argparse.Namespace, out: Output, manifest: Any, epoch: int) -> int:
+def _build_vm(
+    args: argparse.Namespace, out: Output, manifest: Any, epoch: int
+) -> tuple[str, dict[str, Any], Path]:
     from builder.vm.image import build_vm
 
     output = args.output or Path("out") / f"{manifest.name.replace('/', '_')}.vm"
@@ -241,19 +269,16 @@ def _build_vm(args: argparse.Namespace, out: Output, manifest: Any, epoch: int) 
     if cfg.verity is not None:
         human.append(f"  root    {cfg.verity.root_hash}")
     human += [f"  size    {_human_size(result.size)} ({len(cfg.parts)} parts)", f"  output  {result.output}"]
-    out.result(
-        "\n".join(human),
-        {
-            "name": cfg.name,
-            "image_version": cfg.version,
-            "digest": str(result.digest),
-            "size": result.size,
-            "output": str(result.output),
-            "format": "vm",
-            "vm": cfg.to_dict(),
-        },
-    )
-    return 0
+    doc = {
+        "name": cfg.name,
+        "image_version": cfg.version,
+        "digest": str(result.digest),
+        "size": result.size,
+        "output": str(result.output),
+        "format": "vm",
+        "vm": cfg.to_dict(),
+    }
+    return "\n".join(human), doc, result.output
 
 
 def _inspect_vm(args: argparse.Namespace, out: Output, info: dict[str, Any]) -> int:

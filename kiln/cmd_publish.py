@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import gc
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from kiln.output import Output, UsageError
 from kiln.progress import LiveProgress, live_progress
@@ -29,6 +31,8 @@ from publisher.errors import InvalidReference, PublishError
 from publisher.layoutstore import LayoutRepository
 from publisher.publish import (
     VERSION_ANNOTATION,
+    PublishResult,
+    TagAction,
     built_image,
     check_channels,
     image_version,
@@ -37,6 +41,9 @@ from publisher.publish import (
 )
 from publisher.reference import Reference
 from publisher.transfer import Manifest
+
+if TYPE_CHECKING:
+    from kiln.buildrecord import InputRecorder
 
 __all__ = ["register", "open_endpoint", "Opened"]
 
@@ -163,6 +170,15 @@ def _blobs_line(counts: BlobCounts) -> str:
 
 
 def cmd_publish(args: argparse.Namespace, out: Output) -> int:
+    from kiln.publishrecord import recorder_for
+
+    # Watching from the start: reading the layout is reading the inputs (kiln.publishrecord).
+    recorder = recorder_for(getattr(args, "argv", None))
+    with recorder if recorder is not None else contextlib.nullcontext():
+        return _publish(args, out, recorder)
+
+
+def _publish(args: argparse.Namespace, out: Output, recorder: InputRecorder | None) -> int:
     try:
         src_loc = parse_location(args.src, bare_directory=True)
     except InvalidReference:
@@ -204,7 +220,14 @@ def cmd_publish(args: argparse.Namespace, out: Output) -> int:
             progress=out.progress,
             watch=_blob_bars(live),
         )
-    data = result.to_dict()
+        human, data = _publish_output(result)
+        out.result(human, data)
+        if recorder is not None and isinstance(dest_loc, Reference):
+            _record(args.argv, recorder, src=src, root=root, dest=dest, result=result, out=out)
+    return 0
+
+
+def _publish_output(result: PublishResult) -> tuple[str, dict[str, Any]]:
     lines = [result.reference]
     for change in result.tags:
         kind = "channel" if change.channel else "version"
@@ -213,8 +236,58 @@ def cmd_publish(args: argparse.Namespace, out: Output) -> int:
     lines.append("  " + _blobs_line(result.blobs))
     if not result.changed:
         lines.append("  already published: nothing changed")
-    out.result("\n".join(lines), data)
-    return 0
+    return "\n".join(lines), result.to_dict()
+
+
+def _record(
+    argv: Sequence[str],
+    recorder: InputRecorder,
+    *,
+    src: LayoutRepository,
+    root: Manifest,
+    dest: Opened,
+    result: PublishResult,
+    out: Output,
+) -> None:
+    """Record what a no-change publish of the same layout would find and print (kiln.publishrecord):
+    each tag the image is reached by at the registry, with the digest it names now."""
+    from kiln.publishrecord import record_publish
+    from publisher.registrystore import RegistryRepository
+
+    endpoint = dest.endpoint
+    if not isinstance(endpoint, RegistryRepository) or not endpoint.client.session.base_url.startswith(
+        "http:"
+    ):
+        return
+    tags = [(t.tag, str(result.digest)) for t in result.tags]
+    names = list(result.signatures)
+    if src.referrers(root.digest):
+        if endpoint.client.referrers_api(endpoint.repository) is not False:
+            return  # the referrers API: no tag shows a referrer gone
+        names.append(root.digest.tag_form)
+    for name in names:
+        found = endpoint.tag_target(name)
+        if found is None:
+            return
+        tags.append((name, str(found.digest)))
+    unchanged = dataclasses.replace(
+        result,
+        tags=tuple(dataclasses.replace(t, action=TagAction.UNCHANGED, previous=None) for t in result.tags),
+        blobs=BlobCounts(existed=result.blobs.uploaded + result.blobs.existed + result.blobs.mounted),
+        manifests_written=0,
+    )
+    human, data = _publish_output(unchanged)
+    with contextlib.suppress(OSError):
+        record_publish(
+            argv,
+            recorder,
+            host=endpoint.client.registry,
+            repo=endpoint.repository,
+            tags=tags,
+            human=human,
+            doc=data,
+            warn=out.progress,
+        )
 
 
 # -- pull -------------------------------------------------------------------------------------------

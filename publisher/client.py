@@ -628,6 +628,10 @@ class RegistryClient:
 
     # --------------------------------------------------------------------------------- referrers
 
+    def referrers_api(self, repo: str) -> bool | None:
+        """Whether ``repo``'s registry answered the referrers API (``None``: not asked yet)."""
+        return self._referrers_api.get(repo)
+
     def _referrers_via_api(self, repo: str, digest: Digest) -> OCIIndex | None:
         what = f"{repo}: referrers of {digest}"
         resp = self.session.send(
@@ -678,11 +682,17 @@ class RegistryClient:
             return self._referrer_locks.setdefault((repo, subject), threading.Lock())
 
     def add_referrer(self, repo: str, subject: Digest, descriptor: Descriptor) -> bool:
-        """Record ``descriptor`` (a pushed manifest whose subject is ``subject``) as a referrer.
+        """Record ``descriptor`` (a pushed manifest whose subject is ``subject``) as a referrer;
+        see :meth:`add_referrers`."""
+        return self.add_referrers(repo, subject, (descriptor,))
 
-        A registry with the referrers API indexes it by itself (returns ``False``); otherwise the
-        ``sha256-<hex>`` tag index is read, extended and written back under a lock, so concurrent
-        callers in this process never lose each other's entries (returns ``True``).
+    def add_referrers(self, repo: str, subject: Digest, descriptors: Sequence[Descriptor]) -> bool:
+        """Record ``descriptors`` (pushed manifests whose subject is ``subject``) as referrers.
+
+        A registry with the referrers API indexes them by itself (returns ``False``); otherwise the
+        ``sha256-<hex>`` tag index is read, extended with those it lacks and written back once,
+        under a lock, so concurrent callers in this process never lose each other's entries
+        (returns ``True``).
         """
         api = self._referrers_api.get(repo)
         if api is None:
@@ -693,11 +703,13 @@ class RegistryClient:
             current = self._fallback_index(repo, subject)
             if current is None:
                 current = OCIIndex(manifests=(), media_type=MediaType.OCI_INDEX)
-            if any(d.digest == descriptor.digest for d in current.manifests):
+            listed = {d.digest for d in current.manifests}
+            new = [d for d in {d.digest: d for d in descriptors}.values() if d.digest not in listed]
+            if not new:
                 return True
             updated = dataclasses.replace(
                 current,
-                manifests=(*current.manifests, descriptor),
+                manifests=(*current.manifests, *new),
                 media_type=current.media_type or MediaType.OCI_INDEX,
                 raw=None,
             )

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -304,24 +304,56 @@ def _merge_cosign(
     return Manifest(data=raw, media_type=MediaType.OCI_MANIFEST, digest=Digest.of(raw))
 
 
-def copy_closure(
+def _held_manifests(dest: Endpoint, closure: ImageClosure, present: Collection[Digest]) -> frozenset[Digest]:
+    """The closure's manifests known to be complete at ``dest`` (see :func:`copy_closure`): none
+    for a layout (checking it is a few ``stat`` calls, and it holds no such guarantee) or an index
+    root (only a platform manifest's blobs are vouched for by the registry)."""
+    if getattr(dest, "layout", None) is not None or closure.root.media_type in _INDEX_TYPES:
+        return frozenset()
+    held = {closure.root.digest} & set(present)
+    if not held:
+        return frozenset()
+    for tag, man in closure.cosign:  # a .sig/.att tag naming our manifest: nothing to merge
+        theirs = dest.tag_target(tag)
+        if theirs is not None and theirs.digest == man.digest:
+            held.add(man.digest)
+    if closure.referrers:
+        listed = {d.digest for d in dest.referrers(closure.digest)}
+        held.update(m.digest for m in closure.referrers if m.digest in listed)
+    return frozenset(held)
+
+
+def _blobs_of_held(closure: ImageClosure, held: frozenset[Digest], *, what: str) -> frozenset[Digest]:
+    """Blobs referenced only by manifests in ``held``."""
+    if not held:
+        return frozenset()
+    nodes = [closure.root, *closure.children, *(m for _, m in closure.cosign), *closure.referrers]
+    vouched: set[Digest] = set()
+    needed: set[Digest] = set()
+    for man in nodes:
+        digests = {d.digest for d in _manifest_blobs(man, what=f"{what}@{man.digest}")}
+        (vouched if man.digest in held else needed).update(digests)
+    return frozenset(vouched - needed)
+
+
+def _put_blobs(
     src: Endpoint,
     dest: Endpoint,
     closure: ImageClosure,
+    known: frozenset[Digest],
     *,
-    jobs: int = 4,
-    mount_from: str | None = None,
-    progress: Progress | None = None,
-    watch: Watch | None = None,
-) -> CopyResult:
-    """Make ``dest`` hold everything in ``closure`` (no tags naming the image: the caller's job).
-
-    ``watch(digest, bytes sent, size)`` follows each blob's bytes as they are read for upload (a
-    live view; for a destination layout, which links what it can, only for the bytes it copies)."""
-    say = progress or (lambda _m: None)
+    jobs: int,
+    mount_from: str | None,
+    say: Progress,
+    watch: Watch | None,
+) -> list[BlobResult]:
+    """Upload (or mount, or find) every blob of the closure not in ``known``; ``known`` ones count
+    as found."""
     with tempfile.TemporaryDirectory(prefix="kiln-copy-") as staging:
         sources = []
         for desc in closure.blobs:
+            if desc.digest in known:
+                continue
             s = src.blob_source(desc, Path(staging))
             if mount_from is not None:
                 s = dataclasses.replace(s, mount_from=mount_from)
@@ -331,7 +363,60 @@ def copy_closure(
                 )
             sources.append(s)
         say(f"{dest.display}: {len(sources)} blobs, {closure.size} bytes, {jobs} at a time")
-        results = dest.put_blobs(sources, jobs=jobs)
+        results = dest.put_blobs(sources, jobs=jobs) if sources else []
+    results += [
+        BlobResult(digest=d.digest, size=d.size, action=BlobAction.EXISTED)
+        for d in closure.blobs
+        if d.digest in known
+    ]
+    return results
+
+
+def _tag_cosign(
+    src: Endpoint, dest: Endpoint, closure: ImageClosure, held: frozenset[Digest], *, jobs: int, say: Progress
+) -> int:
+    """Point each ``.sig``/``.att`` tag at our manifest, merged with theirs; how many were written."""
+    written = 0
+    with dest.locked():
+        for tag, man in closure.cosign:
+            if man.digest in held:
+                continue  # the tag names it already (asked by _held_manifests)
+            theirs = dest.tag_target(tag)
+            target: Manifest | None = man
+            if theirs is not None and theirs.digest != man.digest:
+                target = _merge_cosign(src, dest, tag, man, theirs, jobs=jobs)
+            elif theirs is not None:
+                target = None
+            if target is not None:
+                dest.set_tag(tag, target)
+                written += 1
+                say(f"{dest.display}:{tag} -> {target.digest}")
+    return written
+
+
+def copy_closure(
+    src: Endpoint,
+    dest: Endpoint,
+    closure: ImageClosure,
+    *,
+    jobs: int = 4,
+    mount_from: str | None = None,
+    progress: Progress | None = None,
+    watch: Watch | None = None,
+    present: Collection[Digest] = (),
+) -> CopyResult:
+    """Make ``dest`` hold everything in ``closure`` (no tags naming the image: the caller's job).
+
+    ``watch(digest, bytes sent, size)`` follows each blob's bytes as they are read for upload (a
+    live view; for a destination layout, which links what it can, only for the bytes it copies).
+    ``present``: manifests the caller saw at ``dest`` (a version tag already naming the root).
+    A registry stores a manifest only once every blob it references is in the repository, so
+    neither a present manifest nor its blobs are asked about again, and the same holds for
+    referrers ``dest`` already lists: a no-change republish sends no ``HEAD`` per blob."""
+    say = progress or (lambda _m: None)
+    held = _held_manifests(dest, closure, present)
+    known = _blobs_of_held(closure, held, what=dest.display)
+    results = _put_blobs(src, dest, closure, known, jobs=jobs, mount_from=mount_from, say=say, watch=watch)
     counts = BlobCounts.of(results)
     say(
         f"{dest.display}: blobs uploaded {counts.uploaded}, existed {counts.existed}, "
@@ -348,29 +433,22 @@ def copy_closure(
     for man in closure.children:
         written += _put_manifest(dest, man, new=has_new_blob(man))
     root_new = bool(written) if closure.root.media_type in _INDEX_TYPES else has_new_blob(closure.root)
-    written += _put_manifest(dest, closure.root, new=root_new)
-    cosign_tags: list[str] = []
-    with dest.locked():
-        for tag, man in closure.cosign:
-            theirs = dest.tag_target(tag)
-            target: Manifest | None = man
-            if theirs is not None and theirs.digest != man.digest:
-                target = _merge_cosign(src, dest, tag, man, theirs, jobs=jobs)
-            elif theirs is not None:
-                target = None
-            if target is not None:
-                dest.set_tag(tag, target)
-                written += 1
-                say(f"{dest.display}:{tag} -> {target.digest}")
-            cosign_tags.append(tag)
+    if closure.root.digest not in held:
+        written += _put_manifest(dest, closure.root, new=root_new)
+    written += _tag_cosign(src, dest, closure, held, jobs=jobs, say=say)
+    listing = []
     for man in closure.referrers:
-        written += _put_manifest(dest, man)
-        dest.add_referrer(closure.digest, _referrer_descriptor(man))
+        if man.digest in held:
+            continue  # pushed and listed already
+        written += _put_manifest(dest, man, new=has_new_blob(man))
+        listing.append(_referrer_descriptor(man))
+    if listing:
+        dest.add_referrers(closure.digest, listing)  # one update of the index for all of them
     return CopyResult(
         digest=closure.digest,
         blobs=counts,
         manifests_written=written,
-        cosign_tags=tuple(cosign_tags),
+        cosign_tags=tuple(tag for tag, _ in closure.cosign),
         referrers=len(closure.referrers),
     )
 

@@ -82,7 +82,9 @@ class Endpoint(Protocol):
         """Manifests whose ``subject`` is ``digest`` (referrers API or the ``sha256-<hex>`` tag index)."""
         ...
 
-    def add_referrer(self, subject: Digest, desc: Descriptor) -> None: ...
+    def add_referrers(self, subject: Digest, descs: Sequence[Descriptor]) -> None:
+        """List ``descs`` (pushed manifests whose ``subject`` is ``subject``) as its referrers."""
+        ...
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

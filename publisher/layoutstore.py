@@ -298,14 +298,18 @@ class LayoutRepository:
                 found.append(desc)
         return tuple(found)
 
-    def add_referrer(self, subject: Digest, desc: Descriptor) -> None:
+    def add_referrers(self, subject: Digest, descs: Sequence[Descriptor]) -> None:
         del subject  # the referrer's own manifest names it
         with self.locked():
             index = self.layout.index()
-            if any(d.digest == desc.digest and REF_NAME not in d.annotations for d in index.manifests):
-                return
-            plain = replace(desc, annotations=MappingProxyType(dict(desc.annotations)))
-            self.layout.write_index(replace(index, manifests=(*index.manifests, plain), raw=None))
+            listed = {d.digest for d in index.manifests if REF_NAME not in d.annotations}
+            new = []
+            for desc in descs:
+                if desc.digest not in listed:
+                    listed.add(desc.digest)
+                    new.append(replace(desc, annotations=MappingProxyType(dict(desc.annotations))))
+            if new:
+                self.layout.write_index(replace(index, manifests=(*index.manifests, *new), raw=None))
 
 
 def _check_file(path: Path, src: BlobSource) -> None:

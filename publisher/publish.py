@@ -247,12 +247,22 @@ def publish(
     say = progress or (lambda _m: None)
     vtag = version_tag(version)
     names = check_channels(channels, vtag)
-    _check_version(dest, vtag, root.digest)  # fail before sending anything
+    already = _check_version(dest, vtag, root.digest)  # fail before sending anything
     closure = collect_closure(src, root)
-    copied = copy_closure(src, dest, closure, jobs=jobs, mount_from=mount_from, progress=say, watch=watch)
+    copied = copy_closure(
+        src,
+        dest,
+        closure,
+        jobs=jobs,
+        mount_from=mount_from,
+        progress=say,
+        watch=watch,
+        present=() if already is None else (root.digest,),
+    )
     changes: list[TagChange] = []
     with dest.locked():
-        if _check_version(dest, vtag, root.digest) is None:
+        # A version tag that already named this image is not asked about again: it never moves.
+        if already is None and _check_version(dest, vtag, root.digest) is None:
             dest.set_tag(vtag, root)
             changes.append(TagChange(tag=vtag, channel=False, action=TagAction.CREATED))
             say(f"{dest.display}:{vtag} -> {root.digest} (new version)")

@@ -130,8 +130,8 @@ class RegistryRepository:
                 return ()
             raise
 
-    def add_referrer(self, subject: Digest, desc: Descriptor) -> None:
-        self.client.add_referrer(self.repository, subject, desc)
+    def add_referrers(self, subject: Digest, descs: Sequence[Descriptor]) -> None:
+        self.client.add_referrers(self.repository, subject, descs)
 
 
 class RegistryArtifactStore:

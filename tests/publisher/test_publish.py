@@ -7,6 +7,7 @@ attestations travelling with the image, and concurrent publishers to one ``oci:D
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -200,6 +201,7 @@ def test_republishing_the_same_digest_is_a_no_op(dest: Dest, tmp_path: Path) -> 
     _publish(tmp_path / "src", dest, channels=("stable",))
     before_index = (dest.path / "index.json").read_bytes() if dest.path else b""
     before_puts = _registry_puts(dest.target) if dest.target else 0
+    before_lines = len(dest.target.registry.log_path.read_text().splitlines()) if dest.target else 0
     _, again = _publish(tmp_path / "src", dest, channels=("stable",))
     assert not again.changed
     assert again.blobs.uploaded == again.blobs.mounted == 0
@@ -210,6 +212,10 @@ def test_republishing_the_same_digest_is_a_no_op(dest: Dest, tmp_path: Path) -> 
         assert (dest.path / "index.json").read_bytes() == before_index
     if dest.target is not None:
         assert _registry_puts(dest.target) == before_puts, "a no-op publish wrote to the registry"
+        # The version tag names the image, so its blobs are there: no HEAD per blob or manifest.
+        lines = dest.target.registry.log_path.read_text().splitlines()[before_lines:]
+        asked = [line for line in lines if '"HEAD ' in line and "/blobs/" in line]
+        assert asked == [], "a no-change republish asked about blobs the registry vouches for"
 
 
 def test_other_content_under_a_published_version_is_refused(dest: Dest, tmp_path: Path) -> None:
@@ -285,6 +291,58 @@ def test_signatures_already_at_the_destination_are_merged_not_lost(dest: Dest, t
     for key in (ALICE.public_key, BOB.public_key):
         verify_image(dest.store, desc, identity=identity, keys=[key])
     verify_image(dest.store, desc, identity=identity, keys=[ALICE.public_key, BOB.public_key], threshold=2)
+
+
+def _add_sbom_referrer(
+    layout: OCILayout, desc: Descriptor, body: bytes = b'{"spdxVersion": "SPDX-2.3"}'
+) -> tuple[Descriptor, Digest]:
+    empty = layout.write_blob(b"{}")
+    sbom = layout.write_blob(body)
+    referrer = OCIManifest(
+        config=Descriptor(media_type=MediaType.OCI_EMPTY, digest=empty, size=2),
+        layers=(Descriptor(media_type=MediaType.SPDX_JSON, digest=sbom, size=len(body)),),
+        subject=Descriptor(media_type=MediaType.OCI_MANIFEST, digest=desc.digest, size=desc.size),
+        artifact_type=MediaType.SPDX_JSON,
+    )
+    raw = referrer.to_bytes()
+    rdesc = Descriptor(
+        media_type=MediaType.OCI_MANIFEST,
+        digest=layout.write_blob(raw),
+        size=len(raw),
+        artifact_type=MediaType.SPDX_JSON,
+    )
+    layout.add(rdesc)
+    return rdesc, sbom
+
+
+def test_a_referrer_added_after_publishing_travels_on_republish(dest: Dest, tmp_path: Path) -> None:
+    """The version tag already names the image (so its own blobs are not asked about), but a
+    referrer the destination does not list yet is pushed, with its blobs."""
+    desc = make_image(tmp_path / "src", version="1.0.0")
+    _publish(tmp_path / "src", dest)
+    rdesc, sbom = _add_sbom_referrer(OCILayout.open(tmp_path / "src"), desc)
+    _, again = _publish(tmp_path / "src", dest)
+    assert again.manifests_written >= 1
+    found = dest.endpoint.referrers(desc.digest)
+    assert [d.digest for d in found] == [rdesc.digest]
+    assert dest.store.read_blob(sbom) == b'{"spdxVersion": "SPDX-2.3"}'
+    _, third = _publish(tmp_path / "src", dest)
+    assert not third.changed
+
+
+def test_the_referrers_index_is_written_once_for_all_referrers(registry: Target, tmp_path: Path) -> None:
+    desc = make_image(tmp_path / "src", version="1.0.0")
+    layout = OCILayout.open(tmp_path / "src")
+    one, _ = _add_sbom_referrer(layout, desc)
+    two, _ = _add_sbom_referrer(layout, desc, b'{"spdxVersion": "SPDX-2.3", "name": "two"}')
+    index_tag = f"/manifests/sha256-{desc.digest.hex} "  # not the .sig tag
+    with contextlib.closing(open_dest("registry", tmp_path, registry)) as gen:
+        dest = next(gen)
+        before = len(registry.registry.log_path.read_text().splitlines())
+        _publish(tmp_path / "src", dest)
+        lines = registry.registry.log_path.read_text().splitlines()[before:]
+        assert len([line for line in lines if '"PUT ' in line and index_tag in line]) == 1
+        assert {d.digest for d in dest.endpoint.referrers(desc.digest)} == {one.digest, two.digest}
 
 
 def test_referrers_travel_with_the_image(dest: Dest, tmp_path: Path) -> None:

@@ -1,0 +1,492 @@
+"""The warm-rebuild record: an unchanged ``kiln build --force`` finishes before the builder loads.
+
+After a real build with a cache, :func:`record_build` writes ``fast/<key>.json`` into the cache
+directory. It lists every input the build consulted, each with its stat identity (mode, device,
+inode, size, mtime and ctime: a write to a file changes its ctime, which no user can set), the
+output's files with theirs, and the result the command printed. :func:`replay` runs first in
+``kiln build``, with nothing but the standard library loaded: when every identity still holds,
+it prints the recorded result and the command is done. Any difference, and the real build runs.
+
+What counts as an input is observed, not declared, so a new kind of source cannot be forgotten:
+while the build runs, an audit hook (:func:`sys.addaudithook`) sees
+
+- every file opened for reading (the manifest, sources read whole, ELF files and
+  ``/etc/ld.so.conf``, dpkg's status file, and the Python modules imported),
+- every directory listed (tree walks and globs): the directory's identity changes when an entry is
+  added, removed or renamed, and each entry's own identity is taken at the same moment,
+- ``kiln.input`` events ``(path, follow_symlinks)``: a path the builder decided on by its stat
+  alone, found or not (a ``files`` source; each step of the ELF search: a library later installed
+  earlier in the search order must be noticed),
+
+and, when the build ends, the files of every module loaded (the code is an input too). Identities
+are taken when the event fires, before the builder reads, so a file changed while the build runs
+is seen as changed next time. A file whose ctime is within :data:`_RACY_NS` of that moment could
+change again in the same clock tick without a visible difference (git's "racily clean" index
+entries): such a record is not written.
+
+No record is written, and the real build always runs, when the build ran a program, opened a
+network connection, used options this fast path does not know (the Debian flags, ``--no-cache``),
+or had no ``--force`` (without it an existing output is an error, which the real path reports).
+The key of a record is everything else that decides the output: kiln's version, the interpreter,
+the working directory, the options, and the environment variables the build reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+TYPE_CHECKING = False  # typing itself is not imported: this module runs before anything else loads
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any, TextIO
+
+__all__ = [
+    "BuildRequest",
+    "parse_request",
+    "replay",
+    "InputRecorder",
+    "record_build",
+    "default_cache_dir",
+    "environment",
+    "look",
+    "module_files",
+    "stable_inputs",
+    "write_record",
+    "read_record",
+    "inputs_hold",
+    "print_result",
+]
+
+_FORMAT = 1
+_RACY_NS = 50_000_000  # 50 ms: well above a tick of the kernel's coarse clock, which stamps ctime
+_MAX_RECORD = 64 << 20
+_ENV_EXACT = ("SOURCE_DATE_EPOCH", "HOME", "PATH", "TZ", "LANG", "TMPDIR")
+_ENV_PREFIXES = ("KILN_", "XDG_", "LD_", "LC_", "PYTHON")
+# Options of ``kiln build`` the fast path understands, and whether each takes a value.
+_VALUE_OPTIONS = {
+    "-o": "output",
+    "--output": "output",
+    "--format": "format",
+    "--name": "name",
+    "--cache-dir": "cache_dir",
+    "--source-date-epoch": "source_date_epoch",
+}
+_GLOBAL_FLAGS = {"--json": "json", "--debug": "debug", "-q": "quiet", "--quiet": "quiet"}
+_UNSAFE_EVENTS = frozenset(
+    {"subprocess.Popen", "os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.fork", "socket.connect"}
+)
+
+_IMPORT_SYSTEM = (
+    "<frozen importlib._bootstrap_external>",
+    "<frozen importlib._bootstrap>",
+    "<frozen zipimport>",
+)
+
+
+def record_name(material: bytes) -> str:
+    """A record's file name from its key: 64 bits of CRC-32 and Adler-32 (zlib loads in a
+    millisecond, hashlib's OpenSSL in several). The record holds its whole key and is used only
+    when that matches, so two keys that shared a name would only take turns, never mix up."""
+    import zlib
+
+    return f"{zlib.crc32(material):08x}{zlib.adler32(material):08x}.json"
+
+
+def environment() -> dict[str, str]:
+    """The environment variables that may change what a command does (a key of its record)."""
+    return {k: v for k, v in os.environ.items() if k in _ENV_EXACT or k.startswith(_ENV_PREFIXES)}
+
+
+def default_cache_dir() -> str:
+    """``$KILN_CACHE_DIR``, else ``$XDG_CACHE_HOME/kiln``, else ``~/.cache/kiln``."""
+    env = os.environ.get("KILN_CACHE_DIR")
+    if env:
+        return env
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return os.path.join(xdg or os.path.join(os.path.expanduser("~"), ".cache"), "kiln")
+
+
+def machine_caches() -> list[str]:
+    """kiln's caches of derived data (the build cache, dpkg's owner index): their files are not
+    inputs; what they are derived from is (and a build cache hit is verified by its digest)."""
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    home = os.path.join(xdg or os.path.join(os.path.expanduser("~"), ".cache"), "kiln")
+    return sorted({default_cache_dir(), home})
+
+
+class BuildRequest:
+    """A ``kiln build`` command line the fast path understands (``None`` from the parser if not)."""
+
+    __slots__ = ("json", "manifest", "options", "quiet")
+
+    def __init__(self, manifest: str, options: dict[str, str], *, json_mode: bool, quiet: bool) -> None:
+        self.manifest = manifest
+        self.options = options
+        self.json = json_mode
+        self.quiet = quiet
+
+    def cache_dir(self) -> str:
+        return self.options.get("cache_dir") or default_cache_dir()
+
+    def key(self) -> dict[str, Any]:
+        """Everything besides the recorded inputs that decides what the build writes."""
+        from kiln import __version__
+
+        cwd = os.getcwd()
+        options = dict(self.options)
+        for name in ("output", "cache_dir"):
+            if name in options:
+                options[name] = os.path.join(cwd, options[name])
+        env = environment()
+        return {
+            "format": _FORMAT,
+            "kiln": __version__,
+            "python": [sys.executable, sys.version],
+            "cwd": cwd,
+            "manifest": os.path.join(cwd, self.manifest),
+            "options": options,
+            "env": env,
+        }
+
+    def record_path(self) -> str:
+        material = json.dumps(self.key(), sort_keys=True, separators=(",", ":")).encode()
+        return os.path.join(self.cache_dir(), "fast", record_name(material))
+
+
+def parse_request(argv: Sequence[str]) -> BuildRequest | None:
+    """The command line if it is ``kiln [globals] build MANIFEST`` with known options, ``--force``
+    and ``--output`` (the default output depends on the manifest's name, unknown before parsing)."""
+    flags = {"json": False, "quiet": False}
+    options: dict[str, str] = {}
+    positional: list[str] = []
+    force = False
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        name, eq, value = arg.partition("=")
+        if arg in _GLOBAL_FLAGS:
+            flags[_GLOBAL_FLAGS[arg]] = True
+        elif arg == "--force":
+            force = True
+        elif name in _VALUE_OPTIONS and (eq or name == arg):
+            if not eq:
+                if i >= len(args):
+                    return None
+                value = args[i]
+                i += 1
+            if _VALUE_OPTIONS[name] in options:
+                return None  # given twice: leave the meaning to argparse
+            options[_VALUE_OPTIONS[name]] = value
+        elif arg.startswith("-"):
+            return None  # an option we do not model (abbreviations, -oX, Debian flags, --no-cache...)
+        else:
+            positional.append(arg)
+    if len(positional) != 2 or positional[0] != "build" or not force or "output" not in options:
+        return None
+    if options.get("format", "oci") not in ("oci", "oci-archive", "docker-archive"):
+        return None
+    return BuildRequest(positional[1], options, json_mode=flags["json"], quiet=flags["quiet"])
+
+
+def _ident(st: os.stat_result) -> list[int]:
+    return [st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def look(path: str, follow: bool) -> list[int] | None:
+    try:
+        return _ident(os.stat(path) if follow else os.lstat(path))
+    except OSError:
+        return None
+
+
+def replay(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | None = None) -> int | None:
+    """Exit code 0 after printing the recorded result, if the recorded build still holds; else ``None``."""
+    request = parse_request(argv)
+    if request is None:
+        return None
+    record = read_record(request.record_path())
+    if record is None or record.get("key") != request.key() or not inputs_hold(record):
+        return None
+    try:
+        with open(os.path.join(os.getcwd(), request.manifest), "rb") as fh:
+            if fh.read().decode("latin-1") != record["manifest"]:  # its bytes, kept whole: small
+                return None
+        for path, ident in record["output"]:
+            if look(path, False) != ident:
+                return None
+        human, doc = str(record["human"]), record["json"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    gone = print_result(human, doc, json_mode=request.json, out=stdout or sys.stdout)
+    if gone is not None:
+        return gone
+    if not request.quiet:
+        print(
+            "kiln: unchanged since the last build (every input as recorded): output kept",
+            file=stderr or sys.stderr,
+        )
+    return 0
+
+
+class InputRecorder:
+    """Collects the inputs of one build from audit events (see the module docstring).
+
+    The audit hook is process-wide and cannot be removed, so one hook is installed once and sends
+    events to the recorders currently active (in any thread: the builder writes layers in a pool).
+    """
+
+    _active: list[InputRecorder] = []  # noqa: RUF012 - the one hook's fan-out; guarded by _guard
+    _installed = False
+
+    def __init__(
+        self,
+        *,
+        skip: Sequence[str],
+        skip_prefixes: Sequence[str] = (),
+        racy_ns: int = _RACY_NS,
+        network: bool = False,
+    ) -> None:
+        """``skip``: directories (or files) whose reads are not inputs (the cache, the output);
+        ``skip_prefixes``: raw path prefixes likewise (the output's staging directories);
+        ``racy_ns``: how recent a change makes an identity untrustworthy; ``network``: whether
+        the command may connect (a publish: what it finds remotely is checked by the caller)."""
+        import threading
+
+        self._skip = (
+            tuple(os.path.join(os.path.abspath(p), "") for p in skip)
+            + tuple(os.path.abspath(p) for p in skip_prefixes)
+            + ("/proc/", "/dev/", "/sys/")
+        )
+        self._skip_exact = frozenset(os.path.abspath(p) for p in skip)
+        self.inputs: dict[tuple[str, bool], list[int] | None] = {}
+        self.refused: str | None = None  # why no record may be written
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._cwd = os.getcwd()
+        self._racy_ns = racy_ns
+        self._unsafe = _UNSAFE_EVENTS - {"socket.connect"} if network else _UNSAFE_EVENTS
+        # What the command made itself (temporary directories, files it wrote) is not an input.
+        self._created: set[str] = set()
+        self._created_dirs: tuple[str, ...] = ()
+
+    def __enter__(self) -> InputRecorder:
+        if not InputRecorder._installed:
+            sys.addaudithook(_dispatch)
+            InputRecorder._installed = True
+        InputRecorder._active.append(self)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        InputRecorder._active.remove(self)
+
+    def _skipped(self, path: str) -> bool:
+        if path in self._skip_exact or path.startswith(self._skip):
+            return True
+        return bool(self._created) and (path in self._created or path.startswith(self._created_dirs))
+
+    def _note(self, path: str, follow: bool) -> None:
+        path = os.path.join(self._cwd, path)
+        if (path, follow) in self.inputs or self._skipped(path):
+            return
+        if follow:
+            # A regular file seen when its directory was listed: that identity already covers it
+            # (a symlink's target, or a directory's, still needs its own).
+            listed = self.inputs.get((path, False))
+            if listed is not None and listed[0] & 0o170000 == 0o100000:
+                return
+        ident = look(path, follow)
+        self._check_racy(path, ident)
+        with self._lock:
+            self.inputs.setdefault((path, follow), ident)
+
+    def _made(self, path: str, *, directory: bool) -> None:
+        path = os.path.join(self._cwd, path)
+        with self._lock:
+            if (path, True) in self.inputs or (path, False) in self.inputs:
+                return  # read before it was written: an input (the check after the run sees it)
+            self._created.add(path)
+            if directory:
+                self._created_dirs = (*self._created_dirs, os.path.join(path, ""))
+
+    def _check_racy(self, path: str, ident: list[int] | None) -> None:
+        if ident is not None and ident[5] >= time.time_ns() - self._racy_ns:
+            self.refused = f"{path} changed less than {self._racy_ns // 1_000_000} ms ago"
+
+    def _listed(self, path: str) -> None:
+        path = os.path.join(self._cwd, path)
+        if self._skipped(path):
+            return
+        self._note(path, True)
+        try:
+            with os.scandir(path) as it:
+                names = [e.name for e in it]
+        except OSError:
+            return
+        for name in names:
+            self._note(os.path.join(path, name), False)
+
+    def event(self, name: str, args: tuple[Any, ...]) -> None:
+        if name not in _WATCHED:
+            if name in self._unsafe:
+                self.refused = f"the build used {name}"
+            return
+        if getattr(self._local, "busy", False):
+            return  # our own scandir, or sys._getframe below
+        self._local.busy = True
+        try:
+            # The import system's reads (sys.path listings, .pyc files) are not the build's: the
+            # code is recorded as the files of the modules loaded, when the build ends.
+            if sys._getframe(2).f_code.co_filename in _IMPORT_SYSTEM:
+                return
+            if name == "open":
+                path, mode, flags = args
+                if isinstance(path, (str, bytes)):
+                    if _reads(mode, flags):
+                        self._note(os.fsdecode(path), True)
+                    else:
+                        self._made(os.fsdecode(path), directory=False)
+            elif name == "os.mkdir":
+                if isinstance(args[0], (str, bytes)) and args[2] == -1:  # (path, mode, dir_fd)
+                    self._made(os.fsdecode(args[0]), directory=True)
+            elif name in ("os.scandir", "os.listdir"):
+                path = args[0] if args[0] is not None else "."
+                if isinstance(path, (str, bytes)):
+                    self._listed(os.fsdecode(path))
+            elif name == "kiln.input":
+                self._note(os.fsdecode(args[0]), bool(args[1]))
+        finally:
+            self._local.busy = False
+
+
+def _reads(mode: object, flags: object) -> bool:
+    if isinstance(mode, str):
+        return not any(c in mode for c in "wax+")
+    if isinstance(flags, int):
+        return not flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    return False
+
+
+_WATCHED = frozenset({"open", "os.mkdir", "os.scandir", "os.listdir", "kiln.input"})
+
+
+def _dispatch(name: str, args: tuple[Any, ...]) -> None:
+    if InputRecorder._active and (name in _WATCHED or name in _UNSAFE_EVENTS):
+        for recorder in InputRecorder._active:
+            recorder.event(name, args)
+
+
+def module_files() -> list[str]:
+    files = []
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if isinstance(path, str):
+            files.append(path)
+    return sorted(set(files))
+
+
+def _output_files(output: str) -> list[list[Any]]:
+    """The output's paths with their identities (a layout directory walked, or one file)."""
+    found: list[list[Any]] = []
+    pending = [output]
+    while pending:
+        path = pending.pop()
+        st = os.lstat(path)
+        found.append([path, _ident(st)])
+        if os.path.isdir(path) and not os.path.islink(path):
+            with os.scandir(path) as it:
+                pending.extend(e.path for e in it)
+    return sorted(found)
+
+
+def stable_inputs(
+    recorder: InputRecorder, *, warn: Callable[[str], None] | None = None
+) -> list[list[Any]] | None:
+    """The recorded inputs plus the loaded modules' files, as ``[path, follow, identity]``; ``None``
+    when one changed while the command ran (or a temporary file is gone): then no record."""
+    for path in module_files():
+        recorder._note(path, True)
+    if recorder.refused is not None:
+        if warn is not None:
+            warn(f"no warm-run record: {recorder.refused}")
+        return None
+    for (path, follow), ident in recorder.inputs.items():
+        if look(path, follow) != ident:
+            if warn is not None:
+                warn(f"no warm-run record: {path} changed while the command ran")
+            return None
+    return sorted([path, follow, ident] for (path, follow), ident in recorder.inputs.items())
+
+
+def record_build(
+    argv: Sequence[str],
+    recorder: InputRecorder,
+    *,
+    manifest_bytes: bytes,
+    output: str,
+    human: str,
+    doc: dict[str, Any],
+    warn: Callable[[str], None] | None = None,
+) -> bool:
+    """Write the record of a finished build; ``False`` (and nothing written) when it may not be."""
+    request = parse_request(argv)
+    if request is None:
+        return False
+    inputs = stable_inputs(recorder, warn=warn)
+    if inputs is None:
+        return False
+    record = {
+        "key": request.key(),
+        "manifest": manifest_bytes.decode("latin-1"),
+        "inputs": inputs,
+        "output": _output_files(os.path.join(os.getcwd(), output)),
+        "human": human,
+        "json": doc,
+    }
+    write_record(request.record_path(), record)
+    return True
+
+
+def write_record(path: str, record: dict[str, Any]) -> None:
+    from pathlib import Path
+
+    from manifests.atomic import atomic_write
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    atomic_write(Path(path), json.dumps(record, sort_keys=True).encode(), durable=False)
+
+
+def read_record(path: str) -> dict[str, Any] | None:
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(_MAX_RECORD + 1)
+        record = json.loads(data)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def inputs_hold(record: dict[str, Any]) -> bool:
+    """Whether every recorded input still has its recorded identity."""
+    try:
+        return all(look(path, bool(follow)) == ident for path, follow, ident in record["inputs"])
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def print_result(human: str, doc: dict[str, Any], *, json_mode: bool, out: TextIO) -> int | None:
+    """The recorded result on ``out`` as the command prints it; an exit code if the reader left."""
+    try:
+        if json_mode:
+            print(json.dumps({"version": 1, **doc}, sort_keys=True, indent=2), file=out, flush=True)
+        else:
+            print(human, file=out, flush=True)
+    except BrokenPipeError:  # `kiln ... | head`: as kiln.cli does, quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, out.fileno())
+        return 141
+    return None

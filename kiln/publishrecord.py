@@ -1,0 +1,256 @@
+"""The republish record: a no-change ``kiln publish`` to a loopback registry in one ``HEAD`` per tag.
+
+After a publish over plain http (``--insecure``, loopback only) :func:`record_publish` writes
+``fast/publish-<key>.json`` into kiln's cache directory: every local input the publish read (the
+layout's ``index.json`` and manifests, as :class:`kiln.buildrecord.InputRecorder` saw them, with
+the modules loaded), every tag the image is reachable by at the registry and the digest each names
+(the version and channel tags, the ``.sig``/``.att`` tags, the ``sha256-<hex>`` referrers tag),
+and what a no-change publish prints. :func:`replay` runs before the command line parser, httpx and
+the publisher are loaded: if the local inputs are as recorded, it asks the registry with the
+standard library's sockets (one connection, one ``HEAD`` per tag) whether each tag still
+names its digest. All of them do: the registry holds what a real publish would find, and nothing
+would be sent. Any other answer (a missing tag, another digest, a 401, an error) and the real
+publish runs, through httpx, as always. ADR 0025 records why and the options rejected.
+
+No record is written for TLS registries (their trust settings are httpx's; the fast path would
+need a second TLS configuration), when a proxy is configured, when a credential helper ran, or
+when the registry has the referrers API (no tag would show a referrer gone).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from kiln.buildrecord import (
+    InputRecorder,
+    default_cache_dir,
+    environment,
+    inputs_hold,
+    print_result,
+    read_record,
+    record_name,
+    stable_inputs,
+    write_record,
+)
+
+TYPE_CHECKING = False  # typing itself is not imported: this module runs before anything else loads
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+    from typing import Any, TextIO
+
+__all__ = ["PublishRequest", "parse_publish", "replay", "recorder_for", "record_publish"]
+
+_FORMAT = 1
+_TIMEOUT = 5.0
+_GLOBAL_FLAGS = {"--json": "json", "--debug": "debug", "-q": "quiet", "--quiet": "quiet"}
+_ACCEPT = ", ".join(
+    (
+        "application/vnd.oci.image.manifest.v1+json",
+        "application/vnd.oci.image.index.v1+json",
+        "application/vnd.docker.distribution.manifest.v2+json",
+        "application/vnd.docker.distribution.manifest.list.v2+json",
+    )
+)
+
+
+class PublishRequest:
+    """``kiln publish SRC HOST[:PORT]/REPO --insecure [--jobs N] [--channel NAME]...``."""
+
+    __slots__ = ("channels", "dest", "json", "quiet", "src")
+
+    def __init__(self, src: str, dest: str, channels: list[str], *, json_mode: bool, quiet: bool) -> None:
+        self.src = src
+        self.dest = dest
+        self.channels = channels
+        self.json = json_mode
+        self.quiet = quiet
+
+    def key(self) -> dict[str, Any]:
+        from kiln import __version__
+
+        return {
+            "format": _FORMAT,
+            "kiln": __version__,
+            "python": [sys.executable, sys.version],
+            "cwd": os.getcwd(),
+            "src": self.src,
+            "dest": self.dest,
+            "channels": self.channels,
+            "env": environment(),
+        }
+
+    def record_path(self) -> str:
+        material = json.dumps(self.key(), sort_keys=True, separators=(",", ":")).encode()
+        name = "publish-" + record_name(material)
+        return os.path.join(default_cache_dir(), "fast", name)
+
+
+def _proxied() -> bool:
+    return any(k.lower().endswith("_proxy") and v for k, v in os.environ.items())
+
+
+def parse_publish(argv: Sequence[str]) -> PublishRequest | None:
+    """The command line if the fast path understands it (``--insecure`` given, no proxy set)."""
+    flags = {"json": False, "quiet": False, "debug": False}
+    channels: list[str] = []
+    positional: list[str] = []
+    insecure = False
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        i += 1
+        name, eq, value = arg.partition("=")
+        if arg in _GLOBAL_FLAGS:
+            flags[_GLOBAL_FLAGS[arg]] = True
+        elif arg == "--insecure":
+            insecure = True
+        elif name in ("--jobs", "--channel") and (eq or name == arg):
+            if not eq:
+                if i >= len(args):
+                    return None
+                value = args[i]
+                i += 1
+            if name == "--channel":
+                channels.append(value)
+        elif arg.startswith("-"):
+            return None
+        else:
+            positional.append(arg)
+    if len(positional) != 3 or positional[0] != "publish" or not insecure or _proxied():
+        return None
+    src, dest = positional[1], positional[2]
+    return PublishRequest(src, dest, channels, json_mode=flags["json"], quiet=flags["quiet"])
+
+
+_MAX_HEAD = 64 << 10  # a HEAD answer's status line and headers
+
+
+def _head_answers(host: str, requests: list[bytes]) -> list[tuple[int, dict[str, str]]] | None:
+    """Send ``HEAD`` requests on one connection; each answer's status and headers (``None`` on any
+    error or anything unexpected: the caller then does the real publish).
+
+    A few lines of socket code, not ``http.client``: that module loads the ``email`` package,
+    ~35 ms, a third of the whole budget. A ``HEAD`` answer has no body, so one answer ends at its
+    blank line and the next begins after it."""
+    import socket
+
+    name, _, port = host.rpartition(":")
+    try:
+        with socket.create_connection((name.strip("[]"), int(port)), timeout=_TIMEOUT) as sock:
+            sock.sendall(b"".join(requests))
+            answers: list[tuple[int, dict[str, str]]] = []
+            buf = b""
+            while len(answers) < len(requests):
+                end = buf.find(b"\r\n\r\n")
+                if end < 0:
+                    if len(buf) > _MAX_HEAD:
+                        return None
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        return None
+                    buf += chunk
+                    continue
+                head, buf = buf[:end].decode("latin-1"), buf[end + 4 :]
+                status_line, *lines = head.split("\r\n")
+                version, _, rest = status_line.partition(" ")
+                if not version.startswith("HTTP/1."):
+                    return None
+                headers = {}
+                for line in lines:
+                    key, sep, value = line.partition(":")
+                    if not sep:
+                        return None
+                    headers[key.strip().lower()] = value.strip()
+                answers.append((int(rest[:3]), headers))
+            return answers
+    except (OSError, ValueError):
+        return None
+
+
+def _tags_hold(host: str, repo: str, tags: list[list[str]]) -> bool:
+    requests = [
+        (
+            f"HEAD /v2/{repo}/manifests/{tag} HTTP/1.1\r\nHost: {host}\r\nAccept: {_ACCEPT}\r\n"
+            "User-Agent: kiln\r\n\r\n"
+        ).encode()
+        for tag, _digest in tags
+    ]
+    answers = _head_answers(host, requests)
+    if answers is None:
+        return False
+    return all(
+        status == 200 and headers.get("docker-content-digest") == digest
+        for (status, headers), (_tag, digest) in zip(answers, tags, strict=True)
+    )
+
+
+def replay(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | None = None) -> int | None:
+    """Exit code 0 after printing the no-change result, if the recorded publish still holds."""
+    request = parse_publish(argv)
+    if request is None:
+        return None
+    record = read_record(request.record_path())
+    if record is None or record.get("key") != request.key() or not inputs_hold(record):
+        return None
+    try:
+        host, repo, tags = str(record["host"]), str(record["repo"]), record["tags"]
+        human, doc = str(record["human"]), record["json"]
+    except (KeyError, TypeError):
+        return None
+    if not tags or not _tags_hold(host, repo, tags):
+        return None
+    gone = print_result(human, doc, json_mode=request.json, out=stdout or sys.stdout)
+    if gone is not None:
+        return gone
+    err = stderr or sys.stderr
+    print(
+        f"kiln: warning: --insecure: talking plain http to the loopback registry {host}: no TLS, so "
+        "layers and credentials travel in the clear and anyone on the path can change them (only "
+        "digests still protect you)",
+        file=err,
+        flush=True,
+    )
+    if not request.quiet:
+        print(f"kiln: every tag at {host}/{repo} names what this layout holds: nothing to send", file=err)
+    return 0
+
+
+def recorder_for(argv: Sequence[str] | None) -> InputRecorder | None:
+    """An input recorder for a publish the fast path understands, else ``None``."""
+    if argv is None or parse_publish(argv) is None:
+        return None
+    return InputRecorder(skip=[], network=True)
+
+
+def record_publish(
+    argv: Sequence[str],
+    recorder: InputRecorder,
+    *,
+    host: str,
+    repo: str,
+    tags: list[tuple[str, str]],
+    human: str,
+    doc: dict[str, Any],
+    warn: Callable[[str], None] | None = None,
+) -> bool:
+    """Write the record of a finished publish (``human``/``doc``: what a no-change one prints)."""
+    request = parse_publish(argv)
+    if request is None:
+        return False
+    inputs = stable_inputs(recorder, warn=warn)
+    if inputs is None:
+        return False
+    record = {
+        "key": request.key(),
+        "inputs": inputs,
+        "host": host,
+        "repo": repo,
+        "tags": [list(t) for t in tags],
+        "human": human,
+        "json": doc,
+    }
+    write_record(request.record_path(), record)
+    return True

@@ -1,0 +1,299 @@
+"""The warm-rebuild record (kiln.buildrecord): an unchanged rebuild is replayed, and every kind of
+change to an input makes the next ``kiln build`` a real one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from kiln.buildrecord import InputRecorder, parse_request
+from kiln.cli import main
+from tests.builder.test_elf import HOST_LIBDIR, IS_X86_64_DEBIAN
+
+REPLAYED = "every input as recorded"
+
+MANIFEST = """\
+apiVersion: kiln.dev/v1
+kind: Image
+name: rec
+version: 1.0.0
+contents:
+  - tree: {src: rootfs, dst: /app}
+  - files:
+      - {src: extra.txt, dst: /etc/extra.txt}
+entrypoint: [/app/a.txt]
+layers: {strategy: single, max: 1}
+compression: gzip
+"""
+
+
+def _settle() -> None:
+    """Let the inputs' ctimes age past the racy window (a record is not written for a file that
+    changed in the same clock tick as it was looked at)."""
+    time.sleep(0.06)
+
+
+class Project:
+    def __init__(self, root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.root = root
+        self.capsys = capsys
+        self.manifest = root / "image.yaml"
+        self.out = root / "out"
+        self.cache = root / "cache"
+        self.extra: list[str] = []
+
+    def build(self, *extra: str) -> tuple[dict[str, object], bool]:
+        """Build; the JSON result and whether the record was replayed."""
+        argv = ["build", str(self.manifest), "-o", str(self.out), "--force", "--cache-dir", str(self.cache)]
+        assert main([*argv, *self.extra, *extra, "--json"]) == 0
+        captured = self.capsys.readouterr()
+        return json.loads(captured.out), REPLAYED in captured.err
+
+
+@pytest.fixture
+def project(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Project:
+    (tmp_path / "rootfs/sub").mkdir(parents=True)
+    (tmp_path / "rootfs/a.txt").write_text("a\n")
+    (tmp_path / "rootfs/sub/b.txt").write_text("b\n")
+    (tmp_path / "extra.txt").write_text("extra\n")
+    (tmp_path / "image.yaml").write_text(MANIFEST)
+    _settle()
+    return Project(tmp_path, capsys)
+
+
+def _warm(project: Project) -> dict[str, object]:
+    first, replayed = project.build()
+    assert not replayed
+    _settle()
+    second, replayed = project.build()
+    assert replayed, "an unchanged rebuild is replayed from the record"
+    assert second == first
+    return first
+
+
+def test_unchanged_rebuild_is_replayed_with_the_same_result(project: Project) -> None:
+    first = _warm(project)
+    index = json.loads((project.out / "index.json").read_text())
+    assert first["digest"] in json.dumps(index)
+    assert list((project.cache / "fast").iterdir())
+
+
+def _edit_tree_file(p: Project) -> None:
+    (p.root / "rootfs/sub/b.txt").write_text("B\n")
+
+
+def _add_tree_file(p: Project) -> None:
+    (p.root / "rootfs/sub/new.txt").write_text("new\n")
+
+
+def _remove_tree_file(p: Project) -> None:
+    (p.root / "rootfs/a.txt").unlink()
+
+
+def _edit_files_source(p: Project) -> None:
+    (p.root / "extra.txt").write_text("other\n")
+
+
+def _replace_files_source_same_content(p: Project) -> None:
+    # Same bytes, new inode: the identity changes, so the build runs (and gives the same digest).
+    (p.root / "extra.tmp").write_text("extra\n")
+    os.replace(p.root / "extra.tmp", p.root / "extra.txt")
+
+
+def _chmod_tree_file(p: Project) -> None:
+    (p.root / "rootfs/a.txt").chmod(0o600)
+
+
+def _edit_manifest(p: Project) -> None:
+    p.manifest.write_text(MANIFEST.replace("version: 1.0.0", "version: 1.0.1"))
+
+
+def _flag_epoch(p: Project) -> None:
+    p.extra = ["--source-date-epoch", "1700000000"]
+
+
+def _env_epoch(p: Project) -> None:
+    os.environ["SOURCE_DATE_EPOCH"] = "1700000000"
+
+
+def _flag_name(p: Project) -> None:
+    p.extra = ["--name", "registry.example/rec:9"]
+
+
+@pytest.mark.parametrize(
+    ("change", "digest_changes"),
+    [
+        (_edit_tree_file, True),
+        (_add_tree_file, True),
+        (_remove_tree_file, True),
+        (_edit_files_source, True),
+        (_replace_files_source_same_content, False),
+        (_chmod_tree_file, False),  # modes come from the manifest's rules; the file was looked at again
+        (_edit_manifest, True),
+        (_flag_epoch, True),
+        (_env_epoch, True),
+        (_flag_name, False),  # the name is in index.json, not in the image manifest
+    ],
+)
+def test_any_change_to_an_input_makes_a_real_build(
+    project: Project,
+    change: Callable[[Project], None],
+    digest_changes: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+    first = _warm(project)
+    change(project)
+    _settle()
+    after, replayed = project.build()
+    assert not replayed
+    assert (after["digest"] != first["digest"]) == digest_changes
+    _settle()
+    again, replayed = project.build()
+    assert replayed, "the new build is recorded in turn"
+    assert again == after
+
+
+def test_a_changed_output_is_rebuilt(project: Project) -> None:
+    first = _warm(project)
+    blob = project.out / "blobs/sha256" / str(first["digest"]).removeprefix("sha256:")
+    blob.write_bytes(blob.read_bytes() + b" ")
+    after, replayed = project.build()
+    assert not replayed
+    assert after == first
+    assert (project.out / "blobs/sha256").is_dir()
+    data = blob.read_bytes()
+    assert data == data.rstrip(b" ") or not data.endswith(b"} ")  # the blob is whole again
+
+
+def test_a_removed_output_is_rebuilt(project: Project) -> None:
+    first = _warm(project)
+    shutil.rmtree(project.out)
+    after, replayed = project.build()
+    assert not replayed
+    assert after == first
+    assert (project.out / "index.json").is_file()
+
+
+def test_an_input_changed_within_the_racy_window_is_not_trusted(tmp_path: Path) -> None:
+    # A window of an hour stands for "changed in the same clock tick", without timing the test.
+    src = tmp_path / "src.txt"
+    src.write_text("x\n")
+    with InputRecorder(skip=[], racy_ns=3600 * 10**9) as recorder, open(src, "rb") as fh:
+        fh.read()
+    assert recorder.refused is not None
+    assert str(src) in recorder.refused
+    with InputRecorder(skip=[], racy_ns=0) as recorder, open(src, "rb") as fh:
+        fh.read()
+    assert recorder.refused is None
+    assert recorder.inputs[(str(src), True)] is not None
+
+
+def test_a_program_run_during_the_build_refuses_a_record(tmp_path: Path) -> None:
+    import subprocess
+
+    with InputRecorder(skip=[]) as recorder:
+        subprocess.run(["true"], check=True)
+    assert recorder.refused is not None
+
+
+def test_writes_and_skipped_directories_are_not_inputs(tmp_path: Path) -> None:
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache/entry").write_text("c")
+    with InputRecorder(skip=[str(tmp_path / "cache")], racy_ns=0) as recorder:
+        (tmp_path / "written").write_text("w")
+        (tmp_path / "cache/entry").read_text()
+        os.listdir(tmp_path / "cache")
+    assert recorder.inputs == {}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["build", "m.yaml", "-o", "o"],  # no --force: the real path reports an existing output
+        ["build", "m.yaml", "--force"],  # no --output: the default depends on the manifest's name
+        ["build", "m.yaml", "-o", "o", "--force", "--no-cache"],
+        ["build", "m.yaml", "-o", "o", "--force", "--offline"],
+        ["build", "m.yaml", "-oo", "--force"],
+        ["build", "m.yaml", "-o", "o", "--forc"],  # an abbreviation: argparse's to interpret
+        ["build", "m.yaml", "-o", "o", "--force", "--format", "vm"],
+        ["build", "m.yaml", "-o", "o", "-o", "p", "--force"],
+        ["validate", "m.yaml", "-o", "o", "--force"],
+        ["build", "m.yaml", "-o", "o", "--force", "--", "x"],
+    ],
+)
+def test_command_lines_outside_the_fast_path(argv: list[str]) -> None:
+    assert parse_request(argv) is None
+
+
+def test_equivalent_spellings_share_a_record() -> None:
+    a = parse_request(["-q", "build", "m.yaml", "--output=o", "--force", "--format", "oci"])
+    b = parse_request(["build", "--format=oci", "-o", "o", "m.yaml", "--force", "--json"])
+    assert a is not None
+    assert b is not None
+    assert a.record_path() == b.record_path()
+
+
+# -- ELF closures ---------------------------------------------------------------------------------
+
+CLOSURE_MANIFEST = """\
+apiVersion: kiln.dev/v1
+kind: Image
+name: rec-closure
+version: 1.0.0
+contents:
+  - closure: {{paths: [/usr/bin/true], sysroot: {sysroot}}}
+entrypoint: [/usr/bin/true]
+layers: {{strategy: single, max: 1}}
+compression: gzip
+"""
+
+
+@pytest.fixture
+def closure_project(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Project:
+    if not IS_X86_64_DEBIAN:
+        pytest.skip("needs an x86_64 Debian host C library")
+    root = tmp_path / "sysroot"
+    lib = root / "usr/lib/x86_64-linux-gnu"
+    lib.mkdir(parents=True)
+    for name in ("libc.so.6", "ld-linux-x86-64.so.2"):
+        shutil.copyfile(HOST_LIBDIR / name, lib / name)
+    (root / "usr/lib64").mkdir()
+    (root / "usr/lib64/ld-linux-x86-64.so.2").symlink_to("../lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
+    (root / "lib").symlink_to("usr/lib")
+    (root / "lib64").symlink_to("usr/lib64")
+    (root / "usr/bin").mkdir()
+    shutil.copy2("/usr/bin/true", root / "usr/bin/true")
+    (root / "etc").mkdir()
+    (root / "etc/ld.so.conf").write_text("/opt/lib\n")  # searched before the default directories
+    (root / "opt/lib").mkdir(parents=True)
+    (tmp_path / "image.yaml").write_text(CLOSURE_MANIFEST.format(sysroot=root))
+    _settle()
+    return Project(tmp_path, capsys)
+
+
+def test_a_changed_library_of_the_closure_makes_a_real_build(closure_project: Project) -> None:
+    first = _warm(closure_project)
+    libc = closure_project.root / "sysroot/usr/lib/x86_64-linux-gnu/libc.so.6"
+    with open(libc, "ab") as fh:
+        fh.write(b"\0" * 16)  # still a valid ELF file, other bytes
+    after, replayed = closure_project.build()
+    assert not replayed
+    assert after["digest"] != first["digest"]
+
+
+def test_a_library_installed_earlier_in_the_search_order_makes_a_real_build(closure_project: Project) -> None:
+    first = _warm(closure_project)
+    earlier = closure_project.root / "sysroot/opt/lib/libc.so.6"
+    shutil.copyfile(HOST_LIBDIR / "libc.so.6", earlier)
+    with open(earlier, "ab") as fh:
+        fh.write(b"\0" * 16)
+    after, replayed = closure_project.build()
+    assert not replayed, "the closure would now take /opt/lib/libc.so.6"
+    assert after["digest"] != first["digest"]

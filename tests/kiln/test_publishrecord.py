@@ -1,0 +1,149 @@
+"""The republish record (kiln.publishrecord): a no-change publish to a loopback registry is answered
+by one HEAD per tag, prints exactly what the real no-change publish prints, and anything changed,
+locally or at the registry, makes the next publish a real one."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from kiln.cli import main
+from kiln.publishrecord import parse_publish
+from manifests.layout import OCILayout
+from manifests.mediatypes import MediaType
+from manifests.oci import Descriptor, OCIManifest
+from tests.publisher.conftest import Target, _registry
+from tests.publisher.test_publish_kit import make_image
+
+_ACCESS = re.compile(r'"((?:HEAD|GET|PUT|POST|PATCH|DELETE) /v2/[^"]*)"')
+REPLAYED = "names what this layout holds: nothing to send"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
+    yield from _registry(tmp_path_factory.mktemp("rec-reg"), "plain")
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KILN_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _publish(
+    capsys: pytest.CaptureFixture[str], *argv: str, replay: bool = True
+) -> tuple[dict[str, object], str]:
+    assert main([*argv, "--json"], replay_first=replay) == 0
+    captured = capsys.readouterr()
+    return json.loads(captured.out), captured.err
+
+
+def _requests(target: Target, since: int) -> list[str]:
+    lines = target.registry.log_path.read_text().splitlines()[since:]
+    return [m.group(1) for line in lines if (m := _ACCESS.search(line))]
+
+
+def _log_length(target: Target) -> int:
+    return len(target.registry.log_path.read_text().splitlines())
+
+
+def _settle() -> None:
+    time.sleep(0.06)  # past the racy window: the layout was just written
+
+
+def test_no_change_republish_is_one_head_per_tag(
+    registry: Target, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_image(tmp_path / "src", version="1.2.0", attest=True)
+    _settle()
+    argv = ("publish", f"oci:{tmp_path / 'src'}", f"{registry.registry.host}/rec/one", "--insecure")
+    first, err = _publish(capsys, *argv, "--channel", "stable")
+    assert first["changed"] is True
+    real, err = _publish(capsys, *argv, "--channel", "stable", replay=False)
+    assert real["changed"] is False
+    before = _log_length(registry)
+    replayed, err = _publish(capsys, *argv, "--channel", "stable")
+    assert REPLAYED in err
+    assert "--insecure" in err, "the escape hatch warns every time"
+    assert replayed == real
+    asked = _requests(registry, before)
+    assert asked, "the registry was asked"
+    assert all(r.startswith("HEAD ") and "/manifests/" in r for r in asked), asked
+    # The version tag, the channel, .sig and .att: one HEAD each.
+    assert len(asked) == 4
+
+
+def test_a_channel_moved_elsewhere_makes_a_real_publish(
+    registry: Target, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = make_image(tmp_path / "a", version="1.0.0", layer=b"a")
+    make_image(tmp_path / "b", version="2.0.0", layer=b"b")
+    _settle()
+    dest = f"{registry.registry.host}/rec/chan"
+    argv_a = ("publish", f"oci:{tmp_path / 'a'}", dest, "--insecure", "--channel", "stable")
+    _publish(capsys, *argv_a)
+    _publish(capsys, "publish", f"oci:{tmp_path / 'b'}", dest, "--insecure", "--channel", "stable")
+    again, err = _publish(capsys, *argv_a)
+    assert REPLAYED not in err
+    changes = {c["tag"]: c["action"] for c in again["tag_changes"]}  # type: ignore[attr-defined]
+    assert changes == {"1.0.0": "unchanged", "stable": "moved"}
+    assert again["digest"] == str(a.digest)
+
+
+def test_a_referrer_added_locally_makes_a_real_publish(
+    registry: Target, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    desc = make_image(tmp_path / "src", version="1.0.0")
+    _settle()
+    argv = ("publish", f"oci:{tmp_path / 'src'}", f"{registry.registry.host}/rec/ref", "--insecure")
+    _publish(capsys, *argv)
+    layout = OCILayout.open(tmp_path / "src")
+    empty = layout.write_blob(b"{}")
+    sbom = layout.write_blob(b'{"spdxVersion": "SPDX-2.3"}')
+    raw = OCIManifest(
+        config=Descriptor(media_type=MediaType.OCI_EMPTY, digest=empty, size=2),
+        layers=(Descriptor(media_type=MediaType.SPDX_JSON, digest=sbom, size=27),),
+        subject=Descriptor(media_type=MediaType.OCI_MANIFEST, digest=desc.digest, size=desc.size),
+        artifact_type=MediaType.SPDX_JSON,
+    ).to_bytes()
+    layout.add(
+        Descriptor(
+            media_type=MediaType.OCI_MANIFEST,
+            digest=layout.write_blob(raw),
+            size=len(raw),
+            artifact_type=MediaType.SPDX_JSON,
+        )
+    )
+    _settle()
+    again, err = _publish(capsys, *argv)
+    assert REPLAYED not in err
+    assert again["changed"] is True
+    # Recorded in turn, with the referrers' tag among the ones asked about.
+    before = _log_length(registry)
+    _, err = _publish(capsys, *argv)
+    assert REPLAYED in err
+    assert any(f"sha256-{desc.digest.hex}" in r for r in _requests(registry, before))
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["publish", "oci:src", "127.0.0.1:5000/app"],  # https: httpx's trust settings, the real path
+        ["publish", "oci:src", "127.0.0.1:5000/app", "--insecure", "--jobz", "2"],
+        ["publish", "oci:src", "--insecure"],
+        ["copy", "oci:src", "127.0.0.1:5000/app", "--insecure"],
+    ],
+)
+def test_command_lines_outside_the_fast_path(argv: list[str]) -> None:
+    assert parse_publish(argv) is None
+
+
+def test_a_proxy_setting_leaves_the_fast_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    argv = ["publish", "oci:src", "127.0.0.1:5000/app", "--insecure", "--jobs=2", "--channel", "edge"]
+    assert parse_publish(argv) is not None
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    assert parse_publish(argv) is None
