@@ -439,6 +439,9 @@ class VMConfig:
     config: VMImageConfig
     tree_digest: Digest
     modules: tuple[str, ...]  # module names in load order, e.g. "virtio_ring"
+    # How the tree's CPython bytecode was compiled (``cpython-3.11.2/magic-3495/unchecked-hash/opt-0``,
+    # the OCI manifest's ``dev.kiln.bytecode``), or None: no bytecode was baked.
+    bytecode: str | None = None
     raw: bytes | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -523,6 +526,8 @@ class VMConfig:
             d["verity"] = self.verity.to_dict()
         if self.health is not None:
             d["health"] = health_to_dict(self.health)
+        if self.bytecode is not None:
+            d["bytecode"] = self.bytecode
         return d
 
     def to_bytes(self) -> bytes:
@@ -561,7 +566,7 @@ class VMConfig:
                 "treeDigest",
                 "modules",
             ),
-            ("layout", "verity", "health"),
+            ("layout", "verity", "health", "bytecode"),
         )
         if d["schemaVersion"] != VM_SCHEMA_VERSION:
             raise DocumentError(f"{what}: schemaVersion must be {VM_SCHEMA_VERSION}")
@@ -598,5 +603,6 @@ class VMConfig:
             config=VMImageConfig.from_dict(d["config"]),
             tree_digest=Digest.parse(_s(d, "treeDigest", what)),
             modules=_strs(d, "modules", what),
+            bytecode=_opt_s(d, "bytecode", what),
             raw=raw,
         )

@@ -29,6 +29,8 @@ from typing import BinaryIO
 
 import zstandard
 
+from builder.bytecode import ANNOTATION as BYTECODE_ANNOTATION
+from builder.bytecode import bake
 from builder.compress import Compressor
 from builder.errors import BuildError, SourceError
 from builder.imageconfig import DEFAULT_PATH, DEFAULT_USER
@@ -163,6 +165,7 @@ def build_vm(
     modules_dir = _host(manifest, spec.modules) if spec.modules else Path("/lib/modules") / release
     modules = select_modules(modules_dir, wanted_modules(verity=verity), release=release)
     assembly = assemble(manifest)
+    bytecode = bake(manifest, assembly.tree, say=say)
     entries = assembly.tree.entries()
     tdigest = tree_digest(entries)
     cfg = vm_image_config(manifest)
@@ -271,6 +274,7 @@ def build_vm(
             config=cfg,
             tree_digest=tdigest,
             modules=modules.names,
+            bytecode=bytecode,
         )
         vm_bytes = config.to_bytes()
         (out / "vm.json").write_bytes(vm_bytes)
@@ -329,6 +333,7 @@ def _write_layout(out: Path, config: VMConfig, vm_bytes: bytes) -> Digest:
             "org.opencontainers.image.title": config.name,
             "org.opencontainers.image.version": config.version,
             "dev.kiln.tree": str(config.tree_digest),
+            **({BYTECODE_ANNOTATION: config.bytecode} if config.bytecode else {}),
         },
     )
     data = manifest.to_bytes()
