@@ -3,7 +3,10 @@
 How a VM boots (the same for the agent and for ``kiln boot``; :func:`boot_plan`, :func:`qemu_argv`):
 
 - first :func:`agent.vmimage.check_vm_dir`: every part's digest and the root hash against the
-  signed ``vm.json`` (refusal ``reason="digest"``); nothing unverified reaches qemu;
+  signed ``vm.json`` (refusal ``reason="digest"``); nothing unverified reaches qemu. The agent's
+  runtime checks each part as it copies it into a sealed memfd (:func:`agent.vmimage.sealed_parts`)
+  and qemu boots those copies (``/proc/self/fd/N``): what was checked is what boots, even if a
+  file changes on disk between the check and qemu reading it;
 - ``-M microvm`` (``q35`` as a fallback :class:`Machine`), under KVM when :func:`kvm_usable` (the
   device opens, ``KVM_CREATE_VM`` and ``KVM_CREATE_VCPU`` succeed and the CPU has ``vmx``/``svm``)
   and TCG otherwise;
@@ -39,6 +42,7 @@ else goes to the container runtime; an id is routed to the runtime that knows it
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import enum
 import fcntl
@@ -50,7 +54,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,9 +70,9 @@ from agent.runtime import (
     Runtime,
     check_instance_id,
 )
-from agent.vmimage import check_vm_dir, is_vm_config, vm_config_of
+from agent.vmimage import is_vm_config, sealed_parts, vm_config_of
 from manifests.canonical import canonical_json
-from manifests.vm import DEBUG_EXIT_PORT, EXIT_LINE_PREFIX, VMConfig
+from manifests.vm import DEBUG_EXIT_PORT, EXIT_LINE_PREFIX, PartName, VMConfig
 
 __all__ = [
     "QEMU",
@@ -282,6 +286,21 @@ def boot_plan(
     )
 
 
+def _from_fds(plan: BootPlan, config: VMConfig, fds: Mapping[PartName, int]) -> BootPlan:
+    """``plan`` booting the sealed copies (:func:`agent.vmimage.sealed_parts`) that qemu inherits,
+    named ``/proc/self/fd/N`` (qemu opens them read-only before it drops privileges)."""
+
+    def fd(name: PartName) -> Path:
+        return Path(f"/proc/self/fd/{fds[name]}")
+
+    return dataclasses.replace(
+        plan,
+        kernel=fd(PartName.KERNEL),
+        initrd=fd(PartName.INITRD),
+        drives=tuple(fd(p.name) for p in config.drives),
+    )
+
+
 def _opt(value: str | Path) -> str:
     """A value inside a qemu ``-opt a=b,c=d`` list: commas are doubled."""
     return str(value).replace(",", ",,")
@@ -442,10 +461,16 @@ class QemuRuntime:
         if spec.rootfs is None or not is_vm_config(spec.image_config):
             raise InstanceError(f"instance {iid}: the qemu runtime starts VM images only")
         config = vm_config_of(spec.image_config)
-        check_vm_dir(Path(spec.rootfs), config)  # before anything is created
+        # Checked as copied into sealed memory, before anything is created: qemu boots those bytes.
+        fds = sealed_parts(Path(spec.rootfs), config)
         ports = guest_ports(config)
         owned = spec.netns is None
-        idir.mkdir(mode=0o700)
+        try:
+            idir.mkdir(mode=0o700)
+        except BaseException:
+            for fd in fds.values():
+                os.close(fd)
+            raise
         try:
             netns = create_netns(iid) if owned else str(spec.netns)
             plan = boot_plan(
@@ -457,6 +482,7 @@ class QemuRuntime:
                 machine=self.machine,
                 accel=self.accel,
             )
+            plan = _from_fds(plan, config, fds)
             pidfile = idir / "qemu.pid"
             argv = qemu_argv(plan, qemu=self._qemu, pidfile=pidfile)
             record = {
@@ -472,16 +498,22 @@ class QemuRuntime:
             tmp = idir / "instance.json.tmp"
             tmp.write_bytes(canonical_json(record))
             os.replace(tmp, idir / "instance.json")
-            pid = self._launch(iid, netns, argv, pidfile)
+            pid = self._launch(iid, netns, argv, pidfile, fds=tuple(fds.values()))
         except BaseException:
             self._cleanup(iid)
             raise
+        finally:
+            for fd in fds.values():
+                os.close(fd)
         return InstanceHandle(instance_id=iid, runtime=self.name, pid=pid, netns_path=netns)
 
-    def _launch(self, iid: str, netns: str, argv: list[str], pidfile: Path) -> int:
+    def _launch(
+        self, iid: str, netns: str, argv: list[str], pidfile: Path, *, fds: tuple[int, ...] = ()
+    ) -> int:
         try:
             proc = subprocess.run(
                 ["nsenter", f"--net={netns}", "--", *argv],
+                pass_fds=fds,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,

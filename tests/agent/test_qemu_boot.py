@@ -17,6 +17,7 @@ import struct
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -292,6 +293,52 @@ def test_a_flipped_verity_data_byte_is_refused_and_booted_unsafely_makes_the_gue
     assert "dm-verity device corrupted" in captured.out
     assert "kiln-exit" not in captured.out
     assert "panicked" in captured.err
+
+
+def test_a_part_changed_between_prepare_and_boot_is_refused_as_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing boots here: the runtime refuses the changed part as it copies it for qemu."""
+    repo = tmp_path / "vm-repo"
+    v1 = _publish_vm(tmp_path, repo, "vm toctou\n", "1.0.0")
+    root_path = tmp_path / "root.yaml"
+    root_path.write_text(make_root().to_yaml())
+    config = AgentConfig(
+        source=f"oci:{tmp_path / 'releases'}",
+        channel="stable",
+        trust_root=root_path,
+        state=tmp_path / "state",
+        images=(ImageLocation(repository=VM_REPO, location=f"oci:{repo}"),),
+    )
+    releases = LayoutRepository(tmp_path / "releases", create=True)
+    publish_release(releases, signed(make_release(1, [_vm_svc(free_port(), v1.digest)])))
+    agent = Agent(config, wall=Clock(NOW), health_deadline=60.0, drain_timeout=1.0, stop_grace=1.0)
+    agent.start()
+    prepare = agent._prepare
+
+    def prepare_then_tamper(*args: Any, **kw: Any) -> Any:
+        prepared = prepare(*args, **kw)
+        for prep in prepared.values():  # checked and placed: now one byte changes on disk
+            initrd = Path(str(prep.rootfs)) / "initrd"
+            data = bytearray(initrd.read_bytes())
+            data[len(data) // 2] ^= 0x01
+            initrd.chmod(0o644)
+            initrd.write_bytes(bytes(data))
+        return prepared
+
+    monkeypatch.setattr(agent, "_prepare", prepare_then_tamper)
+    try:
+        result = agent.reconcile_once()
+        assert result.outcome == "refused", result
+        assert result.reason == "digest"
+        assert "part initrd" in result.detail
+        refusal = agent.journal.state.last_refusal
+        assert refusal is not None
+        assert refusal.reason == "digest"
+        assert agent.journal.state.instances == ()
+        assert QemuRuntime(config.state).list() == ()
+    finally:
+        agent.close(stop_instances=True)
 
 
 def test_agent_replaces_a_vm_whose_qemu_died_whose_part_changed_and_past_its_lifetime(tmp_path: Path) -> None:
