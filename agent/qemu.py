@@ -50,6 +50,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -160,6 +161,7 @@ class BootPlan:
     machine: Machine = Machine.MICROVM
     accel: Accel = Accel.TCG
     run_as: str | None = None  # "uid:gid" qemu drops to once its files are open (when started as root)
+    env_file: Path | None = None  # the run-time environment (:func:`env_script`), as fw_cfg opt/kiln/env
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -266,6 +268,7 @@ def boot_plan(
     machine: Machine = Machine.MICROVM,
     accel: Accel = Accel.TCG,
     extra_cmdline: Sequence[str] = (),
+    env_file: Path | None = None,
 ) -> BootPlan:
     directory = Path(directory)
     khz = host_tsc_khz()
@@ -275,7 +278,7 @@ def boot_plan(
         kernel=directory / config.part("kernel").file,
         initrd=directory / config.part("initrd").file,
         drives=tuple(directory / p.file for p in config.drives),
-        cmdline=config.boot_cmdline(host_args),
+        cmdline=config.boot_cmdline(host_args, env=env_file is not None),
         memory_mib=config.memory_mib,
         cpus=config.cpus,
         forwards=tuple(forwards),
@@ -283,7 +286,29 @@ def boot_plan(
         machine=machine,
         accel=accel,
         run_as=UNPRIVILEGED if os.geteuid() == 0 else None,
+        env_file=env_file,
     )
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+MAX_ENV_BYTES = 64 << 10
+
+
+def env_script(env: Mapping[str, str]) -> bytes:
+    """The guest init's view of a run-time environment: one ``set -- 'K=V' ...`` line, each
+    assignment quoted for the shell, that the init sources and hands to ``env`` after the image's
+    own environment (so these win). Names must be shell names; values may hold anything but NUL."""
+    words = []
+    for name, value in sorted(env.items()):
+        if not _ENV_NAME.match(name):
+            raise InstanceError(f"environment variable name {name!r} is not valid in a VM guest")
+        if "\x00" in value:
+            raise InstanceError(f"environment variable {name}: a NUL byte cannot be passed")
+        words.append(shlex.quote(f"{name}={value}"))
+    data = ("set -- " + " ".join(words) + "\n").encode()
+    if len(data) > MAX_ENV_BYTES:
+        raise InstanceError(f"the environment is {len(data)} bytes; a VM takes at most {MAX_ENV_BYTES}")
+    return data
 
 
 def _from_fds(plan: BootPlan, config: VMConfig, fds: Mapping[PartName, int]) -> BootPlan:
@@ -341,6 +366,8 @@ def qemu_argv(plan: BootPlan, *, qemu: str = QEMU, pidfile: Path | None = None) 
     ]
     if plan.run_as is not None:
         argv += ["-runas", plan.run_as]
+    if plan.env_file is not None:
+        argv += ["-fw_cfg", f"name=opt/kiln/env,file={_opt(plan.env_file)}"]
     for i, drive in enumerate(plan.drives):
         argv += [
             "-drive",
@@ -473,6 +500,10 @@ class QemuRuntime:
             raise
         try:
             netns = create_netns(iid) if owned else str(spec.netns)
+            env_file = None
+            if spec.env:
+                env_file = idir / "env"
+                env_file.write_bytes(env_script(spec.env))
             plan = boot_plan(
                 Path(spec.rootfs),
                 config,
@@ -481,6 +512,7 @@ class QemuRuntime:
                 serial=self.log_path(iid),
                 machine=self.machine,
                 accel=self.accel,
+                env_file=env_file,
             )
             plan = _from_fds(plan, config, fds)
             pidfile = idir / "qemu.pid"

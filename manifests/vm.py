@@ -492,13 +492,14 @@ class VMConfig:
             ]
         return tuple(args)
 
-    def boot_cmdline(self, host_args: Sequence[str] = ()) -> str:
+    def boot_cmdline(self, host_args: Sequence[str] = (), *, env: bool = False) -> str:
         """The whole kernel command line: recorded ``cmdline``, the runner's ``host_args``
-        (e.g. ``tsc_early_khz=2400000``), then :meth:`kiln_args` (last, so they win)."""
+        (e.g. ``tsc_early_khz=2400000``), then :meth:`kiln_args` (last, so they win); ``env``:
+        the runner passes a run-time environment through qemu's fw_cfg (``kiln.env=fw_cfg``)."""
         for arg in host_args:
             if not _ARG.match(arg) or arg.startswith("kiln."):
                 raise ValueError(f"invalid host kernel argument {arg!r}")
-        return " ".join((*self.cmdline, *host_args, *self.kiln_args()))
+        return " ".join((*self.cmdline, *host_args, *self.kiln_args(), *(["kiln.env=fw_cfg"] if env else [])))
 
     # -- serialization
 

@@ -40,7 +40,7 @@ from builder.vm.cpio import write_cpio
 from builder.vm.erofs import write_erofs
 from builder.vm.gpt import ROOT_VERITY_X86_64, ROOT_X86_64, Partition, partition_uuids, write_gpt
 from builder.vm.guest import MOUNT_POINTS, add_guest_tools
-from builder.vm.modules import kernel_release, select_modules, wanted_modules
+from builder.vm.modules import ENV_MODULES, kernel_release, select_modules, wanted_modules
 from builder.vm.treedigest import tree_digest
 from builder.vm.verity import build_verity, derive_salt, derive_uuid
 from manifests.digest import Digest, sha256_file
@@ -164,6 +164,7 @@ def build_vm(
     verity = spec.profile is VMProfile.VERITY
     modules_dir = _host(manifest, spec.modules) if spec.modules else Path("/lib/modules") / release
     modules = select_modules(modules_dir, wanted_modules(verity=verity), release=release)
+    env_modules = select_modules(modules_dir, ENV_MODULES, release=release)
     assembly = assemble(manifest)
     bytecode = bake(manifest, assembly.tree, say=say)
     entries = assembly.tree.entries()
@@ -239,7 +240,7 @@ def build_vm(
         else:
             initrd_tree = _copy_tree(entries)
             _add_dirs(initrd_tree, cfg.writable)
-        add_guest_tools(initrd_tree, modules=modules, config=cfg, verity=verity)
+        add_guest_tools(initrd_tree, modules=modules, config=cfg, verity=verity, env_modules=env_modules)
 
         comp = Compressor.create(Compression.ZSTD, INITRD_LEVEL)
         with open(out / PartName.INITRD.file, "wb") as fh:

@@ -21,6 +21,7 @@ from agent.qemu import (
     Machine,
     QemuRuntime,
     RoutedRuntime,
+    env_script,
     guest_exit,
     guest_ports,
     host_tsc_khz,
@@ -310,6 +311,31 @@ def test_sealed_parts_check_the_root_hash_of_the_copy(tmp_path: Path, layout: Di
     with pytest.raises(VerificationError, match=r"\(as booted\): the verity tree's root is") as err:
         sealed_parts(tmp_path, other)
     assert err.value.reason == "digest"
+
+
+def test_env_script_quotes_every_value_and_refuses_bad_names() -> None:
+    script = env_script({"B": "it's $HOME `id`", "A": "1"})
+    assert script == b"set -- A=1 'B=it'\"'\"'s $HOME `id`'\n"
+    with pytest.raises(InstanceError, match="not valid"):
+        env_script({"-x": "1"})
+    with pytest.raises(InstanceError, match="not valid"):
+        env_script({"A B": "1"})
+    with pytest.raises(InstanceError, match="NUL"):
+        env_script({"A": "\x00"})
+    plan = BootPlan(
+        name="x",
+        kernel=Path("/k"),
+        initrd=Path("/i"),
+        drives=(),
+        cmdline="c",
+        memory_mib=64,
+        cpus=1,
+        forwards=(),
+        serial=None,
+        env_file=Path("/s/a,b/env"),
+    )
+    argv = qemu_argv(plan)
+    assert argv[argv.index("-fw_cfg") + 1] == "name=opt/kiln/env,file=/s/a,,b/env"
 
 
 def test_guest_ports_are_the_images_then_the_health_port(tmp_path: Path) -> None:

@@ -127,6 +127,52 @@ def test_runtime_boots_serves_is_adopted_after_a_restart_and_stops(tmp_path: Pat
     assert set(list_netns()) == netns_before
 
 
+def test_the_release_env_reaches_the_guest_over_the_image_env(tmp_path: Path) -> None:
+    """The runtime passes InstanceSpec.env (the release's per-service env) through qemu's fw_cfg;
+    the guest init hands it to the entrypoint after the image's env, so it wins. One boot."""
+    import re as _re
+    import shutil
+
+    from builder.vm.image import build_vm
+    from manifests.image_parse import load_image_manifest
+    from tests.builder.vm.kit import point_at_kernel
+
+    shutil.copytree(HELLO_VM.parent, tmp_path / "src")
+    manifest = point_at_kernel(tmp_path / "src" / HELLO_VM.name, profile="initramfs")
+    script = 'echo "greeting=[$GREETING] odd=[$ODD] image=[$IMAGEONLY]"'
+    text = _re.sub(
+        r"(?m)^entrypoint: .*$",
+        "entrypoint: " + json.dumps(["/bin/busybox", "sh", "-c", script]),
+        manifest.read_text(),
+    )
+    manifest.write_text(text + "env:\n  GREETING: from the image\n  IMAGEONLY: kept\n")
+    image = tmp_path / "vm"
+    config = build_vm(load_image_manifest(manifest), output=image).config
+    runtime = QemuRuntime(tmp_path / "state")
+    iid = new_instance_id("env")
+    odd = 'it\'s $HOME "q" `id` ; x\ty'
+    spec = InstanceSpec(
+        instance_id=iid,
+        service="env",
+        image_digest=config.digest,
+        image_config=json.loads(config.to_bytes()),
+        rootfs=image,
+        env={"GREETING": "from the release", "ODD": odd},
+    )
+    runtime.start(spec)
+    try:
+        deadline = time.monotonic() + 240
+        log = ""
+        while "kiln-exit:" not in log:
+            assert time.monotonic() < deadline, log
+            time.sleep(0.2)
+            log = runtime.log_path(iid).read_text(errors="replace")
+    finally:
+        runtime.stop(iid, grace=1.0)
+    assert f"greeting=[from the release] odd=[{odd}] image=[kept]" in log, log
+    assert "kiln-exit: 0" in log
+
+
 def test_kiln_boot_exits_with_the_guests_status_and_refuses_a_tampered_part(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
