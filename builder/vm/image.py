@@ -16,7 +16,9 @@ compressor's library, version and level are recorded in ``vm.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
+import hashlib
 import io
 import os
 import re
@@ -29,12 +31,14 @@ from typing import BinaryIO
 
 import zstandard
 
+from builder.attestations import timestamp
 from builder.bytecode import ANNOTATION as BYTECODE_ANNOTATION
 from builder.bytecode import bake
 from builder.compress import Compressor
 from builder.errors import BuildError, SourceError
 from builder.imageconfig import DEFAULT_PATH, DEFAULT_USER
 from builder.sources import assemble
+from builder.tarwriter import FileRecord as BomFileRecord
 from builder.tree import Category, Entry, EntryKind, FileTree
 from builder.vm.cpio import write_cpio
 from builder.vm.erofs import write_erofs
@@ -168,7 +172,8 @@ def build_vm(
     assembly = assemble(manifest)
     bytecode = bake(manifest, assembly.tree, say=say)
     entries = assembly.tree.entries()
-    tdigest = tree_digest(entries)
+    files = _file_records(entries)  # hashed once: for the tree digest and the SBOM
+    tdigest = tree_digest(entries, {f.path: f.sha256 for f in files})
     cfg = vm_image_config(manifest)
     say(f"{manifest.name} {manifest.version}: {len(entries)} paths, {spec.profile} VM, kernel {release}")
 
@@ -279,7 +284,20 @@ def build_vm(
         )
         vm_bytes = config.to_bytes()
         (out / "vm.json").write_bytes(vm_bytes)
-        digest = _write_layout(out, config, vm_bytes)
+        digest = _write_layout(
+            out,
+            config,
+            vm_bytes,
+            records=lambda d: vm_records(
+                manifest,
+                entries,
+                files,
+                d,
+                guest=(kernel, *(m.path for m in (*modules.modules, *env_modules.modules))),
+                source_date_epoch=source_date_epoch,
+            ),
+            created=timestamp(source_date_epoch),
+        )
         for p in out.rglob("*"):
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
         os.chmod(out, 0o755)  # noqa: S103 - an image directory is meant to be readable
@@ -313,7 +331,64 @@ def _part(out: Path, name: PartName, media_type: MediaType, *, compression: str 
     return VMPart(name=name, media_type=media_type, digest=digest, size=size, compression=compression)
 
 
-def _write_layout(out: Path, config: VMConfig, vm_bytes: bytes) -> Digest:
+def _file_records(entries: tuple[Entry, ...]) -> list[BomFileRecord]:
+    """sha256, sha1 and size of every regular file (and hard link to one) of the tree."""
+    records: dict[str, BomFileRecord] = {}
+    for e in entries:
+        if e.kind is EntryKind.FILE:
+            sha256, sha1 = hashlib.sha256(), hashlib.sha1()  # noqa: S324 - SPDX 2.3 requires SHA1
+            if e.data is not None:
+                sha256.update(e.data)
+                sha1.update(e.data)
+            else:
+                with open(str(e.host_path), "rb") as fh:
+                    while block := fh.read(1 << 20):
+                        sha256.update(block)
+                        sha1.update(block)
+            records[e.path] = BomFileRecord(
+                path=e.path, sha256=Digest(sha256.hexdigest()), size=e.size, sha1=sha1.hexdigest()
+            )
+        elif e.kind is EntryKind.HARDLINK and e.target in records:
+            records[e.path] = dataclasses.replace(records[e.target], path=e.path)
+    return list(records.values())
+
+
+def vm_records(
+    manifest: ImageManifest,
+    entries: tuple[Entry, ...],
+    files: list[BomFileRecord],
+    digest: Digest,
+    *,
+    guest: tuple[Path, ...],
+    source_date_epoch: int,
+) -> tuple[bytes, bytes]:
+    """The VM image's SBOM (the tree: the same files as its OCI image's SBOM) and SLSA provenance
+    (the tree's host inputs, plus the kernel and the module files the guest boots with)."""
+    from builder.attestations import Input
+    from builder.bom import OwnerLookup, attestation_documents, collect_inputs
+    from builder.build import image_reference
+
+    inputs = list(collect_inputs(manifest, entries, files, OwnerLookup()))
+    for path in guest:
+        inputs.append(Input(kind="file", uri=path.as_posix(), sha256=sha256_file(str(path))[0].hex))
+    return attestation_documents(
+        manifest,
+        image_digest=digest,
+        files=files,
+        inputs=inputs,
+        source_date_epoch=source_date_epoch,
+        reference=image_reference(manifest.name, manifest.version),
+    )
+
+
+def _write_layout(
+    out: Path,
+    config: VMConfig,
+    vm_bytes: bytes,
+    *,
+    records: Callable[[Digest], tuple[bytes, bytes]] | None = None,
+    created: str = "1970-01-01T00:00:00Z",
+) -> Digest:
     layout = OCILayout.create(out / ".layout")
     config_digest = layout.write_blob(vm_bytes)
     for p in config.parts:
@@ -348,6 +423,18 @@ def _write_layout(out: Path, config: VMConfig, vm_bytes: bytes) -> Digest:
         ),
         config.version,
     )
+    if records is not None:
+        # The build records, as for an OCI image (ADR 0018): artifacts whose subject is the VM
+        # image, listed untagged in index.json; `kiln attest` signs them, `kiln publish` pushes them.
+        from builder.build import PROVENANCE_ARTIFACT_TYPE, SBOM_ARTIFACT_TYPE, record_artifact
+
+        sbom, provenance = records(digest)
+        subject = Descriptor(media_type=MediaType.OCI_MANIFEST, digest=digest, size=len(data))
+        referrers = [
+            record_artifact(layout, subject, blob, kind, created=created)
+            for blob, kind in ((sbom, SBOM_ARTIFACT_TYPE), (provenance, PROVENANCE_ARTIFACT_TYPE))
+        ]
+        layout.add_referrers(referrers, digest)
     for name in ("oci-layout", "index.json", "blobs"):
         os.replace(out / ".layout" / name, out / name)
     (out / ".layout").rmdir()
