@@ -311,7 +311,7 @@ def env_script(env: Mapping[str, str]) -> bytes:
     return data
 
 
-def _from_fds(plan: BootPlan, config: VMConfig, fds: Mapping[PartName, int]) -> BootPlan:
+def plan_on_fds(plan: BootPlan, config: VMConfig, fds: Mapping[PartName, int]) -> BootPlan:
     """``plan`` booting the sealed copies (:func:`agent.vmimage.sealed_parts`) that qemu inherits,
     named ``/proc/self/fd/N`` (qemu opens them read-only before it drops privileges)."""
 
@@ -514,7 +514,7 @@ class QemuRuntime:
                 accel=self.accel,
                 env_file=env_file,
             )
-            plan = _from_fds(plan, config, fds)
+            plan = plan_on_fds(plan, config, fds)
             pidfile = idir / "qemu.pid"
             argv = qemu_argv(plan, qemu=self._qemu, pidfile=pidfile)
             record = {

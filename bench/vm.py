@@ -48,8 +48,8 @@ if sys.path and Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
     del sys.path[0]
 sys.path.insert(0, str(REPO))
 
-from agent.qemu import Forward, boot_plan, pick_accel, qemu_argv  # noqa: E402
-from agent.vmimage import check_vm_dir  # noqa: E402
+from agent.qemu import Forward, boot_plan, pick_accel, plan_on_fds, qemu_argv  # noqa: E402
+from agent.vmimage import sealed_parts  # noqa: E402
 from manifests.vm import VMConfig  # noqa: E402
 
 EXAMPLES = {
@@ -135,7 +135,7 @@ def boot_once(image: Image, work: Path) -> tuple[float, float]:
     """(seconds verifying, seconds from starting qemu to the first 200)."""
     config = VMConfig.from_bytes((image.directory / "vm.json").read_bytes())
     started = time.monotonic()
-    check_vm_dir(image.directory, config)
+    fds = sealed_parts(image.directory, config)  # as the agent: checked copies in sealed memfds
     verified = time.monotonic() - started
     guest_port, path = _health_path(config)
     host_port = free_port()
@@ -148,8 +148,13 @@ def boot_once(image: Image, work: Path) -> tuple[float, float]:
         serial=serial,
         accel=pick_accel(None),
     )
+    plan = plan_on_fds(plan, config, fds)
     started = time.monotonic()
-    proc = subprocess.Popen(qemu_argv(plan), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        qemu_argv(plan), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, pass_fds=tuple(fds.values())
+    )
+    for fd in fds.values():
+        os.close(fd)
     try:
         while _get(host_port, path) != 200:
             if proc.poll() is not None:
