@@ -155,7 +155,10 @@ def build_vm(
     source_date_epoch: int = 0,
     force: bool = False,
     progress: Progress | None = None,
+    bytecode_cache: Path | None = None,
 ) -> VMBuildResult:
+    """``kiln build M --format vm``: see the module docstring. ``bytecode_cache``: where compiled
+    pycs are kept between builds (``python.bytecode``; :func:`builder.bytecode.add_bytecode`)."""
     say = progress or (lambda _msg: None)
     spec = manifest.vm
     if spec is None:
@@ -170,7 +173,7 @@ def build_vm(
     modules = select_modules(modules_dir, wanted_modules(verity=verity), release=release)
     env_modules = select_modules(modules_dir, ENV_MODULES, release=release)
     assembly = assemble(manifest)
-    bytecode = bake(manifest, assembly.tree, say=say)
+    bytecode = bake(manifest, assembly.tree, cache_dir=bytecode_cache, say=say)
     entries = assembly.tree.entries()
     files = _file_records(entries)  # hashed once: for the tree digest and the SBOM
     tdigest = tree_digest(entries, {f.path: f.sha256 for f in files})
