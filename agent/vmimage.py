@@ -223,7 +223,7 @@ def _sealed_copy(directory: Path, part: VMPart) -> int:
             f"{path}: part {part.name} is sha256:{h.hexdigest()} ({n} bytes) at boot; vm.json "
             f"signs {part.digest} ({part.size} bytes)",
             reason="digest",
-            hint="the part was altered after it was placed: the agent places it again",
+            hint="the part was altered: pull or build the image again (the agent places it again itself)",
         )
     return fd
 
