@@ -2,10 +2,12 @@
 
 The images are hand-made busybox initramfs images on the host's Debian cloud kernel
 (:mod:`tests.agent.vmkit`), and examples/hello-vm built by ``kiln build --format vm``. Each boot
-takes a few seconds under TCG; this module boots ten times in all: the runtime's lifecycle (one),
-``kiln boot``'s exit status (one), the agent's release with a runc service and a VM service rolled
-forward and back (three; the part flipped in the published copy is refused before boot), hello-vm
-with a flipped verity data byte (one), drift: qemu killed, a part changed, past max_lifetime (four).
+takes a few seconds under TCG; this module boots eleven times in all: the runtime's lifecycle
+(one), the release's env reaching the guest (one), ``kiln boot``'s exit status (one), the agent's
+release with a runc service and a VM service rolled forward and back (three; the part flipped in
+the published copy is refused before boot), hello-vm with a flipped verity data byte (one),
+drift: qemu killed, a part changed, past max_lifetime (four). A part changed between prepare and
+boot is refused without booting.
 """
 
 from __future__ import annotations
