@@ -3,7 +3,10 @@
 How a VM boots (the same for the agent and for ``kiln boot``; :func:`boot_plan`, :func:`qemu_argv`):
 
 - first :func:`agent.vmimage.check_vm_dir`: every part's digest and the root hash against the
-  signed ``vm.json`` (refusal ``reason="digest"``); nothing unverified reaches qemu;
+  signed ``vm.json`` (refusal ``reason="digest"``); nothing unverified reaches qemu. The agent's
+  runtime checks each part as it copies it into a sealed memfd (:func:`agent.vmimage.sealed_parts`)
+  and qemu boots those copies (``/proc/self/fd/N``): what was checked is what boots, even if a
+  file changes on disk between the check and qemu reading it;
 - ``-M microvm`` (``q35`` as a fallback :class:`Machine`), under KVM when :func:`kvm_usable` (the
   device opens, ``KVM_CREATE_VM`` and ``KVM_CREATE_VCPU`` succeed and the CPU has ``vmx``/``svm``)
   and TCG otherwise;
@@ -39,6 +42,7 @@ else goes to the container runtime; an id is routed to the runtime that knows it
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import enum
 import fcntl
@@ -46,11 +50,12 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,9 +71,9 @@ from agent.runtime import (
     Runtime,
     check_instance_id,
 )
-from agent.vmimage import check_vm_dir, is_vm_config, vm_config_of
+from agent.vmimage import is_vm_config, sealed_parts, vm_config_of
 from manifests.canonical import canonical_json
-from manifests.vm import DEBUG_EXIT_PORT, EXIT_LINE_PREFIX, VMConfig
+from manifests.vm import DEBUG_EXIT_PORT, EXIT_LINE_PREFIX, PartName, VMConfig
 
 __all__ = [
     "QEMU",
@@ -156,6 +161,7 @@ class BootPlan:
     machine: Machine = Machine.MICROVM
     accel: Accel = Accel.TCG
     run_as: str | None = None  # "uid:gid" qemu drops to once its files are open (when started as root)
+    env_file: Path | None = None  # the run-time environment (:func:`env_script`), as fw_cfg opt/kiln/env
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -262,6 +268,7 @@ def boot_plan(
     machine: Machine = Machine.MICROVM,
     accel: Accel = Accel.TCG,
     extra_cmdline: Sequence[str] = (),
+    env_file: Path | None = None,
 ) -> BootPlan:
     directory = Path(directory)
     khz = host_tsc_khz()
@@ -271,7 +278,7 @@ def boot_plan(
         kernel=directory / config.part("kernel").file,
         initrd=directory / config.part("initrd").file,
         drives=tuple(directory / p.file for p in config.drives),
-        cmdline=config.boot_cmdline(host_args),
+        cmdline=config.boot_cmdline(host_args, env=env_file is not None),
         memory_mib=config.memory_mib,
         cpus=config.cpus,
         forwards=tuple(forwards),
@@ -279,6 +286,43 @@ def boot_plan(
         machine=machine,
         accel=accel,
         run_as=UNPRIVILEGED if os.geteuid() == 0 else None,
+        env_file=env_file,
+    )
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+MAX_ENV_BYTES = 64 << 10
+
+
+def env_script(env: Mapping[str, str]) -> bytes:
+    """The guest init's view of a run-time environment: one ``set -- 'K=V' ...`` line, each
+    assignment quoted for the shell, that the init sources and hands to ``env`` after the image's
+    own environment (so these win). Names must be shell names; values may hold anything but NUL."""
+    words = []
+    for name, value in sorted(env.items()):
+        if not _ENV_NAME.match(name):
+            raise InstanceError(f"environment variable name {name!r} is not valid in a VM guest")
+        if "\x00" in value:
+            raise InstanceError(f"environment variable {name}: a NUL byte cannot be passed")
+        words.append(shlex.quote(f"{name}={value}"))
+    data = ("set -- " + " ".join(words) + "\n").encode()
+    if len(data) > MAX_ENV_BYTES:
+        raise InstanceError(f"the environment is {len(data)} bytes; a VM takes at most {MAX_ENV_BYTES}")
+    return data
+
+
+def plan_on_fds(plan: BootPlan, config: VMConfig, fds: Mapping[PartName, int]) -> BootPlan:
+    """``plan`` booting the sealed copies (:func:`agent.vmimage.sealed_parts`) that qemu inherits,
+    named ``/proc/self/fd/N`` (qemu opens them read-only before it drops privileges)."""
+
+    def fd(name: PartName) -> Path:
+        return Path(f"/proc/self/fd/{fds[name]}")
+
+    return dataclasses.replace(
+        plan,
+        kernel=fd(PartName.KERNEL),
+        initrd=fd(PartName.INITRD),
+        drives=tuple(fd(p.name) for p in config.drives),
     )
 
 
@@ -322,6 +366,8 @@ def qemu_argv(plan: BootPlan, *, qemu: str = QEMU, pidfile: Path | None = None) 
     ]
     if plan.run_as is not None:
         argv += ["-runas", plan.run_as]
+    if plan.env_file is not None:
+        argv += ["-fw_cfg", f"name=opt/kiln/env,file={_opt(plan.env_file)}"]
     for i, drive in enumerate(plan.drives):
         argv += [
             "-drive",
@@ -442,12 +488,22 @@ class QemuRuntime:
         if spec.rootfs is None or not is_vm_config(spec.image_config):
             raise InstanceError(f"instance {iid}: the qemu runtime starts VM images only")
         config = vm_config_of(spec.image_config)
-        check_vm_dir(Path(spec.rootfs), config)  # before anything is created
+        # Checked as copied into sealed memory, before anything is created: qemu boots those bytes.
+        fds = sealed_parts(Path(spec.rootfs), config)
         ports = guest_ports(config)
         owned = spec.netns is None
-        idir.mkdir(mode=0o700)
+        try:
+            idir.mkdir(mode=0o700)
+        except BaseException:
+            for fd in fds.values():
+                os.close(fd)
+            raise
         try:
             netns = create_netns(iid) if owned else str(spec.netns)
+            env_file = None
+            if spec.env:
+                env_file = idir / "env"
+                env_file.write_bytes(env_script(spec.env))
             plan = boot_plan(
                 Path(spec.rootfs),
                 config,
@@ -456,7 +512,9 @@ class QemuRuntime:
                 serial=self.log_path(iid),
                 machine=self.machine,
                 accel=self.accel,
+                env_file=env_file,
             )
+            plan = plan_on_fds(plan, config, fds)
             pidfile = idir / "qemu.pid"
             argv = qemu_argv(plan, qemu=self._qemu, pidfile=pidfile)
             record = {
@@ -472,16 +530,22 @@ class QemuRuntime:
             tmp = idir / "instance.json.tmp"
             tmp.write_bytes(canonical_json(record))
             os.replace(tmp, idir / "instance.json")
-            pid = self._launch(iid, netns, argv, pidfile)
+            pid = self._launch(iid, netns, argv, pidfile, fds=tuple(fds.values()))
         except BaseException:
             self._cleanup(iid)
             raise
+        finally:
+            for fd in fds.values():
+                os.close(fd)
         return InstanceHandle(instance_id=iid, runtime=self.name, pid=pid, netns_path=netns)
 
-    def _launch(self, iid: str, netns: str, argv: list[str], pidfile: Path) -> int:
+    def _launch(
+        self, iid: str, netns: str, argv: list[str], pidfile: Path, *, fds: tuple[int, ...] = ()
+    ) -> int:
         try:
             proc = subprocess.run(
                 ["nsenter", f"--net={netns}", "--", *argv],
+                pass_fds=fds,
                 stdin=subprocess.DEVNULL,
                 capture_output=True,
                 text=True,

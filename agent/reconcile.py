@@ -776,10 +776,22 @@ class Agent:
             self.journal.commit(self.journal.state.with_failure(release.version, reason))
             if isinstance(exc, InternalFault):
                 self._internal(exc, version=release.version)
+            # A runtime's own last check refused the image as it started (a VM part that changed
+            # on disk after it was prepared): a refusal with its reason, not a failed start.
+            cause = exc.__cause__ if isinstance(exc, RolloutFailed) else None
+            refused = (
+                self._refuse(cause, version=release.version, what="image")
+                if isinstance(cause, VerificationError)
+                else None
+            )
             try:
                 self._guard("roll back", lambda: self._return_to(previous, failed=ref))
             except InternalFault as fault:
                 self._internal(fault, version=release.version)
+            if refused is not None and isinstance(cause, VerificationError):
+                return ReconcileResult(
+                    outcome=Outcome.REFUSED, version=release.version, reason=refused, detail=cause.message
+                )
             return ReconcileResult(outcome=Outcome.FAILED, version=release.version, detail=reason)
         names = {s.name for s in release.services}
         for name in sorted({r.service for r in self.journal.state.instances} - names):

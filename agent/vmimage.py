@@ -23,6 +23,7 @@ check ("a part changed") and garbage collection treat both alike.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -43,7 +44,7 @@ from manifests.errors import DocumentError, VerificationError
 from manifests.mediatypes import MediaType
 from manifests.oci import OCIManifest
 from manifests.release import Service
-from manifests.vm import DiskLayout, PartName, VMConfig
+from manifests.vm import DiskLayout, PartName, VMConfig, VMPart
 
 __all__ = [
     "VM_FILE",
@@ -54,6 +55,7 @@ __all__ = [
     "check_parts",
     "check_root_hash",
     "check_vm_dir",
+    "sealed_parts",
     "place_vm",
     "prepared_vm",
 ]
@@ -133,27 +135,30 @@ def _gpt_partition_start(fh: IO[bytes], want: str, what: str) -> int:
 
 def check_root_hash(directory: Path, config: VMConfig) -> None:
     """The root hash ``vm.json`` signs is the hash of the verity tree's top block."""
+    if config.verity is None:
+        return
+    name = PartName.DISK if config.layout is DiskLayout.GPT else PartName.VERITY
+    path = Path(directory) / name.file
+    with open(path, "rb") as fh:
+        _check_top_block(fh, config, str(path))
+
+
+def _check_top_block(fh: IO[bytes], config: VMConfig, what: str) -> None:
+    """``fh``: the GPT disk (layout ``gpt``) or the hash device (``parts``)."""
     v = config.verity
     if v is None:
         return
-    directory = Path(directory)
+    start = 0
     if config.layout is DiskLayout.GPT:
-        path = directory / PartName.DISK.file
         if v.verity_partition_uuid is None:
-            raise VerificationError(f"{path}: vm.json names no root-verity partition", reason="digest")
-        with open(path, "rb") as fh:
-            start = _gpt_partition_start(fh, v.verity_partition_uuid, str(path))
-            fh.seek(start + v.hash_block_size)  # block 0 is the superblock
-            top = fh.read(v.hash_block_size)
-    else:
-        path = directory / PartName.VERITY.file
-        with open(path, "rb") as fh:
-            fh.seek(v.hash_block_size)
-            top = fh.read(v.hash_block_size)
+            raise VerificationError(f"{what}: vm.json names no root-verity partition", reason="digest")
+        start = _gpt_partition_start(fh, v.verity_partition_uuid, what)
+    fh.seek(start + v.hash_block_size)  # block 0 is the superblock
+    top = fh.read(v.hash_block_size)
     got = hashlib.sha256(bytes.fromhex(v.salt) + top).hexdigest()
     if len(top) != v.hash_block_size or got != v.root_hash:
         raise VerificationError(
-            f"{path}: the verity tree's root is {got}, vm.json signs {v.root_hash}",
+            f"{what}: the verity tree's root is {got}, vm.json signs {v.root_hash}",
             reason="digest",
             hint="the hash tree does not belong to this image",
         )
@@ -163,6 +168,68 @@ def check_vm_dir(directory: Path, config: VMConfig) -> None:
     """Everything a boot checks first (module docstring); raises ``VerificationError``."""
     check_parts(directory, config)
     check_root_hash(directory, config)
+
+
+_SEALS = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+
+
+def sealed_parts(directory: Path, config: VMConfig) -> dict[PartName, int]:
+    """Every part copied into its own sealed memfd while it is hashed: the bytes checked are the
+    bytes qemu boots (no time-of-check/time-of-use window: a part changed on disk after this, or
+    while it is copied, cannot reach the guest). Checks as :func:`check_vm_dir`; returns the fds
+    (close-on-exec; the caller passes them to qemu and closes them). ``VerificationError``
+    (``digest``) on any difference; nothing stays open then."""
+    fds: dict[PartName, int] = {}
+    try:
+        for part in config.parts:
+            fds[part.name] = _sealed_copy(Path(directory), part)
+        name = PartName.DISK if config.layout is DiskLayout.GPT else PartName.VERITY
+        if config.verity is not None:
+            with os.fdopen(os.dup(fds[name]), "rb") as fh:
+                _check_top_block(fh, config, f"{Path(directory) / name.file} (as booted)")
+    except BaseException:
+        for fd in fds.values():
+            os.close(fd)
+        raise
+    return fds
+
+
+def _sealed_copy(directory: Path, part: VMPart) -> int:
+    """A sealed memfd holding the part's bytes, once they hashed to the digest vm.json signs."""
+    path = directory / part.file
+    fd = os.memfd_create(f"kiln-{part.name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+    try:
+        h = hashlib.sha256()
+        n = 0
+        with open(path, "rb") as src:
+            while (block := src.read(_CHUNK)) and n <= part.size:
+                h.update(block)
+                n += len(block)
+                _write_all(fd, block)
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALS)
+    except FileNotFoundError:
+        os.close(fd)
+        raise VerificationError(
+            f"{directory}: part {part.name} ({part.file}) is missing", reason="digest"
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    if h.hexdigest() != part.digest.hex or n != part.size:
+        os.close(fd)
+        raise VerificationError(
+            f"{path}: part {part.name} is sha256:{h.hexdigest()} ({n} bytes) at boot; vm.json "
+            f"signs {part.digest} ({part.size} bytes)",
+            reason="digest",
+            hint="the part was altered: pull or build the image again (the agent places it again itself)",
+        )
+    return fd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 # -- placing a pulled VM artifact -------------------------------------------------------------------

@@ -26,6 +26,8 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from builder.attestations import SbomPackage, timestamp
+from builder.bytecode import ANNOTATION as BYTECODE_ANNOTATION
+from builder.bytecode import bake
 from builder.cache import BuildCache, CacheKey, StatEntry
 from builder.compress import ANNOTATION, Compressor
 from builder.errors import BuildError, SourceError
@@ -208,6 +210,7 @@ def build_image(
 
     assembly = assemble(manifest, debian=debian)
     _check_machines(assembly, manifest)
+    bytecode = bake(manifest, assembly.tree, cache_dir=cache.root / "bytecode" if cache else None, say=say)
     plans = plan_layers(assembly.tree.entries(), manifest.layers)
     say(f"{manifest.name} {manifest.version}: {len(assembly.tree)} paths in {len(plans)} layers")
     stat_keys = [_stat_key(plan, comp, mtime) if cache is not None else None for plan in plans]
@@ -240,6 +243,7 @@ def build_image(
                 reference=reference,
                 meter=meter,
                 sbom_packages=sbom_packages,
+                bytecode=bytecode,
             )
             if cache is not None and build_key is not None:
                 _remember_build(cache, build_key, layout, built)
@@ -305,6 +309,7 @@ def _build_layout(
     reference: str,
     meter: Meter | None = None,
     sbom_packages: Sequence[SbomPackage] = (),
+    bytecode: str | None = None,
 ) -> _Built:
     results = _write_layers(
         plans, stat_keys, layout=layout, comp=comp, cache=cache, mtime=mtime, say=say, meter=meter
@@ -323,6 +328,8 @@ def _build_layout(
     tree = tree_digest(assembly.tree.entries(), {f.path: f.sha256 for f in files})
     annotations = manifest_annotations(manifest, source_date_epoch=mtime, compression=comp.tag)
     annotations[TREE_ANNOTATION] = str(tree)
+    if bytecode is not None:
+        annotations[BYTECODE_ANNOTATION] = bytecode
     oci_manifest = OCIManifest(
         config=Descriptor(media_type=MediaType.OCI_CONFIG, digest=config_digest, size=len(config_bytes)),
         layers=tuple(

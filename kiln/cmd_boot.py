@@ -3,7 +3,8 @@
 ``DIR`` is a VM image directory (``kiln build --format vm``); ``REF`` is ``oci:DIR[:TAG|@DIGEST]``
 or ``HOST/REPO[:TAG|@DIGEST]``, pulled first (every blob hashed against the manifest) into a
 temporary directory that is removed afterwards. Before qemu starts, every part's digest and the
-root hash are checked against ``vm.json`` (exit 3 when refused) — unless ``--unsafe-skip-verify``,
+root hash are checked against ``vm.json`` as the part is copied into a sealed memfd that qemu then
+boots (:func:`agent.vmimage.sealed_parts`; exit 3 when refused) — unless ``--unsafe-skip-verify``,
 which warns every time and exists to show what dm-verity does with a tampered disk (the guest
 panics, the boot fails).
 
@@ -23,13 +24,13 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from agent.qemu import Forward, GuestExit, Machine, boot_plan, guest_exit, pick_accel, qemu_argv
-from agent.vmimage import VM_FILE, check_vm_dir
+from agent.qemu import Forward, GuestExit, Machine, boot_plan, guest_exit, pick_accel, plan_on_fds, qemu_argv
+from agent.vmimage import VM_FILE, sealed_parts
 from kiln.output import Output
 from manifests.errors import DocumentError, KilnError
 from manifests.mediatypes import MediaType
 from manifests.oci import OCIManifest
-from manifests.vm import VMConfig
+from manifests.vm import PartName, VMConfig
 
 __all__ = ["register", "cmd_boot"]
 
@@ -122,8 +123,10 @@ def cmd_boot(args: argparse.Namespace, out: Output) -> int:
                 "--unsafe-skip-verify: booting WITHOUT checking the parts' digests and root hash; "
                 "only dm-verity in the guest stands between a tampered disk and this boot"
             )
+            fds: dict[PartName, int] = {}
         else:
-            check_vm_dir(directory, config)
+            # The checked bytes are the booted bytes: sealed copies that qemu inherits.
+            fds = sealed_parts(directory, config)
             out.progress(
                 f"verified {len(config.parts)} parts of {config.name} {config.version} against vm.json"
             )
@@ -136,7 +139,13 @@ def cmd_boot(args: argparse.Namespace, out: Output) -> int:
             machine=Machine(args.machine),
             accel=pick_accel(args.accel),
         )
-        result = _run(qemu_argv(plan), out=out, timeout=args.timeout)
+        if fds:
+            plan = plan_on_fds(plan, config, fds)
+        try:
+            result = _run(qemu_argv(plan), out=out, timeout=args.timeout, fds=tuple(fds.values()))
+        finally:
+            for fd in fds.values():
+                os.close(fd)
     if out.json_mode:
         out.result(result.detail, {"name": config.name, "status": result.status, "detail": result.detail})
     else:
@@ -144,12 +153,12 @@ def cmd_boot(args: argparse.Namespace, out: Output) -> int:
     return result.code
 
 
-def _run(argv: list[str], *, out: Output, timeout: float | None) -> GuestExit:
+def _run(argv: list[str], *, out: Output, timeout: float | None, fds: tuple[int, ...] = ()) -> GuestExit:
     console = out.stderr if out.json_mode else out.stdout
     tail = bytearray()
     try:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=fds
         )
     except OSError as exc:
         raise KilnError(

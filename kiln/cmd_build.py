@@ -257,8 +257,14 @@ def _build_vm(
     from builder.vm.image import build_vm
 
     output = args.output or Path("out") / f"{manifest.name.replace('/', '_')}.vm"
+    cache = None if args.no_cache else (args.cache_dir or default_cache_dir()) / "bytecode"
     result = build_vm(
-        manifest, output=output, source_date_epoch=epoch, force=args.force, progress=out.progress
+        manifest,
+        output=output,
+        source_date_epoch=epoch,
+        force=args.force,
+        progress=out.progress,
+        bytecode_cache=cache,
     )
     cfg = result.config
     human = [

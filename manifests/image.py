@@ -182,6 +182,18 @@ class LayerPolicy:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PythonPolicy:
+    """``python:``: bake deterministic CPython bytecode into the tree (ADR 0023).
+
+    ``optimize`` is the level the image's interpreter runs at (0, or 1/2 for ``-O``/``-OO``):
+    it decides the ``.pyc`` names the interpreter looks for.
+    """
+
+    bytecode: bool = False
+    optimize: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ImageManifest:
     """A validated image manifest. ``base_dir`` is the manifest file's directory."""
 
@@ -205,6 +217,7 @@ class ImageManifest:
     compression: Compression = Compression.GZIP
     compression_level: int | None = None  # None: the compression's default level
     vm: VMSpec | None = None  # the `vm:` section: how to build a VM image of the same tree
+    python: PythonPolicy = PythonPolicy()
     source: str = "<memory>"  # the manifest file's path, for messages
     base_dir: Path = Path()
     # Where each value was written (dotted path -> line, column), so a problem found later (a

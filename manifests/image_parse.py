@@ -34,6 +34,7 @@ from manifests.image import (
     LayerPolicy,
     LayerStrategy,
     Port,
+    PythonPolicy,
     TcpCheck,
 )
 from manifests.image_contents import ImageContentsChecker
@@ -87,6 +88,7 @@ _TOP_OPTIONAL = (
     "layers",
     "compression",
     "vm",
+    "python",
 )
 
 # OCI distribution spec: path components of a repository name.
@@ -163,6 +165,7 @@ class _ImageSchema(ImageContentsChecker):
         layers = self._layers(d)
         compression, level = self._compression(d)
         vm = self._vm(d)
+        python = self._python(d)
         self.check_declarations(workdir, writable, volumes)
         self.finish()
         return ImageManifest(
@@ -185,6 +188,7 @@ class _ImageSchema(ImageContentsChecker):
             compression=compression,
             compression_level=level,
             vm=vm,
+            python=python,
             source=self.doc.source,
             base_dir=base_dir,
             positions=self.doc.positions,
@@ -513,6 +517,23 @@ class _ImageSchema(ImageContentsChecker):
             self.report("compression.level", f"out of range for {kind} ({lo} to {hi})")
             return default
         return kind, level
+
+    # -- python
+
+    def _python(self, d: Mapping[str, Any]) -> PythonPolicy:
+        if "python" not in d:
+            return PythonPolicy()
+        m = self.mapping(d["python"], "python")
+        if m is None:
+            return PythonPolicy()
+        self.keys(m, "python", required=(), optional=("bytecode", "optimize"))
+        bytecode = False
+        if "bytecode" in m:
+            bytecode = bool(self.boolean(m["bytecode"], "python.bytecode"))
+        optimize = 0
+        if "optimize" in m:
+            optimize = self.bounded(m["optimize"], "python.optimize", 0, 2) or 0
+        return PythonPolicy(bytecode=bytecode, optimize=optimize)
 
     # -- the vm section
 

@@ -439,6 +439,9 @@ class VMConfig:
     config: VMImageConfig
     tree_digest: Digest
     modules: tuple[str, ...]  # module names in load order, e.g. "virtio_ring"
+    # How the tree's CPython bytecode was compiled (``cpython-3.11.2/magic-3495/unchecked-hash/opt-0``,
+    # the OCI manifest's ``dev.kiln.bytecode``), or None: no bytecode was baked.
+    bytecode: str | None = None
     raw: bytes | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -489,13 +492,14 @@ class VMConfig:
             ]
         return tuple(args)
 
-    def boot_cmdline(self, host_args: Sequence[str] = ()) -> str:
+    def boot_cmdline(self, host_args: Sequence[str] = (), *, env: bool = False) -> str:
         """The whole kernel command line: recorded ``cmdline``, the runner's ``host_args``
-        (e.g. ``tsc_early_khz=2400000``), then :meth:`kiln_args` (last, so they win)."""
+        (e.g. ``tsc_early_khz=2400000``), then :meth:`kiln_args` (last, so they win); ``env``:
+        the runner passes a run-time environment through qemu's fw_cfg (``kiln.env=fw_cfg``)."""
         for arg in host_args:
             if not _ARG.match(arg) or arg.startswith("kiln."):
                 raise ValueError(f"invalid host kernel argument {arg!r}")
-        return " ".join((*self.cmdline, *host_args, *self.kiln_args()))
+        return " ".join((*self.cmdline, *host_args, *self.kiln_args(), *(["kiln.env=fw_cfg"] if env else [])))
 
     # -- serialization
 
@@ -523,6 +527,8 @@ class VMConfig:
             d["verity"] = self.verity.to_dict()
         if self.health is not None:
             d["health"] = health_to_dict(self.health)
+        if self.bytecode is not None:
+            d["bytecode"] = self.bytecode
         return d
 
     def to_bytes(self) -> bytes:
@@ -561,7 +567,7 @@ class VMConfig:
                 "treeDigest",
                 "modules",
             ),
-            ("layout", "verity", "health"),
+            ("layout", "verity", "health", "bytecode"),
         )
         if d["schemaVersion"] != VM_SCHEMA_VERSION:
             raise DocumentError(f"{what}: schemaVersion must be {VM_SCHEMA_VERSION}")
@@ -598,5 +604,6 @@ class VMConfig:
             config=VMImageConfig.from_dict(d["config"]),
             tree_digest=Digest.parse(_s(d, "treeDigest", what)),
             modules=_strs(d, "modules", what),
+            bytecode=_opt_s(d, "bytecode", what),
             raw=raw,
         )

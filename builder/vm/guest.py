@@ -49,7 +49,7 @@ exec </dev/console >/dev/console 2>&1
 for m in $(cat /kiln/modules.order); do
     insmod "/kiln/modules/$m.ko" || fail "cannot load module $m"
 done
-PROFILE= LAYOUT= ROOTHASH= SALT= DATABLOCKS=
+PROFILE= LAYOUT= ROOTHASH= SALT= DATABLOCKS= ENVFROM=
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
         kiln.profile=*) PROFILE=${arg#*=} ;;
@@ -57,6 +57,7 @@ for arg in $(cat /proc/cmdline); do
         kiln.roothash=*) ROOTHASH=${arg#*=} ;;
         kiln.salt=*) SALT=${arg#*=} ;;
         kiln.datablocks=*) DATABLOCKS=${arg#*=} ;;
+        kiln.env=*) ENVFROM=${arg#*=} ;;
     esac
 done
 ip link set lo up
@@ -98,7 +99,18 @@ else
 fi
 . /kiln/config.sh
 kiln_mounts || fail "cannot mount the writable directories"
-kiln_run
+# The runner's environment for this instance (the release's per-service env), from qemu's fw_cfg:
+# a `set -- 'K=V' ...` line the runner quoted; kiln_run passes "$@" after the image's environment.
+set --
+if [ "$ENVFROM" = fw_cfg ]; then
+    for m in $(cat /kiln/modules.env); do
+        insmod "/kiln/modules/$m.ko" || fail "cannot load module $m"
+    done
+    ENVFILE=/sys/firmware/qemu_fw_cfg/by_name/opt/kiln/env/raw
+    [ -r "$ENVFILE" ] || fail "kiln.env=fw_cfg but no opt/kiln/env"
+    . "$ENVFILE" || fail "cannot read the run-time environment"
+fi
+kiln_run "$@"
 status=$?
 echo "@EXIT@$status"
 sync
@@ -128,7 +140,7 @@ def config_script(cfg: VMImageConfig) -> bytes:
     argv = " ".join(q(a) for a in cfg.argv)
     lines += [
         "kiln_run() {",
-        f'    /kiln/busybox env -i {env} /kiln/busybox nsenter -r"$ROOT" -w"$ROOT"{q(workdir)} \\',
+        f'    /kiln/busybox env -i {env} "$@" /kiln/busybox nsenter -r"$ROOT" -w"$ROOT"{q(workdir)} \\',
         f"        -S {cfg.uid} -G {cfg.gid} -F -- {argv}",
         "}",
         "",
@@ -153,7 +165,13 @@ def _dir(path: str) -> Entry:
 
 
 def add_guest_tools(
-    tree: FileTree, *, modules: ModuleSet, config: VMImageConfig, verity: bool, busybox: Path = BUSYBOX
+    tree: FileTree,
+    *,
+    modules: ModuleSet,
+    config: VMImageConfig,
+    verity: bool,
+    busybox: Path = BUSYBOX,
+    env_modules: ModuleSet | None = None,
 ) -> None:
     """Add ``/kiln`` (and, for ``verity``, dmsetup and ``/newroot``) to ``tree``."""
     if "/kiln" in tree:
@@ -190,6 +208,11 @@ def add_guest_tools(
     tree.add(_file("/kiln/config.sh", config_script(config)))
     tree.add(_file("/kiln/modules.order", "".join(f"{n}\n" for n in modules.names).encode()))
     for m in modules.modules:
+        tree.add(_file(f"/kiln/modules/{m.name}.ko", m.data))
+    # Loaded only when the runner passes an environment (kiln.env=fw_cfg): no cost otherwise.
+    extra = [m for m in (env_modules.modules if env_modules else ()) if m.name not in modules.names]
+    tree.add(_file("/kiln/modules.env", "".join(f"{m.name}\n" for m in extra).encode()))
+    for m in extra:
         tree.add(_file(f"/kiln/modules/{m.name}.ko", m.data))
     for path in MOUNT_POINTS:
         if path not in tree:

@@ -16,7 +16,9 @@ compressor's library, version and level are recorded in ``vm.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
+import hashlib
 import io
 import os
 import re
@@ -29,16 +31,20 @@ from typing import BinaryIO
 
 import zstandard
 
+from builder.attestations import timestamp
+from builder.bytecode import ANNOTATION as BYTECODE_ANNOTATION
+from builder.bytecode import bake
 from builder.compress import Compressor
 from builder.errors import BuildError, SourceError
 from builder.imageconfig import DEFAULT_PATH, DEFAULT_USER
 from builder.sources import assemble
+from builder.tarwriter import FileRecord as BomFileRecord
 from builder.tree import Category, Entry, EntryKind, FileTree
 from builder.vm.cpio import write_cpio
 from builder.vm.erofs import write_erofs
 from builder.vm.gpt import ROOT_VERITY_X86_64, ROOT_X86_64, Partition, partition_uuids, write_gpt
 from builder.vm.guest import MOUNT_POINTS, add_guest_tools
-from builder.vm.modules import kernel_release, select_modules, wanted_modules
+from builder.vm.modules import ENV_MODULES, kernel_release, select_modules, wanted_modules
 from builder.vm.treedigest import tree_digest
 from builder.vm.verity import build_verity, derive_salt, derive_uuid
 from manifests.digest import Digest, sha256_file
@@ -149,7 +155,10 @@ def build_vm(
     source_date_epoch: int = 0,
     force: bool = False,
     progress: Progress | None = None,
+    bytecode_cache: Path | None = None,
 ) -> VMBuildResult:
+    """``kiln build M --format vm``: see the module docstring. ``bytecode_cache``: where compiled
+    pycs are kept between builds (``python.bytecode``; :func:`builder.bytecode.add_bytecode`)."""
     say = progress or (lambda _msg: None)
     spec = manifest.vm
     if spec is None:
@@ -162,9 +171,12 @@ def build_vm(
     verity = spec.profile is VMProfile.VERITY
     modules_dir = _host(manifest, spec.modules) if spec.modules else Path("/lib/modules") / release
     modules = select_modules(modules_dir, wanted_modules(verity=verity), release=release)
+    env_modules = select_modules(modules_dir, ENV_MODULES, release=release)
     assembly = assemble(manifest)
+    bytecode = bake(manifest, assembly.tree, cache_dir=bytecode_cache, say=say)
     entries = assembly.tree.entries()
-    tdigest = tree_digest(entries)
+    files = _file_records(entries)  # hashed once: for the tree digest and the SBOM
+    tdigest = tree_digest(entries, {f.path: f.sha256 for f in files})
     cfg = vm_image_config(manifest)
     say(f"{manifest.name} {manifest.version}: {len(entries)} paths, {spec.profile} VM, kernel {release}")
 
@@ -236,7 +248,7 @@ def build_vm(
         else:
             initrd_tree = _copy_tree(entries)
             _add_dirs(initrd_tree, cfg.writable)
-        add_guest_tools(initrd_tree, modules=modules, config=cfg, verity=verity)
+        add_guest_tools(initrd_tree, modules=modules, config=cfg, verity=verity, env_modules=env_modules)
 
         comp = Compressor.create(Compression.ZSTD, INITRD_LEVEL)
         with open(out / PartName.INITRD.file, "wb") as fh:
@@ -271,10 +283,24 @@ def build_vm(
             config=cfg,
             tree_digest=tdigest,
             modules=modules.names,
+            bytecode=bytecode,
         )
         vm_bytes = config.to_bytes()
         (out / "vm.json").write_bytes(vm_bytes)
-        digest = _write_layout(out, config, vm_bytes)
+        digest = _write_layout(
+            out,
+            config,
+            vm_bytes,
+            records=lambda d: vm_records(
+                manifest,
+                entries,
+                files,
+                d,
+                guest=(kernel, *(m.path for m in (*modules.modules, *env_modules.modules))),
+                source_date_epoch=source_date_epoch,
+            ),
+            created=timestamp(source_date_epoch),
+        )
         for p in out.rglob("*"):
             os.chmod(p, 0o755 if p.is_dir() else 0o644)
         os.chmod(out, 0o755)  # noqa: S103 - an image directory is meant to be readable
@@ -308,7 +334,64 @@ def _part(out: Path, name: PartName, media_type: MediaType, *, compression: str 
     return VMPart(name=name, media_type=media_type, digest=digest, size=size, compression=compression)
 
 
-def _write_layout(out: Path, config: VMConfig, vm_bytes: bytes) -> Digest:
+def _file_records(entries: tuple[Entry, ...]) -> list[BomFileRecord]:
+    """sha256, sha1 and size of every regular file (and hard link to one) of the tree."""
+    records: dict[str, BomFileRecord] = {}
+    for e in entries:
+        if e.kind is EntryKind.FILE:
+            sha256, sha1 = hashlib.sha256(), hashlib.sha1()  # noqa: S324 - SPDX 2.3 requires SHA1
+            if e.data is not None:
+                sha256.update(e.data)
+                sha1.update(e.data)
+            else:
+                with open(str(e.host_path), "rb") as fh:
+                    while block := fh.read(1 << 20):
+                        sha256.update(block)
+                        sha1.update(block)
+            records[e.path] = BomFileRecord(
+                path=e.path, sha256=Digest(sha256.hexdigest()), size=e.size, sha1=sha1.hexdigest()
+            )
+        elif e.kind is EntryKind.HARDLINK and e.target in records:
+            records[e.path] = dataclasses.replace(records[e.target], path=e.path)
+    return list(records.values())
+
+
+def vm_records(
+    manifest: ImageManifest,
+    entries: tuple[Entry, ...],
+    files: list[BomFileRecord],
+    digest: Digest,
+    *,
+    guest: tuple[Path, ...],
+    source_date_epoch: int,
+) -> tuple[bytes, bytes]:
+    """The VM image's SBOM (the tree: the same files as its OCI image's SBOM) and SLSA provenance
+    (the tree's host inputs, plus the kernel and the module files the guest boots with)."""
+    from builder.attestations import Input
+    from builder.bom import OwnerLookup, attestation_documents, collect_inputs
+    from builder.build import image_reference
+
+    inputs = list(collect_inputs(manifest, entries, files, OwnerLookup()))
+    for path in guest:
+        inputs.append(Input(kind="file", uri=path.as_posix(), sha256=sha256_file(str(path))[0].hex))
+    return attestation_documents(
+        manifest,
+        image_digest=digest,
+        files=files,
+        inputs=inputs,
+        source_date_epoch=source_date_epoch,
+        reference=image_reference(manifest.name, manifest.version),
+    )
+
+
+def _write_layout(
+    out: Path,
+    config: VMConfig,
+    vm_bytes: bytes,
+    *,
+    records: Callable[[Digest], tuple[bytes, bytes]] | None = None,
+    created: str = "1970-01-01T00:00:00Z",
+) -> Digest:
     layout = OCILayout.create(out / ".layout")
     config_digest = layout.write_blob(vm_bytes)
     for p in config.parts:
@@ -329,6 +412,7 @@ def _write_layout(out: Path, config: VMConfig, vm_bytes: bytes) -> Digest:
             "org.opencontainers.image.title": config.name,
             "org.opencontainers.image.version": config.version,
             "dev.kiln.tree": str(config.tree_digest),
+            **({BYTECODE_ANNOTATION: config.bytecode} if config.bytecode else {}),
         },
     )
     data = manifest.to_bytes()
@@ -342,6 +426,18 @@ def _write_layout(out: Path, config: VMConfig, vm_bytes: bytes) -> Digest:
         ),
         config.version,
     )
+    if records is not None:
+        # The build records, as for an OCI image (ADR 0018): artifacts whose subject is the VM
+        # image, listed untagged in index.json; `kiln attest` signs them, `kiln publish` pushes them.
+        from builder.build import PROVENANCE_ARTIFACT_TYPE, SBOM_ARTIFACT_TYPE, record_artifact
+
+        sbom, provenance = records(digest)
+        subject = Descriptor(media_type=MediaType.OCI_MANIFEST, digest=digest, size=len(data))
+        referrers = [
+            record_artifact(layout, subject, blob, kind, created=created)
+            for blob, kind in ((sbom, SBOM_ARTIFACT_TYPE), (provenance, PROVENANCE_ARTIFACT_TYPE))
+        ]
+        layout.add_referrers(referrers, digest)
     for name in ("oci-layout", "index.json", "blobs"):
         os.replace(out / ".layout" / name, out / name)
     (out / ".layout").rmdir()

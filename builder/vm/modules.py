@@ -33,6 +33,11 @@ BASE = ("virtio_mmio", "virtio_pci", "virtio_net")
 VERITY = ("virtio_blk", "dm_verity", "erofs")
 
 
+# Loaded by the guest init only when the runner passes a run-time environment (``kiln.env=fw_cfg``):
+# qemu's fw_cfg device, read through sysfs (found through ACPI on microvm and q35).
+ENV_MODULES = ("qemu_fw_cfg",)
+
+
 def wanted_modules(*, verity: bool) -> tuple[str, ...]:
     """The modules a guest asks for (their dependencies come with them)."""
     return BASE + VERITY if verity else BASE

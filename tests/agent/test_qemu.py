@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import struct
 import uuid
 from dataclasses import replace
@@ -19,6 +21,7 @@ from agent.qemu import (
     Machine,
     QemuRuntime,
     RoutedRuntime,
+    env_script,
     guest_exit,
     guest_ports,
     host_tsc_khz,
@@ -27,7 +30,7 @@ from agent.qemu import (
     qemu_argv,
 )
 from agent.runtime import InstanceSpec, InstanceStatus
-from agent.vmimage import check_parts, check_root_hash, check_vm_dir
+from agent.vmimage import check_parts, check_root_hash, check_vm_dir, sealed_parts
 from manifests.digest import Digest
 from manifests.errors import VerificationError
 from manifests.image import HealthCheck, HttpCheck
@@ -270,6 +273,69 @@ def test_a_root_hash_that_is_not_the_trees_is_refused(tmp_path: Path, layout: Di
     with pytest.raises(VerificationError, match="the verity tree's root is") as err:
         check_root_hash(tmp_path, other)
     assert err.value.reason == "digest"
+
+
+@pytest.mark.parametrize("layout", [DiskLayout.PARTS, DiskLayout.GPT])
+def test_sealed_parts_are_the_checked_bytes_and_cannot_change(tmp_path: Path, layout: DiskLayout) -> None:
+    config = _verity_image(tmp_path, layout=layout)
+    fds = sealed_parts(tmp_path, config)
+    try:
+        assert set(fds) == {p.name for p in config.parts}
+        for part in config.parts:
+            fd = fds[part.name]
+            original = (tmp_path / part.file).read_bytes()
+            # The file changes on disk after the check: what qemu would open is still the original.
+            (tmp_path / part.file).write_bytes(b"changed after the check")
+            assert Path(f"/proc/self/fd/{fd}").read_bytes() == original
+            with pytest.raises(PermissionError):  # sealed: no write, no resize
+                os.pwrite(fd, b"x", 0)
+            with pytest.raises(PermissionError):
+                os.ftruncate(fd, 1)
+            assert fcntl.fcntl(fd, fcntl.F_GET_SEALS) & fcntl.F_SEAL_SEAL
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    # And a part that differs from vm.json is refused as it is copied; nothing stays open.
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(VerificationError, match="at boot") as err:
+        sealed_parts(tmp_path, config)
+    assert err.value.reason == "digest"
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize("layout", [DiskLayout.PARTS, DiskLayout.GPT])
+def test_sealed_parts_check_the_root_hash_of_the_copy(tmp_path: Path, layout: DiskLayout) -> None:
+    config = _verity_image(tmp_path, layout=layout)
+    assert config.verity is not None
+    other = replace(config, verity=replace(config.verity, root_hash="ab" * 32))
+    with pytest.raises(VerificationError, match=r"\(as booted\): the verity tree's root is") as err:
+        sealed_parts(tmp_path, other)
+    assert err.value.reason == "digest"
+
+
+def test_env_script_quotes_every_value_and_refuses_bad_names() -> None:
+    script = env_script({"B": "it's $HOME `id`", "A": "1"})
+    assert script == b"set -- A=1 'B=it'\"'\"'s $HOME `id`'\n"
+    with pytest.raises(InstanceError, match="not valid"):
+        env_script({"-x": "1"})
+    with pytest.raises(InstanceError, match="not valid"):
+        env_script({"A B": "1"})
+    with pytest.raises(InstanceError, match="NUL"):
+        env_script({"A": "\x00"})
+    plan = BootPlan(
+        name="x",
+        kernel=Path("/k"),
+        initrd=Path("/i"),
+        drives=(),
+        cmdline="c",
+        memory_mib=64,
+        cpus=1,
+        forwards=(),
+        serial=None,
+        env_file=Path("/s/a,b/env"),
+    )
+    argv = qemu_argv(plan)
+    assert argv[argv.index("-fw_cfg") + 1] == "name=opt/kiln/env,file=/s/a,,b/env"
 
 
 def test_guest_ports_are_the_images_then_the_health_port(tmp_path: Path) -> None:

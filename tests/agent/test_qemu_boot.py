@@ -2,10 +2,12 @@
 
 The images are hand-made busybox initramfs images on the host's Debian cloud kernel
 (:mod:`tests.agent.vmkit`), and examples/hello-vm built by ``kiln build --format vm``. Each boot
-takes a few seconds under TCG; this module boots ten times in all: the runtime's lifecycle (one),
-``kiln boot``'s exit status (one), the agent's release with a runc service and a VM service rolled
-forward and back (three; the part flipped in the published copy is refused before boot), hello-vm
-with a flipped verity data byte (one), drift: qemu killed, a part changed, past max_lifetime (four).
+takes a few seconds under TCG; this module boots eleven times in all: the runtime's lifecycle
+(one), the release's env reaching the guest (one), ``kiln boot``'s exit status (one), the agent's
+release with a runc service and a VM service rolled forward and back (three; the part flipped in
+the published copy is refused before boot), hello-vm with a flipped verity data byte (one),
+drift: qemu killed, a part changed, past max_lifetime (four). A part changed between prepare and
+boot is refused without booting.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import struct
 import time
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -124,6 +127,52 @@ def test_runtime_boots_serves_is_adopted_after_a_restart_and_stops(tmp_path: Pat
     assert runtime.state(iid).status is InstanceStatus.MISSING
     assert runtime.list() == ()
     assert set(list_netns()) == netns_before
+
+
+def test_the_release_env_reaches_the_guest_over_the_image_env(tmp_path: Path) -> None:
+    """The runtime passes InstanceSpec.env (the release's per-service env) through qemu's fw_cfg;
+    the guest init hands it to the entrypoint after the image's env, so it wins. One boot."""
+    import re as _re
+    import shutil
+
+    from builder.vm.image import build_vm
+    from manifests.image_parse import load_image_manifest
+    from tests.builder.vm.kit import point_at_kernel
+
+    shutil.copytree(HELLO_VM.parent, tmp_path / "src")
+    manifest = point_at_kernel(tmp_path / "src" / HELLO_VM.name, profile="initramfs")
+    script = 'echo "greeting=[$GREETING] odd=[$ODD] image=[$IMAGEONLY]"'
+    text = _re.sub(
+        r"(?m)^entrypoint: .*$",
+        "entrypoint: " + json.dumps(["/bin/busybox", "sh", "-c", script]),
+        manifest.read_text(),
+    )
+    manifest.write_text(text + "env:\n  GREETING: from the image\n  IMAGEONLY: kept\n")
+    image = tmp_path / "vm"
+    config = build_vm(load_image_manifest(manifest), output=image).config
+    runtime = QemuRuntime(tmp_path / "state")
+    iid = new_instance_id("env")
+    odd = 'it\'s $HOME "q" `id` ; x\ty'
+    spec = InstanceSpec(
+        instance_id=iid,
+        service="env",
+        image_digest=config.digest,
+        image_config=json.loads(config.to_bytes()),
+        rootfs=image,
+        env={"GREETING": "from the release", "ODD": odd},
+    )
+    runtime.start(spec)
+    try:
+        deadline = time.monotonic() + 240
+        log = ""
+        while "kiln-exit:" not in log:
+            assert time.monotonic() < deadline, log
+            time.sleep(0.2)
+            log = runtime.log_path(iid).read_text(errors="replace")
+    finally:
+        runtime.stop(iid, grace=1.0)
+    assert f"greeting=[from the release] odd=[{odd}] image=[kept]" in log, log
+    assert "kiln-exit: 0" in log
 
 
 def test_kiln_boot_exits_with_the_guests_status_and_refuses_a_tampered_part(
@@ -292,6 +341,52 @@ def test_a_flipped_verity_data_byte_is_refused_and_booted_unsafely_makes_the_gue
     assert "dm-verity device corrupted" in captured.out
     assert "kiln-exit" not in captured.out
     assert "panicked" in captured.err
+
+
+def test_a_part_changed_between_prepare_and_boot_is_refused_as_digest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing boots here: the runtime refuses the changed part as it copies it for qemu."""
+    repo = tmp_path / "vm-repo"
+    v1 = _publish_vm(tmp_path, repo, "vm toctou\n", "1.0.0")
+    root_path = tmp_path / "root.yaml"
+    root_path.write_text(make_root().to_yaml())
+    config = AgentConfig(
+        source=f"oci:{tmp_path / 'releases'}",
+        channel="stable",
+        trust_root=root_path,
+        state=tmp_path / "state",
+        images=(ImageLocation(repository=VM_REPO, location=f"oci:{repo}"),),
+    )
+    releases = LayoutRepository(tmp_path / "releases", create=True)
+    publish_release(releases, signed(make_release(1, [_vm_svc(free_port(), v1.digest)])))
+    agent = Agent(config, wall=Clock(NOW), health_deadline=60.0, drain_timeout=1.0, stop_grace=1.0)
+    agent.start()
+    prepare = agent._prepare
+
+    def prepare_then_tamper(*args: Any, **kw: Any) -> Any:
+        prepared = prepare(*args, **kw)
+        for prep in prepared.values():  # checked and placed: now one byte changes on disk
+            initrd = Path(str(prep.rootfs)) / "initrd"
+            data = bytearray(initrd.read_bytes())
+            data[len(data) // 2] ^= 0x01
+            initrd.chmod(0o644)
+            initrd.write_bytes(bytes(data))
+        return prepared
+
+    monkeypatch.setattr(agent, "_prepare", prepare_then_tamper)
+    try:
+        result = agent.reconcile_once()
+        assert result.outcome == "refused", result
+        assert result.reason == "digest"
+        assert "part initrd" in result.detail
+        refusal = agent.journal.state.last_refusal
+        assert refusal is not None
+        assert refusal.reason == "digest"
+        assert agent.journal.state.instances == ()
+        assert QemuRuntime(config.state).list() == ()
+    finally:
+        agent.close(stop_instances=True)
 
 
 def test_agent_replaces_a_vm_whose_qemu_died_whose_part_changed_and_past_its_lifetime(tmp_path: Path) -> None:

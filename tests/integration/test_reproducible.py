@@ -71,6 +71,11 @@ def test_two_checkouts_build_the_same_vm(example: str, profile: str, tmp_path: P
     man = OCIManifest.from_bytes(layout.read_blob(layout.resolve(None).digest))
     assert oci["digest"] == str(layout.resolve(None).digest)
     assert man.annotations["dev.kiln.tree"] == a["vm"]["treeDigest"]
+    # Baked bytecode (python-web: python.bytecode) is recorded alike in both families (ADR 0023),
+    # and it is part of the tree both digests name.
+    assert man.annotations.get("dev.kiln.bytecode") == a["vm"].get("bytecode")
+    if example == "python-web":
+        assert a["vm"]["bytecode"].startswith("cpython-3.11.")
 
 
 def test_source_date_epoch_changes_the_digest(tmp_path: Path) -> None:

@@ -350,7 +350,7 @@ INVALID = [
         [
             "m.yaml:8:1: extra: unknown key (expected one of: apiVersion, kind, name, version, contents, "
             "platform, platforms, accounts, entrypoint, cmd, env, workdir, ports, writable, volumes, health, "
-            "labels, layers, compression, vm)",
+            "labels, layers, compression, vm, python)",
             "m.yaml:9:1: versoin: unknown key (did you mean 'version'?)",
         ],
     ),

@@ -172,3 +172,41 @@ def test_kernel_glob_takes_the_newest_installed(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"vm.kernel: nothing matches /boot/vmlinuz-\*-no-such-flavour"):
         build_vm(load_image_manifest(manifest), output=tmp_path / "vm2")
     assert not (tmp_path / "vm2").exists()
+
+
+def test_attest_signs_the_sbom_and_the_provenance_of_a_vm_image(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kiln.cmd_sign import build_records
+    from signing.attestation import PredicateKind
+
+    monkeypatch.setenv("KILN_PASSWORD", "vm-attest")
+    manifest = hello(tmp_path)
+    out = tmp_path / "vm"
+    config = build_vm(load_image_manifest(manifest), output=out).config
+    layout = OCILayout.open(out)
+    image = layout.resolve(None)  # the records do not count as a second image
+    records = build_records(layout, image.digest)
+    assert set(records) == {PredicateKind.SPDX, PredicateKind.SLSAPROVENANCE}
+    # The SBOM describes the tree: the same files as the OCI image of the same manifest.
+    assert main(["build", str(manifest), "-o", str(tmp_path / "oci"), "-q", "--no-cache"]) == 0
+    oci = OCILayout.open(tmp_path / "oci")
+    oci_sbom = json.loads(build_records(oci, oci.resolve(None).digest)[PredicateKind.SPDX])
+    vm_sbom = json.loads(records[PredicateKind.SPDX])
+    assert sorted(f["fileName"] for f in vm_sbom["files"]) == sorted(f["fileName"] for f in oci_sbom["files"])
+    assert main(["key", "generate", "--out", str(tmp_path / "k"), "-q"]) == 0
+    capsys.readouterr()
+    assert main(["attest", "--key", str(tmp_path / "k.key"), "-q", f"oci:{out}"]) == 0
+    capsys.readouterr()
+    pub = str(tmp_path / "k.pub")
+    assert main(["verify-attestation", "--key", pub, "--type", "slsaprovenance", f"oci:{out}", "--json"]) == 0
+    statement = json.loads(capsys.readouterr().out)
+    text = json.dumps(statement)
+    assert image.digest.hex in text  # the subject is the VM artifact
+    kernel = installed_kernel()[0].as_posix()
+    assert kernel in text  # the kernel the VM boots is a resolved dependency
+    assert "/bin/busybox" in text  # and the tree's host inputs
+    assert main(["verify-attestation", "--key", pub, "--type", "spdx", f"oci:{out}"]) == 0
+    # The image itself is unchanged by its records: inspect still verifies every part.
+    assert main(["inspect", str(out), "-q"]) == 0
+    assert config.tree_digest == VMConfig.from_bytes((out / "vm.json").read_bytes()).tree_digest
