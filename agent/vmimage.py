@@ -45,6 +45,7 @@ from manifests.mediatypes import MediaType
 from manifests.oci import OCIManifest
 from manifests.release import Service
 from manifests.vm import DiskLayout, PartName, VMConfig, VMPart
+from manifests.vocabulary import Reason
 
 __all__ = [
     "VM_FILE",
@@ -101,13 +102,13 @@ def check_parts(directory: Path, config: VMConfig) -> None:
             got, size = _hash_file(path)
         except FileNotFoundError:
             raise VerificationError(
-                f"{directory}: part {part.name} ({part.file}) is missing", reason="digest"
+                f"{directory}: part {part.name} ({part.file}) is missing", reason=Reason.DIGEST
             ) from None
         if got != part.digest.hex or size != part.size:
             raise VerificationError(
                 f"{path}: part {part.name} is sha256:{got} ({size} bytes); vm.json signs "
                 f"{part.digest} ({part.size} bytes)",
-                reason="digest",
+                reason=Reason.DIGEST,
                 hint="the part was altered: pull the image again",
             )
 
@@ -117,10 +118,10 @@ def _gpt_partition_start(fh: IO[bytes], want: str, what: str) -> int:
     fh.seek(_SECTOR)
     header = fh.read(92)
     if len(header) < 92 or header[:8] != b"EFI PART":
-        raise VerificationError(f"{what}: no GPT header", reason="digest")
+        raise VerificationError(f"{what}: no GPT header", reason=Reason.DIGEST)
     entries_lba, count, entry_size = struct.unpack_from("<QII", header, 72)
     if not 0 < count <= 1024 or not 128 <= entry_size <= 4096:
-        raise VerificationError(f"{what}: implausible GPT partition table", reason="digest")
+        raise VerificationError(f"{what}: implausible GPT partition table", reason=Reason.DIGEST)
     fh.seek(entries_lba * _SECTOR)
     table = fh.read(count * entry_size)
     for i in range(count):
@@ -130,7 +131,7 @@ def _gpt_partition_start(fh: IO[bytes], want: str, what: str) -> int:
         if str(uuid.UUID(bytes_le=entry[16:32])) == want:
             (first,) = struct.unpack_from("<Q", entry, 32)
             return int(first) * _SECTOR
-    raise VerificationError(f"{what}: no partition {want} (the root-verity partition)", reason="digest")
+    raise VerificationError(f"{what}: no partition {want} (the root-verity partition)", reason=Reason.DIGEST)
 
 
 def check_root_hash(directory: Path, config: VMConfig) -> None:
@@ -151,7 +152,7 @@ def _check_top_block(fh: IO[bytes], config: VMConfig, what: str) -> None:
     start = 0
     if config.layout is DiskLayout.GPT:
         if v.verity_partition_uuid is None:
-            raise VerificationError(f"{what}: vm.json names no root-verity partition", reason="digest")
+            raise VerificationError(f"{what}: vm.json names no root-verity partition", reason=Reason.DIGEST)
         start = _gpt_partition_start(fh, v.verity_partition_uuid, what)
     fh.seek(start + v.hash_block_size)  # block 0 is the superblock
     top = fh.read(v.hash_block_size)
@@ -159,7 +160,7 @@ def _check_top_block(fh: IO[bytes], config: VMConfig, what: str) -> None:
     if len(top) != v.hash_block_size or got != v.root_hash:
         raise VerificationError(
             f"{what}: the verity tree's root is {got}, vm.json signs {v.root_hash}",
-            reason="digest",
+            reason=Reason.DIGEST,
             hint="the hash tree does not belong to this image",
         )
 
@@ -210,7 +211,7 @@ def _sealed_copy(directory: Path, part: VMPart) -> int:
     except FileNotFoundError:
         os.close(fd)
         raise VerificationError(
-            f"{directory}: part {part.name} ({part.file}) is missing", reason="digest"
+            f"{directory}: part {part.name} ({part.file}) is missing", reason=Reason.DIGEST
         ) from None
     except BaseException:
         os.close(fd)
@@ -220,7 +221,7 @@ def _sealed_copy(directory: Path, part: VMPart) -> int:
         raise VerificationError(
             f"{path}: part {part.name} is sha256:{h.hexdigest()} ({n} bytes) at boot; vm.json "
             f"signs {part.digest} ({part.size} bytes)",
-            reason="digest",
+            reason=Reason.DIGEST,
             hint="the part was altered: pull or build the image again (the agent places it again itself)",
         )
     return fd
@@ -255,7 +256,7 @@ def _copy_hashed(store: ContentStore, digest: Digest, size: int, dest: Path) -> 
         os.fsync(out.fileno())
     if h.hexdigest() != digest.hex or n != size:
         store.verify(digest, size=size)  # removes the altered blob from the store and raises
-        raise VerificationError(f"stored blob {digest} changed while it was copied", reason="digest")
+        raise VerificationError(f"stored blob {digest} changed while it was copied", reason=Reason.DIGEST)
     os.chmod(dest, 0o444)
 
 
@@ -280,7 +281,7 @@ def place_vm(store: ContentStore, image: PulledImage, roots_dir: Path) -> Unpack
             raise VerificationError(
                 f"VM image {image.digest}: vm.json's part {part.name} ({part.digest}) is not a layer "
                 "of the artifact",
-                reason="digest",
+                reason=Reason.DIGEST,
             )
     tmp = roots_dir / f"{hexd}.tmp"
     _remove(tmp)

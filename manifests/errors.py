@@ -105,7 +105,7 @@ class VerificationError(KilnError):
 
     exit_code = 3
 
-    def __init__(self, message: str, *, reason: Reason | str, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, reason: Reason, hint: str | None = None) -> None:
         super().__init__(message, hint=hint)
         self.reason = Reason(reason)
 

@@ -70,6 +70,7 @@ from manifests.fleet import Rollout, check_rollout
 from manifests.image import API_VERSION, HttpCheck, TcpCheck
 from manifests.payload import payload_document, require_canonical
 from manifests.source import SourceDocument, join_index, join_key, load_document, parse_document
+from manifests.vocabulary import Reason
 
 __all__ = [
     "KIND",
@@ -363,11 +364,11 @@ class Release:
         try:
             release = schema.release()
         except ManifestError as exc:
-            reason = "digest" if schema.unpinned else "parse"
+            reason = Reason.DIGEST if schema.unpinned else Reason.PARSE
             raise VerificationError(
                 "; ".join(str(p) for p in exc.problems),
                 reason=reason,
-                hint="sign releases with kiln release sign" if reason == "parse" else _PIN_HINT,
+                hint="sign releases with kiln release sign" if reason is Reason.PARSE else _PIN_HINT,
             ) from None
         require_canonical(
             data,

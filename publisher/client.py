@@ -37,6 +37,7 @@ from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
 from manifests.mediatypes import MediaType
 from manifests.oci import MAX_DOCUMENT_BYTES, Descriptor, OCIIndex, parse_json_object
+from manifests.vocabulary import Reason
 from publisher.auth import Credentials, repository_scope
 from publisher.errors import (
     MAX_ERROR_BODY,
@@ -504,7 +505,7 @@ class RegistryClient:
         if target.startswith("sha256:") and target != str(digest):
             raise VerificationError(
                 f"{what}: the bytes hash to {digest}, not to the digest they are pushed under",
-                reason="digest",
+                reason=Reason.DIGEST,
             )
         resp = self.session.send(
             "PUT",
@@ -544,17 +545,17 @@ class RegistryClient:
         except PublishError as exc:
             if isinstance(exc, TransientFailure):
                 raise
-            raise VerificationError(exc.message, reason="size") from exc
+            raise VerificationError(exc.message, reason=Reason.SIZE) from exc
         digest = Digest.of(data)
         if target.startswith("sha256:") and str(digest) != target:
             raise VerificationError(
                 f"{what}: the registry sent bytes hashing to {digest}",
-                reason="digest",
+                reason=Reason.DIGEST,
                 hint="the registry or something between it and kiln altered the manifest",
             )
         if header is not None and header != digest:
             raise VerificationError(
-                f"{what}: the registry says {header} but the bytes hash to {digest}", reason="digest"
+                f"{what}: the registry says {header} but the bytes hash to {digest}", reason=Reason.DIGEST
             )
         return Manifest(data=data, media_type=media_type, digest=digest)
 
@@ -579,7 +580,7 @@ class RegistryClient:
         if digest is None or length is None:
             return self.get_manifest(repo, target).descriptor
         if target.startswith("sha256:") and str(digest) != target:
-            raise VerificationError(f"{what}: the registry answered for {digest}", reason="digest")
+            raise VerificationError(f"{what}: the registry answered for {digest}", reason=Reason.DIGEST)
         return Descriptor(media_type=content_type(resp), digest=digest, size=length)
 
     def delete_manifest(self, repo: str, digest: Digest) -> None:

@@ -31,6 +31,7 @@ from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
 from manifests.mediatypes import MediaType
 from manifests.oci import Descriptor, OCIIndex, OCIManifest
+from manifests.vocabulary import Reason
 from publisher.endpoint import Endpoint
 from publisher.errors import PublishError
 from publisher.transfer import BlobAction, BlobResult, BlobSource, Manifest
@@ -117,14 +118,14 @@ def _parse_manifest(man: Manifest, *, what: str) -> OCIManifest:
     try:
         return OCIManifest.from_bytes(man.data)
     except DocumentError as exc:
-        raise VerificationError(f"{what}: {exc.message}", reason="manifest") from None
+        raise VerificationError(f"{what}: {exc.message}", reason=Reason.MANIFEST) from None
 
 
 def _parse_index(man: Manifest, *, what: str) -> OCIIndex:
     try:
         return OCIIndex.from_bytes(man.data)
     except DocumentError as exc:
-        raise VerificationError(f"{what}: {exc.message}", reason="manifest") from None
+        raise VerificationError(f"{what}: {exc.message}", reason=Reason.MANIFEST) from None
 
 
 Watch = Callable[[Digest, int, int], None]
@@ -190,7 +191,9 @@ def _get(src: Endpoint, digest: Digest, media_type: str, *, what: str) -> Manife
     if man is None:
         raise PublishError(f"{src.display}: {what} {digest} is missing", hint="the source is incomplete")
     if man.digest != digest:  # pragma: no cover - both endpoints verify by digest already
-        raise VerificationError(f"{src.display}: {what} {digest} hashes to {man.digest}", reason="digest")
+        raise VerificationError(
+            f"{src.display}: {what} {digest} hashes to {man.digest}", reason=Reason.DIGEST
+        )
     if media_type and man.media_type != media_type:
         man = Manifest(data=man.data, media_type=media_type, digest=man.digest)
     return man
@@ -207,7 +210,7 @@ def collect_closure(src: Endpoint, root: Manifest) -> ImageClosure:
         for d in descs:
             blobs.setdefault(d.digest, d)
         if len(blobs) > MAX_BLOBS:
-            raise VerificationError(f"{what}: references more than {MAX_BLOBS} blobs", reason="manifest")
+            raise VerificationError(f"{what}: references more than {MAX_BLOBS} blobs", reason=Reason.MANIFEST)
 
     nodes = [root]
     if root.media_type in _INDEX_TYPES:
@@ -215,7 +218,7 @@ def collect_closure(src: Endpoint, root: Manifest) -> ImageClosure:
         if len(index.manifests) > MAX_CHILD_MANIFESTS:
             raise VerificationError(
                 f"{what}: lists {len(index.manifests)} manifests (cap {MAX_CHILD_MANIFESTS})",
-                reason="manifest",
+                reason=Reason.MANIFEST,
             )
         for child in index.manifests:
             if child.media_type not in _MANIFEST_TYPES:

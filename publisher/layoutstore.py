@@ -34,6 +34,7 @@ from manifests.files import check_regular, open_regular
 from manifests.layout import INDEX_FILE, LAYOUT_FILE, REF_NAME, OCILayout
 from manifests.mediatypes import MediaType
 from manifests.oci import MAX_DOCUMENT_BYTES, Descriptor, OCIIndex, OCIManifest, Platform, parse_json_object
+from manifests.vocabulary import Reason
 from publisher.errors import PublishError
 from publisher.transfer import IO_BLOCK, BlobAction, BlobResult, BlobSource, Manifest
 
@@ -167,7 +168,7 @@ class LayoutRepository:
             if existing != src.size:
                 raise VerificationError(
                     f"{self.root}: blob {src.digest} holds {existing} bytes, expected {src.size}",
-                    reason="digest",
+                    reason=Reason.DIGEST,
                     hint="the layout is damaged: remove that blob file and publish again",
                 )
             return BlobResult(digest=src.digest, size=src.size, action=BlobAction.EXISTED)
@@ -181,7 +182,7 @@ class LayoutRepository:
                 self.layout.blob_path(src.digest).unlink()
             raise VerificationError(
                 f"{self.root}: blob {src.digest}: got {sink.size} bytes, expected {src.size}",
-                reason="size",
+                reason=Reason.SIZE,
             )
         return BlobResult(digest=src.digest, size=src.size, action=BlobAction.UPLOADED)
 
@@ -323,6 +324,6 @@ def _check_file(path: Path, src: BlobSource) -> None:
         raise VerificationError(
             f"{src.path}: holds {n} bytes hashing to sha256:{h.hexdigest()}, "
             f"not blob {src.digest} ({src.size} bytes)",
-            reason="digest",
+            reason=Reason.DIGEST,
             hint="the source layout is damaged",
         )

@@ -37,6 +37,7 @@ from manifests.errors import DocumentError, VerificationError
 from manifests.layout import REF_NAME
 from manifests.mediatypes import MediaType
 from manifests.oci import Descriptor, OCIIndex, OCIManifest
+from manifests.vocabulary import Reason
 from publisher.copy import BlobCounts, Watch, collect_closure, copy_closure
 from publisher.endpoint import Endpoint, is_cosign_tag
 from publisher.errors import InvalidReference, PublishError
@@ -173,7 +174,9 @@ def image_version(src: Endpoint, root: Manifest, *, layout_tag: str | None = Non
         else:
             annotations = OCIManifest.from_bytes(root.data).annotations
     except DocumentError as exc:
-        raise VerificationError(f"{src.display}@{root.digest}: {exc.message}", reason="manifest") from None
+        raise VerificationError(
+            f"{src.display}@{root.digest}: {exc.message}", reason=Reason.MANIFEST
+        ) from None
     version = annotations.get(VERSION_ANNOTATION) or layout_tag
     if not version:
         raise PublishError(

@@ -23,6 +23,7 @@ from typing import BinaryIO
 from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
 from manifests.oci import MAX_DOCUMENT_BYTES, Descriptor, OCIIndex, OCIManifest
+from manifests.vocabulary import Reason
 from publisher.client import RegistryClient
 from publisher.errors import PublishError, RegistryError
 from publisher.transfer import BlobResult, BlobSource, Manifest, Opener
@@ -192,7 +193,7 @@ class RegistryArtifactStore:
             if _not_found(exc):
                 raise VerificationError(
                     f"{self.client.registry}/{self.repository}: blob {digest} is missing",
-                    reason="digest",
+                    reason=Reason.DIGEST,
                 ) from exc
             raise
         finally:

@@ -32,6 +32,7 @@ from manifests.errors import DocumentError, VerificationError
 from manifests.mediatypes import MediaType
 from manifests.oci import Descriptor, OCIManifest
 from manifests.release import MAX_RELEASE_BYTES
+from manifests.vocabulary import Reason
 from publisher.endpoint import Endpoint, LayoutLocation, parse_location
 from publisher.errors import PublishError, RegistryError
 from publisher.layoutstore import LayoutRepository
@@ -242,34 +243,34 @@ def _envelope(endpoint: Endpoint, tag: str, ref: str | Digest, size_cap: int) ->
     try:
         parsed = OCIManifest.from_bytes(man.data)
     except DocumentError as exc:
-        raise VerificationError(f"{endpoint.display}:{tag}: {exc.message}", reason="parse") from None
+        raise VerificationError(f"{endpoint.display}:{tag}: {exc.message}", reason=Reason.PARSE) from None
     if parsed.artifact_type != RELEASE_ARTIFACT_TYPE or len(parsed.layers) != 1:
         raise VerificationError(
             f"{endpoint.display}:{tag} is not a release artifact (artifactType {parsed.artifact_type!r})",
-            reason="parse",
+            reason=Reason.PARSE,
         )
     layer = parsed.layers[0]
     cap = envelope_cap(size_cap)
     if layer.media_type != MediaType.DSSE_ENVELOPE:
         raise VerificationError(
             f"{endpoint.display}:{tag}: layer media type {layer.media_type!r} is not a DSSE envelope",
-            reason="parse",
+            reason=Reason.PARSE,
         )
     if layer.size > cap:
         raise VerificationError(
             f"release envelope: {layer.size} bytes exceeds the {cap}-byte cap",
-            reason="parse",
+            reason=Reason.PARSE,
             hint="refusing to download it",
         )
     try:
         data = endpoint.read_blob(layer.digest, limit=cap)
     except VerificationError as exc:
         if exc.reason == "size":
-            raise VerificationError(f"release envelope: {exc.message}", reason="parse") from None
+            raise VerificationError(f"release envelope: {exc.message}", reason=Reason.PARSE) from None
         raise
     if len(data) != layer.size:
         raise VerificationError(
-            f"release envelope: {len(data)} bytes, not the {layer.size} announced", reason="digest"
+            f"release envelope: {len(data)} bytes, not the {layer.size} announced", reason=Reason.DIGEST
         )
     return data
 

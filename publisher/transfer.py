@@ -21,6 +21,7 @@ from manifests.digest import Digest
 from manifests.errors import DocumentError, VerificationError
 from manifests.files import open_regular
 from manifests.oci import Descriptor
+from manifests.vocabulary import Reason
 from publisher.errors import PublishError
 
 if TYPE_CHECKING:
@@ -112,7 +113,8 @@ def header_digest(resp: httpx.Response, *, what: str) -> Digest | None:
         return Digest.parse(value.strip())
     except DocumentError as exc:
         raise VerificationError(
-            f"{what}: the registry sent an invalid Docker-Content-Digest {value[:100]!r}", reason="digest"
+            f"{what}: the registry sent an invalid Docker-Content-Digest {value[:100]!r}",
+            reason=Reason.DIGEST,
         ) from exc
 
 
@@ -121,7 +123,7 @@ def check_header_digest(resp: httpx.Response, expected: Digest, *, what: str) ->
     if got is not None and got != expected:
         raise VerificationError(
             f"{what}: the registry says its digest is {got}, expected {expected}",
-            reason="digest",
+            reason=Reason.DIGEST,
             hint="the registry or something between it and kiln altered the content",
         )
 
@@ -174,7 +176,7 @@ class Download:
             if expected is not None and expected > self.cap:
                 raise VerificationError(
                     f"{self.what}: the registry announces {expected} bytes, over the cap of {self.cap}",
-                    reason="size",
+                    reason=Reason.SIZE,
                 )
             # No chunk_size: httpx would copy every byte through its re-chunking buffer (three
             # copies per byte; pulls ran at ~60% of the speed they have without it).
@@ -182,7 +184,7 @@ class Download:
                 self.received += len(chunk)
                 if self.received > self.cap:
                     raise VerificationError(
-                        f"{self.what}: the blob exceeds the size cap of {self.cap} bytes", reason="size"
+                        f"{self.what}: the blob exceeds the size cap of {self.cap} bytes", reason=Reason.SIZE
                     )
                 self.hash.update(chunk)
                 self.fh.write(chunk)
@@ -198,12 +200,12 @@ class Download:
     def verify(self, digest: Digest, expected_size: int | None) -> None:
         if expected_size is not None and self.received != expected_size:
             raise VerificationError(
-                f"{self.what}: got {self.received} bytes, expected {expected_size}", reason="size"
+                f"{self.what}: got {self.received} bytes, expected {expected_size}", reason=Reason.SIZE
             )
         got = Digest(self.hash.hexdigest())
         if got != digest:
             raise VerificationError(
                 f"{self.what}: digest mismatch: the registry sent {self.received} bytes hashing to {got}",
-                reason="digest",
+                reason=Reason.DIGEST,
                 hint="the registry or something between it and kiln altered the blob",
             )

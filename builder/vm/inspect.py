@@ -17,6 +17,7 @@ from manifests.errors import DocumentError, VerificationError
 from manifests.layout import REF_NAME, OCILayout
 from manifests.oci import OCIManifest
 from manifests.vm import MAX_VM_JSON_BYTES, VMConfig
+from manifests.vocabulary import Reason
 
 __all__ = ["is_vm_dir", "inspect_vm", "check_parts"]
 
@@ -51,17 +52,19 @@ def check_parts(path: Path, config: VMConfig) -> None:
                     n += len(block)
         except OSError as exc:
             raise VerificationError(
-                f"{file}: cannot read the {part.name} part: {exc.strerror}", reason="digest"
+                f"{file}: cannot read the {part.name} part: {exc.strerror}", reason=Reason.DIGEST
             ) from exc
         if n != part.size:
             more = "+" if n > part.size else ""
             raise VerificationError(
-                f"{file}: the {part.name} part has {n}{more} bytes, vm.json says {part.size}", reason="digest"
+                f"{file}: the {part.name} part has {n}{more} bytes, vm.json says {part.size}",
+                reason=Reason.DIGEST,
             )
         got = Digest(h.hexdigest())
         if got != part.digest:
             raise VerificationError(
-                f"{file}: the {part.name} part's digest is {got}, vm.json says {part.digest}", reason="digest"
+                f"{file}: the {part.name} part's digest is {got}, vm.json says {part.digest}",
+                reason=Reason.DIGEST,
             )
 
 
@@ -78,7 +81,9 @@ def inspect_vm(path: Path) -> dict[str, Any]:
         desc = layout.resolve(None)
         man = OCIManifest.from_bytes(layout.read_blob(desc.digest))
         if man.config.digest != Digest.of(data):
-            raise VerificationError(f"{path}: the OCI manifest's config is not this vm.json", reason="digest")
+            raise VerificationError(
+                f"{path}: the OCI manifest's config is not this vm.json", reason=Reason.DIGEST
+            )
         digest, tag = str(desc.digest), desc.annotations.get(REF_NAME)
     return {
         "version": 1,
