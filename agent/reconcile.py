@@ -879,6 +879,10 @@ class Agent:
         watch = self.deployer.watches.get(iid) if self._opened else None
         return str(watch.state) if watch is not None else "unknown"
 
+    def metrics_text(self) -> str:
+        """``GET /metrics``: the counters, and the standby instances the journal holds."""
+        return self.metrics.render(standby=standby_of(self.journal.state) if self._opened else ())
+
     def status(self) -> dict[str, Any]:
         try:
             return self._guard("status", self._status)
