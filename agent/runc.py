@@ -251,15 +251,20 @@ class RuncRuntime:
         )
 
     def list(self) -> tuple[str, ...]:
-        """The containers under kiln's runc root: runc keeps one directory per container there
-        (what `runc list` reads, without starting a process for it each reconcile)."""
+        """The containers under kiln's runc root, as `runc list` reads them without starting a
+        process each reconcile: a directory per container with its ``state.json`` (a directory
+        without one is a container being created or deleted, which `runc list` skips too)."""
         try:
             names = os.listdir(self.root)
         except FileNotFoundError:
             return ()
         except OSError as exc:
             raise RuntimeFailure(f"cannot list runc's containers in {self.root}: {exc}") from exc
-        return tuple(sorted(n for n in names if n.startswith(INSTANCE_PREFIX) and (self.root / n).is_dir()))
+        return tuple(
+            sorted(
+                n for n in names if n.startswith(INSTANCE_PREFIX) and (self.root / n / "state.json").is_file()
+            )
+        )
 
     def bundle_digest(self, instance_id: str) -> str | None:
         """sha256 of the instance's ``config.json`` as written (drift detection); None if gone."""
