@@ -233,8 +233,8 @@ def _no_bundle(instance_id: str) -> str | None:
 class Deployer:
     """Instances and traffic switches of every service (see the module docstring)."""
 
-    # A new instance is probed at once, then after 10, 20, 40 ms, at most 50 ms apart for its first
-    # 2 s, then doubling up to its check's interval (agent.health.wait_healthy).
+    # A new instance is probed at once, then after 10 ms, at most 20 ms apart for its first 2 s,
+    # then doubling up to its check's interval (agent.health.wait_healthy, FAST_CAP).
     health_backoff: float = 0.01
     # How often a health wait asks the runtime whether the instance still runs (see _liveness).
     liveness_every: float = 0.25
