@@ -683,7 +683,7 @@ def main() -> int:
     print("\nnew release -> new version serving (python-web; the base layers cached on both sides)")
     print(f"  {'kiln (release published -> the address answers it)':<58}{fmt(kiln_deploy)}")
     print(f"  {'docker pull + docker run (pull starts -> it answers)':<58}{fmt(docker_deploy)}")
-    print(f"  {'ratio docker / kiln':<58}{d / k:.2f}x")
+    print(f"  {'ratio kiln / docker (target <= 0.8x)':<58}{k / d:.2f}x")
     print(f"  {'(kiln release publish itself, not counted above)':<58}{fmt(publish_times)}")
     wait = "no poll wait: SIGHUP after the publish" if args.nudge else f"up to {args.poll:g} s of poll wait"
     print(f"  (kiln includes {wait}, signature and policy checks;")
