@@ -320,7 +320,7 @@ def _describe(exc: BaseException) -> str:
 # -- waiting for health ---------------------------------------------------------------------------------
 
 
-FAST_CAP = 0.05  # seconds: the longest wait between probes of a new instance in its first seconds
+FAST_CAP = 0.02  # seconds: the longest wait between probes of a new instance in its first seconds
 FAST_WINDOW = 2.0  # seconds after the start during which probes stay that close
 
 
@@ -344,7 +344,7 @@ def wait_healthy(
     With ``backoff`` (seconds, > 0) the first probe is made at once, without the ``grace`` wait;
     the waits between probes start at ``backoff`` and double, up to :data:`FAST_CAP` for the first
     :data:`FAST_WINDOW` seconds (when instances usually come up) and then up to ``interval``: an
-    instance that answers after 300 ms is seen within 350 ms, not a whole interval later. (The
+    instance that answers after 300 ms is seen within 320 ms, not a whole interval later. (The
     rollout still holds the instance's health for ``grace`` before the release is good.)
 
     Gives up (``ok=False``, the last failure in ``detail``) when the next probe could not finish

@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -319,6 +320,7 @@ class Journal:
             self.damaged = (aside, exc.message)
             self.state = JournalState()
         self._commits = 0
+        self._lock = threading.RLock()  # commit and update (several rollouts commit at once)
         self._freeze_after = _freeze_point(os.environ.get(FREEZE_AFTER_COMMIT_ENV))
 
     def _load(self) -> JournalState:
@@ -349,13 +351,20 @@ class Journal:
 
     def commit(self, state: JournalState) -> JournalState:
         """Write ``state`` (with the next ``seq``) atomically and make it the current state."""
-        new = replace(state, seq=self.state.seq + 1)
-        atomic_write(self.path, new.to_bytes(), mode=0o600)
-        self.state = new
-        self._commits += 1
-        if self._commits == self._freeze_after:  # test instrumentation (module docstring)
-            os.kill(os.getpid(), signal.SIGSTOP)
-        return new
+        with self._lock:
+            new = replace(state, seq=self.state.seq + 1)
+            atomic_write(self.path, new.to_bytes(), mode=0o600)
+            self.state = new
+            self._commits += 1
+            if self._commits == self._freeze_after:  # test instrumentation (module docstring)
+                os.kill(os.getpid(), signal.SIGSTOP)
+            return new
+
+    def update(self, change: Callable[[JournalState], JournalState]) -> JournalState:
+        """Commit ``change(current state)``, with no other commit in between: what threads that
+        commit concurrently (the rollouts of several services) use, so none loses another's."""
+        with self._lock:
+            return self.commit(change(self.state))
 
 
 def _freeze_point(text: str | None) -> int | None:

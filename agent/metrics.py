@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
+from collections.abc import Sequence
+
+from agent.standby import Standby
 
 __all__ = ["Metrics"]
 
 
 class Metrics:
     """Thread-safe counters: reconciles, refusals by reason, rollouts by result, rollbacks,
-    instance replacements by cause, and the last verify throughput."""
+    instance replacements by cause, and the last verify throughput (the standby instances are
+    the journal's: :meth:`render` is handed them)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -64,8 +68,10 @@ class Metrics:
                 "instances": self.instances,
             }
 
-    def render(self) -> str:
-        """Prometheus text: HELP/TYPE lines, one sample per label set."""
+    def render(self, *, standby: Sequence[Standby] = ()) -> str:
+        """Prometheus text: HELP/TYPE lines, one sample per label set. ``standby``: the journal's
+        standby instances (``keep_previous``), per service and each with the time it stops."""
+        per_service = Counter(s.record.service for s in standby)
         with self._lock:
             lines = [
                 "# HELP kiln_agent_reconciles_total Reconcile passes run.",
@@ -92,5 +98,18 @@ class Metrics:
                 "# HELP kiln_agent_instances Instances serving.",
                 "# TYPE kiln_agent_instances gauge",
                 f"kiln_agent_instances {self.instances}",
+                "# HELP kiln_agent_standby_instances Instances kept running out of rotation (keep_previous).",
+                "# TYPE kiln_agent_standby_instances gauge",
+                *(
+                    f'kiln_agent_standby_instances{{service="{n}"}} {c}'
+                    for n, c in sorted(per_service.items())
+                ),
+                "# HELP kiln_agent_standby_until_seconds When a standby instance is stopped (Unix time).",
+                "# TYPE kiln_agent_standby_until_seconds gauge",
+                *(
+                    f'kiln_agent_standby_until_seconds{{service="{s.record.service}",instance="{s.record.id}",'
+                    f'release="{s.record.release}"}} {s.until:.3f}'
+                    for s in sorted(standby, key=lambda s: (s.record.service, s.record.id))
+                ),
             ]
         return "\n".join(lines) + "\n"

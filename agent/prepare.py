@@ -2,8 +2,11 @@
 of its layer snapshots (each layer unpacked once: :mod:`agent.snapshots`, :mod:`agent.compose`).
 
 :meth:`Preparer.prepare` does it for every service of a release before anything starts (no
-mix-and-match): under the trust root's image policy, from the :class:`agent.releasesource.ReleaseSource`
-(``fetch=True``), or from the local content store only (``fetch=False``: rollbacks, restarts).
+mix-and-match): under the trust root's image policy, from the
+:class:`agent.releasesource.ReleaseSource` (``fetch=True``), or from the local content store only
+(``fetch=False``: rollbacks, restarts). A fetched image is pulled while its signature is checked:
+the pull stores only bytes that hash to the digest the verified release pins, and nothing is
+unpacked before the signature passed.
 :meth:`Preparer.fresh` gives a service a root unpacked again from blobs re-verified in the store
 (drift repair; the caller has set the tampered root aside first).
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,7 @@ from agent.metrics import Metrics
 from agent.releasesource import ReleaseSource
 from agent.rollout import Prepared, config_digest, health_spec_for, service_port
 from agent.snapshots import SnapshotStore
-from agent.store import ContentStore, PulledImage
+from agent.store import BlobSource, ContentStore, PulledImage
 from agent.unpack import UnpackLimits
 from agent.vmimage import is_vm_image, prepared_vm
 from manifests.digest import Digest
@@ -68,7 +72,14 @@ class Preparer:
             pin = service.image
             if fetch:
                 assert policy is not None  # noqa: S101 - set above when fetching
-                with self.source().open_images(pin.repository) as loc:
+                with (
+                    self.source().open_images(pin.repository) as loc,
+                    ThreadPoolExecutor(max_workers=1, thread_name_prefix="kiln-pull") as pool,
+                ):
+                    # The pull runs while the signatures are checked: it stores only bytes that
+                    # hash to what the verified release pins, and nothing is unpacked or started
+                    # before the image's signature passed (a refused image's blobs are garbage).
+                    pulling = pool.submit(self._pull, loc.blobs, pin.digest)
                     verify_image(
                         loc.artifacts,
                         pinned_root(loc.artifacts, pin.digest),
@@ -77,9 +88,7 @@ class Preparer:
                         now=self.wall(),
                         check_blobs=False,  # the store pulls and hashes every blob itself
                     )
-                    started = time.monotonic()
-                    image = self.store.pull_image(loc.blobs, pin.digest)
-                    self._rate(image, time.monotonic() - started)
+                    image = pulling.result()
             else:
                 image = self.store.image(pin.digest)
             out[service.name] = self.unpacked(service, release.version, pin.digest, image)
@@ -99,6 +108,12 @@ class Preparer:
         assert service is not None  # noqa: S101 - name comes from the release
         image = self.store.image(service.image.digest)
         return self.unpacked(service, release.version, service.image.digest, image)
+
+    def _pull(self, blobs: BlobSource, pin: Digest) -> PulledImage:
+        started = time.monotonic()
+        image = self.store.pull_image(blobs, pin)
+        self._rate(image, time.monotonic() - started)
+        return image
 
     def _rate(self, image: PulledImage, seconds: float) -> None:
         sizes = {d.digest: d.size for d in (image.manifest.config, *image.layers)}

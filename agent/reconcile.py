@@ -31,9 +31,10 @@ One :meth:`Agent.reconcile_once`:
 3. for every service: **verify the image signature** and required attestations, **pull it by
    digest** into the content store and **unpack** it into a read-only root (:mod:`agent.prepare`).
    Nothing starts until every service of the release passed (no mix-and-match);
-4. **roll out** service by service (:class:`agent.rollout.Deployer`); the release becomes
-   ``good`` when every service's health held for its grace. A failure returns every service to
-   the previous good release, from the local store (no network), and counts an attempt;
+4. **roll out** its services in parallel, each independently (:meth:`agent.rollout.Deployer.converge_all`);
+   the release becomes ``good`` when every service's health held for its grace. A failure of
+   any service returns every service to the previous good release, from the local store (no
+   network), and counts an attempt;
 5. **enforce** (:mod:`agent.enforce`): drifted, dead, too old or unhealthy instances are replaced.
 
 Every refusal is an event ``refused`` with its reason (``signature``, ``threshold``, ``expired``,
@@ -765,29 +766,30 @@ class Agent:
 
     def _roll_out(self, release: Release, ref: ReleaseRef, prepared: dict[str, Prepared]) -> ReconcileResult:
         previous = self.journal.state.good
+        fault: InternalFault | None = None
+        failed: dict[str, RolloutFailed] = {}
         try:
             with self._step("roll out"):
-                for service in release.services:
-                    self.deployer.converge(prepared[service.name])
-        except (RolloutFailed, InternalFault) as exc:
-            reason = exc.reason if isinstance(exc, RolloutFailed) else f"internal: {exc.detail}"
+                failed = self.deployer.converge_all([prepared[s.name] for s in release.services])
+            reason = _failure_reason(failed) if failed else None
+        except InternalFault as exc:
+            fault, reason = exc, f"internal: {exc.detail}"
+        if reason is not None:
             self.metrics.count_rollout("failed")
             self.events.emit("rollout_failed", version=release.version, detail=reason)
             self.journal.commit(self.journal.state.with_failure(release.version, reason))
-            if isinstance(exc, InternalFault):
-                self._internal(exc, version=release.version)
+            if fault is not None:
+                self._internal(fault, version=release.version)
             # A runtime's own last check refused the image as it started (a VM part that changed
             # on disk after it was prepared): a refusal with its reason, not a failed start.
-            cause = exc.__cause__ if isinstance(exc, RolloutFailed) else None
-            refused = (
-                self._refuse(cause, version=release.version, what="image")
-                if isinstance(cause, VerificationError)
-                else None
+            cause = next(
+                (e.__cause__ for e in failed.values() if isinstance(e.__cause__, VerificationError)), None
             )
+            refused = None if cause is None else self._refuse(cause, version=release.version, what="image")
             try:
                 self._guard("roll back", lambda: self._return_to(previous, failed=ref))
-            except InternalFault as fault:
-                self._internal(fault, version=release.version)
+            except InternalFault as late:
+                self._internal(late, version=release.version)
             if refused is not None and isinstance(cause, VerificationError):
                 return ReconcileResult(
                     outcome=Outcome.REFUSED, version=release.version, reason=refused, detail=cause.message
@@ -824,11 +826,9 @@ class Agent:
         else:
             release = self.load_release(target)
             prepared = self._prepare(release, fetch=False)
-            for service in release.services:
-                try:
-                    self.deployer.converge(prepared[service.name], Strategy())
-                except RolloutFailed as exc:
-                    self.events.emit("rollback_failed", service=service.name, detail=exc.reason)
+            broken = self.deployer.converge_all([prepared[s.name] for s in release.services], Strategy())
+            for name, exc in broken.items():
+                self.events.emit("rollback_failed", service=name, detail=exc.reason)
             names = {s.name for s in release.services}
             for name in sorted({r.service for r in self.journal.state.instances} - names):
                 self.deployer.stop_service(name)
@@ -849,13 +849,12 @@ class Agent:
             self.journal.commit(replace(st, rollout_to=target, rollout_from=left))
             release = self.load_release(target)
             prepared = self._prepare(release, fetch=False)
-            try:
-                for service in release.services:
-                    self.deployer.converge(prepared[service.name], Strategy())
-            except RolloutFailed as exc:
-                self.events.emit("rollback_failed", detail=exc.reason)
+            failed = self.deployer.converge_all([prepared[s.name] for s in release.services], Strategy())
+            if failed:
+                reason = _failure_reason(failed)
+                self.events.emit("rollback_failed", detail=reason)
                 self._return_to(left, failed=target)
-                raise AgentError(f"rollback to v{target.version} failed: {exc.reason}") from None
+                raise AgentError(f"rollback to v{target.version} failed: {reason}") from None
             names = {s.name for s in release.services}
             for name in sorted({r.service for r in self.journal.state.instances} - names):
                 self.deployer.stop_service(name)
@@ -884,6 +883,10 @@ class Agent:
             return state
         watch = self.deployer.watches.get(iid) if self._opened else None
         return str(watch.state) if watch is not None else "unknown"
+
+    def metrics_text(self) -> str:
+        """``GET /metrics``: the counters, and the standby instances the journal holds."""
+        return self.metrics.render(standby=standby_of(self.journal.state) if self._opened else ())
 
     def status(self) -> dict[str, Any]:
         try:
@@ -977,6 +980,13 @@ def _services_of(*releases: Release | None) -> list[Any]:
         for s in rel.services:
             seen.setdefault(s.name, s)
     return list(seen.values())
+
+
+def _failure_reason(failed: dict[str, RolloutFailed]) -> str:
+    """One line for the services whose rollout failed (a lone service's reason as it is)."""
+    if len(failed) == 1:
+        return next(iter(failed.values())).reason
+    return "; ".join(f"{name}: {exc.reason}" for name, exc in failed.items())
 
 
 def _claimed_version(envelope: bytes) -> int | None:

@@ -13,6 +13,11 @@ serving set is committed before the forwarder is switched to it):
   and stop the old instances the step retired. Any failure raises :class:`RolloutFailed` after the
   serving set went back to the old instances still running (or, if none are left, stayed on the
   new ones until the caller converges back) and the new instances that serve nothing were stopped.
+- :meth:`Deployer.converge_all` converges the services of a release together, each in a thread
+  of its own: every service's rollout is independent (its own steps, its own undo), and a failed
+  one does not stop the others; the caller decides what a failure means for the release. The
+  journal's read-modify-writes go through :meth:`agent.journal.Journal.update`, so concurrent
+  rollouts never lose each other's ids, serving sets or standby entries.
 - :meth:`Deployer.replace` swaps one instance for a fresh one of the same spec (drift, death,
   ``max_lifetime``): start, wait healthy, switch, drain, stop.
 - :meth:`Deployer.retire` drains and stops an instance and forgets it.
@@ -44,7 +49,7 @@ from agent.dataplane import DataPlane, Target
 from agent.dataplane.inprocess import InProcessDataPlane
 from agent.events import EventLog
 from agent.health import HealthResult, HealthSpec, HealthState, HealthWatch, Probe, check_once, wait_healthy
-from agent.journal import InstanceRecord, Journal
+from agent.journal import InstanceRecord, Journal, JournalState
 from agent.metrics import Metrics
 from agent.runtime import (
     InstanceHandle,
@@ -68,12 +73,17 @@ __all__ = [
     "ConnectorFactory",
     "Deployer",
     "rollout_steps",
+    "split_serving",
+    "RolloutPlan",
+    "MAX_PARALLEL_ROLLOUTS",
     "health_spec_for",
     "service_port",
     "config_digest",
 ]
 
 Connector = Callable[[float], Any]
+#: The services of one release that roll out at the same time (:meth:`Deployer.converge_all`).
+MAX_PARALLEL_ROLLOUTS = 8
 ConnectorFactory = Callable[[str, int], Connector]
 
 
@@ -172,6 +182,34 @@ def rollout_steps(strategy: Strategy, replicas: int, need: int) -> tuple[int, ..
     return tuple(counts)
 
 
+def split_serving(
+    current: Sequence[InstanceRecord], config: str, replicas: int
+) -> tuple[list[InstanceRecord], list[InstanceRecord]]:
+    """The serving instances a rollout to ``config`` keeps (those that run it, at most
+    ``replicas``) and those it replaces (the others, surplus ones first)."""
+    kept = [r for r in current if r.config == config]
+    replaced = [r for r in current if r.config != config]
+    return kept[:replicas], [*kept[replicas:], *replaced]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RolloutPlan:
+    """One service's rollout: the instances it keeps, those it replaces, and how many new
+    instances exist after each step (:func:`rollout_steps`)."""
+
+    kept: tuple[InstanceRecord, ...]
+    replaced: tuple[InstanceRecord, ...]
+    steps: tuple[int, ...]
+    blue_green: bool
+
+    def old_serving(self, count: int) -> list[InstanceRecord]:
+        """The replaced instances that still serve once ``count`` new ones do: blue-green keeps
+        them all until its last step; the others keep as many as the new instances still lack."""
+        if self.blue_green:
+            return [] if count >= self.steps[-1] else list(self.replaced)
+        return list(self.replaced[: max(0, self.steps[-1] - count)])
+
+
 class BundleDigest(Protocol):
     def __call__(self, instance_id: str) -> str | None: ...
 
@@ -184,9 +222,11 @@ def _no_bundle(instance_id: str) -> str | None:
 class Deployer:
     """Instances and traffic switches of every service (see the module docstring)."""
 
-    # A new instance is probed at once, then after 10, 20, 40 ms, at most 50 ms apart for its first
-    # 2 s, then doubling up to its check's interval (agent.health.wait_healthy).
+    # A new instance is probed at once, then after 10 ms, at most 20 ms apart for its first 2 s,
+    # then doubling up to its check's interval (agent.health.wait_healthy, FAST_CAP).
     health_backoff: float = 0.01
+    # How often a health wait asks the runtime whether the instance still runs (see _liveness).
+    liveness_every: float = 0.25
 
     def __init__(
         self,
@@ -247,7 +287,7 @@ class Deployer:
         (intent first: a crash leaves known ids), then the runtime starts them in parallel threads.
         If any did not start, the others are stopped again and :class:`RolloutFailed` is raised."""
         ids = [new_instance_id(prep.name) for _ in range(count)]
-        self.journal.commit(self.journal.state.with_known(*ids))
+        self.journal.update(lambda st: st.with_known(*ids))
         specs = [self._spec(prep, iid) for iid in ids]
         if count == 1:
             outcomes = [self._try_start(specs[0])]
@@ -319,7 +359,7 @@ class Deployer:
         self.watches.pop(iid, None)
         with self._switch_lock:
             self._out.discard(iid)
-        self.journal.commit(self.journal.state.without_known(iid))
+        self.journal.update(lambda st: st.without_known(iid))
         return True
 
     def probe(self, spec: HealthSpec, connect: Connector, timeout: float) -> HealthResult:
@@ -339,9 +379,26 @@ class Deployer:
             clock=self._clock,
             sleep=self._sleep,
             probe=self._probe,
-            alive=lambda: self.runtime.state(rec.id).status is InstanceStatus.RUNNING,
+            alive=self._liveness(rec.id),
             backoff=self.health_backoff,
         )
+
+    def _liveness(self, iid: str) -> Callable[[], bool]:
+        """Whether the instance still runs, for a health wait: the runtime is asked at most every
+        :attr:`liveness_every` seconds, the first time that long after the wait began (its start
+        just succeeded). ``runc state`` is a process of its own; asked before every probe of the
+        fast window, it competed with the instance's own start for the CPU."""
+        asked = self._clock()
+
+        def alive() -> bool:
+            nonlocal asked
+            now = self._clock()
+            if now - asked < self.liveness_every:
+                return True
+            asked = now
+            return self.runtime.state(iid).status is InstanceStatus.RUNNING
+
+        return alive
 
     def _wait_running(self, rec: InstanceRecord) -> HealthResult:
         state = self.runtime.state(rec.id)
@@ -413,13 +470,15 @@ class Deployer:
     def switch(self, service: Service, records: Sequence[InstanceRecord]) -> None:
         """Commit ``records`` as the service's serving set (none of them standby any more, in the
         same commit), then point its address at them."""
-        with self._switch_lock:
-            st = self.journal.state.with_service(service.name, tuple(records))
+        ids = {r.id for r in records}
+
+        def serving(st: JournalState) -> JournalState:
+            st = st.with_service(service.name, tuple(records))
             pool = standby_of(st)
-            if pool:
-                ids = {r.id for r in records}
-                st = with_standby(st, [s for s in pool if s.record.id not in ids])
-            self.journal.commit(st)
+            return with_standby(st, [s for s in pool if s.record.id not in ids]) if pool else st
+
+        with self._switch_lock:
+            self.journal.update(serving)
             self._point(service, records)
         self.metrics.set_instances(len(self.journal.state.instances))
 
@@ -466,7 +525,7 @@ class Deployer:
         """Stop every instance of a service the release no longer has, and its switch."""
         with self._switch_lock:
             recs = self.journal.state.serving(name)
-            self.journal.commit(self.journal.state.with_service(name, ()))
+            self.journal.update(lambda st: st.with_service(name, ()))
             view = self.dataplane.services().get(name)
             if view is not None:
                 self.dataplane.serve(name, view.listen, [])
@@ -485,52 +544,83 @@ class Deployer:
         """Bring ``prep.service`` to ``prep``'s spec (module docstring). True if anything changed."""
         service = prep.service
         strategy = strategy or service.strategy
-        current = list(self.journal.state.serving(service.name))
-        matching = [r for r in current if r.config == prep.config]
-        others = [r for r in current if r.config != prep.config]
-        replicas = service.replicas
-        if len(matching) > replicas:
-            others = [*matching[replicas:], *others]
-            matching = matching[:replicas]
-        if len(matching) < replicas:
-            matching += self._from_standby(prep, replicas - len(matching))
-        need = replicas - len(matching)
-        steps = rollout_steps(strategy, replicas, need)
+        serving = list(self.journal.state.serving(service.name))
+        kept, replaced = split_serving(serving, prep.config, service.replicas)
+        if len(kept) < service.replicas:
+            kept += self._from_standby(prep, service.replicas - len(kept))
+        relabeled = [replace(r, release=prep.release) for r in kept]
+        steps = rollout_steps(strategy, service.replicas, service.replicas - len(kept))
         if not steps:
-            relabeled = [replace(r, release=prep.release) for r in matching]
-            if others or relabeled != matching:
+            if relabeled != serving:
                 self.switch(service, relabeled)
-                self._set_aside(service, others, exclusive=prep.exclusive)
-            return bool(others)
-        if prep.exclusive and others:
+                self._set_aside(service, replaced, exclusive=prep.exclusive)
+            return bool(replaced)
+        if prep.exclusive and replaced:
             # One volume, one instance: the old instances stop before the new one starts.
-            self.events.emit("stop_first", service=service.name, instances=[r.id for r in others])
-            self.switch(service, [replace(r, release=prep.release) for r in matching])
-            for rec in others:
+            self.events.emit("stop_first", service=service.name, instances=[r.id for r in replaced])
+            self.switch(service, relabeled)
+            for rec in replaced:
                 self.retire(rec)
-            others = []
+            replaced = []
+        plan = RolloutPlan(
+            kept=tuple(kept),
+            replaced=tuple(replaced),
+            steps=steps,
+            blue_green=strategy.kind is StrategyKind.BLUE_GREEN,
+        )
+        self._run_steps(prep, plan)
+        return True
+
+    def _run_steps(self, prep: Prepared, plan: RolloutPlan) -> None:
+        """Each step of ``plan``: start its new instances, wait for their health, switch to them
+        (with the kept and the old instances still needed), hold their health for ``grace``, set
+        aside the old instances the step retired. A failed step is undone (:meth:`_undo`)."""
+        service = prep.service
         new: list[InstanceRecord] = []
         retired: set[str] = set()
-        blue_green = strategy.kind is StrategyKind.BLUE_GREEN
         try:
-            for count in steps:
+            for count in plan.steps:
                 fresh = self.start_instances(prep, count - len(new)) if count > len(new) else []
                 new.extend(fresh)
                 self._require_all_healthy(prep, fresh)
-                if blue_green:
-                    keep = [] if count >= need else list(others)
-                else:
-                    keep = others[: max(0, replicas - len(matching) - count)]
-                serving = [replace(r, release=prep.release) for r in matching] + new + keep
-                self.switch(service, serving)
+                still = plan.old_serving(count)
+                self.switch(service, [*(replace(r, release=prep.release) for r in plan.kept), *new, *still])
                 self.hold(prep, fresh)
-                gone = [r for r in others if r.id not in retired and r not in keep]
+                gone = [r for r in plan.replaced if r.id not in retired and r not in still]
                 self._set_aside(service, gone, exclusive=prep.exclusive)
                 retired.update(r.id for r in gone)
         except RolloutFailed:
-            self._undo(service, [*matching, *(r for r in others if r.id not in retired)], new)
+            self._undo(service, [*plan.kept, *(r for r in plan.replaced if r.id not in retired)], new)
             raise
-        return True
+
+    def converge_all(
+        self, preps: Sequence[Prepared], strategy: Strategy | None = None
+    ) -> dict[str, RolloutFailed]:
+        """Converge several services at once, each in a thread of its own and independent of the
+        others: a service whose rollout fails is back on its old instances (module docstring),
+        and the others' rollouts run on to their end. Returns the failures by service name, in
+        the order of ``preps``; any other exception is raised once every rollout has ended."""
+        if len(preps) <= 1:
+            outcomes: list[BaseException | None] = []
+            for prep in preps:
+                try:
+                    self.converge(prep, strategy)
+                    outcomes.append(None)
+                except RolloutFailed as exc:
+                    outcomes.append(exc)
+        else:
+            workers = min(len(preps), MAX_PARALLEL_ROLLOUTS)
+            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kiln-rollout") as pool:
+                futures = [pool.submit(self.converge, prep, strategy) for prep in preps]
+            outcomes = [f.exception() for f in futures]
+        unexpected = [exc for exc in outcomes if exc is not None and not isinstance(exc, RolloutFailed)]
+        if unexpected:
+            raise unexpected[0]
+        return {
+            prep.name: exc
+            for prep, exc in zip(preps, outcomes, strict=True)
+            if isinstance(exc, RolloutFailed)
+        }
 
     def _require_healthy(self, prep: Prepared, rec: InstanceRecord) -> None:
         result = self.wait_healthy(prep, rec)
@@ -572,13 +662,17 @@ class Deployer:
             for rec in recs:
                 self.retire(rec)
             return
-        pool = standby_of(self.journal.state)
         specs = {r.config for r in recs}  # a rolling rollout sets the same spec aside step by step
-        older = [s for s in pool if s.record.service == service.name and s.record.config not in specs]
         until = self._wall() + service.keep_previous
-        kept = [s for s in pool if s not in older]
-        kept += [Standby(record=rec, until=until) for rec in recs]
-        self.journal.commit(with_standby(self.journal.state, kept))
+        older: list[Standby] = []
+
+        def aside(st: JournalState) -> JournalState:
+            pool = standby_of(st)
+            older[:] = [s for s in pool if s.record.service == service.name and s.record.config not in specs]
+            kept = [s for s in pool if s not in older]
+            return with_standby(st, [*kept, *(Standby(record=rec, until=until) for rec in recs)])
+
+        self.journal.update(aside)
         for rec in recs:
             self.watches.pop(rec.id, None)
             self.events.emit(
@@ -614,13 +708,21 @@ class Deployer:
         """Stop the standby instances whose window passed (or whose service is not in
         ``services``, when given); returns how many."""
         now = self._wall()
-        pool = standby_of(self.journal.state)
         names = set(services) if services is not None else None
-        done = [s for s in pool if s.until <= now or (names is not None and s.record.service not in names)]
-        if not done:
-            return 0
-        ids = {s.record.id for s in done}
-        self.journal.commit(with_standby(self.journal.state, [s for s in pool if s.record.id not in ids]))
+
+        def due(item: Standby) -> bool:
+            return item.until <= now or (names is not None and item.record.service not in names)
+
+        if not any(due(s) for s in standby_of(self.journal.state)):
+            return 0  # nothing to commit
+        done: list[Standby] = []
+
+        def expired(st: JournalState) -> JournalState:
+            pool = standby_of(st)
+            done[:] = [s for s in pool if due(s)]
+            return with_standby(st, [s for s in pool if not due(s)])
+
+        self.journal.update(expired)
         for item in done:
             self.retire(item.record)
         return len(done)

@@ -20,6 +20,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -133,7 +134,8 @@ class RuncRuntime:
 
     def start(self, spec: InstanceSpec) -> InstanceHandle:
         iid = spec.instance_id
-        if self.state(iid).status is not InstanceStatus.MISSING or self.bundle_dir(iid).exists():
+        # runc keeps a directory per container under its root: looking is one stat, not a `runc state`
+        if (self.root / check_instance_id(iid)).exists() or self.bundle_dir(iid).exists():
             raise InstanceError(f"instance {iid} already exists", hint="stop it first or use a new id")
         policy = ImagePolicy.from_config(spec.image_config)
         owner = host_ids(spec, policy.uid, policy.gid)
@@ -249,13 +251,20 @@ class RuncRuntime:
         )
 
     def list(self) -> tuple[str, ...]:
-        proc = self._cmd("list", "--format", "json")
+        """The containers under kiln's runc root, as `runc list` reads them without starting a
+        process each reconcile: a directory per container with its ``state.json`` (a directory
+        without one is a container being created or deleted, which `runc list` skips too)."""
         try:
-            doc = json.loads(proc.stdout or "null")
-        except ValueError as exc:
-            raise RuntimeFailure("runc list: unreadable output") from exc
-        ids = [c.get("id") for c in doc or [] if isinstance(c, dict)]
-        return tuple(sorted(i for i in ids if isinstance(i, str) and i.startswith(INSTANCE_PREFIX)))
+            names = os.listdir(self.root)
+        except FileNotFoundError:
+            return ()
+        except OSError as exc:
+            raise RuntimeFailure(f"cannot list runc's containers in {self.root}: {exc}") from exc
+        return tuple(
+            sorted(
+                n for n in names if n.startswith(INSTANCE_PREFIX) and (self.root / n / "state.json").is_file()
+            )
+        )
 
     def bundle_digest(self, instance_id: str) -> str | None:
         """sha256 of the instance's ``config.json`` as written (drift detection); None if gone."""

@@ -4,10 +4,12 @@ optionally, on a loopback TCP port.
 ::
 
     GET  /status     the status document (JSON, :func:`status_document`): release, previous,
-                     instances and their health, the release source's state, last refusal
+                     instances and their health (``state`` ``serving``), the ``standby`` instances
+                     (``keep_previous``: release, ``until``), the release source's state, last refusal
     GET  /metrics    Prometheus text: kiln_agent_reconciles_total, kiln_agent_refusals_total{reason},
                      kiln_agent_rollouts_total{result}, kiln_agent_rollbacks_total,
-                     kiln_agent_verify_bytes_per_second, ...
+                     kiln_agent_verify_bytes_per_second, kiln_agent_standby_instances{service},
+                     kiln_agent_standby_until_seconds{service,instance,release}, ...
     POST /rollback   the operator's rollback, run by the agent that owns the instances (Unix socket only)
     POST /reconcile  wake the loop for a reconcile now (``kiln agent reconcile --now``; Unix socket only)
     POST /chaos?kill_rate=1/h&min_healthy=1&seconds=600   the operator's chaos policy for this host
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.journal import JournalState, ReleaseRef, SourceState
+from agent.standby import Standby, standby_of
 from manifests.agentconfig import AgentConfig
 from manifests.errors import KilnError
 
@@ -184,6 +187,8 @@ def status_document(
     def ref(r: ReleaseRef | None) -> dict[str, Any] | None:
         return r.to_dict() if r is not None else None
 
+    for entry in instances:
+        entry.setdefault("state", "serving")
     src = (source or SourceState()).to_dict()
     src["source"] = src["source"] or config.source
     return {
@@ -197,10 +202,26 @@ def status_document(
         "highest_accepted": ref(st.highest),
         "rollout": {"to": ref(st.rollout_to), "from": ref(st.rollout_from)} if st.rolling_out else None,
         "instances": instances,
+        "standby": [_standby_entry(item) for item in standby_of(st)],
         "failures": [f.to_dict() for f in st.failures],
         "last_refusal": st.last_refusal.to_dict() if st.last_refusal is not None else None,
         "source": src,
         "metrics": metrics,
+    }
+
+
+def _standby_entry(item: Standby) -> dict[str, Any]:
+    """A standby instance (``keep_previous``): running out of rotation until ``until`` (wall
+    seconds), when it is stopped unless a rollback inside the window switches back to it."""
+    rec = item.record
+    return {
+        "id": rec.id,
+        "service": rec.service,
+        "release": rec.release,
+        "image": rec.image,
+        "started_at": rec.started_at,
+        "state": "standby",
+        "until": item.until,
     }
 
 

@@ -13,7 +13,9 @@ docker-registry) on loopback. Then:
   the read-only root, starts the instance, probes it at once and then every 10, 20, 40 ms, and
   switches the address. docker: a private dockerd that already pulled the previous version runs
   `docker pull REGISTRY/...@sha256:...` and `docker run -d --network host` of the same image,
-  timed from the pull starting to the first answer.
+  timed from the pull starting to the first answer. The bench's client asks kiln's address every
+  5 ms, and the old version answers it until the switch; with ``--same-traffic`` a client asks
+  docker's old container as often during docker's deploy, so both machines carry the same load.
 - **verification of the running release**: in-process ``Agent.reconcile_once()`` with nothing to
   do, and its parts.
 - **rollback** to the previous release (cached), until the address answers: through `kiln agent
@@ -27,7 +29,7 @@ Everything started is stopped again: instances, namespaces, mounts, the agents, 
 dockerd. Nothing here asserts a time: read the numbers (docs/performance.md keeps the last ones).
 
     .venv/bin/python bench/agent.py [--runs N] [--poll SECONDS] [--verify-runs N] [--rollbacks N]
-                                    [--fleet-runs N] [--no-nudge]
+                                    [--fleet-runs N] [--no-nudge] [--same-traffic]
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -560,6 +562,29 @@ def docker_run(engine: PrivateDockerd, ref: str, name: str, port: int) -> None:
 # -- main -------------------------------------------------------------------------------------------
 
 
+@contextmanager
+def traffic(url: str, *, on: bool, every: float = 0.005) -> Iterator[None]:
+    """With ``on``: a client requests ``url`` every ``every`` seconds meanwhile, as the bench's
+    client requests kiln's address (answered by the old version) while kiln deploys."""
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            with suppress(OSError):
+                http_get(url, timeout=1.0)
+            stop.wait(every)
+
+    thread = threading.Thread(target=run, daemon=True)
+    if on:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if on:
+            thread.join(5)
+
+
 def fmt(values: list[float]) -> str:
     if not values:
         return "-"
@@ -579,6 +604,12 @@ def main() -> int:
         dest="nudge",
         action="store_false",
         help="do not wake the agent (SIGHUP) after a publish: it finds releases by polling alone",
+    )
+    ap.add_argument(
+        "--same-traffic",
+        action="store_true",
+        help="while docker deploys, request its old container as often as the bench requests kiln's "
+        "address while kiln deploys (there the old version answers until the switch)",
     )
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -623,11 +654,13 @@ def main() -> int:
 
                     ref = f"{host.repository}@{image.digest}"
                     port = free_port()
-                    t0 = time.monotonic()
-                    engine.cli("pull", ref, timeout=300)
-                    docker_run(engine, ref, f"web-{v}", port)
-                    docker_deploy.append(wait_answer(f"http://127.0.0.1:{port}/", greeting(v)) - t0)
+                    with traffic(f"http://127.0.0.1:{docker_port}/", on=args.same_traffic):
+                        t0 = time.monotonic()
+                        engine.cli("pull", ref, timeout=300)
+                        docker_run(engine, ref, f"web-{v}", port)
+                        docker_deploy.append(wait_answer(f"http://127.0.0.1:{port}/", greeting(v)) - t0)
                     engine.cli("rm", "-f", f"web-{v - 1}")
+                    docker_port = port
                     print(
                         f"  release {v}: kiln {kiln_deploy[-1]:.3f} s ({agent_phases(host, v, wall0)}), "
                         f"docker {docker_deploy[-1]:.3f} s"
@@ -683,8 +716,10 @@ def main() -> int:
     print("\nnew release -> new version serving (python-web; the base layers cached on both sides)")
     print(f"  {'kiln (release published -> the address answers it)':<58}{fmt(kiln_deploy)}")
     print(f"  {'docker pull + docker run (pull starts -> it answers)':<58}{fmt(docker_deploy)}")
-    print(f"  {'ratio docker / kiln':<58}{d / k:.2f}x")
+    print(f"  {'ratio kiln / docker (target <= 0.8x)':<58}{k / d:.2f}x")
     print(f"  {'(kiln release publish itself, not counted above)':<58}{fmt(publish_times)}")
+    if args.same_traffic:
+        print("  (the old version got a request every 5 ms during each deploy, on both sides)")
     wait = "no poll wait: SIGHUP after the publish" if args.nudge else f"up to {args.poll:g} s of poll wait"
     print(f"  (kiln includes {wait}, signature and policy checks;")
     print("   docker checks no signature)")

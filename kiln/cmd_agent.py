@@ -169,7 +169,7 @@ def _agent_run(args: argparse.Namespace, out: Output) -> int:
     server = StatusServer(
         config.state,
         status=agent.status,
-        metrics=agent.metrics.render,
+        metrics=agent.metrics_text,
         rollback=lambda: {"release": agent.rollback().to_dict()},
         chaos=agent.chaos_request,
         tcp=tcp,
@@ -307,6 +307,8 @@ def _status_table(doc: dict[str, Any]) -> str:
     lines.append(f"{'SERVICE':<16} {'INSTANCE':<28} {'RELEASE':<8} HEALTH")
     for i in doc["instances"]:
         lines.append(f"{i['service']:<16} {i['id']:<28} v{i['release']:<7} {i['health']}")
+    for i in doc.get("standby") or []:
+        lines.append(f"{i['service']:<16} {i['id']:<28} v{i['release']:<7} standby until {_when(i['until'])}")
     refusal = doc.get("last_refusal")
     if refusal:
         version = f" v{refusal['version']}" if refusal.get("version") is not None else ""

@@ -16,17 +16,18 @@ SPEC = HealthSpec.http(8080, "/healthz", interval=1.0, timeout=0.5, retries=1)
 
 def test_the_first_probe_is_at_once_and_the_waits_double_up_to_the_interval() -> None:
     clock = FakeClock()
-    probe = ScriptedProbe(clock, "f" * 50 + "p", cost=0.0)
+    probe = ScriptedProbe(clock, "f" * 120 + "p", cost=0.0)
     result = wait_healthy(
         SPEC, _no_connect, grace=5.0, deadline=30.0, clock=clock, sleep=clock.sleep, probe=probe, backoff=0.01
     )
     assert result.ok
     assert probe.calls[0][0] == 0.0  # no grace wait before the first probe
-    assert clock.sleeps[:5] == pytest.approx([0.01, 0.02, 0.04, FAST_CAP, FAST_CAP])
+    assert clock.sleeps[:5] == pytest.approx([0.01, 0.02, FAST_CAP, FAST_CAP, FAST_CAP])
     fast = [t for t, _ in probe.calls if t < FAST_WINDOW]
     assert all(b - a <= FAST_CAP + 1e-9 for a, b in itertools.pairwise(fast))  # close in the first seconds
     later = [x for x in clock.sleeps if x > FAST_CAP]
-    assert later[:5] == pytest.approx([0.1, 0.2, 0.4, 0.8, 1.0])  # then doubling up to the interval
+    assert later[:5] == pytest.approx([FAST_CAP * 2**k for k in range(1, 6)])  # then doubling
+    assert later[-1] == pytest.approx(SPEC.interval)  # up to the interval
     assert max(clock.sleeps) <= SPEC.interval
 
 
@@ -37,7 +38,7 @@ def test_an_instance_up_within_50ms_is_seen_within_50ms() -> None:
         SPEC, _no_connect, deadline=30.0, clock=clock, sleep=clock.sleep, probe=probe, backoff=0.01
     )
     assert result.ok
-    assert probe.calls[-1][0] == pytest.approx(0.07)
+    assert probe.calls[-1][0] == pytest.approx(0.05)
     slow = FakeClock()
     before = ScriptedProbe(slow, "fffp", cost=0.0)
     assert wait_healthy(SPEC, _no_connect, deadline=30.0, clock=slow, sleep=slow.sleep, probe=before).ok

@@ -111,3 +111,43 @@ def test_the_instances_of_one_step_start_together_after_one_journal_commit(env: 
     assert all(set(ids) <= set(k) for k in seen_known)  # every id was known before any started
     first = next(i for i, k in enumerate(commits) if set(ids) & set(k))
     assert set(ids) <= set(commits[first])  # the three ids entered known in one commit
+
+
+def test_standby_instances_are_shown_in_status_and_metrics(env: Env) -> None:
+    from agent.status import StatusServer, query
+    from kiln.cmd_agent import _status_table
+
+    env.ws.publish(_release(env, 1))
+    agent = env.agent()
+    agent.reconcile_once()
+    first = serving_ids(agent)
+    env.ws.publish(_release(env, 2))
+    agent.reconcile_once()
+    second = serving_ids(agent)
+    until = (NOW + timedelta(minutes=5)).timestamp()
+    with StatusServer(agent.state_dir, status=agent.status, metrics=agent.metrics_text):
+        code, body = query(agent.state_dir, "/status", timeout=10.0)
+        assert code == 200
+        doc = json.loads(body)
+        code, text = query(agent.state_dir, "/metrics", timeout=10.0)
+        assert code == 200
+    assert sorted(i["id"] for i in doc["instances"]) == second
+    assert {i["state"] for i in doc["instances"]} == {"serving"}
+    standby = sorted(doc["standby"], key=lambda i: i["id"])
+    assert [i["id"] for i in standby] == first
+    assert all(i["state"] == "standby" and i["release"] == 1 and i["until"] == until for i in standby)
+    assert all(i["service"] == "web" for i in standby)
+    metrics = text.decode()
+    assert 'kiln_agent_standby_instances{service="web"} 2\n' in metrics
+    for iid in first:
+        assert (
+            f'kiln_agent_standby_until_seconds{{service="web",instance="{iid}",release="1"}} {until:.3f}\n'
+            in metrics
+        )
+    table = _status_table({**doc, "agent_running": True})
+    assert sum("standby until 2" in line for line in table.splitlines()) == 2
+    # Past the window they are stopped, and gone from both.
+    env.clock.now = NOW + timedelta(minutes=5, seconds=1)
+    agent.reconcile_once()
+    assert agent.status()["standby"] == []
+    assert "kiln_agent_standby_until_seconds{" not in agent.metrics_text()
