@@ -287,4 +287,3 @@ def test_sigkill_at_random_points_of_a_rollout_leaves_one_release_and_no_leaks(c
         f"{elapsed:.1f}s"
     )
     assert during_rollout >= len(plan) // 2
-    assert elapsed < 180
