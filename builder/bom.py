@@ -17,17 +17,16 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from builder.attestations import FileRecord as SpdxFile
-from builder.attestations import Input, SbomPackage, slsa_provenance, spdx_document, timestamp
+from builder.attestations import Input, SbomPackage, timestamp
 from builder.dpkg import OwnerLookup
-from builder.tarwriter import FileRecord
+from builder.records import write_provenance, write_spdx
+from builder.tarwriter import FileRecord, Sink
 from builder.tree import Entry, EntryKind
-from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.image import DEBIAN_SYSROOT, ClosureSource, ImageManifest
 from manifests.version import VERSION as _kiln_version
 
-__all__ = ["OwnerLookup", "collect_inputs", "attestation_documents", "manifest_digest"]
+__all__ = ["OwnerLookup", "collect_inputs", "write_attestations", "manifest_digest"]
 
 _ORIGIN = re.compile(r"^contents\[(\d+)\]\.(files|tree|closure)\b")
 
@@ -90,8 +89,10 @@ def manifest_digest(manifest: ImageManifest) -> Digest:
         return Digest.of(manifest.source.encode("utf-8"))
 
 
-def attestation_documents(
+def write_attestations(
     manifest: ImageManifest,
+    sbom: Sink,
+    provenance: Sink,
     *,
     image_digest: Digest,
     files: Sequence[FileRecord],
@@ -99,27 +100,29 @@ def attestation_documents(
     source_date_epoch: int,
     reference: str | None = None,
     packages: Sequence[SbomPackage] = (),
-) -> tuple[bytes, bytes]:
-    """The SBOM (a bare SPDX 2.3 document) and the SLSA provenance (an in-toto statement), as
-    canonical JSON: deterministic for the same image and inputs.
+) -> None:
+    """Write the SBOM (a bare SPDX 2.3 document) into ``sbom`` and the SLSA provenance (an in-toto
+    statement) into ``provenance``, as canonical JSON streams (:mod:`builder.records`):
+    deterministic for the same image and inputs.
 
     ``reference`` (default ``name:version``) is the provenance's subject name, and the name
     ``kiln attest`` gives the SBOM's statement, so both name the image alike. ``packages`` adds
     packages the SBOM lists beside those dpkg named (the Debian lock's hook)."""
     arch = manifest.platform.architecture
-    spdx_files = [SpdxFile(path=f.path, sha256=f.sha256.hex, size=f.size, sha1=f.sha1) for f in files]
-    sbom = spdx_document(
+    write_spdx(
+        sbom,
         manifest.name,
         manifest.version,
         image_digest,
-        spdx_files,
+        files,
         inputs,
         timestamp(source_date_epoch),
         tool_version=_kiln_version,
         packages=packages,
         arch=arch,
     )
-    provenance = slsa_provenance(
+    write_provenance(
+        provenance,
         reference or f"{manifest.name}:{manifest.version}",
         image_digest,
         manifest_digest(manifest),
@@ -129,4 +132,3 @@ def attestation_documents(
         manifest_uri=Path(manifest.source).name,
         arch=arch,
     )
-    return canonical_json(sbom), canonical_json(provenance)

@@ -131,23 +131,8 @@ class BuildCache:
 
     def store(self, key: CacheKey, blob: Path, *, digest: Digest, size: int) -> CacheEntry:
         """Record ``blob`` (already verified as ``digest``) under ``key``: linked, or copied."""
-        dest = self.blob_path(digest)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        self.store_blob_file(blob, digest=digest, size=size)
         (self.root / "layers").mkdir(parents=True, exist_ok=True)
-        if not dest.exists() or dest.stat().st_size != size:
-            fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".store-", suffix=".tmp")
-            os.close(fd)
-            try:
-                try:
-                    os.unlink(tmp)
-                    os.link(blob, tmp)
-                except OSError:
-                    shutil.copyfile(blob, tmp)
-                os.replace(tmp, dest)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
         entry = CacheEntry(key=key, digest=digest, size=size)
         doc = {"key": key.to_dict(), "digest": str(digest), "size": size}
         atomic_write(self._entry_path(key), canonical_json(doc), durable=False)
@@ -206,14 +191,24 @@ class BuildCache:
         (self.root / "stat").mkdir(parents=True, exist_ok=True)
         atomic_write(self._stat_path(stat_key), canonical_json(doc), durable=False)
 
-    def store_blob(self, data: bytes) -> Digest:
-        """Keep a small blob (a config, a manifest, an SBOM) by its digest."""
-        digest = Digest.of(data)
+    def store_blob_file(self, blob: Path, *, digest: Digest, size: int, link: bool = True) -> None:
+        """Keep the file ``blob`` (already verified as ``digest``) by its digest: hard-linked
+        (if ``link`` and possible), else copied; never read into memory (an SBOM of 100,000 files
+        is tens of MB). A copy keeps the cache's blob apart from the output's."""
         dest = self.blob_path(digest)
-        if not dest.exists():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(dest, data, durable=False)
-        return digest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists() and dest.stat().st_size == size:
+            return
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".store-", suffix=".tmp")
+        os.close(fd)
+        try:
+            if not link or not _hard_link(blob, tmp):
+                shutil.copyfile(blob, tmp)
+            os.replace(tmp, dest)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
 
     def _build_path(self, build_key: str) -> Path:
         return self.root / "builds" / f"{build_key}.json"
@@ -242,3 +237,13 @@ class BuildCache:
     def evict(self, key: CacheKey) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._entry_path(key).unlink()
+
+
+def _hard_link(source: Path, tmp: str) -> bool:
+    """Replace the placeholder ``tmp`` with a hard link to ``source``; ``False`` if not possible."""
+    try:
+        os.unlink(tmp)
+        os.link(source, tmp)
+    except OSError:
+        return False
+    return True
