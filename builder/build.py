@@ -565,13 +565,12 @@ def _remember_build(cache: BuildCache, build_key: str, layout: OCILayout, built:
             }
             for x in built.layers
         ],
-        "files": [[f.path, str(f.sha256), f.size, f.sha1] for f in built.files],
     }
     with contextlib.suppress(OSError, KilnError):
         for d in small:  # verified as written; copied, not read into memory
             path = layout.blob_path(d)
             cache.store_blob_file(path, digest=d, size=path.stat().st_size, link=False)
-        cache.store_build(build_key, record)
+        cache.store_build(build_key, record, files=built.files)
 
 
 def _reuse_build(cache: BuildCache, build_key: str, layout: OCILayout, reference: str) -> _Built | None:
@@ -724,7 +723,7 @@ def _write_layer(
                     diff_id=known.diff_id,
                     size=known.tar_size,
                     entries=known.entries,
-                    files=tuple(FileRecord(path=p, sha256=d, size=n, sha1=s1) for p, d, n, s1 in known.files),
+                    files=tuple(known.files),
                 )
                 return _info(plan, comp, hit.digest, hit.size, stats, cached=True), stats
         # 2. Same content under another identity (a new checkout, a touched file): hash the tar
@@ -789,7 +788,7 @@ def _remember(cache: BuildCache, stat_key: str | None, stats: TarStats) -> None:
                 diff_id=stats.diff_id,
                 tar_size=stats.size,
                 entries=stats.entries,
-                files=tuple((f.path, f.sha256, f.size, f.sha1) for f in stats.files),
+                files=stats.files,
             ),
         )
 

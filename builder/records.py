@@ -19,7 +19,6 @@ and its annotations' keys) as a ``ResourceDescriptor``, before that shape is fir
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -37,13 +36,13 @@ from builder.attestations import (
     in_toto_statement,
     timestamp,
 )
+from builder.jsonstream import json_string, marker, write_canonical
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 
 __all__ = ["SpdxFile", "write_spdx", "write_provenance"]
 
 _NAMESPACE_BASE = "https://kiln.dev/spdx"
-_FLUSH = 1 << 16
 _IMAGE_ID = "SPDXRef-Image"
 
 
@@ -62,54 +61,6 @@ class SpdxFile(Protocol):
     def size(self) -> int: ...
     @property
     def sha1(self) -> str: ...
-
-
-def _marker(name: str) -> str:
-    # NUL cannot occur in an image path, name or version: the marker is unique in the skeleton.
-    return f"\x00kiln-stream:{name}\x00"
-
-
-class _Buffered:
-    """Joins small writes into pieces of ~64 KiB for the sink (a blob writer hashes each one)."""
-
-    def __init__(self, sink: _Sink) -> None:
-        self._sink = sink
-        self._parts: list[bytes] = []
-        self._size = 0
-
-    def write(self, data: bytes) -> None:
-        self._parts.append(data)
-        self._size += len(data)
-        if self._size >= _FLUSH:
-            self.flush()
-
-    def flush(self) -> None:
-        if self._parts:
-            self._sink.write(b"".join(self._parts))
-            self._parts.clear()
-            self._size = 0
-
-
-def _write_framed(sink: _Sink, skeleton: Any, lists: dict[str, Iterable[bytes]]) -> None:
-    """Write ``canonical_json(skeleton)`` with each marker string replaced by the JSON array of
-    the already-serialized elements in ``lists[marker]``."""
-    text = canonical_json(skeleton)
-    found = sorted((text.index(canonical_json(mark)), mark) for mark in lists)
-    out = _Buffered(sink)
-    done = 0
-    for pos, mark in found:
-        out.write(text[done:pos] + b"[")
-        for i, item in enumerate(lists[mark]):
-            out.write(b"," + item if i else item)
-        out.write(b"]")
-        done = pos + len(canonical_json(mark))
-    out.write(text[done:])
-    out.flush()
-
-
-def _str(value: str) -> bytes:
-    """A JSON string exactly as canonical_json writes it (UTF-8, not ASCII-escaped)."""
-    return json.dumps(value, ensure_ascii=False).encode("utf-8")
 
 
 def _spdx_id(prefix: str, part: str) -> str:
@@ -168,7 +119,7 @@ def _file_json(f: SpdxFile) -> bytes:
         sha1,
         f.sha256.hex.encode("ascii"),
         f.size,
-        _str("./" + f.path.lstrip("/")),
+        json_string("./" + f.path.lstrip("/")),
     )
 
 
@@ -187,7 +138,7 @@ def _namespace_hash(
     h = hashlib.sha256()
     h.update(canonical_json([name, version, str(image_digest)])[:-1] + b",[")
     for i, f in enumerate(records):
-        piece = _str(f.path + f.sha256.hex)
+        piece = json_string(f.path + f.sha256.hex)
         h.update(b"," + piece if i else piece)
     h.update(b"]," + canonical_json(wanted) + b"]")
     return h.hexdigest()
@@ -236,7 +187,7 @@ def write_spdx(  # noqa: PLR0917 - spdx_document's signature, plus the sink
         "versionInfo": version,
     }
     content = _namespace_hash(name, version, image_digest, records, keys)
-    files_mark, relations_mark = _marker("files"), _marker("relationships")
+    files_mark, relations_mark = marker("files"), marker("relationships")
     skeleton: dict[str, Any] = {
         "SPDXID": "SPDXRef-DOCUMENT",
         "creationInfo": {"created": _created(created), "creators": [f"Tool: kiln-{tool_version}"]},
@@ -251,7 +202,7 @@ def write_spdx(  # noqa: PLR0917 - spdx_document's signature, plus the sink
     if records:  # spdx-tools leaves an empty list out
         skeleton["files"] = files_mark
         lists[files_mark] = (_file_json(f) for f in records)
-    _write_framed(sink, skeleton, lists)
+    write_canonical(sink, skeleton, lists)
 
 
 def _relationships(records: Sequence[SpdxFile], package_keys: Sequence[str]) -> Iterator[bytes]:
@@ -297,7 +248,7 @@ def write_provenance(  # noqa: PLR0917 - slsa_provenance's signature, plus the s
     }
     predicate = {"buildDefinition": definition, "runDetails": run}
     json_format.ParseDict(predicate, provenance_pb2.Provenance(), ignore_unknown_fields=False)
-    mark = _marker("resolvedDependencies")
+    mark = marker("resolvedDependencies")
     definition["resolvedDependencies"] = mark
     statement = in_toto_statement(SLSA_PROVENANCE_V1, predicate, [(subject_name, subject_digest)])
 
@@ -312,4 +263,4 @@ def write_provenance(  # noqa: PLR0917 - slsa_provenance's signature, plus the s
                 shapes.add(shape)
             yield canonical_json(d)
 
-    _write_framed(sink, statement, {mark: deps()})
+    write_canonical(sink, statement, {mark: deps()})
