@@ -8,8 +8,9 @@ SBOM with spdx-tools' parser and validator). What differs is memory: a tree of 1
 an SBOM model of ~360 MB and a provenance of ~100 MB of dicts. Here the small top of each document
 is a dict serialized canonically with a marker string where a long list goes (files,
 relationships, resolved dependencies); the long lists are written element by element in their
-place, each element formatted on its own. Nothing proportional to the file count is held beyond
-the caller's file records and a few strings per file while they are written.
+place, each element formatted on its own (:mod:`builder.jsonstream`). Nothing proportional to
+the file count is held beyond the caller's file records and a few strings per file while they
+are written.
 
 The provenance's structure is still checked against in-toto-attestation's messages: the statement
 and the predicate without its dependencies, then one dependency of every distinct shape (its keys
