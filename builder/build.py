@@ -410,7 +410,8 @@ def _write_records(
         )
 
     if debian is None:
-        with layout.blob_writer() as sbom, layout.blob_writer() as provenance:
+        # Not fsynced, like the layers: the staging layout is renamed into place when complete.
+        with layout.blob_writer(durable=False) as sbom, layout.blob_writer(durable=False) as provenance:
             write(sbom, provenance)
         return _blob(SBOM_ARTIFACT_TYPE, sbom.digest, sbom.size), _blob(
             PROVENANCE_ARTIFACT_TYPE, provenance.digest, provenance.size

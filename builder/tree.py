@@ -145,6 +145,7 @@ class FileTree:
             raise SourceError(f"{entry.origin}: cannot replace the image root '/'")
         if path != entry.path or entry.mode & ~_PERM_MASK:
             entry = replace(entry, path=path, mode=entry.mode & _PERM_MASK)
+        path = entry.path  # one string per path for the key and the entry, not two equal ones
         if entry.kind is EntryKind.FILE and (entry.host_path is None) == (entry.data is None):
             raise ValueError("a file entry needs exactly one of host_path and data")
         if entry.kind in (EntryKind.SYMLINK, EntryKind.HARDLINK) and not entry.target:

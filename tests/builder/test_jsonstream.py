@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from typing import Any
 
 from hypothesis import given, settings
@@ -46,3 +47,8 @@ def test_a_long_list_is_written_in_pieces_not_at_once() -> None:
     write_canonical(Sink(), {"rows": mark}, {mark: (b'"%06d"' % i for i in range(100_000))})
     assert len(writes) > 10
     assert max(writes) < 1 << 17
+
+
+@given(st.text())
+def test_a_json_string_is_what_json_dumps_writes(text: str) -> None:
+    assert json_string(text) == json.dumps(text, ensure_ascii=False).encode("utf-8")
