@@ -109,7 +109,7 @@ def _verification_code(records: Sequence[FileRecord]) -> str:
     return hashlib.sha1("".join(sha1s).encode("ascii"), usedforsecurity=False).hexdigest()
 
 
-def _image_purl(name: str, version: str, image_digest: Digest) -> str:
+def image_purl(name: str, version: str, image_digest: Digest) -> str:
     # purl-spec "oci": the name is the last path segment, the rest is repository_url.
     repo, _, last = name.rpartition("/")
     quals = [f"repository_url={quote(name, safe='/:')}"] if repo else []
@@ -179,7 +179,7 @@ def spdx_document(  # noqa: PLR0917 - the agreed signature: (name, version, dige
         files_analyzed=True,
         verification_code=PackageVerificationCode(_verification_code(records)),
         checksums=[Checksum(ChecksumAlgorithm.SHA256, image_digest.hex)],
-        external_references=[purl_ref(_image_purl(name, version, image_digest))],
+        external_references=[purl_ref(image_purl(name, version, image_digest))],
         primary_package_purpose=PackagePurpose.CONTAINER,
     )
     wanted: dict[str, SbomPackage] = {}
@@ -255,7 +255,7 @@ def in_toto_statement(
     return result
 
 
-def _dependency(i: Input, arch: str) -> dict[str, Any]:
+def dependency(i: Input, arch: str) -> dict[str, Any]:
     """A resolvedDependencies entry: a URI for what has one, the path a person knows as ``name``."""
     d: dict[str, Any] = {"name": i.uri, "digest": {"sha256": i.sha256}, "annotations": {"kind": i.kind}}
     if i.uri.startswith("/"):
@@ -289,7 +289,7 @@ def slsa_provenance(
     from google.protobuf import json_format
     from in_toto_attestation.predicates.provenance.v1 import provenance_pb2
 
-    deps = [_dependency(i, arch) for i in sorted(inputs, key=lambda i: (i.uri, i.sha256, i.kind))]
+    deps = [dependency(i, arch) for i in sorted(inputs, key=lambda i: (i.uri, i.sha256, i.kind))]
     run: dict[str, Any] = {"builder": {"id": BUILDER_ID, "version": {"kiln": builder_version}}}
     metadata: dict[str, Any] = {
         "invocationId": hashlib.sha256(

@@ -17,26 +17,25 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from builder.attestations import FileRecord as SpdxFile
-from builder.attestations import Input, SbomPackage, slsa_provenance, spdx_document, timestamp
+from builder.attestations import Input, SbomPackage, timestamp
 from builder.dpkg import OwnerLookup
-from builder.tarwriter import FileRecord
+from builder.records import write_provenance, write_spdx
+from builder.tarwriter import FileRecord, Sink
 from builder.tree import Entry, EntryKind
-from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.image import DEBIAN_SYSROOT, ClosureSource, ImageManifest
 from manifests.version import VERSION as _kiln_version
 
-__all__ = ["OwnerLookup", "collect_inputs", "attestation_documents", "manifest_digest"]
+__all__ = ["OwnerLookup", "collect_inputs", "write_attestations", "manifest_digest"]
 
 _ORIGIN = re.compile(r"^contents\[(\d+)\]\.(files|tree|closure)\b")
 
 
-def _input_uri(host: Path, kind: str, base_dir: Path) -> str:
+def _input_uri(host: str | Path, kind: str, base_dir: Path) -> str:
     if kind == "files":
         with contextlib.suppress(ValueError):
             return Path(os.path.relpath(host, base_dir)).as_posix()
-    return host.as_posix()
+    return os.fspath(host)  # a POSIX path already (the same string for a walk's entries)
 
 
 def collect_inputs(
@@ -48,38 +47,50 @@ def collect_inputs(
     """One Input per host file that went into the image (deduplicated, sorted)."""
     digests = {f.path: f.sha256 for f in files}
     base = Path(manifest.base_dir).resolve()
-    taken: list[tuple[Entry, str, Path | None]] = []  # entry, kind, sysroot to ask dpkg in
+    # Per contents item: its kind and the sysroot to ask dpkg in (None: none), or None to skip it.
+    items: dict[str, tuple[str, Path | None] | None] = {}
+    root = Path("/")
+    found: list[Input] = []
     for entry in entries:
-        if entry.kind is not EntryKind.FILE or entry.host_path is None or entry.path not in digests:
+        if entry.kind is not EntryKind.FILE or entry.host_path is None:
             continue
-        m = _ORIGIN.match(entry.origin)
-        if m is None:
+        digest = digests.get(entry.path)
+        if digest is None:
             continue
-        kind = m.group(2)
-        item = manifest.contents[int(m.group(1))]
-        if getattr(item, "sysroot", None) == DEBIAN_SYSROOT:
-            continue  # a pinned package's file: builder.debian.sbom records it with its package
-        sysroot: Path | None = None
-        if kind == "closure" and isinstance(item, ClosureSource):
-            sysroot = Path(item.sysroot)
-        elif kind == "tree":
-            sysroot = Path("/")
-        taken.append((entry, kind, sysroot))
-    by_sysroot: dict[Path, list[Path]] = {}
-    for entry, _, sysroot in taken:
-        if sysroot is not None and entry.host_path is not None:
-            by_sysroot.setdefault(sysroot, []).append(entry.host_path)
-    for sysroot, paths in by_sysroot.items():
-        owners.prefetch(paths, sysroot)
-    seen: dict[tuple[str, str, str], Input] = {}
-    for entry, kind, sysroot in taken:
-        assert entry.host_path is not None  # noqa: S101 - filtered above
+        if entry.origin not in items:
+            items[entry.origin] = _input_kind(manifest, entry.origin, root)
+        how = items[entry.origin]
+        if how is None:
+            continue
+        kind, sysroot = how
         package = owners.owner(entry.host_path, sysroot) if sysroot is not None else None
-        uri = _input_uri(entry.host_path, kind, base)
-        sha = digests[entry.path].hex
-        seen.setdefault((kind, uri, sha), Input(kind=kind, uri=uri, sha256=sha, package=package))
+        found.append(
+            Input(kind=kind, uri=_input_uri(entry.host_path, kind, base), sha256=digest.hex, package=package)
+        )
     owners.save()
-    return tuple(seen[k] for k in sorted(seen))
+    found.sort(key=lambda i: (i.kind, i.uri, i.sha256))  # stable: the first of equals stays first
+    unique: list[Input] = []
+    for i in found:  # one Input per (kind, uri, sha256)
+        if not unique or (unique[-1].kind, unique[-1].uri, unique[-1].sha256) != (i.kind, i.uri, i.sha256):
+            unique.append(i)
+    return tuple(unique)
+
+
+def _input_kind(manifest: ImageManifest, origin: str, root: Path) -> tuple[str, Path | None] | None:
+    """The input kind of the contents item ``origin`` names and the sysroot dpkg answers for, or
+    ``None`` for items whose files are not inputs (generated, or a pinned Debian package's)."""
+    m = _ORIGIN.match(origin)
+    if m is None:
+        return None
+    kind = m.group(2)
+    item = manifest.contents[int(m.group(1))]
+    if getattr(item, "sysroot", None) == DEBIAN_SYSROOT:
+        return None  # a pinned package's file: builder.debian.sbom records it with its package
+    if kind == "closure" and isinstance(item, ClosureSource):
+        return kind, Path(item.sysroot)
+    if kind == "tree":
+        return kind, root
+    return kind, None
 
 
 def manifest_digest(manifest: ImageManifest) -> Digest:
@@ -90,8 +101,10 @@ def manifest_digest(manifest: ImageManifest) -> Digest:
         return Digest.of(manifest.source.encode("utf-8"))
 
 
-def attestation_documents(
+def write_attestations(
     manifest: ImageManifest,
+    sbom: Sink,
+    provenance: Sink,
     *,
     image_digest: Digest,
     files: Sequence[FileRecord],
@@ -99,27 +112,29 @@ def attestation_documents(
     source_date_epoch: int,
     reference: str | None = None,
     packages: Sequence[SbomPackage] = (),
-) -> tuple[bytes, bytes]:
-    """The SBOM (a bare SPDX 2.3 document) and the SLSA provenance (an in-toto statement), as
-    canonical JSON: deterministic for the same image and inputs.
+) -> None:
+    """Write the SBOM (a bare SPDX 2.3 document) into ``sbom`` and the SLSA provenance (an in-toto
+    statement) into ``provenance``, as canonical JSON streams (:mod:`builder.records`):
+    deterministic for the same image and inputs.
 
     ``reference`` (default ``name:version``) is the provenance's subject name, and the name
     ``kiln attest`` gives the SBOM's statement, so both name the image alike. ``packages`` adds
     packages the SBOM lists beside those dpkg named (the Debian lock's hook)."""
     arch = manifest.platform.architecture
-    spdx_files = [SpdxFile(path=f.path, sha256=f.sha256.hex, size=f.size, sha1=f.sha1) for f in files]
-    sbom = spdx_document(
+    write_spdx(
+        sbom,
         manifest.name,
         manifest.version,
         image_digest,
-        spdx_files,
+        files,
         inputs,
         timestamp(source_date_epoch),
         tool_version=_kiln_version,
         packages=packages,
         arch=arch,
     )
-    provenance = slsa_provenance(
+    write_provenance(
+        provenance,
         reference or f"{manifest.name}:{manifest.version}",
         image_digest,
         manifest_digest(manifest),
@@ -129,4 +144,3 @@ def attestation_documents(
         manifest_uri=Path(manifest.source).name,
         arch=arch,
     )
-    return canonical_json(sbom), canonical_json(provenance)

@@ -69,7 +69,6 @@ Progress = Callable[[str], None]
 # A live view of bytes written: (key, description, bytes done, bytes in all); see kiln.progress.
 Meter = Callable[[str, str, int, int], None]
 
-_MAX_SMALL_BLOB = 64 << 20  # a config, manifest, SBOM or provenance kept in the cache
 
 # The image's name in an index entry, as Docker 25+ writes it: containerd (ctr, nerdctl) and podman
 # read it on import; the full reference also goes into ref.name.
@@ -345,41 +344,27 @@ def _build_layout(
     )
     manifest_bytes = oci_manifest.to_bytes()
     digest = layout.write_blob(manifest_bytes)
-    files = tuple(sorted((f for r in results for f in r[1].files), key=lambda f: f.path))
-    # The SBOM's machinery is loaded by builds that write layers only, not by unchanged rebuilds.
-    from builder.bom import OwnerLookup, attestation_documents, collect_inputs
-
-    inputs = collect_inputs(
+    subject = Descriptor(media_type=MediaType.OCI_MANIFEST, digest=digest, size=len(manifest_bytes))
+    records = _write_records(
         manifest,
-        assembly.tree.entries(),
+        assembly,
         files,
-        OwnerLookup(),  # dpkg's lists indexed once per machine (builder.dpkg)
-    )
-    sbom, provenance = attestation_documents(
-        manifest,
+        layout=layout,
         image_digest=digest,
-        files=files,
-        inputs=inputs,
-        source_date_epoch=mtime,
+        mtime=mtime,
+        debian=debian,
         reference=reference,
-        packages=sbom_packages,
+        sbom_packages=sbom_packages,
     )
-    if debian is not None:
-        from builder.debian.sbom import add_debian_packages
-
-        sbom, provenance = add_debian_packages(
-            sbom, provenance, debian, manifest.platform, assembly.tree.entries()
-        )
     entry = Descriptor(
         media_type=MediaType.OCI_MANIFEST,
         digest=digest,
         size=len(manifest_bytes),
         platform=manifest.platform,
     )
-    subject = Descriptor(media_type=MediaType.OCI_MANIFEST, digest=digest, size=len(manifest_bytes))
     referrers = tuple(
-        record_artifact(layout, subject, data, artifact_type, created=timestamp(mtime))
-        for data, artifact_type in ((sbom, SBOM_ARTIFACT_TYPE), (provenance, PROVENANCE_ARTIFACT_TYPE))
+        _record_manifest(layout, subject, blob, artifact_type, created=timestamp(mtime))
+        for blob, artifact_type in zip(records, (SBOM_ARTIFACT_TYPE, PROVENANCE_ARTIFACT_TYPE), strict=True)
     )
     layout.add_referrers(referrers, digest)
     _tag_named(layout, entry, reference)
@@ -392,6 +377,69 @@ def _build_layout(
         index_entry=entry,
         referrers=referrers,
     )
+
+
+def _write_records(
+    manifest: ImageManifest,
+    assembly: Assembly,
+    files: tuple[FileRecord, ...],
+    *,
+    layout: OCILayout,
+    image_digest: Digest,
+    mtime: int,
+    debian: PreparedDebian | None,
+    reference: str,
+    sbom_packages: Sequence[SbomPackage],
+) -> tuple[Descriptor, Descriptor]:
+    """The SBOM and the provenance as blobs of ``layout``: streamed straight into their blobs
+    (ADR 0024), or, with Debian packages to add, made in memory and amended first."""
+    # The records' machinery is loaded by builds that write layers only, not by unchanged rebuilds.
+    from builder.bom import OwnerLookup, collect_inputs, write_attestations
+
+    inputs = collect_inputs(
+        manifest,
+        assembly.tree.entries(),
+        files,
+        OwnerLookup(),  # dpkg's lists indexed once per machine (builder.dpkg)
+    )
+
+    def write(sbom: Sink, provenance: Sink) -> None:
+        write_attestations(
+            manifest,
+            sbom,
+            provenance,
+            image_digest=image_digest,
+            files=files,
+            inputs=inputs,
+            source_date_epoch=mtime,
+            reference=reference,
+            packages=sbom_packages,
+        )
+
+    if debian is None:
+        # Not fsynced, like the layers: the staging layout is renamed into place when complete.
+        with layout.blob_writer(durable=False) as sbom, layout.blob_writer(durable=False) as provenance:
+            write(sbom, provenance)
+        return _blob(SBOM_ARTIFACT_TYPE, sbom.digest, sbom.size), _blob(
+            PROVENANCE_ARTIFACT_TYPE, provenance.digest, provenance.size
+        )
+    import io
+
+    from builder.debian.sbom import add_debian_packages
+
+    sbom_io, provenance_io = io.BytesIO(), io.BytesIO()
+    write(sbom_io, provenance_io)
+    sbom_bytes, provenance_bytes = add_debian_packages(
+        sbom_io.getvalue(), provenance_io.getvalue(), debian, manifest.platform, assembly.tree.entries()
+    )
+    return (
+        _blob(SBOM_ARTIFACT_TYPE, layout.write_blob(sbom_bytes), len(sbom_bytes)),
+        _blob(PROVENANCE_ARTIFACT_TYPE, layout.write_blob(provenance_bytes), len(provenance_bytes)),
+    )
+
+
+def _blob(media_type: str, digest: Digest, size: int) -> Descriptor:
+    return Descriptor(media_type=media_type, digest=digest, size=size)
 
 
 def _check_machines(assembly: Assembly, manifest: ImageManifest) -> None:
@@ -415,11 +463,18 @@ def record_artifact(
     the bytes, and ``subject``: what the image-spec recommends, what registries without artifact
     support still accept, and what `oras discover`/`cosign tree` list.
     """
-    blob = layout.write_blob(data)
+    blob = _blob(artifact_type, layout.write_blob(data), len(data))
+    return _record_manifest(layout, subject, blob, artifact_type, created=created)
+
+
+def _record_manifest(
+    layout: OCILayout, subject: Descriptor, blob: Descriptor, artifact_type: str, *, created: str
+) -> Descriptor:
+    """The artifact manifest of :func:`record_artifact` for a blob already in ``layout``."""
     empty = layout.write_blob(_EMPTY_CONFIG)
     man = OCIManifest(
         config=Descriptor(media_type=MediaType.OCI_EMPTY, digest=empty, size=len(_EMPTY_CONFIG)),
-        layers=(Descriptor(media_type=artifact_type, digest=blob, size=len(data)),),
+        layers=(blob,),
         subject=subject,
         artifact_type=artifact_type,
         annotations={"org.opencontainers.image.created": created},
@@ -435,22 +490,21 @@ def record_artifact(
 
 
 _RECORD_LIBRARIES = (
-    "spdx_tools.spdx.model",
-    "spdx_tools.spdx.jsonschema.document_converter",
     "google.protobuf.json_format",
     "in_toto_attestation.v1.statement",
     "in_toto_attestation.predicates.provenance.v1.provenance_pb2",
+    "in_toto_attestation.v1.resource_descriptor_pb2",
 )
 
 
 def _prewarm_record_libraries() -> None:
-    """Import the SBOM and provenance libraries on a side thread while the layers are written.
+    """Import the provenance's libraries on a side thread while the layers are written.
 
-    Loading spdx-tools (beartype) and in-toto-attestation (protobuf) takes 150-300 ms of Python
-    work; the layers' compressors and hashes release the GIL, so on a second core that time is
-    hidden behind them. The records are made after the layers; their imports then find the
-    modules loaded (or wait for the import in progress). A failure here is ignored: the import
-    where the records are made reports it."""
+    Loading in-toto-attestation (protobuf) is tens of ms of Python work (the SBOM no longer loads
+    spdx-tools: builder.records writes it); the layers' compressors and hashes release the GIL,
+    so on a second core that time is hidden behind them. The records are made after the layers;
+    their imports then find the modules loaded (or wait for the import in progress). A failure
+    here is ignored: the import where the records are made reports it."""
     import importlib
     import threading
 
@@ -519,12 +573,12 @@ def _remember_build(cache: BuildCache, build_key: str, layout: OCILayout, built:
             }
             for x in built.layers
         ],
-        "files": [[f.path, str(f.sha256), f.size, f.sha1] for f in built.files],
     }
     with contextlib.suppress(OSError, KilnError):
-        for d in small:
-            cache.store_blob(layout.read_blob(d, limit=_MAX_SMALL_BLOB))
-        cache.store_build(build_key, record)
+        for d in small:  # verified as written; copied, not read into memory
+            path = layout.blob_path(d)
+            cache.store_blob_file(path, digest=d, size=path.stat().st_size, link=False)
+        cache.store_build(build_key, record, files=built.files)
 
 
 def _reuse_build(cache: BuildCache, build_key: str, layout: OCILayout, reference: str) -> _Built | None:
@@ -677,7 +731,7 @@ def _write_layer(
                     diff_id=known.diff_id,
                     size=known.tar_size,
                     entries=known.entries,
-                    files=tuple(FileRecord(path=p, sha256=d, size=n, sha1=s1) for p, d, n, s1 in known.files),
+                    files=tuple(known.files),
                 )
                 return _info(plan, comp, hit.digest, hit.size, stats, cached=True), stats
         # 2. Same content under another identity (a new checkout, a touched file): hash the tar
@@ -742,7 +796,7 @@ def _remember(cache: BuildCache, stat_key: str | None, stats: TarStats) -> None:
                 diff_id=stats.diff_id,
                 tar_size=stats.size,
                 entries=stats.entries,
-                files=tuple((f.path, f.sha256, f.size, f.sha1) for f in stats.files),
+                files=stats.files,
             ),
         )
 

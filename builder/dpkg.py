@@ -311,10 +311,11 @@ def _read_json(path: Path | None) -> object:
         return None
     try:
         with open(path, "rb") as fh:
-            if os.fstat(fh.fileno()).st_size > MAX_INDEX_BYTES:
+            size = os.fstat(fh.fileno()).st_size
+            if size > MAX_INDEX_BYTES:
                 return None
-            data = fh.read(MAX_INDEX_BYTES + 1)  # the file may have grown since
-        if len(data) > MAX_INDEX_BYTES:
+            data = fh.read(size + 1)  # one byte more: a file that grew since is refused below
+        if len(data) > size:
             return None
         return json.loads(data)
     except (OSError, ValueError):
@@ -369,11 +370,11 @@ class OwnerLookup:
         self._dirs[key] = image_dir
         return image_dir
 
-    def prefetch(self, host_paths: Iterable[Path], sysroot: Path) -> None:
+    def prefetch(self, host_paths: Iterable[str | Path], sysroot: Path) -> None:
         """Nothing to do ahead of time: kept for callers that announce their paths."""
         del host_paths, sysroot
 
-    def owner(self, host_path: Path, sysroot: Path) -> str | None:
+    def owner(self, host_path: str | Path, sysroot: Path) -> str | None:
         """``"libc6:amd64 2.36-9+deb12u14"`` for a file dpkg ships in ``sysroot``, else ``None``."""
         index = self._index(sysroot)
         host_dir, _, name = str(host_path).rpartition("/")

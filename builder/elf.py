@@ -707,7 +707,7 @@ PLATFORM_MACHINES: dict[str, tuple[int, int, bool]] = {
 _MACHINE_NAMES = {62: "x86-64", 183: "aarch64", 3: "i386", 40: "arm", 21: "ppc64", 22: "s390", 243: "riscv"}
 
 
-def check_platform_machines(files: Iterable[tuple[str, Path]], architecture: str) -> None:
+def check_platform_machines(files: Iterable[tuple[str, str | Path]], architecture: str) -> None:
     """Refuse an ELF file (``(image path, host path)`` pairs) built for another machine than
     ``architecture`` (an OCI architecture), naming the first one found. Non-ELF files and
     object files (``ET_REL``, e.g. kernel modules are not checked apart) pass."""

@@ -297,25 +297,23 @@ class _Assembler:
         exclude: Sequence[str],
     ) -> None:
         """Copy the contents of host directory ``src`` to image directory ``dst``."""
-        found: list[tuple[str, str, os.stat_result, Path]] = []  # (rel, kind, stat, host)
-        self._scan(src, "", found, origin, exclude)
-        selected: list[tuple[str, str, os.stat_result, Path]] = []
-        for rel, kind, st, host in found:
-            if kind == "dir":
-                if not include:
-                    selected.append((rel, kind, st, host))
-            elif not include or _matches(rel, include):
-                selected.append((rel, kind, st, host))
+        base = os.fspath(src)
+        found = _scan(base, origin, exclude)
         dmode = 0o755 if dirmode is None else dirmode
-        wanted_dirs = {rel for rel, kind, _, _ in selected if kind == "dir"}
-        for rel, _, _, _ in selected:
-            parent = posixpath.dirname(rel)
-            while parent:
-                wanted_dirs.add(parent)
-                parent = posixpath.dirname(parent)
+        wanted_dirs: set[str] = set()
+        for rec in found:
+            if rec.kind == _DIR:
+                if not include:
+                    wanted_dirs.add(rec.rel)
+            elif not include or _matches(rec.rel, include):
+                parent = posixpath.dirname(rec.rel)
+                while parent and parent not in wanted_dirs:
+                    wanted_dirs.add(parent)
+                    parent = posixpath.dirname(parent)
+            else:
+                rec.kind = _SKIPPED
 
-        def image(rel: str) -> str:
-            return dst if not rel else (dst.rstrip("/") + "/" + rel)
+        prefix = dst.rstrip("/") + "/"
 
         # The destination itself and every directory on the way carry the item's dirmode/owner.
         if dst != "/":
@@ -325,16 +323,18 @@ class _Assembler:
         for rel in sorted(wanted_dirs, key=lambda r: sort_key("/" + r)):
             self.tree.add(
                 self._dir(
-                    path=image(rel), mode=dmode, uid=uid, gid=gid, cat=category, origin=origin, index=index
+                    path=prefix + rel, mode=dmode, uid=uid, gid=gid, cat=category, origin=origin, index=index
                 )
             )
+        del wanted_dirs
 
-        groups: dict[tuple[int, int] | str, list[tuple[str, os.stat_result, Path]]] = {}
-        for rel, kind, st, host in selected:
-            if kind == "dir":
+        shared: dict[tuple[int, int], list[tuple[str, _Found]]] = {}
+        for rec in found:
+            if rec.kind in (_DIR, _SKIPPED):
                 continue
-            path = image(rel)
-            if kind == "symlink":
+            path = prefix + rec.rel
+            host = base + "/" + rec.rel
+            if rec.kind == _SYMLINK:
                 self.tree.add(
                     Entry(
                         path=path,
@@ -348,19 +348,31 @@ class _Assembler:
                         source_index=index,
                     )
                 )
+            elif rec.inode is not None:
+                # Files sharing an inode become one file and hard links to it.
+                shared.setdefault(rec.inode, []).append((path, rec))
             else:
-                # Files sharing an inode become one file and hard links to it; a lone file is a
-                # group of one.
-                key = (st.st_dev, st.st_ino) if st.st_nlink > 1 else path
-                groups.setdefault(key, []).append((path, st, host))
-        for members in groups.values():
+                self.tree.add(
+                    self._file(
+                        path=path,
+                        rec=rec,
+                        host=host,
+                        fmode=mode,
+                        uid=uid,
+                        gid=gid,
+                        cat=category,
+                        origin=origin,
+                        index=index,
+                    )
+                )
+        for members in shared.values():
             members.sort(key=lambda m: sort_key(m[0]))
-            leader, st, host = members[0]
+            leader, rec = members[0]
             self.tree.add(
                 self._file(
                     path=leader,
-                    st=st,
-                    host=host,
+                    rec=rec,
+                    host=base + "/" + rec.rel,
                     fmode=mode,
                     uid=uid,
                     gid=gid,
@@ -369,8 +381,8 @@ class _Assembler:
                     index=index,
                 )
             )
-            fmode = default_mode(st.st_mode, explicit=mode)
-            for path, _, _ in members[1:]:
+            fmode = default_mode(rec.mode, explicit=mode)
+            for path, _ in members[1:]:
                 self.tree.add(
                     Entry(
                         path=path,
@@ -383,39 +395,6 @@ class _Assembler:
                         origin=origin,
                         source_index=index,
                     )
-                )
-
-    def _scan(
-        self,
-        directory: Path,
-        rel: str,
-        found: list[tuple[str, str, os.stat_result, Path]],
-        origin: str,
-        exclude: Sequence[str],
-    ) -> None:
-        try:
-            with os.scandir(directory) as it:
-                names = sorted(e.name for e in it)
-        except OSError as exc:
-            raise SourceError(f"{origin}: cannot list {directory}: {exc.strerror}") from exc
-        for name in names:
-            child_rel = f"{rel}/{name}" if rel else name
-            host = directory / name
-            if exclude and _matches(child_rel, exclude):
-                continue
-            st = os.lstat(host)
-            if stat.S_ISDIR(st.st_mode):
-                found.append((child_rel, "dir", st, host))
-                self._scan(host, child_rel, found, origin, exclude)
-            elif stat.S_ISREG(st.st_mode):
-                found.append((child_rel, "file", st, host))
-            elif stat.S_ISLNK(st.st_mode):
-                found.append((child_rel, "symlink", st, host))
-            else:
-                raise SourceError(
-                    f"{origin}: {host}: is a {_special_kind(st.st_mode)}; images hold only files, "
-                    "directories and links",
-                    hint="exclude it with an 'exclude' glob",
                 )
 
     @staticmethod
@@ -435,8 +414,8 @@ class _Assembler:
     def _file(
         *,
         path: str,
-        st: os.stat_result,
-        host: Path,
+        rec: _Found,
+        host: str,
         fmode: int | None,
         uid: int,
         gid: int,
@@ -447,10 +426,10 @@ class _Assembler:
         return Entry(
             path=path,
             kind=EntryKind.FILE,
-            mode=default_mode(st.st_mode, explicit=fmode),
+            mode=default_mode(rec.mode, explicit=fmode),
             uid=uid,
             gid=gid,
-            size=st.st_size,
+            size=rec.size,
             host_path=host,
             category=cat,
             origin=origin,
@@ -557,6 +536,60 @@ class _Assembler:
                         origin=origin,
                     )
                 )
+
+
+_DIR, _FILE, _SYMLINK, _SKIPPED = 0, 1, 2, 3
+
+
+class _Found:
+    """One path under a walked directory: what a walk keeps of it until it becomes an entry
+    (strings and ints, no ``Path`` or ``stat_result``: 100,000 of them stay small)."""
+
+    __slots__ = ("inode", "kind", "mode", "rel", "size")
+
+    def __init__(self, rel: str, kind: int, mode: int, size: int, inode: tuple[int, int] | None) -> None:
+        self.rel = rel  # relative to the walked directory, "/"-separated
+        self.kind = kind
+        self.mode = mode  # st_mode of a regular file (for its exec bits), else 0
+        self.size = size
+        self.inode = inode  # (st_dev, st_ino) of a file with other names, else None
+
+
+def _scan(base: str, origin: str, exclude: Sequence[str]) -> list[_Found]:
+    """Every path under host directory ``base`` (symlinks not followed), parents before children
+    and siblings by name: an iterative walk on ``os.scandir`` (one ``lstat`` per entry, which
+    scandir caches), no recursion, no ``Path`` per entry."""
+    found: list[_Found] = []
+    stack: list[tuple[str, str]] = [(base, "")]  # (host directory, its path relative to base)
+    while stack:
+        directory, rel = stack.pop()
+        try:
+            with os.scandir(directory) as it:
+                children = sorted((e.name, e.stat(follow_symlinks=False)) for e in it)
+        except OSError as exc:
+            raise SourceError(f"{origin}: cannot list {directory}: {exc.strerror}") from exc
+        subdirs: list[tuple[str, str]] = []
+        for name, st in children:
+            child_rel = f"{rel}/{name}" if rel else name
+            if exclude and _matches(child_rel, exclude):
+                continue
+            m = st.st_mode
+            if stat.S_ISDIR(m):
+                found.append(_Found(child_rel, _DIR, 0, 0, None))
+                subdirs.append((directory + "/" + name, child_rel))
+            elif stat.S_ISREG(m):
+                inode = (st.st_dev, st.st_ino) if st.st_nlink > 1 else None
+                found.append(_Found(child_rel, _FILE, m, st.st_size, inode))
+            elif stat.S_ISLNK(m):
+                found.append(_Found(child_rel, _SYMLINK, 0, 0, None))
+            else:
+                raise SourceError(
+                    f"{origin}: {directory}/{name}: is a {_special_kind(m)}; images hold only files, "
+                    "directories and links",
+                    hint="exclude it with an 'exclude' glob",
+                )
+        stack.extend(reversed(subdirs))
+    return found
 
 
 def _special_kind(mode: int) -> str:

@@ -70,7 +70,7 @@ class Entry:
     uid: int = 0
     gid: int = 0
     size: int = 0
-    host_path: Path | None = None
+    host_path: str | Path | None = None  # a str from directory walks: smaller than a Path
     data: bytes | None = None
     target: str | None = None
     category: Category = Category.APP
@@ -97,9 +97,14 @@ def normalize_path(path: str, *, what: str = "path") -> str:
     return "/" + "/".join(parts)
 
 
-def sort_key(path: str) -> tuple[str, ...]:
-    """Order by path components: parents before children, siblings by code point."""
-    return tuple(path.split("/")[1:]) if path != "/" else ()
+def sort_key(path: str) -> str:
+    """Order by path components: parents before children, siblings by code point.
+
+    The key is the path with each ``/`` made NUL, which sorts below every character a path
+    component can hold (normalized paths have no NUL), so comparing keys compares components in
+    turn; one string per path instead of a tuple of its components (100,000 paths sort in a
+    fraction of the memory)."""
+    return path.replace("/", "\x00")
 
 
 def default_mode(host_mode: int, *, explicit: int | None) -> int:
@@ -140,6 +145,7 @@ class FileTree:
             raise SourceError(f"{entry.origin}: cannot replace the image root '/'")
         if path != entry.path or entry.mode & ~_PERM_MASK:
             entry = replace(entry, path=path, mode=entry.mode & _PERM_MASK)
+        path = entry.path  # one string per path for the key and the entry, not two equal ones
         if entry.kind is EntryKind.FILE and (entry.host_path is None) == (entry.data is None):
             raise ValueError("a file entry needs exactly one of host_path and data")
         if entry.kind in (EntryKind.SYMLINK, EntryKind.HARDLINK) and not entry.target:

@@ -159,7 +159,7 @@ def test_an_unchanged_build_is_reused_whole_and_byte_identical(
     def refuse(*_a: object, **_k: object) -> None:
         raise AssertionError("the SBOM was generated again for an unchanged build")
 
-    monkeypatch.setattr(builder.bom, "attestation_documents", refuse)  # loaded by build.py on use
+    monkeypatch.setattr(builder.bom, "write_attestations", refuse)  # loaded by build.py on use
     second = _build(tmp_path, cache, "b")
     assert second.digest == first.digest
     assert second.files == first.files
