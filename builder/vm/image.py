@@ -368,20 +368,24 @@ def vm_records(
     """The VM image's SBOM (the tree: the same files as its OCI image's SBOM) and SLSA provenance
     (the tree's host inputs, plus the kernel and the module files the guest boots with)."""
     from builder.attestations import Input
-    from builder.bom import OwnerLookup, attestation_documents, collect_inputs
+    from builder.bom import OwnerLookup, collect_inputs, write_attestations
     from builder.build import image_reference
 
     inputs = list(collect_inputs(manifest, entries, files, OwnerLookup()))
     for path in guest:
         inputs.append(Input(kind="file", uri=path.as_posix(), sha256=sha256_file(str(path))[0].hex))
-    return attestation_documents(
+    sbom, provenance = io.BytesIO(), io.BytesIO()
+    write_attestations(
         manifest,
+        sbom,
+        provenance,
         image_digest=digest,
         files=files,
         inputs=inputs,
         source_date_epoch=source_date_epoch,
         reference=image_reference(manifest.name, manifest.version),
     )
+    return sbom.getvalue(), provenance.getvalue()
 
 
 def _write_layout(
