@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -39,7 +40,7 @@ from builder.vm.treedigest import tree_digest
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import KilnError
-from manifests.image import ImageManifest
+from manifests.image import DEBIAN_SYSROOT, ClosureSource, ImageManifest
 from manifests.layout import REF_NAME, OCILayout
 from manifests.mediatypes import Compression, MediaType
 from manifests.oci import Descriptor, OCIManifest
@@ -215,6 +216,8 @@ def build_image(
         reference,
         [[p.name, p.version, p.purl, p.download_location, p.sha256] for p in sbom_packages],
     ]
+    if cache is not None:  # the SBOM names each file's Debian owner: dpkg's state is an input too
+        extra.append(_dpkg_identity(manifest))
     build_key = _build_key(manifest, fmt, comp, mtime, stat_keys, extra=extra) if cache is not None else None
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -485,6 +488,32 @@ def _build_key(
     if manifest.platforms:  # one manifest, several platforms: each build is its own
         material.append(str(manifest.platform))
     return hashlib.sha256(canonical_json(material)).hexdigest()
+
+
+def _dpkg_identity(manifest: ImageManifest) -> list[list[object]]:
+    """The stat identity of what the SBOM's owner lookup reads (:class:`builder.dpkg.OwnerIndex`) in
+    every sysroot it may ask: dpkg's ``status`` file, which dpkg rewrites on every install or
+    removal, and the ``info`` directory, whose identity changes when a ``.list`` file is added,
+    removed or replaced (dpkg writes them by rename). Each path is also reported as a
+    ``kiln.input`` so the warm-run record (:mod:`kiln.buildrecord`) watches it even when this build
+    was itself reused from the cache and never read dpkg's files."""
+    sysroots = {"/"}  # tree sources are looked up in the host's dpkg (builder.bom.collect_inputs)
+    for item in manifest.contents:
+        if isinstance(item, ClosureSource) and item.sysroot != DEBIAN_SYSROOT:
+            sysroots.add(item.sysroot)
+    identity: list[list[object]] = []
+    for root in sorted({os.path.realpath(r) for r in sysroots}):
+        for rel in ("var/lib/dpkg/status", "var/lib/dpkg/info"):
+            path = os.path.join(root, rel)
+            sys.audit("kiln.input", path, True)
+            try:
+                st = os.stat(path)
+            except OSError:
+                identity.append([path, None])
+            else:
+                ident = [st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+                identity.append([path, *ident])
+    return identity
 
 
 def _remember_build(cache: BuildCache, build_key: str, layout: OCILayout, built: _Built) -> None:
