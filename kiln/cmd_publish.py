@@ -266,7 +266,9 @@ def _record(
             return  # the referrers API: no tag shows a referrer gone
         names.append(root.digest.tag_form)
     for name in names:
-        found = endpoint.tag_target(name)
+        # The tags this run wrote or read are known without another round trip (the referrers
+        # index was just written or found complete); the replay checks every one of them anyway.
+        found = endpoint.client.known_tag(endpoint.repository, name) or endpoint.tag_target(name)
         if found is None:
             return
         tags.append((name, str(found.digest)))
