@@ -1,10 +1,11 @@
 """Verbs for keys, signatures and attestations: ``key generate``, ``sign``, ``verify``, ``attest``,
 ``verify-attestation``.
 
-IMAGE is an OCI layout reference: ``oci:DIR``, ``oci:DIR:TAG`` or ``oci:DIR@sha256:HEX`` (a bare
-directory works too), or a registry reference ``HOST[:PORT]/REPO:TAG`` / ``HOST/REPO@sha256:HEX``:
-signatures and attestations are then read from and written to the registry's ``sha256-<hex>.sig``
-and ``.att`` tags (``--insecure`` allows plain http to a loopback registry).
+IMAGE is an OCI layout reference: ``oci:DIR``, ``oci:DIR:NAME`` (a tag, or the ref.name a build
+writes: ``app:1.0.0``) or ``oci:DIR@sha256:HEX`` (a bare directory works too), or a registry
+reference ``HOST[:PORT]/REPO:TAG`` / ``HOST/REPO@sha256:HEX``: signatures and attestations are
+then read from and written to the registry's ``sha256-<hex>.sig`` and ``.att`` tags
+(``--insecure`` allows plain http to a loopback registry).
 
 Passphrases come from ``$KILN_PASSWORD`` (or ``$COSIGN_PASSWORD``), a ``--passphrase-file``, or a
 prompt on a terminal; never from the command line.
