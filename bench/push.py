@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from manifests.canonical import canonical_json
-from manifests.layout import OCILayout
+from manifests.layout import REF_NAME, OCILayout
 from manifests.mediatypes import MediaType
 from manifests.oci import Descriptor, OCIManifest
 
@@ -146,6 +146,22 @@ def describe(name: str, root: Path) -> Image:
     return Image(name=name, layout=root, ref=ref, size=sum(d.size for d in blobs), blobs=len(blobs))
 
 
+def image_only(image: Image, work: Path) -> Image:
+    """The same image in a layout without its SBOM and provenance referrers (the index lists the
+    image alone; blobs are hard links): what ``skopeo copy`` of the image carries, for a fair
+    comparison of the image push itself."""
+    root = work / f"{image.layout.name}-image-only"
+    shutil.copytree(image.layout, root, copy_function=os.link)
+    index = json.loads((root / "index.json").read_bytes())
+    index["manifests"] = [
+        m for m in index["manifests"] if m.get("annotations", {}).get(REF_NAME) == image.ref
+    ]
+    (root / "index.json").write_bytes(canonical_json(index))
+    return Image(
+        name=f"{image.name} (image only)", layout=root, ref=image.ref, size=image.size, blobs=image.blobs
+    )
+
+
 # ------------------------------------------------------------------------------------ pushing
 
 
@@ -239,7 +255,7 @@ def kiln_cmd(image: Image, host: str, repo: str, jobs: int) -> tuple[str, ...]:
             "kiln",
             "-q",
             "publish",
-            f"oci:{image.layout}",  # its one image: oci:DIR:TAG takes a bare tag, not name:tag
+            f"oci:{image.layout}:{image.ref}",  # the build's name, as skopeo is given it
             f"{host}/{repo}",
             "--insecure",
             "--jobs",
@@ -276,7 +292,14 @@ def warm_up(image: Image, tools: list[str], work: Path, *, jobs: int, env: dict[
 
 
 def bench_image(
-    image: Image, tools: list[str], work: Path, *, runs: int, jobs: int, env: dict[str, str]
+    image: Image,
+    tools: list[str],
+    work: Path,
+    *,
+    runs: int,
+    jobs: int,
+    env: dict[str, str],
+    variants: dict[str, Image] | None = None,
 ) -> dict[str, tuple[list[Sample], list[Sample]]]:
     """Each run: every tool, one after the other (so a busy moment hits them alike), cold then warm."""
     from tests.kit.services import private_registry  # not at the top: the kiln child need not import it
@@ -287,10 +310,11 @@ def bench_image(
             root = work / f"registry-{tool}-{i}"
             with private_registry(root) as host:
                 repo = f"bench/{tool}"
-                if tool == "kiln":
-                    cmd = kiln_cmd(image, host, repo, jobs)
+                pushed = (variants or {}).get(tool, image)
+                if tool == "skopeo":
+                    cmd = skopeo_cmd(pushed, host, repo, work / "policy.json")
                 else:
-                    cmd = skopeo_cmd(image, host, repo, work / "policy.json")
+                    cmd = kiln_cmd(pushed, host, repo, jobs)
                 results[tool][0].append(measured(*cmd, env=env))
                 results[tool][1].append(measured(*cmd, env=env))
             shutil.rmtree(root, ignore_errors=True)
@@ -307,24 +331,29 @@ def median(samples: list[Sample], field: str = "seconds") -> float:
 
 
 START = "python -c pass"
+IMAGE_ONLY = "kiln-img"  # kiln publish of python-web from a layout without its referrers
 
 
 def report(image: Image, results: dict[str, tuple[list[Sample], list[Sample]]]) -> None:
     start = results.pop(START, ([], []))[0]
     mb = image.size / 1e6
     print(f"\n{image.name}: {mb:.1f} MB in {image.blobs} blobs (medians; cpu = the tool's user+sys)")
-    print(f"{'tool':<8}{'cold':>9}{'MB/s':>7}{'cold cpu':>10}{'warm':>9}{'warm cpu':>10}{'peak RSS':>10}")
+    print(f"{'tool':<9}{'cold':>9}{'MB/s':>7}{'cold cpu':>10}{'warm':>9}{'warm cpu':>10}{'peak RSS':>10}")
     for tool, (cold, warm) in results.items():
         c, w = median(cold), median(warm)
         rss = max(s.rss for s in cold + warm) / MIB
         print(
-            f"{tool:<8}{c:>8.3f}s{mb / c:>7.0f}{median(cold, 'cpu'):>9.3f}s"
+            f"{tool:<9}{c:>8.3f}s{mb / c:>7.0f}{median(cold, 'cpu'):>9.3f}s"
             f"{w:>8.3f}s{median(warm, 'cpu'):>9.3f}s{rss:>8.0f}MB"
         )
     if "skopeo" in results:
-        k_cold, k_warm = median(results["kiln"][0]), median(results["kiln"][1])
         s_cold, s_warm = median(results["skopeo"][0]), median(results["skopeo"][1])
-        print(f"ratio skopeo/kiln: cold {s_cold / k_cold:.2f}x, warm {s_warm / k_warm:.2f}x")
+        labels = (("kiln", "with its referrers"), (IMAGE_ONLY, "image only")) if IMAGE_ONLY in results else ()
+        for tool, what in labels or (("kiln", "no referrers to push"),):
+            if tool in results:
+                k_cold, k_warm = median(results[tool][0]), median(results[tool][1])
+                ratios = f"cold {s_cold / k_cold:.2f}x, warm {s_warm / k_warm:.2f}x"
+                print(f"ratio skopeo/kiln publish ({what}): {ratios}")
     if start:
         p = median(start)
         k_warm = median(results["kiln"][1])
@@ -363,7 +392,17 @@ def main() -> int:
         print(f"images ready in {time.perf_counter() - t0:.1f}s; kiln pushes with {verb}, jobs={args.jobs}")
         tools = ["kiln"] if args.skip_skopeo else ["kiln", "skopeo"]
         warm_up(images[0], tools, work, jobs=args.jobs, env=env)
-        for image in images:
+        # kiln publish pushes an image's SBOM and provenance with it (two manifests, three blobs and
+        # the sha256-<hex> referrers index), which skopeo copy of the image does not: python-web
+        # is pushed twice by kiln, with its referrers and from a copy of the layout without them.
+        web = images[0]
+        variants = {IMAGE_ONLY: image_only(web, work)}
+        web_tools = [*tools[:1], IMAGE_ONLY, *tools[1:]]
+        report(
+            web,
+            bench_image(web, web_tools, work, runs=args.runs, jobs=args.jobs, env=env, variants=variants),
+        )
+        for image in images[1:]:  # no referrers: kiln and skopeo push the same
             report(image, bench_image(image, tools, work, runs=args.runs, jobs=args.jobs, env=env))
     finally:
         shutil.rmtree(work, ignore_errors=True)

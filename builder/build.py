@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -41,7 +42,7 @@ from builder.vm.treedigest import tree_digest
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import KilnError
-from manifests.image import ImageManifest
+from manifests.image import DEBIAN_SYSROOT, ClosureSource, ImageManifest
 from manifests.layout import REF_NAME, OCILayout
 from manifests.mediatypes import Compression, MediaType
 from manifests.oci import Descriptor, OCIManifest
@@ -212,12 +213,12 @@ def build_image(
     bytecode = bake(manifest, assembly.tree, cache_dir=cache.root / "bytecode" if cache else None, say=say)
     plans = plan_layers(assembly.tree.entries(), manifest.layers)
     say(f"{manifest.name} {manifest.version}: {len(assembly.tree)} paths in {len(plans)} layers")
-    stat_keys = [_stat_key(plan, comp, mtime) if cache is not None else None for plan in plans]
-    extra: list[object] = [
-        reference,
-        [[p.name, p.version, p.purl, p.download_location, p.sha256] for p in sbom_packages],
-    ]
-    build_key = _build_key(manifest, fmt, comp, mtime, stat_keys, extra=extra) if cache is not None else None
+    stat_keys: list[str | None] = [None] * len(plans)
+    build_key = None
+    if cache is not None:
+        stat_keys, build_key = _cache_keys(
+            manifest, plans, fmt=fmt, comp=comp, mtime=mtime, reference=reference, sbom_packages=sbom_packages
+        )
 
     output.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.kiln-"))
@@ -278,6 +279,28 @@ def build_image(
         files=built.files,
         inputs=assembly.inputs,
     )
+
+
+def _cache_keys(
+    manifest: ImageManifest,
+    plans: Sequence[LayerPlan],
+    *,
+    fmt: OutputFormat,
+    comp: Compressor,
+    mtime: int,
+    reference: str,
+    sbom_packages: Sequence[SbomPackage],
+) -> tuple[list[str | None], str | None]:
+    """What identifies this build in the cache: each layer's stat key, and the whole build's key
+    over them, the output's name, the SBOM's extra packages and dpkg's state (the SBOM names each
+    file's Debian owner, so dpkg's state is an input too). A build key of None: not cacheable."""
+    stat_keys: list[str | None] = [_stat_key(plan, comp, mtime) for plan in plans]
+    extra: list[object] = [
+        reference,
+        [[p.name, p.version, p.purl, p.download_location, p.sha256] for p in sbom_packages],
+        _dpkg_identity(manifest),
+    ]
+    return stat_keys, _build_key(manifest, fmt, comp, mtime, stat_keys, extra=extra)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -546,6 +569,32 @@ def _build_key(
     if manifest.platforms:  # one manifest, several platforms: each build is its own
         material.append(str(manifest.platform))
     return hashlib.sha256(canonical_json(material)).hexdigest()
+
+
+def _dpkg_identity(manifest: ImageManifest) -> list[list[object]]:
+    """The stat identity of what the SBOM's owner lookup reads (:class:`builder.dpkg.OwnerIndex`) in
+    every sysroot it may ask: dpkg's ``status`` file, which dpkg rewrites on every install or
+    removal, and the ``info`` directory, whose identity changes when a ``.list`` file is added,
+    removed or replaced (dpkg writes them by rename). Each path is also reported as a
+    ``kiln.input`` so the warm-run record (:mod:`kiln.buildrecord`) watches it even when this build
+    was itself reused from the cache and never read dpkg's files."""
+    sysroots = {"/"}  # tree sources are looked up in the host's dpkg (builder.bom.collect_inputs)
+    for item in manifest.contents:
+        if isinstance(item, ClosureSource) and item.sysroot != DEBIAN_SYSROOT:
+            sysroots.add(item.sysroot)
+    identity: list[list[object]] = []
+    for root in sorted({os.path.realpath(r) for r in sysroots}):
+        for rel in ("var/lib/dpkg/status", "var/lib/dpkg/info"):
+            path = os.path.join(root, rel)
+            sys.audit("kiln.input", path, True)
+            try:
+                st = os.stat(path)
+            except OSError:
+                identity.append([path, None])
+            else:
+                ident = [st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+                identity.append([path, *ident])
+    return identity
 
 
 def _remember_build(cache: BuildCache, build_key: str, layout: OCILayout, built: _Built) -> None:

@@ -24,6 +24,7 @@ from kiln.output import Output, UsageError
 from kiln.progress import LiveProgress, live_progress
 from manifests.digest import Digest
 from manifests.errors import KilnError
+from manifests.layoutref import tag_of
 from manifests.oci import Descriptor, OCIManifest
 from publisher.copy import BlobCounts, CopyResult, copy_image
 from publisher.endpoint import Endpoint, LayoutLocation, Location, parse_location
@@ -266,7 +267,9 @@ def _record(
             return  # the referrers API: no tag shows a referrer gone
         names.append(root.digest.tag_form)
     for name in names:
-        found = endpoint.tag_target(name)
+        # The tags this run wrote or read are known without another round trip (the referrers
+        # index was just written or found complete); the replay checks every one of them anyway.
+        found = endpoint.client.known_tag(endpoint.repository, name) or endpoint.tag_target(name)
         if found is None:
             return
         tags.append((name, str(found.digest)))
@@ -415,6 +418,14 @@ def _check_tag_free(dest: Endpoint, tag: str, digest: Digest, *, force: bool) ->
     return current
 
 
+def _tag_for(dest: Location, name: str | None) -> str | None:
+    """The source's name as DEST takes it: a layout keeps a build's full ref.name
+    (``python-web:1.0.0``); a registry repository gets its tag part (``1.0.0``)."""
+    if name is None or isinstance(dest, LayoutLocation):
+        return name
+    return tag_of(name)
+
+
 def cmd_copy(args: argparse.Namespace, out: Output) -> int:
     src_loc = parse_location(args.src)
     dest_loc = parse_location(args.dest)
@@ -422,7 +433,7 @@ def cmd_copy(args: argparse.Namespace, out: Output) -> int:
         raise UsageError(
             f"DEST names a digest: {args.dest}", hint="the digest is the source's; name a tag or nothing"
         )
-    tag = dest_loc.tag or src_loc.tag
+    tag = dest_loc.tag or _tag_for(dest_loc, src_loc.tag)
     with (
         open_endpoint(src_loc, insecure=args.insecure, jobs=args.jobs) as src,
         open_endpoint(dest_loc, insecure=args.insecure, jobs=args.jobs, create=True) as dest,

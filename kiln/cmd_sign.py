@@ -1,10 +1,11 @@
 """Verbs for keys, signatures and attestations: ``key generate``, ``sign``, ``verify``, ``attest``,
 ``verify-attestation``.
 
-IMAGE is an OCI layout reference: ``oci:DIR``, ``oci:DIR:TAG`` or ``oci:DIR@sha256:HEX`` (a bare
-directory works too), or a registry reference ``HOST[:PORT]/REPO:TAG`` / ``HOST/REPO@sha256:HEX``:
-signatures and attestations are then read from and written to the registry's ``sha256-<hex>.sig``
-and ``.att`` tags (``--insecure`` allows plain http to a loopback registry).
+IMAGE is an OCI layout reference: ``oci:DIR``, ``oci:DIR:NAME`` (a tag, or the ref.name a build
+writes: ``app:1.0.0``) or ``oci:DIR@sha256:HEX`` (a bare directory works too), or a registry
+reference ``HOST[:PORT]/REPO:TAG`` / ``HOST/REPO@sha256:HEX``: signatures and attestations are
+then read from and written to the registry's ``sha256-<hex>.sig`` and ``.att`` tags
+(``--insecure`` allows plain http to a loopback registry).
 
 Passphrases come from ``$KILN_PASSWORD`` (or ``$COSIGN_PASSWORD``), a ``--passphrase-file``, or a
 prompt on a terminal; never from the command line.
@@ -30,6 +31,7 @@ from manifests.canonical import canonical_json, pretty_json
 from manifests.digest import Digest
 from manifests.errors import DocumentError, KilnError, VerificationError
 from manifests.layout import OCILayout
+from manifests.layoutref import parse_layout_reference, tag_of
 from manifests.mediatypes import MediaType
 from manifests.oci import Descriptor, OCIManifest, parse_json_object
 from manifests.vocabulary import Reason
@@ -130,22 +132,14 @@ class ImageRef:
 
 
 def parse_image_ref(text: str) -> ImageRef:
-    """``oci:DIR``, ``oci:DIR:TAG``, ``oci:DIR@sha256:HEX``; a bare directory is ``oci:DIR``."""
-    body = text[4:] if text.startswith("oci:") else text
-    if not body:
-        raise UsageError(f"invalid image reference {text!r}", hint="use oci:DIR[:TAG]")
-    if "@" in body:
-        directory, _, dig = body.rpartition("@")
-        return ImageRef(directory=Path(directory), digest=Digest.parse(dig))
-    # A build names its image with a full reference (``oci:out/app:app:1.0.0``, as skopeo and umoci
-    # address it): the first colon after which an existing layout ends the directory.
-    for i, char in enumerate(body):
-        if char == ":" and i and (Path(body[:i]) / "oci-layout").is_file() and body[i + 1 :]:
-            return ImageRef(directory=Path(body[:i]), tag=body[i + 1 :])
-    directory, sep, tag = body.rpartition(":")
-    if sep and directory and "/" not in tag and tag:
-        return ImageRef(directory=Path(directory), tag=tag)
-    return ImageRef(directory=Path(body))
+    """``oci:DIR``, ``oci:DIR:NAME``, ``oci:DIR@sha256:HEX``; a bare directory is ``oci:DIR``. NAME
+    is a ref.name in the layout's index: a bare tag or a build's ``name:version``
+    (:mod:`manifests.layoutref`)."""
+    try:
+        ref = parse_layout_reference(text)
+    except DocumentError as exc:
+        raise UsageError(exc.message, hint=exc.hint) from None
+    return ImageRef(directory=ref.directory, tag=ref.name, digest=ref.digest)
 
 
 def _open(ref: ImageRef) -> tuple[LayoutStore, Descriptor]:
@@ -185,7 +179,9 @@ def open_image(text: str, *, insecure: bool = False) -> Iterator[OpenedImage]:
     if reference is None:
         ref = parse_image_ref(text)
         store, root = _open(ref)
-        yield OpenedImage(store=store, root=root, tag=ref.tag, name=ref.directory.name, layout=ref)
+        # A build's full name (``app:1.0.0``) stands for the tag the image is published under.
+        tag = tag_of(ref.tag) if ref.tag is not None else None
+        yield OpenedImage(store=store, root=root, tag=tag, name=ref.directory.name, layout=ref)
         return
     from publisher.auth import resolve_credentials
     from publisher.client import RegistryClient

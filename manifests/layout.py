@@ -392,14 +392,33 @@ def select_manifest(manifests: tuple[Descriptor, ...], ref: str | None, *, where
             if desc.digest == digest:
                 return desc
         raise DocumentError(f"{where}: no manifest {ref} in the index")
-    for desc in manifests:
-        if desc.annotations.get(REF_NAME) == ref:
-            return desc
+    return _select_by_name(manifests, ref, where=where)
+
+
+def _select_by_name(manifests: tuple[Descriptor, ...], ref: str, *, where: str) -> Descriptor:
+    """The entry whose ref.name is ``ref``, else the one whose full reference has ``ref`` as tag."""
+    exact = {d.digest: d for d in manifests if d.annotations.get(REF_NAME) == ref}
+    if len(exact) > 1:
+        raise DocumentError(
+            f"{where}: the name {ref!r} is on {len(exact)} different manifests in the index",
+            hint=f"name one by digest: {', '.join(sorted(str(d) for d in exact))}",
+        )
+    if exact:
+        return next(iter(exact.values()))
     # A build names its image with a full reference (``name:1.0.0``, as Docker 25+ does): its
     # tag alone finds it too, when only one reference has that tag.
-    named = [d for d in manifests if _reference_tag(d.annotations.get(REF_NAME, "")) == ref]
+    named = {d.digest: d for d in manifests if _reference_tag(d.annotations.get(REF_NAME, "")) == ref}
     if len(named) == 1:
-        return named[0]
+        return next(iter(named.values()))
+    if named:
+        names = sorted(
+            name
+            for d in manifests
+            if _reference_tag(name := d.annotations.get(REF_NAME, "")) == ref and d.digest in named
+        )
+        raise DocumentError(
+            f"{where}: the tag {ref!r} is ambiguous: {', '.join(names)}", hint="give the full name"
+        )
     known = sorted(n for d in manifests if (n := d.annotations.get(REF_NAME)) is not None)
     raise DocumentError(
         f"{where}: no tag {ref!r}",

@@ -152,6 +152,8 @@ class RegistryClient:
         self._referrer_locks: dict[tuple[str, Digest], threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._referrers_api: dict[str, bool] = {}
+        # What this client itself last wrote or read under each (repo, tag): see known_tag.
+        self._tags: dict[tuple[str, str], Descriptor] = {}
 
     def close(self) -> None:
         self.session.close()
@@ -517,7 +519,15 @@ class RegistryClient:
         )
         release(self.session.expect(resp, (201,), what=what))
         check_header_digest(resp, digest, what=what)
+        if not target.startswith("sha256:"):
+            self._tags[repo, target] = Descriptor(media_type=media_type, digest=digest, size=len(data))
         return digest
+
+    def known_tag(self, repo: str, tag: str) -> Descriptor | None:
+        """The manifest this client last pushed, fetched or found under ``tag`` in this process,
+        without asking the registry (``None``: not seen). Another writer may have moved the tag
+        since: a caller that must know the current target asks :meth:`head_manifest`."""
+        return self._tags.get((repo, tag))
 
     def get_manifest(
         self,
@@ -557,7 +567,10 @@ class RegistryClient:
             raise VerificationError(
                 f"{what}: the registry says {header} but the bytes hash to {digest}", reason=Reason.DIGEST
             )
-        return Manifest(data=data, media_type=media_type, digest=digest)
+        found = Manifest(data=data, media_type=media_type, digest=digest)
+        if not target.startswith("sha256:"):
+            self._tags[repo, target] = found.descriptor
+        return found
 
     def head_manifest(self, repo: str, ref: str | Digest) -> Descriptor | None:
         """The manifest's descriptor (media type, digest, size), or ``None`` if it does not exist."""

@@ -7,7 +7,8 @@ directory whose ``index.json`` holds the tags as ``org.opencontainers.image.ref.
 
 Text forms, as the command line takes them (:func:`parse_location`):
 
-- ``oci:DIR``, ``oci:DIR:TAG``, ``oci:DIR@sha256:HEX`` — a layout;
+- ``oci:DIR``, ``oci:DIR:NAME``, ``oci:DIR@sha256:HEX`` — a layout; NAME is a ref.name in its
+  index, a bare tag or the full reference a build writes (``oci:out:python-web:1.0.0``);
 - ``HOST[:PORT]/REPO[:TAG][@sha256:HEX]`` — a registry; the registry must be named explicitly
   (``docker.io/library/x``, never a bare ``x``), so that a directory name without ``oci:`` is not
   silently taken for a Docker Hub repository.
@@ -24,9 +25,10 @@ from typing import Protocol
 from manifests.digest import Digest
 from manifests.errors import DocumentError
 from manifests.layout import is_cosign_tag
+from manifests.layoutref import parse_layout_reference
 from manifests.oci import Descriptor
 from publisher.errors import InvalidReference
-from publisher.reference import Reference, validate_tag
+from publisher.reference import Reference
 from publisher.transfer import BlobResult, BlobSource, Manifest
 
 __all__ = ["Endpoint", "Location", "LayoutLocation", "parse_location", "is_cosign_tag"]
@@ -107,24 +109,13 @@ class LayoutLocation:
 Location = LayoutLocation | Reference
 
 
-def _parse_layout(text: str, body: str) -> LayoutLocation:
-    if not body:
-        raise InvalidReference(f"invalid image reference {text!r}", hint="use oci:DIR[:TAG]")
-    if "\x00" in body:  # no path can hold one: every later os call would raise ValueError
-        raise InvalidReference(f"invalid image reference {text[:200]!r}: a NUL byte in the directory")
-    if "@" in body:
-        directory, _, dig = body.rpartition("@")
-        try:
-            digest = Digest.parse(dig)
-        except DocumentError as exc:
-            raise InvalidReference(f"invalid digest in {text!r}: {exc.message}", hint=exc.hint) from None
-        if not directory:
-            raise InvalidReference(f"invalid image reference {text!r}", hint="use oci:DIR@sha256:HEX")
-        return LayoutLocation(directory=Path(directory), digest=digest)
-    directory, sep, tag = body.rpartition(":")
-    if sep and directory and tag and "/" not in tag:
-        return LayoutLocation(directory=Path(directory), tag=validate_tag(tag))
-    return LayoutLocation(directory=Path(body))
+def _parse_layout(text: str) -> LayoutLocation:
+    """``oci:DIR[:NAME|@DIGEST]``, NAME the ref.name a build writes (manifests.layoutref)."""
+    try:
+        ref = parse_layout_reference(text)
+    except DocumentError as exc:
+        raise InvalidReference(exc.message, hint=exc.hint) from None
+    return LayoutLocation(directory=ref.directory, tag=ref.name, digest=ref.digest)
 
 
 def parse_location(text: str, *, bare_directory: bool = False) -> Location:
@@ -134,7 +125,7 @@ def parse_location(text: str, *, bare_directory: bool = False) -> Location:
     (what ``kiln sign`` and ``kiln publish``'s SRC always accepted).
     """
     if text.startswith("oci:"):
-        return _parse_layout(text, text[4:])
+        return _parse_layout(text)
     if bare_directory and text and Path(text).is_dir():
         return LayoutLocation(directory=Path(text))
     first, sep, _ = text.partition("/")

@@ -77,6 +77,28 @@ def test_no_change_republish_is_one_head_per_tag(
     assert len(asked) == 4
 
 
+def test_a_cold_publish_records_the_tags_it_wrote_without_asking_again(
+    registry: Target, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The referrers index and signature tags the push itself wrote go into the record as written:
+    no HEAD after the push; the replay still checks each one at the registry."""
+    make_image(tmp_path / "src", version="1.3.0", attest=True)
+    _settle()
+    argv = ("publish", f"oci:{tmp_path / 'src'}", f"{registry.registry.host}/rec/cold", "--insecure")
+    before = _log_length(registry)
+    first, _ = _publish(capsys, *argv)
+    assert first["changed"] is True
+    asked = _requests(registry, before)
+    last_put = max(i for i, r in enumerate(asked) if r.startswith("PUT ") and "/manifests/" in r)
+    assert not any(r.startswith("HEAD ") for r in asked[last_put + 1 :]), asked
+    before = _log_length(registry)
+    replayed, err = _publish(capsys, *argv)
+    assert REPLAYED in err
+    assert replayed["changed"] is False
+    heads = _requests(registry, before)
+    assert any("/manifests/sha256-" in r for r in heads), heads  # the referrers tag is checked
+
+
 def test_a_channel_moved_elsewhere_makes_a_real_publish(
     registry: Target, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
