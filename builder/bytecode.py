@@ -8,16 +8,24 @@ manifest's ``python: {bytecode: true}`` the build adds, for every ``.py`` file o
 - PEP 552 *unchecked-hash* pycs (flags ``0b01``): the header holds the source's SipHash, not its
   mtime, and the interpreter never compares it (the root is read-only: the source cannot change).
   No host mtime reaches the image.
-- compiled by **the image's own interpreter**: the tree's ``<prefix>/bin/python3.X`` run from the
-  host file it was copied from (an ELF closure or a ``files``/``tree`` source: a host file the
-  manifest's author chose). Its ``major.minor`` must be the stdlib directory's and its magic number
-  the one in the tree's ``importlib/_bootstrap_external.py``; a patch release may compile
-  differently, so the interpreter's exact version is recorded (:data:`ANNOTATION`). An interpreter
-  that comes from an unpacked Debian package is not run on the build host.
+- compiled by **the image's own interpreter**: the tree's ``<prefix>/bin/python3.X``, run from
+  the host file it was copied from, and only if that file may run on the build host
+  (:func:`trusted_interpreter`): a ``closure`` source took it from a system directory of this host
+  (under /usr, /bin, /sbin, /lib), it and every directory above it are root-owned and writable by
+  no one else, and it is an ELF executable. An interpreter from a ``files``/``tree`` source (the
+  checkout), a closure resolved in another sysroot or an unpacked Debian package is refused with a
+  :class:`BuildError` naming the path and why, and nothing is run. Such an interpreter's prefix is
+  the host's ``/usr``, so the stdlib it imports is the host's, never tree content (the compiler
+  reports where ``importlib.util`` came from and that is checked the same way). Its
+  ``major.minor`` must be the stdlib directory's and its magic number the one in the tree's
+  ``importlib/_bootstrap_external.py``; a patch release may compile differently, so the
+  interpreter's exact version is recorded (:data:`ANNOTATION`).
 - run as ``python -S -s -B -c <compiler>`` with ``PYTHONHASHSEED=0`` and no other environment, in
-  ``/``: the compiler only calls ``compile()`` (no source is executed) and reads everything from
-  stdin, so the checkout's path, umask, TZ and mtimes cannot reach the output. ``co_filename`` is
-  the in-image path.
+  ``/``; the compiler drops ``''`` from ``sys.path`` before its first import (``-I`` is not used:
+  its ``-E`` would drop the hash seed that interpreters before 3.11 need for reproducible
+  frozensets, and the environment is entirely ours anyway). It only calls ``compile()`` (no
+  source is executed) and reads everything from stdin, so the checkout's path, umask, TZ and
+  mtimes cannot reach the output. ``co_filename`` is the in-image path.
 
 The result is recorded as ``cpython-3.11.2/magic-3495/unchecked-hash/opt-0`` in the OCI manifest's
 ``dev.kiln.bytecode`` annotation and in ``vm.json``'s ``bytecode``: a different interpreter is a
@@ -30,6 +38,7 @@ import hashlib
 import os
 import posixpath
 import re
+import stat
 import struct
 import subprocess
 from collections.abc import Callable
@@ -40,7 +49,7 @@ from builder.errors import BuildError
 from builder.tree import Entry, EntryKind, FileTree
 from manifests.image import ImageManifest
 
-__all__ = ["ANNOTATION", "Bytecode", "add_bytecode", "bake", "find_python"]
+__all__ = ["ANNOTATION", "Bytecode", "add_bytecode", "bake", "find_python", "trusted_interpreter"]
 
 ANNOTATION = "dev.kiln.bytecode"
 _STDLIB = re.compile(
@@ -48,11 +57,18 @@ _STDLIB = re.compile(
 )
 _MAGIC = re.compile(rb"^MAGIC_NUMBER\s*=\s*\((\d+)\)\.to_bytes\(2,\s*'little'\)", re.MULTILINE)
 _MAX_OUTPUT = 1 << 30
+# No site (-S), no user site (-s), no writes (-B). Not -I: its -E would drop PYTHONHASHSEED, which
+# interpreters before 3.11 need for reproducible frozenset constants; the environment is ours
+# entirely anyway ({"PYTHONHASHSEED": "0"}), and the compiler drops '' from sys.path itself
+# before its first import (what -I's -P does, on every version).
+_FLAGS = ("-S", "-s", "-B")
 
 # Run by the image's interpreter. stdin: a count, then (path, source) pairs, length-prefixed;
 # stdout: version facts, then per file a status byte and a length-prefixed pyc or error text.
 _COMPILER = r"""
-import importlib.util, marshal, struct, sys
+import sys
+sys.path[:] = [p for p in sys.path if p.startswith("/")]  # -c put '' (the working directory) first
+import importlib.util, marshal, struct
 inp, out = sys.stdin.buffer, sys.stdout.buffer
 def take():
     (n,) = struct.unpack(">I", inp.read(4))
@@ -61,7 +77,8 @@ def put(status, data):
     out.write(bytes([status]) + struct.pack(">I", len(data)) + data)
 info = "%s %s %d.%d %s" % (sys.implementation.name, sys.version.split()[0], sys.version_info[0],
                            sys.version_info[1], sys.implementation.cache_tag)
-put(0, info.encode() + b" " + importlib.util.MAGIC_NUMBER.hex().encode())
+put(0, info.encode() + b" " + importlib.util.MAGIC_NUMBER.hex().encode() + b"\n"
+    + importlib.util.__file__.encode("utf-8", "surrogateescape"))
 (opt,) = struct.unpack(">I", inp.read(4))
 (count,) = struct.unpack(">I", inp.read(4))
 for _ in range(count):
@@ -93,6 +110,7 @@ class _Python:
     version: str  # "3.11"
     magic: int
     interpreter: Entry
+    host: Path  # the host file that is run: a trusted system file (:func:`trusted_interpreter`)
 
 
 def _read(entry: Entry) -> bytes:
@@ -102,6 +120,63 @@ def _read(entry: Entry) -> bytes:
         return Path(str(entry.host_path)).read_bytes()
     except OSError as exc:
         raise BuildError(f"{entry.origin}: cannot read {entry.host_path}: {exc.strerror}") from exc
+
+
+_CLOSURE_ORIGIN = re.compile(r"^contents\[\d+\]\.closure$")
+_SYSTEM_DIRS = ("/usr/", "/bin/", "/sbin/", "/lib/", "/lib64/")
+
+
+def _unsafe_path(real: str) -> str | None:
+    """Why the host path ``real`` (resolved) is not a trusted system file, or ``None``: it must lie
+    under /usr (or /bin, /sbin, /lib) and it and every directory above it must be owned by root
+    and writable by no one else."""
+    if not real.startswith(_SYSTEM_DIRS):
+        return f"{real} is not in a system directory ({', '.join(d.rstrip('/') for d in _SYSTEM_DIRS)})"
+    at = real
+    while True:
+        try:
+            st = os.lstat(at)
+        except OSError as exc:
+            return f"cannot stat {at}: {exc.strerror}"
+        if st.st_uid != 0:
+            return f"{at} is owned by uid {st.st_uid}, not root"
+        if st.st_mode & 0o022:
+            return f"{at} is writable by its group or by others (mode {stat.S_IMODE(st.st_mode):04o})"
+        if at == "/":
+            return None
+        at = posixpath.dirname(at)
+
+
+def trusted_interpreter(entry: Entry, path: str) -> Path:
+    """The host file to run as the image's interpreter ``path``, if it may run on the build host.
+
+    Only a file a ``closure`` source took from a system location of this host qualifies: root-owned,
+    writable by no one else, in root-owned directories no one else can write, and an ELF
+    executable. Anything else (a ``files``/``tree`` source from the checkout, a closure resolved in
+    another sysroot, an unpacked Debian package, a script) is a :class:`BuildError` naming why, and
+    nothing is run."""
+    refuse = (
+        f"python.bytecode: the image's interpreter {path} ({entry.describe()}) is not run on the build host"
+    )
+    hint = (
+        "take the interpreter from the host with a closure source (contents: - closure: {paths: ["
+        + path
+        + "]})"
+    )
+    if not _CLOSURE_ORIGIN.match(entry.origin):
+        raise BuildError(f"{refuse}: only a closure source's host interpreter is run", hint=hint)
+    real = os.path.realpath(str(entry.host_path))
+    why = _unsafe_path(real)
+    if why is not None:
+        raise BuildError(f"{refuse}: {why}", hint=hint)
+    try:
+        with open(real, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise BuildError(f"{refuse}: cannot read {real}: {exc.strerror}", hint=hint) from exc
+    if head != b"\x7fELF":
+        raise BuildError(f"{refuse}: {real} is not an ELF executable", hint=hint)
+    return Path(real)
 
 
 def find_python(tree: FileTree) -> _Python:
@@ -138,13 +213,8 @@ def find_python(tree: FileTree) -> _Python:
             f"python.bytecode: the image's interpreter {path} is not a file taken from this host",
             hint="add it with a closure source (contents: - closure: {paths: [" + path + "]})",
         )
-    if entry.origin.endswith(".debian"):
-        raise BuildError(
-            f"python.bytecode: the image's interpreter {path} comes from an unpacked Debian package, "
-            "and kiln does not run unpacked package content on the build host",
-            hint="take the interpreter from the host with a closure source, or remove python.bytecode",
-        )
-    return _Python(prefix=prefix, version=version, magic=int(magic.group(1)), interpreter=entry)
+    host = trusted_interpreter(entry, path)
+    return _Python(prefix=prefix, version=version, magic=int(magic.group(1)), interpreter=entry, host=host)
 
 
 def _frame(data: bytes) -> bytes:
@@ -185,7 +255,7 @@ def _compile(
     )
     try:
         proc = subprocess.run(  # the image's interpreter, from a host path the manifest names
-            [str(host), "-S", "-s", "-B", "-c", _COMPILER],
+            [str(host), *_FLAGS, "-c", _COMPILER],
             input=request,
             capture_output=True,
             env={"PYTHONHASHSEED": "0"},
@@ -241,7 +311,7 @@ def add_bytecode(tree: FileTree, *, optimize: int = 0, cache_dir: Path | None = 
     ``cache_dir`` keeps compiled files between builds, keyed by the interpreter's identity on this
     host (path, inode, size, mtime), the level, the image path and the source's sha256."""
     py = find_python(tree)
-    host = Path(str(py.interpreter.host_path))
+    host = py.host
     ident = (*_interpreter_id(host), optimize)
     wanted = [
         (e, hashlib.sha256(_read(e)).hexdigest())
@@ -290,8 +360,9 @@ def _fill_memo(
 
 def _check_interpreter(py: _Python, host: Path, info: str) -> tuple[str, str]:
     """The interpreter's full version and cache tag, once it is known to be the stdlib's."""
+    facts, _, stdlib_file = info.partition("\n")
     try:
-        impl, full_version, short, cache_tag, magic_hex = info.split(" ")
+        impl, full_version, short, cache_tag, magic_hex = facts.split(" ")
         magic = int.from_bytes(bytes.fromhex(magic_hex)[:2], "little")
     except ValueError:
         raise BuildError(f"python.bytecode: {host} answered {info[:80]!r}, not its version") from None
@@ -306,6 +377,12 @@ def _check_interpreter(py: _Python, host: Path, info: str) -> tuple[str, str]:
             f"python.bytecode: the image's interpreter {host} writes magic number {magic}, "
             f"its standard library's importlib expects {py.magic}",
             hint="take the interpreter and the stdlib from the same installation",
+        )
+    why = _unsafe_path(os.path.realpath(stdlib_file)) if stdlib_file.startswith("/") else "no path"
+    if why is not None:
+        raise BuildError(
+            f"python.bytecode: the interpreter {host} imported its standard library from "
+            f"{stdlib_file!r}, not from this host's system directories: {why}"
         )
     return full_version, cache_tag
 

@@ -32,12 +32,21 @@ pytestmark = pytest.mark.skipif(not (PY.exists() and STDLIB.is_dir()), reason="n
 
 
 def _tree(
-    tmp_path: Path, *, stdlib: str = "/usr/lib/python3.11", origin: str = "contents[0].closure"
+    tmp_path: Path,
+    *,
+    stdlib: str = "/usr/lib/python3.11",
+    origin: str = "contents[0].closure",
+    interpreter: Path = PY,
 ) -> FileTree:
     tree = FileTree()
     tree.add(
         Entry(
-            path="/usr/bin/python3.11", kind=EntryKind.FILE, mode=0o755, size=1, host_path=PY, origin=origin
+            path="/usr/bin/python3.11",
+            kind=EntryKind.FILE,
+            mode=0o755,
+            size=1,
+            host_path=interpreter,
+            origin=origin,
         )
     )
     for rel in ("importlib/_bootstrap_external.py", "os.py", "json/decoder.py"):
@@ -141,8 +150,74 @@ def test_interpreter_must_match_the_stdlib(tmp_path: Path) -> None:
 
 def test_interpreter_from_a_debian_package_is_not_run(tmp_path: Path) -> None:
     tree = _tree(tmp_path, origin="contents[0].debian")
-    with pytest.raises(BuildError, match="unpacked Debian package"):
+    with pytest.raises(BuildError, match="only a closure source's host interpreter is run"):
         add_bytecode(tree)
+
+
+def test_a_script_planted_as_the_interpreter_by_a_files_source_is_refused_and_not_run(tmp_path: Path) -> None:
+    """A ``files`` source from the checkout puts a script at /usr/bin/python3.11: the build stops,
+    naming the path and why, and the script never runs on the build host."""
+    bytecode._MEMO.clear()
+    marker = tmp_path / "ran"
+    fake = write(tmp_path, "python3.11", f"#!/bin/sh\ntouch {marker}\n")
+    fake.chmod(0o755)
+    write(tmp_path, "app/server.py", "print('hi')\n")
+    m = manifest(
+        tmp_path,
+        files(("python3.11", "/usr/bin/python3.11")),
+        files(
+            (
+                "/usr/lib/python3.11/importlib/_bootstrap_external.py",
+                "/usr/lib/python3.11/importlib/_bootstrap_external.py",
+            )
+        ),
+        files(("app/server.py", "/app/server.py")),
+        entrypoint=("/usr/bin/python3.11", "/app/server.py"),
+        python=PythonPolicy(bytecode=True),
+    )
+    with pytest.raises(
+        BuildError, match=r"interpreter /usr/bin/python3\.11 \(contents\[0\]\.files\[0\].*not run"
+    ):
+        build_image(m, output=tmp_path / "out")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("where", "why"),
+    [
+        ("checkout", "is not in a system directory"),  # a closure resolved in a sysroot of the checkout
+        ("script", "is not an ELF executable"),
+    ],
+)
+def test_a_closure_interpreter_outside_the_system_or_not_elf_is_refused(
+    tmp_path: Path, where: str, why: str
+) -> None:
+    marker = tmp_path / "ran"
+    fake = write(tmp_path, "python3.11", f"#!/bin/sh\ntouch {marker}\n")
+    fake.chmod(0o755)
+    host = fake
+    if where == "script":
+        host = Path("/usr/bin/ldd")  # a root-owned shell script in /usr/bin
+        assert host.read_bytes()[:2] == b"#!"
+    tree = _tree(tmp_path, interpreter=host)
+    with pytest.raises(BuildError, match=re.escape(why)):
+        add_bytecode(tree)
+    assert not marker.exists()
+
+
+def test_the_interpreter_runs_isolated_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """'' (the working directory) is not on the compiler's sys.path: a struct.py there is not
+    imported, and the stdlib it imports is the host's (checked after the run)."""
+    bytecode._MEMO.clear()
+    marker = tmp_path / "ran"
+    write(tmp_path / "cwd", "struct.py", f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.chdir(tmp_path / "cwd")
+    add_bytecode(_tree(tmp_path))
+    assert not marker.exists()
+    info = bytecode._MEMO[next(k for k in bytecode._MEMO if k[-1] == "info")][0]
+    assert info.endswith("\n/usr/lib/python3.11/importlib/util.py")
 
 
 def test_no_stdlib_is_a_clear_error(tmp_path: Path) -> None:
