@@ -276,30 +276,53 @@ def _compile(
     return info.decode(), [reader.next() for _ in sources]
 
 
+# What a cached pyc depends on beyond its inputs: the compiler script, its flags and this file
+# format. A change to any of them is a new key, so old entries are never reused.
+_CACHE_FORMAT = 2
+_CACHE_VERSION = hashlib.sha256(repr((_CACHE_FORMAT, _FLAGS, _COMPILER)).encode()).hexdigest()
+
+
 def _disk_key(ident: tuple[object, ...], path: str, sha: str) -> str:
-    return hashlib.sha256(repr((*ident, path, sha)).encode()).hexdigest()
+    return hashlib.sha256(repr((_CACHE_VERSION, *ident, path, sha)).encode()).hexdigest()
 
 
-def _from_disk(cache_dir: Path | None, key: str) -> tuple[str, bytes | None, str] | None:
+def _from_disk(cache_dir: Path | None, key: str, magic: int) -> tuple[str, bytes | None, str] | None:
+    """A cached answer, or ``None`` (a miss) for anything but a whole, intact entry: one status
+    byte, the sha256 of the payload, the payload (a pyc of this magic number, or an error text)."""
     if cache_dir is None:
         return None
     try:
         data = (cache_dir / key[:2] / key).read_bytes()
     except OSError:
         return None
-    if data[:1] == b"0":
-        return ("", data[1:], "")
-    return ("", None, data[1:].decode("utf-8", "replace"))
+    status, digest, payload = data[:1], data[1:33], data[33:]
+    if len(digest) != 32 or hashlib.sha256(payload).digest() != digest:
+        return None
+    if (
+        status == b"0"
+        and len(payload) > 16
+        and payload[:4] == _pyc_magic(magic)
+        and payload[4:8] == b"\x01\0\0\0"
+    ):
+        return ("", payload, "")
+    if status == b"1" and payload:
+        return ("", None, payload.decode("utf-8", "replace"))
+    return None
+
+
+def _pyc_magic(magic: int) -> bytes:
+    return magic.to_bytes(2, "little") + b"\r\n"
 
 
 def _to_disk(cache_dir: Path | None, key: str, value: tuple[str, bytes | None, str]) -> None:
     if cache_dir is None:
         return
     folder = cache_dir / key[:2]
+    status, payload = (b"0", value[1]) if value[1] is not None else (b"1", value[2].encode())
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{key}.{os.getpid()}"
-        tmp.write_bytes(b"0" + value[1] if value[1] is not None else b"1" + value[2].encode())
+        tmp.write_bytes(status + hashlib.sha256(payload).digest() + payload)
         os.replace(tmp, folder / key)
     except OSError:
         return  # a cache that cannot be written only costs time
@@ -308,8 +331,9 @@ def _to_disk(cache_dir: Path | None, key: str, value: tuple[str, bytes | None, s
 def add_bytecode(tree: FileTree, *, optimize: int = 0, cache_dir: Path | None = None) -> Bytecode:
     """Add an unchecked-hash ``.pyc`` for every ``.py`` file of ``tree``; see the module docstring.
 
-    ``cache_dir`` keeps compiled files between builds, keyed by the interpreter's identity on this
-    host (path, inode, size, mtime), the level, the image path and the source's sha256."""
+    ``cache_dir`` keeps compiled files between builds, keyed by the compiler script, its flags and
+    the cache format, the interpreter's identity on this host (path, inode, size, mtime), the
+    level, the image path and the source's sha256; an entry that is not whole is a miss."""
     py = find_python(tree)
     host = py.host
     ident = (*_interpreter_id(host), optimize)
@@ -318,7 +342,7 @@ def add_bytecode(tree: FileTree, *, optimize: int = 0, cache_dir: Path | None = 
         for e in tree.entries()
         if e.kind is EntryKind.FILE and e.path.endswith(".py") and "/__pycache__/" not in e.path
     ]
-    _fill_memo(host, ident, wanted, optimize=optimize, cache_dir=cache_dir)
+    _fill_memo(host, ident, wanted, optimize=optimize, cache_dir=cache_dir, magic=py.magic)
     full_version, cache_tag = _check_interpreter(py, host, _MEMO[(*ident, "info")][0])
     suffix = f".{cache_tag}" + (f".opt-{optimize}" if optimize else "") + ".pyc"
     compiled = 0
@@ -340,11 +364,12 @@ def _fill_memo(
     *,
     optimize: int,
     cache_dir: Path | None,
+    magic: int,
 ) -> None:
     """Every wanted file's pyc in :data:`_MEMO`: from memory, the disk cache, or compiled now."""
     for e, sha in wanted:
         if (*ident, e.path, sha) not in _MEMO:
-            hit = _from_disk(cache_dir, _disk_key(ident, e.path, sha))
+            hit = _from_disk(cache_dir, _disk_key(ident, e.path, sha), magic)
             if hit is not None:
                 _MEMO[(*ident, e.path, sha)] = hit
     missing = [(e, sha) for e, sha in wanted if (*ident, e.path, sha) not in _MEMO]

@@ -4,6 +4,7 @@ py_compile makes, whatever the build's environment; mismatches and untrusted int
 
 from __future__ import annotations
 
+import hashlib
 import marshal
 import os
 import re
@@ -136,6 +137,43 @@ def test_disk_cache_reuses_and_survives_a_new_process(tmp_path: Path) -> None:
     second = _tree(tmp_path)
     add_bytecode(second, cache_dir=cache)
     assert [(e.path, e.data) for e in first.entries()] == [(e.path, e.data) for e in second.entries()]
+
+
+@pytest.mark.parametrize("damage", ["empty", "one byte", "truncated", "flipped"])
+def test_a_damaged_disk_cache_entry_is_a_miss_not_a_dropped_pyc(tmp_path: Path, damage: str) -> None:
+    bytecode._MEMO.clear()
+    cache = tmp_path / "cache"
+    first = _tree(tmp_path)
+    add_bytecode(first, cache_dir=cache)
+    for p in (p for p in cache.rglob("*") if p.is_file()):
+        data = p.read_bytes()
+        cut = {"empty": b"", "one byte": data[:1], "truncated": data[: len(data) // 2]}
+        p.write_bytes(cut.get(damage, data[:-1] + bytes([data[-1] ^ 1])))
+    bytecode._MEMO.clear()
+    second = _tree(tmp_path)
+    done = add_bytecode(second, cache_dir=cache)
+    assert (done.compiled, done.skipped) == (4, ("/app/bad.py",))
+    assert [(e.path, e.data) for e in first.entries()] == [(e.path, e.data) for e in second.entries()]
+
+
+def test_the_disk_cache_key_holds_the_compiler_and_format(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another compiler script, flags or cache format never reuses the pycs of the old one."""
+    assert (
+        hashlib.sha256(
+            repr((bytecode._CACHE_FORMAT, bytecode._FLAGS, bytecode._COMPILER)).encode()
+        ).hexdigest()
+        == bytecode._CACHE_VERSION
+    )
+    bytecode._MEMO.clear()
+    cache = tmp_path / "cache"
+    add_bytecode(_tree(tmp_path), cache_dir=cache)
+    assert len([p for p in cache.rglob("*") if p.is_file()]) == 5
+    bytecode._MEMO.clear()
+    monkeypatch.setattr(bytecode, "_CACHE_VERSION", "another compiler")
+    add_bytecode(_tree(tmp_path), cache_dir=cache)
+    assert len([p for p in cache.rglob("*") if p.is_file()]) == 10
 
 
 def test_interpreter_must_match_the_stdlib(tmp_path: Path) -> None:
