@@ -304,6 +304,12 @@ def env_script(env: Mapping[str, str]) -> bytes:
             raise InstanceError(f"environment variable name {name!r} is not valid in a VM guest")
         if "\x00" in value:
             raise InstanceError(f"environment variable {name}: a NUL byte cannot be passed")
+        try:
+            value.encode()
+        except UnicodeEncodeError as exc:
+            raise InstanceError(
+                f"environment variable {name}: the value is not valid UTF-8 ({exc.reason} at {exc.start})"
+            ) from None
         words.append(shlex.quote(f"{name}={value}"))
     data = ("set -- " + " ".join(words) + "\n").encode()
     if len(data) > MAX_ENV_BYTES:

@@ -47,6 +47,7 @@ from typing import Any, Protocol
 
 from agent.dataplane import DataPlane, Target
 from agent.dataplane.inprocess import InProcessDataPlane
+from agent.errors import RuntimeFailure
 from agent.events import EventLog
 from agent.health import HealthResult, HealthSpec, HealthState, HealthWatch, Probe, check_once, wait_healthy
 from agent.journal import InstanceRecord, Journal, JournalState
@@ -307,10 +308,18 @@ class Deployer:
         ]
 
     def _try_start(self, spec: InstanceSpec) -> InstanceHandle | KilnError:
+        """The runtime's handle, or the error that stopped this start. Any exception is caught and
+        returned (a foreign one as :class:`RuntimeFailure`): raised inside a thread of
+        :meth:`start_instances` it would escape ``pool.map`` and leave the siblings that did start
+        running, their ids known and the rollout not undone."""
         try:
             return self.runtime.start(spec)
         except KilnError as exc:
             return exc
+        except Exception as exc:  # noqa: BLE001 - every start's failure is this step's failure
+            failure = RuntimeFailure(f"{type(exc).__name__}: {exc}")
+            failure.__cause__ = exc
+            return failure
 
     def _spec(self, prep: Prepared, iid: str) -> InstanceSpec:
         return InstanceSpec(

@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
+from agent.errors import RuntimeFailure
 from agent.rollout import Prepared, config_digest, health_spec_for
 from agent.store import ContentStore, PulledImage
 from agent.unpack import UnpackedRoot, remove_root, root_fingerprint
@@ -179,7 +180,8 @@ def sealed_parts(directory: Path, config: VMConfig) -> dict[PartName, int]:
     bytes qemu boots (no time-of-check/time-of-use window: a part changed on disk after this, or
     while it is copied, cannot reach the guest). Checks as :func:`check_vm_dir`; returns the fds
     (close-on-exec; the caller passes them to qemu and closes them). ``VerificationError``
-    (``digest``) on any difference; nothing stays open then."""
+    (``digest``) on any difference, :class:`RuntimeFailure` when the host cannot make or fill a
+    memfd (ENOMEM, EMFILE, a read error); nothing stays open then."""
     fds: dict[PartName, int] = {}
     try:
         for part in config.parts:
@@ -188,9 +190,13 @@ def sealed_parts(directory: Path, config: VMConfig) -> dict[PartName, int]:
         if config.verity is not None:
             with os.fdopen(os.dup(fds[name]), "rb") as fh:
                 _check_top_block(fh, config, f"{Path(directory) / name.file} (as booted)")
-    except BaseException:
+    except BaseException as exc:
         for fd in fds.values():
             os.close(fd)
+        if isinstance(exc, OSError):  # memfd_create's ENOMEM/EMFILE, a read error: not the image's fault
+            raise RuntimeFailure(
+                f"{directory}: cannot copy the VM image's parts into sealed memory: {exc.strerror or exc}"
+            ) from exc
         raise
     return fds
 

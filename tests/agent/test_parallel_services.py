@@ -4,6 +4,7 @@ the journal (known ids, serving sets) loses nothing to the concurrent commits.""
 
 from __future__ import annotations
 
+import errno
 import threading
 
 import pytest
@@ -97,4 +98,48 @@ def test_one_service_failing_does_not_stop_the_other_and_the_release_returns(two
     assert all(dict(e.runtime.specs[iid].env)["V"] == "1" for iid, _ in _serving(e, "web-a"))
     assert set(st.known) == {r.id for r in st.instances}
     assert set(e.runtime.running()) == {r.id for r in st.instances}
+    assert st.failure(2) is not None
+
+
+class OneStartFailsRuntime(FakeRuntime):
+    """Of web-b's release-2 instances (started together), one start raises a raw OSError, as
+    ``memfd_create`` does on ENOMEM/EMFILE; the other starts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tries = 0
+        self.count_lock = threading.Lock()
+
+    def start(self, spec: InstanceSpec) -> InstanceHandle:
+        if spec.service == "web-b" and dict(spec.env).get("V") == "2":
+            with self.count_lock:
+                self.tries += 1
+                first = self.tries == 1
+            if first:
+                raise OSError(errno.ENOMEM, "Cannot allocate memory", "memfd_create")
+        return super().start(spec)
+
+
+def test_a_raw_oserror_in_one_parallel_start_stops_the_other_and_the_release_returns(
+    two: tuple[Env, int],
+) -> None:
+    e, other = two
+    e.runtime = OneStartFailsRuntime()
+    e.ws.publish(_release(e, other, 1))
+    agent = e.agent(deadline=1.0)
+    assert agent.reconcile_once().outcome == "rolled-out"
+    before = {name: _serving(e, name) for name in ("web-a", "web-b")}
+    e.ws.publish(_release(e, other, 2))
+    result = agent.reconcile_once()
+    assert result.outcome == "failed"
+    assert "did not start" in result.detail
+    assert "Cannot allocate memory" in result.detail
+    assert e.runtime.tries == 2  # both started in parallel; one of them raised
+    st = Journal(agent.state_dir).state
+    # the sibling that did start was stopped again; the release went back to release 1
+    assert _serving(e, "web-b") == before["web-b"]
+    assert [release for _, release in _serving(e, "web-a")] == [1, 1]
+    assert set(st.known) == {r.id for r in st.instances}
+    assert set(e.runtime.running()) == {r.id for r in st.instances}
+    assert all(dict(e.runtime.specs[iid].env)["V"] == "1" for iid in e.runtime.running())
     assert st.failure(2) is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import InstanceError
+from agent.errors import InstanceError, RuntimeFailure
 from agent.qemu import (
     Accel,
     BootPlan,
@@ -303,6 +304,31 @@ def test_sealed_parts_are_the_checked_bytes_and_cannot_change(tmp_path: Path, la
     assert set(os.listdir("/proc/self/fd")) == before
 
 
+def test_sealed_parts_translate_a_host_error_and_close_what_they_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """memfd_create failing (EMFILE, ENOMEM) on the second part is a RuntimeFailure naming the
+    directory, not a raw OSError; the first part's memfd is closed."""
+    config = _verity_image(tmp_path, layout=DiskLayout.PARTS)
+    real = os.memfd_create
+    calls: list[str] = []
+
+    def memfd_create(name: str, flags: int = 0) -> int:
+        calls.append(name)
+        if len(calls) == 2:
+            raise OSError(errno.EMFILE, "Too many open files")
+        return real(name, flags)
+
+    monkeypatch.setattr(os, "memfd_create", memfd_create)
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(
+        RuntimeFailure, match=r"cannot copy the VM image's parts into sealed memory: Too many"
+    ):
+        sealed_parts(tmp_path, config)
+    assert len(calls) == 2
+    assert set(os.listdir("/proc/self/fd")) == before
+
+
 @pytest.mark.parametrize("layout", [DiskLayout.PARTS, DiskLayout.GPT])
 def test_sealed_parts_check_the_root_hash_of_the_copy(tmp_path: Path, layout: DiskLayout) -> None:
     config = _verity_image(tmp_path, layout=layout)
@@ -322,6 +348,8 @@ def test_env_script_quotes_every_value_and_refuses_bad_names() -> None:
         env_script({"A B": "1"})
     with pytest.raises(InstanceError, match="NUL"):
         env_script({"A": "\x00"})
+    with pytest.raises(InstanceError, match="environment variable A: the value is not valid UTF-8"):
+        env_script({"A": "lone \udcff surrogate"})
     plan = BootPlan(
         name="x",
         kernel=Path("/k"),
