@@ -123,25 +123,25 @@ def cmd_boot(args: argparse.Namespace, out: Output) -> int:
                 "--unsafe-skip-verify: booting WITHOUT checking the parts' digests and root hash; "
                 "only dm-verity in the guest stands between a tampered disk and this boot"
             )
-            fds: dict[PartName, int] = {}
-        else:
-            # The checked bytes are the booted bytes: sealed copies that qemu inherits.
-            fds = sealed_parts(directory, config)
-            out.progress(
-                f"verified {len(config.parts)} parts of {config.name} {config.version} against vm.json"
+        fds: dict[PartName, int] = {}
+        try:  # the sealed fds are closed whatever fails after they are opened (the plan, the accel)
+            if not args.unsafe_skip_verify:
+                # The checked bytes are the booted bytes: sealed copies that qemu inherits.
+                fds = sealed_parts(directory, config)
+                out.progress(
+                    f"verified {len(config.parts)} parts of {config.name} {config.version} against vm.json"
+                )
+            plan = boot_plan(
+                directory,
+                config,
+                name="kiln-boot",
+                forwards=forwards,
+                serial=None,
+                machine=Machine(args.machine),
+                accel=pick_accel(args.accel),
             )
-        plan = boot_plan(
-            directory,
-            config,
-            name="kiln-boot",
-            forwards=forwards,
-            serial=None,
-            machine=Machine(args.machine),
-            accel=pick_accel(args.accel),
-        )
-        if fds:
-            plan = plan_on_fds(plan, config, fds)
-        try:
+            if fds:
+                plan = plan_on_fds(plan, config, fds)
             result = _run(qemu_argv(plan), out=out, timeout=args.timeout, fds=tuple(fds.values()))
         finally:
             for fd in fds.values():
