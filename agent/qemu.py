@@ -32,6 +32,7 @@ init), so it outlives the agent like a runc container. State::
 
     STATE/qemu/<id>/instance.json   what was started: argv, netns, ports, start time (drift: config)
     STATE/qemu/<id>/qemu.pid        qemu's pid (checked against /proc/<pid>/cmdline before use)
+    STATE/qemu/<id>/env             the release's env for fw_cfg (0600; removed once qemu started)
     STATE/logs/<id>.log             the serial console (appended)
 
 :class:`RoutedRuntime` puts a container runtime (runc or docker) and this one behind one
@@ -317,6 +318,13 @@ def env_script(env: Mapping[str, str]) -> bytes:
     return data
 
 
+def _write_private(path: Path, data: bytes) -> None:
+    """``data`` in a new file only its owner can read (``O_EXCL``, mode 0600)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+
+
 def plan_on_fds(plan: BootPlan, config: VMConfig, fds: Mapping[PartName, int]) -> BootPlan:
     """``plan`` booting the sealed copies (:func:`agent.vmimage.sealed_parts`) that qemu inherits,
     named ``/proc/self/fd/N`` (qemu opens them read-only before it drops privileges)."""
@@ -508,8 +516,8 @@ class QemuRuntime:
             netns = create_netns(iid) if owned else str(spec.netns)
             env_file = None
             if spec.env:
-                env_file = idir / "env"
-                env_file.write_bytes(env_script(spec.env))
+                env_file = idir / "env"  # may hold secrets: 0600, and gone once qemu has it
+                _write_private(env_file, env_script(spec.env))
             plan = boot_plan(
                 Path(spec.rootfs),
                 config,
@@ -537,6 +545,10 @@ class QemuRuntime:
             tmp.write_bytes(canonical_json(record))
             os.replace(tmp, idir / "instance.json")
             pid = self._launch(iid, netns, argv, pidfile, fds=tuple(fds.values()))
+            if env_file is not None:
+                # qemu read it into its fw_cfg at start-up, before -daemonize let _launch return
+                # (and before -runas dropped the privilege to open it in this 0700 directory).
+                env_file.unlink()
         except BaseException:
             self._cleanup(iid)
             raise

@@ -390,6 +390,38 @@ def test_the_runtime_refuses_a_tampered_part_before_creating_anything(tmp_path: 
     assert runtime.state("kiln-web-00000001").status is InstanceStatus.MISSING
 
 
+def test_the_release_env_file_is_private_and_gone_once_qemu_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The env (it may hold secrets) is written 0600 for qemu's -fw_cfg file= and removed once
+    qemu started (qemu reads it at start-up; the boot test checks the guest still gets it)."""
+    image = tmp_path / "image"
+    image.mkdir()
+    config = _verity_image(image, layout=DiskLayout.PARTS)
+    runtime = QemuRuntime(tmp_path / "state", accel="tcg")
+    seen: list[tuple[int, bytes]] = []
+
+    def launch(iid: str, netns: str, argv: list[str], pidfile: Path, *, fds: tuple[int, ...] = ()) -> int:
+        env = Path(argv[argv.index("-fw_cfg") + 1].split(",file=", 1)[1])
+        seen.append((os.stat(env).st_mode & 0o7777, env.read_bytes()))
+        return 4242
+
+    monkeypatch.setattr(runtime, "_launch", launch)
+    spec = InstanceSpec(
+        instance_id="kiln-web-00000002",
+        service="web",
+        image_digest=Digest.of(b"x"),
+        image_config=json.loads(config.to_bytes()),
+        rootfs=image,
+        netns="/run/netns/not-owned",
+        env={"TOKEN": "s3cret"},
+    )
+    runtime.start(spec)
+    assert seen == [(0o600, b"set -- TOKEN=s3cret\n")]
+    assert not (runtime.instance_dir("kiln-web-00000002") / "env").exists()
+    assert (runtime.instance_dir("kiln-web-00000002") / "instance.json").exists()
+
+
 def test_routed_runtime_sends_containers_to_the_container_runtime(tmp_path: Path) -> None:
     fake = FakeRuntime()
     routed = RoutedRuntime(fake, QemuRuntime(tmp_path / "state", accel="tcg"))

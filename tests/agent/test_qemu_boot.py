@@ -162,6 +162,7 @@ def test_the_release_env_reaches_the_guest_over_the_image_env(tmp_path: Path) ->
         env={"GREETING": "from the release", "ODD": odd},
     )
     runtime.start(spec)
+    assert not (runtime.instance_dir(iid) / "env").exists()  # qemu read it at start-up
     try:
         deadline = time.monotonic() + 240
         log = ""
