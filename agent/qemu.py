@@ -2,11 +2,11 @@
 
 How a VM boots (the same for the agent and for ``kiln boot``; :func:`boot_plan`, :func:`qemu_argv`):
 
-- first :func:`agent.vmimage.check_vm_dir`: every part's digest and the root hash against the
-  signed ``vm.json`` (refusal ``reason="digest"``); nothing unverified reaches qemu. The agent's
-  runtime checks each part as it copies it into a sealed memfd (:func:`agent.vmimage.sealed_parts`)
-  and qemu boots those copies (``/proc/self/fd/N``): what was checked is what boots, even if a
-  file changes on disk between the check and qemu reading it;
+- first :func:`agent.vmimage.sealed_parts`: every part is copied into a sealed memfd while it is
+  hashed, and its digest and the root hash are checked against the signed ``vm.json`` (refusal
+  ``reason="digest"``); qemu boots those copies (``/proc/self/fd/N``), so nothing unverified
+  reaches it and what was checked is what boots, even if a file changes on disk meanwhile (the
+  agent's runtime and ``kiln boot`` alike; only ``kiln boot --unsafe-skip-verify`` skips it);
 - ``-M microvm`` (``q35`` as a fallback :class:`Machine`), under KVM when :func:`kvm_usable` (the
   device opens, ``KVM_CREATE_VM`` and ``KVM_CREATE_VCPU`` succeed and the CPU has ``vmx``/``svm``)
   and TCG otherwise;

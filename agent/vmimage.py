@@ -10,7 +10,10 @@ under its file name, copied out of the store and re-hashed while copying, with t
 (``ROOTS/<hex>.json``: the root fingerprint) as an unpacked container root, so the agent's drift
 check ("a part changed") and garbage collection treat both alike.
 
-:func:`check_vm_dir` is what every boot runs first (the agent's qemu runtime and ``kiln boot``):
+Every boot (the agent's qemu runtime and ``kiln boot``) checks the parts as it copies each into a
+sealed memfd (:func:`sealed_parts`) and qemu boots those copies, so the bytes checked are the bytes
+booted; :func:`check_vm_dir` runs the same checks on the files in place (when a placed image is
+prepared for a release, :func:`prepared_vm`). Both check:
 
 - every part's size and sha256 equal ``vm.json``'s (refusal ``reason="digest"``);
 - the verity profile: the root hash on the kernel command line is the one ``vm.json`` signs, and it
@@ -167,7 +170,8 @@ def _check_top_block(fh: IO[bytes], config: VMConfig, what: str) -> None:
 
 
 def check_vm_dir(directory: Path, config: VMConfig) -> None:
-    """Everything a boot checks first (module docstring); raises ``VerificationError``."""
+    """The boot's checks (module docstring) on the files in place, without sealing copies (a boot
+    uses :func:`sealed_parts`); raises ``VerificationError``."""
     check_parts(directory, config)
     check_root_hash(directory, config)
 
