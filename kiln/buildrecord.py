@@ -28,7 +28,8 @@ No record is written, and the real build always runs, when the build ran a progr
 network connection, used options this fast path does not know (the Debian flags, ``--no-cache``),
 or had no ``--force`` (without it an existing output is an error, which the real path reports).
 The key of a record is everything else that decides the output: kiln's version, the interpreter,
-the working directory, the options, and the environment variables the build reads.
+the working directory, the options, and a SHA-256 digest of the environment variables the build
+reads (never their values: ``KILN_PASSWORD`` is one). Records are written 0600 in a 0700 directory.
 """
 
 from __future__ import annotations
@@ -95,9 +96,23 @@ def record_name(material: bytes) -> str:
     return f"{zlib.crc32(material):08x}{zlib.adler32(material):08x}.json"
 
 
-def environment() -> dict[str, str]:
-    """The environment variables that may change what a command does (a key of its record)."""
-    return {k: v for k, v in os.environ.items() if k in _ENV_EXACT or k.startswith(_ENV_PREFIXES)}
+def _sha256_hex(data: bytes) -> str:
+    """SHA-256 from the interpreter's own module (half a millisecond; hashlib's OpenSSL takes ~6)."""
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]  # 3.11
+    except ImportError:
+        from hashlib import sha256
+    return str(sha256(data).hexdigest())
+
+
+def environment() -> str:
+    """A digest of the environment variables that may change what a command does (a key of its
+    record). Only the digest is kept: ``KILN_PASSWORD``, ``KILN_REGISTRY_PASSWORD`` and the like
+    are among them, and their values must not be written to disk."""
+    chosen = sorted((k, v) for k, v in os.environ.items() if k in _ENV_EXACT or k.startswith(_ENV_PREFIXES))
+    return "sha256:" + _sha256_hex(
+        json.dumps(chosen, separators=(",", ":")).encode("utf-8", "surrogateescape")
+    )
 
 
 def default_cache_dir() -> str:
@@ -456,8 +471,11 @@ def write_record(path: str, record: dict[str, Any]) -> None:
 
     from manifests.atomic import atomic_write
 
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic_write(Path(path), json.dumps(record, sort_keys=True).encode(), durable=False)
+    # Owner-only: a record names the paths and results of the user's builds.
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    os.chmod(directory, 0o700)
+    atomic_write(Path(path), json.dumps(record, sort_keys=True).encode(), mode=0o600, durable=False)
 
 
 def read_record(path: str) -> dict[str, Any] | None:

@@ -297,3 +297,21 @@ def test_a_library_installed_earlier_in_the_search_order_makes_a_real_build(clos
     after, replayed = closure_project.build()
     assert not replayed, "the closure would now take /opt/lib/libc.so.6"
     assert after["digest"] != first["digest"]
+
+
+def test_a_record_holds_no_secret_and_only_its_owner_reads_it(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KILN_PASSWORD", "s3cret")
+    monkeypatch.setenv("KILN_REGISTRY_PASSWORD", "hunter2")
+    _warm(project)
+    records = list((project.cache / "fast").glob("*.json"))
+    assert len(records) == 1
+    data = records[0].read_bytes()
+    assert b"s3cret" not in data
+    assert b"hunter2" not in data
+    assert records[0].stat().st_mode & 0o777 == 0o600
+    assert (project.cache / "fast").stat().st_mode & 0o777 == 0o700
+    monkeypatch.setenv("KILN_PASSWORD", "other")
+    _, replayed = project.build()
+    assert not replayed, "the environment is still part of the key, as a digest"
