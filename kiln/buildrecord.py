@@ -304,9 +304,13 @@ class InputRecorder:
             return True
         return bool(self._created) and (path in self._created or path.startswith(self._created_dirs))
 
-    def _note(self, path: str, follow: bool) -> None:
+    def _note(self, path: str, follow: bool, *, code: bool = False) -> None:
+        """Record ``path``'s identity; ``code``: a loaded module's file, an input even inside a
+        directory this command made (kiln's own modules under ``-o $PWD/out``'s parent, say)."""
         path = os.path.join(self._cwd, path)
-        if (path, follow) in self.inputs or self._skipped(path):
+        if (path, follow) in self.inputs:
+            return
+        if self._skipped(path) and not (code and not path.startswith(self._skip)):
             return
         if follow:
             # A regular file seen when its directory was listed: that identity already covers it
@@ -321,6 +325,11 @@ class InputRecorder:
 
     def _made(self, path: str, *, directory: bool) -> None:
         path = os.path.join(self._cwd, path)
+        # The audit event fires before the call: a path that is already there is not made by this
+        # command (``mkdir(parents=True, exist_ok=True)`` of an existing directory, a file
+        # rewritten in place), and what is under it stays an input.
+        if os.path.lexists(path):
+            return
         with self._lock:
             if (path, True) in self.inputs or (path, False) in self.inputs:
                 return  # read before it was written: an input (the check after the run sees it)
@@ -424,7 +433,7 @@ def stable_inputs(
     """The recorded inputs plus the loaded modules' files, as ``[path, follow, identity]``; ``None``
     when one changed while the command ran (or a temporary file is gone): then no record."""
     for path in module_files():
-        recorder._note(path, True)
+        recorder._note(path, True, code=True)
     if recorder.refused is not None:
         if warn is not None:
             warn(f"no warm-run record: {recorder.refused}")

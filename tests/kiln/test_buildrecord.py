@@ -315,3 +315,37 @@ def test_a_record_holds_no_secret_and_only_its_owner_reads_it(
     monkeypatch.setenv("KILN_PASSWORD", "other")
     _, replayed = project.build()
     assert not replayed, "the environment is still part of the key, as a digest"
+
+
+def test_a_directory_that_already_existed_is_not_made_by_the_command(tmp_path: Path) -> None:
+    # builder/build.py does output.parent.mkdir(parents=True, exist_ok=True): with -o $PWD/out
+    # the existing $PWD (a checkout, with kiln's own modules) must not become "made by this run".
+    (tmp_path / "src.txt").write_text("x\n")
+    with InputRecorder(skip=[], racy_ns=0) as recorder:
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src.txt").read_text()
+    assert recorder.inputs.get((str(tmp_path / "src.txt"), True)) is not None
+
+
+def test_module_files_are_inputs_even_inside_a_directory_the_command_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+    import sys
+
+    from kiln.buildrecord import stable_inputs
+
+    made = tmp_path / "made"
+    module = made / "rec_made_module.py"
+    with InputRecorder(skip=[], racy_ns=0) as recorder:
+        made.mkdir()
+        module.write_text("VALUE = 1\n")
+        monkeypatch.syspath_prepend(str(made))
+        importlib.invalidate_caches()
+        importlib.import_module("rec_made_module")
+    try:
+        inputs = stable_inputs(recorder)
+    finally:
+        del sys.modules["rec_made_module"]
+    assert inputs is not None
+    assert [str(module), True] in [entry[:2] for entry in inputs]
