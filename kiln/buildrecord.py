@@ -22,14 +22,16 @@ and, when the build ends, the files of every module loaded (the code is an input
 are taken when the event fires, before the builder reads, so a file changed while the build runs
 is seen as changed next time. A file whose ctime is within :data:`_RACY_NS` of that moment could
 change again in the same clock tick without a visible difference (git's "racily clean" index
-entries): such a record is not written.
+entries): such a record is not written. A timestamp in whole seconds (a file system with
+seconds resolution) widens that window to a second.
 
 No record is written, and the real build always runs, when the build ran a program, opened a
 network connection, used options this fast path does not know (the Debian flags, ``--no-cache``),
 or had no ``--force`` (without it an existing output is an error, which the real path reports).
-The key of a record is everything else that decides the output: kiln's version, the interpreter,
-the working directory, the options, and a SHA-256 digest of the environment variables the build
-reads (never their values: ``KILN_PASSWORD`` is one). Records are written 0600 in a 0700 directory.
+The key of a record is everything else that decides the output: kiln's version and where its code
+is loaded from, the interpreter, the working directory, the options, and a SHA-256 digest of the
+environment variables the build reads (never their values: ``KILN_PASSWORD`` is one). Records are
+written 0600 in a 0700 directory.
 """
 
 from __future__ import annotations
@@ -52,6 +54,7 @@ __all__ = [
     "record_build",
     "default_cache_dir",
     "environment",
+    "code_location",
     "look",
     "module_files",
     "stable_inputs",
@@ -63,6 +66,7 @@ __all__ = [
 
 _FORMAT = 1
 _RACY_NS = 50_000_000  # 50 ms: well above a tick of the kernel's coarse clock, which stamps ctime
+_RACY_COARSE_NS = 1_000_000_000  # a timestamp in whole seconds: the tick may be a second long
 _MAX_RECORD = 64 << 20
 _ENV_EXACT = ("SOURCE_DATE_EPOCH", "HOME", "PATH", "TZ", "LANG", "TMPDIR")
 _ENV_PREFIXES = ("KILN_", "XDG_", "LD_", "LC_", "PYTHON")
@@ -115,6 +119,14 @@ def environment() -> str:
     )
 
 
+def code_location() -> str:
+    """Where kiln's code is loaded from: two editable installs of one version in one virtual
+    environment run different code, and must not share records."""
+    import kiln
+
+    return os.path.dirname(os.path.abspath(kiln.__file__ or ""))
+
+
 def default_cache_dir() -> str:
     """``$KILN_CACHE_DIR``, else ``$XDG_CACHE_HOME/kiln``, else ``~/.cache/kiln``."""
     env = os.environ.get("KILN_CACHE_DIR")
@@ -159,6 +171,7 @@ class BuildRequest:
         return {
             "format": _FORMAT,
             "kiln": __version__,
+            "code": code_location(),
             "python": [sys.executable, sys.version],
             "cwd": cwd,
             "manifest": os.path.join(cwd, self.manifest),
@@ -338,8 +351,16 @@ class InputRecorder:
                 self._created_dirs = (*self._created_dirs, os.path.join(path, ""))
 
     def _check_racy(self, path: str, ident: list[int] | None) -> None:
-        if ident is not None and ident[5] >= time.time_ns() - self._racy_ns:
-            self.refused = f"{path} changed less than {self._racy_ns // 1_000_000} ms ago"
+        if ident is None:
+            return
+        now = time.time_ns()
+        for stamp in (ident[4], ident[5]):  # mtime, ctime
+            # A whole second is what a file system with seconds-resolution timestamps stores (or
+            # one nanosecond time in a billion): then the clock tick is a second (as git assumes).
+            window = max(self._racy_ns, _RACY_COARSE_NS) if stamp % 1_000_000_000 == 0 else self._racy_ns
+            if stamp >= now - window:
+                self.refused = f"{path} changed less than {window // 1_000_000} ms ago"
+                return
 
     def _listed(self, path: str) -> None:
         path = os.path.join(self._cwd, path)

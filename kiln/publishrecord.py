@@ -25,6 +25,7 @@ import sys
 
 from kiln.buildrecord import (
     InputRecorder,
+    code_location,
     default_cache_dir,
     environment,
     inputs_hold,
@@ -73,6 +74,7 @@ class PublishRequest:
         return {
             "format": _FORMAT,
             "kiln": __version__,
+            "code": code_location(),
             "python": [sys.executable, sys.version],
             "cwd": os.getcwd(),
             "src": self.src,

@@ -349,3 +349,30 @@ def test_module_files_are_inputs_even_inside_a_directory_the_command_made(
         del sys.modules["rec_made_module"]
     assert inputs is not None
     assert [str(module), True] in [entry[:2] for entry in inputs]
+
+
+def test_a_timestamp_in_whole_seconds_widens_the_racy_window_to_a_second(tmp_path: Path) -> None:
+    # A file system with seconds resolution: the clock tick is a second, not the kernel's.
+    src = tmp_path / "src.txt"
+    src.write_text("x\n")
+    whole = time.time_ns() // 10**9 * 10**9  # within the last second, as such a file system stores it
+    os.utime(src, ns=(whole, whole))
+    with InputRecorder(skip=[], racy_ns=0) as recorder, open(src, "rb") as fh:
+        fh.read()
+    assert recorder.refused is not None
+    assert str(src) in recorder.refused
+    os.utime(src, ns=(whole - 5 * 10**9, whole - 5 * 10**9))
+    with InputRecorder(skip=[], racy_ns=0) as recorder, open(src, "rb") as fh:
+        fh.read()
+    assert recorder.refused is None
+
+
+def test_two_installs_of_kiln_do_not_share_records(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import kiln
+
+    request = parse_request(["build", "m.yaml", "-o", "o", "--force"])
+    assert request is not None
+    here = request.record_path()
+    monkeypatch.setattr(kiln, "__file__", str(tmp_path / "other-checkout/kiln/__init__.py"))
+    assert request.record_path() != here
+    assert request.key()["code"] == str(tmp_path / "other-checkout/kiln")
