@@ -89,6 +89,20 @@ class PublishRequest:
         return os.path.join(default_cache_dir(), "fast", name)
 
 
+def loopback(host: str) -> bool:
+    """``localhost``, ``127.x.y.z`` or ``::1``, with or without a port: the hosts a record may name
+    (without :mod:`ipaddress`; ``publisher.session.is_loopback_host`` decides when recording)."""
+    name = host
+    if name.startswith("["):
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    parts = name.split(".")
+    if len(parts) == 4 and all(p.isascii() and p.isdigit() and int(p) < 256 for p in parts):
+        return parts[0] == "127"
+    return name in ("localhost", "::1")
+
+
 def _proxied() -> bool:
     return any(k.lower().endswith("_proxy") and v for k, v in os.environ.items())
 
@@ -202,7 +216,7 @@ def replay(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | N
         human, doc = str(record["human"]), record["json"]
     except (KeyError, TypeError):
         return None
-    if not tags or not _tags_hold(host, repo, tags):
+    if not tags or not loopback(host) or not _tags_hold(host, repo, tags):
         return None
     gone = print_result(human, doc, json_mode=request.json, out=stdout or sys.stdout)
     if gone is not None:

@@ -169,3 +169,36 @@ def test_a_proxy_setting_leaves_the_fast_path(monkeypatch: pytest.MonkeyPatch) -
     assert parse_publish(argv) is not None
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
     assert parse_publish(argv) is None
+
+
+def test_plain_http_to_another_host_is_not_recorded(
+    registry: Target, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 0.0.0.0 reaches this machine's listeners, but is not a loopback name: --insecure to a LAN
+    # registry must not get a record (the fast path is for loopback registries only).
+    port = registry.registry.host.rpartition(":")[2]
+    make_image(tmp_path / "src", version="1.2.0")
+    _settle()
+    argv = ("publish", f"oci:{tmp_path / 'src'}", f"0.0.0.0:{port}/rec/lan", "--insecure")
+    _publish(capsys, *argv)
+    _publish(capsys, *argv)
+    assert not list((tmp_path / "cache").glob("fast/publish-*.json"))
+
+
+def test_a_record_naming_another_host_is_not_replayed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiln import publishrecord
+
+    request = parse_publish(["publish", "oci:src", "192.0.2.7:5000/r", "--insecure"])
+    assert request is not None
+    record = {"key": request.key(), "inputs": [], "host": "192.0.2.7:5000", "repo": "r", "tags": [["1", "x"]]}
+    record |= {"human": "h", "json": {}}
+    publishrecord.write_record(request.record_path(), record)
+    asked: list[str] = []
+    monkeypatch.setattr(publishrecord, "_tags_hold", lambda host, *_: asked.append(host) or True)
+    assert publishrecord.replay(["publish", "oci:src", "192.0.2.7:5000/r", "--insecure"]) is None
+    assert asked == []
+    assert publishrecord.loopback("127.0.0.1:5000")
+    assert publishrecord.loopback("[::1]:5000")
+    assert publishrecord.loopback("localhost")
+    assert not publishrecord.loopback("0.0.0.0:5000")
+    assert not publishrecord.loopback("127.example.com")
