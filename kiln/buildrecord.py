@@ -233,23 +233,17 @@ def look(path: str, follow: bool) -> list[int] | None:
 
 
 def replay(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | None = None) -> int | None:
-    """Exit code 0 after printing the recorded result, if the recorded build still holds; else ``None``."""
-    request = parse_request(argv)
-    if request is None:
-        return None
-    record = read_record(request.record_path())
-    if record is None or record.get("key") != request.key() or not inputs_hold(record):
-        return None
+    """Exit code 0 after printing the recorded result, if the recorded build still holds; else ``None``.
+
+    Never raises for what it finds: a record is a file anyone may have damaged, and the working
+    directory may be gone; any surprise means "run the real build", which reports what it finds."""
     try:
-        with open(os.path.join(os.getcwd(), request.manifest), "rb") as fh:
-            if fh.read().decode("latin-1") != record["manifest"]:  # its bytes, kept whole: small
-                return None
-        for path, ident in record["output"]:
-            if look(path, False) != ident:
-                return None
-        human, doc = str(record["human"]), record["json"]
-    except (OSError, ValueError, TypeError, KeyError):
+        found = _still_holds(argv)
+    except Exception:  # noqa: BLE001 - the real path runs, and reports any error properly
         return None
+    if found is None:
+        return None
+    request, human, doc = found
     gone = print_result(human, doc, json_mode=request.json, out=stdout or sys.stdout)
     if gone is not None:
         return gone
@@ -259,6 +253,25 @@ def replay(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | N
             file=stderr or sys.stderr,
         )
     return 0
+
+
+def _still_holds(argv: Sequence[str]) -> tuple[BuildRequest, str, dict[str, Any]] | None:
+    request = parse_request(argv)
+    if request is None:
+        return None
+    record = read_record(request.record_path())
+    if record is None or record.get("key") != request.key() or not inputs_hold(record):
+        return None
+    with open(os.path.join(os.getcwd(), request.manifest), "rb") as fh:
+        if fh.read().decode("latin-1") != record["manifest"]:  # its bytes, kept whole: small
+            return None
+    for path, ident in record["output"]:
+        if look(path, False) != ident:
+            return None
+    human, doc = record["human"], record["json"]
+    if not isinstance(human, str) or not isinstance(doc, dict):
+        return None
+    return request, human, doc
 
 
 class InputRecorder:

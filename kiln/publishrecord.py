@@ -204,20 +204,17 @@ def _tags_hold(host: str, repo: str, tags: list[list[str]]) -> bool:
 
 
 def replay(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | None = None) -> int | None:
-    """Exit code 0 after printing the no-change result, if the recorded publish still holds."""
-    request = parse_publish(argv)
-    if request is None:
-        return None
-    record = read_record(request.record_path())
-    if record is None or record.get("key") != request.key() or not inputs_hold(record):
-        return None
+    """Exit code 0 after printing the no-change result, if the recorded publish still holds.
+
+    Never raises for what it finds (a damaged record, a working directory gone, a registry's odd
+    answer): any surprise means "run the real publish", which reports what it finds."""
     try:
-        host, repo, tags = str(record["host"]), str(record["repo"]), record["tags"]
-        human, doc = str(record["human"]), record["json"]
-    except (KeyError, TypeError):
+        found = _still_holds(argv)
+    except Exception:  # noqa: BLE001 - the real path runs, and reports any error properly
         return None
-    if not tags or not loopback(host) or not _tags_hold(host, repo, tags):
+    if found is None:
         return None
+    request, host, repo, human, doc = found
     gone = print_result(human, doc, json_mode=request.json, out=stdout or sys.stdout)
     if gone is not None:
         return gone
@@ -232,6 +229,26 @@ def replay(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | N
     if not request.quiet:
         print(f"kiln: every tag at {host}/{repo} names what this layout holds: nothing to send", file=err)
     return 0
+
+
+def _still_holds(argv: Sequence[str]) -> tuple[PublishRequest, str, str, str, dict[str, Any]] | None:
+    request = parse_publish(argv)
+    if request is None:
+        return None
+    record = read_record(request.record_path())
+    if record is None or record.get("key") != request.key() or not inputs_hold(record):
+        return None
+    host, repo, tags = record["host"], record["repo"], record["tags"]
+    human, doc = record["human"], record["json"]
+    if not all(isinstance(v, str) for v in (host, repo, human)) or not isinstance(doc, dict):
+        return None
+    if not isinstance(tags, list) or not tags or not loopback(host):
+        return None
+    if not all(isinstance(t, list) and len(t) == 2 and all(isinstance(v, str) for v in t) for t in tags):
+        return None
+    if not _tags_hold(host, repo, tags):
+        return None
+    return request, host, repo, human, doc
 
 
 def recorder_for(argv: Sequence[str] | None) -> InputRecorder | None:

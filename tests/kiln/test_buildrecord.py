@@ -376,3 +376,36 @@ def test_two_installs_of_kiln_do_not_share_records(monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(kiln, "__file__", str(tmp_path / "other-checkout/kiln/__init__.py"))
     assert request.record_path() != here
     assert request.key()["code"] == str(tmp_path / "other-checkout/kiln")
+
+
+def test_a_working_directory_gone_falls_back_to_the_real_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kiln.buildrecord import replay
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert replay(["build", "m.yaml", "-o", "o", "--force"]) is None
+
+
+@pytest.mark.parametrize(
+    "damage", [{"json": [1]}, {"human": 5}, {"output": [5]}, {"output": {"a": 1}}, {"manifest": 3}]
+)
+def test_a_damaged_record_falls_back_to_the_real_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: dict[str, object]
+) -> None:
+    from kiln.buildrecord import replay, write_record
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.yaml").write_text("m\n")
+    argv = ["build", "m.yaml", "-o", "o", "--force", "--cache-dir", str(tmp_path / "c"), "--json"]
+    request = parse_request(argv)
+    assert request is not None
+    record = {"key": request.key(), "inputs": [], "manifest": "m\n", "output": [], "human": "h"}
+    record |= {"json": {"digest": "d"}}
+    write_record(request.record_path(), record)
+    assert replay(argv) == 0, "the undamaged record is replayed"
+    write_record(request.record_path(), record | damage)
+    assert replay(argv) is None

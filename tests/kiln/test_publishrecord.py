@@ -202,3 +202,37 @@ def test_a_record_naming_another_host_is_not_replayed(monkeypatch: pytest.Monkey
     assert publishrecord.loopback("localhost")
     assert not publishrecord.loopback("0.0.0.0:5000")
     assert not publishrecord.loopback("127.example.com")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"tags": [["only-a-tag"]]},
+        {"tags": [5]},
+        {"tags": "1.2.0"},
+        {"json": [1]},
+        {"host": 5},
+    ],
+)
+def test_a_damaged_record_falls_back_to_the_real_publish(damage: dict[str, object]) -> None:
+    from kiln import publishrecord
+
+    argv = ["publish", "oci:src", "127.0.0.1:9/r", "--insecure", "--json"]
+    request = parse_publish(argv)
+    assert request is not None
+    record = {"key": request.key(), "inputs": [], "host": "127.0.0.1:9", "repo": "r", "tags": [["1", "x"]]}
+    record |= {"human": "h", "json": {}}
+    publishrecord.write_record(request.record_path(), record | damage)
+    assert publishrecord.replay(argv) is None
+
+
+def test_a_working_directory_gone_falls_back_to_the_real_publish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kiln import publishrecord
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert publishrecord.replay(["publish", "oci:src", "127.0.0.1:9/r", "--insecure"]) is None
