@@ -152,10 +152,15 @@ def _head_answers(host: str, requests: list[bytes]) -> list[tuple[int, dict[str,
     ~35 ms, a third of the whole budget. A ``HEAD`` answer has no body, so one answer ends at its
     blank line and the next begins after it."""
     import socket
+    import time
 
+    # One deadline for the whole exchange: a per-call timeout alone lets a registry that sends a
+    # byte every few seconds hold the command for as long as the size cap allows.
+    deadline = time.monotonic() + _TIMEOUT
     name, _, port = host.rpartition(":")
     try:
         with socket.create_connection((name.strip("[]"), int(port)), timeout=_TIMEOUT) as sock:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
             sock.sendall(b"".join(requests))
             answers: list[tuple[int, dict[str, str]]] = []
             buf = b""
@@ -164,6 +169,10 @@ def _head_answers(host: str, requests: list[bytes]) -> list[tuple[int, dict[str,
                 if end < 0:
                     if len(buf) > _MAX_HEAD:
                         return None
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return None
+                    sock.settimeout(left)
                     chunk = sock.recv(65536)
                     if not chunk:
                         return None

@@ -236,3 +236,38 @@ def test_a_working_directory_gone_falls_back_to_the_real_publish(
     monkeypatch.chdir(gone)
     gone.rmdir()
     assert publishrecord.replay(["publish", "oci:src", "127.0.0.1:9/r", "--insecure"]) is None
+
+
+def test_a_registry_that_trickles_its_answer_meets_one_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A byte every 10 ms never trips a per-read timeout; the whole exchange has one deadline.
+    import socket
+    import threading
+
+    from kiln import publishrecord
+
+    monkeypatch.setattr(publishrecord, "_TIMEOUT", 0.3)
+    limit = 1000  # 10 s of trickling, far past the deadline
+    sent = [0]
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def trickle() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            for _ in range(limit):
+                try:
+                    conn.sendall(b"X")
+                except OSError:
+                    return  # the client hung up
+                sent[0] += 1
+                time.sleep(0.01)
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    port = server.getsockname()[1]
+    try:
+        assert publishrecord._head_answers(f"127.0.0.1:{port}", [b"HEAD / HTTP/1.1\r\n\r\n"]) is None
+        thread.join(timeout=30)
+    finally:
+        server.close()
+    assert sent[0] < limit, "the client gave up at its deadline, long before the server stopped"
