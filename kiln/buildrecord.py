@@ -17,6 +17,8 @@ while the build runs, an audit hook (:func:`sys.addaudithook`) sees
 - ``kiln.input`` events ``(path, follow_symlinks)``: a path the builder decided on by its stat
   alone, found or not (a ``files`` source; each step of the ELF search: a library later installed
   earlier in the search order must be noticed),
+- ``kiln.dir_fd`` events ``(directory or None)``: the directory the next relative ``os.open`` in
+  this thread is relative to (an ``open`` event does not carry its ``dir_fd``), cleared after,
 
 and, when the build ends, the files of every module loaded (the code is an input too). Identities
 are taken when the event fires, before the builder reads, so a file changed while the build runs
@@ -404,10 +406,18 @@ class InputRecorder:
             if name == "open":
                 path, mode, flags = args
                 if isinstance(path, (str, bytes)):
+                    path = os.fsdecode(path)
+                    base = getattr(self._local, "dir_fd", None)
+                    if mode is None and base is not None and not os.path.isabs(path):
+                        # os.open(name, dir_fd=...): the event does not carry the directory, so
+                        # the caller names it with a kiln.dir_fd event (builder/dpkg.py does).
+                        path = os.path.join(base, path)
                     if _reads(mode, flags):
-                        self._note(os.fsdecode(path), True)
+                        self._note(path, True)
                     else:
-                        self._made(os.fsdecode(path), directory=False)
+                        self._made(path, directory=False)
+            elif name == "kiln.dir_fd":
+                self._local.dir_fd = None if args[0] is None else os.fsdecode(args[0])
             elif name == "os.mkdir":
                 if isinstance(args[0], (str, bytes)) and args[2] == -1:  # (path, mode, dir_fd)
                     self._made(os.fsdecode(args[0]), directory=True)
@@ -429,7 +439,7 @@ def _reads(mode: object, flags: object) -> bool:
     return False
 
 
-_WATCHED = frozenset({"open", "os.mkdir", "os.scandir", "os.listdir", "kiln.input"})
+_WATCHED = frozenset({"open", "os.mkdir", "os.scandir", "os.listdir", "kiln.input", "kiln.dir_fd"})
 
 
 def _dispatch(name: str, args: tuple[Any, ...]) -> None:

@@ -409,3 +409,21 @@ def test_a_damaged_record_falls_back_to_the_real_build(
     assert replay(argv) == 0, "the undamaged record is replayed"
     write_record(request.record_path(), record | damage)
     assert replay(argv) is None
+
+
+def test_a_file_opened_relative_to_a_directory_fd_is_recorded_where_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from builder.dpkg import DpkgIndex
+
+    info = tmp_path / "sysroot/var/lib/dpkg/info"
+    info.mkdir(parents=True)
+    (info / "pkg.list").write_text("/usr/bin/x\n")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with InputRecorder(skip=[], racy_ns=0) as recorder:
+        assert [p for p, _ in DpkgIndex(tmp_path / "sysroot")._lists()] == ["pkg"]
+    paths = {path for path, _follow in recorder.inputs}
+    assert str(info / "pkg.list") in paths
+    assert str(elsewhere / "pkg.list") not in paths
