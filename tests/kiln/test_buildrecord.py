@@ -427,3 +427,33 @@ def test_a_file_opened_relative_to_a_directory_fd_is_recorded_where_it_is(
     paths = {path for path, _follow in recorder.inputs}
     assert str(info / "pkg.list") in paths
     assert str(elsewhere / "pkg.list") not in paths
+
+
+def test_editing_kiln_in_a_checkout_that_builds_into_itself_makes_a_real_build(tmp_path: Path) -> None:
+    # `python -m kiln build ex.yaml --force -o "$PWD/out"` from a checkout: the builder's
+    # mkdir(parents=True, exist_ok=True) of $PWD must not hide kiln's own modules under $PWD.
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    checkout = tmp_path / "checkout"
+    for package in ("kiln", "builder", "manifests", "publisher", "signing", "agent", "fleet"):
+        shutil.copytree(repo / package, checkout / package, ignore=shutil.ignore_patterns("__pycache__"))
+    (checkout / "rootfs").mkdir()
+    (checkout / "rootfs/a.txt").write_text("a\n")
+    (checkout / "ex.yaml").write_text(
+        MANIFEST.replace("  - files:\n      - {src: extra.txt, dst: /etc/extra.txt}\n", "")
+    )
+    env = {**os.environ, "KILN_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(checkout)}
+
+    def build() -> str:
+        _settle()
+        argv = [sys.executable, "-m", "kiln", "build", "ex.yaml", "--force", "-o", str(checkout / "out")]
+        done = subprocess.run(argv, cwd=checkout, env=env, capture_output=True, text=True, check=True)
+        return done.stderr
+
+    assert REPLAYED not in build()
+    assert REPLAYED in build()
+    with (checkout / "builder/build.py").open("a") as fh:
+        fh.write("# edited\n")
+    assert REPLAYED not in build(), "kiln's own code changed: the old result must not be replayed"
