@@ -55,6 +55,9 @@ __all__ = [
     "InputRecorder",
     "record_build",
     "default_cache_dir",
+    "base_key",
+    "record_file",
+    "scan_argv",
     "environment",
     "code_location",
     "look",
@@ -162,37 +165,48 @@ class BuildRequest:
 
     def key(self) -> dict[str, Any]:
         """Everything besides the recorded inputs that decides what the build writes."""
-        from kiln import __version__
-
         cwd = os.getcwd()
         options = dict(self.options)
         for name in ("output", "cache_dir"):
             if name in options:
                 options[name] = os.path.join(cwd, options[name])
-        env = environment()
-        return {
-            "format": _FORMAT,
-            "kiln": __version__,
-            "code": code_location(),
-            "python": [sys.executable, sys.version],
-            "cwd": cwd,
-            "manifest": os.path.join(cwd, self.manifest),
-            "options": options,
-            "env": env,
-        }
+        return base_key() | {"manifest": os.path.join(cwd, self.manifest), "options": options}
 
     def record_path(self) -> str:
-        material = json.dumps(self.key(), sort_keys=True, separators=(",", ":")).encode()
-        return os.path.join(self.cache_dir(), "fast", record_name(material))
+        return record_file(self.cache_dir(), "", self.key())
 
 
-def parse_request(argv: Sequence[str]) -> BuildRequest | None:
-    """The command line if it is ``kiln [globals] build MANIFEST`` with known options, ``--force``
-    and ``--output`` (the default output depends on the manifest's name, unknown before parsing)."""
-    flags = {"json": False, "quiet": False}
-    options: dict[str, str] = {}
+def base_key() -> dict[str, Any]:
+    """What every record's key holds: kiln's version and code, the interpreter, the working
+    directory and the environment's digest (a command adds its own arguments)."""
+    from kiln import __version__
+
+    return {
+        "format": _FORMAT,
+        "kiln": __version__,
+        "code": code_location(),
+        "python": [sys.executable, sys.version],
+        "cwd": os.getcwd(),
+        "env": environment(),
+    }
+
+
+def record_file(cache_dir: str, prefix: str, key: dict[str, Any]) -> str:
+    """Where the record with ``key`` lives: ``CACHE/fast/PREFIX<name>.json``."""
+    material = json.dumps(key, sort_keys=True, separators=(",", ":")).encode()
+    return os.path.join(cache_dir, "fast", prefix + record_name(material))
+
+
+def scan_argv(
+    argv: Sequence[str], values: dict[str, str], switches: frozenset[str]
+) -> tuple[dict[str, bool], set[str], dict[str, list[str]], list[str]] | None:
+    """A command line in the fast path's terms: the global flags set, the ``switches`` given, each
+    option of ``values`` (spelling -> name) with the values given, and the positional arguments;
+    ``None`` for anything else (an abbreviation, ``-oX``, ``--``, an option not listed)."""
+    flags = {"json": False, "quiet": False, "debug": False}
+    given: set[str] = set()
+    options: dict[str, list[str]] = {}
     positional: list[str] = []
-    force = False
     args = list(argv)
     i = 0
     while i < len(args):
@@ -201,22 +215,33 @@ def parse_request(argv: Sequence[str]) -> BuildRequest | None:
         name, eq, value = arg.partition("=")
         if arg in _GLOBAL_FLAGS:
             flags[_GLOBAL_FLAGS[arg]] = True
-        elif arg == "--force":
-            force = True
-        elif name in _VALUE_OPTIONS and (eq or name == arg):
+        elif arg in switches:
+            given.add(arg)
+        elif name in values and (eq or name == arg):
             if not eq:
                 if i >= len(args):
                     return None
                 value = args[i]
                 i += 1
-            if _VALUE_OPTIONS[name] in options:
-                return None  # given twice: leave the meaning to argparse
-            options[_VALUE_OPTIONS[name]] = value
+            options.setdefault(values[name], []).append(value)
         elif arg.startswith("-"):
-            return None  # an option we do not model (abbreviations, -oX, Debian flags, --no-cache...)
+            return None
         else:
             positional.append(arg)
-    if len(positional) != 2 or positional[0] != "build" or not force or "output" not in options:
+    return flags, given, options, positional
+
+
+def parse_request(argv: Sequence[str]) -> BuildRequest | None:
+    """The command line if it is ``kiln [globals] build MANIFEST`` with known options, ``--force``
+    and ``--output`` (the default output depends on the manifest's name, unknown before parsing)."""
+    scanned = scan_argv(argv, _VALUE_OPTIONS, frozenset({"--force"}))
+    if scanned is None:
+        return None
+    flags, given, values, positional = scanned
+    if any(len(v) > 1 for v in values.values()):
+        return None  # given twice: leave the meaning to argparse
+    options = {name: v[0] for name, v in values.items()}
+    if len(positional) != 2 or positional[0] != "build" or "--force" not in given or "output" not in options:
         return None
     if options.get("format", "oci") not in ("oci", "oci-archive", "docker-archive"):
         return None
@@ -283,7 +308,9 @@ class InputRecorder:
     events to the recorders currently active (in any thread: the builder writes layers in a pool).
     """
 
-    _active: list[InputRecorder] = []  # noqa: RUF012 - the one hook's fan-out; guarded by _guard
+    # The one hook's fan-out. Changed only by __enter__/__exit__ (append and remove are atomic
+    # under the GIL); _dispatch walks a copy, so a recorder leaving mid-event is no harm.
+    _active: list[InputRecorder] = []  # noqa: RUF012
     _installed = False
 
     def __init__(
@@ -444,7 +471,7 @@ _WATCHED = frozenset({"open", "os.mkdir", "os.scandir", "os.listdir", "kiln.inpu
 
 def _dispatch(name: str, args: tuple[Any, ...]) -> None:
     if InputRecorder._active and (name in _WATCHED or name in _UNSAFE_EVENTS):
-        for recorder in InputRecorder._active:
+        for recorder in tuple(InputRecorder._active):
             recorder.event(name, args)
 
 

@@ -19,19 +19,18 @@ when the registry has the referrers API (no tag would show a referrer gone).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 from kiln.buildrecord import (
     InputRecorder,
-    code_location,
+    base_key,
     default_cache_dir,
-    environment,
     inputs_hold,
     print_result,
     read_record,
-    record_name,
+    record_file,
+    scan_argv,
     stable_inputs,
     write_record,
 )
@@ -43,9 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PublishRequest", "parse_publish", "replay", "recorder_for", "record_publish"]
 
-_FORMAT = 1
 _TIMEOUT = 5.0
-_GLOBAL_FLAGS = {"--json": "json", "--debug": "debug", "-q": "quiet", "--quiet": "quiet"}
 _ACCEPT = ", ".join(
     (
         "application/vnd.oci.image.manifest.v1+json",
@@ -69,24 +66,10 @@ class PublishRequest:
         self.quiet = quiet
 
     def key(self) -> dict[str, Any]:
-        from kiln import __version__
-
-        return {
-            "format": _FORMAT,
-            "kiln": __version__,
-            "code": code_location(),
-            "python": [sys.executable, sys.version],
-            "cwd": os.getcwd(),
-            "src": self.src,
-            "dest": self.dest,
-            "channels": self.channels,
-            "env": environment(),
-        }
+        return base_key() | {"src": self.src, "dest": self.dest, "channels": self.channels}
 
     def record_path(self) -> str:
-        material = json.dumps(self.key(), sort_keys=True, separators=(",", ":")).encode()
-        name = "publish-" + record_name(material)
-        return os.path.join(default_cache_dir(), "fast", name)
+        return record_file(default_cache_dir(), "publish-", self.key())
 
 
 def loopback(host: str) -> bool:
@@ -109,35 +92,14 @@ def _proxied() -> bool:
 
 def parse_publish(argv: Sequence[str]) -> PublishRequest | None:
     """The command line if the fast path understands it (``--insecure`` given, no proxy set)."""
-    flags = {"json": False, "quiet": False, "debug": False}
-    channels: list[str] = []
-    positional: list[str] = []
-    insecure = False
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        i += 1
-        name, eq, value = arg.partition("=")
-        if arg in _GLOBAL_FLAGS:
-            flags[_GLOBAL_FLAGS[arg]] = True
-        elif arg == "--insecure":
-            insecure = True
-        elif name in ("--jobs", "--channel") and (eq or name == arg):
-            if not eq:
-                if i >= len(args):
-                    return None
-                value = args[i]
-                i += 1
-            if name == "--channel":
-                channels.append(value)
-        elif arg.startswith("-"):
-            return None
-        else:
-            positional.append(arg)
-    if len(positional) != 3 or positional[0] != "publish" or not insecure or _proxied():
+    scanned = scan_argv(argv, {"--jobs": "jobs", "--channel": "channel"}, frozenset({"--insecure"}))
+    if scanned is None:
+        return None
+    flags, given, options, positional = scanned
+    if len(positional) != 3 or positional[0] != "publish" or "--insecure" not in given or _proxied():
         return None
     src, dest = positional[1], positional[2]
+    channels = options.get("channel", [])
     return PublishRequest(src, dest, channels, json_mode=flags["json"], quiet=flags["quiet"])
 
 

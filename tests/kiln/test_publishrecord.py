@@ -271,3 +271,19 @@ def test_a_registry_that_trickles_its_answer_meets_one_deadline(monkeypatch: pyt
     finally:
         server.close()
     assert sent[0] < limit, "the client gave up at its deadline, long before the server stopped"
+
+
+def test_both_commands_share_one_key_and_one_command_line_reader() -> None:
+    from kiln.buildrecord import base_key, parse_request
+
+    publish = parse_publish(["-q", "publish", "oci:s", "127.0.0.1:5000/r", "--channel=a", "--jobs", "3",
+                             "--insecure", "--channel", "b"])  # fmt: skip
+    assert publish is not None
+    assert publish.channels == ["a", "b"]
+    assert publish.quiet
+    build = parse_request(["build", "m.yaml", "-o", "o", "--force"])
+    assert build is not None
+    shared = base_key()
+    assert publish.key().items() >= shared.items()
+    assert build.key().items() >= shared.items()
+    assert publish.record_path() != build.record_path()
