@@ -554,8 +554,23 @@ def write_record(path: str, record: dict[str, Any]) -> None:
     # Owner-only: a record names the paths and results of the user's builds.
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    os.chmod(directory, 0o700)
+    if os.stat(directory).st_mode & 0o777 != 0o700:
+        _drop_legacy_records(directory)
+        os.chmod(directory, 0o700)
     atomic_write(Path(path), json.dumps(record, sort_keys=True).encode(), mode=0o600, durable=False)
+
+
+def _drop_legacy_records(directory: str) -> None:
+    """Records from before the 0700 directory kept the environment's values (passwords among
+    them) in files others could read; their keys differ from today's, so nothing would replace
+    them. They are only a cache: remove them."""
+    import contextlib
+
+    with os.scandir(directory) as it:
+        stale = [e.path for e in it if e.name.endswith(".json") and e.is_file(follow_symlinks=False)]
+    for stale_path in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(stale_path)
 
 
 def read_record(path: str) -> dict[str, Any] | None:

@@ -457,3 +457,16 @@ def test_editing_kiln_in_a_checkout_that_builds_into_itself_makes_a_real_build(t
     with (checkout / "builder/build.py").open("a") as fh:
         fh.write("# edited\n")
     assert REPLAYED not in build(), "kiln's own code changed: the old result must not be replayed"
+
+
+def test_records_from_before_the_owner_only_directory_are_removed(project: Project) -> None:
+    fast = project.cache / "fast"
+    fast.mkdir(parents=True)
+    fast.chmod(0o755)
+    legacy = fast / "0123456789abcdef.json"
+    legacy.write_text('{"key": {"env": {"KILN_PASSWORD": "s3cret"}}}')
+    legacy.chmod(0o644)
+    _warm(project)
+    assert not legacy.exists()
+    assert fast.stat().st_mode & 0o777 == 0o700
+    assert len(list(fast.glob("*.json"))) == 1
