@@ -67,10 +67,15 @@ class DpkgIndex:
         dfd = os.open(info_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             for name in names:
+                # The open's audit event does not name dfd: say which directory ``name`` is in, so
+                # kiln's warm-run record (kiln.buildrecord) does not take it as cwd-relative.
+                sys.audit("kiln.dir_fd", info_dir)
                 try:
                     fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
                 except OSError:
                     continue  # vanished, or a symlink: not a list dpkg wrote
+                finally:
+                    sys.audit("kiln.dir_fd", None)
                 with os.fdopen(fd, "rb") as fh:
                     if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
                         continue

@@ -17,18 +17,23 @@ while the build runs, an audit hook (:func:`sys.addaudithook`) sees
 - ``kiln.input`` events ``(path, follow_symlinks)``: a path the builder decided on by its stat
   alone, found or not (a ``files`` source; each step of the ELF search: a library later installed
   earlier in the search order must be noticed),
+- ``kiln.dir_fd`` events ``(directory or None)``: the directory the next relative ``os.open`` in
+  this thread is relative to (an ``open`` event does not carry its ``dir_fd``), cleared after,
 
 and, when the build ends, the files of every module loaded (the code is an input too). Identities
 are taken when the event fires, before the builder reads, so a file changed while the build runs
 is seen as changed next time. A file whose ctime is within :data:`_RACY_NS` of that moment could
 change again in the same clock tick without a visible difference (git's "racily clean" index
-entries): such a record is not written.
+entries): such a record is not written. A timestamp in whole seconds (a file system with
+seconds resolution) widens that window to a second.
 
 No record is written, and the real build always runs, when the build ran a program, opened a
 network connection, used options this fast path does not know (the Debian flags, ``--no-cache``),
 or had no ``--force`` (without it an existing output is an error, which the real path reports).
-The key of a record is everything else that decides the output: kiln's version, the interpreter,
-the working directory, the options, and the environment variables the build reads.
+The key of a record is everything else that decides the output: kiln's version and where its code
+is loaded from, the interpreter, the working directory, the options, and a SHA-256 digest of the
+environment variables the build reads (never their values: ``KILN_PASSWORD`` is one). Records are
+written 0600 in a 0700 directory.
 """
 
 from __future__ import annotations
@@ -50,7 +55,11 @@ __all__ = [
     "InputRecorder",
     "record_build",
     "default_cache_dir",
+    "base_key",
+    "record_file",
+    "scan_argv",
     "environment",
+    "code_location",
     "look",
     "module_files",
     "stable_inputs",
@@ -62,6 +71,7 @@ __all__ = [
 
 _FORMAT = 1
 _RACY_NS = 50_000_000  # 50 ms: well above a tick of the kernel's coarse clock, which stamps ctime
+_RACY_COARSE_NS = 1_000_000_000  # a timestamp in whole seconds: the tick may be a second long
 _MAX_RECORD = 64 << 20
 _ENV_EXACT = ("SOURCE_DATE_EPOCH", "HOME", "PATH", "TZ", "LANG", "TMPDIR")
 _ENV_PREFIXES = ("KILN_", "XDG_", "LD_", "LC_", "PYTHON")
@@ -95,9 +105,31 @@ def record_name(material: bytes) -> str:
     return f"{zlib.crc32(material):08x}{zlib.adler32(material):08x}.json"
 
 
-def environment() -> dict[str, str]:
-    """The environment variables that may change what a command does (a key of its record)."""
-    return {k: v for k, v in os.environ.items() if k in _ENV_EXACT or k.startswith(_ENV_PREFIXES)}
+def _sha256_hex(data: bytes) -> str:
+    """SHA-256 from the interpreter's own module (half a millisecond; hashlib's OpenSSL takes ~6)."""
+    try:
+        from _sha256 import sha256  # type: ignore[import-not-found,unused-ignore]  # 3.11
+    except ImportError:
+        from hashlib import sha256
+    return str(sha256(data).hexdigest())
+
+
+def environment() -> str:
+    """A digest of the environment variables that may change what a command does (a key of its
+    record). Only the digest is kept: ``KILN_PASSWORD``, ``KILN_REGISTRY_PASSWORD`` and the like
+    are among them, and their values must not be written to disk."""
+    chosen = sorted((k, v) for k, v in os.environ.items() if k in _ENV_EXACT or k.startswith(_ENV_PREFIXES))
+    return "sha256:" + _sha256_hex(
+        json.dumps(chosen, separators=(",", ":")).encode("utf-8", "surrogateescape")
+    )
+
+
+def code_location() -> str:
+    """Where kiln's code is loaded from: two editable installs of one version in one virtual
+    environment run different code, and must not share records."""
+    import kiln
+
+    return os.path.dirname(os.path.abspath(kiln.__file__ or ""))
 
 
 def default_cache_dir() -> str:
@@ -133,36 +165,48 @@ class BuildRequest:
 
     def key(self) -> dict[str, Any]:
         """Everything besides the recorded inputs that decides what the build writes."""
-        from kiln import __version__
-
         cwd = os.getcwd()
         options = dict(self.options)
         for name in ("output", "cache_dir"):
             if name in options:
                 options[name] = os.path.join(cwd, options[name])
-        env = environment()
-        return {
-            "format": _FORMAT,
-            "kiln": __version__,
-            "python": [sys.executable, sys.version],
-            "cwd": cwd,
-            "manifest": os.path.join(cwd, self.manifest),
-            "options": options,
-            "env": env,
-        }
+        return base_key() | {"manifest": os.path.join(cwd, self.manifest), "options": options}
 
     def record_path(self) -> str:
-        material = json.dumps(self.key(), sort_keys=True, separators=(",", ":")).encode()
-        return os.path.join(self.cache_dir(), "fast", record_name(material))
+        return record_file(self.cache_dir(), "", self.key())
 
 
-def parse_request(argv: Sequence[str]) -> BuildRequest | None:
-    """The command line if it is ``kiln [globals] build MANIFEST`` with known options, ``--force``
-    and ``--output`` (the default output depends on the manifest's name, unknown before parsing)."""
-    flags = {"json": False, "quiet": False}
-    options: dict[str, str] = {}
+def base_key() -> dict[str, Any]:
+    """What every record's key holds: kiln's version and code, the interpreter, the working
+    directory and the environment's digest (a command adds its own arguments)."""
+    from kiln import __version__
+
+    return {
+        "format": _FORMAT,
+        "kiln": __version__,
+        "code": code_location(),
+        "python": [sys.executable, sys.version],
+        "cwd": os.getcwd(),
+        "env": environment(),
+    }
+
+
+def record_file(cache_dir: str, prefix: str, key: dict[str, Any]) -> str:
+    """Where the record with ``key`` lives: ``CACHE/fast/PREFIX<name>.json``."""
+    material = json.dumps(key, sort_keys=True, separators=(",", ":")).encode()
+    return os.path.join(cache_dir, "fast", prefix + record_name(material))
+
+
+def scan_argv(
+    argv: Sequence[str], values: dict[str, str], switches: frozenset[str]
+) -> tuple[dict[str, bool], set[str], dict[str, list[str]], list[str]] | None:
+    """A command line in the fast path's terms: the global flags set, the ``switches`` given, each
+    option of ``values`` (spelling -> name) with the values given, and the positional arguments;
+    ``None`` for anything else (an abbreviation, ``-oX``, ``--``, an option not listed)."""
+    flags = {"json": False, "quiet": False, "debug": False}
+    given: set[str] = set()
+    options: dict[str, list[str]] = {}
     positional: list[str] = []
-    force = False
     args = list(argv)
     i = 0
     while i < len(args):
@@ -171,22 +215,33 @@ def parse_request(argv: Sequence[str]) -> BuildRequest | None:
         name, eq, value = arg.partition("=")
         if arg in _GLOBAL_FLAGS:
             flags[_GLOBAL_FLAGS[arg]] = True
-        elif arg == "--force":
-            force = True
-        elif name in _VALUE_OPTIONS and (eq or name == arg):
+        elif arg in switches:
+            given.add(arg)
+        elif name in values and (eq or name == arg):
             if not eq:
                 if i >= len(args):
                     return None
                 value = args[i]
                 i += 1
-            if _VALUE_OPTIONS[name] in options:
-                return None  # given twice: leave the meaning to argparse
-            options[_VALUE_OPTIONS[name]] = value
+            options.setdefault(values[name], []).append(value)
         elif arg.startswith("-"):
-            return None  # an option we do not model (abbreviations, -oX, Debian flags, --no-cache...)
+            return None
         else:
             positional.append(arg)
-    if len(positional) != 2 or positional[0] != "build" or not force or "output" not in options:
+    return flags, given, options, positional
+
+
+def parse_request(argv: Sequence[str]) -> BuildRequest | None:
+    """The command line if it is ``kiln [globals] build MANIFEST`` with known options, ``--force``
+    and ``--output`` (the default output depends on the manifest's name, unknown before parsing)."""
+    scanned = scan_argv(argv, _VALUE_OPTIONS, frozenset({"--force"}))
+    if scanned is None:
+        return None
+    flags, given, values, positional = scanned
+    if any(len(v) > 1 for v in values.values()):
+        return None  # given twice: leave the meaning to argparse
+    options = {name: v[0] for name, v in values.items()}
+    if len(positional) != 2 or positional[0] != "build" or "--force" not in given or "output" not in options:
         return None
     if options.get("format", "oci") not in ("oci", "oci-archive", "docker-archive"):
         return None
@@ -205,23 +260,17 @@ def look(path: str, follow: bool) -> list[int] | None:
 
 
 def replay(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | None = None) -> int | None:
-    """Exit code 0 after printing the recorded result, if the recorded build still holds; else ``None``."""
-    request = parse_request(argv)
-    if request is None:
-        return None
-    record = read_record(request.record_path())
-    if record is None or record.get("key") != request.key() or not inputs_hold(record):
-        return None
+    """Exit code 0 after printing the recorded result, if the recorded build still holds; else ``None``.
+
+    Never raises for what it finds: a record is a file anyone may have damaged, and the working
+    directory may be gone; any surprise means "run the real build", which reports what it finds."""
     try:
-        with open(os.path.join(os.getcwd(), request.manifest), "rb") as fh:
-            if fh.read().decode("latin-1") != record["manifest"]:  # its bytes, kept whole: small
-                return None
-        for path, ident in record["output"]:
-            if look(path, False) != ident:
-                return None
-        human, doc = str(record["human"]), record["json"]
-    except (OSError, ValueError, TypeError, KeyError):
+        found = _still_holds(argv)
+    except Exception:  # noqa: BLE001 - the real path runs, and reports any error properly
         return None
+    if found is None:
+        return None
+    request, human, doc = found
     gone = print_result(human, doc, json_mode=request.json, out=stdout or sys.stdout)
     if gone is not None:
         return gone
@@ -233,6 +282,25 @@ def replay(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | N
     return 0
 
 
+def _still_holds(argv: Sequence[str]) -> tuple[BuildRequest, str, dict[str, Any]] | None:
+    request = parse_request(argv)
+    if request is None:
+        return None
+    record = read_record(request.record_path())
+    if record is None or record.get("key") != request.key() or not inputs_hold(record):
+        return None
+    with open(os.path.join(os.getcwd(), request.manifest), "rb") as fh:
+        if fh.read().decode("latin-1") != record["manifest"]:  # its bytes, kept whole: small
+            return None
+    for path, ident in record["output"]:
+        if look(path, False) != ident:
+            return None
+    human, doc = record["human"], record["json"]
+    if not isinstance(human, str) or not isinstance(doc, dict):
+        return None
+    return request, human, doc
+
+
 class InputRecorder:
     """Collects the inputs of one build from audit events (see the module docstring).
 
@@ -240,7 +308,9 @@ class InputRecorder:
     events to the recorders currently active (in any thread: the builder writes layers in a pool).
     """
 
-    _active: list[InputRecorder] = []  # noqa: RUF012 - the one hook's fan-out; guarded by _guard
+    # The one hook's fan-out. Changed only by __enter__/__exit__ (append and remove are atomic
+    # under the GIL); _dispatch walks a copy, so a recorder leaving mid-event is no harm.
+    _active: list[InputRecorder] = []  # noqa: RUF012
     _installed = False
 
     def __init__(
@@ -289,9 +359,13 @@ class InputRecorder:
             return True
         return bool(self._created) and (path in self._created or path.startswith(self._created_dirs))
 
-    def _note(self, path: str, follow: bool) -> None:
+    def _note(self, path: str, follow: bool, *, code: bool = False) -> None:
+        """Record ``path``'s identity; ``code``: a loaded module's file, an input even inside a
+        directory this command made (kiln's own modules under ``-o $PWD/out``'s parent, say)."""
         path = os.path.join(self._cwd, path)
-        if (path, follow) in self.inputs or self._skipped(path):
+        if (path, follow) in self.inputs:
+            return
+        if self._skipped(path) and not (code and not path.startswith(self._skip)):
             return
         if follow:
             # A regular file seen when its directory was listed: that identity already covers it
@@ -306,6 +380,11 @@ class InputRecorder:
 
     def _made(self, path: str, *, directory: bool) -> None:
         path = os.path.join(self._cwd, path)
+        # The audit event fires before the call: a path that is already there is not made by this
+        # command (``mkdir(parents=True, exist_ok=True)`` of an existing directory, a file
+        # rewritten in place), and what is under it stays an input.
+        if os.path.lexists(path):
+            return
         with self._lock:
             if (path, True) in self.inputs or (path, False) in self.inputs:
                 return  # read before it was written: an input (the check after the run sees it)
@@ -314,8 +393,16 @@ class InputRecorder:
                 self._created_dirs = (*self._created_dirs, os.path.join(path, ""))
 
     def _check_racy(self, path: str, ident: list[int] | None) -> None:
-        if ident is not None and ident[5] >= time.time_ns() - self._racy_ns:
-            self.refused = f"{path} changed less than {self._racy_ns // 1_000_000} ms ago"
+        if ident is None:
+            return
+        now = time.time_ns()
+        for stamp in (ident[4], ident[5]):  # mtime, ctime
+            # A whole second is what a file system with seconds-resolution timestamps stores (or
+            # one nanosecond time in a billion): then the clock tick is a second (as git assumes).
+            window = max(self._racy_ns, _RACY_COARSE_NS) if stamp % 1_000_000_000 == 0 else self._racy_ns
+            if stamp >= now - window:
+                self.refused = f"{path} changed less than {window // 1_000_000} ms ago"
+                return
 
     def _listed(self, path: str) -> None:
         path = os.path.join(self._cwd, path)
@@ -346,10 +433,18 @@ class InputRecorder:
             if name == "open":
                 path, mode, flags = args
                 if isinstance(path, (str, bytes)):
+                    path = os.fsdecode(path)
+                    base = getattr(self._local, "dir_fd", None)
+                    if mode is None and base is not None and not os.path.isabs(path):
+                        # os.open(name, dir_fd=...): the event does not carry the directory, so
+                        # the caller names it with a kiln.dir_fd event (builder/dpkg.py does).
+                        path = os.path.join(base, path)
                     if _reads(mode, flags):
-                        self._note(os.fsdecode(path), True)
+                        self._note(path, True)
                     else:
-                        self._made(os.fsdecode(path), directory=False)
+                        self._made(path, directory=False)
+            elif name == "kiln.dir_fd":
+                self._local.dir_fd = None if args[0] is None else os.fsdecode(args[0])
             elif name == "os.mkdir":
                 if isinstance(args[0], (str, bytes)) and args[2] == -1:  # (path, mode, dir_fd)
                     self._made(os.fsdecode(args[0]), directory=True)
@@ -371,12 +466,12 @@ def _reads(mode: object, flags: object) -> bool:
     return False
 
 
-_WATCHED = frozenset({"open", "os.mkdir", "os.scandir", "os.listdir", "kiln.input"})
+_WATCHED = frozenset({"open", "os.mkdir", "os.scandir", "os.listdir", "kiln.input", "kiln.dir_fd"})
 
 
 def _dispatch(name: str, args: tuple[Any, ...]) -> None:
     if InputRecorder._active and (name in _WATCHED or name in _UNSAFE_EVENTS):
-        for recorder in InputRecorder._active:
+        for recorder in tuple(InputRecorder._active):
             recorder.event(name, args)
 
 
@@ -409,7 +504,7 @@ def stable_inputs(
     """The recorded inputs plus the loaded modules' files, as ``[path, follow, identity]``; ``None``
     when one changed while the command ran (or a temporary file is gone): then no record."""
     for path in module_files():
-        recorder._note(path, True)
+        recorder._note(path, True, code=True)
     if recorder.refused is not None:
         if warn is not None:
             warn(f"no warm-run record: {recorder.refused}")
@@ -456,8 +551,26 @@ def write_record(path: str, record: dict[str, Any]) -> None:
 
     from manifests.atomic import atomic_write
 
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    atomic_write(Path(path), json.dumps(record, sort_keys=True).encode(), durable=False)
+    # Owner-only: a record names the paths and results of the user's builds.
+    directory = os.path.dirname(path)
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    if os.stat(directory).st_mode & 0o777 != 0o700:
+        _drop_legacy_records(directory)
+        os.chmod(directory, 0o700)
+    atomic_write(Path(path), json.dumps(record, sort_keys=True).encode(), mode=0o600, durable=False)
+
+
+def _drop_legacy_records(directory: str) -> None:
+    """Records from before the 0700 directory kept the environment's values (passwords among
+    them) in files others could read; their keys differ from today's, so nothing would replace
+    them. They are only a cache: remove them."""
+    import contextlib
+
+    with os.scandir(directory) as it:
+        stale = [e.path for e in it if e.name.endswith(".json") and e.is_file(follow_symlinks=False)]
+    for stale_path in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(stale_path)
 
 
 def read_record(path: str) -> dict[str, Any] | None:

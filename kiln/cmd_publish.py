@@ -254,12 +254,15 @@ def _record(
     each tag the image is reached by at the registry, with the digest it names now."""
     from kiln.publishrecord import record_publish
     from publisher.registrystore import RegistryRepository
+    from publisher.session import is_loopback_host
 
     endpoint = dest.endpoint
-    if not isinstance(endpoint, RegistryRepository) or not endpoint.client.session.base_url.startswith(
-        "http:"
+    if (
+        not isinstance(endpoint, RegistryRepository)
+        or not endpoint.client.session.base_url.startswith("http:")
+        or not is_loopback_host(endpoint.client.registry)
     ):
-        return
+        return  # TLS, or plain http to another machine: the fast path is for loopback only
     tags = [(t.tag, str(result.digest)) for t in result.tags]
     names = list(result.signatures)
     if src.referrers(root.digest):

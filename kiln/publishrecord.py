@@ -19,18 +19,18 @@ when the registry has the referrers API (no tag would show a referrer gone).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 from kiln.buildrecord import (
     InputRecorder,
+    base_key,
     default_cache_dir,
-    environment,
     inputs_hold,
     print_result,
     read_record,
-    record_name,
+    record_file,
+    scan_argv,
     stable_inputs,
     write_record,
 )
@@ -42,9 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = ["PublishRequest", "parse_publish", "replay", "recorder_for", "record_publish"]
 
-_FORMAT = 1
 _TIMEOUT = 5.0
-_GLOBAL_FLAGS = {"--json": "json", "--debug": "debug", "-q": "quiet", "--quiet": "quiet"}
 _ACCEPT = ", ".join(
     (
         "application/vnd.oci.image.manifest.v1+json",
@@ -68,23 +66,24 @@ class PublishRequest:
         self.quiet = quiet
 
     def key(self) -> dict[str, Any]:
-        from kiln import __version__
-
-        return {
-            "format": _FORMAT,
-            "kiln": __version__,
-            "python": [sys.executable, sys.version],
-            "cwd": os.getcwd(),
-            "src": self.src,
-            "dest": self.dest,
-            "channels": self.channels,
-            "env": environment(),
-        }
+        return base_key() | {"src": self.src, "dest": self.dest, "channels": self.channels}
 
     def record_path(self) -> str:
-        material = json.dumps(self.key(), sort_keys=True, separators=(",", ":")).encode()
-        name = "publish-" + record_name(material)
-        return os.path.join(default_cache_dir(), "fast", name)
+        return record_file(default_cache_dir(), "publish-", self.key())
+
+
+def loopback(host: str) -> bool:
+    """``localhost``, ``127.x.y.z`` or ``::1``, with or without a port: the hosts a record may name
+    (without :mod:`ipaddress`; ``publisher.session.is_loopback_host`` decides when recording)."""
+    name = host
+    if name.startswith("["):
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    parts = name.split(".")
+    if len(parts) == 4 and all(p.isascii() and p.isdigit() and int(p) < 256 for p in parts):
+        return parts[0] == "127"
+    return name in ("localhost", "::1")
 
 
 def _proxied() -> bool:
@@ -93,35 +92,14 @@ def _proxied() -> bool:
 
 def parse_publish(argv: Sequence[str]) -> PublishRequest | None:
     """The command line if the fast path understands it (``--insecure`` given, no proxy set)."""
-    flags = {"json": False, "quiet": False, "debug": False}
-    channels: list[str] = []
-    positional: list[str] = []
-    insecure = False
-    args = list(argv)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        i += 1
-        name, eq, value = arg.partition("=")
-        if arg in _GLOBAL_FLAGS:
-            flags[_GLOBAL_FLAGS[arg]] = True
-        elif arg == "--insecure":
-            insecure = True
-        elif name in ("--jobs", "--channel") and (eq or name == arg):
-            if not eq:
-                if i >= len(args):
-                    return None
-                value = args[i]
-                i += 1
-            if name == "--channel":
-                channels.append(value)
-        elif arg.startswith("-"):
-            return None
-        else:
-            positional.append(arg)
-    if len(positional) != 3 or positional[0] != "publish" or not insecure or _proxied():
+    scanned = scan_argv(argv, {"--jobs": "jobs", "--channel": "channel"}, frozenset({"--insecure"}))
+    if scanned is None:
+        return None
+    flags, given, options, positional = scanned
+    if len(positional) != 3 or positional[0] != "publish" or "--insecure" not in given or _proxied():
         return None
     src, dest = positional[1], positional[2]
+    channels = options.get("channel", [])
     return PublishRequest(src, dest, channels, json_mode=flags["json"], quiet=flags["quiet"])
 
 
@@ -136,10 +114,15 @@ def _head_answers(host: str, requests: list[bytes]) -> list[tuple[int, dict[str,
     ~35 ms, a third of the whole budget. A ``HEAD`` answer has no body, so one answer ends at its
     blank line and the next begins after it."""
     import socket
+    import time
 
+    # One deadline for the whole exchange: a per-call timeout alone lets a registry that sends a
+    # byte every few seconds hold the command for as long as the size cap allows.
+    deadline = time.monotonic() + _TIMEOUT
     name, _, port = host.rpartition(":")
     try:
         with socket.create_connection((name.strip("[]"), int(port)), timeout=_TIMEOUT) as sock:
+            sock.settimeout(max(deadline - time.monotonic(), 0.001))
             sock.sendall(b"".join(requests))
             answers: list[tuple[int, dict[str, str]]] = []
             buf = b""
@@ -148,6 +131,10 @@ def _head_answers(host: str, requests: list[bytes]) -> list[tuple[int, dict[str,
                 if end < 0:
                     if len(buf) > _MAX_HEAD:
                         return None
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return None
+                    sock.settimeout(left)
                     chunk = sock.recv(65536)
                     if not chunk:
                         return None
@@ -188,20 +175,17 @@ def _tags_hold(host: str, repo: str, tags: list[list[str]]) -> bool:
 
 
 def replay(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | None = None) -> int | None:
-    """Exit code 0 after printing the no-change result, if the recorded publish still holds."""
-    request = parse_publish(argv)
-    if request is None:
-        return None
-    record = read_record(request.record_path())
-    if record is None or record.get("key") != request.key() or not inputs_hold(record):
-        return None
+    """Exit code 0 after printing the no-change result, if the recorded publish still holds.
+
+    Never raises for what it finds (a damaged record, a working directory gone, a registry's odd
+    answer): any surprise means "run the real publish", which reports what it finds."""
     try:
-        host, repo, tags = str(record["host"]), str(record["repo"]), record["tags"]
-        human, doc = str(record["human"]), record["json"]
-    except (KeyError, TypeError):
+        found = _still_holds(argv)
+    except Exception:  # noqa: BLE001 - the real path runs, and reports any error properly
         return None
-    if not tags or not _tags_hold(host, repo, tags):
+    if found is None:
         return None
+    request, host, repo, human, doc = found
     gone = print_result(human, doc, json_mode=request.json, out=stdout or sys.stdout)
     if gone is not None:
         return gone
@@ -216,6 +200,26 @@ def replay(argv: Sequence[str], stdout: TextIO | None = None, stderr: TextIO | N
     if not request.quiet:
         print(f"kiln: every tag at {host}/{repo} names what this layout holds: nothing to send", file=err)
     return 0
+
+
+def _still_holds(argv: Sequence[str]) -> tuple[PublishRequest, str, str, str, dict[str, Any]] | None:
+    request = parse_publish(argv)
+    if request is None:
+        return None
+    record = read_record(request.record_path())
+    if record is None or record.get("key") != request.key() or not inputs_hold(record):
+        return None
+    host, repo, tags = record["host"], record["repo"], record["tags"]
+    human, doc = record["human"], record["json"]
+    if not all(isinstance(v, str) for v in (host, repo, human)) or not isinstance(doc, dict):
+        return None
+    if not isinstance(tags, list) or not tags or not loopback(host):
+        return None
+    if not all(isinstance(t, list) and len(t) == 2 and all(isinstance(v, str) for v in t) for t in tags):
+        return None
+    if not _tags_hold(host, repo, tags):
+        return None
+    return request, host, repo, human, doc
 
 
 def recorder_for(argv: Sequence[str] | None) -> InputRecorder | None:

@@ -297,3 +297,176 @@ def test_a_library_installed_earlier_in_the_search_order_makes_a_real_build(clos
     after, replayed = closure_project.build()
     assert not replayed, "the closure would now take /opt/lib/libc.so.6"
     assert after["digest"] != first["digest"]
+
+
+def test_a_record_holds_no_secret_and_only_its_owner_reads_it(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KILN_PASSWORD", "s3cret")
+    monkeypatch.setenv("KILN_REGISTRY_PASSWORD", "hunter2")
+    _warm(project)
+    records = list((project.cache / "fast").glob("*.json"))
+    assert len(records) == 1
+    data = records[0].read_bytes()
+    assert b"s3cret" not in data
+    assert b"hunter2" not in data
+    assert records[0].stat().st_mode & 0o777 == 0o600
+    assert (project.cache / "fast").stat().st_mode & 0o777 == 0o700
+    monkeypatch.setenv("KILN_PASSWORD", "other")
+    _, replayed = project.build()
+    assert not replayed, "the environment is still part of the key, as a digest"
+
+
+def test_a_directory_that_already_existed_is_not_made_by_the_command(tmp_path: Path) -> None:
+    # builder/build.py does output.parent.mkdir(parents=True, exist_ok=True): with -o $PWD/out
+    # the existing $PWD (a checkout, with kiln's own modules) must not become "made by this run".
+    (tmp_path / "src.txt").write_text("x\n")
+    with InputRecorder(skip=[], racy_ns=0) as recorder:
+        tmp_path.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "src.txt").read_text()
+    assert recorder.inputs.get((str(tmp_path / "src.txt"), True)) is not None
+
+
+def test_module_files_are_inputs_even_inside_a_directory_the_command_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+    import sys
+
+    from kiln.buildrecord import stable_inputs
+
+    made = tmp_path / "made"
+    module = made / "rec_made_module.py"
+    with InputRecorder(skip=[], racy_ns=0) as recorder:
+        made.mkdir()
+        module.write_text("VALUE = 1\n")
+        monkeypatch.syspath_prepend(str(made))
+        importlib.invalidate_caches()
+        importlib.import_module("rec_made_module")
+    try:
+        inputs = stable_inputs(recorder)
+    finally:
+        del sys.modules["rec_made_module"]
+    assert inputs is not None
+    assert [str(module), True] in [entry[:2] for entry in inputs]
+
+
+def test_a_timestamp_in_whole_seconds_widens_the_racy_window_to_a_second(tmp_path: Path) -> None:
+    # A file system with seconds resolution: the clock tick is a second, not the kernel's.
+    src = tmp_path / "src.txt"
+    src.write_text("x\n")
+    whole = time.time_ns() // 10**9 * 10**9  # within the last second, as such a file system stores it
+    os.utime(src, ns=(whole, whole))
+    with InputRecorder(skip=[], racy_ns=0) as recorder, open(src, "rb") as fh:
+        fh.read()
+    assert recorder.refused is not None
+    assert str(src) in recorder.refused
+    os.utime(src, ns=(whole - 5 * 10**9, whole - 5 * 10**9))
+    with InputRecorder(skip=[], racy_ns=0) as recorder, open(src, "rb") as fh:
+        fh.read()
+    assert recorder.refused is None
+
+
+def test_two_installs_of_kiln_do_not_share_records(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import kiln
+
+    request = parse_request(["build", "m.yaml", "-o", "o", "--force"])
+    assert request is not None
+    here = request.record_path()
+    monkeypatch.setattr(kiln, "__file__", str(tmp_path / "other-checkout/kiln/__init__.py"))
+    assert request.record_path() != here
+    assert request.key()["code"] == str(tmp_path / "other-checkout/kiln")
+
+
+def test_a_working_directory_gone_falls_back_to_the_real_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kiln.buildrecord import replay
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert replay(["build", "m.yaml", "-o", "o", "--force"]) is None
+
+
+@pytest.mark.parametrize(
+    "damage", [{"json": [1]}, {"human": 5}, {"output": [5]}, {"output": {"a": 1}}, {"manifest": 3}]
+)
+def test_a_damaged_record_falls_back_to_the_real_build(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: dict[str, object]
+) -> None:
+    from kiln.buildrecord import replay, write_record
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m.yaml").write_text("m\n")
+    argv = ["build", "m.yaml", "-o", "o", "--force", "--cache-dir", str(tmp_path / "c"), "--json"]
+    request = parse_request(argv)
+    assert request is not None
+    record = {"key": request.key(), "inputs": [], "manifest": "m\n", "output": [], "human": "h"}
+    record |= {"json": {"digest": "d"}}
+    write_record(request.record_path(), record)
+    assert replay(argv) == 0, "the undamaged record is replayed"
+    write_record(request.record_path(), record | damage)
+    assert replay(argv) is None
+
+
+def test_a_file_opened_relative_to_a_directory_fd_is_recorded_where_it_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from builder.dpkg import DpkgIndex
+
+    info = tmp_path / "sysroot/var/lib/dpkg/info"
+    info.mkdir(parents=True)
+    (info / "pkg.list").write_text("/usr/bin/x\n")
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with InputRecorder(skip=[], racy_ns=0) as recorder:
+        assert [p for p, _ in DpkgIndex(tmp_path / "sysroot")._lists()] == ["pkg"]
+    paths = {path for path, _follow in recorder.inputs}
+    assert str(info / "pkg.list") in paths
+    assert str(elsewhere / "pkg.list") not in paths
+
+
+def test_editing_kiln_in_a_checkout_that_builds_into_itself_makes_a_real_build(tmp_path: Path) -> None:
+    # `python -m kiln build ex.yaml --force -o "$PWD/out"` from a checkout: the builder's
+    # mkdir(parents=True, exist_ok=True) of $PWD must not hide kiln's own modules under $PWD.
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    checkout = tmp_path / "checkout"
+    for package in ("kiln", "builder", "manifests", "publisher", "signing", "agent", "fleet"):
+        shutil.copytree(repo / package, checkout / package, ignore=shutil.ignore_patterns("__pycache__"))
+    (checkout / "rootfs").mkdir()
+    (checkout / "rootfs/a.txt").write_text("a\n")
+    (checkout / "ex.yaml").write_text(
+        MANIFEST.replace("  - files:\n      - {src: extra.txt, dst: /etc/extra.txt}\n", "")
+    )
+    env = {**os.environ, "KILN_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(checkout)}
+
+    def build() -> str:
+        _settle()
+        argv = [sys.executable, "-m", "kiln", "build", "ex.yaml", "--force", "-o", str(checkout / "out")]
+        done = subprocess.run(argv, cwd=checkout, env=env, capture_output=True, text=True, check=True)
+        return done.stderr
+
+    assert REPLAYED not in build()
+    assert REPLAYED in build()
+    with (checkout / "builder/build.py").open("a") as fh:
+        fh.write("# edited\n")
+    assert REPLAYED not in build(), "kiln's own code changed: the old result must not be replayed"
+
+
+def test_records_from_before_the_owner_only_directory_are_removed(project: Project) -> None:
+    fast = project.cache / "fast"
+    fast.mkdir(parents=True)
+    fast.chmod(0o755)
+    legacy = fast / "0123456789abcdef.json"
+    legacy.write_text('{"key": {"env": {"KILN_PASSWORD": "s3cret"}}}')
+    legacy.chmod(0o644)
+    _warm(project)
+    assert not legacy.exists()
+    assert fast.stat().st_mode & 0o777 == 0o700
+    assert len(list(fast.glob("*.json"))) == 1

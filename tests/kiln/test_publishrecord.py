@@ -169,3 +169,121 @@ def test_a_proxy_setting_leaves_the_fast_path(monkeypatch: pytest.MonkeyPatch) -
     assert parse_publish(argv) is not None
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
     assert parse_publish(argv) is None
+
+
+def test_plain_http_to_another_host_is_not_recorded(
+    registry: Target, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 0.0.0.0 reaches this machine's listeners, but is not a loopback name: --insecure to a LAN
+    # registry must not get a record (the fast path is for loopback registries only).
+    port = registry.registry.host.rpartition(":")[2]
+    make_image(tmp_path / "src", version="1.2.0")
+    _settle()
+    argv = ("publish", f"oci:{tmp_path / 'src'}", f"0.0.0.0:{port}/rec/lan", "--insecure")
+    _publish(capsys, *argv)
+    _publish(capsys, *argv)
+    assert not list((tmp_path / "cache").glob("fast/publish-*.json"))
+
+
+def test_a_record_naming_another_host_is_not_replayed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiln import publishrecord
+
+    request = parse_publish(["publish", "oci:src", "192.0.2.7:5000/r", "--insecure"])
+    assert request is not None
+    record = {"key": request.key(), "inputs": [], "host": "192.0.2.7:5000", "repo": "r", "tags": [["1", "x"]]}
+    record |= {"human": "h", "json": {}}
+    publishrecord.write_record(request.record_path(), record)
+    asked: list[str] = []
+    monkeypatch.setattr(publishrecord, "_tags_hold", lambda host, *_: asked.append(host) or True)
+    assert publishrecord.replay(["publish", "oci:src", "192.0.2.7:5000/r", "--insecure"]) is None
+    assert asked == []
+    assert publishrecord.loopback("127.0.0.1:5000")
+    assert publishrecord.loopback("[::1]:5000")
+    assert publishrecord.loopback("localhost")
+    assert not publishrecord.loopback("0.0.0.0:5000")
+    assert not publishrecord.loopback("127.example.com")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"tags": [["only-a-tag"]]},
+        {"tags": [5]},
+        {"tags": "1.2.0"},
+        {"json": [1]},
+        {"host": 5},
+    ],
+)
+def test_a_damaged_record_falls_back_to_the_real_publish(damage: dict[str, object]) -> None:
+    from kiln import publishrecord
+
+    argv = ["publish", "oci:src", "127.0.0.1:9/r", "--insecure", "--json"]
+    request = parse_publish(argv)
+    assert request is not None
+    record = {"key": request.key(), "inputs": [], "host": "127.0.0.1:9", "repo": "r", "tags": [["1", "x"]]}
+    record |= {"human": "h", "json": {}}
+    publishrecord.write_record(request.record_path(), record | damage)
+    assert publishrecord.replay(argv) is None
+
+
+def test_a_working_directory_gone_falls_back_to_the_real_publish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kiln import publishrecord
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    monkeypatch.chdir(gone)
+    gone.rmdir()
+    assert publishrecord.replay(["publish", "oci:src", "127.0.0.1:9/r", "--insecure"]) is None
+
+
+def test_a_registry_that_trickles_its_answer_meets_one_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A byte every 10 ms never trips a per-read timeout; the whole exchange has one deadline.
+    import socket
+    import threading
+
+    from kiln import publishrecord
+
+    monkeypatch.setattr(publishrecord, "_TIMEOUT", 0.3)
+    limit = 1000  # 10 s of trickling, far past the deadline
+    sent = [0]
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def trickle() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            for _ in range(limit):
+                try:
+                    conn.sendall(b"X")
+                except OSError:
+                    return  # the client hung up
+                sent[0] += 1
+                time.sleep(0.01)
+
+    thread = threading.Thread(target=trickle, daemon=True)
+    thread.start()
+    port = server.getsockname()[1]
+    try:
+        assert publishrecord._head_answers(f"127.0.0.1:{port}", [b"HEAD / HTTP/1.1\r\n\r\n"]) is None
+        thread.join(timeout=30)
+    finally:
+        server.close()
+    assert sent[0] < limit, "the client gave up at its deadline, long before the server stopped"
+
+
+def test_both_commands_share_one_key_and_one_command_line_reader() -> None:
+    from kiln.buildrecord import base_key, parse_request
+
+    publish = parse_publish(["-q", "publish", "oci:s", "127.0.0.1:5000/r", "--channel=a", "--jobs", "3",
+                             "--insecure", "--channel", "b"])  # fmt: skip
+    assert publish is not None
+    assert publish.channels == ["a", "b"]
+    assert publish.quiet
+    build = parse_request(["build", "m.yaml", "-o", "o", "--force"])
+    assert build is not None
+    shared = base_key()
+    assert publish.key().items() >= shared.items()
+    assert build.key().items() >= shared.items()
+    assert publish.record_path() != build.record_path()
