@@ -456,9 +456,11 @@ class Deployer:
         self._listens[service.name] = listen
         self.dataplane.serve(service.name, listen, self._targets(records))
 
-    def _targets(self, records: Sequence[InstanceRecord]) -> list[Target]:
-        """The data plane's backends for ``records``: those in rotation, or all if none is."""
-        in_rotation = [r for r in records if r.id not in self._out] or list(records)
+    def _targets(self, records: Sequence[InstanceRecord], out: set[str] | None = None) -> list[Target]:
+        """The data plane's backends for ``records``: those in rotation (not in ``out``, by
+        default the current out-of-rotation set), or all if none is."""
+        out = self._out if out is None else out
+        in_rotation = [r for r in records if r.id not in out] or list(records)
         targets = []
         for rec in in_rotation:
             try:
@@ -496,18 +498,18 @@ class Deployer:
         service's backends changed. Called by the health monitor's threads."""
         with self._switch_lock:
             was_out = instance_id in self._out
-            if in_rotation:
-                self._out.discard(instance_id)
-            else:
-                self._out.add(instance_id)
+            out = self._out - {instance_id} if in_rotation else self._out | {instance_id}
             rec = next((r for r in self.journal.state.instances if r.id == instance_id), None)
-            if rec is None or was_out == (not in_rotation):
-                return False
-            listen = self._listens.get(rec.service)
-            if listen is None:
-                return False
-            self.dataplane.serve(rec.service, listen, self._targets(self.journal.state.serving(rec.service)))
-            return True
+            listen = self._listens.get(rec.service) if rec is not None else None
+            if rec is not None and listen is not None and was_out != (not in_rotation):
+                # the data plane first: whoever reads in_rotation() afterwards may rely on it
+                self.dataplane.serve(
+                    rec.service, listen, self._targets(self.journal.state.serving(rec.service), out)
+                )
+                self._out = out
+                return True
+            self._out = out
+            return False
 
     def in_rotation(self, instance_id: str) -> bool:
         """Whether the instance gets traffic (an unhealthy one does when all of its service's are)."""

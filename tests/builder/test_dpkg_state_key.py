@@ -14,11 +14,11 @@ import pytest
 
 from builder.build import build_image
 from builder.cache import BuildCache
-from kiln.cli import main
 from kiln.cmd_sign import build_records
 from manifests.image_parse import load_image_manifest
 from manifests.layout import OCILayout
 from signing.attestation import PredicateKind
+from tests.kiln.test_buildrecord import kiln_process
 
 from .test_elf import HOST_LIBDIR, IS_X86_64_DEBIAN
 
@@ -125,8 +125,7 @@ def test_a_new_dpkg_list_file_invalidates_the_cached_build(project: Path) -> Non
 
 def _cli_build(project: Path, out: str, capsys: pytest.CaptureFixture[str]) -> bool:
     argv = ["build", str(project / "image.yaml"), "-o", str(project / out), "--force"]
-    assert main([*argv, "--cache-dir", str(project / "cache"), "--json"]) == 0
-    return REPLAYED in capsys.readouterr().err
+    return REPLAYED in kiln_process([*argv, "--cache-dir", str(project / "cache"), "--json"]).stderr
 
 
 def test_a_changed_dpkg_status_is_noticed_by_the_warm_run_record(

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from kiln.buildrecord import InputRecorder, parse_request
-from kiln.cli import main
 from tests.builder.test_elf import HOST_LIBDIR, IS_X86_64_DEBIAN
 
+REPO = Path(__file__).resolve().parents[2]
 REPLAYED = "every input as recorded"
 
 MANIFEST = """\
@@ -51,9 +53,24 @@ class Project:
     def build(self, *extra: str) -> tuple[dict[str, object], bool]:
         """Build; the JSON result and whether the record was replayed."""
         argv = ["build", str(self.manifest), "-o", str(self.out), "--force", "--cache-dir", str(self.cache)]
-        assert main([*argv, *self.extra, *extra, "--json"]) == 0
-        captured = self.capsys.readouterr()
-        return json.loads(captured.out), REPLAYED in captured.err
+        proc = kiln_process([*argv, *self.extra, *extra, "--json"])
+        return json.loads(proc.stdout), REPLAYED in proc.stderr
+
+
+def kiln_process(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    """``kiln ARGV`` in a process of its own, as users run it: a record holds the files of the
+    modules the process loaded, and the test process has loaded (and its tests deleted) many."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "kiln", *argv],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc
 
 
 @pytest.fixture
