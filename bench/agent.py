@@ -451,6 +451,9 @@ def measure_verification(host: Host, image: Image, runs: int) -> dict[str, list[
 # -- rollbacks and a fleet from nothing ---------------------------------------------------------------
 
 
+ROLLBACK_AFTER = 1.0  # seconds after the release settled (the agent polls every 5 s, SIGHUP aside)
+
+
 def rollback_once(host: Host, answer: str, *, via: str) -> tuple[float, float]:
     """Roll back through ``kiln agent rollback`` (``via="cli"``) or a POST of /rollback on the
     agent's socket (``via="socket"``: what the command sends, without starting a Python
@@ -509,6 +512,12 @@ def measure_rollbacks(
             wait_answer(f"http://{host.listen}/", greeting(newest.version))
             wait_settled(host, next_release, proc)
             next_release += 1
+        # The release is recorded good before the pass that rolled it out ends: its tail
+        # (enforcement reads every snapshot, gc, standby expiry) holds the agent's lock for
+        # 0.1-0.2 s more. An operator's rollback comes later than that; asked at once, it would
+        # time the wait for that tail (run J: 0.115 s inside keep_previous, the switch itself
+        # taking about 10 ms). So the rollback is asked once the pass is surely over.
+        time.sleep(ROLLBACK_AFTER)
         status = agent_status(host) or {}
         back_to = int(((status.get("previous") or {}).get("version")) or 0)
         a, r = rollback_once(host, greeting(previous.version), via=via)
