@@ -350,6 +350,7 @@ def test_module_files_are_inputs_even_inside_a_directory_the_command_made(
     import importlib
     import sys
 
+    from kiln import buildrecord
     from kiln.buildrecord import stable_inputs
 
     made = tmp_path / "made"
@@ -360,6 +361,10 @@ def test_module_files_are_inputs_even_inside_a_directory_the_command_made(
         monkeypatch.syspath_prepend(str(made))
         importlib.invalidate_caches()
         importlib.import_module("rec_made_module")
+    # Only this module's file: the test process has loaded (and other tests deleted) many others,
+    # and one of them gone would rightly refuse the record; a kiln process loads only its own.
+    loaded = sys.modules["rec_made_module"].__file__
+    monkeypatch.setattr(buildrecord, "module_files", lambda: [loaded])
     try:
         inputs = stable_inputs(recorder)
     finally:
