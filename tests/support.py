@@ -27,3 +27,16 @@ def require_root(why: str) -> None:
         if IN_CI:
             pytest.fail(msg)
         pytest.skip(msg)
+
+
+def memfds() -> set[str]:
+    """The memfds this process holds (the sealed copies of VM parts are memfds); other fds come and
+    go with the test process's own threads."""
+    held = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:"):
+                held.add(fd)
+        except OSError:
+            continue
+    return held

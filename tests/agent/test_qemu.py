@@ -46,6 +46,7 @@ from manifests.vm import (
     VMProfile,
 )
 from tests.agent.agentkit import FakeRuntime
+from tests.support import memfds
 
 
 def _plan(**kw: object) -> BootPlan:
@@ -440,16 +441,3 @@ def test_routed_runtime_sends_containers_to_the_container_runtime(tmp_path: Path
     finally:
         routed.stop("kiln-api-00000001")
     assert routed.state("kiln-api-00000001").status is InstanceStatus.MISSING
-
-
-def memfds() -> set[str]:
-    """The memfds this process holds (the sealed copies of VM parts are memfds); other fds come and
-    go with the test process's own threads."""
-    held = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:"):
-                held.add(fd)
-        except OSError:
-            continue
-    return held

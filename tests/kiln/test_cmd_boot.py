@@ -3,7 +3,6 @@ boot plan, the accelerator), every fd is closed again."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from kiln import cmd_boot
 from kiln.cli import main
 from manifests.vm import DiskLayout
 from tests.agent.test_qemu import _verity_image
+from tests.support import memfds
 
 
 def test_sealed_fds_are_closed_when_the_accelerator_cannot_be_picked(
@@ -34,16 +34,3 @@ def test_sealed_fds_are_closed_when_the_accelerator_cannot_be_picked(
     assert picked == [None]  # the parts were sealed and checked, then the accelerator failed
     assert "no accelerator (test)" in capsys.readouterr().err
     assert memfds() == before
-
-
-def memfds() -> set[str]:
-    """The memfds this process holds (the sealed copies of VM parts are memfds); other fds come and
-    go with the test process's own threads."""
-    held = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}").startswith("/memfd:"):
-                held.add(fd)
-        except OSError:
-            continue
-    return held
