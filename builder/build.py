@@ -795,7 +795,7 @@ def _write_layer(
     # 3. Write it: the tar framed on this thread, fixed blocks compressed on every core, the tar
     #    and the blob hashed and the blob written on one more (builder.compress).
     with layout.blob_writer(durable=False) as blob:
-        sink = comp.sink(blob, hash_input=True)
+        sink = comp.sink(blob, size=plan.size, hash_input=True)
         try:
             if meter is None:
                 stats = write_tar(plan.entries, sink, mtime=mtime, finish_hashed=sink.finish_hashed)

@@ -50,6 +50,11 @@ LEVELS: dict[Compression, range] = {
 }
 BLOCK_SIZE = 1 << 20  # of tar stream per gzip member / zstd frame; part of the recorded tag
 _MAX_WORKERS = 32  # in-flight blocks are bounded by this, so memory stays flat on big machines
+# Blocks queued between the tar writer and the writer thread: enough that neither waits on the
+# other's hiccups (at 4, a 1 GB layer on 2 cores ran 7% slower), few enough to keep memory flat.
+_MIN_IN_FLIGHT = 16
+# A layer at least this big tunes the C allocator first (:func:`_keep_buffers`).
+_BIG_LAYER = 64 << 20
 _GZIP_HEADER = b"\x1f\x8b\x08\x00" + b"\x00\x00\x00\x00" + b"\x00\xff"
 
 
@@ -99,12 +104,15 @@ class Compressor:
     def sink(
         self, out: Sink, *, size: int | None = None, workers: int | None = None, hash_input: bool = False
     ) -> CompressingSink:
-        """A sink that compresses into ``out``. ``size`` is accepted for callers that know it and
-        unused (every frame records its own). ``workers``: ``None`` shares one pool of a thread per
-        core; a number gives this sink its own pool (1: compress on the writing thread).
-        ``hash_input``: also sha256 the uncompressed stream, on the writer thread
-        (:meth:`CompressingSink.finish_hashed`)."""
-        del size
+        """A sink that compresses into ``out``.
+
+        ``size``: the stream's length, if known; a big one tunes the allocator first
+        (:func:`_keep_buffers`). ``workers``: ``None`` shares one pool of a thread per core; a
+        number gives this sink its own pool (1: compress on the writing thread). ``hash_input``:
+        also sha256 the uncompressed stream, on the writer thread (:meth:`CompressingSink.finish_hashed`).
+        """
+        if size is not None and size >= _BIG_LAYER:
+            _keep_buffers()
         return CompressingSink(self, out, workers=workers, hash_input=hash_input)
 
 
@@ -138,6 +146,35 @@ def compress_block(comp: Compressor, block: bytes) -> bytes:
         return _zstd(comp.level).compress(block)
     return block
 
+
+_allocator_tuned = False
+
+
+def _keep_buffers() -> None:
+    """Let glibc's malloc keep the 1 MiB buffers a big layer churns through, once per process.
+
+    Every block, file chunk and compressed frame is a fresh buffer of about 1 MiB. By default
+    glibc serves those from ``mmap`` and hands them back with ``munmap`` (or trims the heap), so
+    every buffer is paid again in page faults, and the unmaps interrupt the other cores to flush
+    their TLBs. Raising the mmap and trim thresholds keeps them in the heap for reuse: on 2 cores
+    a 1 GB layer took about 4% less CPU and wall time. Python has no binding for ``mallopt``, so
+    it goes through ctypes; another C library (musl) or none at all just skips this.
+    """
+    global _allocator_tuned  # noqa: PLW0603 - a process-wide setting, made once
+    if _allocator_tuned:
+        return
+    _allocator_tuned = True
+    try:
+        import ctypes  # only big layers pay for the import
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 64 << 20)
+    mallopt(_M_TRIM_THRESHOLD, 256 << 20)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's <malloc.h>
 
 _pool_lock = threading.Lock()
 _shared_pool: ThreadPoolExecutor | None = None
@@ -178,7 +215,10 @@ class CompressingSink:
         self._comp = comp
         self._out = out
         self._input_hash = hashlib.sha256() if hash_input else None
-        self._buf = bytearray()
+        # The block being gathered: the written pieces (no copy yet) and their total length; a
+        # full block is joined into one bytes object, the only copy the sink makes.
+        self._pieces: list[bytes | memoryview] = []
+        self._have = 0
         self._blocks = 0
         self._own_pool: ThreadPoolExecutor | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -190,7 +230,7 @@ class CompressingSink:
                 self._pool = self._own_pool = ThreadPoolExecutor(
                     max_workers=n, thread_name_prefix="kiln-compress"
                 )
-        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=n + 2)
+        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=max(_MIN_IN_FLIGHT, 2 * n))
         self._error: BaseException | None = None
         self._stopped = False
         self._thread = threading.Thread(target=self._run, name="kiln-compress-writer", daemon=True)
@@ -218,21 +258,35 @@ class CompressingSink:
         self._queue.put((block, future))
 
     def write(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
-        size = BLOCK_SIZE
-        if len(buf) < size:
+        """Take ``data`` (bytes; anything else is copied first, as the pieces are kept until their
+        block is full)."""
+        if type(data) is not bytes:
+            data = bytes(data)
+        have = self._have
+        if have + len(data) < BLOCK_SIZE:
+            if data:
+                self._pieces.append(data)
+                self._have = have + len(data)
             return
-        full = len(buf) - len(buf) % size
-        with memoryview(buf) as view:
-            for start in range(0, full, size):
-                self._put(bytes(view[start : start + size]))
-        del buf[:full]
+        pieces = self._pieces
+        view = memoryview(data)
+        while have + len(view) >= BLOCK_SIZE:
+            take = BLOCK_SIZE - have
+            pieces.append(view[:take])
+            block = b"".join(pieces)
+            pieces.clear()
+            have = 0
+            view = view[take:]
+            self._put(block)
+        if view:
+            pieces.append(view)
+            have = len(view)
+        self._have = have
 
     def finish(self) -> None:
         try:
-            if self._error is None and (self._buf or self._blocks == 0):
-                self._put(bytes(self._buf))  # the short last block; an empty stream is one empty block
+            if self._error is None and (self._have or self._blocks == 0):
+                self._put(b"".join(self._pieces))  # the short last block; an empty stream is one empty block
         finally:
             self._stop()
         if self._error is not None:
@@ -253,7 +307,8 @@ class CompressingSink:
         if self._stopped:
             return
         self._stopped = True
-        self._buf.clear()
+        self._pieces.clear()
+        self._have = 0
         self._queue.put(None)
         self._thread.join()
         if self._own_pool is not None:

@@ -9,13 +9,17 @@ the archive is two zero blocks, without padding to a 10 KiB record.
 File contents are streamed in 1 MiB chunks, so memory stays flat; the uncompressed stream is hashed
 as it is written (the layer's ``diff_id``) and so is each regular file, by sha256 and by the SHA1
 that SPDX 2.3 requires of every file in the SBOM (one more pass over bytes already in memory,
-cheaper than reading every file again when the SBOM is made).
+cheaper than reading every file again when the SBOM is made). A large file's two hashes run on a
+helper thread (:class:`_FileHashing`) while this thread reads on: the reading thread is a big
+layer's critical path, and the hashes release the GIL, so they use the core the compressor leaves.
 """
 
 from __future__ import annotations
 
 import hashlib
+import queue
 import tarfile
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Protocol
@@ -37,6 +41,10 @@ __all__ = [
 
 BLOCK = 512
 _CHUNK = 1 << 20
+# Files at least this big are hashed on the helper thread; smaller ones here, where hashing a few
+# KiB costs less than handing it over.
+_OFFLOAD = 256 << 10
+_HASH_QUEUE = 8  # chunks in flight to the helper thread: bounds the memory it can hold
 _END = b"\0" * (2 * BLOCK)
 _MAX_EPOCH = 8**11 - 1  # largest mtime a ustar field holds without a PAX header
 
@@ -194,47 +202,121 @@ def write_tar(
     """
     check_epoch(mtime)
     out = _Hashing(sink, hashing=finish_hashed is None)
-    records: list[FileRecord] = []
-    by_path: dict[str, FileRecord] = {}
+    hashing = _FileHashing()
+    records: list[FileRecord | None] = []  # None: filled in once the helper thread is done
+    deferred: list[tuple[int, str, _Hashes]] = []  # (index, path, the file's or its leader's hashes)
+    by_path: dict[str, FileRecord | _Hashes] = {}  # for hard links to an earlier file
     count = 0
-    for entry in entries:
-        out.write(header_bytes(entry, mtime=mtime))
-        count += 1
-        if entry.kind is EntryKind.FILE:
-            sha256, sha1 = _write_content(entry, out)
-            rec = FileRecord(path=entry.path, sha256=sha256, size=entry.size, sha1=sha1)
-            records.append(rec)
-            by_path[entry.path] = rec
-        elif entry.kind is EntryKind.HARDLINK:
-            leader = by_path.get(entry.target or "")
-            if leader is None:
-                raise BuildError(
-                    f"{entry.path}: hard link to {entry.target}, which is not earlier in the same layer"
-                )
-            records.append(
-                FileRecord(path=entry.path, sha256=leader.sha256, size=leader.size, sha1=leader.sha1)
-            )
-    out.write(_END)
+    try:
+        for entry in entries:
+            out.write(header_bytes(entry, mtime=mtime))
+            count += 1
+            if entry.kind is EntryKind.FILE:
+                hashes = _write_content(entry, out, hashing)
+                if hashes.offloaded:
+                    deferred.append((len(records), entry.path, hashes))
+                    records.append(None)
+                    by_path[entry.path] = hashes
+                else:  # final now: a small file's hash objects are not kept
+                    rec = hashes.record(entry.path)
+                    records.append(rec)
+                    by_path[entry.path] = rec
+            elif entry.kind is EntryKind.HARDLINK:
+                leader = by_path.get(entry.target or "")
+                if leader is None:
+                    raise BuildError(
+                        f"{entry.path}: hard link to {entry.target}, which is not earlier in the same layer"
+                    )
+                if isinstance(leader, _Hashes):
+                    deferred.append((len(records), entry.path, leader))
+                    records.append(None)
+                else:
+                    records.append(
+                        FileRecord(path=entry.path, sha256=leader.sha256, size=leader.size, sha1=leader.sha1)
+                    )
+        out.write(_END)
+    finally:
+        hashing.close()
+    for i, path, hashes in deferred:
+        records[i] = hashes.record(path)
     diff_id = finish_hashed() if finish_hashed is not None else Digest(out.h.hexdigest())  # type: ignore[union-attr]
-    return TarStats(diff_id=diff_id, size=out.size, entries=count, files=tuple(records))
+    return TarStats(diff_id=diff_id, size=out.size, entries=count, files=tuple(r for r in records if r))
 
 
-def _write_content(entry: Entry, out: _Hashing) -> tuple[Digest, str]:
+class _Hashes:
+    """One file's sha256 and SHA1, fed in order (here, or on the helper thread when ``offloaded``)."""
+
+    __slots__ = ("offloaded", "sha1", "sha256", "size")
+
+    def __init__(self, size: int, *, offloaded: bool = False) -> None:
+        self.sha256 = hashlib.sha256()
+        self.sha1 = hashlib.sha1(usedforsecurity=False)
+        self.size = size
+        self.offloaded = offloaded
+
+    def update(self, data: bytes) -> None:
+        self.sha256.update(data)
+        self.sha1.update(data)
+
+    def record(self, path: str) -> FileRecord:
+        return FileRecord(
+            path=path, sha256=Digest(self.sha256.hexdigest()), size=self.size, sha1=self.sha1.hexdigest()
+        )
+
+
+class _FileHashing:
+    """The helper thread that hashes large files' chunks in the order they were read.
+
+    Started on the first large file; :meth:`close` waits until every chunk handed over is hashed
+    (so the digests are final) and stops the thread, also when the tar failed half-way."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[tuple[_Hashes, bytes] | None] | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def _run(self, work: queue.Queue[tuple[_Hashes, bytes] | None]) -> None:
+        try:
+            while (item := work.get()) is not None:
+                item[0].update(item[1])
+        except BaseException as exc:  # noqa: BLE001 - raised on the caller's thread by close()
+            self._error = exc
+            while work.get() is not None:  # keep the producer from blocking, until close()
+                pass
+
+    def update(self, hashes: _Hashes, data: bytes) -> None:
+        if self._queue is None:
+            self._queue = queue.Queue(maxsize=_HASH_QUEUE)
+            self._thread = threading.Thread(
+                target=self._run, args=(self._queue,), name="kiln-file-hash", daemon=True
+            )
+            self._thread.start()
+        self._queue.put((hashes, data))
+
+    def close(self) -> None:
+        if self._queue is not None and self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._queue = self._thread = None
+        if self._error is not None:
+            raise self._error
+
+
+def _write_content(entry: Entry, out: _Hashing, hashing: _FileHashing) -> _Hashes:
     if entry.data is not None:
+        hashes = _Hashes(entry.size)
         if len(entry.data) != entry.size:
             raise BuildError(f"{entry.path}: inline data is {len(entry.data)} bytes, not {entry.size}")
         out.write(entry.data)
-        digest = Digest.of(entry.data)
-        sha1 = hashlib.sha1(entry.data, usedforsecurity=False).hexdigest()
+        hashes.update(entry.data)
     else:
-        h = hashlib.sha256()
-        h1 = hashlib.sha1(usedforsecurity=False)
+        hashes = _Hashes(entry.size, offloaded=entry.size >= _OFFLOAD)
+        feed = hashing.update if hashes.offloaded else _Hashes.update
         done = 0
         try:
             with open(str(entry.host_path), "rb") as fh:
                 while done < entry.size and (block := fh.read(min(_CHUNK, entry.size - done))):
-                    h.update(block)
-                    h1.update(block)
+                    feed(hashes, block)
                     out.write(block)
                     done += len(block)
                 grew = bool(fh.read(1))
@@ -245,9 +327,7 @@ def _write_content(entry: Entry, out: _Hashing) -> tuple[Digest, str]:
                 f"{entry.origin}: {entry.host_path} changed size while the image was being built",
                 hint="do not modify inputs during a build",
             )
-        digest = Digest(h.hexdigest())
-        sha1 = h1.hexdigest()
     pad = _padding(entry.size)
     if pad:
         out.write(b"\0" * pad)
-    return digest, sha1
+    return hashes

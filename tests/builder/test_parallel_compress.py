@@ -145,3 +145,33 @@ def test_the_writer_thread_hashes_the_uncompressed_stream(compression: Compressi
     with pytest.raises(ValueError, match="not asked to hash"):
         plain.finish_hashed()
     plain.abort()
+
+
+def test_buffers_the_caller_reuses_do_not_change_the_output() -> None:
+    # The sink keeps the written pieces until their block is full; a bytearray or a memoryview the
+    # caller overwrites right after the write must not leak its new bytes into the stream.
+    comp = Compressor.create(Compression.GZIP)
+    expected = _compress(comp, PAYLOAD, workers=2)
+    out = io.BytesIO()
+    sink = comp.sink(out, workers=2)
+    scratch = bytearray(70_001)
+    for i in range(0, len(PAYLOAD), len(scratch)):
+        piece = PAYLOAD[i : i + len(scratch)]
+        scratch[: len(piece)] = piece
+        sink.write(scratch[: len(piece)] if i % 2 else memoryview(scratch)[: len(piece)])  # type: ignore[arg-type]
+        scratch[:] = b"\xff" * len(scratch)
+    sink.finish()
+    assert out.getvalue() == expected
+
+
+def test_a_big_stream_tunes_the_allocator_and_keeps_the_bytes() -> None:
+    from builder import compress
+
+    comp = Compressor.create(Compression.GZIP)
+    expected = _compress(comp, PAYLOAD, workers=2)
+    out = io.BytesIO()
+    sink = comp.sink(out, size=1 << 30, workers=2)  # a size hint above the threshold
+    sink.write(PAYLOAD)
+    sink.finish()
+    assert out.getvalue() == expected
+    assert compress._allocator_tuned

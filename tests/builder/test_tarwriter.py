@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import os
+import random
 import tarfile
 import time
 from pathlib import Path
@@ -224,3 +225,73 @@ def test_tar_roundtrip_property(entries: list[Entry], mtime: int) -> None:
 def _before(entries: list[Entry], link: Entry) -> bool:
     paths = [e.path for e in entries]
     return link.target in paths and paths.index(link.target) < paths.index(link.path)  # type: ignore[arg-type]
+
+
+def _hash_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name == "kiln-file-hash"]
+
+
+def test_large_and_small_files_get_their_own_digests_in_entry_order(tmp_path: Path) -> None:
+    # Files from 256 KiB up are hashed on a helper thread while the tar goes on; small ones here.
+    # Each record must still carry its own file's digests, in the entries' order, hard links too.
+    import hashlib
+
+    rnd = random.Random(7)
+    contents = {
+        "/a-big": rnd.randbytes(3 << 20 | 123),
+        "/b-small": b"small file",
+        "/c-edge": rnd.randbytes(256 << 10),  # exactly the threshold
+        "/d-below": rnd.randbytes((256 << 10) - 1),
+        "/e-big": rnd.randbytes(1 << 20),
+    }
+    entries = []
+    for path, data in contents.items():
+        host = write(tmp_path, path.lstrip("/"), data)
+        entries.append(Entry(path=path, kind=EntryKind.FILE, mode=0o644, host_path=host, size=len(data)))
+    entries.insert(2, Entry(path="/link-to-big", kind=EntryKind.HARDLINK, mode=0o644, target="/a-big"))
+    entries.append(Entry(path="/link-to-small", kind=EntryKind.HARDLINK, mode=0o644, target="/b-small"))
+    stats = write_tar(entries, io.BytesIO(), mtime=0)
+    expected = [
+        (path, contents[source])
+        for path, source in [
+            ("/a-big", "/a-big"), ("/b-small", "/b-small"), ("/link-to-big", "/a-big"),
+            ("/c-edge", "/c-edge"), ("/d-below", "/d-below"), ("/e-big", "/e-big"),
+            ("/link-to-small", "/b-small"),
+        ]
+    ]  # fmt: skip
+    assert [f.path for f in stats.files] == [p for p, _ in expected]
+    for record, (_, data) in zip(stats.files, expected, strict=True):
+        assert record.sha256 == Digest(hashlib.sha256(data).hexdigest()), record.path
+        assert record.sha1 == hashlib.sha1(data, usedforsecurity=False).hexdigest(), record.path
+        assert record.size == len(data)
+    assert _hash_threads() == []
+
+
+def test_a_large_file_shrinking_stops_the_hash_thread_too(tmp_path: Path) -> None:
+    big = write(tmp_path, "big", b"x" * (2 << 20))
+    entries = [
+        Entry(
+            path="/big", kind=EntryKind.FILE, mode=0o644, host_path=big, size=3 << 20, origin="contents[0]"
+        ),
+    ]
+    with pytest.raises(SourceError, match="changed size"):
+        write_tar(entries, io.BytesIO(), mtime=0)
+    assert _hash_threads() == []
+
+
+def test_a_failing_sink_stops_the_hash_thread(tmp_path: Path) -> None:
+    big = write(tmp_path, "big", b"y" * (4 << 20))
+
+    class Full:
+        def write(self, data: bytes) -> None:
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        write_tar(
+            [Entry(path="/big", kind=EntryKind.FILE, mode=0o644, host_path=big, size=4 << 20)],
+            Full(),
+            mtime=0,
+        )
+    assert _hash_threads() == []
