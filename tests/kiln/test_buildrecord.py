@@ -492,3 +492,32 @@ def test_records_from_before_the_owner_only_directory_are_removed(project: Proje
     assert not legacy.exists()
     assert fast.stat().st_mode & 0o777 == 0o700
     assert len(list(fast.glob("*.json"))) == 1
+
+
+def test_too_many_inputs_refuse_a_record_and_stop_the_listening(tmp_path: Path) -> None:
+    # A 100,000-file tree would be remembered path by path (45 MB) for a record that costs a stat
+    # per input to check: past the cap the recorder forgets what it saw and leaves the hook.
+    for i in range(12):
+        (tmp_path / f"f{i}").write_text(str(i))
+    with InputRecorder(skip=[], racy_ns=0, max_inputs=5) as recorder:
+        for i in range(3):
+            (tmp_path / f"f{i}").read_text()
+        assert recorder.refused is None
+        assert recorder in InputRecorder._active
+        os.listdir(tmp_path)  # 12 more names
+        assert recorder.refused is not None
+        assert "more than 5 inputs" in recorder.refused
+        assert recorder not in InputRecorder._active
+        (tmp_path / "f11").read_text()
+    assert recorder.inputs == {}
+
+
+def test_a_refused_record_stops_the_listening_too(tmp_path: Path) -> None:
+    src = tmp_path / "src.txt"
+    src.write_text("x\n")
+    with InputRecorder(skip=[], racy_ns=0) as recorder:
+        subprocess.run(["true"], check=True)
+        assert recorder not in InputRecorder._active
+        src.read_text()
+    assert recorder.refused is not None
+    assert recorder.inputs == {}
