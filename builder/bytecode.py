@@ -286,9 +286,16 @@ def _disk_key(ident: tuple[object, ...], path: str, sha: str) -> str:
     return hashlib.sha256(repr((_CACHE_VERSION, *ident, path, sha)).encode()).hexdigest()
 
 
-def _from_disk(cache_dir: Path | None, key: str, magic: int) -> tuple[str, bytes | None, str] | None:
+def _info_key(ident: tuple[object, ...]) -> str:
+    return _disk_key(ident, "\0interpreter", "")  # NUL: no image path looks like it
+
+
+def _from_disk(
+    cache_dir: Path | None, key: str, magic: int, *, info: bool = False
+) -> tuple[str, bytes | None, str] | None:
     """A cached answer, or ``None`` (a miss) for anything but a whole, intact entry: one status
-    byte, the sha256 of the payload, the payload (a pyc of this magic number, or an error text)."""
+    byte, the sha256 of the payload, the payload (a pyc of this magic number, or an error text;
+    with ``info``, the interpreter's facts as :func:`_compile` gave them)."""
     if cache_dir is None:
         return None
     try:
@@ -298,6 +305,8 @@ def _from_disk(cache_dir: Path | None, key: str, magic: int) -> tuple[str, bytes
     status, digest, payload = data[:1], data[1:33], data[33:]
     if len(digest) != 32 or hashlib.sha256(payload).digest() != digest:
         return None
+    if info:
+        return (payload.decode("utf-8", "replace"), None, "") if status == b"2" and payload else None
     if (
         status == b"0"
         and len(payload) > 16
@@ -318,7 +327,12 @@ def _to_disk(cache_dir: Path | None, key: str, value: tuple[str, bytes | None, s
     if cache_dir is None:
         return
     folder = cache_dir / key[:2]
-    status, payload = (b"0", value[1]) if value[1] is not None else (b"1", value[2].encode())
+    if value[0]:  # the interpreter's facts
+        status, payload = b"2", value[0].encode()
+    elif value[1] is not None:
+        status, payload = b"0", value[1]
+    else:
+        status, payload = b"1", value[2].encode()
     try:
         folder.mkdir(parents=True, exist_ok=True)
         tmp = folder / f".{key}.{os.getpid()}"
@@ -366,7 +380,13 @@ def _fill_memo(
     cache_dir: Path | None,
     magic: int,
 ) -> None:
-    """Every wanted file's pyc in :data:`_MEMO`: from memory, the disk cache, or compiled now."""
+    """Every wanted file's pyc in :data:`_MEMO`: from memory, the disk cache, or compiled now; and
+    the interpreter's facts, which the disk cache keeps too, so that a build whose files are all
+    cached runs no program at all (and can be answered from a warm-run record next time)."""
+    if (*ident, "info") not in _MEMO:
+        known = _from_disk(cache_dir, _info_key(ident), magic, info=True)
+        if known is not None:
+            _MEMO[(*ident, "info")] = known
     for e, sha in wanted:
         if (*ident, e.path, sha) not in _MEMO:
             hit = _from_disk(cache_dir, _disk_key(ident, e.path, sha), magic)
@@ -377,6 +397,7 @@ def _fill_memo(
         return
     info, results = _compile(host, [(e.path, _read(e)) for e, _ in missing], optimize)
     _MEMO[(*ident, "info")] = (info, None, "")
+    _to_disk(cache_dir, _info_key(ident), (info, None, ""))
     for (e, sha), (status, data) in zip(missing, results, strict=True):
         value = ("", data if status == 0 else None, data.decode("utf-8", "replace"))
         _MEMO[(*ident, e.path, sha)] = value

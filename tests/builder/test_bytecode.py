@@ -126,16 +126,23 @@ def test_same_bytes_whatever_the_build_environment(tmp_path: Path, monkeypatch: 
     assert [(e.path, e.data) for e in first.entries()] == [(e.path, e.data) for e in second.entries()]
 
 
-def test_disk_cache_reuses_and_survives_a_new_process(tmp_path: Path) -> None:
+def test_disk_cache_reuses_and_survives_a_new_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     bytecode._MEMO.clear()
     cache = tmp_path / "cache"
     first = _tree(tmp_path)
-    add_bytecode(first, cache_dir=cache)
+    done = add_bytecode(first, cache_dir=cache)
     stored = sorted(p for p in cache.rglob("*") if p.is_file())
-    assert len(stored) == 5  # four pycs and one refusal
-    bytecode._MEMO.clear()
+    assert len(stored) == 6  # four pycs, one refusal and the interpreter's facts
+    bytecode._MEMO.clear()  # a new process: only the disk cache is left
+    # Everything is cached, so no program runs (a build that runs one gets no warm-run record).
+    ran: list[object] = []
+    monkeypatch.setattr(bytecode.subprocess, "run", lambda *a, **k: ran.append(a) or pytest.fail("ran"))
     second = _tree(tmp_path)
-    add_bytecode(second, cache_dir=cache)
+    again = add_bytecode(second, cache_dir=cache)
+    assert ran == []
+    assert again == done
     assert [(e.path, e.data) for e in first.entries()] == [(e.path, e.data) for e in second.entries()]
 
 
@@ -169,11 +176,11 @@ def test_the_disk_cache_key_holds_the_compiler_and_format(
     bytecode._MEMO.clear()
     cache = tmp_path / "cache"
     add_bytecode(_tree(tmp_path), cache_dir=cache)
-    assert len([p for p in cache.rglob("*") if p.is_file()]) == 5
+    assert len([p for p in cache.rglob("*") if p.is_file()]) == 6  # 4 pycs, a refusal, the facts
     bytecode._MEMO.clear()
     monkeypatch.setattr(bytecode, "_CACHE_VERSION", "another compiler")
     add_bytecode(_tree(tmp_path), cache_dir=cache)
-    assert len([p for p in cache.rglob("*") if p.is_file()]) == 10
+    assert len([p for p in cache.rglob("*") if p.is_file()]) == 12
 
 
 def test_interpreter_must_match_the_stdlib(tmp_path: Path) -> None:
