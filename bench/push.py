@@ -277,17 +277,31 @@ def skopeo_cmd(image: Image, host: str, repo: str, policy: Path) -> tuple[str, .
     )
 
 
+PY_FLOOR = "py-floor"  # bench/pushfloor.py: the least a Python process does to push an image
+
+
+def tool_cmd(tool: str, image: Image, host: str, repo: str, *, jobs: int, work: Path) -> tuple[str, ...]:
+    if tool == "skopeo":
+        return skopeo_cmd(image, host, repo, work / "policy.json")
+    if tool == PY_FLOOR:
+        return (
+            sys.executable,
+            str(REPO / "bench" / "pushfloor.py"),
+            str(image.layout),
+            image.ref,
+            host,
+            repo,
+        )
+    return kiln_cmd(image, host, repo, jobs)
+
+
 def warm_up(image: Image, tools: list[str], work: Path, *, jobs: int, env: dict[str, str]) -> None:
     """One unmeasured push per tool: fills the bytecode cache and the page cache."""
     from tests.kit.services import private_registry
 
     with private_registry(work / "registry-warm-up") as host:
         for tool in tools:
-            if tool == "kiln":
-                cmd = kiln_cmd(image, host, "warm/up", jobs)
-            else:
-                cmd = skopeo_cmd(image, host, "warm/up", work / "policy.json")
-            measured(*cmd, env=env)
+            measured(*tool_cmd(tool, image, host, f"warm/{tool}", jobs=jobs, work=work), env=env)
     shutil.rmtree(work / "registry-warm-up", ignore_errors=True)
 
 
@@ -311,10 +325,7 @@ def bench_image(
             with private_registry(root) as host:
                 repo = f"bench/{tool}"
                 pushed = (variants or {}).get(tool, image)
-                if tool == "skopeo":
-                    cmd = skopeo_cmd(pushed, host, repo, work / "policy.json")
-                else:
-                    cmd = kiln_cmd(pushed, host, repo, jobs)
+                cmd = tool_cmd(tool, pushed, host, repo, jobs=jobs, work=work)
                 results[tool][0].append(measured(*cmd, env=env))
                 results[tool][1].append(measured(*cmd, env=env))
             shutil.rmtree(root, ignore_errors=True)
@@ -354,6 +365,14 @@ def report(image: Image, results: dict[str, tuple[list[Sample], list[Sample]]]) 
                 k_cold, k_warm = median(results[tool][0]), median(results[tool][1])
                 ratios = f"cold {s_cold / k_cold:.2f}x, warm {s_warm / k_warm:.2f}x"
                 print(f"ratio skopeo/kiln publish ({what}): {ratios}")
+    if PY_FLOOR in results:
+        f_cold = median(results[PY_FLOOR][0])
+        mine = IMAGE_ONLY if IMAGE_ONLY in results else "kiln"
+        line = f"{PY_FLOOR} (a bare stdlib pusher) cold: kiln {median(results[mine][0]) / f_cold:.2f}x it"
+        if "skopeo" in results:
+            best = median(results["skopeo"][0]) / f_cold
+            line += f"; skopeo / it {best:.2f}x (the best ratio any Python client can reach)"
+        print(line)
     if start:
         p = median(start)
         k_warm = median(results["kiln"][1])
@@ -391,13 +410,13 @@ def main() -> int:
         verb = "kiln publish" if use_cli() else "RegistryClient.push_image"
         print(f"images ready in {time.perf_counter() - t0:.1f}s; kiln pushes with {verb}, jobs={args.jobs}")
         tools = ["kiln"] if args.skip_skopeo else ["kiln", "skopeo"]
-        warm_up(images[0], tools, work, jobs=args.jobs, env=env)
+        warm_up(images[0], [*tools, PY_FLOOR], work, jobs=args.jobs, env=env)
         # kiln publish pushes an image's SBOM and provenance with it (two manifests, three blobs and
         # the sha256-<hex> referrers index), which skopeo copy of the image does not: python-web
         # is pushed twice by kiln, with its referrers and from a copy of the layout without them.
         web = images[0]
         variants = {IMAGE_ONLY: image_only(web, work)}
-        web_tools = [*tools[:1], IMAGE_ONLY, *tools[1:]]
+        web_tools = [*tools[:1], IMAGE_ONLY, *tools[1:], PY_FLOOR]
         report(
             web,
             bench_image(web, web_tools, work, runs=args.runs, jobs=args.jobs, env=env, variants=variants),
