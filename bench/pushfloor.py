@@ -30,7 +30,7 @@ def _blob_path(layout: str, digest: str) -> str:
 
 def _push_blob(host: str, repo: str, layout: str, desc: dict[str, object], errors: list[str]) -> None:
     digest, size = str(desc["digest"]), int(str(desc["size"]))
-    conn = http.client.HTTPConnection(host, timeout=60)
+    conn = http.client.HTTPConnection(host, timeout=60, blocksize=1 << 20)  # send in 1 MiB pieces
     try:
         conn.request("HEAD", f"/v2/{repo}/blobs/{digest}")
         answer = conn.getresponse()
@@ -64,6 +64,9 @@ def main() -> int:
     with open(_blob_path(layout, desc["digest"]), "rb") as fh:
         raw = fh.read()
     manifest = json.loads(raw)
+    if "layers" not in manifest:
+        print(f"{ref} is not an image manifest (an index?): this floor pushes one image", file=sys.stderr)
+        return 2
     errors: list[str] = []
     threads = [
         threading.Thread(target=_push_blob, args=(host, repo, layout, d, errors))

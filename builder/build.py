@@ -795,7 +795,7 @@ def _write_layer(
     # 3. Write it: the tar framed on this thread, fixed blocks compressed on every core, the tar
     #    and the blob hashed and the blob written on one more (builder.compress).
     with layout.blob_writer(durable=False) as blob:
-        sink = comp.sink(blob, size=plan.size, hash_input=True)
+        sink = comp.sink(blob, hash_input=True, big_buffers=_big_files(plan))
         try:
             if meter is None:
                 stats = write_tar(plan.entries, sink, mtime=mtime, finish_hashed=sink.finish_hashed)
@@ -824,6 +824,14 @@ def _write_layer(
             )
             _remember(cache, stat_key, stats)
     return _info(plan, comp, blob.digest, blob.size, stats, cached=False), stats
+
+
+def _big_files(plan: LayerPlan) -> bool:
+    """Whether a layer is mostly big files (at least 64 MiB, 256 KiB a file on average): the
+    compressor then tunes the allocator for the 1 MiB chunks it churns through. Not for many small
+    files, where the memory a tuned allocator keeps would only add to the per-file records."""
+    size, count = plan.size, plan.file_count
+    return size >= 64 << 20 and size >= count * (256 << 10)
 
 
 def _cache_key(diff_id: Digest, comp: Compressor) -> CacheKey:

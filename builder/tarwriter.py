@@ -16,11 +16,12 @@ layer's critical path, and the hashes release the GIL, so they use the core the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import queue
 import tarfile
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -205,42 +206,59 @@ def write_tar(
     hashing = _FileHashing()
     records: list[FileRecord | None] = []  # None: filled in once the helper thread is done
     deferred: list[tuple[int, str, _Hashes]] = []  # (index, path, the file's or its leader's hashes)
-    by_path: dict[str, FileRecord | _Hashes] = {}  # for hard links to an earlier file
-    count = 0
     try:
-        for entry in entries:
-            out.write(header_bytes(entry, mtime=mtime))
-            count += 1
-            if entry.kind is EntryKind.FILE:
-                hashes = _write_content(entry, out, hashing)
-                if hashes.offloaded:
-                    deferred.append((len(records), entry.path, hashes))
-                    records.append(None)
-                    by_path[entry.path] = hashes
-                else:  # final now: a small file's hash objects are not kept
-                    rec = hashes.record(entry.path)
-                    records.append(rec)
-                    by_path[entry.path] = rec
-            elif entry.kind is EntryKind.HARDLINK:
-                leader = by_path.get(entry.target or "")
-                if leader is None:
-                    raise BuildError(
-                        f"{entry.path}: hard link to {entry.target}, which is not earlier in the same layer"
-                    )
-                if isinstance(leader, _Hashes):
-                    deferred.append((len(records), entry.path, leader))
-                    records.append(None)
-                else:
-                    records.append(
-                        FileRecord(path=entry.path, sha256=leader.sha256, size=leader.size, sha1=leader.sha1)
-                    )
-        out.write(_END)
-    finally:
-        hashing.close()
+        count = _write_entries(entries, out, hashing, records, deferred, mtime=mtime)
+    except BaseException:
+        hashing.close(quiet=True)  # the error under way is the one to report
+        raise
+    hashing.close()
     for i, path, hashes in deferred:
         records[i] = hashes.record(path)
     diff_id = finish_hashed() if finish_hashed is not None else Digest(out.h.hexdigest())  # type: ignore[union-attr]
     return TarStats(diff_id=diff_id, size=out.size, entries=count, files=tuple(r for r in records if r))
+
+
+def _write_entries(
+    entries: Iterable[Entry],
+    out: _Hashing,
+    hashing: _FileHashing,
+    records: list[FileRecord | None],
+    deferred: list[tuple[int, str, _Hashes]],
+    *,
+    mtime: int,
+) -> int:
+    """The entries' headers and contents; each file's record appended to ``records``, or ``None``
+    there and its hashes in ``deferred`` while the helper thread works on them. Returns the count."""
+    by_path: dict[str, FileRecord | _Hashes] = {}  # for hard links to an earlier file
+    count = 0
+    for entry in entries:
+        out.write(header_bytes(entry, mtime=mtime))
+        count += 1
+        if entry.kind is EntryKind.FILE:
+            hashes = _write_content(entry, out, hashing)
+            if hashes.offloaded:
+                deferred.append((len(records), entry.path, hashes))
+                records.append(None)
+                by_path[entry.path] = hashes
+            else:  # final now: a small file's hash objects are not kept
+                rec = hashes.record(entry.path)
+                records.append(rec)
+                by_path[entry.path] = rec
+        elif entry.kind is EntryKind.HARDLINK:
+            leader = by_path.get(entry.target or "")
+            if leader is None:
+                raise BuildError(
+                    f"{entry.path}: hard link to {entry.target}, which is not earlier in the same layer"
+                )
+            if isinstance(leader, _Hashes):
+                deferred.append((len(records), entry.path, leader))
+                records.append(None)
+            else:
+                records.append(
+                    FileRecord(path=entry.path, sha256=leader.sha256, size=leader.size, sha1=leader.sha1)
+                )
+    out.write(_END)
+    return count
 
 
 class _Hashes:
@@ -268,7 +286,8 @@ class _FileHashing:
     """The helper thread that hashes large files' chunks in the order they were read.
 
     Started on the first large file; :meth:`close` waits until every chunk handed over is hashed
-    (so the digests are final) and stops the thread, also when the tar failed half-way."""
+    (so the digests are final) and stops the thread, also when the tar failed half-way. The
+    chunks are bytes the reader does not touch again, and the queue bounds how many wait."""
 
     def __init__(self) -> None:
         self._queue: queue.Queue[tuple[_Hashes, bytes] | None] | None = None
@@ -285,6 +304,8 @@ class _FileHashing:
                 pass
 
     def update(self, hashes: _Hashes, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
         if self._queue is None:
             self._queue = queue.Queue(maxsize=_HASH_QUEUE)
             self._thread = threading.Thread(
@@ -293,13 +314,37 @@ class _FileHashing:
             self._thread.start()
         self._queue.put((hashes, data))
 
-    def close(self) -> None:
+    def close(self, *, quiet: bool = False) -> None:
+        """Wait for the chunks handed over, stop the thread; raise what failed on it, unless
+        ``quiet`` (another error is already on its way)."""
         if self._queue is not None and self._thread is not None:
             self._queue.put(None)
             self._thread.join()
             self._queue = self._thread = None
-        if self._error is not None:
+        if self._error is not None and not quiet:
             raise self._error
+
+
+@contextlib.contextmanager
+def _source(entry: Entry) -> Iterator[Callable[[int], bytes]]:
+    """A reader of ``entry``'s host file whose failures (and only those) name the source."""
+
+    def failed(exc: OSError) -> SourceError:
+        return SourceError(f"{entry.origin}: cannot read {entry.host_path}: {exc.strerror}")
+
+    try:
+        fh = open(str(entry.host_path), "rb")  # noqa: SIM115 - closed below
+    except OSError as exc:
+        raise failed(exc) from exc
+
+    def read(n: int) -> bytes:
+        try:
+            return fh.read(n)
+        except OSError as exc:
+            raise failed(exc) from exc
+
+    with fh:
+        yield read
 
 
 def _write_content(entry: Entry, out: _Hashing, hashing: _FileHashing) -> _Hashes:
@@ -313,15 +358,12 @@ def _write_content(entry: Entry, out: _Hashing, hashing: _FileHashing) -> _Hashe
         hashes = _Hashes(entry.size, offloaded=entry.size >= _OFFLOAD)
         feed = hashing.update if hashes.offloaded else _Hashes.update
         done = 0
-        try:
-            with open(str(entry.host_path), "rb") as fh:
-                while done < entry.size and (block := fh.read(min(_CHUNK, entry.size - done))):
-                    feed(hashes, block)
-                    out.write(block)
-                    done += len(block)
-                grew = bool(fh.read(1))
-        except OSError as exc:
-            raise SourceError(f"{entry.origin}: cannot read {entry.host_path}: {exc.strerror}") from exc
+        with _source(entry) as read:
+            while done < entry.size and (block := read(min(_CHUNK, entry.size - done))):
+                feed(hashes, block)
+                out.write(block)  # its errors are the output's, not the source's
+                done += len(block)
+            grew = bool(read(1))
         if done != entry.size or grew:
             raise SourceError(
                 f"{entry.origin}: {entry.host_path} changed size while the image was being built",

@@ -313,8 +313,9 @@ class InputRecorder:
     events to the recorders currently active (in any thread: the builder writes layers in a pool).
     """
 
-    # The one hook's fan-out. Changed only by __enter__/__exit__ (append and remove are atomic
-    # under the GIL); _dispatch walks a copy, so a recorder leaving mid-event is no harm.
+    # The one hook's fan-out. Changed by __enter__/__exit__ and by a recorder giving up, on any
+    # thread (append and remove are atomic under the GIL; a second remove is suppressed);
+    # _dispatch walks a copy, so a recorder leaving mid-event is no harm.
     _active: list[InputRecorder] = []  # noqa: RUF012
     _installed = False
 
@@ -392,9 +393,6 @@ class InputRecorder:
         path = os.path.join(self._cwd, path)
         if (path, follow) in self.inputs:
             return
-        if len(self.inputs) >= self._max_inputs:
-            self._give_up(f"more than {self._max_inputs} inputs")
-            return
         if self._skipped(path) and not (code and not path.startswith(self._skip)):
             return
         if follow:
@@ -403,6 +401,9 @@ class InputRecorder:
             listed = self.inputs.get((path, False))
             if listed is not None and listed[0] & 0o170000 == 0o100000:
                 return
+        if len(self.inputs) >= self._max_inputs:
+            self._give_up(f"more than {self._max_inputs} inputs")
+            return
         ident = look(path, follow)
         self._check_racy(path, ident)
         with self._lock:

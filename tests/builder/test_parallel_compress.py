@@ -164,14 +164,52 @@ def test_buffers_the_caller_reuses_do_not_change_the_output() -> None:
     assert out.getvalue() == expected
 
 
-def test_a_big_stream_tunes_the_allocator_and_keeps_the_bytes() -> None:
+def test_big_buffers_tune_the_allocator_once_and_keep_the_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+
     from builder import compress
 
+    calls: list[tuple[int, int]] = []
+
+    class Libc:
+        def gnu_get_libc_version(self) -> bytes:
+            return b"2.36"
+
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: Libc())
+    monkeypatch.setattr(compress, "_allocator_tuned", False)
     comp = Compressor.create(Compression.GZIP)
     expected = _compress(comp, PAYLOAD, workers=2)
-    out = io.BytesIO()
-    sink = comp.sink(out, size=1 << 30, workers=2)  # a size hint above the threshold
-    sink.write(PAYLOAD)
-    sink.finish()
-    assert out.getvalue() == expected
-    assert compress._allocator_tuned
+    assert calls == []  # a plain sink leaves the allocator alone
+    for _ in range(2):
+        out = io.BytesIO()
+        sink = comp.sink(out, workers=2, big_buffers=True)
+        sink.write(PAYLOAD)
+        sink.finish()
+        assert out.getvalue() == expected
+    # Once per process: the mmap threshold at 32 MiB (what every glibc accepts), then the trim one.
+    assert calls == [(-3, 32 << 20), (-1, 256 << 20)]
+
+
+def test_a_glibc_refusing_the_mmap_threshold_keeps_its_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    import ctypes
+
+    from builder import compress
+
+    calls: list[int] = []
+
+    class OldLibc:
+        def gnu_get_libc_version(self) -> bytes:
+            return b"2.17"
+
+        def mallopt(self, param: int, value: int) -> int:
+            calls.append(param)
+            return 0
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: OldLibc())
+    monkeypatch.setattr(compress, "_allocator_tuned", False)
+    compress._keep_buffers()
+    assert calls == [-3]  # setting the trim threshold alone would pin mmap at 128 KiB

@@ -284,9 +284,14 @@ def test_a_large_file_shrinking_stops_the_hash_thread_too(tmp_path: Path) -> Non
 def test_a_failing_sink_stops_the_hash_thread(tmp_path: Path) -> None:
     big = write(tmp_path, "big", b"y" * (4 << 20))
 
-    class Full:
+    class Full:  # room for a MiB and a half: the helper thread is hashing by then
+        room = 3 << 19
+
         def write(self, data: bytes) -> None:
-            raise OSError(28, "No space left on device")
+            self.room -= len(data)
+            if self.room < 0:
+                assert _hash_threads() == ["kiln-file-hash"]
+                raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError, match="No space"):
         write_tar(
@@ -294,4 +299,24 @@ def test_a_failing_sink_stops_the_hash_thread(tmp_path: Path) -> None:
             Full(),
             mtime=0,
         )
+    assert _hash_threads() == []
+
+
+@pytest.mark.parametrize("size", [10, 1 << 20], ids=["small", "large"])
+def test_an_unreadable_source_is_named_with_its_origin(tmp_path: Path, size: int) -> None:
+    folder = tmp_path / "dir-not-file"
+    folder.mkdir()  # opens, but reading it fails (EISDIR), as a file gone bad would
+    e = Entry(path="/f", kind=EntryKind.FILE, mode=0o644, host_path=folder, size=size, origin="contents[2]")
+    with pytest.raises(SourceError, match=r"contents\[2\]: cannot read .*dir-not-file: Is a directory"):
+        write_tar([e], io.BytesIO(), mtime=0)
+    missing = Entry(
+        path="/g",
+        kind=EntryKind.FILE,
+        mode=0o644,
+        host_path=tmp_path / "gone",
+        size=size,
+        origin="contents[3]",
+    )
+    with pytest.raises(SourceError, match=r"contents\[3\]: cannot read .*gone: No such file"):
+        write_tar([missing], io.BytesIO(), mtime=0)
     assert _hash_threads() == []
