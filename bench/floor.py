@@ -52,7 +52,7 @@ class _Tee:
         self.q: queue.Queue[bytes | None] | None = None
         if threads > 1:
             self.q = queue.Queue(maxsize=4)
-            self.t = threading.Thread(target=self._run)
+            self.t = threading.Thread(target=self._run, daemon=True)  # a failed tar must not hang
             self.t.start()
 
     def _run(self) -> None:
