@@ -348,6 +348,8 @@ class InputRecorder:
         self.inputs: dict[tuple[str, bool], list[int] | None] = {}
         self.refused: str | None = None  # why no record may be written
         self._max_inputs = max_inputs
+        self._foreign: frozenset[object] = frozenset()  # threads running before __enter__
+        self._current_thread: Any = None
         self._lock = threading.Lock()
         self._local = threading.local()
         self._cwd = os.getcwd()
@@ -358,6 +360,15 @@ class InputRecorder:
         self._created_dirs: tuple[str, ...] = ()
 
     def __enter__(self) -> InputRecorder:
+        import threading
+
+        # Threads already running are not this command's: what they do (a test's leftover
+        # server connecting, a host program's own workers) is no input of it. The command's own
+        # thread, and every thread it starts, are watched. Thread objects, not idents: an ident
+        # is reused by the next thread once one ends.
+        me = threading.current_thread()
+        self._foreign = frozenset(t for t in threading.enumerate() if t is not me)
+        self._current_thread = threading.current_thread
         if not InputRecorder._installed:
             sys.addaudithook(_dispatch)
             InputRecorder._installed = True
@@ -452,6 +463,8 @@ class InputRecorder:
             self._note(os.path.join(path, name), False)
 
     def event(self, name: str, args: tuple[Any, ...]) -> None:
+        if self._foreign and self._current_thread() in self._foreign:
+            return
         if name not in _WATCHED:
             if name in self._unsafe:
                 self._give_up(f"the build used {name}")

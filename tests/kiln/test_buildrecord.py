@@ -3,6 +3,7 @@ change to an input makes the next ``kiln build`` a real one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -341,6 +342,7 @@ def test_a_directory_that_already_existed_is_not_made_by_the_command(tmp_path: P
     with InputRecorder(skip=[], racy_ns=0) as recorder:
         tmp_path.mkdir(parents=True, exist_ok=True)
         (tmp_path / "src.txt").read_text()
+    assert recorder.refused is None, recorder.refused
     assert recorder.inputs.get((str(tmp_path / "src.txt"), True)) is not None
 
 
@@ -369,6 +371,7 @@ def test_module_files_are_inputs_even_inside_a_directory_the_command_made(
         inputs = stable_inputs(recorder)
     finally:
         del sys.modules["rec_made_module"]
+    assert recorder.refused is None, recorder.refused
     assert inputs is not None
     assert [str(module), True] in [entry[:2] for entry in inputs]
 
@@ -521,3 +524,34 @@ def test_a_refused_record_stops_the_listening_too(tmp_path: Path) -> None:
         src.read_text()
     assert recorder.refused is not None
     assert recorder.inputs == {}
+
+
+def test_threads_running_before_the_command_are_not_its_inputs(tmp_path: Path) -> None:
+    # A leftover thread of the host process (here: one started before the recorder) connecting
+    # or reading files is not the command's doing; a thread the command starts is.
+    import socket
+    import threading
+
+    src = tmp_path / "theirs.txt"
+    src.write_text("t")
+    go, done = threading.Event(), threading.Event()
+
+    def theirs() -> None:
+        go.wait(10)
+        src.read_text()
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", 9), timeout=1):
+            pass
+        done.set()
+
+    before = threading.Thread(target=theirs, daemon=True)
+    before.start()
+    with InputRecorder(skip=[], racy_ns=0) as recorder:
+        go.set()
+        assert done.wait(10)
+        assert recorder.refused is None
+        assert (str(src), True) not in recorder.inputs
+        mine = threading.Thread(target=lambda: subprocess.run(["true"], check=True))
+        mine.start()
+        mine.join()
+    before.join(5)
+    assert recorder.refused == "the build used subprocess.Popen"
