@@ -478,18 +478,7 @@ class InputRecorder:
             if sys._getframe(2).f_code.co_filename in _IMPORT_SYSTEM:
                 return
             if name == "open":
-                path, mode, flags = args
-                if isinstance(path, (str, bytes)):
-                    path = os.fsdecode(path)
-                    base = getattr(self._local, "dir_fd", None)
-                    if mode is None and base is not None and not os.path.isabs(path):
-                        # os.open(name, dir_fd=...): the event does not carry the directory, so
-                        # the caller names it with a kiln.dir_fd event (builder/dpkg.py does).
-                        path = os.path.join(base, path)
-                    if _reads(mode, flags):
-                        self._note(path, True)
-                    else:
-                        self._made(path, directory=False)
+                self._opened(*args)
             elif name == "kiln.dir_fd":
                 self._local.dir_fd = None if args[0] is None else os.fsdecode(args[0])
             elif name == "os.mkdir":
@@ -503,6 +492,20 @@ class InputRecorder:
                 self._note(os.fsdecode(args[0]), bool(args[1]))
         finally:
             self._local.busy = False
+
+    def _opened(self, path: object, mode: object, flags: object) -> None:
+        if not isinstance(path, (str, bytes)):
+            return  # a file descriptor: opened before, by path
+        path = os.fsdecode(path)
+        base = getattr(self._local, "dir_fd", None)
+        if mode is None and base is not None and not os.path.isabs(path):
+            # os.open(name, dir_fd=...): the event does not carry the directory, so the caller
+            # names it with a kiln.dir_fd event (builder/dpkg.py does).
+            path = os.path.join(base, path)
+        if _reads(mode, flags):
+            self._note(path, True)
+        else:
+            self._made(path, directory=False)
 
 
 def _reads(mode: object, flags: object) -> bool:
