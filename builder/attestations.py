@@ -272,6 +272,38 @@ def dependency(i: Input, arch: str) -> dict[str, Any]:
     return d
 
 
+def provenance_predicate(
+    subject_digest: Digest,
+    manifest_digest: Digest,
+    builder_version: str,
+    deps: list[Any],
+    *,
+    source_date_epoch: int | None,
+    manifest_uri: str,
+) -> dict[str, Any]:
+    """The SLSA v1 provenance predicate around ``deps`` (its resolvedDependencies), unchecked:
+    :func:`slsa_provenance` and the streamed writer in builder.records both build it here."""
+    run: dict[str, Any] = {"builder": {"id": BUILDER_ID, "version": {"kiln": builder_version}}}
+    metadata: dict[str, Any] = {
+        "invocationId": hashlib.sha256(
+            canonical_json([str(manifest_digest), str(subject_digest), builder_version])
+        ).hexdigest()
+    }
+    if source_date_epoch is not None:
+        metadata["startedOn"] = metadata["finishedOn"] = timestamp(source_date_epoch)
+    run["metadata"] = metadata
+    return {
+        "buildDefinition": {
+            "buildType": BUILD_TYPE,
+            "externalParameters": {
+                "manifest": {"uri": manifest_uri, "digest": {"sha256": manifest_digest.hex}},
+            },
+            "resolvedDependencies": deps,
+        },
+        "runDetails": run,
+    }
+
+
 def slsa_provenance(
     subject_name: str,
     subject_digest: Digest,
@@ -290,24 +322,13 @@ def slsa_provenance(
     from in_toto_attestation.predicates.provenance.v1 import provenance_pb2
 
     deps = [dependency(i, arch) for i in sorted(inputs, key=lambda i: (i.uri, i.sha256, i.kind))]
-    run: dict[str, Any] = {"builder": {"id": BUILDER_ID, "version": {"kiln": builder_version}}}
-    metadata: dict[str, Any] = {
-        "invocationId": hashlib.sha256(
-            canonical_json([str(manifest_digest), str(subject_digest), builder_version])
-        ).hexdigest()
-    }
-    if source_date_epoch is not None:
-        metadata["startedOn"] = metadata["finishedOn"] = timestamp(source_date_epoch)
-    run["metadata"] = metadata
-    predicate = {
-        "buildDefinition": {
-            "buildType": BUILD_TYPE,
-            "externalParameters": {
-                "manifest": {"uri": manifest_uri, "digest": {"sha256": manifest_digest.hex}},
-            },
-            "resolvedDependencies": deps,
-        },
-        "runDetails": run,
-    }
+    predicate = provenance_predicate(
+        subject_digest,
+        manifest_digest,
+        builder_version,
+        deps,
+        source_date_epoch=source_date_epoch,
+        manifest_uri=manifest_uri,
+    )
     json_format.ParseDict(predicate, provenance_pb2.Provenance(), ignore_unknown_fields=False)
     return in_toto_statement(SLSA_PROVENANCE_V1, predicate, [(subject_name, subject_digest)])

@@ -26,8 +26,6 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from builder.attestations import (
-    BUILD_TYPE,
-    BUILDER_ID,
     SLSA_PROVENANCE_V1,
     Input,
     SbomPackage,
@@ -35,7 +33,7 @@ from builder.attestations import (
     dependency,
     image_purl,
     in_toto_statement,
-    timestamp,
+    provenance_predicate,
 )
 from builder.jsonstream import json_string, marker, write_canonical
 from manifests.canonical import canonical_json
@@ -233,21 +231,15 @@ def write_provenance(  # noqa: PLR0917 - slsa_provenance's signature, plus the s
     from in_toto_attestation.predicates.provenance.v1 import provenance_pb2
     from in_toto_attestation.v1 import resource_descriptor_pb2
 
-    run: dict[str, Any] = {"builder": {"id": BUILDER_ID, "version": {"kiln": builder_version}}}
-    metadata: dict[str, Any] = {
-        "invocationId": hashlib.sha256(
-            canonical_json([str(manifest_digest), str(subject_digest), builder_version])
-        ).hexdigest()
-    }
-    if source_date_epoch is not None:
-        metadata["startedOn"] = metadata["finishedOn"] = timestamp(source_date_epoch)
-    run["metadata"] = metadata
-    definition: dict[str, Any] = {
-        "buildType": BUILD_TYPE,
-        "externalParameters": {"manifest": {"uri": manifest_uri, "digest": {"sha256": manifest_digest.hex}}},
-        "resolvedDependencies": [],
-    }
-    predicate = {"buildDefinition": definition, "runDetails": run}
+    predicate = provenance_predicate(
+        subject_digest,
+        manifest_digest,
+        builder_version,
+        [],
+        source_date_epoch=source_date_epoch,
+        manifest_uri=manifest_uri,
+    )
+    definition: dict[str, Any] = predicate["buildDefinition"]
     json_format.ParseDict(predicate, provenance_pb2.Provenance(), ignore_unknown_fields=False)
     mark = marker("resolvedDependencies")
     definition["resolvedDependencies"] = mark
