@@ -16,14 +16,14 @@ layer's critical path, and the hashes release the GIL, so they use the core the 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import os
 import queue
 import tarfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from builder.errors import BuildError, SourceError
 from builder.tree import Entry, EntryKind
@@ -262,24 +262,31 @@ def _write_entries(
 
 
 class _Hashes:
-    """One file's sha256 and SHA1, fed in order (here, or on the helper thread when ``offloaded``)."""
+    """One file's sha256 and SHA1, fed in order (here, or on the helper thread when ``offloaded``).
+    :meth:`finish` turns them into hex digests and drops the hash objects, so a layer of many
+    files keeps two short strings per file, not two hash states."""
 
-    __slots__ = ("offloaded", "sha1", "sha256", "size")
+    __slots__ = ("hex1", "hex256", "offloaded", "sha1", "sha256", "size")
 
     def __init__(self, size: int, *, offloaded: bool = False) -> None:
-        self.sha256 = hashlib.sha256()
-        self.sha1 = hashlib.sha1(usedforsecurity=False)
+        self.sha256: Any = hashlib.sha256()
+        self.sha1: Any = hashlib.sha1(usedforsecurity=False)
         self.size = size
         self.offloaded = offloaded
+        self.hex256 = self.hex1 = ""
 
     def update(self, data: bytes) -> None:
         self.sha256.update(data)
         self.sha1.update(data)
 
+    def finish(self) -> None:
+        if self.sha256 is not None:
+            self.hex256, self.hex1 = self.sha256.hexdigest(), self.sha1.hexdigest()
+            self.sha256 = self.sha1 = None
+
     def record(self, path: str) -> FileRecord:
-        return FileRecord(
-            path=path, sha256=Digest(self.sha256.hexdigest()), size=self.size, sha1=self.sha1.hexdigest()
-        )
+        self.finish()
+        return FileRecord(path=path, sha256=Digest.trusted(self.hex256), size=self.size, sha1=self.hex1)
 
 
 class _FileHashing:
@@ -290,20 +297,24 @@ class _FileHashing:
     chunks are bytes the reader does not touch again, and the queue bounds how many wait."""
 
     def __init__(self) -> None:
-        self._queue: queue.Queue[tuple[_Hashes, bytes] | None] | None = None
+        self._queue: queue.Queue[tuple[_Hashes, bytes, bool] | None] | None = None
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
 
-    def _run(self, work: queue.Queue[tuple[_Hashes, bytes] | None]) -> None:
+    def _run(self, work: queue.Queue[tuple[_Hashes, bytes, bool] | None]) -> None:
         try:
             while (item := work.get()) is not None:
-                item[0].update(item[1])
+                hashes, data, last = item
+                hashes.update(data)
+                if last:
+                    hashes.finish()
         except BaseException as exc:  # noqa: BLE001 - raised on the caller's thread by close()
             self._error = exc
             while work.get() is not None:  # keep the producer from blocking, until close()
                 pass
 
-    def update(self, hashes: _Hashes, data: bytes) -> None:
+    def update(self, hashes: _Hashes, data: bytes, last: bool) -> None:
+        """Hash ``data`` next for ``hashes``; ``last``: the file's final chunk (then finished)."""
         if self._error is not None:
             raise self._error
         if self._queue is None:
@@ -312,7 +323,7 @@ class _FileHashing:
                 target=self._run, args=(self._queue,), name="kiln-file-hash", daemon=True
             )
             self._thread.start()
-        self._queue.put((hashes, data))
+        self._queue.put((hashes, data, last))
 
     def close(self, *, quiet: bool = False) -> None:
         """Wait for the chunks handed over, stop the thread; raise what failed on it, unless
@@ -325,26 +336,25 @@ class _FileHashing:
             raise self._error
 
 
-@contextlib.contextmanager
-def _source(entry: Entry) -> Iterator[Callable[[int], bytes]]:
-    """A reader of ``entry``'s host file whose failures (and only those) name the source."""
-
-    def failed(exc: OSError) -> SourceError:
-        return SourceError(f"{entry.origin}: cannot read {entry.host_path}: {exc.strerror}")
-
+def _open_source(entry: Entry) -> int:
+    """A descriptor of ``entry``'s host file (``os.open``: a buffered file object per file cost
+    more than reading it, for the small files most trees are made of)."""
     try:
-        fh = open(str(entry.host_path), "rb")  # noqa: SIM115 - closed below
+        return os.open(str(entry.host_path), os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
-        raise failed(exc) from exc
+        raise _unreadable(entry, exc) from exc
 
-    def read(n: int) -> bytes:
-        try:
-            return fh.read(n)
-        except OSError as exc:
-            raise failed(exc) from exc
 
-    with fh:
-        yield read
+def _read_source(entry: Entry, fd: int, n: int) -> bytes:
+    """Up to ``n`` bytes of the source; only its failures (not the output's) name the source."""
+    try:
+        return os.read(fd, n)
+    except OSError as exc:
+        raise _unreadable(entry, exc) from exc
+
+
+def _unreadable(entry: Entry, exc: OSError) -> SourceError:
+    return SourceError(f"{entry.origin}: cannot read {entry.host_path}: {exc.strerror}")
 
 
 def _write_content(entry: Entry, out: _Hashing, hashing: _FileHashing) -> _Hashes:
@@ -356,14 +366,19 @@ def _write_content(entry: Entry, out: _Hashing, hashing: _FileHashing) -> _Hashe
         hashes.update(entry.data)
     else:
         hashes = _Hashes(entry.size, offloaded=entry.size >= _OFFLOAD)
-        feed = hashing.update if hashes.offloaded else _Hashes.update
         done = 0
-        with _source(entry) as read:
-            while done < entry.size and (block := read(min(_CHUNK, entry.size - done))):
-                feed(hashes, block)
+        fd = _open_source(entry)
+        try:
+            while done < entry.size and (block := _read_source(entry, fd, min(_CHUNK, entry.size - done))):
+                if hashes.offloaded:
+                    hashing.update(hashes, block, done + len(block) >= entry.size)
+                else:
+                    hashes.update(block)
                 out.write(block)  # its errors are the output's, not the source's
                 done += len(block)
-            grew = bool(read(1))
+            grew = bool(_read_source(entry, fd, 1))
+        finally:
+            os.close(fd)
         if done != entry.size or grew:
             raise SourceError(
                 f"{entry.origin}: {entry.host_path} changed size while the image was being built",

@@ -463,6 +463,8 @@ class InputRecorder:
             self._note(os.path.join(path, name), False)
 
     def event(self, name: str, args: tuple[Any, ...]) -> None:
+        if name == "open" and self._listed_file(args[0]):
+            return  # a regular file its directory's listing already covers: read or rewritten, no news
         if self._foreign and self._current_thread() in self._foreign:
             return
         if name not in _WATCHED:
@@ -493,6 +495,20 @@ class InputRecorder:
         finally:
             self._local.busy = False
 
+    def _listed_file(self, path: object) -> bool:
+        """Whether ``path`` was seen as a regular file when its directory was listed.
+        Such an open changes nothing: a read adds no input (:meth:`_note`), and a write makes
+        nothing new (:meth:`_made`). The builder opens every file of a tree this way, once or
+        twice, so this is the hook's common case and is answered before anything else."""
+        if type(path) is not str:
+            return False
+        if not path.startswith("/"):
+            if getattr(self._local, "dir_fd", None) is not None:
+                return False  # relative to a directory the event does not carry: the long way
+            path = os.path.join(self._cwd, path)
+        known = self.inputs.get((path, False))
+        return known is not None and known[0] & 0o170000 == 0o100000
+
     def _opened(self, path: object, mode: object, flags: object) -> None:
         if not isinstance(path, (str, bytes)):
             return  # a file descriptor: opened before, by path
@@ -510,7 +526,8 @@ class InputRecorder:
 
 def _reads(mode: object, flags: object) -> bool:
     if isinstance(mode, str):
-        return not any(c in mode for c in "wax+")
+        # Called for every file a build opens: plain tests, no generator.
+        return not ("w" in mode or "a" in mode or "x" in mode or "+" in mode)
     if isinstance(flags, int):
         return not flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC)
     return False

@@ -36,8 +36,16 @@ class Digest:
         return cls(hexpart)
 
     @classmethod
+    def trusted(cls, hexdigest: str) -> Digest:
+        """A digest from ``hashlib``'s own ``hexdigest()`` of a sha256: nothing to check. The
+        builder makes one per file of an image, and the pattern check was a tenth of its cost."""
+        digest = object.__new__(cls)
+        object.__setattr__(digest, "hex", hexdigest)
+        return digest
+
+    @classmethod
     def of(cls, data: bytes) -> Digest:
-        return cls(hashlib.sha256(data).hexdigest())
+        return cls.trusted(hashlib.sha256(data).hexdigest())
 
     def __str__(self) -> str:
         return f"sha256:{self.hex}"

@@ -320,3 +320,24 @@ def test_an_unreadable_source_is_named_with_its_origin(tmp_path: Path, size: int
     with pytest.raises(SourceError, match=r"contents\[3\]: cannot read .*gone: No such file"):
         write_tar([missing], io.BytesIO(), mtime=0)
     assert _hash_threads() == []
+
+
+def test_the_helper_thread_finishes_each_large_file_and_drops_its_hash_state() -> None:
+    import hashlib
+
+    from builder.tarwriter import _FileHashing, _Hashes
+
+    data = os.urandom(300 << 10)
+    first, second = _Hashes(len(data), offloaded=True), _Hashes(len(data), offloaded=True)
+    hashing = _FileHashing()
+    hashing.update(first, data[:1000], False)
+    hashing.update(first, data[1000:], True)
+    hashing.update(second, data, False)  # not told it was the last chunk: finished on record()
+    hashing.close()
+    assert first.sha256 is None  # a layer of many files keeps strings only
+    assert first.sha1 is None
+    assert first.hex256 == hashlib.sha256(data).hexdigest()
+    assert first.hex1 == hashlib.sha1(data, usedforsecurity=False).hexdigest()
+    assert second.sha256 is not None
+    rec = second.record("/f")
+    assert (rec.sha256, rec.sha1) == (Digest(hashlib.sha256(data).hexdigest()), first.hex1)

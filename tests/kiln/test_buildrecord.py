@@ -555,3 +555,50 @@ def test_threads_running_before_the_command_are_not_its_inputs(tmp_path: Path) -
         mine.join()
     before.join(5)
     assert recorder.refused == "the build used subprocess.Popen"
+
+
+def test_an_open_of_a_listed_file_adds_nothing_but_a_listed_symlink_is_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The hook answers "a regular file its directory's listing covered" before anything else; a
+    # symlink listed there is not one, and opening it must still record its target.
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "plain").write_bytes(b"p")
+    target = tmp_path / "outside"
+    target.write_bytes(b"t")
+    (tree / "link").symlink_to(target)
+    monkeypatch.chdir(tmp_path)
+    with InputRecorder(skip=[], racy_ns=0) as recorder:
+        os.listdir("tree")
+        listed = dict(recorder.inputs)
+        with open("tree/plain", "rb"), open(tree / "plain", "rb"):
+            pass
+        assert recorder.inputs == listed  # relative or absolute: already covered
+        with open("tree/link", "rb"):
+            pass
+    followed = recorder.inputs[(str(tree / "link"), True)]
+    assert followed is not None
+    assert followed[0] & 0o170000 == 0o100000  # the target's identity: a regular file
+    assert recorder.refused is None
+
+
+def test_a_relative_open_under_a_directory_fd_is_not_mistaken_for_a_listed_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # "name" relative to a dir_fd is not $PWD/name, even when $PWD/name was listed.
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "cwd/name").write_bytes(b"here")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other/name").write_bytes(b"there")
+    monkeypatch.chdir(tmp_path / "cwd")
+    dfd = os.open(tmp_path / "other", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with InputRecorder(skip=[], racy_ns=0) as recorder:
+            os.listdir(".")
+            sys.audit("kiln.dir_fd", str(tmp_path / "other"))
+            os.close(os.open("name", os.O_RDONLY, dir_fd=dfd))
+            sys.audit("kiln.dir_fd", None)
+    finally:
+        os.close(dfd)
+    assert (str(tmp_path / "other/name"), True) in recorder.inputs
