@@ -26,7 +26,7 @@ from pathlib import Path
 from agent.compose import unmount_strays
 from agent.dataplane.embedded import ProcessDataPlane
 from agent.dataplane.haproxy import HAProxyDataPlane
-from agent.errors import AgentError
+from agent.errors import STOP_FAILURES, AgentError, failure_detail
 from agent.events import EventLog
 from agent.journal import Journal
 from agent.runtime import Runtime
@@ -92,8 +92,8 @@ def down(
         for iid in ids:
             try:
                 runtime.stop(iid, grace=stop_grace)
-            except KilnError as exc:
-                events.emit("error", what=f"down: stop {iid}", detail=exc.message)
+            except STOP_FAILURES as exc:
+                events.emit("error", what=f"down: stop {iid}", detail=failure_detail(exc))
                 failed.append(iid)
                 continue
             journal.commit(journal.state.without_known(iid))

@@ -19,7 +19,24 @@ from __future__ import annotations
 
 from manifests.errors import KilnError, UnavailableError
 
-__all__ = ["AgentError", "StoreError", "BundleError", "InstanceError", "RuntimeFailure"]
+__all__ = [
+    "AgentError",
+    "StoreError",
+    "BundleError",
+    "InstanceError",
+    "RuntimeFailure",
+    "STOP_FAILURES",
+    "failure_detail",
+]
+
+# What stopping an instance can raise besides kiln's own errors: a bundle directory, mount or
+# network namespace that will not go is an OSError, and the agent carries on past it all the same.
+STOP_FAILURES: tuple[type[Exception], ...] = (KilnError, OSError)
+
+
+def failure_detail(exc: BaseException) -> str:
+    """The text an ``error`` event carries for ``exc``: a KilnError's message, else what it says."""
+    return exc.message if isinstance(exc, KilnError) else str(exc) or type(exc).__name__
 
 
 class AgentError(KilnError):

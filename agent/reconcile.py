@@ -69,7 +69,7 @@ from agent.compose import unmount_strays
 from agent.dataplane import DataPlane, make_dataplane
 from agent.dataplane.inprocess import InProcessDataPlane
 from agent.enforce import Enforcer
-from agent.errors import AgentError
+from agent.errors import STOP_FAILURES, AgentError, failure_detail
 from agent.events import EventLog
 from agent.gc import Collector
 from agent.journal import (
@@ -349,7 +349,7 @@ class Agent:
             for name in sorted({r.service for r in self.journal.state.instances}):
                 self.deployer.stop_service(name)
             for iid in self.journal.state.known:
-                with contextlib.suppress(KilnError):
+                with contextlib.suppress(*STOP_FAILURES):
                     self.runtime.stop(iid, grace=self.deployer.stop_grace)
             self.journal.commit(with_standby(replace(self.journal.state, known=()), ()))
             self.deployer.dataplane.stop()
@@ -643,8 +643,8 @@ class Agent:
             self.deployer.set_rotation(victim.instance, False)
             try:
                 self.runtime.stop(victim.instance, grace=0.0)
-            except KilnError as exc:
-                self.events.emit("error", what="chaos kill", detail=exc.message)
+            except STOP_FAILURES as exc:
+                self.events.emit("error", what="chaos kill", detail=failure_detail(exc))
             self.wake.set()  # replace it now, not at the next poll
             return victim.instance
         finally:

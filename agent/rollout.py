@@ -47,7 +47,7 @@ from typing import Any, Protocol
 
 from agent.dataplane import DataPlane, Target
 from agent.dataplane.inprocess import InProcessDataPlane
-from agent.errors import RuntimeFailure
+from agent.errors import STOP_FAILURES, RuntimeFailure, failure_detail
 from agent.events import EventLog
 from agent.health import HealthResult, HealthSpec, HealthState, HealthWatch, Probe, check_once, wait_healthy
 from agent.journal import InstanceRecord, Journal, JournalState
@@ -361,8 +361,8 @@ class Deployer:
     def _forget(self, iid: str) -> bool:
         try:
             self.runtime.stop(iid, grace=self.stop_grace)
-        except KilnError as exc:
-            self.events.emit("error", what=f"stop {iid}", detail=exc.message)
+        except STOP_FAILURES as exc:  # the id stays known: a later reconcile retries
+            self.events.emit("error", what=f"stop {iid}", detail=failure_detail(exc))
             return False
         self._netns.pop(iid, None)
         self.watches.pop(iid, None)

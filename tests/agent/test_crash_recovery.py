@@ -15,6 +15,7 @@ the corners it can reach only by luck, made deterministic:
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,14 +43,18 @@ from tests.agent.agentkit import (
 
 
 class StubbornRuntime(FakeRuntime):
-    """A fake runtime whose ``stop`` fails for the ids in :attr:`refuse_stop`."""
+    """A fake runtime whose ``stop`` fails for the ids in :attr:`refuse_stop`: the runtime's own
+    error, or (``raw``) the OSError a bundle or namespace that would not go raises."""
 
     def __init__(self) -> None:
         super().__init__()
         self.refuse_stop: set[str] = set()
+        self.raw = False
 
     def stop(self, instance_id: str, grace: float = 10.0) -> None:
         if instance_id in self.refuse_stop:
+            if self.raw:
+                raise OSError(errno.EBUSY, "Device or resource busy", f"/run/kiln/{instance_id}")
             raise RuntimeFailure(f"runc delete {instance_id} failed: container is busy (test)")
         super().stop(instance_id, grace)
 
@@ -108,7 +113,11 @@ def _ids(agent: Agent) -> list[str]:
     return sorted(r.id for r in agent.journal.state.instances)
 
 
-def test_a_stray_whose_stop_fails_during_recovery_stays_known_and_is_stopped_later(host: Host) -> None:
+@pytest.mark.parametrize("raw", [False, True], ids=["runtime-error", "oserror"])
+def test_a_stray_whose_stop_fails_during_recovery_stays_known_and_is_stopped_later(
+    host: Host, raw: bool
+) -> None:
+    host.runtime.raw = raw
     agent = host.serving()
     serving = _ids(agent)
     release = agent.load_release(agent.journal.state.good)  # type: ignore[arg-type]
@@ -160,3 +169,27 @@ def test_an_unpack_interrupted_by_a_kill_is_removed_on_restart(host: Host) -> No
     again = host.agent()
     assert sorted(p.name for p in roots.iterdir()) == kept
     assert _ids(again) != []
+
+
+def test_kiln_agent_down_carries_on_past_an_instance_whose_stop_raises_an_oserror(host: Host) -> None:
+    from agent.down import down
+    from agent.journal import Journal
+
+    agent = host.serving()
+    first, second = _ids(agent)
+    host.crash(agent)
+    host.runtime.raw = True
+    host.runtime.refuse_stop.add(first)
+
+    report = down(host.ws.config(), runtime=host.runtime, stop_grace=0.1)
+    assert report.failed == (first,)
+    assert second in report.stopped
+    assert host.runtime.running() == (first,)
+    assert first in Journal(host.ws.state).state.known  # still known: the next down retries it
+    errors = [e for e in read_events(host.ws.state) if e.get("event") == "error"]
+    assert "Device or resource busy" in errors[-1]["detail"]
+
+    host.runtime.refuse_stop.clear()
+    again = down(host.ws.config(), runtime=host.runtime, stop_grace=0.1)
+    assert again.stopped == (first,)
+    assert host.runtime.running() == ()
