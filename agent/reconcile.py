@@ -348,10 +348,14 @@ class Agent:
         if stop_instances:
             for name in sorted({r.service for r in self.journal.state.instances}):
                 self.deployer.stop_service(name)
+            still = []  # ids whose stop failed stay known: the next start or `kiln agent down` retries
             for iid in self.journal.state.known:
-                with contextlib.suppress(*STOP_FAILURES):
+                try:
                     self.runtime.stop(iid, grace=self.deployer.stop_grace)
-            self.journal.commit(with_standby(replace(self.journal.state, known=()), ()))
+                except STOP_FAILURES as exc:
+                    self.events.emit("error", what=f"stop {iid}", detail=failure_detail(exc))
+                    still.append(iid)
+            self.journal.commit(with_standby(replace(self.journal.state, known=tuple(still)), ()))
             self.deployer.dataplane.stop()
             with contextlib.suppress(KilnError, OSError):
                 unmount_strays(self.roots_dir)  # nothing runs from the composed roots any more

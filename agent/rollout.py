@@ -529,8 +529,8 @@ class Deployer:
     def retire(self, rec: InstanceRecord) -> None:
         """Drain an instance that no longer serves, then stop it and forget it."""
         self.dataplane.drain(rec.service, rec.id, self.drain_timeout)
-        self._forget(rec.id)
-        self.events.emit("stopped", service=rec.service, instance=rec.id, release=rec.release)
+        if self._forget(rec.id):  # else an error event said why, and the id stays known
+            self.events.emit("stopped", service=rec.service, instance=rec.id, release=rec.release)
 
     def stop_service(self, name: str) -> None:
         """Stop every instance of a service the release no longer has, and its switch."""

@@ -193,3 +193,22 @@ def test_kiln_agent_down_carries_on_past_an_instance_whose_stop_raises_an_oserro
     again = down(host.ws.config(), runtime=host.runtime, stop_grace=0.1)
     assert again.stopped == (first,)
     assert host.runtime.running() == ()
+
+
+def test_an_agent_closed_with_its_instances_keeps_one_it_could_not_stop_known(host: Host) -> None:
+    from agent.journal import Journal
+
+    agent = host.serving()
+    first, second = _ids(agent)
+    host.runtime.raw = True
+    host.runtime.refuse_stop.add(first)
+    host.agents.remove(agent)
+    agent.close(stop_instances=True)
+
+    assert host.runtime.running() == (first,)
+    assert Journal(host.ws.state).state.known == (first,)  # the next start or down retries it
+    events = read_events(host.ws.state)
+    stopped = {e.get("instance") for e in events if e.get("event") == "stopped"}
+    assert second in stopped
+    assert first not in stopped  # no "stopped" for an instance that still runs
+    assert any(e.get("event") == "error" and first in e.get("what", "") for e in events)

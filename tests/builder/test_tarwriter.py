@@ -341,3 +341,29 @@ def test_the_helper_thread_finishes_each_large_file_and_drops_its_hash_state() -
     assert second.sha256 is not None
     rec = second.record("/f")
     assert (rec.sha256, rec.sha1) == (Digest(hashlib.sha256(data).hexdigest()), first.hex1)
+
+
+def test_write_tar_has_the_helper_thread_finish_a_large_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from builder import tarwriter
+
+    big = write(tmp_path, "big", os.urandom(3 << 20))  # three chunks: the last one is flagged
+    finished_on: list[str] = []
+    finish = tarwriter._Hashes.finish
+
+    def spy(self: tarwriter._Hashes) -> None:
+        if self.sha256 is not None:
+            finished_on.append(threading.current_thread().name)
+        finish(self)
+
+    monkeypatch.setattr(tarwriter._Hashes, "finish", spy)
+    stats = write_tar(
+        [Entry(path="/big", kind=EntryKind.FILE, mode=0o644, host_path=big, size=3 << 20)],
+        io.BytesIO(),
+        mtime=0,
+    )
+    assert finished_on == ["kiln-file-hash"]  # not left to record() on the writing thread
+    assert stats.files[0].sha256 == Digest.of(big.read_bytes())

@@ -595,7 +595,7 @@ def test_a_relative_open_under_a_directory_fd_is_not_mistaken_for_a_listed_file(
     dfd = os.open(tmp_path / "other", os.O_RDONLY | os.O_DIRECTORY)
     try:
         with InputRecorder(skip=[], racy_ns=0) as recorder:
-            os.listdir(".")
+            os.listdir(os.getcwd())  # "$PWD/name" is now a listed regular file
             sys.audit("kiln.dir_fd", str(tmp_path / "other"))
             os.close(os.open("name", os.O_RDONLY, dir_fd=dfd))
             sys.audit("kiln.dir_fd", None)
