@@ -40,7 +40,6 @@ import posixpath
 import re
 import stat
 import struct
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -253,6 +252,8 @@ def _compile(
     request = b"".join(
         [struct.pack(">II", optimize, len(sources)), *(_frame(p.encode()) + _frame(s) for p, s in sources)]
     )
+    import subprocess  # only when a pyc is not cached: the interpreter runs
+
     try:
         proc = subprocess.run(  # the image's interpreter, from a host path the manifest names
             [str(host), *_FLAGS, "-c", _COMPILER],

@@ -715,9 +715,12 @@ def check_platform_machines(files: Iterable[tuple[str, str | Path]], architectur
     if wanted is None:
         return
     for image_path, host_path in files:
-        try:
-            with open(host_path, "rb") as fh:
-                head = fh.read(20)
+        try:  # os.open: a buffered file object per file cost more than the 20 bytes read
+            fd = os.open(host_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                head = os.read(fd, 20)
+            finally:
+                os.close(fd)
         except OSError:
             continue  # reported by whoever reads the file next, with its origin
         ident = _parse_ident(head)

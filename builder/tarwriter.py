@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import os
 import queue
-import tarfile
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -86,10 +85,10 @@ def _tar_name(entry: Entry) -> str:
 
 
 _TYPES = {
-    EntryKind.FILE: tarfile.REGTYPE,
-    EntryKind.DIR: tarfile.DIRTYPE,
-    EntryKind.SYMLINK: tarfile.SYMTYPE,
-    EntryKind.HARDLINK: tarfile.LNKTYPE,
+    EntryKind.FILE: b"0",  # tarfile.REGTYPE, DIRTYPE, SYMTYPE, LNKTYPE (a test holds them equal)
+    EntryKind.DIR: b"5",
+    EntryKind.SYMLINK: b"2",
+    EntryKind.HARDLINK: b"1",
 }
 # After the link name: magic "ustar\0" version "00", empty user and group names, empty device
 # numbers and an empty prefix, as tarfile writes them for a PAX-format archive.
@@ -140,6 +139,8 @@ def header_bytes(entry: Entry, *, mtime: int) -> bytes:
 
 
 def _tarfile_header(entry: Entry, *, mtime: int) -> bytes:
+    import tarfile  # the uncommon headers only: most builds never need it
+
     info = tarfile.TarInfo(_tar_name(entry))
     info.mode = entry.mode & 0o7777
     info.uid = entry.uid

@@ -26,7 +26,6 @@ TOML dates and times become ISO 8601 strings (``datetime.isoformat()``).
 from __future__ import annotations
 
 import datetime
-import difflib
 import enum
 import json
 import re
@@ -466,6 +465,8 @@ def type_name(value: object) -> str:
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     """The closest of ``choices`` to ``word`` if one is close enough."""
+    import difflib  # only on an error
+
     matches = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
     return matches[0] if matches else None
 

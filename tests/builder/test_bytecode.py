@@ -138,7 +138,9 @@ def test_disk_cache_reuses_and_survives_a_new_process(
     bytecode._MEMO.clear()  # a new process: only the disk cache is left
     # Everything is cached, so no program runs (a build that runs one gets no warm-run record).
     ran: list[object] = []
-    monkeypatch.setattr(bytecode.subprocess, "run", lambda *a, **k: ran.append(a) or pytest.fail("ran"))
+    import subprocess
+
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: ran.append(a) or pytest.fail("ran"))
     second = _tree(tmp_path)
     again = add_bytecode(second, cache_dir=cache)
     assert ran == []
