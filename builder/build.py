@@ -42,7 +42,7 @@ from builder.vm.treedigest import tree_digest
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
 from manifests.errors import KilnError
-from manifests.image import DEBIAN_SYSROOT, ClosureSource, ImageManifest
+from manifests.image import DEBIAN_SYSROOT, ClosureSource, FilesSource, ImageManifest, TreeSource
 from manifests.layout import REF_NAME, OCILayout
 from manifests.mediatypes import Compression, MediaType
 from manifests.oci import Descriptor, OCIManifest
@@ -201,6 +201,7 @@ def build_image(
     output = Path(output)
     if (output.exists() or output.is_symlink()) and not force:
         raise BuildError(f"{output} already exists", hint="pass --force to replace it")
+    _check_output_spares_inputs(output, manifest)
     if fmt is OutputFormat.DOCKER_ARCHIVE:
         comp = Compressor.create(Compression.NONE)
     else:
@@ -279,6 +280,41 @@ def build_image(
         files=built.files,
         inputs=assembly.inputs,
     )
+
+
+def _own_inputs(manifest: ImageManifest) -> list[tuple[str, Path]]:
+    """The host paths a build reads that the user owns: the manifest (and its Debian lockfile)
+    and each content source, as (where the manifest names it, path)."""
+    found: list[tuple[str, Path]] = []
+    if manifest.source != "<memory>":
+        path = Path(manifest.source)
+        found += [("the manifest", path), ("its lockfile", path.with_suffix(".lock"))]
+    for i, item in enumerate(manifest.contents):
+        if isinstance(item, TreeSource) and item.sysroot is None:
+            found.append((f"contents[{i}].tree.src", manifest.base_dir / item.src))
+        elif isinstance(item, FilesSource):
+            for j, spec in enumerate(item.files):
+                found.append((f"contents[{i}].files[{j}].src", manifest.base_dir / spec.src))
+        elif isinstance(item, ClosureSource) and item.sysroot not in {DEBIAN_SYSROOT, "/"}:
+            found.append((f"contents[{i}].closure.sysroot", manifest.base_dir / item.sysroot))
+    return found
+
+
+def _check_output_spares_inputs(output: Path, manifest: ImageManifest) -> None:
+    """Refuse an output that is, or holds, the manifest or a source: ``--force`` replaces the
+    output whole, and the build's own inputs would be deleted with it."""
+    out = os.path.realpath(output)
+    inside = os.path.join(out, "")
+    for where, path in _own_inputs(manifest):
+        if not os.path.lexists(path):
+            continue
+        real = os.path.realpath(path)
+        if real == out or real.startswith(inside):
+            relation = "is" if real == out else "holds"
+            raise BuildError(
+                f"{output} {relation} {where} ({path}): writing the image there would delete it",
+                hint="write the image to a path outside the manifest's sources (e.g. -o out/NAME)",
+            )
 
 
 def _cache_keys(

@@ -191,7 +191,20 @@ class _Assembler:
                 at=f"{origin}.src",
             ) from exc
         self.inputs.append(InputRecord(origin=origin, kind="files", path=spec.src))
-        if stat.S_ISDIR(st.st_mode):
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if is_dir != spec.src.endswith("/"):
+            # The trailing / says which copy is meant (docs/manifest.md); a path that turns out to
+            # be the other kind is a mistake to name, not a guess to make.
+            raise SourceError(
+                f"{src}: is a directory, and src does not end in '/'"
+                if is_dir
+                else f"{src}: is not a directory, but src ends in '/'",
+                hint=f"write src: {spec.src.rstrip('/')}/ to copy the directory's contents"
+                if is_dir
+                else f"write src: {spec.src.rstrip('/')} to copy the file",
+                at=f"{origin}.src",
+            )
+        if is_dir:
             dst = normalize_path(spec.dst, what=f"{origin}.dst")
             self.walk(
                 src,
@@ -586,7 +599,11 @@ def _scan(base: str, origin: str, exclude: Sequence[str]) -> list[_Found]:
                 raise SourceError(
                     f"{origin}: {directory}/{name}: is a {_special_kind(m)}; images hold only files, "
                     "directories and links",
-                    hint="exclude it with an 'exclude' glob",
+                    # a files entry has no globs: the tree source is the one that can leave it out
+                    hint="exclude it with an 'exclude' glob"
+                    if ".tree" in origin
+                    else "move it out of the directory, or copy the directory with a tree source "
+                    "and an 'exclude' glob",
                 )
         stack.extend(reversed(subdirs))
     return found

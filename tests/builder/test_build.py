@@ -250,3 +250,35 @@ def test_inspect_detects_tampering(tmp_path: Path) -> None:
 )
 def test_docker_repo_tag(name: str, version: str, expected: str) -> None:
     assert docker_repo_tag(name, version) == expected
+
+
+@pytest.mark.parametrize(
+    ("out_rel", "named"),
+    [
+        ("", "the manifest"),  # the manifest's own directory
+        ("kiln.yaml", "the manifest"),  # the manifest file itself (an archive would overwrite it)
+        ("src", "contents[0].tree.src"),
+        ("src/..", "the manifest"),
+        ("link-to-src", "contents[0].tree.src"),
+        ("one", "contents[1].files[0].src"),
+    ],
+)
+def test_force_never_replaces_the_builds_own_manifest_or_sources(
+    tmp_path: Path, out_rel: str, named: str
+) -> None:
+    write(tmp_path, "kiln.yaml", "kind: Image\n")
+    write(tmp_path, "src/app.txt", "app")
+    write(tmp_path, "one", "one")
+    (tmp_path / "link-to-src").symlink_to("src")
+    m = manifest(tmp_path, TreeSource(src="src", dst="/app"), files(("one", "/one")))
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    out = tmp_path / out_rel if out_rel else tmp_path
+    with pytest.raises(BuildError, match=r"would delete it") as exc:
+        build_image(m, output=out, force=True)
+    assert named in str(exc.value)
+    assert (
+        sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+    )  # nothing lost, nothing left
+    # Beside the sources, or inside one (its content is then read before the output appears), it builds.
+    build_image(m, output=tmp_path / "out", force=True)
+    assert (tmp_path / "src/app.txt").read_text() == "app"

@@ -199,3 +199,29 @@ def test_closure(tmp_path: Path) -> None:
     assert all(e.category is Category.RUNTIME for e in runtime)
     assert any(e.path.endswith("/libc.so.6") for e in runtime)
     assert all(i.kind == "closure" and i.path.startswith("/") for i in a.inputs)
+
+
+def test_a_files_src_says_with_its_trailing_slash_whether_it_is_a_directory(tmp_path: Path) -> None:
+    write(tmp_path, "dir/a.txt", "a")
+    write(tmp_path, "file.txt", "f")
+    assert "/d/a.txt" in paths(manifest(tmp_path, files(("dir/", "/d/"))))
+    assert "/d/file.txt" in paths(manifest(tmp_path, files(("file.txt", "/d/"))))
+    with pytest.raises(SourceError, match=r"dir: is a directory, and src does not end in '/'") as exc:
+        assemble(manifest(tmp_path, files(("dir", "/d"))))
+    assert "kiln.yaml: contents[0].files[0].src: " in str(exc.value)  # where the manifest says it
+    assert "(write src: dir/ to copy the directory's contents)" in str(exc.value)
+    with pytest.raises(SourceError, match=r"file.txt: is not a directory, but src ends in '/'") as exc:
+        assemble(manifest(tmp_path, files(("file.txt/", "/d/"))))
+    assert "(write src: file.txt to copy the file)" in str(exc.value)
+
+
+def test_a_special_file_under_a_files_directory_gets_a_hint_files_can_follow(tmp_path: Path) -> None:
+    (tmp_path / "app").mkdir()
+    os.mkfifo(tmp_path / "app/fifo")
+    with pytest.raises(SourceError, match="is a fifo") as exc:
+        assemble(manifest(tmp_path, files(("app/", "/app/"))))
+    assert exc.value.hint is not None
+    assert "tree source" in exc.value.hint  # files entries have no 'exclude' to use
+    with pytest.raises(SourceError, match="is a fifo") as exc:
+        assemble(manifest(tmp_path, TreeSource(src="app", dst="/app")))
+    assert exc.value.hint == "exclude it with an 'exclude' glob"
