@@ -50,8 +50,15 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = rel.add_parser("verify", help="verify a signed release against a trust root (exit 3 when refused)")
     p.add_argument("--root", type=Path, required=True, metavar="ROOT", help="trust root (YAML or envelope)")
     p.add_argument("--channel", help="the channel this host follows")
-    p.add_argument("--highest-accepted", type=int, metavar="N", help="highest version accepted so far")
-    p.add_argument("--current-digest", metavar="DIGEST", help="payload digest of that accepted release")
+    p.add_argument(
+        "--highest-accepted", type=_version_arg, metavar="N", help="highest version accepted so far"
+    )
+    p.add_argument(
+        "--current-digest",
+        type=_digest_arg,
+        metavar="DIGEST",
+        help="payload digest of that accepted release (sha256:HEX)",
+    )
     p.add_argument("--at", metavar="TIME", help="verify as of this RFC 3339 time (default: now)")
     p.add_argument("envelope", type=Path, metavar="ENVELOPE")
     p.set_defaults(handler=cmd_release_verify)
@@ -258,7 +265,31 @@ def _refused(exc: VerificationError) -> VerificationError:
     return VerificationError(f"refused ({exc.reason}): {exc.message}", reason=exc.reason, hint=exc.hint)
 
 
+def _version_arg(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"a release version is not negative: {n}")
+    return n
+
+
+def _digest_arg(text: str) -> Digest:
+    try:
+        return Digest.parse(text)
+    except KilnError:
+        raise argparse.ArgumentTypeError(
+            f"not a digest: {text[:80]!r} (expected sha256: followed by 64 lowercase hex digits)"
+        ) from None
+
+
 def cmd_release_verify(args: argparse.Namespace, out: Output) -> int:
+    if args.current_digest is not None and args.highest_accepted is None:
+        raise UsageError(
+            "--current-digest names the release accepted at --highest-accepted: give both",
+            hint="or neither, to verify without a history",
+        )
     now = _now(args.at)
     root = load_root(_read(args.root, envelope_cap(MAX_ROOT_BYTES), "trust root"), source=str(args.root))
     data = _read(args.envelope, envelope_cap(MAX_RELEASE_BYTES), "release envelope")
@@ -269,7 +300,7 @@ def cmd_release_verify(args: argparse.Namespace, out: Output) -> int:
             channel=args.channel,
             now=now,
             highest_accepted=args.highest_accepted,
-            current_payload_digest=args.current_digest,
+            current_payload_digest=None if args.current_digest is None else str(args.current_digest),
         )
     except VerificationError as exc:
         raise _refused(exc) from None

@@ -183,6 +183,13 @@ def check_release(
                 hint="to roll back, sign a new, higher release that pins the older digests",
             )
         if release.version == highest_accepted and str(digest) != str(current_payload_digest):
+            if current_payload_digest is None:  # nothing to compare with: say so, not "differs"
+                raise VerificationError(
+                    f"release v{release.version} is the version already accepted, and no digest of "
+                    "the accepted release was given to compare it with",
+                    reason=Reason.ROLLBACK,
+                    hint="give the accepted release's payload digest to accept the same release again",
+                )
             raise VerificationError(
                 f"release v{release.version} differs from the accepted release of that version",
                 reason=Reason.ROLLBACK,

@@ -16,7 +16,10 @@ AT = ["--at", "2026-06-01T00:00:00Z"]
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = cli.main(argv)
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:  # a usage error, from argparse, as the real command exits
+        code = int(exc.code or 0)
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -219,3 +222,34 @@ def test_root_rotation(env: Path, capsys: pytest.CaptureFixture[str]) -> None:
     # the signed v2 envelope is a root file too (self-verified), and v3 follows it
     code, _, err = run(["root", "verify", "--old", "v2.dsse.json", "v3.dsse.json", *AT], capsys)
     assert code == 0, err
+
+
+def test_verify_checks_its_history_flags_before_it_calls_anything_a_rollback(
+    env: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root_init = ["root", "init", "--root-key", "d.pub", "--release-key", "a.pub", "--release-key", "b.pub"]
+    root_init += ["--image-key", "c.pub", "--image-repository", "registry.example/team/*", "-o", "root.yaml"]
+    assert run([*root_init, "--release-threshold", "2"], capsys)[0] == 0
+    assert run(["release", "sign", "--key", "a.key", "rel.yaml", "-o", "rel.dsse.json"], capsys)[0] == 0
+    assert run(["release", "sign", "--key", "b.key", "rel.dsse.json"], capsys)[0] == 0
+    verify = ["release", "verify", "--root", "root.yaml", "rel.dsse.json", *AT]
+    code, out, err = run([*verify, "--json"], capsys)
+    assert code == 0, err
+    digest = json.loads(out)["payload_digest"]
+    bare = digest.removeprefix("sha256:")  # what sha256sum prints
+
+    code, _, err = run([*verify, "--highest-accepted", "42", "--current-digest", bare], capsys)
+    assert code == 2  # the command line is wrong, not the release
+    assert "--current-digest: not a digest" in err
+    assert "rollback" not in err
+    code, _, err = run([*verify, "--highest-accepted", "-1"], capsys)
+    assert code == 2
+    assert "not negative" in err
+    code, _, err = run([*verify, "--current-digest", digest], capsys)
+    assert code == 2
+    assert "give both" in err
+    # The accepted version again, with nothing to compare it with: said as it is, not "differs".
+    code, _, err = run([*verify, "--highest-accepted", "42"], capsys)
+    assert code == 3
+    assert "no digest of the accepted release was given" in err
+    assert run([*verify, "--highest-accepted", "42", "--current-digest", digest], capsys)[0] == 0
