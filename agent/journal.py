@@ -82,6 +82,90 @@ class JournalDamaged(JournalError):
     """The journal's bytes are damaged (not a newer format): :class:`Journal` may set it aside."""
 
 
+# -- typed reading of the journal's fields ------------------------------------------------------
+# Every reader below names the field it refuses (``instances[0].port``) and raises JournalDamaged;
+# Journal._load puts the file's path in front. No KeyError/TypeError/ValueError ever escapes.
+
+_MISSING: Any = object()
+
+
+def _kind(value: object) -> str:
+    """What a JSON value is, in words (for "expected ..., got ...")."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, Mapping):
+        return "an object"
+    return type(value).__name__
+
+
+def _where(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _get(d: Mapping[str, Any], key: str, where: str, *, required: bool) -> Any:
+    value = d.get(key, _MISSING)
+    if value is _MISSING and required:
+        raise JournalDamaged(f"{_where(where, key)}: missing")
+    return None if value is _MISSING else value
+
+
+def _obj(value: object, where: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise JournalDamaged(f"{where}: expected an object, got {_kind(value)}")
+    return value
+
+
+def _list(value: object, where: str) -> list[Any]:
+    if not isinstance(value, list | tuple):
+        raise JournalDamaged(f"{where}: expected a list, got {_kind(value)}")
+    return list(value)
+
+
+def _int(d: Mapping[str, Any], key: str, where: str = "", *, required: bool = True) -> Any:
+    value = _get(d, key, where, required=required)
+    if value is None and not required:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise JournalDamaged(f"{_where(where, key)}: expected an integer, got {_kind(value)}")
+    return value
+
+
+def _num(d: Mapping[str, Any], key: str, where: str = "", *, required: bool = True) -> Any:
+    value = _get(d, key, where, required=required)
+    if value is None and not required:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise JournalDamaged(f"{_where(where, key)}: expected a number, got {_kind(value)}")
+    return float(value)
+
+
+def _str(d: Mapping[str, Any], key: str, where: str = "", *, required: bool = True) -> Any:
+    value = _get(d, key, where, required=required)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str):
+        raise JournalDamaged(f"{_where(where, key)}: expected a string, got {_kind(value)}")
+    return value
+
+
+def _opt_list(d: Mapping[str, Any], key: str) -> list[Any]:
+    """A list the journal always writes (an older one may lack it: absent is empty; null is not)."""
+    return _list(d[key], key) if key in d else []
+
+
+def _opt_obj(d: Mapping[str, Any], key: str, where: str = "") -> Mapping[str, Any] | None:
+    value = _get(d, key, where, required=False)
+    return None if value is None else _obj(value, _where(where, key))
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ReleaseRef:
     """A release by version and payload digest (its payload is kept in ``STATE/releases``)."""
@@ -93,8 +177,9 @@ class ReleaseRef:
         return {"version": self.version, "payload_digest": self.payload_digest}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ReleaseRef:
-        return cls(version=int(d["version"]), payload_digest=str(d["payload_digest"]))
+    def from_dict(cls, d: Mapping[str, Any], where: str = "") -> ReleaseRef:
+        d = _obj(d, where or "release")
+        return cls(version=_int(d, "version", where), payload_digest=_str(d, "payload_digest", where))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,24 +222,22 @@ class InstanceRecord:
         return out
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> InstanceRecord:
-        port = d.get("port")
-        bundle = d.get("bundle")
-        root = d.get("root")
-        health = d.get("health")
+    def from_dict(cls, d: Mapping[str, Any], where: str = "") -> InstanceRecord:
+        d = _obj(d, where or "instance")
+        health = _opt_obj(d, "health", where)
         return cls(
-            id=str(d["id"]),
-            service=str(d["service"]),
-            release=int(d["release"]),
-            image=str(d["image"]),
-            manifest=str(d["manifest"]),
-            fingerprint=str(d["fingerprint"]),
-            config=str(d["config"]),
-            port=int(port) if port is not None else None,
-            started_at=float(d["started_at"]),
-            bundle=str(bundle) if bundle is not None else None,
-            root=str(root) if root is not None else None,
-            health=dict(health) if isinstance(health, Mapping) else None,
+            id=_str(d, "id", where),
+            service=_str(d, "service", where),
+            release=_int(d, "release", where),
+            image=_str(d, "image", where),
+            manifest=_str(d, "manifest", where),
+            fingerprint=_str(d, "fingerprint", where),
+            config=_str(d, "config", where),
+            port=_int(d, "port", where, required=False),
+            started_at=_num(d, "started_at", where),
+            bundle=_str(d, "bundle", where, required=False),
+            root=_str(d, "root", where, required=False),
+            health=dict(health) if health is not None else None,
         )
 
 
@@ -168,8 +251,13 @@ class Failure:
         return {"version": self.version, "attempts": self.attempts, "reason": self.reason}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Failure:
-        return cls(version=int(d["version"]), attempts=int(d["attempts"]), reason=str(d["reason"]))
+    def from_dict(cls, d: Mapping[str, Any], where: str = "") -> Failure:
+        d = _obj(d, where or "failure")
+        return cls(
+            version=_int(d, "version", where),
+            attempts=_int(d, "attempts", where),
+            reason=_str(d, "reason", where),
+        )
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -183,18 +271,20 @@ class Refusal:
         return {"reason": self.reason, "detail": self.detail, "version": self.version, "at": self.at}
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Refusal:
-        v = d.get("version")
+    def from_dict(cls, d: Mapping[str, Any], where: str = "") -> Refusal:
+        d = _obj(d, where or "refusal")
         return cls(
-            reason=str(d["reason"]),
-            detail=str(d["detail"]),
-            version=int(v) if v is not None else None,
-            at=float(d["at"]),
+            reason=_str(d, "reason", where),
+            detail=_str(d, "detail", where),
+            version=_int(d, "version", where, required=False),
+            at=_num(d, "at", where),
         )
 
 
-def _ref(d: object) -> ReleaseRef | None:
-    return ReleaseRef.from_dict(d) if isinstance(d, Mapping) else None
+def _ref(d: Mapping[str, Any], key: str, where: str = "") -> ReleaseRef | None:
+    """The release at ``d[key]``: null or absent is none; anything else must be a release."""
+    value = _get(d, key, where, required=False)
+    return None if value is None else ReleaseRef.from_dict(value, _where(where, key))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -274,24 +364,40 @@ class JournalState:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> JournalState:
-        if d.get("format") != _FORMAT:
-            raise JournalError(f"journal format {d.get('format')!r} is not {_FORMAT}")
-        rollout = d.get("rollout")
-        refusal = d.get("last_refusal")
-        rv = d.get("root_version")
+        """The state in a parsed journal document, every field type-checked.
+
+        A ``format`` that is an integer other than 1 raises :class:`JournalError` (a journal of
+        another format, which is never set aside); anything else wrong (``format`` missing or not
+        an integer, a field missing or of the wrong type) raises :class:`JournalDamaged` naming
+        the field, e.g. ``instances[0].port: expected an integer, got a string``.
+        """
+        d = _obj(d, "journal")
+        fmt = _int(d, "format")
+        if fmt != _FORMAT:
+            raise JournalError(f"format: journal format {fmt} is not {_FORMAT}")
+        seq = _int(d, "seq")
+        if seq < 0:
+            raise JournalDamaged(f"seq: {seq} is negative")
+        rollout = _opt_obj(d, "rollout")
+        refusal = _opt_obj(d, "last_refusal")
+        extra = _opt_obj(d, "extra")
+        instances, known, failures = (_opt_list(d, key) for key in ("instances", "known", "failures"))
+        for n, k in enumerate(known):
+            if not isinstance(k, str):
+                raise JournalDamaged(f"known[{n}]: expected a string, got {_kind(k)}")
         return cls(
-            seq=int(d["seq"]),
-            root_version=int(rv) if rv is not None else None,
-            highest=_ref(d.get("highest")),
-            good=_ref(d.get("good")),
-            previous=_ref(d.get("previous")),
-            rollout_to=_ref(rollout.get("to")) if isinstance(rollout, Mapping) else None,
-            rollout_from=_ref(rollout.get("from")) if isinstance(rollout, Mapping) else None,
-            instances=tuple(InstanceRecord.from_dict(i) for i in d.get("instances", [])),
-            known=tuple(str(k) for k in d.get("known", [])),
-            failures=tuple(Failure.from_dict(f) for f in d.get("failures", [])),
-            last_refusal=Refusal.from_dict(refusal) if isinstance(refusal, Mapping) else None,
-            extra=dict(d.get("extra") or {}),
+            seq=seq,
+            root_version=_int(d, "root_version", required=False),
+            highest=_ref(d, "highest"),
+            good=_ref(d, "good"),
+            previous=_ref(d, "previous"),
+            rollout_to=_ref(rollout, "to", "rollout") if rollout is not None else None,
+            rollout_from=_ref(rollout, "from", "rollout") if rollout is not None else None,
+            instances=tuple(InstanceRecord.from_dict(i, f"instances[{n}]") for n, i in enumerate(instances)),
+            known=tuple(known),
+            failures=tuple(Failure.from_dict(f, f"failures[{n}]") for n, f in enumerate(failures)),
+            last_refusal=Refusal.from_dict(refusal, "last_refusal") if refusal is not None else None,
+            extra=dict(extra) if extra is not None else {},
         )
 
 
@@ -342,12 +448,12 @@ class Journal:
             message = exc.message.removeprefix(f"{self.path}: ")
             message = "not an object" if message.startswith("expected a JSON object") else message
             raise JournalDamaged(f"{self.path}: not a kiln agent journal ({message})", hint=hint) from None
-        if doc.get("format") != _FORMAT:
-            return JournalState.from_dict(doc)  # raises the format error (not damage: never set aside)
         try:
             return JournalState.from_dict(doc)
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
-            raise JournalDamaged(f"{self.path}: not a kiln agent journal ({exc!r})", hint=hint) from None
+        except JournalDamaged as exc:
+            raise JournalDamaged(f"{self.path}: {exc.message}", hint=hint) from None
+        except JournalError as exc:  # another format (a newer agent's): never set aside
+            raise JournalError(f"{self.path}: {exc.message}") from None
 
     def commit(self, state: JournalState) -> JournalState:
         """Write ``state`` (with the next ``seq``) atomically and make it the current state."""

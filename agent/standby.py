@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from agent.journal import InstanceRecord, JournalState
+from agent.journal import InstanceRecord, JournalError, JournalState
 
 __all__ = ["STANDBY_KEY", "Standby", "standby_of", "with_standby"]
 
@@ -45,7 +45,7 @@ def standby_of(st: JournalState) -> tuple[Standby, ...]:
     for item in raw:
         try:
             out.append(Standby(record=InstanceRecord.from_dict(item["instance"]), until=float(item["until"])))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, JournalError):
             continue
     return tuple(out)
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import shutil
 import struct
@@ -42,9 +41,10 @@ from agent.rollout import Prepared, config_digest, health_spec_for
 from agent.store import ContentStore, PulledImage
 from agent.unpack import UnpackedRoot, remove_root, root_fingerprint
 from manifests.atomic import atomic_write, fsync_dir
+from manifests.bounded import JsonCaps, read_json_object
 from manifests.canonical import canonical_json
 from manifests.digest import Digest
-from manifests.errors import DocumentError, VerificationError
+from manifests.errors import DocumentError, ParseError, VerificationError
 from manifests.mediatypes import MediaType
 from manifests.oci import OCIManifest
 from manifests.release import Service
@@ -279,10 +279,14 @@ def place_vm(store: ContentStore, image: PulledImage, roots_dir: Path) -> Unpack
     meta = roots_dir / f"{hexd}.json"
     if final.is_dir() and meta.is_file():
         try:
-            fingerprint = json.loads(meta.read_bytes()[:4096])["fingerprint"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DocumentError(f"{meta}: unreadable root record: {exc}") from exc
-        return UnpackedRoot(path=final, manifest_digest=image.manifest_digest, fingerprint=str(fingerprint))
+            doc = read_json_object(meta.read_bytes()[:4096], what=str(meta), caps=JsonCaps(max_depth=4))
+        except ParseError as exc:  # bounded: a record nested deep raised RecursionError
+            raise DocumentError(f"unreadable root record: {exc.message}") from None
+        fingerprint = doc.get("fingerprint")
+        if not isinstance(fingerprint, str):
+            got = "missing" if "fingerprint" not in doc else "not a string"
+            raise DocumentError(f"{meta}: unreadable root record: fingerprint: {got}")
+        return UnpackedRoot(path=final, manifest_digest=image.manifest_digest, fingerprint=fingerprint)
     raw = store.read(image.config_digest)
     config = VMConfig.from_bytes(raw)
     layers = {(d.digest, d.size) for d in image.layers}

@@ -254,9 +254,15 @@ def _wake(config: Any, out: Output) -> int:
 
 
 def _status_from_journal(config: Any) -> dict[str, Any]:
-    from agent.journal import Journal, read_source_state
+    from agent.journal import Journal, JournalState, read_source_state
     from agent.status import status_document
 
+    # A query: never create the state directory (Journal() would, for its first commit).
+    if not Path(config.state).is_dir():
+        doc = status_document(JournalState(), instances=[], metrics=None, config=config)
+        doc["state_exists"] = False
+        doc["state_dir"] = str(config.state)
+        return doc
     st = Journal(config.state).state
     instances = [
         {
@@ -296,11 +302,17 @@ def _status_table(doc: dict[str, Any]) -> str:
     def ver(r: Any) -> str:
         return f"v{r['version']}" if isinstance(r, dict) else "-"
 
+    root = doc.get("root_version")
     lines = [
         f"channel {doc['channel']}  release {ver(doc['release'])}  previous {ver(doc['previous'])}  "
-        f"highest accepted {ver(doc['highest_accepted'])}  root v{doc['root_version']}  "
+        f"highest accepted {ver(doc['highest_accepted'])}  "
+        f"root {f'v{root}' if root is not None else 'none known'}  "
         f"agent {'running' if doc.get('agent_running') else 'not running'}",
     ]
+    if doc.get("state_exists") is False:
+        lines.append(
+            f"no agent state yet: {doc.get('state_dir')} does not exist (the agent has not run here)"
+        )
     lines.append(_source_line(doc.get("source")))
     if doc.get("rollout"):
         lines.append(f"rollout in progress: {ver(doc['rollout']['from'])} -> {ver(doc['rollout']['to'])}")

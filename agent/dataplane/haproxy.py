@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Final
 
 from agent.dataplane import DataPlaneError, ServiceView, Target
+from manifests.bounded import JsonCaps, read_json_object
+from manifests.errors import ParseError
 
 __all__ = ["HAProxyDataPlane", "render_config", "netns_name"]
 
@@ -119,6 +121,9 @@ class _Proc:
     old: tuple[int, ...]
 
 
+_DESIRED_CAPS = JsonCaps(max_bytes=16 * 1024 * 1024, max_depth=16)
+
+
 class HAProxyDataPlane:
     """A :class:`agent.dataplane.DataPlane` on HAProxy (module docstring)."""
 
@@ -142,12 +147,24 @@ class HAProxyDataPlane:
             data = self.desired.read_bytes()
         except FileNotFoundError:
             return {}
+        hint = "`kiln agent down` resets it"
         try:
-            doc = json.loads(data[: 16 * 1024 * 1024])
-            views = [ServiceView.from_dict(v) for v in doc["services"]]
-        except (ValueError, KeyError, TypeError, DataPlaneError) as exc:
-            hint = "`kiln agent down` resets it"
-            raise DataPlaneError(f"{self.desired}: unreadable ({exc})", hint=hint) from None
+            # Bounded: a file nested deep raised RecursionError through json.loads.
+            doc = read_json_object(data, what=str(self.desired), caps=_DESIRED_CAPS)
+        except ParseError as exc:
+            raise DataPlaneError(exc.message, hint=hint) from None
+        services = doc.get("services")
+        if not isinstance(services, list):
+            got = "missing" if "services" not in doc else "not a list"
+            raise DataPlaneError(f"{self.desired}: services: {got}", hint=hint)
+        views = []
+        for n, entry in enumerate(services):
+            if not isinstance(entry, dict):
+                raise DataPlaneError(f"{self.desired}: services[{n}]: not an object", hint=hint)
+            try:
+                views.append(ServiceView.from_dict(entry))
+            except DataPlaneError as exc:
+                raise DataPlaneError(f"{self.desired}: services[{n}]: {exc.message}", hint=hint) from None
         return {v.name: v for v in views}
 
     def _apply(self, services: dict[str, ServiceView]) -> None:

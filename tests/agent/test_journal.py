@@ -66,7 +66,7 @@ def test_failures_count_attempts_per_version(tmp_path: Path) -> None:
         (b"{", "not a kiln agent journal"),
         (b"[]", "not a kiln agent journal (not an object)"),
         (b'{"format": 9, "seq": 1}', "journal format 9 is not 1"),
-        (b'{"format": 1}', "not a kiln agent journal (KeyError('seq'))"),
+        (b'{"format": 1}', "journal.json: seq: missing"),
     ],
 )
 def test_garbage_is_refused_with_a_hint(tmp_path: Path, data: bytes, message: str) -> None:
