@@ -198,6 +198,10 @@ def build_image(
     reference = image_reference(manifest.name, manifest.version, name)
     mtime = check_epoch(source_date_epoch)
     say = progress or (lambda _msg: None)
+    if Path(output).name in ("", ".", ".."):  # "", ".", "/", "x/..": nothing to replace but a parent
+        raise BuildError(
+            f"output path {str(output)!r} names no file or directory", hint="give -o DIR or -o FILE"
+        )
     output = Path(output)
     if (output.exists() or output.is_symlink()) and not force:
         raise BuildError(f"{output} already exists", hint="pass --force to replace it")
@@ -221,8 +225,11 @@ def build_image(
             manifest, plans, fmt=fmt, comp=comp, mtime=mtime, reference=reference, sbom_packages=sbom_packages
         )
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.kiln-"))
+    try:  # the staging directory is kiln's own: a failure to make it is the output's to name
+        output.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}.kiln-"))
+    except OSError as exc:
+        raise BuildError(f"cannot write {output}: {exc.strerror or exc}") from exc
     try:
         layout = OCILayout.create(stage / "layout")
         built = None

@@ -247,6 +247,11 @@ def _signer(args: argparse.Namespace) -> Signer:
 
 
 def cmd_key_generate(args: argparse.Namespace, out: Output) -> int:
+    if not args.out or args.out.endswith("/") or Path(args.out).is_dir():
+        raise UsageError(
+            f"--out {args.out!r} is a directory, not a prefix: the keys would be hidden files in it",
+            hint=f"--out {args.out.rstrip('/') or '.'}/NAME writes NAME.key and NAME.pub there",
+        )
     key_path, pub_path = Path(f"{args.out}.key"), Path(f"{args.out}.pub")
     for path in (key_path, pub_path):
         if path.exists() and not args.force:

@@ -282,3 +282,23 @@ def test_force_never_replaces_the_builds_own_manifest_or_sources(
     # Beside the sources, or inside one (its content is then read before the output appears), it builds.
     build_image(m, output=tmp_path / "out", force=True)
     assert (tmp_path / "src/app.txt").read_text() == "app"
+
+
+@pytest.mark.parametrize("out", ["", ".", "/", "sub/.."])
+def test_an_output_path_that_names_nothing_is_refused_before_anything_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "src/app.txt", "app")
+    m = manifest(tmp_path / "src", TreeSource(src=".", dst="/app"))
+    with pytest.raises(BuildError, match="names no file or directory"):
+        build_image(m, output=out, force=True)
+    assert (tmp_path / "src/app.txt").read_text() == "app"
+
+
+def test_an_output_that_cannot_be_made_is_named_not_kilns_staging_directory(tmp_path: Path) -> None:
+    write(tmp_path, "src/app.txt", "app")
+    m = manifest(tmp_path, TreeSource(src="src", dst="/app"))
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(BuildError, match=rf"^cannot write {tmp_path}/afile/out: \w"):
+        build_image(m, output=tmp_path / "afile/out")

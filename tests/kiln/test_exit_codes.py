@@ -182,3 +182,12 @@ def test_version_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert isinstance(doc["kiln"], str)
     code, out, _ = _run(["--version"], capsys)
     assert out.startswith("kiln ")
+
+
+def test_key_generate_refuses_a_directory_as_its_prefix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KILN_PASSWORD", "pw")
+    for out in (f"{tmp_path}/", str(tmp_path)):
+        assert main(["key", "generate", "--out", out, "-q"]) == 2
+    assert list(tmp_path.iterdir()) == []  # no hidden .key/.pub written into it
