@@ -385,6 +385,11 @@ def _expires(text: str | None, now: datetime) -> datetime:
         return (now + _DEFAULT_ROOT_LIFETIME).replace(microsecond=0)
     when = parse_utc_time(text)
     if when is not None:
+        if when <= now:  # every host would refuse it at once: a typo in the year, most likely
+            raise UsageError(
+                f"--expires {text} is already past",
+                hint="a later RFC 3339 UTC time, or a duration such as 8760h",
+            )
         return when
     try:
         seconds = parse_duration(text)
@@ -400,6 +405,24 @@ def _role(paths: list[Path], threshold: int, what: str) -> tuple[Role, dict[str,
     if not 1 <= threshold <= len(keys):
         raise UsageError(f"{what} threshold {threshold} needs 1 to {len(keys)} distinct keys")
     return Role(key_ids=tuple(sorted(keys)), threshold=threshold), keys
+
+
+# Which flag of ``root init`` writes which field of the root (for its errors).
+_ROOT_FLAGS = (
+    ("releases.channels", "--channel"),
+    ("images.rules", "--image-repository"),
+    ("expires", "--expires"),
+    ("threshold", "--threshold/--release-threshold"),
+    ("version", "--version"),
+)
+
+
+def _field_problem(message: str) -> str:
+    """``<root init>:14:5: releases.channels[0]: invalid ...`` -> ``releases.channels[0]: invalid ...``."""
+    _, sep, rest = message.partition("<root init>")
+    if not sep:
+        return message
+    return rest.lstrip(":0123456789 ")
 
 
 def cmd_root_init(args: argparse.Namespace, out: Output) -> int:
@@ -435,9 +458,14 @@ def cmd_root_init(args: argparse.Namespace, out: Output) -> int:
         images=images,
         keys=tuple(sorted({**root_pems, **release_pems}.items())),
     )
-    # Through the parser once: what is written is exactly what hosts will load.
+    # Through the parser once: what is written is exactly what hosts will load. A value it refuses
+    # came from a flag: the error names the flag, not a line of a file that was never written.
     text = root.to_yaml()
-    parsed = load_root(text.encode("utf-8"), source=str(args.output))
+    try:
+        parsed = load_root(text.encode("utf-8"), source="<root init>")
+    except KilnError as exc:  # ManifestError and the like: the generated text is the flags' values
+        flags = " or ".join(flag for field, flag in _ROOT_FLAGS if field in exc.message) or "the flags"
+        raise UsageError(f"{flags}: {_field_problem(exc.message)}", hint=exc.hint) from None
     args.output.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.output, text.encode("utf-8"))
     out.result(

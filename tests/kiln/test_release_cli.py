@@ -253,3 +253,36 @@ def test_verify_checks_its_history_flags_before_it_calls_anything_a_rollback(
     assert code == 3
     assert "no digest of the accepted release was given" in err
     assert run([*verify, "--highest-accepted", "42", "--current-digest", digest], capsys)[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (["--channel", "a b"], "kiln: error: --channel: releases.channels[0]: invalid channel glob 'a b'"),
+        (["--image-repository", ""], "kiln: error: --image-repository: images.rules[0].repositories:"),
+        (
+            ["--expires", "2000-01-01T00:00:00Z"],
+            "kiln: error: --expires 2000-01-01T00:00:00Z is already past",
+        ),
+    ],
+)
+def test_root_init_names_the_flag_it_refuses_and_writes_nothing(
+    env: Path, capsys: pytest.CaptureFixture[str], extra: list[str], said: str
+) -> None:
+    argv = [
+        "root",
+        "init",
+        "--root-key",
+        "a.pub",
+        "--release-key",
+        "b.pub",
+        "--image-key",
+        "c.pub",
+        "-o",
+        "r.yaml",
+    ]
+    code, _, err = run([*argv, *extra], capsys)
+    assert code == 2
+    assert err.startswith(said)
+    assert "r.yaml:" not in err  # no line of a file that was never written
+    assert not Path("r.yaml").exists()
