@@ -275,7 +275,7 @@ class OCILayout:
             data = _read_capped(path, MAX_DOCUMENT_BYTES)
         except FileNotFoundError:
             raise DocumentError(f"{self.root}: {INDEX_FILE} is missing") from None
-        return OCIIndex.from_bytes(data)
+        return OCIIndex.from_bytes(data, what=str(path))
 
     def write_index(self, index: OCIIndex) -> None:
         """Replace ``index.json`` atomically with the canonical form of ``index``."""

@@ -275,8 +275,8 @@ class OCIIndex(_Envelope):
         return self._to_dict({"manifests": [m.to_dict() for m in self.manifests]})
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> OCIIndex:
-        what = "image index"
+    def from_bytes(cls, data: bytes, *, what: str = "image index") -> OCIIndex:
+        """``what`` names the document in errors (a layout passes its index.json's path)."""
         d = parse_json_object(data, what=what)
         _schema_version(d, what)
         mans = d.get("manifests")
