@@ -471,7 +471,7 @@ def cmd_copy(args: argparse.Namespace, out: Output) -> int:
                     if current is None or current.digest != closure.digest:
                         dest.endpoint.set_tag(tag, closure.root)
                 elif isinstance(dest.endpoint, LayoutRepository):
-                    dest.endpoint.layout.add(closure.root.descriptor)
+                    dest.endpoint.add_untagged(closure.root.descriptor)
             pinned = dest.endpoint.pinned(closure.digest)
     data = _copy_data(pinned, copied, [tag] if tag else [])
     data["source"] = str(src_loc)

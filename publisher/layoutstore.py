@@ -86,6 +86,7 @@ class LayoutRepository:
         # when it made an existing empty directory a layout.
         self._made_dir: Path | None = None
         self._filled_empty = False
+        self._indexed: set[Digest] = set()  # what this object listed in index.json
         try:
             if create:
                 self._create()
@@ -137,7 +138,10 @@ class LayoutRepository:
     def _create(self) -> None:
         if (self.root / LAYOUT_FILE).exists():
             return
-        self._refuse_foreign()  # before writing anything, not even the lock file, into it
+        if not os.path.lexists(self.root / LOCK_FILE):
+            # Nothing, not even the lock file, goes into a directory that is not ours. With a lock
+            # file, another kiln may be making it a layout right now: decide under the lock.
+            self._refuse_foreign()
         try:
             self._made_dir = _make_dirs(self.root)
         except OSError as exc:
@@ -173,16 +177,30 @@ class LayoutRepository:
     def discard_created(self) -> None:
         """Undo what ``create=True`` made, for a run that failed: a directory it created is removed
         whole; a directory that was empty before is emptied again. A layout that existed before is
-        left alone (its new blobs are content-addressed and harmless). Best effort: never raises."""
+        left alone (its new blobs are content-addressed and harmless), and so is one whose index
+        lists anything this object did not put there: another kiln shares it. Never raises."""
         made, self._made_dir = self._made_dir, None
         filled, self._filled_empty = self._filled_empty, False
-        if made is not None:
-            shutil.rmtree(made, ignore_errors=True)
-        elif filled:
-            shutil.rmtree(self.root / "blobs", ignore_errors=True)
-            for name in (LAYOUT_FILE, INDEX_FILE, LOCK_FILE):
-                with contextlib.suppress(OSError):
-                    (self.root / name).unlink()
+        if made is None and not filled:
+            return
+        try:
+            with self.locked():
+                if not self._only_ours():
+                    return
+                if made is not None:
+                    shutil.rmtree(made, ignore_errors=True)
+                    return
+                shutil.rmtree(self.root / "blobs", ignore_errors=True)
+                for name in (LAYOUT_FILE, INDEX_FILE, LOCK_FILE):
+                    with contextlib.suppress(OSError):
+                        (self.root / name).unlink()
+        except Exception:  # noqa: BLE001 - best effort: the caller re-raises the real failure
+            return
+
+    def _only_ours(self) -> bool:
+        if not os.path.lexists(self.root / INDEX_FILE):
+            return True  # _create failed before writing it
+        return all(d.digest in self._indexed for d in OCILayout(self.root).index().manifests)
 
     @contextlib.contextmanager
     def discarded_on_failure(self) -> Iterator[LayoutRepository]:
@@ -316,7 +334,14 @@ class LayoutRepository:
             if current is not None and current.digest == manifest.digest:
                 return
             self.put_manifest(manifest)
+            self._indexed.add(manifest.digest)
             self.layout.tag(self._descriptor_for(manifest), tag)
+
+    def add_untagged(self, desc: Descriptor) -> None:
+        """List ``desc`` in index.json without a name (a layout's image with no tag)."""
+        with self.locked():
+            self._indexed.add(desc.digest)
+            self.layout.add(desc)
 
     def _descriptor_for(self, manifest: Manifest) -> Descriptor:
         platform = None
@@ -374,6 +399,7 @@ class LayoutRepository:
                     listed.add(desc.digest)
                     new.append(replace(desc, annotations=MappingProxyType(dict(desc.annotations))))
             if new:
+                self._indexed.update(d.digest for d in new)
                 self.layout.write_index(replace(index, manifests=(*index.manifests, *new), raw=None))
 
 

@@ -186,3 +186,19 @@ def test_a_refused_directory_gets_nothing_written_into_it(
     assert "publish" not in hint  # the same refusal for every verb
     assert sorted(p.name for p in mine.iterdir()) == ["data.txt"]
     assert (mine / "data.txt").read_text() == "mine"
+
+
+def test_a_failed_run_keeps_a_new_layout_another_run_wrote_into(tmp_path: Path) -> None:
+    """Two kilns creating the same new oci:DIR: the one that made the directory and then failed must
+    not take the other's published image with it."""
+    make_image(tmp_path / "good", version="1.0.0")
+    image = LayoutRepository(tmp_path / "good").get_manifest("1.0.0")
+    assert image is not None
+    dest = tmp_path / "dest"
+    first = LayoutRepository(dest, create=True)  # made the directory
+    second = LayoutRepository(dest, create=True)  # found it a layout
+    second.set_tag("1.0.0", image)
+    first.discard_created()
+    assert LayoutRepository(dest).tag_target("1.0.0") is not None
+    second.discard_created()  # made nothing: removes nothing
+    assert (dest / "index.json").exists()
