@@ -26,7 +26,7 @@ from manifests.digest import Digest
 from manifests.errors import KilnError
 from manifests.layoutref import tag_of
 from manifests.oci import Descriptor, OCIManifest
-from publisher.copy import BlobCounts, CopyResult, copy_image
+from publisher.copy import BlobCounts, CopyResult, collect_closure, copy_closure, copy_image
 from publisher.endpoint import Endpoint, LayoutLocation, Location, parse_location
 from publisher.errors import InvalidReference, PublishError
 from publisher.layoutstore import LayoutRepository
@@ -115,9 +115,11 @@ class Opened:
 
 @contextlib.contextmanager
 def open_endpoint(location: Location, *, insecure: bool, jobs: int, create: bool = False) -> Iterator[Opened]:
-    """An endpoint for ``location``; a registry client is closed on exit."""
+    """An endpoint for ``location``; a registry client is closed on exit. A layout directory that
+    ``create`` made is removed again if the block fails (:meth:`LayoutRepository.discard_created`)."""
     if isinstance(location, LayoutLocation):
-        yield Opened(LayoutRepository(location.directory, create=create), location)
+        with LayoutRepository(location.directory, create=create).discarded_on_failure() as layout:
+            yield Opened(layout, location)
         return
     with _collector_paused():
         # Not at the top: httpx (~0.1 s of imports) is for registries only, not for oci:DIR.
@@ -221,10 +223,11 @@ def _publish(args: argparse.Namespace, out: Output, recorder: InputRecorder | No
             progress=out.progress,
             watch=_blob_bars(live),
         )
-        human, data = _publish_output(result)
-        out.result(human, data)
         if recorder is not None and isinstance(dest_loc, Reference):
             _record(args.argv, recorder, src=src, root=root, dest=dest, result=result, out=out)
+    # Printed once DEST is complete: a failure to print does not undo a publish that succeeded.
+    human, data = _publish_output(result)
+    out.result(human, data)
     return 0
 
 
@@ -437,10 +440,7 @@ def cmd_copy(args: argparse.Namespace, out: Output) -> int:
             f"DEST names a digest: {args.dest}", hint="the digest is the source's; name a tag or nothing"
         )
     tag = dest_loc.tag or _tag_for(dest_loc, src_loc.tag)
-    with (
-        open_endpoint(src_loc, insecure=args.insecure, jobs=args.jobs) as src,
-        open_endpoint(dest_loc, insecure=args.insecure, jobs=args.jobs, create=True) as dest,
-    ):
+    with open_endpoint(src_loc, insecure=args.insecure, jobs=args.jobs) as src:
         ref = _selector(src_loc)
         if ref is None:
             if isinstance(src.endpoint, LayoutRepository):
@@ -451,26 +451,28 @@ def cmd_copy(args: argparse.Namespace, out: Output) -> int:
         root_man = src.endpoint.get_manifest(ref)
         if root_man is None:
             raise PublishError(f"{src.endpoint.display}: no image {ref}", hint="check the tag or digest")
-        if tag is not None:
-            _check_tag_free(dest.endpoint, tag, root_man.digest, force=args.force)
-        with live_progress(out) as live:
-            closure, copied = copy_image(
-                src.endpoint,
-                dest.endpoint,
-                root_man.digest,
-                jobs=args.jobs,
-                mount_from=_mount_from(src, dest),
-                progress=out.progress,
-                watch=_blob_bars(live),
-            )
-        with dest.endpoint.locked():
+        closure = collect_closure(src.endpoint, root_man)  # the source's manifests, before DEST exists
+        with open_endpoint(dest_loc, insecure=args.insecure, jobs=args.jobs, create=True) as dest:
             if tag is not None:
-                current = _check_tag_free(dest.endpoint, tag, closure.digest, force=args.force)
-                if current is None or current.digest != closure.digest:
-                    dest.endpoint.set_tag(tag, closure.root)
-            elif isinstance(dest.endpoint, LayoutRepository):
-                dest.endpoint.layout.add(closure.root.descriptor)
-        pinned = dest.endpoint.pinned(closure.digest)
+                _check_tag_free(dest.endpoint, tag, root_man.digest, force=args.force)
+            with live_progress(out) as live:
+                copied = copy_closure(
+                    src.endpoint,
+                    dest.endpoint,
+                    closure,
+                    jobs=args.jobs,
+                    mount_from=_mount_from(src, dest),
+                    progress=out.progress,
+                    watch=_blob_bars(live),
+                )
+            with dest.endpoint.locked():
+                if tag is not None:
+                    current = _check_tag_free(dest.endpoint, tag, closure.digest, force=args.force)
+                    if current is None or current.digest != closure.digest:
+                        dest.endpoint.set_tag(tag, closure.root)
+                elif isinstance(dest.endpoint, LayoutRepository):
+                    dest.endpoint.add_untagged(closure.root.descriptor)
+            pinned = dest.endpoint.pinned(closure.digest)
     data = _copy_data(pinned, copied, [tag] if tag else [])
     data["source"] = str(src_loc)
     out.result(f"{pinned}\n  copied from {src_loc}\n  " + _blobs_line(copied.blobs), data)

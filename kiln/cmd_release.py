@@ -31,7 +31,7 @@ from manifests.release import MAX_RELEASE_BYTES, Release, format_utc_time, load_
 from manifests.trustroot import MAX_ROOT_BYTES, ImageKey, ImageRule, ImageRules, ReleaseRole, Role, TrustRoot
 from signing.dsse import Envelope, sign_envelope
 from signing.errors import SigningError
-from signing.release import RELEASE_PAYLOAD_TYPE, add_signature, check_release
+from signing.release import RELEASE_PAYLOAD_TYPE, add_signature, check_release, open_release_envelope
 from signing.root import ROOT_PAYLOAD_TYPE, check_root_keys, envelope_cap, load_root, open_envelope
 from signing.root import verify_root_update as _verify_root_update
 
@@ -343,6 +343,7 @@ def cmd_release_publish(args: argparse.Namespace, out: Output) -> int:
     from publisher.release_artifact import open_release_endpoint, publish_release
 
     data = _read(args.envelope, envelope_cap(MAX_RELEASE_BYTES), "release envelope")
+    Release.from_payload(open_release_envelope(data).payload)  # refuse a bad envelope before DEST exists
     with open_release_endpoint(args.dest, insecure=args.insecure, create=True) as endpoint:
         published = publish_release(endpoint, data, force=args.force)
     for change in published.tags:

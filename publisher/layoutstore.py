@@ -19,6 +19,7 @@ import errno
 import fcntl
 import hashlib
 import os
+import shutil
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -44,6 +45,24 @@ LOCK_FILE = ".kiln-lock"
 _MAX_INDEX_ENTRIES = 100_000
 
 
+def _make_dirs(root: Path) -> Path | None:
+    """``mkdir -p root``; the topmost directory this call created (None: it existed)."""
+    missing: list[Path] = []
+    p = root
+    while not os.path.lexists(p) and p.parent != p:
+        missing.append(p)
+        p = p.parent
+    top = None
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue  # made meanwhile by someone else: not ours to remove
+        if top is None:
+            top = d
+    return top
+
+
 def manifest_media_type(data: bytes, *, what: str) -> str:
     """The media type a manifest's own bytes declare (an index without one is an OCI index)."""
     doc = parse_json_object(data, what=what)
@@ -63,9 +82,18 @@ class LayoutRepository:
         self.root = Path(root)
         self._thread_lock = threading.RLock()
         self._depth = 0
-        if create:
-            self._create()
-        self.layout = OCILayout.open(self.root)
+        # What _create made, for discard_created(): the topmost directory it created, or True
+        # when it made an existing empty directory a layout.
+        self._made_dir: Path | None = None
+        self._filled_empty = False
+        self._indexed: set[Digest] = set()  # what this object listed in index.json
+        try:
+            if create:
+                self._create()
+            self.layout = OCILayout.open(self.root)
+        except BaseException:
+            self.discard_created()
+            raise
 
     # -- identity and locking -------------------------------------------------------------------
 
@@ -110,24 +138,78 @@ class LayoutRepository:
     def _create(self) -> None:
         if (self.root / LAYOUT_FILE).exists():
             return
+        if not os.path.lexists(self.root / LOCK_FILE):
+            # Nothing, not even the lock file, goes into a directory that is not ours. With a lock
+            # file, another kiln may be making it a layout right now: decide under the lock.
+            self._refuse_foreign()
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self._made_dir = _make_dirs(self.root)
         except OSError as exc:
             raise PublishError(f"{self.display}: cannot create it: {exc.strerror}") from exc
+        if not self.root.is_dir():
+            raise PublishError(f"{self.display}: not a directory", hint="name a directory for the layout")
         with self.locked():
             if (self.root / LAYOUT_FILE).exists():
+                self._made_dir = None  # another publisher made it a layout: its, not ours to remove
                 return  # another publisher made it while we waited for the lock
-            others = [p.name for p in self.root.iterdir() if p.name != LOCK_FILE]
-            if others:
-                raise DocumentError(
-                    f"{self.root}: not empty and not an OCI layout",
-                    hint="publish into a new or empty directory, or an existing OCI layout",
-                )
+            self._refuse_foreign()
+            self._filled_empty = self._made_dir is None
             (self.root / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)
             empty = OCIIndex(manifests=(), media_type=MediaType.OCI_INDEX)
             atomic_write(self.root / INDEX_FILE, canonical_json(empty.to_dict()))
             # The marker last: a layout is complete once it has its oci-layout file.
             atomic_write(self.root / LAYOUT_FILE, canonical_json({"imageLayoutVersion": "1.0.0"}))
+
+    def _refuse_foreign(self) -> None:
+        """Refuse a directory holding anything but a lock file (it is not ours to write into)."""
+        try:
+            others = [p.name for p in self.root.iterdir() if p.name != LOCK_FILE]
+        except (FileNotFoundError, NotADirectoryError):
+            return  # missing (made next), or a file (mkdir says so)
+        except OSError as exc:
+            raise PublishError(f"{self.display}: cannot list it: {exc.strerror}") from exc
+        if others:
+            raise DocumentError(
+                f"{self.root}: not empty and not an OCI layout",
+                hint="name a new or empty directory, or an existing OCI layout",
+            )
+
+    def discard_created(self) -> None:
+        """Undo what ``create=True`` made, for a run that failed: a directory it created is removed
+        whole; a directory that was empty before is emptied again. A layout that existed before is
+        left alone (its new blobs are content-addressed and harmless), and so is one whose index
+        lists anything this object did not put there: another kiln shares it. Never raises."""
+        made, self._made_dir = self._made_dir, None
+        filled, self._filled_empty = self._filled_empty, False
+        if made is None and not filled:
+            return
+        try:
+            with self.locked():
+                if not self._only_ours():
+                    return
+                if made is not None:
+                    shutil.rmtree(made, ignore_errors=True)
+                    return
+                shutil.rmtree(self.root / "blobs", ignore_errors=True)
+                for name in (LAYOUT_FILE, INDEX_FILE, LOCK_FILE):
+                    with contextlib.suppress(OSError):
+                        (self.root / name).unlink()
+        except Exception:  # noqa: BLE001 - best effort: the caller re-raises the real failure
+            return
+
+    def _only_ours(self) -> bool:
+        if not os.path.lexists(self.root / INDEX_FILE):
+            return True  # _create failed before writing it
+        return all(d.digest in self._indexed for d in OCILayout(self.root).index().manifests)
+
+    @contextlib.contextmanager
+    def discarded_on_failure(self) -> Iterator[LayoutRepository]:
+        """This repository; :meth:`discard_created` if the block raises anything (Ctrl-C too)."""
+        try:
+            yield self
+        except BaseException:
+            self.discard_created()
+            raise
 
     # -- blobs ------------------------------------------------------------------------------------
 
@@ -252,7 +334,14 @@ class LayoutRepository:
             if current is not None and current.digest == manifest.digest:
                 return
             self.put_manifest(manifest)
+            self._indexed.add(manifest.digest)
             self.layout.tag(self._descriptor_for(manifest), tag)
+
+    def add_untagged(self, desc: Descriptor) -> None:
+        """List ``desc`` in index.json without a name (a layout's image with no tag)."""
+        with self.locked():
+            self._indexed.add(desc.digest)
+            self.layout.add(desc)
 
     def _descriptor_for(self, manifest: Manifest) -> Descriptor:
         platform = None
@@ -310,6 +399,7 @@ class LayoutRepository:
                     listed.add(desc.digest)
                     new.append(replace(desc, annotations=MappingProxyType(dict(desc.annotations))))
             if new:
+                self._indexed.update(d.digest for d in new)
                 self.layout.write_index(replace(index, manifests=(*index.manifests, *new), raw=None))
 
 

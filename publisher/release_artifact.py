@@ -279,10 +279,12 @@ def _envelope(endpoint: Endpoint, tag: str, ref: str | Digest, size_cap: int) ->
 def open_release_endpoint(
     location: str, *, insecure: bool = False, create: bool = False, timeouts: Timeouts | None = None
 ) -> Iterator[Endpoint]:
-    """``oci:DIR`` or ``HOST/REPO`` as an endpoint (a registry client is closed on exit)."""
+    """``oci:DIR`` or ``HOST/REPO`` as an endpoint (a registry client is closed on exit). A layout
+    directory that ``create`` made is removed again if the block fails."""
     loc = parse_location(location)
     if isinstance(loc, LayoutLocation):
-        yield LayoutRepository(loc.directory, create=create)
+        with LayoutRepository(loc.directory, create=create).discarded_on_failure() as layout:
+            yield layout
         return
     from publisher.auth import resolve_credentials
     from publisher.client import RegistryClient
