@@ -48,7 +48,6 @@ import datetime as dt
 import enum
 import fcntl
 import hashlib
-import json
 import os
 import re
 import shlex
@@ -73,7 +72,9 @@ from agent.runtime import (
     check_instance_id,
 )
 from agent.vmimage import is_vm_config, sealed_parts, vm_config_of
+from manifests.bounded import JsonCaps, read_json_object
 from manifests.canonical import canonical_json
+from manifests.errors import KilnError
 from manifests.vm import DEBUG_EXIT_PORT, EXIT_LINE_PREFIX, PartName, VMConfig
 
 __all__ = [
@@ -97,6 +98,7 @@ __all__ = [
 QEMU = "qemu-system-x86_64"
 UNPRIVILEGED = "65534:65534"  # nobody:nogroup
 _START_TIMEOUT = 60.0
+_RECORD_CAPS = JsonCaps(max_bytes=1 << 20)  # instance.json, which this runtime wrote: a few KiB
 _EXIT_LINE = re.compile(re.escape(EXIT_LINE_PREFIX) + r"(\d{1,3})\b")
 _PANIC = re.compile(r"Kernel panic - not syncing: ?(.*)")
 
@@ -478,11 +480,11 @@ class QemuRuntime:
         return self.instance_dir(instance_id).is_dir()
 
     def _record(self, instance_id: str) -> dict[str, Any] | None:
-        try:
-            doc = json.loads((self.instance_dir(instance_id) / "instance.json").read_bytes()[: 1 << 20])
-        except (OSError, ValueError):
+        path = self.instance_dir(instance_id) / "instance.json"
+        try:  # the bounded reader: a damaged record (even one nested past the stack) is no record
+            return read_json_object(path.read_bytes()[: (1 << 20) + 1], what=str(path), caps=_RECORD_CAPS)
+        except (OSError, KilnError):
             return None
-        return doc if isinstance(doc, dict) else None
 
     def _pid(self, instance_id: str) -> int | None:
         try:

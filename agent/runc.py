@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
-import json
 import os
 import shutil
 import subprocess
@@ -38,10 +37,14 @@ from agent.runtime import (
     InstanceStatus,
     check_instance_id,
 )
+from manifests.bounded import JsonCaps, read_json_object
+from manifests.errors import KilnError
 
 __all__ = ["RuncRuntime", "parse_runc_time"]
 
 _TIMEOUT = 60.0
+_MAX_CONFIG = 4 << 20  # a bundle's config.json kiln wrote: a few KiB
+_CONFIG_CAPS = JsonCaps(max_bytes=_MAX_CONFIG)
 _OWNED = "dev.kiln.netns-owned"
 
 
@@ -124,11 +127,10 @@ class RuncRuntime:
 
     def _bundle_config(self, instance_id: str) -> dict[str, Any] | None:
         path = self.bundle_dir(instance_id) / "config.json"
-        try:
-            doc = json.loads(path.read_bytes())
-        except (OSError, ValueError):
+        try:  # the bounded reader: a damaged config (even one nested past the stack) is no config
+            return read_json_object(path.read_bytes()[: _MAX_CONFIG + 1], what=str(path), caps=_CONFIG_CAPS)
+        except (OSError, KilnError):
             return None
-        return doc if isinstance(doc, dict) else None
 
     # -- Runtime ---------------------------------------------------------------------------
 
@@ -238,16 +240,15 @@ class RuncRuntime:
                 return InstanceState(instance_id=iid, status=InstanceStatus.MISSING)
             raise RuntimeFailure(f"runc state {iid} failed: {(proc.stderr or '').strip()}")
         try:
-            doc = json.loads(proc.stdout)
-        except ValueError as exc:
-            raise RuntimeFailure(f"runc state {iid}: unreadable output") from exc
-        status = doc.get("status")
-        pid = doc.get("pid") if isinstance(doc.get("pid"), int) and doc.get("pid") > 0 else None
+            doc = read_json_object(proc.stdout.encode("utf-8", "surrogateescape"), what=f"runc state {iid}")
+        except KilnError as exc:
+            raise RuntimeFailure(f"runc state {iid}: unreadable output ({exc.message})") from exc
+        status, pid, created = doc.get("status"), doc.get("pid"), doc.get("created")
         return InstanceState(
             instance_id=iid,
             status=InstanceStatus.RUNNING if status in ("running", "paused") else InstanceStatus.STOPPED,
-            pid=pid,
-            started_at=parse_runc_time(doc.get("created", "")),
+            pid=pid if isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None,
+            started_at=parse_runc_time(created if isinstance(created, str) else ""),
         )
 
     def list(self) -> tuple[str, ...]:

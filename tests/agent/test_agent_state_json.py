@@ -61,3 +61,25 @@ def test_damaged_vm_root_record_names_the_file_and_field(tmp_path: Path, data: b
     assert str(meta) in info.value.message
     assert said in info.value.message
     assert "'fingerprint'" not in info.value.message
+
+
+@pytest.mark.parametrize(
+    "damage", [b"[" * 100_000, b'{"a": ' * 100_000, b"[]", b"\xff", b'{"pid": 1' + b" " * (2 << 20)]
+)
+def test_a_runtimes_own_record_damaged_on_disk_is_no_record_not_a_traceback(
+    tmp_path: Path, damage: bytes
+) -> None:
+    # Both files are the runtime's own writing; damaged (a full disk, an editor), they read as
+    # absent: json.loads once raised RecursionError on the deep ones.
+    from agent.qemu import QemuRuntime
+    from agent.runc import RuncRuntime
+
+    iid = "kiln-web-0123abcd"
+    vms = QemuRuntime(tmp_path / "q")
+    vms.instance_dir(iid).mkdir(parents=True)
+    (vms.instance_dir(iid) / "instance.json").write_bytes(damage)
+    assert vms._record(iid) is None
+    containers = RuncRuntime(tmp_path / "r")
+    containers.bundle_dir(iid).mkdir(parents=True)
+    (containers.bundle_dir(iid) / "config.json").write_bytes(damage)
+    assert containers._bundle_config(iid) is None
