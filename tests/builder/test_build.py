@@ -258,7 +258,6 @@ def test_docker_repo_tag(name: str, version: str, expected: str) -> None:
         ("", "the manifest"),  # the manifest's own directory
         ("kiln.yaml", "the manifest"),  # the manifest file itself (an archive would overwrite it)
         ("src", "contents[0].tree.src"),
-        ("src/..", "the manifest"),
         ("link-to-src", "contents[0].tree.src"),
         ("one", "contents[1].files[0].src"),
     ],
