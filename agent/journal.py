@@ -129,31 +129,29 @@ def _list(value: object, where: str) -> list[Any]:
     return list(value)
 
 
-def _int(d: Mapping[str, Any], key: str, where: str = "", *, required: bool = True) -> Any:
+def _typed(
+    d: Mapping[str, Any], key: str, where: str, *, required: bool, types: tuple[type, ...], expected: str
+) -> Any:
+    """``d[key]`` if it is one of ``types`` (never a bool); absent and not ``required``: None."""
     value = _get(d, key, where, required=required)
     if value is None and not required:
         return None
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise JournalDamaged(f"{_where(where, key)}: expected an integer, got {_kind(value)}")
+    if not isinstance(value, types) or isinstance(value, bool):
+        raise JournalDamaged(f"{_where(where, key)}: expected {expected}, got {_kind(value)}")
     return value
+
+
+def _int(d: Mapping[str, Any], key: str, where: str = "", *, required: bool = True) -> Any:
+    return _typed(d, key, where, required=required, types=(int,), expected="an integer")
 
 
 def _num(d: Mapping[str, Any], key: str, where: str = "", *, required: bool = True) -> Any:
-    value = _get(d, key, where, required=required)
-    if value is None and not required:
-        return None
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise JournalDamaged(f"{_where(where, key)}: expected a number, got {_kind(value)}")
-    return float(value)
+    value = _typed(d, key, where, required=required, types=(int, float), expected="a number")
+    return None if value is None else float(value)
 
 
 def _str(d: Mapping[str, Any], key: str, where: str = "", *, required: bool = True) -> Any:
-    value = _get(d, key, where, required=required)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str):
-        raise JournalDamaged(f"{_where(where, key)}: expected a string, got {_kind(value)}")
-    return value
+    return _typed(d, key, where, required=required, types=(str,), expected="a string")
 
 
 def _opt_list(d: Mapping[str, Any], key: str) -> list[Any]:

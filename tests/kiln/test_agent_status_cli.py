@@ -10,18 +10,9 @@ import pytest
 
 from kiln.cli import main
 from tests.agent.agentkit import make_root
+from tests.agent.test_agent_cli import GOOD
 
-CONFIG = b"""\
-apiVersion: kiln.dev/v1
-kind: AgentConfig
-source: oci:releases
-channel: stable
-trust_root: root.yaml
-state: state
-poll_interval: 2s
-images:
-  - {repository: localhost/web, location: "oci:images/web"}
-"""
+CONFIG = GOOD  # the agent CLI tests' valid config
 
 
 def _config(tmp_path: Path) -> Path:
